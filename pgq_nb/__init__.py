@@ -1,0 +1,59 @@
+"""pgq_nb: data pipelines from a Jupyter notebook on a durable Postgres job queue.
+
+    import pgq_nb
+    q = pgq_nb.connect()              # embedded Postgres, or dsn=... / PGQ_NB_DSN
+
+    @q.entrypoint("score")
+    def score(job: pgq_nb.Job) -> dict:
+        return {"double": job.data["x"] * 2}
+
+    q.enqueue("score", {"x": 21})
+    q.run_until_idle()
+"""
+
+from pgq_nb.config import Settings
+from pgq_nb.errors import (
+    BlockingCallError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    DuplicateJobError,
+    EmbeddedServerError,
+    InvalidInputError,
+    JobNotFoundError,
+    PayloadError,
+    PgqError,
+    SchemaError,
+    UnknownEntrypointError,
+)
+from pgq_nb.facade import Queue, WorkerHandle, aconnect, connect
+from pgq_nb.models import Job, JobInfo, JobStatus
+from pgq_nb.queue import AsyncQueue
+from pgq_nb.worker import Worker, WorkerStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncQueue",
+    "BlockingCallError",
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "DuplicateJobError",
+    "EmbeddedServerError",
+    "InvalidInputError",
+    "Job",
+    "JobInfo",
+    "JobNotFoundError",
+    "JobStatus",
+    "PayloadError",
+    "PgqError",
+    "Queue",
+    "SchemaError",
+    "Settings",
+    "UnknownEntrypointError",
+    "Worker",
+    "WorkerHandle",
+    "WorkerStats",
+    "__version__",
+    "aconnect",
+    "connect",
+]

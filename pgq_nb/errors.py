@@ -1,0 +1,68 @@
+"""Every error pgq_nb raises, under one root.
+
+    PgqError
+    ├── ConfigurationError        a setting, schema name or DSN that cannot be used
+    ├── DatabaseUnavailableError  the server cannot be reached (names host and port, never the password)
+    ├── EmbeddedServerError       the embedded Postgres cannot be set up, started or stopped
+    ├── SchemaError               the pgq_nb schema is missing, or newer than this code
+    ├── InvalidInputError         bad arguments; also a ValueError
+    │   ├── UnknownEntrypointError    no handler is registered for an entrypoint
+    │   ├── PayloadError              a payload that is neither bytes nor JSON-serialisable
+    │   └── DuplicateJobError         a dedupe_key that matches a queued or running job
+    ├── BlockingCallError         a blocking (sync) method called from the pgq_nb event-loop thread
+    └── JobNotFoundError          no job with that id
+
+Every message says what went wrong and what to do about it. Errors from asyncpg are
+translated in one place, :func:`pgq_nb.db.translate_errors`.
+"""
+
+from __future__ import annotations
+
+
+class PgqError(Exception):
+    """Root of every pgq_nb error."""
+
+
+class ConfigurationError(PgqError):
+    """A setting, schema name or DSN that cannot be used."""
+
+
+class DatabaseUnavailableError(PgqError):
+    """The Postgres server cannot be reached or refused the connection."""
+
+
+class EmbeddedServerError(PgqError):
+    """The embedded Postgres server cannot be initialised, started or stopped."""
+
+
+class SchemaError(PgqError):
+    """The pgq_nb schema is missing, incomplete, or newer than this version of pgq_nb."""
+
+
+class InvalidInputError(PgqError, ValueError):
+    """An argument pgq_nb cannot accept; nothing was written."""
+
+
+class UnknownEntrypointError(InvalidInputError):
+    """No handler is registered for the entrypoint, here or by any worker."""
+
+
+class PayloadError(InvalidInputError):
+    """A payload that is neither bytes nor JSON-serialisable."""
+
+
+class DuplicateJobError(InvalidInputError):
+    """A job with the same dedupe_key is already queued or running."""
+
+    def __init__(self, message: str, *, dedupe_key: str, existing_id: int | None) -> None:
+        super().__init__(message)
+        self.dedupe_key = dedupe_key
+        self.existing_id = existing_id
+
+
+class BlockingCallError(PgqError, RuntimeError):
+    """A blocking method was called from inside the pgq_nb event loop, where it would deadlock."""
+
+
+class JobNotFoundError(PgqError, LookupError):
+    """No job with that id exists in the queue or in history."""

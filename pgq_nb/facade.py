@@ -1,0 +1,179 @@
+"""The sync API (``Queue``), generated from the async one, and ``connect()``.
+
+Every public async method of :class:`AsyncQueue` gets a blocking twin on :class:`Queue` through
+:func:`_blocking`; nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import html
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from pgq_nb import db, runtime
+from pgq_nb.config import Settings
+from pgq_nb.queue import AsyncQueue, H
+from pgq_nb.worker import Worker, WorkerStats
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _blocking(
+    method: Callable[Concatenate[AsyncQueue, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[Queue, P], T]:
+    """The blocking form of an AsyncQueue method, run on the pgq_nb loop thread."""
+
+    @functools.wraps(method)
+    def call(self: Queue, *args: P.args, **kwargs: P.kwargs) -> T:
+        return runtime.run_sync(method(self.aio, *args, **kwargs), f"q.{method.__name__}()")
+
+    return call
+
+
+class WorkerHandle:
+    """A worker running in the background of this process (see ``Queue.start_worker``)."""
+
+    def __init__(self, worker: Worker, future: Any) -> None:
+        self.worker = worker
+        self._future = future
+
+    @property
+    def running(self) -> bool:
+        return not self._future.done()
+
+    @property
+    def stats(self) -> WorkerStats:
+        return self.worker.stats
+
+    def stop(self, timeout: float | None = None) -> WorkerStats:
+        """Stop claiming, let running jobs finish (within the grace period), and wait."""
+        runtime.loop().call_soon_threadsafe(self.worker.request_stop)
+        stats: WorkerStats = self._future.result(timeout=timeout)
+        return stats
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<WorkerHandle {state} {self.worker.stats}>"
+
+
+class Queue:
+    """A pgq_nb queue, for notebooks and scripts: every method blocks until it is done.
+
+    ``q.aio`` has the same methods as coroutines for async code.
+    """
+
+    def __init__(self, aio: AsyncQueue) -> None:
+        self.aio = aio
+
+    @property
+    def schema(self) -> str:
+        return self.aio.schema
+
+    def entrypoint(self, name: str, *, concurrency: int | None = None) -> Callable[[H], H]:
+        """Register a handler; see :meth:`AsyncQueue.entrypoint`."""
+        return self.aio.entrypoint(name, concurrency=concurrency)
+
+    enqueue = _blocking(AsyncQueue.enqueue)
+    get_job = _blocking(AsyncQueue.get_job)
+    statuses = _blocking(AsyncQueue.statuses)
+    counts = _blocking(AsyncQueue.counts)
+    workers = _blocking(AsyncQueue.workers)
+    wait = _blocking(AsyncQueue.wait)
+    install = _blocking(AsyncQueue.install)
+    upgrade = _blocking(AsyncQueue.upgrade)
+    uninstall = _blocking(AsyncQueue.uninstall)
+    analyze = _blocking(AsyncQueue.analyze)
+    run_until_idle = _blocking(AsyncQueue.run_until_idle)
+    run_worker = _blocking(AsyncQueue.run_worker)
+
+    def start_worker(
+        self,
+        *,
+        concurrency: int = 32,
+        entrypoints: list[str] | None = None,
+        grace_period: float = 30.0,
+    ) -> WorkerHandle:
+        """Run a worker in the background of this process; returns a handle with ``.stop()``.
+
+        Cells keep running while it works; it stops when the kernel does.
+        """
+        worker = Worker(
+            self.aio, concurrency=concurrency, entrypoints=entrypoints, grace_period=grace_period
+        )
+        future = asyncio.run_coroutine_threadsafe(worker.run(), runtime.loop())
+        return WorkerHandle(worker, future)
+
+    def _repr_html_(self) -> str:
+        counts = self.counts()
+        rows = "".join(
+            f"<tr><td>{html.escape(e)}</td><td>{html.escape(s)}</td><td>{n}</td></tr>"
+            for e, s, n in counts
+        )
+        return (
+            f"<b>pgq_nb queue</b> (schema {html.escape(self.schema)})<table>"
+            f"<tr><th>entrypoint</th><th>status</th><th>jobs</th></tr>{rows}</table>"
+        )
+
+    def __repr__(self) -> str:
+        return f"<pgq_nb.Queue {db.describe_dsn(self.aio.dsn)} schema={self.schema!r}>"
+
+
+async def _open(settings: Settings, install: bool) -> AsyncQueue:
+    dsn = settings.dsn
+    if dsn is None:
+        from pgq_nb.embedded import EmbeddedServer
+
+        dsn = await asyncio.to_thread(EmbeddedServer().ensure_running)
+    pool = await db.get_pool(dsn)
+    if install:
+        await db.install(pool, settings.schema)
+    else:
+        await db.require_installed(pool, settings.schema)
+    return AsyncQueue(pool, dsn, settings)
+
+
+def connect(
+    dsn: str | None = None,
+    *,
+    schema: str | None = None,
+    install: bool = True,
+    heartbeat_interval: float | None = None,
+    heartbeat_timeout: float | None = None,
+    poll_interval: float | None = None,
+) -> Queue:
+    """Open a queue. With no ``dsn`` and no ``PGQ_NB_DSN``, starts (or reuses) the embedded
+    Postgres. ``install`` creates or upgrades the schema if needed.
+
+    Calling it again (re-running a cell) reuses the same pool and loop thread.
+    """
+    settings = Settings.from_env(
+        dsn=dsn,
+        schema=schema,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_timeout,
+        poll_interval=poll_interval,
+    )
+    return Queue(runtime.run_sync(_open(settings, install), "pgq_nb.connect()"))
+
+
+async def aconnect(
+    dsn: str | None = None,
+    *,
+    schema: str | None = None,
+    install: bool = True,
+    heartbeat_interval: float | None = None,
+    heartbeat_timeout: float | None = None,
+    poll_interval: float | None = None,
+) -> AsyncQueue:
+    """The async form of :func:`connect`; returns the AsyncQueue."""
+    settings = Settings.from_env(
+        dsn=dsn,
+        schema=schema,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_timeout,
+        poll_interval=poll_interval,
+    )
+    return await runtime.run_here(_open(settings, install))

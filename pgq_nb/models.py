@@ -1,0 +1,193 @@
+"""The records handlers and callers see: Job, JobInfo, JobStatus; and payload/result encoding."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import html
+import json
+import math
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from pgq_nb.errors import PayloadError
+
+Payload = bytes | bytearray | memoryview | dict[str, Any] | list[Any] | str | int | float | bool | None
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is. The first three are live (table ``jobs``), the rest final (``history``)."""
+
+    QUEUED = "queued"
+    BLOCKED = "blocked"
+    PICKED = "picked"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UPSTREAM_FAILED = "upstream_failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.BLOCKED, JobStatus.PICKED)
+
+
+_UNSET: Any = object()
+
+
+@dataclasses.dataclass(kw_only=True, slots=True, eq=False)
+class Job:
+    """One claimed job, as a handler receives it (the same shape as PgQueuer's ``Job``).
+
+    ``payload`` is the stored bytes; ``data`` is the payload decoded from JSON.
+    """
+
+    id: int
+    entrypoint: str
+    payload: bytes | None
+    priority: int
+    attempts: int
+    created: dt.datetime
+    execute_after: dt.datetime
+    dedupe_key: str | None
+    _data: Any = dataclasses.field(default=_UNSET, repr=False)
+
+    @property
+    def data(self) -> Any:
+        """The payload decoded from JSON (None for an empty payload)."""
+        if self._data is _UNSET:
+            self._data = decode_payload(self.payload, job_id=self.id)
+        return self._data
+
+
+@dataclasses.dataclass(kw_only=True, frozen=True)
+class JobInfo:
+    """A job looked up by id, live or finished."""
+
+    id: int
+    entrypoint: str
+    status: JobStatus
+    priority: int
+    attempts: int
+    payload: bytes | None
+    dedupe_key: str | None
+    result: Any
+    error: str | None
+    traceback: str | None
+    worker_id: int | None
+    created: dt.datetime
+    execute_after: dt.datetime | None
+    started: dt.datetime | None
+    finished: dt.datetime | None
+
+    @property
+    def data(self) -> Any:
+        """The payload decoded from JSON."""
+        return decode_payload(self.payload, job_id=self.id)
+
+    def _repr_html_(self) -> str:
+        rows = [
+            ("id", self.id),
+            ("entrypoint", self.entrypoint),
+            ("status", self.status.value),
+            ("attempts", self.attempts),
+            ("created", self.created),
+            ("started", self.started),
+            ("finished", self.finished),
+            ("error", self.error),
+        ]
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows
+            if v is not None
+        )
+        return f"<table>{cells}</table>"
+
+
+def encode_payload(payload: object) -> bytes | None:
+    """Bytes are stored as they are; dicts, lists, strings, numbers and bools as JSON."""
+    if payload is None:
+        return None
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, bytearray | memoryview):
+        return bytes(payload)
+    try:
+        return json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
+    except ValueError as exc:
+        raise PayloadError(
+            f"payload cannot be stored as JSON: {exc}; replace NaN and infinities with None"
+        ) from None
+    except TypeError as exc:
+        raise PayloadError(
+            f"payload of type {type(payload).__name__} cannot be stored: {exc}; pass bytes, or "
+            "a dict, list, str, number or bool that json.dumps accepts"
+        ) from None
+
+
+def decode_payload(payload: bytes | None, *, job_id: int | None = None) -> Any:
+    """The JSON value in ``payload``; raises PayloadError if it is not JSON."""
+    if payload is None:
+        return None
+    try:
+        return json.loads(payload)
+    except ValueError:
+        which = f"job {job_id}'s payload" if job_id is not None else "the payload"
+        raise PayloadError(
+            f"{which} is not JSON (it was enqueued as raw bytes); read job.payload instead"
+        ) from None
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):  # pandas DataFrame / Series, without importing pandas
+        try:
+            return to_dict(orient="records")
+        except TypeError:
+            return to_dict()
+    item = getattr(value, "item", None)
+    if callable(item):  # numpy scalars
+        return item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _finite(value: object) -> object:
+    """``value`` with NaN and infinities replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def encode_result(value: object) -> str | None:
+    """A handler's return value as JSON text for the ``history.result`` column.
+
+    NaN and infinities become null, as pandas would write them.
+    """
+    if value is None:
+        return None
+    try:
+        try:
+            return json.dumps(value, default=_json_default, allow_nan=False, separators=(",", ":"))
+        except ValueError:  # NaN somewhere: convert what the default hook produces, then retry
+            plain = json.loads(json.dumps(value, default=_json_default, allow_nan=True))
+            return json.dumps(_finite(plain), allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(
+            f"the handler returned a value pgq_nb cannot store as JSON ({exc}); return a dict, "
+            "list, str, number, bool, None or a DataFrame"
+        ) from None

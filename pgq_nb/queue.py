@@ -1,0 +1,369 @@
+"""The async core: handler registry, enqueue, look-ups. ``q.aio`` is an AsyncQueue."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import inspect
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import asyncpg
+
+from pgq_nb import db, runtime, sql
+from pgq_nb.config import Settings
+from pgq_nb.errors import (
+    DuplicateJobError,
+    InvalidInputError,
+    JobNotFoundError,
+    UnknownEntrypointError,
+)
+from pgq_nb.models import Job, JobInfo, JobStatus, encode_payload
+
+if TYPE_CHECKING:
+    from pgq_nb.worker import WorkerStats
+
+Handler = Callable[[Job], Any]
+H = TypeVar("H", bound=Handler)
+
+#: Bulk enqueues at least this large refresh the planner's statistics afterwards.
+ANALYZE_AFTER_ROWS = 5_000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EntrypointSpec:
+    """A registered handler and how to run it."""
+
+    name: str
+    handler: Handler
+    is_async: bool
+    concurrency: int | None
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{name} must be an int, not {type(value).__name__}")
+    if not -(2**31) <= value < 2**31:
+        raise InvalidInputError(f"{name}={value} is out of range (a 32-bit integer)")
+    return value
+
+
+def _check_time(value: object) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.timedelta):
+        return dt.datetime.now(dt.UTC) + value
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise InvalidInputError(
+                "execute_after is a naive datetime; give it a time zone "
+                "(datetime.now(timezone.utc) + ...) or pass a timedelta"
+            )
+        return value
+    raise InvalidInputError(
+        f"execute_after must be a timezone-aware datetime or a timedelta, not "
+        f"{type(value).__name__}"
+    )
+
+
+class AsyncQueue:
+    """The async API of a queue. Every method runs on the pgq_nb loop whatever loop awaits it."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str, settings: Settings) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self.settings = settings
+        self.schema = settings.schema
+        self.queries = sql.queries(settings.schema)
+        self.channel = sql.channel_name(settings.schema)
+        self.handlers: dict[str, EntrypointSpec] = {}
+        self._known_remote: set[str] = set()
+        self._unsynced: set[str] = set()
+
+    # -- registry ---------------------------------------------------------------------------
+
+    def entrypoint(self, name: str, *, concurrency: int | None = None) -> Callable[[H], H]:
+        """Register a handler for jobs of ``name``: ``async def`` or plain ``def`` (run in a
+        thread), taking a :class:`Job`. Its return value is stored as the job's result.
+
+        ``concurrency`` caps how many jobs of this entrypoint one worker process runs at once.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInputError("an entrypoint name must be a non-empty string")
+        if concurrency is not None and (_check_int("concurrency", concurrency) < 1):
+            raise InvalidInputError("concurrency must be at least 1 (or None for no cap)")
+
+        def register(handler: H) -> H:
+            if not callable(handler):
+                raise InvalidInputError(f"@entrypoint({name!r}) must decorate a function")
+            is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+                getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
+            )
+            self.handlers[name] = EntrypointSpec(
+                name=name, handler=handler, is_async=is_async, concurrency=concurrency
+            )
+            self._unsynced.add(name)
+            return handler
+
+        return register
+
+    async def _sync_entrypoints(self, conn: Any) -> None:
+        if self._unsynced:
+            names = sorted(self._unsynced)
+            await conn.execute(self.queries["upsert_entrypoints"], names)
+            self._unsynced.difference_update(names)
+
+    async def _check_entrypoints(self, names: set[str], conn: Any) -> None:
+        unknown = names - self.handlers.keys() - self._known_remote
+        if not unknown:
+            return
+        rows = await conn.fetch(self.queries["known_entrypoints"])
+        self._known_remote = {r["name"] for r in rows}
+        unknown -= self._known_remote
+        if unknown:
+            name = sorted(unknown)[0]
+            raise UnknownEntrypointError(
+                f"no handler is registered for entrypoint {name!r}; register it with "
+                f"@q.entrypoint({name!r}) in this process, or start a worker that registers it, "
+                f"before enqueueing (known: {sorted(self.handlers.keys() | self._known_remote)})"
+            )
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    @overload
+    async def enqueue(
+        self,
+        entrypoint: str,
+        payload: Any = None,
+        priority: int = 0,
+        *,
+        execute_after: dt.datetime | dt.timedelta | None = None,
+        dedupe_key: str | None = None,
+    ) -> int: ...
+
+    @overload
+    async def enqueue(
+        self,
+        entrypoint: list[str],
+        payload: Sequence[Any] | None = None,
+        priority: Sequence[int] | int = 0,
+        *,
+        execute_after: dt.datetime | dt.timedelta | None = None,
+        dedupe_key: None = None,
+    ) -> list[int]: ...
+
+    @runtime.bridged
+    async def enqueue(
+        self,
+        entrypoint: str | list[str],
+        payload: Any = None,
+        priority: Any = 0,
+        *,
+        execute_after: dt.datetime | dt.timedelta | None = None,
+        dedupe_key: str | None = None,
+    ) -> int | list[int]:
+        """Add a job and return its id.
+
+        The PgQueuer shape ``enqueue([entrypoints], [payloads], [priorities])`` adds many in one
+        round trip and returns their ids in order. ``payload`` is bytes (stored as is) or a
+        JSON-serialisable value. ``execute_after`` delays the job (aware datetime or timedelta).
+        A ``dedupe_key`` equal to a queued or running job's raises DuplicateJobError.
+        """
+        if isinstance(entrypoint, list | tuple):
+            if dedupe_key is not None:
+                raise InvalidInputError(
+                    "dedupe_key applies to a single job; enqueue such jobs one at a time"
+                )
+            return await self._enqueue_many(list(entrypoint), payload, priority, execute_after)
+        if not isinstance(entrypoint, str):
+            raise InvalidInputError(
+                f"entrypoint must be a str or a list of str, not {type(entrypoint).__name__}"
+            )
+        data = encode_payload(payload)
+        prio = _check_int("priority", priority)
+        when = _check_time(execute_after)
+        if dedupe_key is not None and not isinstance(dedupe_key, str):
+            raise InvalidInputError("dedupe_key must be a str or None")
+        async with self.pool.acquire() as conn:
+            await self._sync_entrypoints(conn)
+            await self._check_entrypoints({entrypoint}, conn)
+            job_id = await conn.fetchval(
+                self.queries["enqueue_one"], entrypoint, data, prio, when, dedupe_key
+            )
+            if job_id is None:
+                existing = await conn.fetchval(self.queries["find_dedupe"], dedupe_key)
+                raise DuplicateJobError(
+                    f"a job with dedupe_key {dedupe_key!r} is already queued or running "
+                    f"(job {existing}); wait for it to finish or use another key",
+                    dedupe_key=str(dedupe_key),
+                    existing_id=existing,
+                )
+        return int(job_id)
+
+    async def _enqueue_many(
+        self,
+        entrypoints: list[str],
+        payloads: Sequence[Any] | None,
+        priorities: Sequence[int] | int,
+        execute_after: dt.datetime | dt.timedelta | None,
+    ) -> list[int]:
+        n = len(entrypoints)
+        if payloads is None:
+            payloads = [None] * n
+        if isinstance(priorities, int) and not isinstance(priorities, bool):
+            priorities = [priorities] * n
+        if isinstance(payloads, bytes | str | dict) or not isinstance(payloads, Sequence):
+            raise InvalidInputError("with a list of entrypoints, payload must be a list too")
+        if not isinstance(priorities, Sequence):
+            raise InvalidInputError("with a list of entrypoints, priority must be a list or int")
+        if not len(payloads) == len(priorities) == n:
+            raise InvalidInputError(
+                f"entrypoints, payloads and priorities must have the same length; got "
+                f"{n}, {len(payloads)} and {len(priorities)}"
+            )
+        for i, ep in enumerate(entrypoints):
+            if not isinstance(ep, str):
+                raise InvalidInputError(f"entrypoints[{i}] is {type(ep).__name__}, not str")
+        encoded = []
+        for i, p in enumerate(payloads):
+            try:
+                encoded.append(encode_payload(p))
+            except InvalidInputError as exc:
+                raise type(exc)(f"payloads[{i}]: {exc}") from None
+        prios = [_check_int(f"priorities[{i}]", p) for i, p in enumerate(priorities)]
+        when = _check_time(execute_after)
+        if n == 0:
+            return []
+        async with self.pool.acquire() as conn:
+            await self._sync_entrypoints(conn)
+            await self._check_entrypoints(set(entrypoints), conn)
+            rows = await conn.fetch(
+                self.queries["enqueue_many"], entrypoints, encoded, prios, [when] * n
+            )
+        if n >= ANALYZE_AFTER_ROWS:
+            await self.analyze()
+        return sorted(r["id"] for r in rows)
+
+    async def analyze(self) -> None:
+        """Refresh planner statistics of the jobs table (done after large bulk enqueues)."""
+        async with self.pool.acquire() as conn:
+            await conn.execute(self.queries["analyze_jobs"])
+
+    # -- look-ups ---------------------------------------------------------------------------
+
+    @runtime.bridged
+    async def get_job(self, job_id: int) -> JobInfo:
+        """One job by id, whether queued, running or finished."""
+        row = await self.pool.fetchrow(self.queries["get_job"], _check_int("job_id", job_id))
+        if row is None:
+            raise JobNotFoundError(f"no job with id {job_id} in the queue or in history")
+        values = dict(row)
+        values["status"] = JobStatus(values["status"])
+        return JobInfo(**values)
+
+    @runtime.bridged
+    async def statuses(self, ids: Sequence[int]) -> dict[int, JobStatus]:
+        """The current status of each job id (ids not found are left out)."""
+        rows = await self.pool.fetch(self.queries["job_statuses"], [int(i) for i in ids])
+        return {r["id"]: JobStatus(r["status"]) for r in rows}
+
+    @runtime.bridged
+    async def counts(self) -> list[tuple[str, str, int]]:
+        """(entrypoint, status, count) for live jobs and history."""
+        async with self.pool.acquire() as conn:
+            live = await conn.fetch(self.queries["job_counts"])
+            done = await conn.fetch(self.queries["history_counts"])
+        return [(r["entrypoint"], r["status"], r["n"]) for r in [*live, *done]]
+
+    @runtime.bridged
+    async def workers(self) -> list[dict[str, Any]]:
+        """Worker processes with a recent heartbeat."""
+        rows = await self.pool.fetch(
+            self.queries["list_workers"], self.settings.heartbeat_timeout
+        )
+        return [dict(r) for r in rows]
+
+    @runtime.bridged
+    async def wait(self, ids: Sequence[int], *, timeout: float | None = None) -> dict[int, str]:
+        """Wait until every job in ``ids`` has finished; return their final statuses."""
+        wanted = [int(i) for i in ids]
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        delay = 0.01
+        while True:
+            found = await self.statuses(wanted)
+            missing = [i for i in wanted if i not in found]
+            if missing:
+                raise JobNotFoundError(f"no job with id {missing[0]} in the queue or in history")
+            if all(s.is_final for s in found.values()):
+                return {i: found[i].value for i in wanted}
+            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                raise TimeoutError(
+                    f"{sum(not s.is_final for s in found.values())} of {len(wanted)} jobs "
+                    f"had not finished after {timeout} s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    @runtime.bridged
+    async def run_until_idle(
+        self,
+        *,
+        concurrency: int = 32,
+        entrypoints: list[str] | None = None,
+        wait_for_scheduled: float = 60.0,
+        timeout: float | None = None,
+    ) -> WorkerStats:
+        """Process jobs here until none is due now or within ``wait_for_scheduled`` seconds
+        and none is running; return what was done.
+
+        ``timeout`` stops it earlier (running jobs still get to finish). An interrupt (the
+        notebook's Stop button) stops it too: unfinished jobs go back to the queue.
+        """
+        from pgq_nb.worker import Worker  # the worker module builds on this one
+
+        worker = Worker(
+            self,
+            concurrency=concurrency,
+            entrypoints=entrypoints,
+            stop_when_idle=True,
+            wait_for_scheduled=wait_for_scheduled,
+        )
+        if timeout is not None:
+            asyncio.get_running_loop().call_later(timeout, worker.request_stop)
+        return await worker.run()
+
+    @runtime.bridged
+    async def run_worker(
+        self,
+        *,
+        concurrency: int = 32,
+        entrypoints: list[str] | None = None,
+        grace_period: float = 30.0,
+    ) -> WorkerStats:
+        """Work until cancelled or interrupted (what ``pgq-nb worker`` runs)."""
+        from pgq_nb.worker import Worker
+
+        worker = Worker(
+            self, concurrency=concurrency, entrypoints=entrypoints, grace_period=grace_period
+        )
+        return await worker.run()
+
+    # -- schema -----------------------------------------------------------------------------
+
+    @runtime.bridged
+    async def install(self) -> int:
+        """Install (or upgrade) the schema; idempotent. Returns the schema version."""
+        return await db.install(self.pool, self.schema)
+
+    @runtime.bridged
+    async def upgrade(self) -> int:
+        """Apply pending migrations; returns the schema version."""
+        return await db.install(self.pool, self.schema, upgrade=True)
+
+    @runtime.bridged
+    async def uninstall(self) -> None:
+        """Drop the schema with every job, result and worker record in it."""
+        await db.uninstall(self.pool, self.schema)

@@ -1,0 +1,104 @@
+"""The SQL text of pgq_nb: the schema, numbered migrations and named queries.
+
+Queries live in ``queries.sql``, each introduced by ``-- name: NAME``. The schema name is the
+one identifier that varies; it is validated by :func:`validate_schema_name` and quoted before
+it is put into any SQL text. Values are always bind parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from pgq_nb.errors import ConfigurationError
+
+SCHEMA_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
+_NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_MIGRATION_FILE = re.compile(r"^(\d{4})_\w+\.sql$")
+
+
+def validate_schema_name(name: str) -> str:
+    """Return ``name`` if it is a safe schema name, else raise ConfigurationError."""
+    if not isinstance(name, str) or not SCHEMA_NAME_RE.fullmatch(name):
+        raise ConfigurationError(
+            f"invalid schema name {name!r}: use 1 to 50 characters of lower-case letters, "
+            "digits and underscores, starting with a letter or underscore (for example 'pgq_nb')"
+        )
+    return name
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def _render(text: str, schema: str) -> str:
+    schema = validate_schema_name(schema)
+    return text.replace("{schema}", f'"{schema}"').replace("{channel}", channel_name(schema))
+
+
+def channel_name(schema: str) -> str:
+    """The LISTEN/NOTIFY channel on which workers of ``schema`` are woken."""
+    return f"{validate_schema_name(schema)}_jobs"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered step from version ``version - 1`` to ``version``."""
+
+    version: int
+    name: str
+    sql: str
+
+
+@cache
+def _raw_queries() -> dict[str, str]:
+    text = _read("queries.sql")
+    parts = _NAME_LINE.split(text)
+    # parts = [preamble, name1, body1, name2, body2, ...]
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
+        queries[name] = "\n".join(lines).strip().rstrip(";")
+    return queries
+
+
+@cache
+def queries(schema: str) -> dict[str, str]:
+    """Every named query with ``schema`` filled in."""
+    return {name: _render(sql, schema) for name, sql in _raw_queries().items()}
+
+
+def schema_sql(schema: str) -> str:
+    """The full, latest schema."""
+    return _render(_read("schema.sql"), schema)
+
+
+def uninstall_sql(schema: str) -> str:
+    """Drop every pgq_nb object (and the data in them)."""
+    return _render("DROP SCHEMA IF EXISTS {schema} CASCADE", schema)
+
+
+@cache
+def _raw_migrations() -> tuple[tuple[int, str, str], ...]:
+    found = []
+    for entry in resources.files(__package__).joinpath("migrations").iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [version for version, _, _ in found]
+    if versions != list(range(1, len(versions) + 1)):
+        raise RuntimeError(f"pgq_nb migrations are not numbered 1..N without gaps: {versions}")
+    return tuple(found)
+
+
+def migrations(schema: str) -> list[Migration]:
+    """Every migration, in order; migration N takes the schema to version N."""
+    return [Migration(v, name, _render(sql, schema)) for v, name, sql in _raw_migrations()]
+
+
+def latest_version() -> int:
+    """The schema version this code expects."""
+    return len(_raw_migrations())

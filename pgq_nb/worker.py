@@ -1,0 +1,360 @@
+"""The worker loop: claim in batches, run handlers, complete in batches, heartbeat, reclaim.
+
+One Worker runs on the pgq_nb loop, in a notebook (``q.start_worker()``,
+``q.run_until_idle()``) or in a process of its own (``pgq-nb worker``). Its hot path is three
+statements, each for a batch of jobs: the claim, the completion (which moves the jobs to
+history) and nothing else; the heartbeat is one row per worker every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import logging
+import os
+import socket
+import traceback
+from collections import Counter
+from typing import Any
+
+import asyncpg
+
+from pgq_nb import db
+from pgq_nb.errors import InvalidInputError, PgqError, UnknownEntrypointError
+from pgq_nb.models import Job, encode_result
+from pgq_nb.queue import AsyncQueue, EntrypointSpec
+
+logger = logging.getLogger("pgq_nb.worker")
+
+#: A completion record, in the column order of the ``finish_jobs`` query.
+Finished = tuple[int, str, str | None, str | None, str | None, dt.datetime, dt.datetime]
+
+
+@dataclasses.dataclass(kw_only=True)
+class WorkerStats:
+    """What a worker did, by final status."""
+
+    succeeded: int = 0
+    failed: int = 0
+    interrupted: int = 0
+
+    @property
+    def processed(self) -> int:
+        return self.succeeded + self.failed
+
+
+class Worker:
+    """Runs the handlers of one queue. Use :meth:`run`; stop with :meth:`request_stop`."""
+
+    def __init__(
+        self,
+        queue: AsyncQueue,
+        *,
+        concurrency: int = 32,
+        entrypoints: list[str] | None = None,
+        batch_size: int | None = None,
+        flush_interval: float = 0.005,
+        grace_period: float = 30.0,
+        stop_when_idle: bool = False,
+        wait_for_scheduled: float = 60.0,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidInputError("concurrency must be a positive int")
+        names = list(queue.handlers) if entrypoints is None else list(entrypoints)
+        if not names:
+            raise UnknownEntrypointError(
+                "this queue has no handlers; register one with @q.entrypoint('name') before "
+                "starting a worker"
+            )
+        for name in names:
+            if name not in queue.handlers:
+                raise UnknownEntrypointError(
+                    f"no handler for entrypoint {name!r}; register it with "
+                    f"@q.entrypoint({name!r}) before starting a worker "
+                    f"(registered: {sorted(queue.handlers)})"
+                )
+        self.queue = queue
+        self.specs: dict[str, EntrypointSpec] = {n: queue.handlers[n] for n in names}
+        self.concurrency = concurrency
+        self.batch_size = batch_size or concurrency
+        self.flush_interval = flush_interval
+        self.grace_period = grace_period
+        self.stop_when_idle = stop_when_idle
+        self.wait_for_scheduled = wait_for_scheduled
+        self.stats = WorkerStats()
+        self.worker_id: int | None = None
+        self._q = queue.queries
+        self._running: dict[int, tuple[Job, asyncio.Future[Any]]] = {}
+        self._per_entrypoint: Counter[str] = Counter()
+        self._finished: list[Finished] = []
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._flush_pending = asyncio.Event()
+        self._flush_now = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop claiming; running jobs get the grace period to finish. Loop thread only."""
+        self._stopping.set()
+        self._wake.set()
+        self._slot_free.set()
+
+    async def run(self) -> WorkerStats:
+        """Work until stopped (or idle, with ``stop_when_idle``). Returns what it did."""
+        await self._register()
+        background = [
+            asyncio.create_task(self._flush_loop(), name="pgq_nb-flush"),
+            asyncio.create_task(self._heartbeat_loop(), name="pgq_nb-heartbeat"),
+        ]
+        cancelled = False
+        try:
+            await self._claim_loop()
+        except asyncio.CancelledError:
+            cancelled = True
+        finally:
+            await self._shutdown(background, graceful=not cancelled)
+        if cancelled:
+            raise asyncio.CancelledError
+        return self.stats
+
+    async def _register(self) -> None:
+        async with self.queue.pool.acquire() as conn:
+            await self.queue._sync_entrypoints(conn)
+            await conn.execute(self._q["upsert_entrypoints"], list(self.specs))
+            self.worker_id = await conn.fetchval(
+                self._q["register_worker"],
+                socket.gethostname(),
+                os.getpid(),
+                list(self.specs),
+                self.concurrency,
+            )
+        if any(not s.is_async for s in self.specs.values()):
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix="pgq_nb-job"
+            )
+        await self._listen()
+        logger.info("worker started", extra={"worker_id": self.worker_id})
+
+    async def _listen(self) -> None:
+        try:
+            self._listener = await db.connect_one(self.queue.dsn)
+            await self._listener.add_listener(self.queue.channel, self._on_notify)
+        except (PgqError, OSError, asyncpg.PostgresError) as exc:
+            logger.warning("LISTEN failed; polling only", extra={"error": str(exc)})
+            self._listener = None
+
+    def _on_notify(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _shutdown(self, background: list[asyncio.Task[Any]], *, graceful: bool) -> None:
+        self._stopping.set()
+        if graceful and self._running:
+            futures = [f for _, f in self._running.values()]
+            await asyncio.wait(futures, timeout=self.grace_period)
+        leftover = list(self._running.values())
+        for _, future in leftover:
+            future.cancel()
+        if leftover:
+            await asyncio.wait([f for _, f in leftover], timeout=1.0)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        try:
+            await self._flush()
+            async with self.queue.pool.acquire() as conn:
+                if leftover:
+                    ids = [job.id for job, _ in leftover]
+                    await conn.execute(self._q["interrupt_jobs"], self.worker_id, ids)
+                    await conn.execute(self._q["notify_jobs"])
+                    self.stats.interrupted += len(ids)
+                await conn.execute(self._q["deregister_worker"], self.worker_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            logger.warning(
+                "could not flush at shutdown; unfinished jobs will be reclaimed after the "
+                "heartbeat timeout",
+                extra={"error": str(exc)},
+            )
+        if self._listener is not None:
+            await self._listener.close(timeout=2)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        logger.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        poll = self.queue.settings.poll_interval
+        # While the queue has more than we can take, wait for a few free slots and claim them
+        # together, rather than one claim per finished job.
+        low_water = max(1, min(self.batch_size, self.concurrency) // 4)
+        backlog = False
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._running)
+            if free < (low_water if backlog else 1):
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            self._wake.clear()
+            try:
+                claimed = await self._claim(min(free, self.batch_size))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("claim failed; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(poll)
+                continue
+            for job in claimed:
+                self._start(job)
+            backlog = len(claimed) == min(free, self.batch_size)
+            if claimed:
+                continue
+            busy = bool(self._running or self._finished)
+            if self.stop_when_idle and not busy and await self._idle():
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=poll)
+            except TimeoutError:
+                pass
+
+    async def _claim(self, limit: int) -> list[Job]:
+        capped = {n: s.concurrency for n, s in self.specs.items() if s.concurrency is not None}
+        groups: list[tuple[list[str], int]] = []
+        free_names = [n for n in self.specs if n not in capped]
+        if free_names:
+            groups.append((free_names, limit))
+        for name, cap in capped.items():
+            room = min(cap - self._per_entrypoint[name], limit)
+            if room > 0:
+                groups.append(([name], room))
+        jobs: list[Job] = []
+        async with self.queue.pool.acquire() as conn:
+            for names, n in groups:
+                n = min(n, limit - len(jobs))
+                if n <= 0:
+                    break
+                rows = await conn.fetch(self._q["claim_jobs"], names, n, self.worker_id)
+                jobs.extend(Job(**row) for row in rows)
+        jobs.sort(key=lambda j: (-j.priority, j.id))
+        return jobs
+
+    async def _idle(self) -> bool:
+        names = list(self.specs)
+        count = await self.queue.pool.fetchval(
+            self._q["count_runnable"], names, self.wait_for_scheduled
+        )
+        return bool(count == 0)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        spec = self.specs[job.entrypoint]
+        started = dt.datetime.now(dt.UTC)
+        future: asyncio.Future[Any]
+        if spec.is_async:
+            future = asyncio.ensure_future(spec.handler(job))
+        else:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, spec.handler, job)
+        self._running[job.id] = (job, future)
+        self._per_entrypoint[job.entrypoint] += 1
+        future.add_done_callback(lambda f: self._done(job, started, f))
+
+    def _done(self, job: Job, started: dt.datetime, future: asyncio.Future[Any]) -> None:
+        self._running.pop(job.id, None)
+        self._per_entrypoint[job.entrypoint] -= 1
+        self._slot_free.set()
+        if future.cancelled():
+            return  # interrupted at shutdown; requeued there
+        finished = dt.datetime.now(dt.UTC)
+        exc = future.exception()
+        if exc is None:
+            try:
+                result = encode_result(future.result())
+            except InvalidInputError as err:
+                exc = err
+            else:
+                self._finished.append((job.id, "succeeded", result, None, None, started, finished))
+                self.stats.succeeded += 1
+        if exc is not None:
+            error = f"{type(exc).__name__}: {exc}"
+            trace = "".join(traceback.format_exception(exc))
+            self._finished.append((job.id, "failed", None, error, trace, started, finished))
+            self.stats.failed += 1
+            logger.warning(
+                "job failed",
+                extra={"job_id": job.id, "entrypoint": job.entrypoint, "error": error},
+            )
+        self._flush_pending.set()
+        if len(self._finished) >= self.batch_size:
+            self._flush_now.set()
+
+    # -- completing --------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_pending.wait()
+            if len(self._finished) < self.batch_size:
+                try:  # gather a batch: a few ms, or until batch_size completions wait
+                    await asyncio.wait_for(self._flush_now.wait(), timeout=self.flush_interval)
+                except TimeoutError:
+                    pass
+            self._flush_pending.clear()
+            self._flush_now.clear()
+            try:
+                await self._flush()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("completion failed; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(0.5)
+            if self._finished:
+                self._flush_pending.set()
+            if self.stop_when_idle:
+                self._wake.set()
+
+    async def _flush(self) -> None:
+        if not self._finished:
+            return
+        batch, self._finished = self._finished, []
+        try:
+            columns = list(zip(*batch, strict=True))
+            await self.queue.pool.execute(self._q["finish_jobs"], self.worker_id, *columns)
+        except BaseException:
+            self._finished[:0] = batch  # keep them for the next try
+            raise
+
+    # -- heartbeat ---------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        settings = self.queue.settings
+        while True:
+            await asyncio.sleep(settings.heartbeat_interval)
+            try:
+                async with self.queue.pool.acquire() as conn:
+                    alive = await conn.fetchval(self._q["heartbeat_worker"], self.worker_id)
+                    if alive is None:
+                        logger.warning(
+                            "this worker was presumed dead and its jobs requeued; re-registering",
+                            extra={"worker_id": self.worker_id},
+                        )
+                        self.worker_id = await conn.fetchval(
+                            self._q["register_worker"],
+                            socket.gethostname(),
+                            os.getpid(),
+                            list(self.specs),
+                            self.concurrency,
+                        )
+                    reclaimed = await conn.fetch(
+                        self._q["reclaim_stale"], settings.heartbeat_timeout
+                    )
+                    if reclaimed:
+                        await conn.execute(self._q["notify_jobs"])
+                        logger.warning(
+                            "reclaimed jobs of dead workers",
+                            extra={"job_ids": [r["id"] for r in reclaimed]},
+                        )
+                if self._listener is None or self._listener.is_closed():
+                    await self._listen()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, PgqError) as exc:
+                logger.warning("heartbeat failed", extra={"error": str(exc)})
