@@ -1,14 +1,14 @@
 """pgq_nb: data pipelines from a Jupyter notebook on a durable Postgres job queue.
 
-    import pgq_nb
-    q = pgq_nb.connect()              # embedded Postgres, or dsn=... / PGQ_NB_DSN
+import pgq_nb
+q = pgq_nb.connect()              # embedded Postgres, or dsn=... / PGQ_NB_DSN
 
-    @q.entrypoint("score")
-    def score(job: pgq_nb.Job) -> dict:
-        return {"double": job.data["x"] * 2}
+@q.entrypoint("score")
+def score(job: pgq_nb.Job) -> dict:
+    return {"double": job.data["x"] * 2}
 
-    q.enqueue("score", {"x": 21})
-    q.run_until_idle()
+q.enqueue("score", {"x": 21})
+q.run_until_idle()
 """
 
 from pgq_nb.config import Settings

@@ -1,13 +1,11 @@
 """Settings, from arguments first and environment variables second.
 
-| variable                      | meaning                                             | default            |
-|-------------------------------|-----------------------------------------------------|--------------------|
-| PGQ_NB_DSN                    | Postgres to use instead of the embedded server      | embedded server    |
-| PGQ_NB_SCHEMA                 | schema holding pgq_nb's tables                      | pgq_nb             |
-| PGQ_NB_HOME                   | the embedded server's home (data, secret, log)      | per-user data dir  |
-| PGQ_NB_HEARTBEAT_INTERVAL     | seconds between a worker's heartbeats               | 5                  |
-| PGQ_NB_HEARTBEAT_TIMEOUT      | seconds without a heartbeat before jobs are reclaimed | 30               |
-| PGQ_NB_POLL_INTERVAL          | seconds between polls when no NOTIFY arrives        | 1                  |
+PGQ_NB_DSN                 Postgres to use instead of the embedded server (default: embedded)
+PGQ_NB_SCHEMA              schema holding pgq_nb's tables (default: pgq_nb)
+PGQ_NB_HOME                the embedded server's home: data, secret, log (default: per user)
+PGQ_NB_HEARTBEAT_INTERVAL  seconds between a worker's heartbeats (default: 5)
+PGQ_NB_HEARTBEAT_TIMEOUT   seconds without a heartbeat before a worker's jobs are reclaimed (30)
+PGQ_NB_POLL_INTERVAL       seconds between polls when no NOTIFY arrives (default: 1)
 """
 
 from __future__ import annotations
@@ -67,9 +65,8 @@ class Settings:
         """Arguments win; unset ones come from PGQ_NB_* variables, then defaults."""
         return cls(
             dsn=dsn or os.environ.get("PGQ_NB_DSN") or None,
-            schema=schema or os.environ.get("PGQ_NB_SCHEMA") or "pgq_nb",
-            heartbeat_interval=heartbeat_interval
-            or _float_env("PGQ_NB_HEARTBEAT_INTERVAL", 5.0),
+            schema=schema if schema is not None else os.environ.get("PGQ_NB_SCHEMA", "pgq_nb"),
+            heartbeat_interval=heartbeat_interval or _float_env("PGQ_NB_HEARTBEAT_INTERVAL", 5.0),
             heartbeat_timeout=heartbeat_timeout or _float_env("PGQ_NB_HEARTBEAT_TIMEOUT", 30.0),
             poll_interval=poll_interval or _float_env("PGQ_NB_POLL_INTERVAL", 1.0),
         )

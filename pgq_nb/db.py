@@ -40,7 +40,7 @@ def translate_errors(dsn: str) -> Iterator[None]:
     """Turn connection failures into DatabaseUnavailableError with a useful message."""
     try:
         yield
-    except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError) as exc:
+    except (TimeoutError, OSError, asyncpg.CannotConnectNowError) as exc:
         raise DatabaseUnavailableError(
             f"cannot reach Postgres at {describe_dsn(dsn)}: {exc.__class__.__name__}: {exc}. "
             "Check that the server is running and the DSN (PGQ_NB_DSN or connect(dsn=...)) "
@@ -113,7 +113,7 @@ async def schema_version(conn: Any, schema: str) -> int | None:
     exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
     if not exists:
         return None
-    version: int = await conn.fetchval(f"SELECT version FROM {table}")  # noqa: S608 - validated
+    version: int = await conn.fetchval(f"SELECT version FROM {table}")
     return version
 
 
@@ -125,7 +125,7 @@ async def _lock_schema(conn: Any, schema: str) -> None:
 async def _set_version(conn: Any, schema: str, version: int) -> None:
     table = f'"{sql.validate_schema_name(schema)}".schema_version'
     await conn.execute(
-        f"INSERT INTO {table} (version) VALUES ($1) "  # noqa: S608 - validated identifier
+        f"INSERT INTO {table} (version) VALUES ($1) "
         "ON CONFLICT (only_one) DO UPDATE SET version = excluded.version, installed = now()",
         version,
     )

@@ -2,7 +2,7 @@
 
     PgqError
     ├── ConfigurationError        a setting, schema name or DSN that cannot be used
-    ├── DatabaseUnavailableError  the server cannot be reached (names host and port, never the password)
+    ├── DatabaseUnavailableError  the server cannot be reached (names host and port)
     ├── EmbeddedServerError       the embedded Postgres cannot be set up, started or stopped
     ├── SchemaError               the pgq_nb schema is missing, or newer than this code
     ├── InvalidInputError         bad arguments; also a ValueError

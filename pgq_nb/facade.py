@@ -10,7 +10,7 @@ import asyncio
 import functools
 import html
 from collections.abc import Callable, Coroutine
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from pgq_nb import db, runtime
 from pgq_nb.config import Settings
@@ -26,11 +26,10 @@ def _blocking(
 ) -> Callable[Concatenate[Queue, P], T]:
     """The blocking form of an AsyncQueue method, run on the pgq_nb loop thread."""
 
-    @functools.wraps(method)
     def call(self: Queue, *args: P.args, **kwargs: P.kwargs) -> T:
         return runtime.run_sync(method(self.aio, *args, **kwargs), f"q.{method.__name__}()")
 
-    return call
+    return cast("Callable[Concatenate[Queue, P], T]", functools.wraps(method)(call))
 
 
 class WorkerHandle:
@@ -121,12 +120,17 @@ class Queue:
         return f"<pgq_nb.Queue {db.describe_dsn(self.aio.dsn)} schema={self.schema!r}>"
 
 
-async def _open(settings: Settings, install: bool) -> AsyncQueue:
-    dsn = settings.dsn
-    if dsn is None:
-        from pgq_nb.embedded import EmbeddedServer
+async def resolve_dsn(settings: Settings) -> str:
+    """The configured DSN, or the embedded server's (started if needed)."""
+    if settings.dsn is not None:
+        return settings.dsn
+    from pgq_nb.embedded import EmbeddedServer
 
-        dsn = await asyncio.to_thread(EmbeddedServer().ensure_running)
+    return await asyncio.to_thread(EmbeddedServer().ensure_running)
+
+
+async def _open(settings: Settings, install: bool) -> AsyncQueue:
+    dsn = await resolve_dsn(settings)
     pool = await db.get_pool(dsn)
     if install:
         await db.install(pool, settings.schema)

@@ -14,8 +14,6 @@ from typing import Any
 
 from pgq_nb.errors import PayloadError
 
-Payload = bytes | bytearray | memoryview | dict[str, Any] | list[Any] | str | int | float | bool | None
-
 
 class JobStatus(enum.StrEnum):
     """Where a job is. The first three are live (table ``jobs``), the rest final (``history``)."""

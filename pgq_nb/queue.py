@@ -153,7 +153,6 @@ class AsyncQueue:
         dedupe_key: None = None,
     ) -> list[int]: ...
 
-    @runtime.bridged
     async def enqueue(
         self,
         entrypoint: str | list[str],
@@ -170,6 +169,18 @@ class AsyncQueue:
         JSON-serialisable value. ``execute_after`` delays the job (aware datetime or timedelta).
         A ``dedupe_key`` equal to a queued or running job's raises DuplicateJobError.
         """
+        return await runtime.run_here(
+            self._enqueue(entrypoint, payload, priority, execute_after, dedupe_key)
+        )
+
+    async def _enqueue(
+        self,
+        entrypoint: str | list[str],
+        payload: Any,
+        priority: Any,
+        execute_after: dt.datetime | dt.timedelta | None,
+        dedupe_key: str | None,
+    ) -> int | list[int]:
         if isinstance(entrypoint, list | tuple):
             if dedupe_key is not None:
                 raise InvalidInputError(
@@ -279,9 +290,7 @@ class AsyncQueue:
     @runtime.bridged
     async def workers(self) -> list[dict[str, Any]]:
         """Worker processes with a recent heartbeat."""
-        rows = await self.pool.fetch(
-            self.queries["list_workers"], self.settings.heartbeat_timeout
-        )
+        rows = await self.pool.fetch(self.queries["list_workers"], self.settings.heartbeat_timeout)
         return [dict(r) for r in rows]
 
     @runtime.bridged

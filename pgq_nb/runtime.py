@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from pgq_nb.errors import BlockingCallError
 
@@ -70,10 +71,8 @@ def run_sync(coro: Coroutine[Any, Any, T], what: str = "this call") -> T:
         return future.result()
     except KeyboardInterrupt:
         future.cancel()
-        try:
-            future.result(timeout=5)
-        except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError, Exception):
-            pass
+        with contextlib.suppress(Exception, concurrent.futures.CancelledError):
+            future.result(timeout=5)  # let the cancellation reach the server
         raise
 
 
@@ -91,11 +90,13 @@ def bridged(
 ) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, T]]:
     """Decorate an async method so it always executes on the pgq_nb loop."""
 
-    @functools.wraps(method)
     async def wrapper(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
         return await run_here(method(self, *args, **kwargs))
 
-    return wrapper
+    return cast(
+        "Callable[Concatenate[Any, P], Coroutine[Any, Any, T]]",
+        functools.wraps(method)(wrapper),
+    )
 
 
 def add_shutdown_hook(hook: Callable[[], Awaitable[None]]) -> None:
@@ -111,10 +112,8 @@ def _at_exit() -> None:
         await asyncio.gather(*(hook() for hook in _shutdown_hooks), return_exceptions=True)
 
     future = asyncio.run_coroutine_threadsafe(run_hooks(), _loop)
-    try:
+    with contextlib.suppress(Exception):  # best effort at interpreter exit
         future.result(timeout=5)
-    except Exception:  # noqa: S110 - best effort at interpreter exit
-        pass
 
 
 atexit.register(_at_exit)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -215,10 +216,8 @@ class Worker:
             busy = bool(self._running or self._finished)
             if self.stop_when_idle and not busy and await self._idle():
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
-            except TimeoutError:
-                pass
 
     async def _claim(self, limit: int) -> list[Job]:
         capped = {n: s.concurrency for n, s in self.specs.items() if s.concurrency is not None}
@@ -297,10 +296,9 @@ class Worker:
         while True:
             await self._flush_pending.wait()
             if len(self._finished) < self.batch_size:
-                try:  # gather a batch: a few ms, or until batch_size completions wait
+                # gather a batch: a few ms, or until batch_size completions wait
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._flush_now.wait(), timeout=self.flush_interval)
-                except TimeoutError:
-                    pass
             self._flush_pending.clear()
             self._flush_now.clear()
             try:

@@ -1,0 +1,295 @@
+"""The ``pgq-nb`` command: the embedded server, the schema, workers and a status view."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from pgq_nb import db, runtime
+from pgq_nb.config import Settings
+from pgq_nb.errors import ConfigurationError, PgqError
+from pgq_nb.facade import Queue, connect, resolve_dsn
+from pgq_nb.queue import AsyncQueue
+from pgq_nb.worker import Worker
+
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({})))
+
+
+class _KeyValueFormatter(logging.Formatter):
+    """Plain log lines with the structured ``extra`` fields appended as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+        extras.pop("message", None)
+        extras.pop("asctime", None)
+        if extras:
+            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        return line
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("pgq_nb")
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def _queue(args: argparse.Namespace, *, install: bool = True) -> Queue:
+    return connect(args.dsn, schema=args.schema, install=install)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- db ------------------------------------------------------------------------------------
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from pgq_nb.embedded import EmbeddedServer
+
+    server = EmbeddedServer()
+    if args.db_command == "start":
+        server.ensure_running()
+        print(f"embedded Postgres running in {server.home} (pid {server.status().pid})")
+    elif args.db_command == "stop":
+        stopped = server.stop()
+        print("embedded Postgres stopped" if stopped else "embedded Postgres was not running")
+    elif args.db_command == "status":
+        status = server.status()
+        state = "running" if status.running else "stopped"
+        if not status.initialised:
+            state = "not initialised (`pgq-nb db start` creates it)"
+        print(f"embedded Postgres: {state}")
+        print(f"  home:     {server.home}")
+        print(f"  data dir: {status.data_dir}")
+        if status.version is not None:
+            print(f"  version:  {status.version}")
+        if status.running:
+            print(f"  pid:      {status.pid}")
+            print(f"  port:     {status.port} (127.0.0.1)")
+            print(f"  socket:   {status.socket_dir}")
+        return 0 if status.running else 3
+    elif args.db_command == "dsn":
+        server.ensure_running()
+        print(server.dsn(tcp=args.tcp))
+    return 0
+
+
+# -- schema --------------------------------------------------------------------------------
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    version = _queue(args, install=False).install()
+    print(f"pgq_nb schema {args.schema or 'pgq_nb'!r} installed at version {version}")
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    version = _queue(args, install=False).upgrade()
+    print(f"pgq_nb schema is at version {version}")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print("this drops every job, result and schedule; run again with --yes to confirm")
+        return 2
+    settings = Settings.from_env(dsn=args.dsn, schema=args.schema)
+
+    async def drop() -> None:
+        await db.uninstall(await db.get_pool(await resolve_dsn(settings)), settings.schema)
+
+    runtime.run_sync(drop())
+    print(f"pgq_nb schema {settings.schema!r} dropped")
+    return 0
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    q = _queue(args, install=False)
+    counts = q.counts()
+    order = ["queued", "blocked", "picked", "succeeded", "failed", "cancelled", "upstream_failed"]
+    by_ep: dict[str, dict[str, int]] = {}
+    for entrypoint, status, n in counts:
+        by_ep.setdefault(entrypoint, {})[status] = n
+    if by_ep:
+        rows = [[ep, *(by_ep[ep].get(s, 0) for s in order)] for ep in sorted(by_ep)]
+        print(_table(["entrypoint", *order], rows))
+    else:
+        print("no jobs yet")
+    workers = q.workers()
+    print()
+    if workers:
+        rows = [
+            [
+                w["id"],
+                w["host"],
+                w["pid"],
+                w["concurrency"],
+                ",".join(w["entrypoints"]),
+                w["heartbeat"].strftime("%H:%M:%S"),
+            ]
+            for w in workers
+        ]
+        print(_table(["worker", "host", "pid", "concurrency", "entrypoints", "heartbeat"], rows))
+    else:
+        print("no workers alive")
+    return 0
+
+
+# -- worker --------------------------------------------------------------------------------
+
+
+def load_queue(target: str) -> AsyncQueue:
+    """Import ``MODULE:ATTR`` and return the queue it names."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ConfigurationError(
+            f"{target!r} is not MODULE:ATTR; name the module and the Queue object in it, "
+            "for example `pgq-nb worker mypipeline:q`"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(
+            f"cannot import module {module_name!r} ({exc}); run from the directory that holds "
+            "it or put it on PYTHONPATH"
+        ) from None
+    obj = getattr(module, attr, None)
+    if isinstance(obj, Queue):
+        return obj.aio
+    if isinstance(obj, AsyncQueue):
+        return obj
+    raise ConfigurationError(
+        f"{target} is {type(obj).__name__}, not a pgq_nb Queue; point at the object that "
+        "pgq_nb.connect() returned"
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    # The module's own connect() reads these, so --dsn and --schema reach it.
+    if args.dsn:
+        os.environ["PGQ_NB_DSN"] = args.dsn
+    if args.schema:
+        os.environ["PGQ_NB_SCHEMA"] = args.schema
+    queue = load_queue(args.target)
+    entrypoints = args.entrypoints.split(",") if args.entrypoints else None
+    worker = Worker(
+        queue,
+        concurrency=args.concurrency,
+        entrypoints=entrypoints,
+        batch_size=args.batch_size,
+        grace_period=args.grace_period,
+    )
+    loop = runtime.loop()
+    future = asyncio.run_coroutine_threadsafe(worker.run(), loop)
+    signals = 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            logging.getLogger("pgq_nb").info(
+                "stopping: running jobs get the grace period; signal again to stop at once",
+                extra={"signal": signal.Signals(signum).name},
+            )
+            loop.call_soon_threadsafe(worker.request_stop)
+        else:
+            future.cancel()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while True:
+        try:
+            stats = future.result(timeout=0.5)
+            break
+        except concurrent.futures.TimeoutError:
+            continue
+        except concurrent.futures.CancelledError:
+            print("worker stopped at once; unfinished jobs went back to the queue")
+            return 1
+    print(
+        f"worker stopped: {stats.succeeded} succeeded, {stats.failed} failed, "
+        f"{stats.interrupted} interrupted"
+    )
+    return 0
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgq-nb", description="Durable Postgres job queue for notebook pipelines."
+    )
+    parser.add_argument("--dsn", help="Postgres DSN (default: PGQ_NB_DSN, else embedded server)")
+    parser.add_argument("--schema", help="schema name (default: PGQ_NB_SCHEMA, else pgq_nb)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="manage the embedded Postgres server")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("start", help="start it (initialising it on first use)")
+    db_sub.add_parser("stop", help="stop it")
+    db_sub.add_parser("status", help="say whether it runs, where, on which port")
+    dsn = db_sub.add_parser("dsn", help="print its DSN (contains the password)")
+    dsn.add_argument("--tcp", action="store_true", help="the 127.0.0.1 DSN, not the socket one")
+    db.set_defaults(func=cmd_db)
+
+    sub.add_parser("install", help="install the schema (idempotent)").set_defaults(func=cmd_install)
+    sub.add_parser("upgrade", help="apply pending schema migrations").set_defaults(func=cmd_upgrade)
+    uninstall = sub.add_parser("uninstall", help="drop the schema and all its data")
+    uninstall.add_argument("--yes", action="store_true", help="confirm")
+    uninstall.set_defaults(func=cmd_uninstall)
+    sub.add_parser("status", help="jobs per entrypoint and status; workers alive").set_defaults(
+        func=cmd_status
+    )
+
+    worker = sub.add_parser("worker", help="run a worker process")
+    worker.add_argument("target", help="MODULE:ATTR naming the Queue, e.g. mypipeline:q")
+    worker.add_argument("--concurrency", type=int, default=32, help="jobs at once (default 32)")
+    worker.add_argument("--entrypoints", help="comma-separated subset of entrypoints to run")
+    worker.add_argument("--batch-size", type=int, help="jobs per claim (default: concurrency)")
+    worker.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        help="seconds running jobs get to finish on SIGINT/SIGTERM (default 30)",
+    )
+    worker.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        code: int = args.func(args)
+    except PgqError as exc:
+        print(f"pgq-nb: error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

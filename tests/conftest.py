@@ -1,0 +1,97 @@
+"""Test fixtures: one real Postgres for the whole session, a clean pgq_nb schema per test.
+
+The server is the embedded one, started as a direct child of pytest (fsync off, and it dies
+with pytest), unless PGQ_NB_TEST_DSN names an external server.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pgq_nb
+from pgq_nb import runtime
+
+SCHEMA = "pgq_nb_test"
+REPO = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+
+
+@pytest.fixture(scope="session")
+def dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("PGQ_NB_TEST_DSN")
+    if external:
+        yield external
+        return
+    from pgq_nb.embedded import start_child_for_tests
+
+    home = tmp_path_factory.mktemp("pgserver")
+    url, process = start_child_for_tests(home)
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _truncate(q: pgq_nb.Queue) -> None:
+    async def run() -> None:
+        await q.aio.pool.execute(
+            f"TRUNCATE {SCHEMA}.jobs, {SCHEMA}.history, {SCHEMA}.workers, "  # noqa: S608
+            f"{SCHEMA}.entrypoints RESTART IDENTITY"
+        )
+
+    runtime.run_sync(run())
+
+
+@pytest.fixture(scope="session")
+def installed(dsn: str) -> str:
+    """Install the test schema once per session."""
+    pgq_nb.connect(dsn, schema=SCHEMA)
+    return dsn
+
+
+@pytest.fixture
+def q(installed: str) -> pgq_nb.Queue:
+    """A fresh queue on an empty schema, with quick heartbeats."""
+    queue = pgq_nb.connect(
+        installed,
+        schema=SCHEMA,
+        heartbeat_interval=0.5,
+        heartbeat_timeout=3.0,
+        poll_interval=0.2,
+    )
+    _truncate(queue)
+    return queue
+
+
+def worker_env(dsn: str, **extra: str) -> dict[str, str]:
+    """Environment for a `pgq-nb worker` subprocess running one of tests/apps."""
+    env = dict(os.environ)
+    env.update(
+        PGQ_NB_DSN=dsn,
+        PGQ_NB_SCHEMA=SCHEMA,
+        PGQ_NB_HEARTBEAT_INTERVAL="0.5",
+        PGQ_NB_HEARTBEAT_TIMEOUT="3",
+        PGQ_NB_POLL_INTERVAL="0.2",
+        PYTHONPATH=os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")]),
+    )
+    env.update(extra)
+    return env
+
+
+def start_worker_process(
+    dsn: str, target: str, *args: str, **env: str
+) -> subprocess.Popen[bytes]:
+    """`pgq-nb worker TARGET` in a process of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pgq_nb.cli", "--log-level", "WARNING", "worker", target, *args],
+        env=worker_env(dsn, **env),
+        cwd=str(REPO),
+    )
