@@ -148,9 +148,7 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def run_logged(
-    cmd: Sequence[str | os.PathLike[str]], user: ServerUser, log_file: Path, timeout: float
-) -> int:
+def run_logged(cmd: Sequence[str], user: ServerUser, log_file: Path, timeout: float) -> int:
     """Run a server command as ``user``, appending its output to ``log_file``; return its code.
 
     The output goes to the log through an inherited descriptor, so a server that ``pg_ctl``

@@ -1,0 +1,443 @@
+"""The embedded server: a PostgreSQL 18 data directory in a per-user home, run detached.
+
+Layout of the home (``$PGQ_NB_HOME``, else ``$XDG_DATA_HOME/pgq_nb`` or
+``~/.local/share/pgq_nb``)::
+
+    secret        the password of the ``postgres`` role (mode 0600, the invoking user's)
+    server.json   port and unix-socket directory, chosen at init and kept
+    postgres.log  output of initdb, pg_ctl and the server
+    lock          flock()ed around initialisation and start-up
+    run/          the unix socket (or a short directory under /tmp when the path is too long)
+    data/         the data directory (owned by the ``postgres`` OS user when we are root)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from pgq_nb.embedded import _postmaster as pm
+from pgq_nb.embedded._system import (
+    PG_MAJOR,
+    ServerUser,
+    bin_dir,
+    check_executable,
+    chown_to,
+    grant_traverse,
+    log_size,
+    log_tail,
+    run_logged,
+    server_user,
+)
+from pgq_nb.errors import ConfigurationError, EmbeddedServerError
+
+START_TIMEOUT = 60.0
+"""Seconds to wait for initdb, or for the server to accept connections."""
+
+_SUPERUSER = "postgres"
+_PG_CONF = "pgq_nb.conf"
+_SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103  # sizeof(sun_path) - 1
+_PG_CTL_UNSAFE = frozenset('"$`\\\n')  # pg_ctl puts the data directory in "..." for /bin/sh
+_PORT_TAKEN = ("could not bind", "could not create any TCP/IP sockets", "Address already in use")
+
+
+def default_home() -> Path:
+    """The embedded server's home: ``$PGQ_NB_HOME``, else the per-user data directory."""
+    configured = os.environ.get("PGQ_NB_HOME")
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    return base / "pgq_nb"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerStatus:
+    """A snapshot of the embedded server, as :meth:`EmbeddedServer.status` sees it."""
+
+    running: bool
+    pid: int | None
+    port: int | None
+    data_dir: Path
+    socket_dir: Path | None
+    version: int | None
+    """Major version of the data directory; None if not initialised."""
+    initialised: bool
+
+
+@dataclass(frozen=True)
+class _Settings:
+    port: int
+    socket_dir: Path
+
+
+class EmbeddedServer:
+    """A local PostgreSQL 18 server in ``home``, reachable by unix socket and 127.0.0.1.
+
+    Every connection needs the password kept in ``home/secret``. The server runs detached: it
+    outlives the Python process that started it, until :meth:`stop`.
+    """
+
+    def __init__(self, home: Path | None = None) -> None:
+        chosen = default_home() if home is None else Path(home)
+        self.home: Path = Path(os.path.abspath(chosen.expanduser()))
+        self.data_dir: Path = self.home / "data"
+        self.log_file: Path = self.home / "postgres.log"
+        self._secret_file = self.home / "secret"
+        self._settings_file = self.home / "server.json"
+
+    def __repr__(self) -> str:
+        return f"EmbeddedServer(home={str(self.home)!r})"
+
+    # -- public ------------------------------------------------------------------------------
+
+    def ensure_running(self) -> str:
+        """Initialise the home if needed, start the server if it is not running; return its DSN.
+
+        Safe when several processes call it at once: initialisation and start-up happen under
+        an exclusive lock on ``home/lock``. The returned DSN uses the unix socket.
+        """
+        self.start()
+        return self.dsn()
+
+    def start(self) -> None:
+        """Start the server detached (initialising the home first if needed); idempotent."""
+        with self._locked() as user:
+            self._init_if_needed(user, sync=True)
+            if self._adopt_running():
+                return
+            pg_ctl = bin_dir() / "pg_ctl"
+            cmd = [
+                str(pg_ctl),
+                "start",
+                "-D",
+                str(self.data_dir),
+                "-w",
+                "-t",
+                str(int(START_TIMEOUT)),
+            ]
+            self._launch(user, lambda: run_logged(cmd, user, self.log_file, START_TIMEOUT + 5) == 0)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the server (fast shutdown: sessions are ended); False if it was not running."""
+        if not self.data_dir.is_dir():
+            return False
+        with self._locked():
+            info = pm.read_pidfile(self.data_dir)
+            if info is None or not pm.is_postmaster_of(info.pid, self.data_dir):
+                return False
+            try:
+                os.kill(info.pid, signal.SIGINT)
+            except ProcessLookupError:
+                return False
+            if not pm.wait_exit(info.pid, timeout):
+                raise EmbeddedServerError(
+                    f"Postgres (pid {info.pid}) did not stop within {timeout:g} s. Its log is "
+                    f"{self.log_file}; `kill -QUIT {info.pid}` stops it immediately."
+                )
+            return True
+
+    def status(self) -> ServerStatus:
+        """Whether the server runs, and where; never starts or changes anything."""
+        version = self._data_version()
+        settings = self._load_settings()
+        info = pm.read_pidfile(self.data_dir) if version is not None else None
+        if info is not None and not pm.is_postmaster_of(info.pid, self.data_dir):
+            info = None
+        port = info.port if info is not None and info.port else None
+        socket_dir = info.socket_dir if info is not None else None
+        if settings is not None:
+            port = port or settings.port
+            socket_dir = socket_dir or settings.socket_dir
+        return ServerStatus(
+            running=info is not None,
+            pid=info.pid if info is not None else None,
+            port=port,
+            data_dir=self.data_dir,
+            socket_dir=socket_dir,
+            version=version,
+            initialised=version is not None,
+        )
+
+    def dsn(self, *, tcp: bool = False) -> str:
+        """The DSN of the ``postgres`` database: over the unix socket, or over 127.0.0.1."""
+        settings = self._load_settings()
+        secret = self._read_secret()
+        if self._data_version() is None or settings is None:
+            raise EmbeddedServerError(
+                f"The embedded Postgres in {self.home} is not initialised. Call "
+                "EmbeddedServer().ensure_running() or run `pgq-nb db start`."
+            )
+        if secret is None:
+            raise EmbeddedServerError(self._missing_secret_message())
+        auth = f"{_SUPERUSER}:{quote(secret, safe='')}"
+        if tcp:
+            return f"postgresql://{auth}@127.0.0.1:{settings.port}/postgres"
+        host = quote(str(settings.socket_dir), safe="/")
+        return f"postgresql://{auth}@/postgres?host={host}&port={settings.port}"
+
+    # -- locking and initialisation ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[ServerUser]:
+        """Create the home (0700) and hold its lock; yields the user that runs the server."""
+        if _PG_CTL_UNSAFE & set(str(self.home)):
+            raise ConfigurationError(
+                f"The embedded server's home {str(self.home)!r} contains one of the characters "
+                '" $ ` \\ or a newline, which pg_ctl cannot handle. Set PGQ_NB_HOME to another '
+                "path."
+            )
+        user = server_user()
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        grant_traverse(self.home, user)
+        fd = os.open(self.home / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield user
+        finally:
+            os.close(fd)
+
+    def _init_if_needed(self, user: ServerUser, *, sync: bool) -> None:
+        """Run initdb unless the data directory exists; check its version if it does."""
+        version = self._data_version()
+        if version is not None:
+            if version != PG_MAJOR:
+                raise EmbeddedServerError(self._version_message(version))
+            if self._read_secret() is None:
+                raise EmbeddedServerError(self._missing_secret_message())
+            if stat.S_IMODE(self._secret_file.stat().st_mode) & 0o077:
+                os.chmod(self._secret_file, 0o600)
+            if self._load_settings() is None:
+                self._save_settings(self._new_settings())
+            return
+        bins = bin_dir()
+        for name in ("postgres", "initdb", "pg_ctl"):
+            check_executable(bins / name, user)
+        grant_traverse(bins, user)
+        secret = self._ensure_secret()
+        os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        if self.data_dir.exists():
+            try:
+                self.data_dir.rmdir()
+            except OSError:
+                raise EmbeddedServerError(
+                    f"{self.data_dir} exists but is not a PostgreSQL data directory (it has no "
+                    "PG_VERSION). Move it away, or set PGQ_NB_HOME to a new directory."
+                ) from None
+        staging = self.home / "data.initdb"  # renamed to data/ once complete
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700)
+        chown_to(staging, user)
+        offset = log_size(self.log_file)
+        pwfile = self.home / f".pwfile-{os.getpid()}"
+        pwfile.unlink(missing_ok=True)
+        try:
+            with os.fdopen(os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(secret)
+            chown_to(pwfile, user)
+            cmd = [
+                str(bins / "initdb"),
+                "-D",
+                str(staging),
+                "-U",
+                _SUPERUSER,
+                "-A",
+                "scram-sha-256",
+            ]
+            cmd += [f"--pwfile={pwfile}", "--locale=C", "--encoding=UTF8", "--no-instructions"]
+            code = run_logged(cmd if sync else [*cmd, "--no-sync"], user, self.log_file, 120)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if code != 0:
+            raise EmbeddedServerError(
+                f"initdb failed (exit code {code}) for {self.data_dir}. Last lines of its output:"
+                f"\n{log_tail(self.log_file, offset, secret)}\nFull log: {self.log_file}"
+            )
+        with open(staging / "postgresql.conf", "a") as conf:
+            conf.write(f"\n# pgq_nb: listen address, port, socket dir\ninclude = '{_PG_CONF}'\n")
+        settings = self._new_settings()
+        self._write_pg_conf(staging, settings, user)
+        staging.rename(self.data_dir)
+        self._save_settings(settings)
+        if sync:
+            fd = os.open(self.home, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- starting ----------------------------------------------------------------------------
+
+    def _adopt_running(self) -> bool:
+        """True if a postmaster already serves this data directory (waiting until ready)."""
+        info = pm.read_pidfile(self.data_dir)
+        if info is None or not pm.is_postmaster_of(info.pid, self.data_dir):
+            return False
+        if not pm.wait_ready(self.data_dir, info.pid, START_TIMEOUT):
+            return False
+        info = pm.read_pidfile(self.data_dir)
+        settings = self._load_settings()
+        if info is not None and info.port and info.socket_dir:
+            actual = _Settings(info.port, info.socket_dir)
+            if actual != settings:
+                self._save_settings(actual)
+        return True
+
+    def _launch(self, user: ServerUser, spawn: Callable[[], bool]) -> None:
+        """Prepare socket, lock files and port, then ``spawn()`` until it reports success.
+
+        ``spawn`` returns True once the server accepts connections, False if it failed; a port
+        taken meanwhile, or shared memory still held by a killed server, is retried.
+        """
+        settings = self._load_settings() or self._new_settings()
+        self._ensure_socket_dir(settings.socket_dir, user)
+        pm.clear_stale(self.data_dir, settings.socket_dir)
+        for attempt in range(3):
+            if not pm.port_available(settings.port):
+                settings = _Settings(pm.choose_port(avoid=settings.port), settings.socket_dir)
+            self._save_settings(settings)
+            self._write_pg_conf(self.data_dir, settings, user)
+            offset = log_size(self.log_file)
+            if spawn():
+                return
+            tail = log_tail(self.log_file, offset, self._read_secret())
+            if attempt < 2 and any(marker in tail for marker in _PORT_TAKEN):
+                settings = _Settings(pm.choose_port(avoid=settings.port), settings.socket_dir)
+                continue
+            if attempt < 2 and "shared memory block is still in use" in tail:
+                time.sleep(1.0)
+                continue
+            raise EmbeddedServerError(
+                f"PostgreSQL could not start on {self.data_dir}. Last lines of its log:\n"
+                f"{tail}\nFull log: {self.log_file}"
+            )
+
+    def _ensure_socket_dir(self, directory: Path, user: ServerUser) -> None:
+        """Create the socket directory (0700, the server user's) or check the existing one."""
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+        st = os.lstat(directory)
+        if not stat.S_ISDIR(st.st_mode):
+            raise EmbeddedServerError(f"{directory} should be a socket directory; remove it.")
+        if st.st_uid != user.uid:
+            if st.st_uid != os.geteuid():
+                raise EmbeddedServerError(
+                    f"The socket directory {directory} belongs to uid {st.st_uid}, not to the "
+                    "server's user. Remove it and retry."
+                )
+            chown_to(directory, user)
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(directory, 0o700)
+        grant_traverse(directory.parent, user)
+
+    def _new_settings(self) -> _Settings:
+        return _Settings(pm.choose_port(), self._choose_socket_dir())
+
+    def _choose_socket_dir(self) -> Path:
+        """``home/run``, or a short private directory when that path is too long for a socket."""
+        digest = hashlib.sha256(os.fsencode(self.home)).hexdigest()[:12]
+        name = f"pgq_nb-{os.getuid()}-{digest}"
+        candidates = [self.home / "run", Path(tempfile.gettempdir()) / name, Path("/tmp") / name]
+        for candidate in candidates:
+            text = str(candidate)
+            socket_path = os.fsencode(os.path.join(text, ".s.PGSQL.65535"))
+            if len(socket_path) <= _SUN_PATH_MAX and not (
+                set(text) & set(",'\"\\") or any(c.isspace() for c in text)
+            ):
+                return candidate
+        raise EmbeddedServerError(
+            f"No directory for the server's unix socket has a short enough path (tried "
+            f"{', '.join(map(str, candidates))}). Set PGQ_NB_HOME to a shorter path."
+        )
+
+    def _write_pg_conf(self, data_dir: Path, settings: _Settings, user: ServerUser) -> None:
+        """Write the listen address, port and socket directory into ``data_dir/pgq_nb.conf``."""
+        socket_dir = str(settings.socket_dir).replace("'", "''")
+        text = (
+            "# Written by pgq_nb at every start, from ../server.json; edits here are lost.\n"
+            "listen_addresses = '127.0.0.1'\n"
+            f"port = {settings.port}\n"
+            f"unix_socket_directories = '{socket_dir}'\n"
+            "max_connections = 200\n"
+        )
+        path = data_dir / _PG_CONF
+        with contextlib.suppress(OSError):
+            if path.read_text() == text:
+                return
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(text)
+        chown_to(path, user)
+
+    # -- small files in the home -------------------------------------------------------------
+
+    def _data_version(self) -> int | None:
+        try:
+            return int((self.data_dir / "PG_VERSION").read_text().strip().split(".")[0])
+        except (OSError, ValueError):
+            return None
+
+    def _read_secret(self) -> str | None:
+        try:
+            return self._secret_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def _ensure_secret(self) -> str:
+        existing = self._read_secret()
+        if existing is not None:
+            return existing
+        self._secret_file.unlink(missing_ok=True)
+        secret = secrets.token_urlsafe(32)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        with os.fdopen(os.open(self._secret_file, flags, 0o600), "w") as f:
+            f.write(secret + "\n")
+        return secret
+
+    def _load_settings(self) -> _Settings | None:
+        try:
+            raw = json.loads(self._settings_file.read_text())
+            return _Settings(int(raw["port"]), Path(raw["socket_dir"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _save_settings(self, settings: _Settings) -> None:
+        if settings == self._load_settings():
+            return
+        text = json.dumps({"port": settings.port, "socket_dir": str(settings.socket_dir)})
+        staging = self._settings_file.with_name(f".server.json.{os.getpid()}")
+        with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(text + "\n")
+        os.replace(staging, self._settings_file)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _version_message(self, version: int) -> str:
+        return (
+            f"The embedded Postgres data directory {self.data_dir} was created by PostgreSQL "
+            f"{version}, but pgq_nb's embedded server is PostgreSQL {PG_MAJOR}, which cannot "
+            f"open it. Either set PGQ_NB_HOME to a new directory (a fresh PostgreSQL {PG_MAJOR} "
+            f"server is created there), or keep the data: start it with PostgreSQL {version}, "
+            f"dump it with PostgreSQL {version}'s pg_dumpall (or pg_dump), restore the dump into "
+            f"the new server with psql, then remove {self.home}."
+        )
+
+    def _missing_secret_message(self) -> str:
+        return (
+            f"The embedded Postgres in {self.home} has a data directory but its password file "
+            f"{self._secret_file} is missing, so nothing can connect. Restore that file, or "
+            f"stop the server and move {self.home} away to start afresh."
+        )
