@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import contextlib
 import functools
 import threading
@@ -66,14 +65,24 @@ def run_sync(coro: Coroutine[Any, Any, T], what: str = "this call") -> T:
             f"{what} blocks, and was called from inside the pgq_nb event loop (an async handler "
             "or callback), where it would deadlock; use `await q.aio.<method>(...)` there"
         )
-    future = asyncio.run_coroutine_threadsafe(coro, loop())
+    own = loop()
+    done = threading.Event()
+    tasks: list[asyncio.Task[T]] = []
+
+    def start() -> None:
+        task = own.create_task(coro)
+        task.add_done_callback(lambda _: done.set())
+        tasks.append(task)
+
+    own.call_soon_threadsafe(start)
     try:
-        return future.result()
+        done.wait()
     except KeyboardInterrupt:
-        future.cancel()
-        with contextlib.suppress(Exception, concurrent.futures.CancelledError):
-            future.result(timeout=5)  # let the cancellation reach the server
+        # call_soon_threadsafe keeps order: start() has run before this cancel does.
+        own.call_soon_threadsafe(lambda: tasks[0].cancel())
+        done.wait(timeout=10)  # let the cancellation reach the server and clean-ups run
         raise
+    return tasks[0].result()
 
 
 async def run_here(coro: Coroutine[Any, Any, T]) -> T:

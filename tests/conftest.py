@@ -86,9 +86,7 @@ def worker_env(dsn: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_worker_process(
-    dsn: str, target: str, *args: str, **env: str
-) -> subprocess.Popen[bytes]:
+def start_worker_process(dsn: str, target: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
     """`pgq-nb worker TARGET` in a process of its own."""
     return subprocess.Popen(
         [sys.executable, "-m", "pgq_nb.cli", "--log-level", "WARNING", "worker", target, *args],

@@ -154,7 +154,9 @@ def test_lists_of_different_lengths_are_refused(q: pgq_nb.Queue) -> None:
         ({"dedupe_key": 5}, "dedupe_key must be a str"),
     ],
 )
-def test_bad_arguments_are_refused(q: pgq_nb.Queue, kwargs: dict[str, object], message: str) -> None:
+def test_bad_arguments_are_refused(
+    q: pgq_nb.Queue, kwargs: dict[str, object], message: str
+) -> None:
     _register(q, "a")
     with pytest.raises(pgq_nb.InvalidInputError, match=message):
         q.enqueue("a", None, **kwargs)  # type: ignore[arg-type]

@@ -51,8 +51,9 @@ def test_four_processes_drain_20000_jobs_each_exactly_once(
     q.entrypoint("noop")(lambda job: None)
     ids = q.enqueue(["noop"] * 20_000)
     procs = [
-        start_worker_process(installed, "drain_app:q", "--concurrency", "16",
-                             RUN_LOG_DIR=str(tmp_path))
+        start_worker_process(
+            installed, "drain_app:q", "--concurrency", "16", RUN_LOG_DIR=str(tmp_path)
+        )
         for _ in range(4)
     ]
     try:
@@ -102,9 +103,7 @@ def test_sigkilled_worker_job_is_reclaimed_and_finished(
     assert total == 1
 
 
-def test_sigterm_lets_running_jobs_finish(
-    q: pgq_nb.Queue, installed: str, tmp_path: Path
-) -> None:
+def test_sigterm_lets_running_jobs_finish(q: pgq_nb.Queue, installed: str, tmp_path: Path) -> None:
     q.entrypoint("slow")(lambda job: None)
     job_id = q.enqueue("slow", {"seconds": 1.0})
     proc = start_worker_process(installed, "drain_app:q", RUN_LOG_DIR=str(tmp_path))

@@ -1,0 +1,139 @@
+"""Schema install, upgrade and uninstall; a fresh install equals version 1 plus migrations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import pgq_nb
+from pgq_nb import db, runtime, sql
+
+CATALOG_QUERIES = {
+    "columns": """
+        SELECT table_name, column_name, data_type, is_nullable, column_default, is_identity
+        FROM information_schema.columns WHERE table_schema = $1
+        ORDER BY table_name, column_name""",
+    "indexes": """
+        SELECT tablename, indexname, replace(indexdef, $1 || '.', 'S.') AS def
+        FROM pg_indexes WHERE schemaname = $1 ORDER BY indexname""",
+    "constraints": """
+        SELECT conrelid::regclass::text AS rel, conname, pg_get_constraintdef(c.oid) AS def
+        FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+        WHERE n.nspname = $1 ORDER BY conname""",
+    "triggers": """
+        SELECT tgname, replace(pg_get_triggerdef(t.oid), $1 || '.', 'S.') AS def
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1 AND NOT t.tgisinternal ORDER BY tgname""",
+    "functions": """
+        SELECT proname, prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = $1 ORDER BY proname""",
+    "options": """
+        SELECT relname, relkind, reloptions FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1 ORDER BY relname""",
+}
+
+
+def _catalog(pool: Any, schema: str) -> dict[str, list[tuple[Any, ...]]]:
+    async def run() -> dict[str, list[tuple[Any, ...]]]:
+        out = {}
+        for name, query in CATALOG_QUERIES.items():
+            rows = await pool.fetch(query, schema)
+            out[name] = [
+                tuple(str(v).replace(f'"{schema}"', "S").replace(schema, "S") for v in r)
+                for r in rows
+            ]
+        return out
+
+    return runtime.run_sync(run())
+
+
+def _pool(dsn: str) -> Any:
+    return runtime.run_sync(db.get_pool(dsn))
+
+
+def _drop(pool: Any, *schemas: str) -> None:
+    async def run() -> None:
+        for schema in schemas:
+            await db.uninstall(pool, schema)
+
+    runtime.run_sync(run())
+
+
+def test_fresh_install_equals_first_version_plus_migrations(installed: str) -> None:
+    pool = _pool(installed)
+    _drop(pool, "mig_fresh", "mig_stepwise")
+    try:
+        runtime.run_sync(db.install(pool, "mig_fresh"))
+        runtime.run_sync(db.install_first_version_and_migrate(pool, "mig_stepwise"))
+        fresh = _catalog(pool, "mig_fresh")
+        stepwise = _catalog(pool, "mig_stepwise")
+        assert fresh["columns"], "the catalog query found nothing"
+        for part in CATALOG_QUERIES:
+            assert fresh[part] == stepwise[part], part
+        versions = [
+            runtime.run_sync(db.schema_version(pool, s)) for s in ("mig_fresh", "mig_stepwise")
+        ]
+        assert versions == [sql.latest_version()] * 2
+    finally:
+        _drop(pool, "mig_fresh", "mig_stepwise")
+
+
+def test_install_is_idempotent_and_concurrent_safe(installed: str) -> None:
+    pool = _pool(installed)
+    _drop(pool, "mig_twice")
+    try:
+
+        async def many() -> list[int]:
+            import asyncio
+
+            return list(await asyncio.gather(*(db.install(pool, "mig_twice") for _ in range(4))))
+
+        assert runtime.run_sync(many()) == [sql.latest_version()] * 4
+        assert runtime.run_sync(db.install(pool, "mig_twice")) == sql.latest_version()
+    finally:
+        _drop(pool, "mig_twice")
+
+
+def test_newer_schema_than_code_is_a_clear_error(installed: str) -> None:
+    pool = _pool(installed)
+    _drop(pool, "mig_newer")
+    try:
+        runtime.run_sync(db.install(pool, "mig_newer"))
+        runtime.run_sync(pool.execute("UPDATE mig_newer.schema_version SET version = 999"))
+        with pytest.raises(pgq_nb.SchemaError, match="pip install -U pgq_nb"):
+            pgq_nb.connect(installed, schema="mig_newer")
+    finally:
+        _drop(pool, "mig_newer")
+
+
+def test_older_schema_is_upgraded_or_reported(installed: str) -> None:
+    pool = _pool(installed)
+    _drop(pool, "mig_old")
+    try:
+        runtime.run_sync(db.install(pool, "mig_old"))
+        runtime.run_sync(pool.execute("UPDATE mig_old.schema_version SET version = 0"))
+        with pytest.raises(pgq_nb.SchemaError, match="pgq-nb upgrade"):
+            pgq_nb.connect(installed, schema="mig_old", install=False)
+    finally:
+        _drop(pool, "mig_old")
+
+
+def test_connect_without_install_on_a_missing_schema(installed: str) -> None:
+    with pytest.raises(pgq_nb.SchemaError, match="pgq-nb install"):
+        pgq_nb.connect(installed, schema="mig_missing", install=False)
+
+
+def test_uninstall_drops_everything(installed: str) -> None:
+    q = pgq_nb.connect(installed, schema="mig_gone")
+    q.uninstall()
+
+    async def exists() -> bool:
+        found: bool = await q.aio.pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'mig_gone')"
+        )
+        return found
+
+    assert runtime.run_sync(exists()) is False
