@@ -28,6 +28,7 @@ from pgq_nb.errors import (
 from pgq_nb.facade import Queue, WorkerHandle, aconnect, connect
 from pgq_nb.models import Job, JobInfo, JobStatus
 from pgq_nb.queue import AsyncQueue
+from pgq_nb.retry import GiveUp, JobTimeoutError, RetryLater, RetryPolicy
 from pgq_nb.worker import Worker, WorkerStats
 
 __version__ = "0.1.0"
@@ -39,14 +40,18 @@ __all__ = [
     "DatabaseUnavailableError",
     "DuplicateJobError",
     "EmbeddedServerError",
+    "GiveUp",
     "InvalidInputError",
     "Job",
     "JobInfo",
     "JobNotFoundError",
     "JobStatus",
+    "JobTimeoutError",
     "PayloadError",
     "PgqError",
     "Queue",
+    "RetryLater",
+    "RetryPolicy",
     "SchemaError",
     "Settings",
     "UnknownEntrypointError",

@@ -7,6 +7,7 @@ Every public async method of :class:`AsyncQueue` gets a blocking twin on :class:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import html
 from collections.abc import Callable, Coroutine
@@ -15,6 +16,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 from pgq_nb import db, runtime
 from pgq_nb.config import Settings
 from pgq_nb.queue import AsyncQueue, H
+from pgq_nb.retry import RetryPolicy
 from pgq_nb.worker import Worker, WorkerStats
 
 P = ParamSpec("P")
@@ -71,9 +73,16 @@ class Queue:
     def schema(self) -> str:
         return self.aio.schema
 
-    def entrypoint(self, name: str, *, concurrency: int | None = None) -> Callable[[H], H]:
+    def entrypoint(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | dt.timedelta | None = None,
+    ) -> Callable[[H], H]:
         """Register a handler; see :meth:`AsyncQueue.entrypoint`."""
-        return self.aio.entrypoint(name, concurrency=concurrency)
+        return self.aio.entrypoint(name, concurrency=concurrency, retry=retry, timeout=timeout)
 
     enqueue = _blocking(AsyncQueue.enqueue)
     get_job = _blocking(AsyncQueue.get_job)
@@ -81,6 +90,9 @@ class Queue:
     counts = _blocking(AsyncQueue.counts)
     workers = _blocking(AsyncQueue.workers)
     wait = _blocking(AsyncQueue.wait)
+    cancel = _blocking(AsyncQueue.cancel)
+    failed = _blocking(AsyncQueue.failed)
+    requeue_failed = _blocking(AsyncQueue.requeue_failed)
     install = _blocking(AsyncQueue.install)
     upgrade = _blocking(AsyncQueue.upgrade)
     uninstall = _blocking(AsyncQueue.uninstall)
@@ -129,14 +141,14 @@ async def resolve_dsn(settings: Settings) -> str:
     return await asyncio.to_thread(EmbeddedServer().ensure_running)
 
 
-async def _open(settings: Settings, install: bool) -> AsyncQueue:
+async def _open(settings: Settings, install: bool, retry: RetryPolicy | None) -> AsyncQueue:
     dsn = await resolve_dsn(settings)
     pool = await db.get_pool(dsn)
     if install:
         await db.install(pool, settings.schema)
     else:
         await db.require_installed(pool, settings.schema)
-    return AsyncQueue(pool, dsn, settings)
+    return AsyncQueue(pool, dsn, settings, retry)
 
 
 def connect(
@@ -144,12 +156,14 @@ def connect(
     *,
     schema: str | None = None,
     install: bool = True,
+    retry: RetryPolicy | None = None,
     heartbeat_interval: float | None = None,
     heartbeat_timeout: float | None = None,
     poll_interval: float | None = None,
 ) -> Queue:
     """Open a queue. With no ``dsn`` and no ``PGQ_NB_DSN``, starts (or reuses) the embedded
-    Postgres. ``install`` creates or upgrades the schema if needed.
+    Postgres. ``install`` creates or upgrades the schema if needed. ``retry`` is the default
+    RetryPolicy of its entrypoints (3 attempts, 1 s then 2 s apart, unless given).
 
     Calling it again (re-running a cell) reuses the same pool and loop thread.
     """
@@ -160,7 +174,7 @@ def connect(
         heartbeat_timeout=heartbeat_timeout,
         poll_interval=poll_interval,
     )
-    return Queue(runtime.run_sync(_open(settings, install), "pgq_nb.connect()"))
+    return Queue(runtime.run_sync(_open(settings, install, retry), "pgq_nb.connect()"))
 
 
 async def aconnect(
@@ -168,6 +182,7 @@ async def aconnect(
     *,
     schema: str | None = None,
     install: bool = True,
+    retry: RetryPolicy | None = None,
     heartbeat_interval: float | None = None,
     heartbeat_timeout: float | None = None,
     poll_interval: float | None = None,
@@ -180,4 +195,4 @@ async def aconnect(
         heartbeat_timeout=heartbeat_timeout,
         poll_interval=poll_interval,
     )
-    return await runtime.run_here(_open(settings, install))
+    return await runtime.run_here(_open(settings, install, retry))

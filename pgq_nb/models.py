@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from pgq_nb.errors import PayloadError
+from pgq_nb.errors import InvalidInputError, PayloadError
 
 
 class JobStatus(enum.StrEnum):
@@ -49,6 +49,11 @@ class Job:
     created: dt.datetime
     execute_after: dt.datetime
     dedupe_key: str | None
+    workflow_id: int | None = None
+    step_name: str | None = None
+    step_index: int | None = None
+    schedule_name: str | None = None
+    fire_time: dt.datetime | None = None
     _data: Any = dataclasses.field(default=_UNSET, repr=False)
 
     @property
@@ -73,11 +78,16 @@ class JobInfo:
     result: Any
     error: str | None
     traceback: str | None
+    errors: list[dict[str, Any]] | None
     worker_id: int | None
     created: dt.datetime
     execute_after: dt.datetime | None
     started: dt.datetime | None
     finished: dt.datetime | None
+    workflow_id: int | None
+    step_name: str | None
+    schedule_name: str | None
+    fire_time: dt.datetime | None
 
     @property
     def data(self) -> Any:
@@ -101,6 +111,16 @@ class JobInfo:
             if v is not None
         )
         return f"<table>{cells}</table>"
+
+
+def check_int(name: str, value: object, bits: int = 32) -> int:
+    """``value`` if it is an int that fits a Postgres integer (or bigint), else
+    InvalidInputError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{name} must be an int, not {type(value).__name__}")
+    if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        raise InvalidInputError(f"{name}={value} is out of range (a {bits}-bit integer)")
+    return value
 
 
 def encode_payload(payload: object) -> bytes | None:

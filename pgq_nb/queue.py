@@ -16,10 +16,11 @@ from pgq_nb.config import Settings
 from pgq_nb.errors import (
     DuplicateJobError,
     InvalidInputError,
-    JobNotFoundError,
     UnknownEntrypointError,
 )
-from pgq_nb.models import Job, JobInfo, JobStatus, encode_payload
+from pgq_nb.models import Job, check_int, encode_payload
+from pgq_nb.operations import Operations
+from pgq_nb.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from pgq_nb.worker import WorkerStats
@@ -39,14 +40,8 @@ class EntrypointSpec:
     handler: Handler
     is_async: bool
     concurrency: int | None
-
-
-def _check_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInputError(f"{name} must be an int, not {type(value).__name__}")
-    if not -(2**31) <= value < 2**31:
-        raise InvalidInputError(f"{name}={value} is out of range (a 32-bit integer)")
-    return value
+    retry: RetryPolicy
+    timeout: float | None
 
 
 def _check_time(value: object) -> dt.datetime | None:
@@ -67,11 +62,14 @@ def _check_time(value: object) -> dt.datetime | None:
     )
 
 
-class AsyncQueue:
+class AsyncQueue(Operations):
     """The async API of a queue. Every method runs on the pgq_nb loop whatever loop awaits it."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str, settings: Settings) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, dsn: str, settings: Settings, retry: RetryPolicy | None = None
+    ) -> None:
         self.pool = pool
+        self.retry = retry or RetryPolicy()
         self.dsn = dsn
         self.settings = settings
         self.schema = settings.schema
@@ -83,16 +81,31 @@ class AsyncQueue:
 
     # -- registry ---------------------------------------------------------------------------
 
-    def entrypoint(self, name: str, *, concurrency: int | None = None) -> Callable[[H], H]:
+    def entrypoint(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | dt.timedelta | None = None,
+    ) -> Callable[[H], H]:
         """Register a handler for jobs of ``name``: ``async def`` or plain ``def`` (run in a
         thread), taking a :class:`Job`. Its return value is stored as the job's result.
 
         ``concurrency`` caps how many jobs of this entrypoint one worker process runs at once.
+        ``retry`` is its RetryPolicy (default: the queue's). ``timeout`` (seconds) fails an
+        attempt that runs longer: an async handler is cancelled; a plain ``def`` handler's
+        thread cannot be stopped, so it runs on and its result is discarded.
         """
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError("an entrypoint name must be a non-empty string")
-        if concurrency is not None and (_check_int("concurrency", concurrency) < 1):
+        if concurrency is not None and (check_int("concurrency", concurrency) < 1):
             raise InvalidInputError("concurrency must be at least 1 (or None for no cap)")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidInputError("retry must be a pgq_nb.RetryPolicy")
+        seconds = timeout.total_seconds() if isinstance(timeout, dt.timedelta) else timeout
+        if seconds is not None and (not isinstance(seconds, int | float) or seconds <= 0):
+            raise InvalidInputError("timeout must be a positive number of seconds or None")
 
         def register(handler: H) -> H:
             if not callable(handler):
@@ -101,7 +114,12 @@ class AsyncQueue:
                 getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
             )
             self.handlers[name] = EntrypointSpec(
-                name=name, handler=handler, is_async=is_async, concurrency=concurrency
+                name=name,
+                handler=handler,
+                is_async=is_async,
+                concurrency=concurrency,
+                retry=retry or self.retry,
+                timeout=None if seconds is None else float(seconds),
             )
             self._unsynced.add(name)
             return handler
@@ -111,7 +129,8 @@ class AsyncQueue:
     async def _sync_entrypoints(self, conn: Any) -> None:
         if self._unsynced:
             names = sorted(self._unsynced)
-            await conn.execute(self.queries["upsert_entrypoints"], names)
+            limits = [self.handlers[n].retry.max_attempts for n in names]
+            await conn.execute(self.queries["upsert_entrypoints"], names, limits)
             self._unsynced.difference_update(names)
 
     async def _check_entrypoints(self, names: set[str], conn: Any) -> None:
@@ -192,7 +211,7 @@ class AsyncQueue:
                 f"entrypoint must be a str or a list of str, not {type(entrypoint).__name__}"
             )
         data = encode_payload(payload)
-        prio = _check_int("priority", priority)
+        prio = check_int("priority", priority)
         when = _check_time(execute_after)
         if dedupe_key is not None and not isinstance(dedupe_key, str):
             raise InvalidInputError("dedupe_key must be a str or None")
@@ -242,7 +261,7 @@ class AsyncQueue:
                 encoded.append(encode_payload(p))
             except InvalidInputError as exc:
                 raise type(exc)(f"payloads[{i}]: {exc}") from None
-        prios = [_check_int(f"priorities[{i}]", p) for i, p in enumerate(priorities)]
+        prios = [check_int(f"priorities[{i}]", p) for i, p in enumerate(priorities)]
         when = _check_time(execute_after)
         if n == 0:
             return []
@@ -260,59 +279,6 @@ class AsyncQueue:
         """Refresh planner statistics of the jobs table (done after large bulk enqueues)."""
         async with self.pool.acquire() as conn:
             await conn.execute(self.queries["analyze_jobs"])
-
-    # -- look-ups ---------------------------------------------------------------------------
-
-    @runtime.bridged
-    async def get_job(self, job_id: int) -> JobInfo:
-        """One job by id, whether queued, running or finished."""
-        row = await self.pool.fetchrow(self.queries["get_job"], _check_int("job_id", job_id))
-        if row is None:
-            raise JobNotFoundError(f"no job with id {job_id} in the queue or in history")
-        values = dict(row)
-        values["status"] = JobStatus(values["status"])
-        return JobInfo(**values)
-
-    @runtime.bridged
-    async def statuses(self, ids: Sequence[int]) -> dict[int, JobStatus]:
-        """The current status of each job id (ids not found are left out)."""
-        rows = await self.pool.fetch(self.queries["job_statuses"], [int(i) for i in ids])
-        return {r["id"]: JobStatus(r["status"]) for r in rows}
-
-    @runtime.bridged
-    async def counts(self) -> list[tuple[str, str, int]]:
-        """(entrypoint, status, count) for live jobs and history."""
-        async with self.pool.acquire() as conn:
-            live = await conn.fetch(self.queries["job_counts"])
-            done = await conn.fetch(self.queries["history_counts"])
-        return [(r["entrypoint"], r["status"], r["n"]) for r in [*live, *done]]
-
-    @runtime.bridged
-    async def workers(self) -> list[dict[str, Any]]:
-        """Worker processes with a recent heartbeat."""
-        rows = await self.pool.fetch(self.queries["list_workers"], self.settings.heartbeat_timeout)
-        return [dict(r) for r in rows]
-
-    @runtime.bridged
-    async def wait(self, ids: Sequence[int], *, timeout: float | None = None) -> dict[int, str]:
-        """Wait until every job in ``ids`` has finished; return their final statuses."""
-        wanted = [int(i) for i in ids]
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        delay = 0.01
-        while True:
-            found = await self.statuses(wanted)
-            missing = [i for i in wanted if i not in found]
-            if missing:
-                raise JobNotFoundError(f"no job with id {missing[0]} in the queue or in history")
-            if all(s.is_final for s in found.values()):
-                return {i: found[i].value for i in wanted}
-            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-                raise TimeoutError(
-                    f"{sum(not s.is_final for s in found.values())} of {len(wanted)} jobs "
-                    f"had not finished after {timeout} s"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
 
     # -- workers ----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import os
 import socket
 import traceback
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
@@ -26,11 +27,13 @@ from pgq_nb import db
 from pgq_nb.errors import InvalidInputError, PgqError, UnknownEntrypointError
 from pgq_nb.models import Job, encode_result
 from pgq_nb.queue import AsyncQueue, EntrypointSpec
+from pgq_nb.retry import JobTimeoutError, decide
 
 logger = logging.getLogger("pgq_nb.worker")
 
-#: A completion record, in the column order of the ``finish_jobs`` query.
-Finished = tuple[int, str, str | None, str | None, str | None, dt.datetime, dt.datetime]
+#: A finished attempt, in the column order of the ``finish_jobs`` query:
+#: id, outcome, result JSON, error, traceback, started, finished, retry delay (s).
+Finished = tuple[int, str, str | None, str | None, str | None, dt.datetime, dt.datetime, float]
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -39,11 +42,23 @@ class WorkerStats:
 
     succeeded: int = 0
     failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
     interrupted: int = 0
 
     @property
     def processed(self) -> int:
-        return self.succeeded + self.failed
+        """Attempts that ended here (retried ones included)."""
+        return self.succeeded + self.failed + self.retried + self.cancelled
+
+
+async def _limit(call: Awaitable[Any], seconds: float) -> Any:
+    """Await ``call`` for at most ``seconds``; past that it is cancelled and the attempt fails."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await call
+    except TimeoutError:
+        raise JobTimeoutError(f"the handler ran longer than its timeout of {seconds:g} s") from None
 
 
 class Worker:
@@ -88,6 +103,7 @@ class Worker:
         self.worker_id: int | None = None
         self._q = queue.queries
         self._running: dict[int, tuple[Job, asyncio.Future[Any]]] = {}
+        self._cancelling: set[int] = set()
         self._per_entrypoint: Counter[str] = Counter()
         self._finished: list[Finished] = []
         self._wake = asyncio.Event()
@@ -126,8 +142,8 @@ class Worker:
 
     async def _register(self) -> None:
         async with self.queue.pool.acquire() as conn:
+            self.queue._unsynced.update(self.specs)  # refresh last_seen and retry limits
             await self.queue._sync_entrypoints(conn)
-            await conn.execute(self._q["upsert_entrypoints"], list(self.specs))
             self.worker_id = await conn.fetchval(
                 self._q["register_worker"],
                 socket.gethostname(),
@@ -150,8 +166,19 @@ class Worker:
             logger.warning("LISTEN failed; polling only", extra={"error": str(exc)})
             self._listener = None
 
-    def _on_notify(self, *_: Any) -> None:
-        self._wake.set()
+    def _on_notify(self, connection: Any, pid: int, channel: str, payload: str) -> None:
+        if payload.startswith("cancel:"):
+            self._cancel([int(i) for i in payload[len("cancel:") :].split(",") if i])
+        else:
+            self._wake.set()
+
+    def _cancel(self, ids: list[int]) -> None:
+        """Cancel the given jobs if this worker runs them (async handlers are interrupted)."""
+        for job_id in ids:
+            running = self._running.get(job_id)
+            if running is not None and job_id not in self._cancelling:
+                self._cancelling.add(job_id)
+                running[1].cancel()
 
     async def _shutdown(self, background: list[asyncio.Task[Any]], *, graceful: bool) -> None:
         self._stopping.set()
@@ -171,7 +198,8 @@ class Worker:
             async with self.queue.pool.acquire() as conn:
                 if leftover:
                     ids = [job.id for job, _ in leftover]
-                    await conn.execute(self._q["interrupt_jobs"], self.worker_id, ids)
+                    note = "interrupted: its worker shut down; not counted as an attempt"
+                    await conn.execute(self._q["return_jobs"], self.worker_id, ids, note)
                     await conn.execute(self._q["notify_jobs"])
                     self.stats.interrupted += len(ids)
                 await conn.execute(self._q["deregister_worker"], self.worker_id)
@@ -254,9 +282,10 @@ class Worker:
         started = dt.datetime.now(dt.UTC)
         future: asyncio.Future[Any]
         if spec.is_async:
-            future = asyncio.ensure_future(spec.handler(job))
+            call = spec.handler(job)
         else:
-            future = asyncio.get_running_loop().run_in_executor(self._executor, spec.handler, job)
+            call = asyncio.get_running_loop().run_in_executor(self._executor, spec.handler, job)
+        future = asyncio.ensure_future(call if spec.timeout is None else _limit(call, spec.timeout))
         self._running[job.id] = (job, future)
         self._per_entrypoint[job.entrypoint] += 1
         future.add_done_callback(lambda f: self._done(job, started, f))
@@ -265,9 +294,23 @@ class Worker:
         self._running.pop(job.id, None)
         self._per_entrypoint[job.entrypoint] -= 1
         self._slot_free.set()
-        if future.cancelled():
-            return  # interrupted at shutdown; requeued there
         finished = dt.datetime.now(dt.UTC)
+        if future.cancelled():
+            if job.id not in self._cancelling:
+                return  # interrupted at shutdown; returned to the queue there
+            self._cancelling.discard(job.id)
+            error = "cancelled while running"
+            self._finished.append((job.id, "cancelled", None, error, None, started, finished, 0))
+            self.stats.cancelled += 1
+        else:
+            self._record(job, started, finished, future)
+        self._flush_pending.set()
+        if len(self._finished) >= self.batch_size:
+            self._flush_now.set()
+
+    def _record(
+        self, job: Job, started: dt.datetime, finished: dt.datetime, future: asyncio.Future[Any]
+    ) -> None:
         exc = future.exception()
         if exc is None:
             try:
@@ -275,20 +318,31 @@ class Worker:
             except InvalidInputError as err:
                 exc = err
             else:
-                self._finished.append((job.id, "succeeded", result, None, None, started, finished))
+                done = (job.id, "succeeded", result, None, None, started, finished, 0.0)
+                self._finished.append(done)
                 self.stats.succeeded += 1
-        if exc is not None:
-            error = f"{type(exc).__name__}: {exc}"
-            trace = "".join(traceback.format_exception(exc))
-            self._finished.append((job.id, "failed", None, error, trace, started, finished))
+                return
+        error = f"{type(exc).__name__}: {exc}"
+        trace = "".join(traceback.format_exception(exc))
+        decision = decide(self.specs[job.entrypoint].retry, exc, job.attempts)
+        outcome = "retry" if decision.retry else "failed"
+        self._finished.append(
+            (job.id, outcome, None, error, trace, started, finished, decision.delay)
+        )
+        if decision.retry:
+            self.stats.retried += 1
+        else:
             self.stats.failed += 1
-            logger.warning(
-                "job failed",
-                extra={"job_id": job.id, "entrypoint": job.entrypoint, "error": error},
-            )
-        self._flush_pending.set()
-        if len(self._finished) >= self.batch_size:
-            self._flush_now.set()
+        logger.warning(
+            "job will be retried" if decision.retry else "job failed",
+            extra={
+                "job_id": job.id,
+                "entrypoint": job.entrypoint,
+                "attempt": job.attempts,
+                "error": error,
+                "retry_in_s": round(decision.delay, 3) if decision.retry else None,
+            },
+        )
 
     # -- completing --------------------------------------------------------------------------
 
@@ -350,8 +404,14 @@ class Worker:
                         await conn.execute(self._q["notify_jobs"])
                         logger.warning(
                             "reclaimed jobs of dead workers",
-                            extra={"job_ids": [r["id"] for r in reclaimed]},
+                            extra={
+                                "requeued": [r["id"] for r in reclaimed if r["requeued"]],
+                                "failed": [r["id"] for r in reclaimed if not r["requeued"]],
+                            },
                         )
+                    wanted = await conn.fetch(self._q["cancel_requested"], self.worker_id)
+                    if wanted:
+                        self._cancel([r["id"] for r in wanted])
                 if self._listener is None or self._listener.is_closed():
                     await self._listen()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, PgqError) as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import pgq_nb
-from pgq_nb import runtime
+from pgq_nb import db, runtime
 
 SCHEMA = "pgq_nb_test"
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +44,8 @@ def _truncate(q: pgq_nb.Queue) -> None:
     async def run() -> None:
         await q.aio.pool.execute(
             f"TRUNCATE {SCHEMA}.jobs, {SCHEMA}.history, {SCHEMA}.workers, "  # noqa: S608
-            f"{SCHEMA}.entrypoints RESTART IDENTITY"
+            f"{SCHEMA}.entrypoints, {SCHEMA}.finished_counts, {SCHEMA}.job_deps, "
+            f"{SCHEMA}.workflows, {SCHEMA}.schedules, {SCHEMA}.schedule_ticks RESTART IDENTITY"
         )
 
     runtime.run_sync(run())
@@ -52,8 +53,14 @@ def _truncate(q: pgq_nb.Queue) -> None:
 
 @pytest.fixture(scope="session")
 def installed(dsn: str) -> str:
-    """Install the test schema once per session."""
-    pgq_nb.connect(dsn, schema=SCHEMA)
+    """A fresh test schema, installed once per session."""
+
+    async def reinstall() -> None:
+        pool = await db.get_pool(dsn)
+        await db.uninstall(pool, SCHEMA)
+        await db.install(pool, SCHEMA)
+
+    runtime.run_sync(reinstall())
     return dsn
 
 

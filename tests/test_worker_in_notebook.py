@@ -38,21 +38,26 @@ def test_async_and_sync_handlers_store_results(q: pgq_nb.Queue) -> None:
 
 
 def test_failure_keeps_error_and_traceback(q: pgq_nb.Queue) -> None:
-    @q.entrypoint("boom")
+    @q.entrypoint("boom", retry=pgq_nb.RetryPolicy(max_attempts=2, base_delay=0.05))
     def boom(job: pgq_nb.Job) -> None:
-        raise ValueError(f"bad row {job.data['row']}")
+        raise ValueError(f"bad row {job.data['row']} attempt {job.attempts}")
 
     job_id = q.enqueue("boom", {"row": 7})
-    assert q.run_until_idle().failed == 1
+    stats = q.run_until_idle()
+    assert (stats.retried, stats.failed) == (1, 1)
     info = q.get_job(job_id)
     assert info.status is pgq_nb.JobStatus.FAILED
-    assert info.error == "ValueError: bad row 7"
+    assert info.error == "ValueError: bad row 7 attempt 2"
     assert info.traceback is not None and "in boom" in info.traceback
-    assert info.attempts == 1
+    assert info.attempts == 2
+    assert [e["error"] for e in info.errors or []] == [
+        "ValueError: bad row 7 attempt 1",
+        "ValueError: bad row 7 attempt 2",
+    ]
 
 
 def test_result_that_is_not_json_fails_the_job_with_a_clear_error(q: pgq_nb.Queue) -> None:
-    q.entrypoint("odd")(lambda job: object())
+    q.entrypoint("odd", retry=pgq_nb.RetryPolicy.none())(lambda job: object())
     job_id = q.enqueue("odd")
     q.run_until_idle()
     info = q.get_job(job_id)
@@ -125,7 +130,7 @@ def test_stopping_interrupts_long_jobs_after_the_grace_period_and_requeues_them(
     assert stats.interrupted == 1
     info = q.get_job(job_id)
     assert info.status is pgq_nb.JobStatus.QUEUED
-    assert info.attempts == 1
+    assert info.attempts == 0  # a stopped worker is not the job's failure
     assert info.error is not None and "interrupted" in info.error
 
 

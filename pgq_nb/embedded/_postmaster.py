@@ -65,9 +65,9 @@ def pid_alive(pid: int) -> bool:
 def is_postmaster_of(pid: int, data_dir: Path) -> bool:
     """True if ``pid`` is alive and is a postgres process working in ``data_dir``.
 
-    Where ``/proc`` exists, the command line must mention postgres and (when we may look)
-    the working directory must be the data directory, so a PID reused by an unrelated
-    process, or by another server, is recognised as stale.
+    Where ``/proc`` exists, the command line must mention postgres, the process must run as
+    the data directory's owner and (when we may look) work in the data directory, so a PID
+    reused by an unrelated process, or by another server, is recognised as stale.
     """
     if not pid_alive(pid):
         return False
@@ -75,9 +75,14 @@ def is_postmaster_of(pid: int, data_dir: Path) -> bool:
         return True
     try:
         cmdline = (_PROC / str(pid) / "cmdline").read_bytes()
+        status = (_PROC / str(pid) / "status").read_text()
+        owner = os.stat(data_dir).st_uid  # postgres only runs as the data directory's owner
     except OSError:
         return False
     if b"postgres" not in cmdline:
+        return False
+    uids = next((line.split()[1:3] for line in status.splitlines() if line.startswith("Uid:")), [])
+    if str(owner) not in uids:
         return False
     try:
         cwd = os.readlink(_PROC / str(pid) / "cwd")

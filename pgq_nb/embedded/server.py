@@ -15,15 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
-import secrets
 import shutil
 import signal
-import stat
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pgq_nb.embedded import _postmaster as pm
+from pgq_nb.embedded._home import PG_CONF, HomeFiles, Settings, ensure_socket_dir, write_pg_conf
 from pgq_nb.embedded._system import (
     PG_MAJOR,
     ServerUser,
@@ -49,8 +44,6 @@ START_TIMEOUT = 60.0
 """Seconds to wait for initdb, or for the server to accept connections."""
 
 _SUPERUSER = "postgres"
-_PG_CONF = "pgq_nb.conf"
-_SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103  # sizeof(sun_path) - 1
 _PG_CTL_UNSAFE = frozenset('"$`\\\n')  # pg_ctl puts the data directory in "..." for /bin/sh
 _PORT_TAKEN = ("could not bind", "could not create any TCP/IP sockets", "Address already in use")
 
@@ -79,12 +72,6 @@ class ServerStatus:
     initialised: bool
 
 
-@dataclass(frozen=True)
-class _Settings:
-    port: int
-    socket_dir: Path
-
-
 class EmbeddedServer:
     """A local PostgreSQL 18 server in ``home``, reachable by unix socket and 127.0.0.1.
 
@@ -97,8 +84,7 @@ class EmbeddedServer:
         self.home: Path = Path(os.path.abspath(chosen.expanduser()))
         self.data_dir: Path = self.home / "data"
         self.log_file: Path = self.home / "postgres.log"
-        self._secret_file = self.home / "secret"
-        self._settings_file = self.home / "server.json"
+        self._files = HomeFiles(self.home)
 
     def __repr__(self) -> str:
         return f"EmbeddedServer(home={str(self.home)!r})"
@@ -153,8 +139,8 @@ class EmbeddedServer:
 
     def status(self) -> ServerStatus:
         """Whether the server runs, and where; never starts or changes anything."""
-        version = self._data_version()
-        settings = self._load_settings()
+        version = self._files.data_version()
+        settings = self._files.load_settings()
         info = pm.read_pidfile(self.data_dir) if version is not None else None
         if info is not None and not pm.is_postmaster_of(info.pid, self.data_dir):
             info = None
@@ -175,9 +161,9 @@ class EmbeddedServer:
 
     def dsn(self, *, tcp: bool = False) -> str:
         """The DSN of the ``postgres`` database: over the unix socket, or over 127.0.0.1."""
-        settings = self._load_settings()
-        secret = self._read_secret()
-        if self._data_version() is None or settings is None:
+        settings = self._files.load_settings()
+        secret = self._files.read_secret()
+        if self._files.data_version() is None or settings is None:
             raise EmbeddedServerError(
                 f"The embedded Postgres in {self.home} is not initialised. Call "
                 "EmbeddedServer().ensure_running() or run `pgq-nb db start`."
@@ -213,23 +199,26 @@ class EmbeddedServer:
 
     def _init_if_needed(self, user: ServerUser, *, sync: bool) -> None:
         """Run initdb unless the data directory exists; check its version if it does."""
-        version = self._data_version()
-        if version is not None:
-            if version != PG_MAJOR:
-                raise EmbeddedServerError(self._version_message(version))
-            if self._read_secret() is None:
-                raise EmbeddedServerError(self._missing_secret_message())
-            if stat.S_IMODE(self._secret_file.stat().st_mode) & 0o077:
-                os.chmod(self._secret_file, 0o600)
-            if self._load_settings() is None:
-                self._save_settings(self._new_settings())
+        version = self._files.data_version()
+        if version is None:
+            self._initdb(user, sync=sync)
             return
-        bins = bin_dir()
-        for name in ("postgres", "initdb", "pg_ctl"):
-            check_executable(bins / name, user)
-        grant_traverse(bins, user)
-        secret = self._ensure_secret()
-        os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        if version != PG_MAJOR:
+            raise EmbeddedServerError(self._version_message(version))
+        if self._files.read_secret() is None:
+            raise EmbeddedServerError(self._missing_secret_message())
+        self._files.ensure_secret()  # tightens the file's mode if needed
+        if self._files.load_settings() is None:
+            self._files.save_settings(self._files.new_settings())
+
+    def _initdb(self, user: ServerUser, *, sync: bool) -> None:
+        """Create the data directory: initdb into ``data.initdb/``, then rename it to ``data/``.
+
+        An interrupted initialisation thus never leaves a half-made ``data/`` behind.
+        """
+        bins = _usable_bin_dir(user)
+        secret = self._files.ensure_secret()
+        _rotate_log(self.log_file)
         if self.data_dir.exists():
             try:
                 self.data_dir.rmdir()
@@ -238,28 +227,21 @@ class EmbeddedServer:
                     f"{self.data_dir} exists but is not a PostgreSQL data directory (it has no "
                     "PG_VERSION). Move it away, or set PGQ_NB_HOME to a new directory."
                 ) from None
-        staging = self.home / "data.initdb"  # renamed to data/ once complete
+        staging = self.home / "data.initdb"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
         chown_to(staging, user)
         offset = log_size(self.log_file)
-        pwfile = self.home / f".pwfile-{os.getpid()}"
+        pwfile = self.home / f".pwfile-{os.getpid()}"  # initdb runs as the server user
         pwfile.unlink(missing_ok=True)
         try:
             with os.fdopen(os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
                 f.write(secret)
             chown_to(pwfile, user)
-            cmd = [
-                str(bins / "initdb"),
-                "-D",
-                str(staging),
-                "-U",
-                _SUPERUSER,
-                "-A",
-                "scram-sha-256",
-            ]
-            cmd += [f"--pwfile={pwfile}", "--locale=C", "--encoding=UTF8", "--no-instructions"]
-            code = run_logged(cmd if sync else [*cmd, "--no-sync"], user, self.log_file, 120)
+            cmd = [str(bins / "initdb"), "-D", str(staging), "-U", _SUPERUSER]
+            cmd += ["-A", "scram-sha-256", f"--pwfile={pwfile}", "--locale=C", "--encoding=UTF8"]
+            cmd += ["--no-instructions"] if sync else ["--no-instructions", "--no-sync"]
+            code = run_logged(cmd, user, self.log_file, timeout=120)
         finally:
             pwfile.unlink(missing_ok=True)
         if code != 0:
@@ -268,11 +250,11 @@ class EmbeddedServer:
                 f"\n{log_tail(self.log_file, offset, secret)}\nFull log: {self.log_file}"
             )
         with open(staging / "postgresql.conf", "a") as conf:
-            conf.write(f"\n# pgq_nb: listen address, port, socket dir\ninclude = '{_PG_CONF}'\n")
-        settings = self._new_settings()
-        self._write_pg_conf(staging, settings, user)
+            conf.write(f"\n# pgq_nb: listen address, port, socket dir\ninclude = '{PG_CONF}'\n")
+        settings = self._files.new_settings()
+        write_pg_conf(staging, settings, user)
         staging.rename(self.data_dir)
-        self._save_settings(settings)
+        self._files.save_settings(settings)
         if sync:
             fd = os.open(self.home, os.O_RDONLY)
             try:
@@ -290,11 +272,11 @@ class EmbeddedServer:
         if not pm.wait_ready(self.data_dir, info.pid, START_TIMEOUT):
             return False
         info = pm.read_pidfile(self.data_dir)
-        settings = self._load_settings()
+        settings = self._files.load_settings()
         if info is not None and info.port and info.socket_dir:
-            actual = _Settings(info.port, info.socket_dir)
+            actual = Settings(info.port, info.socket_dir)
             if actual != settings:
-                self._save_settings(actual)
+                self._files.save_settings(actual)
         return True
 
     def _launch(self, user: ServerUser, spawn: Callable[[], bool]) -> None:
@@ -303,20 +285,22 @@ class EmbeddedServer:
         ``spawn`` returns True once the server accepts connections, False if it failed; a port
         taken meanwhile, or shared memory still held by a killed server, is retried.
         """
-        settings = self._load_settings() or self._new_settings()
-        self._ensure_socket_dir(settings.socket_dir, user)
+        _usable_bin_dir(user)
+        _rotate_log(self.log_file)
+        settings = self._files.load_settings() or self._files.new_settings()
+        ensure_socket_dir(settings.socket_dir, user)
         pm.clear_stale(self.data_dir, settings.socket_dir)
         for attempt in range(3):
             if not pm.port_available(settings.port):
-                settings = _Settings(pm.choose_port(avoid=settings.port), settings.socket_dir)
-            self._save_settings(settings)
-            self._write_pg_conf(self.data_dir, settings, user)
+                settings = Settings(pm.choose_port(avoid=settings.port), settings.socket_dir)
+            self._files.save_settings(settings)
+            write_pg_conf(self.data_dir, settings, user)
             offset = log_size(self.log_file)
             if spawn():
                 return
-            tail = log_tail(self.log_file, offset, self._read_secret())
+            tail = log_tail(self.log_file, offset, self._files.read_secret())
             if attempt < 2 and any(marker in tail for marker in _PORT_TAKEN):
-                settings = _Settings(pm.choose_port(avoid=settings.port), settings.socket_dir)
+                settings = Settings(pm.choose_port(avoid=settings.port), settings.socket_dir)
                 continue
             if attempt < 2 and "shared memory block is still in use" in tail:
                 time.sleep(1.0)
@@ -325,103 +309,6 @@ class EmbeddedServer:
                 f"PostgreSQL could not start on {self.data_dir}. Last lines of its log:\n"
                 f"{tail}\nFull log: {self.log_file}"
             )
-
-    def _ensure_socket_dir(self, directory: Path, user: ServerUser) -> None:
-        """Create the socket directory (0700, the server user's) or check the existing one."""
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir(mode=0o700)
-        st = os.lstat(directory)
-        if not stat.S_ISDIR(st.st_mode):
-            raise EmbeddedServerError(f"{directory} should be a socket directory; remove it.")
-        if st.st_uid != user.uid:
-            if st.st_uid != os.geteuid():
-                raise EmbeddedServerError(
-                    f"The socket directory {directory} belongs to uid {st.st_uid}, not to the "
-                    "server's user. Remove it and retry."
-                )
-            chown_to(directory, user)
-        if stat.S_IMODE(st.st_mode) != 0o700:
-            os.chmod(directory, 0o700)
-        grant_traverse(directory.parent, user)
-
-    def _new_settings(self) -> _Settings:
-        return _Settings(pm.choose_port(), self._choose_socket_dir())
-
-    def _choose_socket_dir(self) -> Path:
-        """``home/run``, or a short private directory when that path is too long for a socket."""
-        digest = hashlib.sha256(os.fsencode(self.home)).hexdigest()[:12]
-        name = f"pgq_nb-{os.getuid()}-{digest}"
-        candidates = [self.home / "run", Path(tempfile.gettempdir()) / name, Path("/tmp") / name]
-        for candidate in candidates:
-            text = str(candidate)
-            socket_path = os.fsencode(os.path.join(text, ".s.PGSQL.65535"))
-            if len(socket_path) <= _SUN_PATH_MAX and not (
-                set(text) & set(",'\"\\") or any(c.isspace() for c in text)
-            ):
-                return candidate
-        raise EmbeddedServerError(
-            f"No directory for the server's unix socket has a short enough path (tried "
-            f"{', '.join(map(str, candidates))}). Set PGQ_NB_HOME to a shorter path."
-        )
-
-    def _write_pg_conf(self, data_dir: Path, settings: _Settings, user: ServerUser) -> None:
-        """Write the listen address, port and socket directory into ``data_dir/pgq_nb.conf``."""
-        socket_dir = str(settings.socket_dir).replace("'", "''")
-        text = (
-            "# Written by pgq_nb at every start, from ../server.json; edits here are lost.\n"
-            "listen_addresses = '127.0.0.1'\n"
-            f"port = {settings.port}\n"
-            f"unix_socket_directories = '{socket_dir}'\n"
-            "max_connections = 200\n"
-        )
-        path = data_dir / _PG_CONF
-        with contextlib.suppress(OSError):
-            if path.read_text() == text:
-                return
-        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            f.write(text)
-        chown_to(path, user)
-
-    # -- small files in the home -------------------------------------------------------------
-
-    def _data_version(self) -> int | None:
-        try:
-            return int((self.data_dir / "PG_VERSION").read_text().strip().split(".")[0])
-        except (OSError, ValueError):
-            return None
-
-    def _read_secret(self) -> str | None:
-        try:
-            return self._secret_file.read_text().strip() or None
-        except OSError:
-            return None
-
-    def _ensure_secret(self) -> str:
-        existing = self._read_secret()
-        if existing is not None:
-            return existing
-        self._secret_file.unlink(missing_ok=True)
-        secret = secrets.token_urlsafe(32)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        with os.fdopen(os.open(self._secret_file, flags, 0o600), "w") as f:
-            f.write(secret + "\n")
-        return secret
-
-    def _load_settings(self) -> _Settings | None:
-        try:
-            raw = json.loads(self._settings_file.read_text())
-            return _Settings(int(raw["port"]), Path(raw["socket_dir"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def _save_settings(self, settings: _Settings) -> None:
-        if settings == self._load_settings():
-            return
-        text = json.dumps({"port": settings.port, "socket_dir": str(settings.socket_dir)})
-        staging = self._settings_file.with_name(f".server.json.{os.getpid()}")
-        with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            f.write(text + "\n")
-        os.replace(staging, self._settings_file)
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -438,6 +325,22 @@ class EmbeddedServer:
     def _missing_secret_message(self) -> str:
         return (
             f"The embedded Postgres in {self.home} has a data directory but its password file "
-            f"{self._secret_file} is missing, so nothing can connect. Restore that file, or "
+            f"{self._files.secret_file} is missing, so nothing can connect. Restore that file, or "
             f"stop the server and move {self.home} away to start afresh."
         )
+
+
+def _usable_bin_dir(user: ServerUser) -> Path:
+    """The binaries' directory, checked (and made reachable) for the server user."""
+    bins = bin_dir()
+    for name in ("postgres", "initdb", "pg_ctl"):
+        check_executable(bins / name, user)
+    grant_traverse(bins, user)
+    return bins
+
+
+def _rotate_log(log_file: Path, limit: int = 10 * 1024 * 1024) -> None:
+    """Keep one previous log once the log passes ``limit`` bytes (only before a start)."""
+    if log_size(log_file) > limit:
+        os.replace(log_file, log_file.with_name(log_file.name + ".1"))
+    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))

@@ -1,6 +1,7 @@
 """The SQL text of pgq_nb: the schema, numbered migrations and named queries.
 
-Queries live in ``queries.sql``, each introduced by ``-- name: NAME``. The schema name is the
+Queries live in ``queries/*.sql`` (one file per concept), each introduced by
+``-- name: NAME``; names are unique across the files. The schema name is the
 one identifier that varies; it is validated by :func:`validate_schema_name` and quoted before
 it is put into any SQL text. Values are always bind parameters.
 """
@@ -54,13 +55,18 @@ class Migration:
 
 @cache
 def _raw_queries() -> dict[str, str]:
-    text = _read("queries.sql")
-    parts = _NAME_LINE.split(text)
-    # parts = [preamble, name1, body1, name2, body2, ...]
     queries: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
-        queries[name] = "\n".join(lines).strip().rstrip(";")
+    folder = resources.files(__package__).joinpath("queries")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        parts = _NAME_LINE.split(entry.read_text(encoding="utf-8"))
+        # parts = [preamble, name1, body1, name2, body2, ...]
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in queries:
+                raise RuntimeError(f"query {name!r} is defined twice (in {entry.name})")
+            lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
+            queries[name] = "\n".join(lines).strip().rstrip(";")
     return queries
 
 

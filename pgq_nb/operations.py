@@ -1,0 +1,134 @@
+"""Look-ups and operations on existing jobs: status, waiting, cancelling, failures, requeue.
+
+A mixin of :class:`pgq_nb.queue.AsyncQueue`; every method runs on the pgq_nb loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from pgq_nb import runtime
+from pgq_nb.config import Settings
+from pgq_nb.errors import InvalidInputError, JobNotFoundError
+from pgq_nb.models import JobInfo, JobStatus, check_int
+
+
+def _ids(ids: Sequence[int] | int, what: str = "ids") -> list[int]:
+    if isinstance(ids, int):
+        return [check_int(what, ids, bits=64)]
+    try:
+        return [check_int(what, i, bits=64) for i in ids]
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{what} must be job ids (ints)") from None
+
+
+def _info(row: Any) -> JobInfo:
+    values = dict(row)
+    values["status"] = JobStatus(values["status"])
+    return JobInfo(**values)
+
+
+class Operations:
+    """Methods on jobs that already exist."""
+
+    pool: asyncpg.Pool
+    queries: dict[str, str]
+    settings: Settings
+
+    @runtime.bridged
+    async def get_job(self, job_id: int) -> JobInfo:
+        """One job by id, whether queued, running or finished."""
+        row = await self.pool.fetchrow(
+            self.queries["get_job"], check_int("job_id", job_id, bits=64)
+        )
+        if row is None:
+            raise JobNotFoundError(f"no job with id {job_id} in the queue or in history")
+        return _info(row)
+
+    @runtime.bridged
+    async def statuses(self, ids: Sequence[int]) -> dict[int, JobStatus]:
+        """The current status of each job id (ids not found are left out)."""
+        rows = await self.pool.fetch(self.queries["job_statuses"], [int(i) for i in ids])
+        return {r["id"]: JobStatus(r["status"]) for r in rows}
+
+    @runtime.bridged
+    async def counts(self) -> list[tuple[str, str, int]]:
+        """(entrypoint, status, count) for live jobs and history."""
+        async with self.pool.acquire() as conn:
+            live = await conn.fetch(self.queries["job_counts"])
+            done = await conn.fetch(self.queries["history_counts"])
+        return [(r["entrypoint"], r["status"], r["n"]) for r in [*live, *done]]
+
+    @runtime.bridged
+    async def workers(self) -> list[dict[str, Any]]:
+        """Worker processes with a recent heartbeat."""
+        rows = await self.pool.fetch(self.queries["list_workers"], self.settings.heartbeat_timeout)
+        return [dict(r) for r in rows]
+
+    @runtime.bridged
+    async def wait(self, ids: Sequence[int], *, timeout: float | None = None) -> dict[int, str]:
+        """Wait until every job in ``ids`` has finished; return their final statuses."""
+        wanted = [int(i) for i in ids]
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        delay = 0.01
+        while True:
+            found = await self.statuses(wanted)
+            missing = [i for i in wanted if i not in found]
+            if missing:
+                raise JobNotFoundError(f"no job with id {missing[0]} in the queue or in history")
+            if all(s.is_final for s in found.values()):
+                return {i: found[i].value for i in wanted}
+            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                raise TimeoutError(
+                    f"{sum(not s.is_final for s in found.values())} of {len(wanted)} jobs "
+                    f"had not finished after {timeout} s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    @runtime.bridged
+    async def cancel(self, ids: Sequence[int] | int) -> dict[int, str]:
+        """Cancel jobs. A queued job is cancelled at once; a running one is told to stop (its
+        async handler is cancelled) and ends as ``cancelled``; a finished one is left as it is.
+
+        Returns what happened to each id: "cancelled", "cancelling", or "already <status>".
+        """
+        wanted = _ids(ids)
+        async with self.pool.acquire() as conn, conn.transaction():
+            cancelled = {r["id"] for r in await conn.fetch(self.queries["cancel_waiting"], wanted)}
+            asked = {r["id"] for r in await conn.fetch(self.queries["request_cancel"], wanted)}
+            if asked:
+                await conn.execute(self.queries["notify_cancel"], ",".join(map(str, asked)))
+        rest = [i for i in wanted if i not in cancelled and i not in asked]
+        found = await self.statuses(rest) if rest else {}
+        outcome: dict[int, str] = {}
+        for job_id in wanted:
+            if job_id in cancelled:
+                outcome[job_id] = "cancelled"
+            elif job_id in asked:
+                outcome[job_id] = "cancelling"
+            elif job_id in found:
+                outcome[job_id] = f"already {found[job_id].value}"
+            else:
+                outcome[job_id] = "not found"
+        return outcome
+
+    @runtime.bridged
+    async def failed(self, entrypoint: str | None = None, limit: int = 1000) -> list[JobInfo]:
+        """Jobs that failed for good (after their retries), newest first."""
+        rows = await self.pool.fetch(self.queries["failed_jobs"], entrypoint, limit)
+        return [_info(r) for r in rows]
+
+    @runtime.bridged
+    async def requeue_failed(
+        self, ids: Sequence[int] | int | None = None, entrypoint: str | None = None
+    ) -> int:
+        """Put failed jobs back in the queue, under their ids, with fresh attempts; returns how
+        many. With neither ``ids`` nor ``entrypoint``, requeues every failed job."""
+        wanted = None if ids is None else _ids(ids)
+        rows = await self.pool.fetch(self.queries["requeue_failed"], wanted, entrypoint)
+        return len(rows)

@@ -1,0 +1,345 @@
+-- Named queries. Each starts with `-- name: NAME`, a line saying what it does, and a
+-- `-- params:` line naming the positional parameters. `{schema}` is replaced by the validated,
+-- quoted schema name when the file is loaded.
+
+-- name: enqueue_one
+-- Add one job. A dedupe_key that matches a queued or running job inserts nothing.
+-- params: $1 entrypoint, $2 payload, $3 priority, $4 execute_after (NULL = now), $5 dedupe_key
+INSERT INTO {schema}.jobs (entrypoint, payload, priority, execute_after, dedupe_key)
+VALUES ($1, $2, $3, coalesce($4, now()), $5)
+ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+RETURNING id;
+
+-- name: enqueue_many
+-- Add many jobs in one statement. Identities are drawn in row order, so the ids returned,
+-- sorted, line up with the input arrays.
+-- params: $1 entrypoints text[], $2 payloads bytea[], $3 priorities int[], $4 execute_after timestamptz[] (NULL = now)
+INSERT INTO {schema}.jobs (entrypoint, payload, priority, execute_after)
+SELECT e, p, pr, coalesce(ea, now())
+FROM unnest($1::text[], $2::bytea[], $3::integer[], $4::timestamptz[])
+    WITH ORDINALITY AS t(e, p, pr, ea, n)
+ORDER BY n
+RETURNING id;
+
+-- name: find_dedupe
+-- The queued or running job that holds a dedupe_key.
+-- params: $1 dedupe_key
+SELECT id FROM {schema}.jobs WHERE dedupe_key = $1;
+
+-- name: claim_jobs
+-- Claim up to $2 due jobs for this worker in one statement.
+-- The CTE walks jobs_claim_idx (queued rows only, highest priority first, then oldest), skips
+-- rows another worker has locked instead of waiting for them, and stops at $2 rows; the
+-- UPDATE then marks exactly those rows picked. Returned rows come in no particular order.
+-- params: $1 entrypoints text[], $2 batch size, $3 worker id
+WITH next_jobs AS (
+    SELECT id
+    FROM {schema}.jobs
+    WHERE status = 'queued'
+      AND entrypoint = ANY($1::text[])
+      AND execute_after <= now()
+    ORDER BY priority DESC, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET status = 'picked', worker_id = $3, started = now(), attempts = j.attempts + 1
+FROM next_jobs
+WHERE j.id = next_jobs.id
+RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
+    j.execute_after, j.dedupe_key, j.workflow_id, j.step_name, j.step_index, j.schedule_name,
+    j.fire_time;
+
+-- name: finish_jobs
+-- Record a batch of finished attempts in one statement. An attempt to retry goes back to the
+-- queue, due after its delay, with its error appended to `errors`; every other outcome moves
+-- the job to `history` and counts it in `finished_counts`. Only jobs this worker still holds
+-- are touched: a job reclaimed from it in the meantime is left alone.
+-- params: $1 worker id, $2 ids bigint[], $3 outcomes text[] (succeeded, failed, cancelled,
+--   retry), $4 results text[] (JSON), $5 errors text[], $6 tracebacks text[],
+--   $7 started timestamptz[], $8 finished timestamptz[], $9 retry delays in seconds float[]
+WITH d AS (
+    SELECT *
+    FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::timestamptz[], $8::timestamptz[], $9::float8[])
+        AS d(id, outcome, result, error, traceback, started, finished, delay)
+), retried AS (
+    UPDATE {schema}.jobs AS j
+    SET status = 'queued', worker_id = NULL, cancel_requested = false,
+        execute_after = now() + make_interval(secs => d.delay),
+        last_error = d.error,
+        errors = coalesce(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts, 'error', d.error, 'at', d.finished))
+    FROM d
+    WHERE j.id = d.id AND d.outcome = 'retry' AND j.worker_id = $1 AND j.status = 'picked'
+    RETURNING j.id
+), done AS (
+    DELETE FROM {schema}.jobs AS j
+    USING d
+    WHERE j.id = d.id AND d.outcome <> 'retry' AND j.worker_id = $1 AND j.status = 'picked'
+    RETURNING j.id, j.entrypoint, j.payload, j.priority, d.outcome, j.attempts, j.dedupe_key,
+        d.result, d.error, d.traceback,
+        CASE WHEN d.error IS NULL THEN j.errors
+             ELSE coalesce(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+                 'attempt', j.attempts, 'error', d.error, 'at', d.finished))
+        END AS errors,
+        j.worker_id, j.created, j.execute_after, d.started, d.finished, j.workflow_id,
+        j.step_name, j.step_index, j.schedule_name, j.fire_time
+), saved AS (
+    INSERT INTO {schema}.history (id, entrypoint, payload, priority, status, attempts,
+        dedupe_key, result, error, traceback, errors, worker_id, created, execute_after,
+        started, finished, workflow_id, step_name, step_index, schedule_name, fire_time)
+    SELECT id, entrypoint, payload, priority, outcome, attempts, dedupe_key, result::jsonb,
+        error, traceback, errors, worker_id, created, execute_after, started, finished,
+        workflow_id, step_name, step_index, schedule_name, fire_time
+    FROM done
+    RETURNING entrypoint, status
+), counted AS (
+    INSERT INTO {schema}.finished_counts (entrypoint, status, shard, n)
+    SELECT entrypoint, status, ($1 % 16)::smallint, count(*)
+    FROM saved
+    GROUP BY entrypoint, status
+    ON CONFLICT (entrypoint, status, shard)
+        DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
+)
+SELECT (SELECT count(*) FROM retried) AS retried, (SELECT count(*) FROM done) AS done;
+
+-- name: return_jobs
+-- Give a stopping worker's unfinished jobs back to the queue. The interrupted run does not
+-- count as an attempt: the job did not fail, its worker was stopped.
+-- params: $1 worker id, $2 ids bigint[], $3 note for last_error
+UPDATE {schema}.jobs
+SET status = 'queued', worker_id = NULL, attempts = greatest(attempts - 1, 0),
+    last_error = $3, cancel_requested = false
+WHERE id = ANY($2::bigint[]) AND worker_id = $1 AND status = 'picked';
+
+-- name: register_worker
+-- Record a starting worker process; its id tags the jobs it claims.
+-- params: $1 host, $2 pid, $3 entrypoints text[], $4 concurrency
+INSERT INTO {schema}.workers (host, pid, entrypoints, concurrency)
+VALUES ($1, $2, $3, $4)
+RETURNING id;
+
+-- name: heartbeat_worker
+-- Tell the others this worker is alive (one row per worker, not one per job it holds).
+-- Returns nothing when the row is gone: the worker was presumed dead and its jobs reclaimed.
+-- params: $1 worker id
+UPDATE {schema}.workers SET heartbeat = now() WHERE id = $1 RETURNING id;
+
+-- name: deregister_worker
+-- Remove a worker that stopped cleanly.
+-- params: $1 worker id
+DELETE FROM {schema}.workers WHERE id = $1;
+
+-- name: reclaim_stale
+-- Jobs held by a worker that has sent no heartbeat within the timeout (or whose worker row is
+-- gone) lost their run, and that run counts as an attempt. Jobs with attempts left go back to
+-- the queue; the rest (a job that kills its worker every time) fail for good. Forgets the dead
+-- workers. Returns each job's id and whether it was requeued.
+-- params: $1 heartbeat timeout in seconds (float)
+WITH dead AS (
+    DELETE FROM {schema}.workers
+    WHERE heartbeat < now() - make_interval(secs => $1)
+    RETURNING id
+), stale AS (
+    SELECT j.id, j.attempts >= coalesce(e.max_attempts, 3) AS exhausted,
+        'worker ' || coalesce(j.worker_id::text, '?') || ' stopped sending heartbeats while '
+            || 'running attempt ' || j.attempts AS error
+    FROM {schema}.jobs AS j
+    LEFT JOIN {schema}.entrypoints AS e ON e.name = j.entrypoint
+    WHERE j.status = 'picked'
+      AND (j.worker_id IN (SELECT id FROM dead)
+           OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = j.worker_id))
+    FOR UPDATE OF j SKIP LOCKED
+), requeued AS (
+    UPDATE {schema}.jobs AS j
+    SET status = 'queued', worker_id = NULL, last_error = s.error,
+        errors = coalesce(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts, 'error', s.error, 'at', now()))
+    FROM stale AS s
+    WHERE j.id = s.id AND NOT s.exhausted
+    RETURNING j.id
+), failed AS (
+    DELETE FROM {schema}.jobs AS j
+    USING stale AS s
+    WHERE j.id = s.id AND s.exhausted
+    RETURNING j.*, s.error AS final_error
+), saved AS (
+    INSERT INTO {schema}.history (id, entrypoint, payload, priority, status, attempts,
+        dedupe_key, error, errors, worker_id, created, execute_after, started, finished,
+        workflow_id, step_name, step_index, schedule_name, fire_time)
+    SELECT id, entrypoint, payload, priority, 'failed', attempts, dedupe_key,
+        final_error || '; no attempts left (a job that kills its worker every time?)',
+        coalesce(errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+            'attempt', attempts, 'error', final_error, 'at', now())),
+        worker_id, created, execute_after, started, now(), workflow_id, step_name,
+        step_index, schedule_name, fire_time
+    FROM failed
+    RETURNING entrypoint, status
+), counted AS (
+    INSERT INTO {schema}.finished_counts (entrypoint, status, shard, n)
+    SELECT entrypoint, status, 0::smallint, count(*) FROM saved GROUP BY entrypoint, status
+    ON CONFLICT (entrypoint, status, shard)
+        DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
+)
+SELECT id, true AS requeued FROM requeued
+UNION ALL
+SELECT id, false FROM failed;
+
+-- name: notify_jobs
+-- Wake listening workers (after requeueing rows, which the INSERT trigger does not see).
+-- params: none
+SELECT pg_notify('{channel}', '');
+
+-- name: upsert_entrypoints
+-- Remember the entrypoints a Queue has handlers for, with their retry limits.
+-- params: $1 names text[], $2 max_attempts int[]
+INSERT INTO {schema}.entrypoints (name, max_attempts)
+SELECT * FROM unnest($1::text[], $2::integer[])
+ON CONFLICT (name) DO UPDATE SET last_seen = now(), max_attempts = excluded.max_attempts;
+
+-- name: known_entrypoints
+-- Every entrypoint some Queue has registered.
+-- params: none
+SELECT name FROM {schema}.entrypoints;
+
+-- name: job_counts
+-- Live jobs per entrypoint and status (the live table is small).
+-- params: none
+SELECT entrypoint, status, count(*) AS n
+FROM {schema}.jobs
+GROUP BY entrypoint, status
+ORDER BY entrypoint, status;
+
+-- name: history_counts
+-- Finished jobs per entrypoint and status, from the counters (never a count over history).
+-- params: none
+SELECT entrypoint, status, sum(n)::bigint AS n
+FROM {schema}.finished_counts
+GROUP BY entrypoint, status
+ORDER BY entrypoint, status;
+
+-- name: list_workers
+-- Workers with a recent heartbeat.
+-- params: $1 heartbeat timeout in seconds (float)
+SELECT id, host, pid, entrypoints, concurrency, started, heartbeat
+FROM {schema}.workers
+WHERE heartbeat >= now() - make_interval(secs => $1)
+ORDER BY id;
+
+-- name: get_job
+-- One job, live or finished, by id.
+-- params: $1 id
+SELECT id, entrypoint, payload, priority, status, attempts, dedupe_key, NULL::jsonb AS result,
+    last_error AS error, NULL::text AS traceback, errors, worker_id, created, execute_after,
+    started, NULL::timestamptz AS finished, workflow_id, step_name, schedule_name, fire_time
+FROM {schema}.jobs WHERE id = $1
+UNION ALL
+SELECT id, entrypoint, payload, priority, status, attempts, dedupe_key, result,
+    error, traceback, errors, worker_id, created, execute_after, started, finished,
+    workflow_id, step_name, schedule_name, fire_time
+FROM {schema}.history WHERE id = $1;
+
+-- name: job_statuses
+-- Current status of each of the given jobs, live or finished.
+-- params: $1 ids bigint[]
+SELECT id, status FROM {schema}.jobs WHERE id = ANY($1::bigint[])
+UNION ALL
+SELECT id, status FROM {schema}.history WHERE id = ANY($1::bigint[]);
+
+-- name: count_runnable
+-- How many jobs of these entrypoints are queued and due within $2 seconds, or picked.
+-- params: $1 entrypoints text[], $2 horizon in seconds (float)
+SELECT count(*) FROM {schema}.jobs
+WHERE entrypoint = ANY($1::text[])
+  AND (status = 'picked'
+       OR (status = 'queued' AND execute_after <= now() + make_interval(secs => $2)));
+
+-- name: analyze_jobs
+-- Refresh the planner's statistics after a bulk load, so claims keep using jobs_claim_idx.
+-- params: none
+ANALYZE {schema}.jobs;
+
+-- name: cancel_waiting
+-- Cancel jobs that have not started (queued or blocked): straight to history as cancelled.
+-- params: $1 ids bigint[]
+WITH gone AS (
+    DELETE FROM {schema}.jobs
+    WHERE id = ANY($1::bigint[]) AND status IN ('queued', 'blocked')
+    RETURNING *
+), saved AS (
+    INSERT INTO {schema}.history (id, entrypoint, payload, priority, status, attempts,
+        dedupe_key, error, errors, worker_id, created, execute_after, started, finished,
+        workflow_id, step_name, step_index, schedule_name, fire_time)
+    SELECT id, entrypoint, payload, priority, 'cancelled', attempts, dedupe_key,
+        'cancelled before it ran', errors, worker_id, created, execute_after, started, now(),
+        workflow_id, step_name, step_index, schedule_name, fire_time
+    FROM gone
+    RETURNING entrypoint, status
+), counted AS (
+    INSERT INTO {schema}.finished_counts (entrypoint, status, shard, n)
+    SELECT entrypoint, status, 0::smallint, count(*) FROM saved GROUP BY entrypoint, status
+    ON CONFLICT (entrypoint, status, shard)
+        DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
+)
+SELECT id FROM gone;
+
+-- name: request_cancel
+-- Ask the workers running these jobs to cancel them (they are told by NOTIFY, or see the flag
+-- at their next heartbeat).
+-- params: $1 ids bigint[]
+UPDATE {schema}.jobs SET cancel_requested = true
+WHERE id = ANY($1::bigint[]) AND status = 'picked'
+RETURNING id;
+
+-- name: notify_cancel
+-- Tell every worker which jobs to cancel.
+-- params: $1 comma-separated ids
+SELECT pg_notify('{channel}', 'cancel:' || $1);
+
+-- name: cancel_requested
+-- Jobs this worker holds that someone asked to cancel (the polling fallback for NOTIFY).
+-- params: $1 worker id
+SELECT id FROM {schema}.jobs
+WHERE worker_id = $1 AND status = 'picked' AND cancel_requested;
+
+-- name: failed_jobs
+-- Jobs that failed for good, newest first.
+-- params: $1 entrypoint (NULL = all), $2 limit
+SELECT id, entrypoint, payload, priority, status, attempts, dedupe_key, result,
+    error, traceback, errors, worker_id, created, execute_after, started, finished,
+    workflow_id, step_name, schedule_name, fire_time
+FROM {schema}.history
+WHERE status = 'failed' AND ($1::text IS NULL OR entrypoint = $1)
+ORDER BY finished DESC
+LIMIT $2;
+
+-- name: requeue_failed
+-- Put failed jobs back in the queue under their old ids, with fresh attempts; their earlier
+-- errors stay in `errors`. Returns the ids requeued.
+-- params: $1 ids bigint[] (NULL = all), $2 entrypoint (NULL = all)
+WITH moved AS (
+    DELETE FROM {schema}.history
+    WHERE status = 'failed'
+      AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
+      AND ($2::text IS NULL OR entrypoint = $2)
+      -- a job whose dedupe_key is live again stays failed rather than clash with it
+      AND (dedupe_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM {schema}.jobs AS live WHERE live.dedupe_key = history.dedupe_key))
+    RETURNING *
+), requeued AS (
+    INSERT INTO {schema}.jobs (id, entrypoint, payload, priority, status, execute_after,
+        attempts, dedupe_key, created, last_error, errors, workflow_id, step_name, step_index,
+        schedule_name, fire_time)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, entrypoint, payload, priority, 'queued', now(), 0, dedupe_key, created, error,
+        errors, workflow_id, step_name, step_index, schedule_name, fire_time
+    FROM moved
+    RETURNING id, entrypoint
+), uncounted AS (
+    INSERT INTO {schema}.finished_counts (entrypoint, status, shard, n)
+    SELECT entrypoint, 'failed', 0::smallint, -count(*) FROM moved GROUP BY entrypoint
+    ON CONFLICT (entrypoint, status, shard)
+        DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
+)
+SELECT id FROM requeued;
