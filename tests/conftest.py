@@ -17,7 +17,7 @@ import pytest
 import pgq_nb
 from pgq_nb import db, runtime
 
-SCHEMA = "pgq_nb_test"
+SCHEMA = os.environ.get("PGQ_NB_TEST_SCHEMA", "pgq_nb_test")
 REPO = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 
