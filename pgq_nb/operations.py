@@ -118,7 +118,7 @@ class Operations:
         return outcome
 
     @runtime.bridged
-    async def failed(self, entrypoint: str | None = None, limit: int = 1000) -> list[JobInfo]:
+    async def failed_jobs(self, entrypoint: str | None = None, limit: int = 1000) -> list[JobInfo]:
         """Jobs that failed for good (after their retries), newest first."""
         rows = await self.pool.fetch(self.queries["failed_jobs"], entrypoint, limit)
         return [_info(r) for r in rows]

@@ -21,6 +21,7 @@ from pgq_nb.errors import (
 from pgq_nb.models import Job, check_int, encode_payload
 from pgq_nb.operations import Operations
 from pgq_nb.retry import RetryPolicy
+from pgq_nb.views import Views
 
 if TYPE_CHECKING:
     from pgq_nb.worker import WorkerStats
@@ -62,7 +63,7 @@ def _check_time(value: object) -> dt.datetime | None:
     )
 
 
-class AsyncQueue(Operations):
+class AsyncQueue(Operations, Views):
     """The async API of a queue. Every method runs on the pgq_nb loop whatever loop awaits it."""
 
     def __init__(

@@ -331,7 +331,6 @@ WITH moved AS (
     INSERT INTO {schema}.jobs (id, entrypoint, payload, priority, status, execute_after,
         attempts, dedupe_key, created, last_error, errors, workflow_id, step_name, step_index,
         schedule_name, fire_time)
-    OVERRIDING SYSTEM VALUE
     SELECT id, entrypoint, payload, priority, 'queued', now(), 0, dedupe_key, created, error,
         errors, workflow_id, step_name, step_index, schedule_name, fire_time
     FROM moved

@@ -1,0 +1,110 @@
+"""DataFrame methods of the queue, loaded on first use.
+
+These are the analyst-facing views and the DataFrame enqueue. Their code lives in
+``pgq_nb.notebook.frames``, which needs pandas; it is imported only when one of them is called
+(through importlib, so the core's import graph, checked by import-linter, stays free of pandas,
+and a ``pgq-nb worker`` process never loads it; tests/test_lean_imports.py proves it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pgq_nb import runtime
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _frames(name: str) -> Any:
+    try:
+        module = importlib.import_module("pgq_nb.notebook.frames")
+    except ImportError as exc:  # pragma: no cover - pandas is a dependency
+        raise ImportError(
+            f"q.{name}() needs pandas ({exc}); install it with: pip install pandas"
+        ) from exc
+    return getattr(module, name)
+
+
+class Views:
+    """DataFrames in, DataFrames out (a mixin of AsyncQueue)."""
+
+    @runtime.bridged
+    async def enqueue_df(
+        self,
+        entrypoint: str,
+        df: pd.DataFrame,
+        *,
+        columns: Sequence[str] | None = None,
+        priority: int | str = 0,
+        execute_after: dt.datetime | dt.timedelta | str | None = None,
+        dedupe_key: str | None = None,
+        progress: bool | None = None,
+        chunk_size: int = 10_000,
+    ) -> pd.Series:
+        """One job per row of ``df``, each row's ``columns`` as its JSON payload, written with
+        COPY in one transaction (all rows or none). ``priority``, ``execute_after`` and
+        ``dedupe_key`` take a constant or the name of a column. Returns the job ids as a
+        Series aligned to ``df.index``."""
+        fn = _frames("enqueue_df")
+        result: pd.Series = await fn(
+            self,
+            entrypoint,
+            df,
+            columns=columns,
+            priority=priority,
+            execute_after=execute_after,
+            dedupe_key=dedupe_key,
+            progress=progress,
+            chunk_size=chunk_size,
+        )
+        return result
+
+    @runtime.bridged
+    async def jobs(
+        self, status: str | None = None, entrypoint: str | None = None, limit: int = 1000
+    ) -> pd.DataFrame:
+        """The live queue (queued, blocked and running jobs) as a DataFrame."""
+        frame: pd.DataFrame = await _frames("jobs")(
+            self, status=status, entrypoint=entrypoint, limit=limit
+        )
+        return frame
+
+    @runtime.bridged
+    async def stats(self, window: dt.timedelta = dt.timedelta(minutes=15)) -> pd.DataFrame:
+        """Jobs per entrypoint and status (every status a column), with jobs per minute and
+        mean duration over the last ``window``."""
+        frame: pd.DataFrame = await _frames("stats")(self, window=window)
+        return frame
+
+    @runtime.bridged
+    async def history(
+        self,
+        since: dt.datetime | dt.timedelta | str | None = None,
+        entrypoint: str | None = None,
+        status: str | None = None,
+        limit: int = 10_000,
+    ) -> pd.DataFrame:
+        """Finished jobs, newest first, with attempts, queue wait, run time and error."""
+        frame: pd.DataFrame = await _frames("history")(
+            self, since=since, entrypoint=entrypoint, status=status, limit=limit
+        )
+        return frame
+
+    @runtime.bridged
+    async def results(
+        self, entrypoint: str, *, expand: bool = True, ids: Sequence[int] | None = None
+    ) -> pd.DataFrame:
+        """Succeeded jobs of ``entrypoint``: job id, payload and result columns (expanded from
+        JSON with ``expand``), ready to join back to the frame that was enqueued."""
+        frame: pd.DataFrame = await _frames("results")(self, entrypoint, expand=expand, ids=ids)
+        return frame
+
+    @runtime.bridged
+    async def failed(self, entrypoint: str | None = None, limit: int = 1000) -> pd.DataFrame:
+        """Jobs that failed for good (after their retries), newest first, with their errors."""
+        frame: pd.DataFrame = await _frames("failed")(self, entrypoint=entrypoint, limit=limit)
+        return frame
