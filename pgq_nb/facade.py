@@ -8,30 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import html
-from collections.abc import Callable, Coroutine
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from pgq_nb import db, runtime
 from pgq_nb.config import Settings
+from pgq_nb.dag import Workflow
 from pgq_nb.queue import AsyncQueue, H
 from pgq_nb.retry import RetryPolicy
 from pgq_nb.worker import Worker, WorkerStats
+from pgq_nb.workflow_run import WorkflowRun
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def _blocking(
-    method: Callable[Concatenate[AsyncQueue, P], Coroutine[Any, Any, T]],
-) -> Callable[Concatenate[Queue, P], T]:
-    """The blocking form of an AsyncQueue method, run on the pgq_nb loop thread."""
-
-    def call(self: Queue, *args: P.args, **kwargs: P.kwargs) -> T:
-        return runtime.run_sync(method(self.aio, *args, **kwargs), f"q.{method.__name__}()")
-
-    return cast("Callable[Concatenate[Queue, P], T]", functools.wraps(method)(call))
 
 
 class WorkerHandle:
@@ -84,27 +74,27 @@ class Queue:
         """Register a handler; see :meth:`AsyncQueue.entrypoint`."""
         return self.aio.entrypoint(name, concurrency=concurrency, retry=retry, timeout=timeout)
 
-    enqueue = _blocking(AsyncQueue.enqueue)
-    get_job = _blocking(AsyncQueue.get_job)
-    statuses = _blocking(AsyncQueue.statuses)
-    counts = _blocking(AsyncQueue.counts)
-    workers = _blocking(AsyncQueue.workers)
-    wait = _blocking(AsyncQueue.wait)
-    cancel = _blocking(AsyncQueue.cancel)
-    failed_jobs = _blocking(AsyncQueue.failed_jobs)
-    enqueue_df = _blocking(AsyncQueue.enqueue_df)
-    jobs = _blocking(AsyncQueue.jobs)
-    stats = _blocking(AsyncQueue.stats)
-    history = _blocking(AsyncQueue.history)
-    results = _blocking(AsyncQueue.results)
-    failed = _blocking(AsyncQueue.failed)
-    requeue_failed = _blocking(AsyncQueue.requeue_failed)
-    install = _blocking(AsyncQueue.install)
-    upgrade = _blocking(AsyncQueue.upgrade)
-    uninstall = _blocking(AsyncQueue.uninstall)
-    analyze = _blocking(AsyncQueue.analyze)
-    run_until_idle = _blocking(AsyncQueue.run_until_idle)
-    run_worker = _blocking(AsyncQueue.run_worker)
+    enqueue = runtime.blocking(AsyncQueue.enqueue)
+    get_job = runtime.blocking(AsyncQueue.get_job)
+    statuses = runtime.blocking(AsyncQueue.statuses)
+    counts = runtime.blocking(AsyncQueue.counts)
+    workers = runtime.blocking(AsyncQueue.workers)
+    wait = runtime.blocking(AsyncQueue.wait)
+    cancel = runtime.blocking(AsyncQueue.cancel)
+    failed_jobs = runtime.blocking(AsyncQueue.failed_jobs)
+    enqueue_df = runtime.blocking(AsyncQueue.enqueue_df)
+    jobs = runtime.blocking(AsyncQueue.jobs)
+    stats = runtime.blocking(AsyncQueue.stats)
+    history = runtime.blocking(AsyncQueue.history)
+    results = runtime.blocking(AsyncQueue.results)
+    failed = runtime.blocking(AsyncQueue.failed)
+    requeue_failed = runtime.blocking(AsyncQueue.requeue_failed)
+    install = runtime.blocking(AsyncQueue.install)
+    upgrade = runtime.blocking(AsyncQueue.upgrade)
+    uninstall = runtime.blocking(AsyncQueue.uninstall)
+    analyze = runtime.blocking(AsyncQueue.analyze)
+    run_until_idle = runtime.blocking(AsyncQueue.run_until_idle)
+    run_worker = runtime.blocking(AsyncQueue.run_worker)
 
     def start_worker(
         self,
@@ -122,6 +112,15 @@ class Queue:
         )
         future = asyncio.run_coroutine_threadsafe(worker.run(), runtime.loop())
         return WorkerHandle(worker, future)
+
+    def workflow(self, name: str) -> Workflow:
+        """Start building a workflow (a DAG of jobs): ``wf.step()``, ``wf.map()``,
+        ``wf.submit()``."""
+        return Workflow(self.aio, name)
+
+    def workflow_run(self, workflow_id: int) -> WorkflowRun:
+        """A submitted run by id (for example after a kernel restart)."""
+        return WorkflowRun(runtime.run_sync(self.aio.workflow_run(workflow_id)))
 
     def _repr_html_(self) -> str:
         counts = self.counts()

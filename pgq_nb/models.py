@@ -55,6 +55,7 @@ class Job:
     schedule_name: str | None = None
     fire_time: dt.datetime | None = None
     _data: Any = dataclasses.field(default=_UNSET, repr=False)
+    _parents: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def data(self) -> Any:
@@ -62,6 +63,11 @@ class Job:
         if self._data is _UNSET:
             self._data = decode_payload(self.payload, job_id=self.id)
         return self._data
+
+    def parent_results(self) -> dict[str, Any]:
+        """For a workflow step: the results of the steps it depends on, by step name (a map
+        step's results as a list in row order). Empty for a job with no parents."""
+        return self._parents
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)

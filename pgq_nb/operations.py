@@ -98,11 +98,23 @@ class Operations:
         Returns what happened to each id: "cancelled", "cancelling", or "already <status>".
         """
         wanted = _ids(ids)
+        q = self.queries
         async with self.pool.acquire() as conn, conn.transaction():
-            cancelled = {r["id"] for r in await conn.fetch(self.queries["cancel_waiting"], wanted)}
-            asked = {r["id"] for r in await conn.fetch(self.queries["request_cancel"], wanted)}
+            gone = await conn.fetch(q["cancel_waiting"], wanted)
+            cancelled = {r["id"] for r in gone}
+            asked = {r["id"] for r in await conn.fetch(q["request_cancel"], wanted)}
             if asked:
-                await conn.execute(self.queries["notify_cancel"], ",".join(map(str, asked)))
+                await conn.execute(q["notify_cancel"], ",".join(map(str, asked)))
+            steps = [r for r in gone if r["workflow_id"] is not None]
+            if steps:  # what depends on a cancelled step can never run
+                runs = sorted({r["workflow_id"] for r in steps})
+                await conn.execute(
+                    q["fail_descendants"],
+                    [r["id"] for r in steps],
+                    [r["workflow_id"] for r in steps],
+                )
+                await conn.execute(q["lock_workflows"], runs)
+                await conn.execute(q["settle_workflows"], runs)
         rest = [i for i in wanted if i not in cancelled and i not in asked]
         found = await self.statuses(rest) if rest else {}
         outcome: dict[int, str] = {}

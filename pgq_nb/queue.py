@@ -13,15 +13,18 @@ import asyncpg
 
 from pgq_nb import db, runtime, sql
 from pgq_nb.config import Settings
+from pgq_nb.dag import AsyncWorkflow
 from pgq_nb.errors import (
     DuplicateJobError,
     InvalidInputError,
+    JobNotFoundError,
     UnknownEntrypointError,
 )
 from pgq_nb.models import Job, check_int, encode_payload
 from pgq_nb.operations import Operations
 from pgq_nb.retry import RetryPolicy
 from pgq_nb.views import Views
+from pgq_nb.workflow_run import AsyncWorkflowRun
 
 if TYPE_CHECKING:
     from pgq_nb.worker import WorkerStats
@@ -280,6 +283,22 @@ class AsyncQueue(Operations, Views):
         """Refresh planner statistics of the jobs table (done after large bulk enqueues)."""
         async with self.pool.acquire() as conn:
             await conn.execute(self.queries["analyze_jobs"])
+
+    # -- workflows ----------------------------------------------------------------------------
+
+    def workflow(self, name: str) -> AsyncWorkflow:
+        """Start building a workflow (a DAG of jobs); see :mod:`pgq_nb.dag`."""
+        return AsyncWorkflow(self, name)
+
+    @runtime.bridged
+    async def workflow_run(self, workflow_id: int) -> AsyncWorkflowRun:
+        """A submitted run by id (for example after a kernel restart)."""
+        row = await self.pool.fetchrow(
+            self.queries["get_workflow"], check_int("workflow_id", workflow_id, bits=64)
+        )
+        if row is None:
+            raise JobNotFoundError(f"no workflow run with id {workflow_id}")
+        return AsyncWorkflowRun(self, row["id"], row["name"])
 
     # -- workers ----------------------------------------------------------------------------
 

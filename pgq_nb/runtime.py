@@ -108,6 +108,19 @@ def bridged(
     )
 
 
+def blocking(
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[Any, P], T]:
+    """The blocking twin of an async method, for a sync facade whose ``aio`` attribute holds
+    the async object: ``get = blocking(AsyncThing.get)`` makes ``thing.get()`` run
+    ``thing.aio.get()`` on the pgq_nb loop and wait."""
+
+    def call(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
+        return run_sync(method(self.aio, *args, **kwargs), f"{method.__name__}()")
+
+    return cast("Callable[Concatenate[Any, P], T]", functools.wraps(method)(call))
+
+
 def add_shutdown_hook(hook: Callable[[], Awaitable[None]]) -> None:
     """Run ``hook`` on the loop when the interpreter exits (close pools cleanly)."""
     _shutdown_hooks.append(hook)

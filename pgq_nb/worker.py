@@ -28,6 +28,7 @@ from pgq_nb.errors import InvalidInputError, PgqError, UnknownEntrypointError
 from pgq_nb.models import Job, encode_result
 from pgq_nb.queue import AsyncQueue, EntrypointSpec
 from pgq_nb.retry import JobTimeoutError, decide
+from pgq_nb.workflow_run import group_results
 
 logger = logging.getLogger("pgq_nb.worker")
 
@@ -104,6 +105,7 @@ class Worker:
         self._q = queue.queries
         self._running: dict[int, tuple[Job, asyncio.Future[Any]]] = {}
         self._cancelling: set[int] = set()
+        self._steps: set[int] = set()  # workflow steps among running and unflushed jobs
         self._per_entrypoint: Counter[str] = Counter()
         self._finished: list[Finished] = []
         self._wake = asyncio.Event()
@@ -265,8 +267,20 @@ class Worker:
                     break
                 rows = await conn.fetch(self._q["claim_jobs"], names, n, self.worker_id)
                 jobs.extend(Job(**row) for row in rows)
+            children = [j.id for j in jobs if j.workflow_id is not None]
+            if children:
+                await self._attach_parent_results(conn, jobs, children)
         jobs.sort(key=lambda j: (-j.priority, j.id))
         return jobs
+
+    async def _attach_parent_results(self, conn: Any, jobs: list[Job], ids: list[int]) -> None:
+        rows = await conn.fetch(self._q["parent_results"], ids)
+        by_child: dict[int, list[Any]] = {}
+        for row in rows:
+            by_child.setdefault(row["child_id"], []).append(row)
+        for job in jobs:
+            if job.id in by_child:
+                job._parents = group_results(by_child[job.id])
 
     async def _idle(self) -> bool:
         names = list(self.specs)
@@ -287,6 +301,8 @@ class Worker:
             call = asyncio.get_running_loop().run_in_executor(self._executor, spec.handler, job)
         future = asyncio.ensure_future(call if spec.timeout is None else _limit(call, spec.timeout))
         self._running[job.id] = (job, future)
+        if job.workflow_id is not None:
+            self._steps.add(job.id)
         self._per_entrypoint[job.entrypoint] += 1
         future.add_done_callback(lambda f: self._done(job, started, f))
 
@@ -371,10 +387,32 @@ class Worker:
         batch, self._finished = self._finished, []
         try:
             columns = list(zip(*batch, strict=True))
-            await self.queue.pool.execute(self._q["finish_jobs"], self.worker_id, *columns)
+            if any(record[0] in self._steps for record in batch):
+                await self._finish_steps(columns)
+            else:
+                await self.queue.pool.execute(self._q["finish_jobs"], self.worker_id, *columns)
         except BaseException:
             self._finished[:0] = batch  # keep them for the next try
             raise
+        for record in batch:
+            self._steps.discard(record[0])
+
+    async def _finish_steps(self, columns: list[tuple[Any, ...]]) -> None:
+        """Finish a batch holding workflow steps: one transaction that also fails what is
+        downstream of a failed step and settles runs that have nothing left to do."""
+        async with self.queue.pool.acquire() as conn, conn.transaction():
+            done = await conn.fetch(self._q["finish_jobs"], self.worker_id, *columns)
+            dead = [r for r in done if r["workflow_id"] and r["outcome"] != "succeeded"]
+            if dead:
+                await conn.execute(
+                    self._q["fail_descendants"],
+                    [r["id"] for r in dead],
+                    [r["workflow_id"] for r in dead],
+                )
+            runs = sorted({r["workflow_id"] for r in done if r["workflow_id"]})
+            if runs:
+                await conn.execute(self._q["lock_workflows"], runs)
+                await conn.execute(self._q["settle_workflows"], runs)
 
     # -- heartbeat ---------------------------------------------------------------------------
 

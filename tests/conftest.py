@@ -43,7 +43,7 @@ def dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def _truncate(q: pgq_nb.Queue) -> None:
     async def run() -> None:
         await q.aio.pool.execute(
-            f"TRUNCATE {SCHEMA}.jobs, {SCHEMA}.history, {SCHEMA}.workers, "  # noqa: S608
+            f"TRUNCATE {SCHEMA}.jobs, {SCHEMA}.history, {SCHEMA}.workers, "
             f"{SCHEMA}.entrypoints, {SCHEMA}.finished_counts, {SCHEMA}.job_deps, "
             f"{SCHEMA}.workflows, {SCHEMA}.schedules, {SCHEMA}.schedule_ticks RESTART IDENTITY"
         )

@@ -8,7 +8,6 @@ from typing import Any
 
 import pgq_nb
 from pgq_nb import runtime
-from tests.conftest import SCHEMA
 
 
 def _run_order(q: pgq_nb.Queue, concurrency: int = 1) -> list[int]:

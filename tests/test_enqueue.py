@@ -14,7 +14,7 @@ from tests.conftest import SCHEMA
 
 def _jobs_in_table(q: pgq_nb.Queue) -> int:
     async def run() -> int:
-        n: int = await q.aio.pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.jobs")  # noqa: S608
+        n: int = await q.aio.pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.jobs")
         return n
 
     return runtime.run_sync(run())

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import collections
-import sys
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from tests.conftest import REPO, SCHEMA, start_worker_process, worker_env
 def _history_count(q: pgq_nb.Queue) -> tuple[int, int]:
     async def run() -> tuple[int, int]:
         row = await q.aio.pool.fetchrow(
-            f"SELECT count(*) AS n, count(DISTINCT id) AS d FROM {SCHEMA}.history"  # noqa: S608
+            f"SELECT count(*) AS n, count(DISTINCT id) AS d FROM {SCHEMA}.history"
         )
         return row["n"], row["d"]
 
@@ -157,3 +157,31 @@ def test_worker_cli_errors_are_clear(installed: str, tmp_path: Path) -> None:
         )
         assert done.returncode == 2, (target, done.stderr)
         assert message in done.stderr, done.stderr
+
+
+def test_fan_in_of_2000_parents_across_four_processes(
+    q: pgq_nb.Queue, installed: str, tmp_path: Path
+) -> None:
+    q.entrypoint("part")(lambda job: None)
+    q.entrypoint("total")(lambda job: None)
+    wf = q.workflow("fan_in")
+    parts = wf.map("part", range(2000))
+    wf.step("total", depends_on=parts)
+    run = wf.submit()
+    procs = [
+        start_worker_process(
+            installed, "drain_app:q", "--concurrency", "16", RUN_LOG_DIR=str(tmp_path)
+        )
+        for _ in range(4)
+    ]
+    try:
+        assert run.wait(timeout=240, progress=False) == "succeeded"
+    finally:
+        _stop(procs)
+    assert run.results()["total"] == {"sum": sum(range(2000)), "parents": 2000}
+    assert len(list(tmp_path.glob("total-*"))) == 1, "the fan-in step ran more than once"
+    steps = run.steps()
+    child = next(s for s in steps if s["step_name"] == "total")
+    last_parent = max(s["finished"] for s in steps if s["step_name"] == "part")
+    assert child["attempts"] == 1
+    assert child["started"] >= last_parent

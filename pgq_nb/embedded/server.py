@@ -106,20 +106,16 @@ class EmbeddedServer:
             self._init_if_needed(user, sync=True)
             if self._adopt_running():
                 return
-            pg_ctl = bin_dir() / "pg_ctl"
-            cmd = [
-                str(pg_ctl),
-                "start",
-                "-D",
-                str(self.data_dir),
-                "-w",
-                "-t",
-                str(int(START_TIMEOUT)),
-            ]
+            cmd = [str(bin_dir() / "pg_ctl"), "start", "-D", str(self.data_dir), "-w"]
+            cmd += ["-t", str(int(START_TIMEOUT))]  # pg_ctl detaches the server (setsid)
             self._launch(user, lambda: run_logged(cmd, user, self.log_file, START_TIMEOUT + 5) == 0)
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Stop the server (fast shutdown: sessions are ended); False if it was not running."""
+        """Stop the server; False if it was not running.
+
+        Sends SIGINT, Postgres's fast shutdown (what ``pg_ctl stop -m fast`` does): sessions are
+        ended and a shutdown checkpoint written. Waits up to ``timeout`` seconds for the exit.
+        """
         if not self.data_dir.is_dir():
             return False
         with self._locked():

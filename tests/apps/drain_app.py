@@ -31,3 +31,17 @@ async def slow(job: pgq_nb.Job) -> dict[str, int]:
     (_log_dir / f"started-{job.id}-{os.getpid()}").touch()
     await asyncio.sleep(job.data["seconds"])
     return {"pid": os.getpid(), "attempt": job.attempts}
+
+
+@q.entrypoint("part")
+async def part(job: pgq_nb.Job) -> int:
+    """A fan-out step: its payload is a number."""
+    return int(job.data)
+
+
+@q.entrypoint("total")
+async def total(job: pgq_nb.Job) -> dict[str, int]:
+    """A fan-in step: sums its parents' results, says how many it saw."""
+    parts = job.parent_results()["part"]
+    (_log_dir / f"total-{job.id}-{os.getpid()}-{time.time()}").touch()
+    return {"sum": sum(parts), "parents": len(parts)}

@@ -53,8 +53,10 @@ RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
 -- name: finish_jobs
 -- Record a batch of finished attempts in one statement. An attempt to retry goes back to the
 -- queue, due after its delay, with its error appended to `errors`; every other outcome moves
--- the job to `history` and counts it in `finished_counts`. Only jobs this worker still holds
--- are touched: a job reclaimed from it in the meantime is left alone.
+-- the job to `history` and counts it in `finished_counts`, and a succeeded workflow step
+-- counts itself off its children's pending_deps (under each child's row lock; a child at zero
+-- becomes claimable, and workers are woken). Only jobs this worker still holds are touched: a
+-- job reclaimed from it in the meantime is left alone. Returns the jobs moved to history.
 -- params: $1 worker id, $2 ids bigint[], $3 outcomes text[] (succeeded, failed, cancelled,
 --   retry), $4 results text[] (JSON), $5 errors text[], $6 tracebacks text[],
 --   $7 started timestamptz[], $8 finished timestamptz[], $9 retry delays in seconds float[]
@@ -101,8 +103,25 @@ WITH d AS (
     GROUP BY entrypoint, status
     ON CONFLICT (entrypoint, status, shard)
         DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
+), released AS (
+    UPDATE {schema}.jobs AS c
+    SET pending_deps = c.pending_deps - f.n,
+        status = CASE WHEN c.pending_deps - f.n <= 0 THEN 'queued' ELSE c.status END,
+        execute_after = CASE WHEN c.pending_deps - f.n <= 0 THEN now() ELSE c.execute_after END
+    FROM (
+        SELECT e.child_id, count(*)::integer AS n
+        FROM done JOIN {schema}.job_deps AS e ON e.parent_id = done.id
+        WHERE done.outcome = 'succeeded' AND done.workflow_id IS NOT NULL
+        GROUP BY e.child_id
+    ) AS f
+    WHERE c.id = f.child_id AND c.status = 'blocked'
+    RETURNING c.status
+), woken AS (
+    SELECT pg_notify('{channel}', '') FROM released WHERE status = 'queued' LIMIT 1
 )
-SELECT (SELECT count(*) FROM retried) AS retried, (SELECT count(*) FROM done) AS done;
+-- (a plain SELECT in WITH runs only when read: read `woken` so the NOTIFY is sent)
+SELECT done.id, done.outcome, done.workflow_id, (SELECT count(*) FROM woken) AS woken
+FROM done;
 
 -- name: return_jobs
 -- Give a stopping worker's unfinished jobs back to the queue. The interrupted run does not
@@ -282,7 +301,7 @@ WITH gone AS (
     ON CONFLICT (entrypoint, status, shard)
         DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
 )
-SELECT id FROM gone;
+SELECT id, workflow_id FROM gone;
 
 -- name: request_cancel
 -- Ask the workers running these jobs to cancel them (they are told by NOTIFY, or see the flag

@@ -1,0 +1,274 @@
+"""Workflows: build a DAG of jobs in Python, validate it, write it in one transaction.
+
+    wf = q.workflow("daily_etl")
+    raw = wf.step("extract", {"day": "2026-11-28"})
+    parts = wf.map("transform", df, depends_on=raw)     # fan-out: one step per row
+    total = wf.step("aggregate", depends_on=parts)      # fan-in
+    run = wf.submit()
+
+Everything lives in Postgres (steps are jobs, edges are rows of job_deps), so any worker can
+run any step and a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import graphlib
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pgq_nb import runtime
+from pgq_nb.errors import InvalidInputError
+from pgq_nb.models import check_int, encode_payload
+
+if TYPE_CHECKING:
+    from pgq_nb.queue import AsyncQueue
+    from pgq_nb.workflow_run import AsyncWorkflowRun, WorkflowRun
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Step:
+    """A handle on one step (or, for ``map``, on every step it made), to pass as
+    ``depends_on``."""
+
+    workflow: WorkflowBuilder
+    name: str
+    indices: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __repr__(self) -> str:
+        kind = f"map of {len(self.indices)}" if len(self.indices) != 1 else "step"
+        return f"<Step {self.name!r} ({kind}) of workflow {self.workflow.name!r}>"
+
+
+@dataclasses.dataclass
+class _Node:
+    entrypoint: str
+    payload: bytes | None
+    priority: int
+    name: str
+    map_index: int | None
+    depends_on: list[Step | str]
+
+
+Dependency = Step | str | Sequence[Step | str] | None
+
+
+def _rows(rows: Any) -> list[Any]:
+    """The items of a DataFrame (one dict per row, NaN as None) or of any iterable."""
+    to_dict = getattr(rows, "to_dict", None)
+    if callable(to_dict) and hasattr(rows, "columns"):  # a DataFrame, without importing pandas
+        frame = rows.astype(object).where(rows.notna(), None)
+        records: list[Any] = frame.to_dict(orient="records")
+        return records
+    if isinstance(rows, str | bytes | dict):
+        raise InvalidInputError("map() takes a DataFrame or an iterable of payloads")
+    try:
+        return list(rows)
+    except TypeError:
+        raise InvalidInputError("map() takes a DataFrame or an iterable of payloads") from None
+
+
+class WorkflowBuilder:
+    """A workflow being built. Nothing is written until ``submit()``."""
+
+    def __init__(self, queue: AsyncQueue, name: str) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInputError("a workflow name must be a non-empty string")
+        self.queue = queue
+        self.name = name
+        self._nodes: list[_Node] = []
+        self._names: dict[str, Step] = {}
+
+    def _unique_name(self, wanted: str | None, entrypoint: str) -> str:
+        if wanted is not None:
+            if not isinstance(wanted, str) or not wanted:
+                raise InvalidInputError("a step name must be a non-empty string")
+            if wanted in self._names:
+                raise InvalidInputError(
+                    f"workflow {self.name!r} already has a step named {wanted!r}; "
+                    "give each step a unique name="
+                )
+            return wanted
+        name, n = entrypoint, 2
+        while name in self._names:
+            name, n = f"{entrypoint}_{n}", n + 1
+        return name
+
+    def _deps(self, depends_on: Dependency) -> list[Step | str]:
+        if depends_on is None:
+            return []
+        items = [depends_on] if isinstance(depends_on, Step | str) else list(depends_on)
+        for dep in items:
+            if isinstance(dep, Step):
+                if dep.workflow is not self:
+                    raise InvalidInputError(
+                        f"step {dep.name!r} belongs to workflow {dep.workflow.name!r}, not "
+                        f"{self.name!r}; a step can only depend on steps of its own workflow"
+                    )
+            elif not isinstance(dep, str):
+                raise InvalidInputError(
+                    f"depends_on takes steps (or step names), not {type(dep).__name__}"
+                )
+        return items
+
+    def step(
+        self,
+        entrypoint: str,
+        payload: Any = None,
+        *,
+        depends_on: Dependency = None,
+        name: str | None = None,
+        priority: int = 0,
+    ) -> Step:
+        """Add one step: a job of ``entrypoint`` that runs once every step it depends on has
+        succeeded. ``name`` (default: the entrypoint) keys its result in its children's
+        ``job.parent_results()``."""
+        if not isinstance(entrypoint, str) or not entrypoint:
+            raise InvalidInputError("entrypoint must be a non-empty string")
+        step_name = self._unique_name(name, entrypoint)
+        node = _Node(
+            entrypoint=entrypoint,
+            payload=encode_payload(payload),
+            priority=check_int("priority", priority),
+            name=step_name,
+            map_index=None,
+            depends_on=self._deps(depends_on),
+        )
+        self._nodes.append(node)
+        handle = Step(self, step_name, (len(self._nodes) - 1,))
+        self._names[step_name] = handle
+        return handle
+
+    def map(
+        self,
+        entrypoint: str,
+        rows: Iterable[Any],
+        *,
+        depends_on: Dependency = None,
+        name: str | None = None,
+        priority: int = 0,
+    ) -> Step:
+        """Fan out: one step per row of a DataFrame (the row as a dict payload) or per item of
+        an iterable. Their results reach children as a list, in row order."""
+        if not isinstance(entrypoint, str) or not entrypoint:
+            raise InvalidInputError("entrypoint must be a non-empty string")
+        items = _rows(rows)
+        step_name = self._unique_name(name, entrypoint)
+        deps = self._deps(depends_on)
+        prio = check_int("priority", priority)
+        first = len(self._nodes)
+        for i, item in enumerate(items):
+            try:
+                payload = encode_payload(item)
+            except InvalidInputError as exc:
+                raise type(exc)(f"map {step_name!r}, row {i}: {exc}") from None
+            self._nodes.append(_Node(entrypoint, payload, prio, step_name, i, deps))
+        handle = Step(self, step_name, tuple(range(first, len(self._nodes))))
+        self._names[step_name] = handle
+        return handle
+
+    def _edges(self) -> list[tuple[int, int]]:
+        """(parent index, child index) pairs; refuses unknown names, self-dependencies and
+        cycles."""
+        edges: set[tuple[int, int]] = set()
+        for child, node in enumerate(self._nodes):
+            for dep in node.depends_on:
+                if isinstance(dep, str):
+                    found = self._names.get(dep)
+                    if found is None:
+                        raise InvalidInputError(
+                            f"step {node.name!r} depends on {dep!r}, which is not a step of "
+                            f"workflow {self.name!r} (steps: {sorted(self._names)})"
+                        )
+                    dep = found
+                if dep.name == node.name:
+                    raise InvalidInputError(f"step {node.name!r} depends on itself")
+                edges.update((parent, child) for parent in dep.indices)
+        graph: dict[str, set[str]] = {n: set() for n in self._names}
+        for parent, child in edges:
+            graph[self._nodes[child].name].add(self._nodes[parent].name)
+        try:
+            tuple(graphlib.TopologicalSorter(graph).static_order())
+        except graphlib.CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            raise InvalidInputError(
+                f"workflow {self.name!r} has a cycle: {cycle}; a step cannot (indirectly) "
+                "depend on itself"
+            ) from None
+        return sorted(edges)
+
+    async def _submit(self, connection: Any = None) -> int:
+        """Validate and write the whole workflow in one transaction; return its id."""
+        if not self._nodes:
+            raise InvalidInputError(f"workflow {self.name!r} has no steps; add some with step()")
+        edges = self._edges()
+        q = self.queue
+        parents = [0] * len(self._nodes)
+        for _, child in edges:
+            parents[child] += 1
+        if connection is None:
+            async with q.pool.acquire() as conn, conn.transaction():
+                workflow_id = await self._write(conn, edges, parents)
+        else:
+            async with connection.transaction():
+                workflow_id = await self._write(connection, edges, parents)
+        return workflow_id
+
+    async def _write(self, conn: Any, edges: list[tuple[int, int]], parents: list[int]) -> int:
+        q = self.queue
+        await q._sync_entrypoints(conn)
+        await q._check_entrypoints({n.entrypoint for n in self._nodes}, conn)
+        row = await conn.fetchrow(q.queries["create_workflow"], self.name, len(self._nodes))
+        ids = [r["id"] for r in await conn.fetch(q.queries["reserve_job_ids"], len(self._nodes))]
+        nodes = self._nodes
+        await conn.execute(
+            q.queries["insert_steps"],
+            ids,
+            [n.entrypoint for n in nodes],
+            [n.payload for n in nodes],
+            [n.priority for n in nodes],
+            parents,
+            [n.name for n in nodes],
+            [n.map_index for n in nodes],
+            row["id"],
+        )
+        if edges:
+            await conn.execute(
+                q.queries["insert_edges"], [ids[p] for p, _ in edges], [ids[c] for _, c in edges]
+            )
+        workflow_id: int = row["id"]
+        return workflow_id
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name!r}: {len(self._nodes)} steps, not submitted>"
+
+
+class AsyncWorkflow(WorkflowBuilder):
+    """A workflow being built, for async code (``q.aio.workflow(name)``)."""
+
+    async def submit(self, connection: Any = None) -> AsyncWorkflowRun:
+        """Validate and write the whole workflow in one transaction, in bulk (thousands of
+        steps in a few statements); returns its run. A refused workflow writes nothing.
+
+        With ``connection`` (an asyncpg connection, such as a ``q.aio.transaction()``'s), it
+        commits or rolls back with that connection's transaction.
+        """
+        from pgq_nb.workflow_run import AsyncWorkflowRun
+
+        workflow_id = await runtime.run_here(self._submit(connection))
+        return AsyncWorkflowRun(self.queue, workflow_id, self.name)
+
+
+class Workflow(WorkflowBuilder):
+    """A workflow being built, for notebooks and scripts (``q.workflow(name)``)."""
+
+    def submit(self, connection: Any = None) -> WorkflowRun:
+        """Validate and write the whole workflow in one transaction, in bulk; returns its run.
+        A refused workflow (cycle, unknown entrypoint, ...) writes nothing."""
+        from pgq_nb.workflow_run import AsyncWorkflowRun, WorkflowRun
+
+        workflow_id = runtime.run_sync(self._submit(connection), "wf.submit()")
+        return WorkflowRun(AsyncWorkflowRun(self.queue, workflow_id, self.name))

@@ -1,0 +1,174 @@
+"""A submitted workflow: its state, results, waiting, retry and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pgq_nb import runtime
+from pgq_nb.errors import JobNotFoundError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pgq_nb.queue import AsyncQueue
+
+STEP_STATUSES = (
+    "blocked",
+    "queued",
+    "picked",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "upstream_failed",
+)
+
+
+class AsyncWorkflowRun:
+    """A workflow run, for async code. Get one from ``await wf.submit()`` or
+    ``await q.aio.workflow_run(id)``."""
+
+    def __init__(self, queue: AsyncQueue, workflow_id: int, name: str) -> None:
+        self.queue = queue
+        self.id = workflow_id
+        self.name = name
+
+    async def _row(self) -> Any:
+        row = await self.queue.pool.fetchrow(self.queue.queries["get_workflow"], self.id)
+        if row is None:
+            raise JobNotFoundError(f"no workflow run with id {self.id}")
+        return row
+
+    @runtime.bridged
+    async def state(self) -> str:
+        """running, succeeded, failed or cancelled."""
+        status: str = (await self._row())["status"]
+        return status
+
+    @runtime.bridged
+    async def counts(self) -> dict[str, int]:
+        """Steps per status (every status present, zeros included)."""
+        rows = await self.queue.pool.fetch(self.queue.queries["workflow_counts"], self.id)
+        out = dict.fromkeys(STEP_STATUSES, 0)
+        for r in rows:
+            out[r["status"]] += r["n"]
+        return out
+
+    @runtime.bridged
+    async def steps(self) -> list[dict[str, Any]]:
+        """Every step, live or finished, in submission order, as dicts."""
+        rows = await self.queue.pool.fetch(self.queue.queries["workflow_steps"], self.id)
+        return [dict(r) for r in rows]
+
+    @runtime.bridged
+    async def status(self) -> pd.DataFrame:
+        """One row per step: name, index, entrypoint, status, attempts, started, finished,
+        duration_s, error (a DataFrame)."""
+        module = importlib.import_module("pgq_nb.notebook.workflows")
+        frame: pd.DataFrame = module.steps_frame(await self.steps())
+        return frame
+
+    @runtime.bridged
+    async def results(self) -> dict[str, Any]:
+        """Results of the succeeded steps, by step name (a map step's as a list in row
+        order)."""
+        rows = await self.queue.pool.fetch(self.queue.queries["workflow_results"], self.id)
+        return group_results(rows)
+
+    @runtime.bridged
+    async def wait(self, timeout: float | None = None, progress: bool | None = None) -> str:
+        """Wait until the run is over (no step left to run); return its final state.
+
+        ``progress`` shows a bar of finished steps (default: on in a notebook)."""
+        bar: Any = None
+        if progress or progress is None:
+            module = importlib.import_module("pgq_nb.notebook.workflows")
+            bar = module.progress_bar(self.name, (await self._row())["steps"], progress)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        delay = 0.02
+        try:
+            while True:
+                row = await self._row()
+                if bar is not None:
+                    counts = await self.counts()
+                    bar.update_to(sum(counts[s] for s in STEP_STATUSES[3:]))
+                if row["finished"] is not None:
+                    state: str = row["status"]
+                    return state
+                if deadline is not None and loop.time() >= deadline:
+                    raise TimeoutError(
+                        f"workflow run {self.id} ({self.name!r}) still running after {timeout} s"
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    @runtime.bridged
+    async def retry(self) -> int:
+        """Requeue the failed, cancelled and upstream_failed steps (fresh attempts); each runs
+        once its parents have succeeded. Returns how many steps were requeued."""
+        n: int = await self.queue.pool.fetchval(self.queue.queries["retry_workflow_steps"], self.id)
+        return n
+
+    @runtime.bridged
+    async def cancel(self) -> int:
+        """Cancel every unfinished step: waiting ones at once, running ones are told to stop.
+        Returns how many steps were cancelled or told to stop."""
+        q = self.queue
+        async with q.pool.acquire() as conn, conn.transaction():
+            live = await conn.fetch(q.queries["workflow_live_steps"], self.id)
+            await conn.execute(q.queries["mark_workflow"], self.id, "cancelled", None)
+        outcome = await q.cancel([r["id"] for r in live]) if live else {}
+        return sum(v in ("cancelled", "cancelling") for v in outcome.values())
+
+
+def group_results(rows: Any) -> dict[str, Any]:
+    """{step name: result}, a map step's results as a list in row order."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        if r["step_index"] is None:
+            out[r["step_name"]] = r["result"]
+        else:
+            out.setdefault(r["step_name"], []).append(r["result"])
+    return out
+
+
+class WorkflowRun:
+    """A workflow run, for notebooks and scripts. Get one from ``wf.submit()`` or
+    ``q.workflow_run(id)`` (after a kernel restart)."""
+
+    def __init__(self, aio: AsyncWorkflowRun) -> None:
+        self.aio = aio
+
+    @property
+    def id(self) -> int:
+        return self.aio.id
+
+    @property
+    def name(self) -> str:
+        return self.aio.name
+
+    state = runtime.blocking(AsyncWorkflowRun.state)
+    counts = runtime.blocking(AsyncWorkflowRun.counts)
+    steps = runtime.blocking(AsyncWorkflowRun.steps)
+    status = runtime.blocking(AsyncWorkflowRun.status)
+    results = runtime.blocking(AsyncWorkflowRun.results)
+    wait = runtime.blocking(AsyncWorkflowRun.wait)
+    retry = runtime.blocking(AsyncWorkflowRun.retry)
+    cancel = runtime.blocking(AsyncWorkflowRun.cancel)
+
+    def _repr_html_(self) -> str:
+        counts = self.counts()
+        cells = "".join(f"<td>{html.escape(k)}: <b>{v}</b></td>" for k, v in counts.items() if v)
+        return (
+            f"<b>workflow {html.escape(self.name)}</b> (run {self.id}, {self.state()})"
+            f"<table><tr>{cells}</tr></table>"
+        )
+
+    def __repr__(self) -> str:
+        return f"<WorkflowRun {self.id} {self.name!r}>"
