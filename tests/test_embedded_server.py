@@ -159,7 +159,11 @@ def test_server_outlives_the_process_that_started_it(shared: tuple[EmbeddedServe
     assert int(stat_fields[1]) != os.getpid()
 
 
-def test_wrong_or_missing_password_is_refused(shared: tuple[EmbeddedServer, str]) -> None:
+def test_wrong_or_missing_password_is_refused(
+    shared: tuple[EmbeddedServer, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PGPASSWORD", raising=False)  # no password from elsewhere
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
     server, dsn = shared
     secret = _secret(server)
     for good in (dsn, server.dsn(tcp=True)):

@@ -159,7 +159,7 @@ def test_bad_arguments_are_refused(
 ) -> None:
     _register(q, "a")
     with pytest.raises(pgq_nb.InvalidInputError, match=message):
-        q.enqueue("a", None, **kwargs)  # type: ignore[arg-type]
+        q.enqueue("a", None, **kwargs)  # type: ignore[call-overload]
     assert _jobs_in_table(q) == 0
 
 

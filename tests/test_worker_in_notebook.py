@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import threading
 import time
 
@@ -147,7 +148,7 @@ def test_worker_wait_timeout_and_unknown_entrypoint(q: pgq_nb.Queue) -> None:
 
 def test_run_until_idle_timeout_stops_early(q: pgq_nb.Queue) -> None:
     q.entrypoint("later")(lambda job: None)
-    q.enqueue("later", execute_after=pgq_nb.models.dt.timedelta(seconds=30))
+    q.enqueue("later", execute_after=datetime.timedelta(seconds=30))
     began = time.monotonic()
     q.run_until_idle(timeout=0.5)
     assert time.monotonic() - began < 10
