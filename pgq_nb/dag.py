@@ -222,7 +222,7 @@ class WorkflowBuilder:
         await q._sync_entrypoints(conn)
         await q._check_entrypoints({n.entrypoint for n in self._nodes}, conn)
         row = await conn.fetchrow(q.queries["create_workflow"], self.name, len(self._nodes))
-        ids = [r["id"] for r in await conn.fetch(q.queries["reserve_job_ids"], len(self._nodes))]
+        ids = (await conn.fetchrow(q.queries["reserve_job_ids"], len(self._nodes)))["ids"]
         nodes = self._nodes
         await conn.execute(
             q.queries["insert_steps"],
@@ -246,6 +246,16 @@ class WorkflowBuilder:
         return f"<Workflow {self.name!r}: {len(self._nodes)} steps, not submitted>"
 
 
+def _unwrap(connection: Any) -> Any:
+    """The asyncpg connection of a q.transaction() / q.aio.transaction(), or ``connection``."""
+    inner = getattr(connection, "aio", connection)  # Transaction -> AsyncTransaction
+    if hasattr(inner, "begin") and hasattr(inner, "connection"):
+        if inner.connection is None:
+            raise InvalidInputError("that transaction is not open; submit inside its block")
+        return inner.connection
+    return connection
+
+
 class AsyncWorkflow(WorkflowBuilder):
     """A workflow being built, for async code (``q.aio.workflow(name)``)."""
 
@@ -258,7 +268,11 @@ class AsyncWorkflow(WorkflowBuilder):
         """
         from pgq_nb.workflow_run import AsyncWorkflowRun
 
-        workflow_id = await runtime.run_here(self._submit(connection))
+        conn = _unwrap(connection)
+        if conn is None or conn is not connection:  # the pool's, or a q.aio.transaction()'s
+            workflow_id = await runtime.run_here(self._submit(conn))
+        else:  # the caller's own asyncpg connection, on the caller's loop
+            workflow_id = await self._submit(conn)
         return AsyncWorkflowRun(self.queue, workflow_id, self.name)
 
 
@@ -270,5 +284,5 @@ class Workflow(WorkflowBuilder):
         A refused workflow (cycle, unknown entrypoint, ...) writes nothing."""
         from pgq_nb.workflow_run import AsyncWorkflowRun, WorkflowRun
 
-        workflow_id = runtime.run_sync(self._submit(connection), "wf.submit()")
+        workflow_id = runtime.run_sync(self._submit(_unwrap(connection)), "wf.submit()")
         return WorkflowRun(AsyncWorkflowRun(self.queue, workflow_id, self.name))

@@ -15,8 +15,10 @@ from typing import Any, ParamSpec, TypeVar
 from pgq_nb import db, runtime
 from pgq_nb.config import Settings
 from pgq_nb.dag import Workflow
-from pgq_nb.queue import AsyncQueue, H
+from pgq_nb.queue import AsyncQueue, F, H
+from pgq_nb.resources import Resources
 from pgq_nb.retry import RetryPolicy
+from pgq_nb.transaction import AsyncTransaction, Transaction
 from pgq_nb.worker import Worker, WorkerStats
 from pgq_nb.workflow_run import WorkflowRun
 
@@ -70,9 +72,16 @@ class Queue:
         concurrency: int | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | dt.timedelta | None = None,
+        transactional: bool = False,
     ) -> Callable[[H], H]:
         """Register a handler; see :meth:`AsyncQueue.entrypoint`."""
-        return self.aio.entrypoint(name, concurrency=concurrency, retry=retry, timeout=timeout)
+        return self.aio.entrypoint(
+            name,
+            concurrency=concurrency,
+            retry=retry,
+            timeout=timeout,
+            transactional=transactional,
+        )
 
     enqueue = runtime.blocking(AsyncQueue.enqueue)
     get_job = runtime.blocking(AsyncQueue.get_job)
@@ -112,6 +121,20 @@ class Queue:
         )
         future = asyncio.run_coroutine_threadsafe(worker.run(), runtime.loop())
         return WorkerHandle(worker, future)
+
+    @property
+    def resources(self) -> Resources:
+        """Shared objects for handlers (``job.resources``); see :mod:`pgq_nb.resources`."""
+        return self.aio.resources
+
+    def resource(self, name: str) -> Callable[[F], F]:
+        """Register a factory for ``job.resources[name]``, run once per worker process."""
+        return self.aio.resource(name)
+
+    def transaction(self) -> Transaction:
+        """``with q.transaction() as tx:`` — your SQL, jobs, frames and workflows commit
+        together, or not at all."""
+        return Transaction(AsyncTransaction(self.aio))
 
     def workflow(self, name: str) -> Workflow:
         """Start building a workflow (a DAG of jobs): ``wf.step()``, ``wf.map()``,

@@ -56,6 +56,10 @@ class Job:
     fire_time: dt.datetime | None = None
     _data: Any = dataclasses.field(default=_UNSET, repr=False)
     _parents: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    #: shared objects of the queue (``q.resources``), for handlers
+    resources: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    #: for ``transactional=True`` handlers: the transaction that records the completion
+    tx: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def data(self) -> Any:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import asyncpg
@@ -22,7 +23,9 @@ from pgq_nb.errors import (
 )
 from pgq_nb.models import Job, check_int, encode_payload
 from pgq_nb.operations import Operations
+from pgq_nb.resources import Resources
 from pgq_nb.retry import RetryPolicy
+from pgq_nb.transaction import AsyncTransaction
 from pgq_nb.views import Views
 from pgq_nb.workflow_run import AsyncWorkflowRun
 
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[[Job], Any]
 H = TypeVar("H", bound=Handler)
+F = TypeVar("F", bound=Callable[[], Any])
 
 #: Bulk enqueues at least this large refresh the planner's statistics afterwards.
 ANALYZE_AFTER_ROWS = 5_000
@@ -46,6 +50,7 @@ class EntrypointSpec:
     concurrency: int | None
     retry: RetryPolicy
     timeout: float | None
+    transactional: bool = False
 
 
 def _check_time(value: object) -> dt.datetime | None:
@@ -80,6 +85,7 @@ class AsyncQueue(Operations, Views):
         self.queries = sql.queries(settings.schema)
         self.channel = sql.channel_name(settings.schema)
         self.handlers: dict[str, EntrypointSpec] = {}
+        self.resources = Resources()
         self._known_remote: set[str] = set()
         self._unsynced: set[str] = set()
 
@@ -92,9 +98,15 @@ class AsyncQueue(Operations, Views):
         concurrency: int | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | dt.timedelta | None = None,
+        transactional: bool = False,
     ) -> Callable[[H], H]:
         """Register a handler for jobs of ``name``: ``async def`` or plain ``def`` (run in a
         thread), taking a :class:`Job`. Its return value is stored as the job's result.
+
+        ``transactional``: the handler gets ``job.tx``, a transaction that also records the
+        job's completion, so "write the output and mark the job done" is atomic; if the
+        handler raises, its writes are rolled back and the job fails (and is retried)
+        like any other.
 
         ``concurrency`` caps how many jobs of this entrypoint one worker process runs at once.
         ``retry`` is its RetryPolicy (default: the queue's). ``timeout`` (seconds) fails an
@@ -124,6 +136,7 @@ class AsyncQueue(Operations, Views):
                 concurrency=concurrency,
                 retry=retry or self.retry,
                 timeout=None if seconds is None else float(seconds),
+                transactional=bool(transactional),
             )
             self._unsynced.add(name)
             return handler
@@ -163,6 +176,7 @@ class AsyncQueue(Operations, Views):
         *,
         execute_after: dt.datetime | dt.timedelta | None = None,
         dedupe_key: str | None = None,
+        connection: Any = None,
     ) -> int: ...
 
     @overload
@@ -174,6 +188,7 @@ class AsyncQueue(Operations, Views):
         *,
         execute_after: dt.datetime | dt.timedelta | None = None,
         dedupe_key: None = None,
+        connection: Any = None,
     ) -> list[int]: ...
 
     async def enqueue(
@@ -184,6 +199,7 @@ class AsyncQueue(Operations, Views):
         *,
         execute_after: dt.datetime | dt.timedelta | None = None,
         dedupe_key: str | None = None,
+        connection: Any = None,
     ) -> int | list[int]:
         """Add a job and return its id.
 
@@ -191,10 +207,22 @@ class AsyncQueue(Operations, Views):
         round trip and returns their ids in order. ``payload`` is bytes (stored as is) or a
         JSON-serialisable value. ``execute_after`` delays the job (aware datetime or timedelta).
         A ``dedupe_key`` equal to a queued or running job's raises DuplicateJobError.
+
+        ``connection``: an asyncpg connection of yours, inside a transaction; the job commits
+        or rolls back with it (it runs on that connection's own event loop).
         """
-        return await runtime.run_here(
-            self._enqueue(entrypoint, payload, priority, execute_after, dedupe_key)
-        )
+        call = self._enqueue(entrypoint, payload, priority, execute_after, dedupe_key, connection)
+        if connection is not None:
+            return await call
+        return await runtime.run_here(call)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, connection: Any) -> AsyncIterator[Any]:
+        if connection is not None:
+            yield connection
+        else:
+            async with self.pool.acquire() as conn:
+                yield conn
 
     async def _enqueue(
         self,
@@ -203,13 +231,16 @@ class AsyncQueue(Operations, Views):
         priority: Any,
         execute_after: dt.datetime | dt.timedelta | None,
         dedupe_key: str | None,
+        connection: Any,
     ) -> int | list[int]:
         if isinstance(entrypoint, list | tuple):
             if dedupe_key is not None:
                 raise InvalidInputError(
                     "dedupe_key applies to a single job; enqueue such jobs one at a time"
                 )
-            return await self._enqueue_many(list(entrypoint), payload, priority, execute_after)
+            return await self._enqueue_many(
+                list(entrypoint), payload, priority, execute_after, connection
+            )
         if not isinstance(entrypoint, str):
             raise InvalidInputError(
                 f"entrypoint must be a str or a list of str, not {type(entrypoint).__name__}"
@@ -219,7 +250,7 @@ class AsyncQueue(Operations, Views):
         when = _check_time(execute_after)
         if dedupe_key is not None and not isinstance(dedupe_key, str):
             raise InvalidInputError("dedupe_key must be a str or None")
-        async with self.pool.acquire() as conn:
+        async with self._connection(connection) as conn:
             await self._sync_entrypoints(conn)
             await self._check_entrypoints({entrypoint}, conn)
             job_id = await conn.fetchval(
@@ -241,6 +272,7 @@ class AsyncQueue(Operations, Views):
         payloads: Sequence[Any] | None,
         priorities: Sequence[int] | int,
         execute_after: dt.datetime | dt.timedelta | None,
+        connection: Any,
     ) -> list[int]:
         n = len(entrypoints)
         if payloads is None:
@@ -269,13 +301,13 @@ class AsyncQueue(Operations, Views):
         when = _check_time(execute_after)
         if n == 0:
             return []
-        async with self.pool.acquire() as conn:
+        async with self._connection(connection) as conn:
             await self._sync_entrypoints(conn)
             await self._check_entrypoints(set(entrypoints), conn)
             rows = await conn.fetch(
                 self.queries["enqueue_many"], entrypoints, encoded, prios, [when] * n
             )
-        if n >= ANALYZE_AFTER_ROWS:
+        if n >= ANALYZE_AFTER_ROWS and connection is None:
             await self.analyze()
         return sorted(r["id"] for r in rows)
 
@@ -283,6 +315,17 @@ class AsyncQueue(Operations, Views):
         """Refresh planner statistics of the jobs table (done after large bulk enqueues)."""
         async with self.pool.acquire() as conn:
             await conn.execute(self.queries["analyze_jobs"])
+
+    # -- transactions and resources ---------------------------------------------------------
+
+    def transaction(self) -> AsyncTransaction:
+        """``async with q.aio.transaction() as tx:`` — your SQL and your jobs commit together."""
+        return AsyncTransaction(self)
+
+    def resource(self, name: str) -> Callable[[F], F]:
+        """Register a factory for ``job.resources[name]``, run once per worker process; see
+        :mod:`pgq_nb.resources`."""
+        return self.resources.factory(name)
 
     # -- workflows ----------------------------------------------------------------------------
 

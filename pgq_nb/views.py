@@ -44,11 +44,13 @@ class Views:
         dedupe_key: str | None = None,
         progress: bool | None = None,
         chunk_size: int = 10_000,
+        connection: Any = None,
     ) -> pd.Series:
         """One job per row of ``df``, each row's ``columns`` as its JSON payload, written with
         COPY in one transaction (all rows or none). ``priority``, ``execute_after`` and
         ``dedupe_key`` take a constant or the name of a column. Returns the job ids as a
-        Series aligned to ``df.index``."""
+        Series aligned to ``df.index``. With ``connection`` (a transaction's), the jobs commit
+        or roll back with it."""
         fn = _frames("enqueue_df")
         result: pd.Series = await fn(
             self,
@@ -60,6 +62,7 @@ class Views:
             dedupe_key=dedupe_key,
             progress=progress,
             chunk_size=chunk_size,
+            connection=connection,
         )
         return result
 

@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 
 from pgq_nb import db
+from pgq_nb.completion import ALREADY_RECORDED, Finished, record, run_transactional
 from pgq_nb.errors import InvalidInputError, PgqError, UnknownEntrypointError
 from pgq_nb.models import Job, encode_result
 from pgq_nb.queue import AsyncQueue, EntrypointSpec
@@ -31,10 +32,6 @@ from pgq_nb.retry import JobTimeoutError, decide
 from pgq_nb.workflow_run import group_results
 
 logger = logging.getLogger("pgq_nb.worker")
-
-#: A finished attempt, in the column order of the ``finish_jobs`` query:
-#: id, outcome, result JSON, error, traceback, started, finished, retry delay (s).
-Finished = tuple[int, str, str | None, str | None, str | None, dt.datetime, dt.datetime, float]
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -143,6 +140,7 @@ class Worker:
         return self.stats
 
     async def _register(self) -> None:
+        await self.queue.resources.open()
         async with self.queue.pool.acquire() as conn:
             self.queue._unsynced.update(self.specs)  # refresh last_seen and retry limits
             await self.queue._sync_entrypoints(conn)
@@ -211,6 +209,7 @@ class Worker:
                 "heartbeat timeout",
                 extra={"error": str(exc)},
             )
+        await self.queue.resources.close()
         if self._listener is not None:
             await self._listener.close(timeout=2)
         if self._executor is not None:
@@ -294,8 +293,12 @@ class Worker:
     def _start(self, job: Job) -> None:
         spec = self.specs[job.entrypoint]
         started = dt.datetime.now(dt.UTC)
+        job.resources = self.queue.resources
         future: asyncio.Future[Any]
-        if spec.is_async:
+        call: Awaitable[Any]
+        if spec.transactional:
+            call = run_transactional(self.queue, spec, job, self.worker_id, started, self._executor)
+        elif spec.is_async:
             call = spec.handler(job)
         else:
             call = asyncio.get_running_loop().run_in_executor(self._executor, spec.handler, job)
@@ -328,6 +331,9 @@ class Worker:
         self, job: Job, started: dt.datetime, finished: dt.datetime, future: asyncio.Future[Any]
     ) -> None:
         exc = future.exception()
+        if exc is None and future.result() is ALREADY_RECORDED:
+            self.stats.succeeded += 1
+            return
         if exc is None:
             try:
                 result = encode_result(future.result())
@@ -386,33 +392,16 @@ class Worker:
             return
         batch, self._finished = self._finished, []
         try:
-            columns = list(zip(*batch, strict=True))
-            if any(record[0] in self._steps for record in batch):
-                await self._finish_steps(columns)
+            if any(done[0] in self._steps for done in batch):
+                async with self.queue.pool.acquire() as conn, conn.transaction():
+                    await record(conn, self._q, self.worker_id, batch, steps=True)
             else:
-                await self.queue.pool.execute(self._q["finish_jobs"], self.worker_id, *columns)
+                await record(self.queue.pool, self._q, self.worker_id, batch, steps=False)
         except BaseException:
             self._finished[:0] = batch  # keep them for the next try
             raise
-        for record in batch:
-            self._steps.discard(record[0])
-
-    async def _finish_steps(self, columns: list[tuple[Any, ...]]) -> None:
-        """Finish a batch holding workflow steps: one transaction that also fails what is
-        downstream of a failed step and settles runs that have nothing left to do."""
-        async with self.queue.pool.acquire() as conn, conn.transaction():
-            done = await conn.fetch(self._q["finish_jobs"], self.worker_id, *columns)
-            dead = [r for r in done if r["workflow_id"] and r["outcome"] != "succeeded"]
-            if dead:
-                await conn.execute(
-                    self._q["fail_descendants"],
-                    [r["id"] for r in dead],
-                    [r["workflow_id"] for r in dead],
-                )
-            runs = sorted({r["workflow_id"] for r in done if r["workflow_id"]})
-            if runs:
-                await conn.execute(self._q["lock_workflows"], runs)
-                await conn.execute(self._q["settle_workflows"], runs)
+        for done in batch:
+            self._steps.discard(done[0])
 
     # -- heartbeat ---------------------------------------------------------------------------
 

@@ -6,12 +6,6 @@
 -- params: $1 name, $2 number of steps
 INSERT INTO {schema}.workflows (name, steps) VALUES ($1, $2) RETURNING id, created;
 
--- name: reserve_job_ids
--- Draw $1 job ids from the jobs identity sequence, so that edges can be written with them.
--- params: $1 count
-SELECT nextval(pg_get_serial_sequence('{schema}.jobs', 'id')) AS id
-FROM generate_series(1, $1);
-
 -- name: insert_steps
 -- Every step of a workflow in one statement: roots queued, the rest blocked on their parents.
 -- params: $1 ids bigint[], $2 entrypoints text[], $3 payloads bytea[], $4 priorities int[],
