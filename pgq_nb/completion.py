@@ -39,14 +39,16 @@ async def record(
     batch: Sequence[Finished],
     *,
     steps: bool,
+    slots: Sequence[int] = (),
 ) -> list[Any]:
-    """Record ``batch`` on ``conn`` (in a transaction when ``steps``); returns the jobs that
-    moved to history."""
+    """Record ``batch`` on ``conn`` (in a transaction when ``steps`` or ``slots``); returns the
+    jobs that moved to history. ``slots``: ids of jobs holding a global-concurrency slot."""
     columns = list(zip(*batch, strict=True))
-    if not steps:
-        rows: list[Any] = await conn.fetch(queries["finish_jobs"], worker_id, *columns)
-        return rows
     done: list[Any] = await conn.fetch(queries["finish_jobs"], worker_id, *columns)
+    if slots:
+        await conn.execute(queries["release_slots"], worker_id, list(slots))
+    if not steps:
+        return done
     dead = [r for r in done if r["workflow_id"] and r["outcome"] != "succeeded"]
     if dead:
         await conn.execute(
@@ -68,6 +70,8 @@ async def run_transactional(
     worker_id: int | None,
     started: dt.datetime,
     executor: Any,
+    *,
+    slotted: bool = False,
 ) -> AlreadyRecorded:
     """Run a ``transactional=True`` handler with ``job.tx`` open, and record its success in
     that same transaction. If the handler raises, everything it wrote is rolled back and the
@@ -92,9 +96,9 @@ async def run_transactional(
             finished,
             0.0,
         )
-        done = await record(
-            conn, queue.queries, worker_id, [row], steps=job.workflow_id is not None
-        )
+        slots = [job.id] if slotted else []
+        steps = job.workflow_id is not None
+        done = await record(conn, queue.queries, worker_id, [row], steps=steps, slots=slots)
         if not done:
             raise RuntimeError(
                 "the job was taken back from this worker (its heartbeat went stale) while the "

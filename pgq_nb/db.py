@@ -18,6 +18,21 @@ from pgq_nb.errors import DatabaseUnavailableError, SchemaError
 logger = logging.getLogger("pgq_nb")
 
 MIN_SERVER_VERSION = 140000
+
+#: Errors that pass: the connection dropped, the server is restarting or busy, a lock or
+#: serialization conflict. Workers retry these with backoff; anything else is a bug or a
+#: schema mismatch and is raised.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.LockNotAvailableError,
+    DatabaseUnavailableError,
+)
 _pools: dict[str, asyncpg.Pool] = {}
 _pool_locks: dict[str, asyncio.Lock] = {}
 

@@ -73,6 +73,8 @@ class Queue:
         retry: RetryPolicy | None = None,
         timeout: float | dt.timedelta | None = None,
         transactional: bool = False,
+        max_running: int | None = None,
+        rate_limit: str | float | None = None,
     ) -> Callable[[H], H]:
         """Register a handler; see :meth:`AsyncQueue.entrypoint`."""
         return self.aio.entrypoint(
@@ -81,6 +83,8 @@ class Queue:
             retry=retry,
             timeout=timeout,
             transactional=transactional,
+            max_running=max_running,
+            rate_limit=rate_limit,
         )
 
     enqueue = runtime.blocking(AsyncQueue.enqueue)
@@ -98,6 +102,9 @@ class Queue:
     results = runtime.blocking(AsyncQueue.results)
     failed = runtime.blocking(AsyncQueue.failed)
     requeue_failed = runtime.blocking(AsyncQueue.requeue_failed)
+    pause = runtime.blocking(AsyncQueue.pause)
+    resume = runtime.blocking(AsyncQueue.resume)
+    flow = runtime.blocking(AsyncQueue.flow)
     install = runtime.blocking(AsyncQueue.install)
     upgrade = runtime.blocking(AsyncQueue.upgrade)
     uninstall = runtime.blocking(AsyncQueue.uninstall)

@@ -144,3 +144,25 @@ class Operations:
         wanted = None if ids is None else _ids(ids)
         rows = await self.pool.fetch(self.queries["requeue_failed"], wanted, entrypoint)
         return len(rows)
+
+    @runtime.bridged
+    async def pause(self, entrypoint: str) -> None:
+        """Stop every worker from claiming ``entrypoint`` until :meth:`resume`; running jobs
+        finish, new ones wait in the queue."""
+        await self._set_paused(entrypoint, True)
+
+    @runtime.bridged
+    async def resume(self, entrypoint: str) -> None:
+        """Let workers claim ``entrypoint`` again."""
+        await self._set_paused(entrypoint, False)
+
+    async def _set_paused(self, entrypoint: str, paused: bool) -> None:
+        if not isinstance(entrypoint, str) or not entrypoint:
+            raise InvalidInputError("name the entrypoint to pause or resume")
+        await self.pool.execute(self.queries["set_paused"], entrypoint, paused)
+
+    @runtime.bridged
+    async def flow(self) -> list[dict[str, Any]]:
+        """Entrypoints with a global limit or a pause: max_running, rate_per_s, paused, and how
+        many of their jobs run and wait."""
+        return [dict(r) for r in await self.pool.fetch(self.queries["flow_overview"])]

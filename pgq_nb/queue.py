@@ -15,13 +15,13 @@ import asyncpg
 from pgq_nb import db, runtime, sql
 from pgq_nb.config import Settings
 from pgq_nb.dag import AsyncWorkflow
+from pgq_nb.enqueue import Dedupe, enqueue_many, enqueue_one, parse_rate, rate_burst
 from pgq_nb.errors import (
-    DuplicateJobError,
     InvalidInputError,
     JobNotFoundError,
     UnknownEntrypointError,
 )
-from pgq_nb.models import Job, check_int, encode_payload
+from pgq_nb.models import Job, check_int
 from pgq_nb.operations import Operations
 from pgq_nb.resources import Resources
 from pgq_nb.retry import RetryPolicy
@@ -51,24 +51,13 @@ class EntrypointSpec:
     retry: RetryPolicy
     timeout: float | None
     transactional: bool = False
+    max_running: int | None = None
+    rate_per_s: float | None = None
 
-
-def _check_time(value: object) -> dt.datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.timedelta):
-        return dt.datetime.now(dt.UTC) + value
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            raise InvalidInputError(
-                "execute_after is a naive datetime; give it a time zone "
-                "(datetime.now(timezone.utc) + ...) or pass a timedelta"
-            )
-        return value
-    raise InvalidInputError(
-        f"execute_after must be a timezone-aware datetime or a timedelta, not "
-        f"{type(value).__name__}"
-    )
+    @property
+    def limited(self) -> bool:
+        """Has a limit that holds across workers (claims go through claim_limited)."""
+        return self.max_running is not None or self.rate_per_s is not None
 
 
 class AsyncQueue(Operations, Views):
@@ -99,6 +88,8 @@ class AsyncQueue(Operations, Views):
         retry: RetryPolicy | None = None,
         timeout: float | dt.timedelta | None = None,
         transactional: bool = False,
+        max_running: int | None = None,
+        rate_limit: str | float | None = None,
     ) -> Callable[[H], H]:
         """Register a handler for jobs of ``name``: ``async def`` or plain ``def`` (run in a
         thread), taking a :class:`Job`. Its return value is stored as the job's result.
@@ -107,6 +98,12 @@ class AsyncQueue(Operations, Views):
         job's completion, so "write the output and mark the job done" is atomic; if the
         handler raises, its writes are rolled back and the job fails (and is retried)
         like any other.
+
+        ``max_running`` caps the jobs of this entrypoint running at once across every worker
+        process (slot rows in the database; a dead worker's slot is freed when its heartbeat
+        goes stale). ``rate_limit`` (``"100/s"``, ``"30/min"``, ``"500/h"``) caps how many
+        start per unit of time across every worker: any one-second window sees at most the
+        rate plus a tenth of it (at least one job) more.
 
         ``concurrency`` caps how many jobs of this entrypoint one worker process runs at once.
         ``retry`` is its RetryPolicy (default: the queue's). ``timeout`` (seconds) fails an
@@ -117,6 +114,9 @@ class AsyncQueue(Operations, Views):
             raise InvalidInputError("an entrypoint name must be a non-empty string")
         if concurrency is not None and (check_int("concurrency", concurrency) < 1):
             raise InvalidInputError("concurrency must be at least 1 (or None for no cap)")
+        if max_running is not None and check_int("max_running", max_running) < 1:
+            raise InvalidInputError("max_running must be at least 1 (or None for no limit)")
+        per_s = parse_rate(rate_limit)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidInputError("retry must be a pgq_nb.RetryPolicy")
         seconds = timeout.total_seconds() if isinstance(timeout, dt.timedelta) else timeout
@@ -137,6 +137,8 @@ class AsyncQueue(Operations, Views):
                 retry=retry or self.retry,
                 timeout=None if seconds is None else float(seconds),
                 transactional=bool(transactional),
+                max_running=max_running,
+                rate_per_s=per_s,
             )
             self._unsynced.add(name)
             return handler
@@ -144,11 +146,25 @@ class AsyncQueue(Operations, Views):
         return register
 
     async def _sync_entrypoints(self, conn: Any) -> None:
+        """Record the entrypoint names this queue has handlers for (enqueue checks names
+        against them), without touching what workers recorded about them."""
         if self._unsynced:
             names = sorted(self._unsynced)
-            limits = [self.handlers[n].retry.max_attempts for n in names]
-            await conn.execute(self.queries["upsert_entrypoints"], names, limits)
+            await conn.execute(self.queries["declare_entrypoints"], names)
             self._unsynced.difference_update(names)
+
+    async def _register_entrypoints(self, conn: Any, names: list[str]) -> None:
+        """A starting worker records its entrypoints' retry limits and global flow limits,
+        which then hold for every worker."""
+        await self._sync_entrypoints(conn)
+        limits = [self.handlers[n].retry.max_attempts for n in names]
+        await conn.execute(self.queries["upsert_entrypoints"], names, limits)
+        for name in names:
+            spec = self.handlers[name]
+            burst = rate_burst(spec.rate_per_s) if spec.rate_per_s else 1.0
+            await conn.execute(
+                self.queries["set_limits"], name, spec.max_running, spec.rate_per_s, burst
+            )
 
     async def _check_entrypoints(self, names: set[str], conn: Any) -> None:
         unknown = names - self.handlers.keys() - self._known_remote
@@ -176,6 +192,7 @@ class AsyncQueue(Operations, Views):
         *,
         execute_after: dt.datetime | dt.timedelta | None = None,
         dedupe_key: str | None = None,
+        dedupe: Dedupe = "active",
         connection: Any = None,
     ) -> int: ...
 
@@ -188,8 +205,22 @@ class AsyncQueue(Operations, Views):
         *,
         execute_after: dt.datetime | dt.timedelta | None = None,
         dedupe_key: None = None,
+        dedupe: Dedupe = "active",
         connection: Any = None,
     ) -> list[int]: ...
+
+    @overload
+    async def enqueue(
+        self,
+        entrypoint: list[str],
+        payload: Sequence[Any] | None = None,
+        priority: Sequence[int] | int = 0,
+        *,
+        execute_after: dt.datetime | dt.timedelta | None = None,
+        dedupe_key: Sequence[str | None],
+        dedupe: Dedupe = "active",
+        connection: Any = None,
+    ) -> list[int | None]: ...
 
     async def enqueue(
         self,
@@ -198,20 +229,26 @@ class AsyncQueue(Operations, Views):
         priority: Any = 0,
         *,
         execute_after: dt.datetime | dt.timedelta | None = None,
-        dedupe_key: str | None = None,
+        dedupe_key: Any = None,
+        dedupe: Dedupe = "active",
         connection: Any = None,
-    ) -> int | list[int]:
+    ) -> Any:
         """Add a job and return its id.
 
         The PgQueuer shape ``enqueue([entrypoints], [payloads], [priorities])`` adds many in one
         round trip and returns their ids in order. ``payload`` is bytes (stored as is) or a
         JSON-serialisable value. ``execute_after`` delays the job (aware datetime or timedelta).
-        A ``dedupe_key`` equal to a queued or running job's raises DuplicateJobError.
+        ``dedupe_key`` keeps a second job with the same key out while one is queued or running
+        (``dedupe="active"``), only while queued (``"queued"``), or for a window after enqueue
+        (a ``timedelta``): a single enqueue raises DuplicateJobError; a batch (a list of keys)
+        skips those rows, returns None for them and warns (see :mod:`pgq_nb.enqueue`).
 
         ``connection``: an asyncpg connection of yours, inside a transaction; the job commits
         or rolls back with it (it runs on that connection's own event loop).
         """
-        call = self._enqueue(entrypoint, payload, priority, execute_after, dedupe_key, connection)
+        call = self._enqueue(
+            entrypoint, payload, priority, execute_after, dedupe_key, dedupe, connection
+        )
         if connection is not None:
             return await call
         return await runtime.run_here(call)
@@ -230,86 +267,36 @@ class AsyncQueue(Operations, Views):
         payload: Any,
         priority: Any,
         execute_after: dt.datetime | dt.timedelta | None,
-        dedupe_key: str | None,
+        dedupe_key: Any,
+        dedupe: Dedupe,
         connection: Any,
-    ) -> int | list[int]:
-        if isinstance(entrypoint, list | tuple):
-            if dedupe_key is not None:
-                raise InvalidInputError(
-                    "dedupe_key applies to a single job; enqueue such jobs one at a time"
-                )
-            return await self._enqueue_many(
-                list(entrypoint), payload, priority, execute_after, connection
-            )
-        if not isinstance(entrypoint, str):
-            raise InvalidInputError(
-                f"entrypoint must be a str or a list of str, not {type(entrypoint).__name__}"
-            )
-        data = encode_payload(payload)
-        prio = check_int("priority", priority)
-        when = _check_time(execute_after)
-        if dedupe_key is not None and not isinstance(dedupe_key, str):
-            raise InvalidInputError("dedupe_key must be a str or None")
+    ) -> Any:
         async with self._connection(connection) as conn:
-            await self._sync_entrypoints(conn)
-            await self._check_entrypoints({entrypoint}, conn)
-            job_id = await conn.fetchval(
-                self.queries["enqueue_one"], entrypoint, data, prio, when, dedupe_key
-            )
-            if job_id is None:
-                existing = await conn.fetchval(self.queries["find_dedupe"], dedupe_key)
-                raise DuplicateJobError(
-                    f"a job with dedupe_key {dedupe_key!r} is already queued or running "
-                    f"(job {existing}); wait for it to finish or use another key",
-                    dedupe_key=str(dedupe_key),
-                    existing_id=existing,
+            if isinstance(entrypoint, list | tuple):
+                result: Any = await enqueue_many(
+                    self,
+                    conn,
+                    list(entrypoint),
+                    payload,
+                    priority,
+                    execute_after,
+                    dedupe_key,
+                    dedupe,
                 )
-        return int(job_id)
-
-    async def _enqueue_many(
-        self,
-        entrypoints: list[str],
-        payloads: Sequence[Any] | None,
-        priorities: Sequence[int] | int,
-        execute_after: dt.datetime | dt.timedelta | None,
-        connection: Any,
-    ) -> list[int]:
-        n = len(entrypoints)
-        if payloads is None:
-            payloads = [None] * n
-        if isinstance(priorities, int) and not isinstance(priorities, bool):
-            priorities = [priorities] * n
-        if isinstance(payloads, bytes | str | dict) or not isinstance(payloads, Sequence):
-            raise InvalidInputError("with a list of entrypoints, payload must be a list too")
-        if not isinstance(priorities, Sequence):
-            raise InvalidInputError("with a list of entrypoints, priority must be a list or int")
-        if not len(payloads) == len(priorities) == n:
-            raise InvalidInputError(
-                f"entrypoints, payloads and priorities must have the same length; got "
-                f"{n}, {len(payloads)} and {len(priorities)}"
-            )
-        for i, ep in enumerate(entrypoints):
-            if not isinstance(ep, str):
-                raise InvalidInputError(f"entrypoints[{i}] is {type(ep).__name__}, not str")
-        encoded = []
-        for i, p in enumerate(payloads):
-            try:
-                encoded.append(encode_payload(p))
-            except InvalidInputError as exc:
-                raise type(exc)(f"payloads[{i}]: {exc}") from None
-        prios = [check_int(f"priorities[{i}]", p) for i, p in enumerate(priorities)]
-        when = _check_time(execute_after)
-        if n == 0:
-            return []
-        async with self._connection(connection) as conn:
-            await self._sync_entrypoints(conn)
-            await self._check_entrypoints(set(entrypoints), conn)
-            rows = await conn.fetch(
-                self.queries["enqueue_many"], entrypoints, encoded, prios, [when] * n
-            )
-        if n >= ANALYZE_AFTER_ROWS and connection is None:
+            else:
+                result = await enqueue_one(
+                    self,
+                    conn,
+                    entrypoint,
+                    payload,
+                    priority,
+                    execute_after,
+                    dedupe_key,
+                    dedupe,
+                )
+        if isinstance(result, list) and len(result) >= ANALYZE_AFTER_ROWS and connection is None:
             await self.analyze()
-        return sorted(r["id"] for r in rows)
+        return result
 
     async def analyze(self) -> None:
         """Refresh planner statistics of the jobs table (done after large bulk enqueues)."""

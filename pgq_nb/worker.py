@@ -103,6 +103,9 @@ class Worker:
         self._running: dict[int, tuple[Job, asyncio.Future[Any]]] = {}
         self._cancelling: set[int] = set()
         self._steps: set[int] = set()  # workflow steps among running and unflushed jobs
+        self._paused: set[str] = set()  # entrypoints nobody may claim now
+        self._slotted: set[int] = set()  # running and unflushed jobs holding a global slot
+        self._rate_timer: asyncio.TimerHandle | None = None
         self._per_entrypoint: Counter[str] = Counter()
         self._finished: list[Finished] = []
         self._wake = asyncio.Event()
@@ -122,28 +125,37 @@ class Worker:
         self._slot_free.set()
 
     async def run(self) -> WorkerStats:
-        """Work until stopped (or idle, with ``stop_when_idle``). Returns what it did."""
+        """Work until stopped (or idle, with ``stop_when_idle``). Returns what it did.
+
+        An error that is not transient (a bug, a schema mismatch) stops the worker: running
+        jobs get the grace period, then the error is raised."""
         await self._register()
         background = [
             asyncio.create_task(self._flush_loop(), name="pgq_nb-flush"),
             asyncio.create_task(self._heartbeat_loop(), name="pgq_nb-heartbeat"),
         ]
+        claiming = asyncio.create_task(self._claim_loop(), name="pgq_nb-claim")
         cancelled = False
         try:
-            await self._claim_loop()
+            await asyncio.wait([claiming, *background], return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             cancelled = True
         finally:
+            claiming.cancel()
+            await asyncio.gather(claiming, return_exceptions=True)
             await self._shutdown(background, graceful=not cancelled)
         if cancelled:
             raise asyncio.CancelledError
+        for task in (claiming, *background):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
         return self.stats
 
     async def _register(self) -> None:
         await self.queue.resources.open()
         async with self.queue.pool.acquire() as conn:
-            self.queue._unsynced.update(self.specs)  # refresh last_seen and retry limits
-            await self.queue._sync_entrypoints(conn)
+            await self.queue._register_entrypoints(conn, list(self.specs))
+            self._paused = {r["name"] for r in await conn.fetch(self._q["paused_entrypoints"])}
             self.worker_id = await conn.fetchval(
                 self._q["register_worker"],
                 socket.gethostname(),
@@ -167,9 +179,14 @@ class Worker:
             self._listener = None
 
     def _on_notify(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        if payload.startswith("cancel:"):
-            self._cancel([int(i) for i in payload[len("cancel:") :].split(",") if i])
+        kind, _, rest = payload.partition(":")
+        if kind == "cancel":
+            self._cancel([int(i) for i in rest.split(",") if i])
+        elif kind == "pause":
+            self._paused.add(rest)
         else:
+            if kind == "resume":
+                self._paused.discard(rest)
             self._wake.set()
 
     def _cancel(self, ids: list[int]) -> None:
@@ -203,7 +220,7 @@ class Worker:
                     await conn.execute(self._q["notify_jobs"])
                     self.stats.interrupted += len(ids)
                 await conn.execute(self._q["deregister_worker"], self.worker_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:  # best effort: the heartbeat timeout is the safety net
             logger.warning(
                 "could not flush at shutdown; unfinished jobs will be reclaimed after the "
                 "heartbeat timeout",
@@ -233,7 +250,7 @@ class Worker:
             self._wake.clear()
             try:
                 claimed = await self._claim(min(free, self.batch_size))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except db.TRANSIENT_ERRORS as exc:
                 logger.warning("claim failed; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(poll)
                 continue
@@ -248,29 +265,56 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
 
-    async def _claim(self, limit: int) -> list[Job]:
-        capped = {n: s.concurrency for n, s in self.specs.items() if s.concurrency is not None}
-        groups: list[tuple[list[str], int]] = []
-        free_names = [n for n in self.specs if n not in capped]
-        if free_names:
-            groups.append((free_names, limit))
-        for name, cap in capped.items():
-            room = min(cap - self._per_entrypoint[name], limit)
+    def _claim_groups(self, limit: int) -> list[tuple[list[str], int, bool]]:
+        """(entrypoints, how many, limited) per claim statement: one for every entrypoint
+        without a cap, one each for those with a cap here or a limit across workers."""
+        plain: list[str] = []
+        groups: list[tuple[list[str], int, bool]] = []
+        for name, spec in self.specs.items():
+            if name in self._paused:
+                continue
+            if spec.concurrency is None and not spec.limited:
+                plain.append(name)
+                continue
+            room = limit
+            if spec.concurrency is not None:
+                room = min(room, spec.concurrency - self._per_entrypoint[name])
             if room > 0:
-                groups.append(([name], room))
+                groups.append(([name], room, spec.limited))
+        if plain:
+            groups.insert(0, (plain, limit, False))
+        return groups
+
+    async def _claim(self, limit: int) -> list[Job]:
         jobs: list[Job] = []
         async with self.queue.pool.acquire() as conn:
-            for names, n in groups:
+            for names, n, limited in self._claim_groups(limit):
                 n = min(n, limit - len(jobs))
                 if n <= 0:
                     break
-                rows = await conn.fetch(self._q["claim_jobs"], names, n, self.worker_id)
+                if limited:
+                    rows = await conn.fetch(self._q["claim_limited"], names[0], n, self.worker_id)
+                    self._after_limited_claim(names[0], asked=n, got=len(rows))
+                else:
+                    rows = await conn.fetch(self._q["claim_jobs"], names, n, self.worker_id)
                 jobs.extend(Job(**row) for row in rows)
             children = [j.id for j in jobs if j.workflow_id is not None]
             if children:
                 await self._attach_parent_results(conn, jobs, children)
         jobs.sort(key=lambda j: (-j.priority, j.id))
         return jobs
+
+    def _after_limited_claim(self, name: str, *, asked: int, got: int) -> None:
+        """A rate-limited claim that got less than it asked for may have run out of tokens:
+        look again when the next token is due (slots announce themselves by NOTIFY)."""
+        rate = self.specs[name].rate_per_s
+        if rate and got < asked and self._rate_timer is None:
+
+            def wake() -> None:
+                self._rate_timer = None
+                self._wake.set()
+
+            self._rate_timer = asyncio.get_running_loop().call_later(1.0 / rate, wake)
 
     async def _attach_parent_results(self, conn: Any, jobs: list[Job], ids: list[int]) -> None:
         rows = await conn.fetch(self._q["parent_results"], ids)
@@ -297,7 +341,15 @@ class Worker:
         future: asyncio.Future[Any]
         call: Awaitable[Any]
         if spec.transactional:
-            call = run_transactional(self.queue, spec, job, self.worker_id, started, self._executor)
+            call = run_transactional(
+                self.queue,
+                spec,
+                job,
+                self.worker_id,
+                started,
+                self._executor,
+                slotted=spec.max_running is not None,
+            )
         elif spec.is_async:
             call = spec.handler(job)
         else:
@@ -306,6 +358,8 @@ class Worker:
         self._running[job.id] = (job, future)
         if job.workflow_id is not None:
             self._steps.add(job.id)
+        if spec.max_running is not None:
+            self._slotted.add(job.id)
         self._per_entrypoint[job.entrypoint] += 1
         future.add_done_callback(lambda f: self._done(job, started, f))
 
@@ -379,7 +433,7 @@ class Worker:
             self._flush_now.clear()
             try:
                 await self._flush()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except db.TRANSIENT_ERRORS as exc:
                 logger.warning("completion failed; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(0.5)
             if self._finished:
@@ -391,17 +445,20 @@ class Worker:
         if not self._finished:
             return
         batch, self._finished = self._finished, []
+        ids = [done[0] for done in batch]
+        steps = any(i in self._steps for i in ids)
+        slots = [i for i in ids if i in self._slotted]
         try:
-            if any(done[0] in self._steps for done in batch):
+            if steps or slots:
                 async with self.queue.pool.acquire() as conn, conn.transaction():
-                    await record(conn, self._q, self.worker_id, batch, steps=True)
+                    await record(conn, self._q, self.worker_id, batch, steps=steps, slots=slots)
             else:
                 await record(self.queue.pool, self._q, self.worker_id, batch, steps=False)
         except BaseException:
             self._finished[:0] = batch  # keep them for the next try
             raise
-        for done in batch:
-            self._steps.discard(done[0])
+        self._steps.difference_update(ids)
+        self._slotted.difference_update(ids)
 
     # -- heartbeat ---------------------------------------------------------------------------
 
@@ -439,7 +496,10 @@ class Worker:
                     wanted = await conn.fetch(self._q["cancel_requested"], self.worker_id)
                     if wanted:
                         self._cancel([r["id"] for r in wanted])
+                    await conn.execute(self._q["sweep_slots"])
+                    paused = await conn.fetch(self._q["paused_entrypoints"])
+                    self._paused = {r["name"] for r in paused}
                 if self._listener is None or self._listener.is_closed():
                     await self._listen()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, PgqError) as exc:
+            except db.TRANSIENT_ERRORS as exc:
                 logger.warning("heartbeat failed", extra={"error": str(exc)})

@@ -45,7 +45,9 @@ def _truncate(q: pgq_nb.Queue) -> None:
         await q.aio.pool.execute(
             f"TRUNCATE {SCHEMA}.jobs, {SCHEMA}.history, {SCHEMA}.workers, "
             f"{SCHEMA}.entrypoints, {SCHEMA}.finished_counts, {SCHEMA}.job_deps, "
-            f"{SCHEMA}.workflows, {SCHEMA}.schedules, {SCHEMA}.schedule_ticks RESTART IDENTITY"
+            f"{SCHEMA}.workflows, {SCHEMA}.schedules, {SCHEMA}.schedule_ticks, "
+            f"{SCHEMA}.entrypoint_slots, {SCHEMA}.rate_buckets, {SCHEMA}.dedupe_windows "
+            "RESTART IDENTITY"
         )
 
     runtime.run_sync(run())

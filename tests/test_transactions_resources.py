@@ -75,9 +75,7 @@ def test_rolled_back_transaction_leaves_nothing_and_wakes_no_worker(
     assert ran == []
 
 
-def test_async_transaction_and_callers_own_connection(
-    orders: pgq_nb.Queue, installed: str
-) -> None:
+def test_async_transaction_and_callers_own_connection(orders: pgq_nb.Queue, installed: str) -> None:
     q = orders
     q.entrypoint("invoice")(lambda job: None)
 
@@ -131,8 +129,9 @@ def test_transactional_handler_that_raises_loses_its_writes_and_is_retried(
 ) -> None:
     q = orders
 
-    @q.entrypoint("flaky", transactional=True,
-                  retry=pgq_nb.RetryPolicy(max_attempts=2, base_delay=0.05))
+    @q.entrypoint(
+        "flaky", transactional=True, retry=pgq_nb.RetryPolicy(max_attempts=2, base_delay=0.05)
+    )
     async def flaky(job: pgq_nb.Job) -> int:
         await job.tx.execute(f"INSERT INTO {TABLE} VALUES ($1, 'x')", job.attempts)
         if job.attempts == 1:

@@ -27,9 +27,46 @@ CREATE TABLE {schema}.workers (
 -- crashed worker's jobs reads max_attempts here.
 CREATE TABLE {schema}.entrypoints (
     name text PRIMARY KEY,
-    max_attempts integer NOT NULL DEFAULT 1,
+    max_attempts integer NOT NULL DEFAULT 3,
+    -- flow control that holds across every worker: at most max_running at once (slot rows in
+    -- entrypoint_slots), at most rate_per_s starts a second (a token bucket in rate_buckets),
+    -- and paused (nobody claims it)
+    max_running integer,
+    rate_per_s double precision,
+    paused boolean NOT NULL DEFAULT false,
     registered timestamptz NOT NULL DEFAULT now(),
     last_seen timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per allowed concurrent run of an entrypoint with max_running: a claim takes a free
+-- slot (job_id NULL) under FOR UPDATE SKIP LOCKED; finishing the job frees it; a slot whose
+-- job is no longer running for its worker (a dead worker) is freed by the heartbeat sweep.
+CREATE TABLE {schema}.entrypoint_slots (
+    entrypoint text NOT NULL,
+    slot integer NOT NULL,
+    job_id bigint,
+    worker_id bigint,
+    PRIMARY KEY (entrypoint, slot)
+);
+
+CREATE INDEX entrypoint_slots_job_idx ON {schema}.entrypoint_slots (job_id)
+    WHERE job_id IS NOT NULL;
+
+-- Token buckets for rate limits: `tokens` as of `updated`, refilled at `rate` per second up to
+-- `burst`. Claims of the entrypoint take the row lock, spend a token per job.
+CREATE TABLE {schema}.rate_buckets (
+    entrypoint text PRIMARY KEY,
+    rate double precision NOT NULL CHECK (rate > 0),
+    burst double precision NOT NULL CHECK (burst >= 1),
+    tokens double precision NOT NULL,
+    updated timestamptz NOT NULL DEFAULT now()
+);
+
+-- Dedupe keys with a time window: a key is refused until `expires`, even after its job ended.
+CREATE TABLE {schema}.dedupe_windows (
+    dedupe_key text PRIMARY KEY,
+    job_id bigint NOT NULL,
+    expires timestamptz NOT NULL
 );
 
 -- Durable workflows (DAGs of jobs).
@@ -57,7 +94,11 @@ CREATE TABLE {schema}.jobs (
     status text NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'blocked', 'picked')),
     execute_after timestamptz NOT NULL DEFAULT now(),
     attempts integer NOT NULL DEFAULT 0,
+    -- a key no other live job may share: while queued ('queued'), while queued or running
+    -- ('active'), or for a time window after enqueue ('window', kept in dedupe_windows)
     dedupe_key text,
+    dedupe_scope text NOT NULL DEFAULT 'active'
+        CHECK (dedupe_scope IN ('queued', 'active', 'window')),
     worker_id bigint,
     created timestamptz NOT NULL DEFAULT now(),
     started timestamptz,
@@ -79,9 +120,11 @@ CREATE TABLE {schema}.jobs (
 CREATE INDEX jobs_claim_idx ON {schema}.jobs (priority DESC, id) WHERE status = 'queued';
 -- Jobs a worker holds, for heartbeat reclaim and graceful shutdown.
 CREATE INDEX jobs_picked_idx ON {schema}.jobs (worker_id) WHERE status = 'picked';
--- At most one queued or running job per dedupe_key.
+-- At most one live job per dedupe_key in its scope: a 'queued'-scope job leaves the index when
+-- it starts; 'window' keys are enforced by dedupe_windows instead.
 CREATE UNIQUE INDEX jobs_dedupe_key_idx ON {schema}.jobs (dedupe_key)
-    WHERE dedupe_key IS NOT NULL;
+    WHERE dedupe_key IS NOT NULL AND dedupe_scope <> 'window'
+      AND (status <> 'picked' OR dedupe_scope = 'active');
 CREATE INDEX jobs_workflow_idx ON {schema}.jobs (workflow_id) WHERE workflow_id IS NOT NULL;
 
 -- The hot table churns: vacuum it early and often so claims never walk dead tuples.

@@ -3,11 +3,14 @@
 -- quoted schema name when the file is loaded.
 
 -- name: enqueue_one
--- Add one job. A dedupe_key that matches a queued or running job inserts nothing.
--- params: $1 entrypoint, $2 payload, $3 priority, $4 execute_after (NULL = now), $5 dedupe_key
-INSERT INTO {schema}.jobs (entrypoint, payload, priority, execute_after, dedupe_key)
-VALUES ($1, $2, $3, coalesce($4, now()), $5)
-ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+-- Add one job. A dedupe_key held by a live job in its scope inserts nothing.
+-- params: $1 entrypoint, $2 payload, $3 priority, $4 execute_after (NULL = now), $5 dedupe_key,
+--   $6 dedupe scope ('queued' or 'active')
+INSERT INTO {schema}.jobs (entrypoint, payload, priority, execute_after, dedupe_key,
+    dedupe_scope)
+VALUES ($1, $2, $3, coalesce($4, now()), $5, $6)
+ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND dedupe_scope <> 'window'
+    AND (status <> 'picked' OR dedupe_scope = 'active') DO NOTHING
 RETURNING id;
 
 -- name: enqueue_many
@@ -22,15 +25,19 @@ ORDER BY n
 RETURNING id;
 
 -- name: find_dedupe
--- The queued or running job that holds a dedupe_key.
+-- The live job that holds a dedupe_key in its scope.
 -- params: $1 dedupe_key
-SELECT id FROM {schema}.jobs WHERE dedupe_key = $1;
+SELECT id FROM {schema}.jobs
+WHERE dedupe_key = $1 AND dedupe_scope <> 'window'
+  AND (status <> 'picked' OR dedupe_scope = 'active');
 
 -- name: claim_jobs
 -- Claim up to $2 due jobs for this worker in one statement.
 -- The CTE walks jobs_claim_idx (queued rows only, highest priority first, then oldest), skips
 -- rows another worker has locked instead of waiting for them, and stops at $2 rows; the
 -- UPDATE then marks exactly those rows picked. Returned rows come in no particular order.
+-- (Paused entrypoints are left out of $1 by the worker: a filter on them here would skew the
+-- planner's row estimate towards a sequential scan and sort.)
 -- params: $1 entrypoints text[], $2 batch size, $3 worker id
 WITH next_jobs AS (
     SELECT id
@@ -216,6 +223,14 @@ SELECT pg_notify('{channel}', '');
 INSERT INTO {schema}.entrypoints (name, max_attempts)
 SELECT * FROM unnest($1::text[], $2::integer[])
 ON CONFLICT (name) DO UPDATE SET last_seen = now(), max_attempts = excluded.max_attempts;
+
+-- name: declare_entrypoints
+-- Remember entrypoint names an enqueuing process has handlers for, without touching the
+-- settings the workers that run them have recorded.
+-- params: $1 names text[]
+INSERT INTO {schema}.entrypoints (name)
+SELECT unnest($1::text[])
+ON CONFLICT (name) DO NOTHING;
 
 -- name: known_entrypoints
 -- Every entrypoint some Queue has registered.

@@ -1,0 +1,457 @@
+"""Cron schedules as pure functions: parse and validate, fire times, due ticks. No I/O.
+
+A schedule is a cron expression read in an IANA time zone (``zoneinfo``): 5 fields (minute
+hour day-of-month month day-of-week), or 6 with seconds first (croniter's
+``second_at_beginning``), or one of @yearly, @annually, @monthly, @weekly, @daily, @midnight,
+@hourly. croniter steps through wall-clock times; this module decides which instants each
+wall-clock time fires at, so the rules below hold whatever croniter version is installed.
+Every datetime in or out is timezone-aware; fire times are returned in UTC, except in
+:class:`Schedule`, which gives them in the schedule's zone.
+
+Daylight saving (tested for Europe/Oslo and America/New_York, both changes of the year):
+
+* A wall-clock time that does not exist (spring forward: Oslo jumps from 02:00 to 03:00, so
+  02:30 never happens) fires once, at the first instant after the gap (03:00 summer time). All
+  the times inside one gap fire once between them (``*/15 2 * * *`` fires once, at 03:00), and
+  if 03:00 is a tick too it is that same tick, not a second one.
+* A wall-clock time that occurs twice (fall back: Oslo goes from 03:00 back to 02:00, so 02:30
+  happens twice) fires once, at its first occurrence.
+* Except a schedule whose hour field is every hour (``0 * * * *``, ``*/15 * * * *``,
+  ``* * * * * *``): it follows real time instead of the wall clock. It fires at both
+  occurrences of a repeated time and skips times that do not exist, so it ticks exactly once in
+  every real hour (every real 15 minutes, every real second) across both changes: no double, no
+  gap. This is what Vixie cron does with its wildcard-hour jobs.
+
+croniter 7 given zone-aware datetimes agrees with these rules except for the repeated hour:
+there it fires fixed-hour times twice (``30 2 * * *`` at 02:30+02:00 and again at 02:30+01:00).
+
+Missed ticks (:func:`due_ticks`). A tick is due when it is at or after the schedule's
+``next_run`` (the oldest tick not fired yet), after its last fired tick, and at or before now:
+
+* ``latest``: only the newest due tick fires; older ones are dropped.
+* ``all``: every due tick fires, oldest first, at most ``max_catch_up`` (the newest ones).
+* ``skip``: only a tick that is on time fires: the newest due tick, if it is at most ``grace``
+  (60 s) old. A schedule that ticks more often than that behaves like ``latest``, because its
+  newest tick is always recent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import difflib
+import functools
+import re
+from collections.abc import Iterator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from croniter import CroniterBadDateError, CroniterError, croniter
+
+from pgq_nb.errors import InvalidInputError
+
+CATCH_UP_POLICIES = ("latest", "all", "skip")
+#: How old the newest due tick may be for ``catch_up="skip"`` to still fire it.
+SKIP_GRACE = dt.timedelta(seconds=60)
+#: The default bound on how many missed ticks ``catch_up="all"`` fires at once.
+MAX_CATCH_UP = 100
+
+_UTC = dt.UTC
+_SECOND = dt.timedelta(seconds=1)
+_TINY = dt.timedelta(microseconds=1)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_NICKNAMES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_FIELDS = ("minute", "hour", "day of month", "month", "day of week")
+_BOUNDS = {
+    "second": (0, 59),
+    "minute": (0, 59),
+    "hour": (0, 23),
+    "day of month": (1, 31),
+    "month": (1, 12),
+    "day of week": (0, 7),
+}
+_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+_NAMES = {
+    "month": ({name: i for i, name in enumerate(_MONTHS, start=1)}, " or a month name (jan-dec)"),
+    "day of week": ({name: i for i, name in enumerate(_DAYS)}, " or a day name (sun-sat)"),
+}
+_NUMBER = re.compile(r"[0-9]+")
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parsed:
+    cron: str  # what croniter is given
+    seconds: bool  # 6 fields, seconds first
+    every_hour: bool  # the hour field selects all 24 hours: follow real time across DST
+
+
+def _field_error(expression: str, number: int, name: str, problem: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"invalid cron expression {expression!r}: field {number} ({name}) {problem}"
+    )
+
+
+def _check_value(token: str, name: str, fail: functools.partial[InvalidInputError]) -> int:
+    low, high = _BOUNDS[name]
+    if _NUMBER.fullmatch(token):
+        if not low <= int(token) <= high:
+            raise fail(f"{token!r} is out of range {low}-{high}")
+        return int(token)
+    names, hint = _NAMES.get(name, ({}, ""))
+    if token.lower() in names:
+        return names[token.lower()]
+    if token.lower() in ("r", "h") or token.lower().startswith(("r(", "h(")):
+        raise fail(
+            f"{token!r}: random (R) and hashed (H) values are not supported, because every "
+            "worker must compute the same fire times; write the value out"
+        )
+    raise fail(f"{token!r} is not a number from {low} to {high}{hint}")
+
+
+def _check_field(expression: str, number: int, name: str, value: str) -> None:
+    """Raise InvalidInputError naming the field if ``value`` is not valid cron for it."""
+    fail = functools.partial(_field_error, expression, number, name)
+    low, high = _BOUNDS[name]
+    for item in value.split(","):
+        if not item:
+            raise fail(f"{value!r} has an empty list item; remove the extra comma")
+        base, slash, step = item.partition("/")
+        if slash and not (_NUMBER.fullmatch(step) and 1 <= int(step) <= high - low + 1):
+            raise fail(
+                f"step {step!r} in {item!r} must be a whole number from 1 to {high - low + 1}"
+            )
+        lowered = base.lower()
+        if lowered == "*":
+            continue
+        if lowered == "?":
+            if name not in ("day of month", "day of week"):
+                raise fail("'?' is only allowed for day of month and day of week; use '*'")
+            continue
+        if name == "day of month" and lowered == "l" and not slash:
+            continue  # the last day of the month
+        if name == "day of week" and "#" in lowered and not slash:
+            day, _, nth = base.partition("#")  # e.g. 5#3, the third Friday
+            _check_value(day, name, fail)
+            if not re.fullmatch(r"[1-5]", nth):
+                raise fail(f"{item!r}: the number after '#' is the week of the month, 1 to 5")
+            continue
+        if name == "day of week" and lowered.startswith("l") and len(lowered) > 1 and not slash:
+            _check_value(base[1:], name, fail)  # e.g. L5, the last Friday
+            continue
+        first, dash, last = base.partition("-")
+        start = _check_value(first, name, fail)
+        if dash and _check_value(last, name, fail) < start:
+            raise fail(
+                f"range {base!r} goes backwards; to wrap around, write two ranges: "
+                f"'{first}-{high},{low}-{last}'"
+            )
+
+
+@functools.lru_cache(maxsize=512)
+def _parse(expression: str) -> _Parsed:
+    text = _NICKNAMES.get(expression.lower(), expression)
+    if text.startswith("@"):
+        raise InvalidInputError(
+            f"unknown cron nickname {expression!r}; use one of {', '.join(_NICKNAMES)}, or write "
+            "the fields out"
+        )
+    fields = text.split()
+    if len(fields) not in (5, 6):
+        raise InvalidInputError(
+            f"cron expression {expression!r} has {len(fields)} fields; write 5 (minute hour "
+            "day-of-month month day-of-week, e.g. '0 * * * *' for every hour) or 6 with seconds "
+            "first (e.g. '*/10 * * * * *' for every 10 seconds)"
+        )
+    seconds = len(fields) == 6
+    names = (("second",) if seconds else ()) + _FIELDS
+    for number, (name, value) in enumerate(zip(names, fields, strict=True), start=1):
+        _check_field(expression, number, name, value)
+    try:
+        expanded, _ = croniter.expand(text, second_at_beginning=seconds)
+        walker = croniter(text, dt.datetime(2000, 1, 1), second_at_beginning=seconds)
+        walker.get_next(dt.datetime)
+    except CroniterBadDateError:
+        raise InvalidInputError(
+            f"cron expression {expression!r} never fires (no date has day of month "
+            f"{fields[-3]!r} in month {fields[-2]!r}); fix the day-of-month or month field"
+        ) from None
+    except (CroniterError, ValueError, KeyError, IndexError) as exc:  # past the checks above
+        raise InvalidInputError(
+            f"invalid cron expression {expression!r}: croniter refuses it ({exc}); check each "
+            f"field against the cron syntax"
+        ) from None
+    hours = expanded[1]  # croniter orders minute, hour, ... whatever the input order
+    every_hour = hours == ["*"] or set(range(24)) <= set(hours)
+    return _Parsed(text, seconds, every_hour)
+
+
+@functools.lru_cache(maxsize=256)
+def _zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        pass
+    known = {name.lower(): name for name in available_timezones()}
+    close = [known[m] for m in difflib.get_close_matches(tz.lower(), list(known), n=3)]
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    raise InvalidInputError(
+        f"unknown time zone {tz!r}{hint}; use an IANA name such as 'Europe/Oslo', "
+        "'America/New_York' or 'UTC'"
+    )
+
+
+def _aware(name: str, value: object) -> dt.datetime:
+    """``value`` as a UTC datetime; InvalidInputError unless it is a timezone-aware datetime."""
+    if not isinstance(value, dt.datetime) or value.utcoffset() is None:
+        raise InvalidInputError(
+            f"{name} must be a timezone-aware datetime (e.g. datetime.now(timezone.utc)), "
+            f"not {value!r}"
+        )
+    return value.astimezone(_UTC)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CronSpec:
+    """A valid cron expression (whitespace normalised) and the IANA time zone it is read in.
+
+    Construction validates both; :func:`parse_cron` is the usual way to build one.
+    """
+
+    expression: str
+    tz: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.expression, str):
+            raise InvalidInputError(f"a cron expression is a str, not {self.expression!r}")
+        if not isinstance(self.tz, str):
+            raise InvalidInputError(f"a time zone is an IANA name (a str), not {self.tz!r}")
+        object.__setattr__(self, "expression", " ".join(self.expression.split()))
+        _parse(self.expression)
+        _zone(self.tz)
+
+
+def parse_cron(expression: str, tz: str = "UTC") -> CronSpec:
+    """Validate ``expression`` and ``tz``; InvalidInputError names the bad field or zone."""
+    return CronSpec(expression=expression, tz=tz)
+
+
+# -- wall-clock times and the instants they fire at -------------------------------------------
+
+
+def _walls_after(
+    p: _Parsed, wall: dt.datetime, before: dt.datetime | None
+) -> Iterator[dt.datetime]:
+    """Matching wall-clock times after ``wall``, ascending, stopping before ``before``."""
+    walker = croniter(p.cron, wall.replace(microsecond=0), second_at_beginning=p.seconds)
+    while (found := walker.get_next(dt.datetime)) < (before or dt.datetime.max):
+        yield found
+
+
+def _walls_upto(
+    p: _Parsed, wall: dt.datetime, down_to: dt.datetime | None
+) -> Iterator[dt.datetime]:
+    """Matching wall-clock times at or before ``wall``, descending, down to ``down_to``."""
+    start = wall.replace(microsecond=0) + _SECOND
+    walker = croniter(p.cron, start, second_at_beginning=p.seconds)
+    while (found := walker.get_prev(dt.datetime)) >= (down_to or dt.datetime.min):
+        yield found
+
+
+def _wall(zone: ZoneInfo, instant: dt.datetime) -> dt.datetime:
+    return instant.astimezone(zone).replace(tzinfo=None)
+
+
+def _first(zone: ZoneInfo, wall: dt.datetime) -> dt.datetime:
+    return wall.replace(tzinfo=zone, fold=0).astimezone(_UTC)
+
+
+def _second(zone: ZoneInfo, wall: dt.datetime) -> dt.datetime:
+    return wall.replace(tzinfo=zone, fold=1).astimezone(_UTC)
+
+
+def _transition(zone: ZoneInfo, low: dt.datetime, high: dt.datetime) -> dt.datetime:
+    """The first instant in (low, high] whose UTC offset is the one at ``high``."""
+    target = high.astimezone(zone).utcoffset()
+    lo, hi = (low - _EPOCH) // _TINY, (high - _EPOCH) // _TINY
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if (_EPOCH + mid * _TINY).astimezone(zone).utcoffset() == target:
+            hi = mid
+        else:
+            lo = mid
+    return _EPOCH + hi * _TINY
+
+
+def _repeated(zone: ZoneInfo, wall: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The wall-clock times [start, end) that occur twice, around a repeated ``wall``."""
+    first, second = _first(zone, wall), _second(zone, wall)
+    start = _wall(zone, _transition(zone, first, second))
+    return start, start + (second - first)
+
+
+def _resolve(
+    p: _Parsed, zone: ZoneInfo, wall: dt.datetime, forward: bool
+) -> tuple[list[dt.datetime], dt.datetime | None]:
+    """The instants a matching ``wall`` fires at, in the order of travel, and the wall-clock
+    time to walk on from when the walk must jump (None: carry on).
+
+    A gap, or a repeated hour, is resolved whole at its first matching wall-clock time met,
+    then jumped over: the times of one gap all fire once, at its end; in a repeated hour, the
+    first occurrences all come before the second ones.
+    """
+    first, second = _first(zone, wall), _second(zone, wall)
+    if first == second:
+        return [first], None
+    if first > second:  # in a spring-forward gap
+        gap_end = _transition(zone, second, first)
+        fired = [] if p.every_hour else [gap_end]
+        return fired, _wall(zone, gap_end) - _TINY if forward else _wall(zone, gap_end - _TINY)
+    start, end = _repeated(zone, wall)
+    if forward:
+        walls = [wall, *_walls_after(p, wall, end)]
+    else:
+        walls = [wall, *_walls_upto(p, wall - _TINY, start)]
+    firsts = [_first(zone, w) for w in walls]
+    seconds = [_second(zone, w) for w in walls] if p.every_hour else []
+    return (firsts + seconds, end - _TINY) if forward else (seconds + firsts, start - _TINY)
+
+
+def _forward(p: _Parsed, zone: ZoneInfo, after: dt.datetime) -> Iterator[dt.datetime]:
+    """Fire times after ``after``, ascending, with the daylight-saving rules applied."""
+    cursor = _wall(zone, after)  # matching wall-clock times after this one are still to come
+    if _first(zone, cursor) != _second(zone, cursor):  # in a repeated hour: take all of it
+        cursor = _repeated(zone, cursor)[0] - _TINY
+    last = after
+    while True:
+        for wall in _walls_after(p, cursor, None):
+            instants, jump = _resolve(p, zone, wall, forward=True)
+            for instant in instants:
+                if instant > last:
+                    last = instant
+                    yield instant
+            if jump is not None:
+                cursor = jump
+                break
+
+
+def _backward(p: _Parsed, zone: ZoneInfo, at: dt.datetime) -> Iterator[dt.datetime]:
+    """Fire times at or before ``at``, descending, with the daylight-saving rules applied."""
+    cursor = _wall(zone, at)  # matching wall-clock times up to this one are still to come
+    if _first(zone, cursor) != _second(zone, cursor):  # in a repeated hour: take all of it
+        cursor = _repeated(zone, cursor)[1] - _TINY
+    last = at + _TINY
+    while True:
+        for wall in _walls_upto(p, cursor, None):
+            instants, jump = _resolve(p, zone, wall, forward=False)
+            for instant in instants:
+                if instant < last:
+                    last = instant
+                    yield instant
+            if jump is not None:
+                cursor = jump
+                break
+
+
+# -- the public time functions ----------------------------------------------------------------
+
+
+def next_fire(spec: CronSpec, after: dt.datetime) -> dt.datetime:
+    """The first fire time strictly after ``after`` (aware), in UTC."""
+    return next(_forward(_parse(spec.expression), _zone(spec.tz), _aware("after", after)))
+
+
+def previous_fire(spec: CronSpec, at: dt.datetime) -> dt.datetime:
+    """The last fire time at or before ``at`` (aware), in UTC."""
+    return next(_backward(_parse(spec.expression), _zone(spec.tz), _aware("at", at)))
+
+
+def fire_times_between(
+    spec: CronSpec, start: dt.datetime, end: dt.datetime, limit: int = 1000
+) -> list[dt.datetime]:
+    """The fire times in (start, end], ascending, in UTC: the first ``limit`` of them."""
+    begin, finish = _aware("start", start), _aware("end", end)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidInputError(f"limit must be an int >= 0, not {limit!r}")
+    times: list[dt.datetime] = []
+    for instant in _forward(_parse(spec.expression), _zone(spec.tz), begin):
+        if instant > finish or len(times) >= limit:
+            break
+        times.append(instant)
+    return times
+
+
+def due_ticks(
+    spec: CronSpec,
+    last_fire: dt.datetime | None,
+    next_run: dt.datetime,
+    now: dt.datetime,
+    catch_up: str,
+    max_catch_up: int = MAX_CATCH_UP,
+    *,
+    grace: dt.timedelta = SKIP_GRACE,
+) -> list[dt.datetime]:
+    """The ticks to fire now, oldest first, in UTC, under the ``catch_up`` policy.
+
+    Due ticks are those at or after ``next_run``, after ``last_fire`` (the last one fired, if
+    any) and at or before ``now``. ``latest`` keeps the newest; ``all`` keeps the newest
+    ``max_catch_up``; ``skip`` keeps the newest only if it is at most ``grace`` old.
+    """
+    if catch_up not in CATCH_UP_POLICIES:
+        raise InvalidInputError(
+            f"catch_up must be one of {', '.join(map(repr, CATCH_UP_POLICIES))}, not {catch_up!r}"
+        )
+    if isinstance(max_catch_up, bool) or not isinstance(max_catch_up, int) or max_catch_up < 1:
+        raise InvalidInputError(f"max_catch_up must be an int >= 1, not {max_catch_up!r}")
+    if not isinstance(grace, dt.timedelta) or grace < dt.timedelta(0):
+        raise InvalidInputError(f"grace must be a timedelta >= 0, not {grace!r}")
+    now, oldest = _aware("now", now), _aware("next_run", next_run)
+    if last_fire is not None:
+        oldest = max(oldest, _aware("last_fire", last_fire) + _TINY)
+    if oldest > now:
+        return []
+    wanted = max_catch_up if catch_up == "all" else 1
+    ticks: list[dt.datetime] = []
+    for instant in _backward(_parse(spec.expression), _zone(spec.tz), now):
+        if instant < oldest or len(ticks) >= wanted:
+            break
+        ticks.append(instant)
+    if catch_up == "skip" and ticks and now - ticks[0] > grace:
+        return []
+    return ticks[::-1]
+
+
+# -- records ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """What a schedule's handler receives (PgQueuer's name): the tick being run.
+
+    ``fire_time`` is the tick, and ``last_fire_time`` the tick fired before it (None for the
+    first), both in the schedule's time zone. A run started by hand fires at the moment it was
+    asked for.
+    """
+
+    name: str
+    expression: str
+    tz: str
+    fire_time: dt.datetime
+    last_fire_time: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        zone = _zone(self.tz)
+        object.__setattr__(self, "fire_time", _aware("fire_time", self.fire_time).astimezone(zone))
+        if self.last_fire_time is not None:
+            last = _aware("last_fire_time", self.last_fire_time).astimezone(zone)
+            object.__setattr__(self, "last_fire_time", last)

@@ -1,0 +1,254 @@
+"""Enqueue: one job, or many in one statement (the PgQueuer list shape), with dedupe keys.
+
+A dedupe key keeps a second job with the same key out, in one of three scopes:
+
+- ``"active"`` (default): while a job with the key is queued or running;
+- ``"queued"``: while it is queued (once it starts, the same key may be enqueued again);
+- a ``timedelta``: for that long after the first job was enqueued, even once it finished.
+
+One job with a taken key raises DuplicateJobError. In a batch, rows whose key is taken (by a
+live job or an earlier row of the batch) are skipped, the rest go in; the returned list has
+None at the skipped rows and a DuplicatesSkipped warning names them and the jobs holding them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pgq_nb.errors import DuplicateJobError, InvalidInputError
+from pgq_nb.models import check_int, encode_payload
+
+if TYPE_CHECKING:
+    from pgq_nb.queue import AsyncQueue
+
+Dedupe = str | dt.timedelta
+
+
+class DuplicatesSkipped(UserWarning):
+    """Rows of a batch enqueue were skipped because their dedupe_key was taken."""
+
+    def __init__(self, message: str, skipped: dict[int, int | None]) -> None:
+        super().__init__(message)
+        #: row position -> id of the job holding its key (None: an earlier row of the batch)
+        self.skipped = skipped
+
+
+def check_time(value: object) -> dt.datetime | None:
+    """``execute_after`` as an aware datetime (a timedelta counts from now)."""
+    if value is None:
+        return None
+    if isinstance(value, dt.timedelta):
+        return dt.datetime.now(dt.UTC) + value
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise InvalidInputError(
+                "execute_after is a naive datetime; give it a time zone "
+                "(datetime.now(timezone.utc) + ...) or pass a timedelta"
+            )
+        return value
+    raise InvalidInputError(
+        f"execute_after must be a timezone-aware datetime or a timedelta, not "
+        f"{type(value).__name__}"
+    )
+
+
+def check_scope(dedupe: object) -> tuple[str, float | None]:
+    """(scope, window seconds) of a ``dedupe`` argument."""
+    if isinstance(dedupe, dt.timedelta):
+        seconds = dedupe.total_seconds()
+        if seconds <= 0:
+            raise InvalidInputError("a dedupe window must be a positive timedelta")
+        return "window", seconds
+    if dedupe in ("active", "queued"):
+        return str(dedupe), None
+    raise InvalidInputError(
+        f"dedupe must be 'active' (while queued or running), 'queued' (while queued) or a "
+        f"timedelta (a window after enqueue), not {dedupe!r}"
+    )
+
+
+async def enqueue_one(
+    aq: AsyncQueue,
+    conn: Any,
+    entrypoint: str,
+    payload: Any,
+    priority: Any,
+    execute_after: Any,
+    dedupe_key: str | None,
+    dedupe: Dedupe,
+) -> int:
+    """Add one job; DuplicateJobError if its dedupe_key is taken."""
+    if not isinstance(entrypoint, str):
+        raise InvalidInputError(
+            f"entrypoint must be a str or a list of str, not {type(entrypoint).__name__}"
+        )
+    data = encode_payload(payload)
+    prio = check_int("priority", priority)
+    when = check_time(execute_after)
+    if dedupe_key is not None and not isinstance(dedupe_key, str):
+        raise InvalidInputError("dedupe_key must be a str or None")
+    scope, window = check_scope(dedupe)
+    await aq._sync_entrypoints(conn)
+    await aq._check_entrypoints({entrypoint}, conn)
+    q = aq.queries
+    if dedupe_key is not None and window is not None:
+        job_id = await conn.fetchval(
+            q["enqueue_windowed"], entrypoint, data, prio, when, dedupe_key, window
+        )
+        find = q["find_windowed"]
+    else:
+        job_id = await conn.fetchval(
+            q["enqueue_one"], entrypoint, data, prio, when, dedupe_key, scope
+        )
+        find = q["find_dedupe"]
+    if job_id is None:
+        existing = await conn.fetchval(find, dedupe_key)
+        held = "within its window" if window is not None else f"while {scope}"
+        raise DuplicateJobError(
+            f"dedupe_key {dedupe_key!r} is taken by job {existing} ({held}); wait for it, "
+            "or use another key",
+            dedupe_key=str(dedupe_key),
+            existing_id=existing,
+        )
+    return int(job_id)
+
+
+def _check_batch(
+    entrypoints: list[str],
+    payloads: Sequence[Any] | None,
+    priorities: Sequence[int] | int,
+    dedupe_keys: Sequence[str | None] | None,
+) -> tuple[list[bytes | None], list[int], list[str | None] | None]:
+    n = len(entrypoints)
+    if payloads is None:
+        payloads = [None] * n
+    if isinstance(priorities, int) and not isinstance(priorities, bool):
+        priorities = [priorities] * n
+    if isinstance(payloads, bytes | str | dict) or not isinstance(payloads, Sequence):
+        raise InvalidInputError("with a list of entrypoints, payload must be a list too")
+    if not isinstance(priorities, Sequence):
+        raise InvalidInputError("with a list of entrypoints, priority must be a list or int")
+    if not len(payloads) == len(priorities) == n:
+        raise InvalidInputError(
+            f"entrypoints, payloads and priorities must have the same length; got "
+            f"{n}, {len(payloads)} and {len(priorities)}"
+        )
+    keys: list[str | None] | None = None
+    if dedupe_keys is not None:
+        if isinstance(dedupe_keys, str) or len(dedupe_keys) != n:
+            raise InvalidInputError(
+                "with a list of entrypoints, dedupe_key must be a list of the same length "
+                "(None where a row has no key)"
+            )
+        keys = list(dedupe_keys)
+        if not all(k is None or isinstance(k, str) for k in keys):
+            raise InvalidInputError("dedupe keys must be str or None")
+    for i, ep in enumerate(entrypoints):
+        if not isinstance(ep, str):
+            raise InvalidInputError(f"entrypoints[{i}] is {type(ep).__name__}, not str")
+    encoded = []
+    for i, p in enumerate(payloads):
+        try:
+            encoded.append(encode_payload(p))
+        except InvalidInputError as exc:
+            raise type(exc)(f"payloads[{i}]: {exc}") from None
+    prios = [check_int(f"priorities[{i}]", p) for i, p in enumerate(priorities)]
+    return encoded, prios, keys
+
+
+async def enqueue_many(
+    aq: AsyncQueue,
+    conn: Any,
+    entrypoints: list[str],
+    payloads: Sequence[Any] | None,
+    priorities: Sequence[int] | int,
+    execute_after: Any,
+    dedupe_keys: Sequence[str | None] | None,
+    dedupe: Dedupe,
+) -> list[int | None]:
+    """Add many jobs in one statement; ids in input order (None for skipped duplicates)."""
+    encoded, prios, keys = _check_batch(entrypoints, payloads, priorities, dedupe_keys)
+    when = check_time(execute_after)
+    scope, window = check_scope(dedupe)
+    if window is not None and keys is not None:
+        raise InvalidInputError(
+            "a dedupe window applies to single enqueues; enqueue windowed keys one at a time"
+        )
+    n = len(entrypoints)
+    if n == 0:
+        return []
+    await aq._sync_entrypoints(conn)
+    await aq._check_entrypoints(set(entrypoints), conn)
+    q = aq.queries
+    if keys is None or all(k is None for k in keys):
+        rows = await conn.fetch(q["enqueue_many"], entrypoints, encoded, prios, [when] * n)
+        return sorted(r["id"] for r in rows)
+    ids: list[int] = (await conn.fetchrow(q["reserve_job_ids"], n))["ids"]
+    rows = await conn.fetch(
+        q["enqueue_many_deduped"], ids, entrypoints, encoded, prios, [when] * n, keys, scope
+    )
+    inserted = {r["id"] for r in rows}
+    result: list[int | None] = [i if i in inserted else None for i in ids]
+    skipped_rows = [pos for pos, i in enumerate(result) if i is None]
+    if skipped_rows:
+        held = {
+            r["dedupe_key"]: r["id"]
+            for r in await conn.fetch(q["find_dedupe_many"], [keys[p] for p in skipped_rows])
+        }
+        skipped = {p: held.get(keys[p]) for p in skipped_rows}
+        shown = ", ".join(
+            f"row {p} (key {keys[p]!r}: job {held.get(keys[p], 'earlier in this batch')})"
+            for p in skipped_rows[:10]
+        )
+        more = f" and {len(skipped_rows) - 10} more" if len(skipped_rows) > 10 else ""
+        warnings.warn(
+            DuplicatesSkipped(
+                f"{len(skipped_rows)} of {n} jobs skipped, their dedupe_key is taken: "
+                f"{shown}{more}",
+                skipped,
+            ),
+            stacklevel=4,
+        )
+    return result
+
+
+_RATE_UNITS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
+
+
+def parse_rate(rate: object) -> float | None:
+    """``"100/s"``, ``"30/min"``, ``"500/h"`` (or a number per second) as jobs per second."""
+    if rate is None:
+        return None
+    if isinstance(rate, int | float) and not isinstance(rate, bool):
+        per_s = float(rate)
+    elif isinstance(rate, str) and "/" in rate:
+        count, _, unit = rate.partition("/")
+        try:
+            per_s = float(count.strip()) / _RATE_UNITS[unit.strip().lower()]
+        except (ValueError, KeyError):
+            per_s = -1.0
+    else:
+        per_s = -1.0
+    if not per_s > 0:
+        raise InvalidInputError(
+            f"rate_limit {rate!r} is not a rate: write it like '100/s', '30/min' or '500/h'"
+        )
+    return per_s
+
+
+def rate_burst(per_s: float) -> float:
+    """Tokens a bucket may hold: a tenth of a second's worth, at least one. So any one-second
+    window sees at most ``rate + burst`` starts (10 % over, or one job for slow rates)."""
+    return max(1.0, per_s * 0.1)

@@ -1,0 +1,170 @@
+-- Named queries for cron schedules (used by pgq_nb/schedules.py). Fire times are computed in
+-- Python (pgq_nb/cron.py) against the database clock; these statements store them. A tick is
+-- fired by writing its schedule_ticks row and its job in one statement, so a second attempt at
+-- the same tick finds the primary key taken and writes nothing.
+
+-- name: schedules_now
+-- The database clock, shared by every worker: ticks are due by this clock, not the worker's.
+-- params: none
+SELECT now();
+
+-- name: upsert_schedules
+-- Create or update schedules, in name order (so concurrent registrations cannot deadlock). An
+-- existing row keeps enabled, last_run and last_job_id; its next_run is replaced only when the
+-- expression or time zone changed.
+-- params: $1 names text[], $2 expressions text[], $3 time zones text[], $4 catch_up text[],
+--   $5 next runs timestamptz[] (each schedule's first tick after now)
+INSERT INTO {schema}.schedules AS s (name, expression, tz, catch_up, next_run)
+SELECT name, expression, tz, catch_up, next_run
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+    AS u(name, expression, tz, catch_up, next_run)
+ORDER BY name
+ON CONFLICT (name) DO UPDATE SET
+    next_run = CASE
+        WHEN (s.expression, s.tz) IS DISTINCT FROM (excluded.expression, excluded.tz)
+        THEN excluded.next_run
+        ELSE s.next_run
+    END,
+    expression = excluded.expression,
+    tz = excluded.tz,
+    catch_up = excluded.catch_up,
+    last_registered = now();
+
+-- name: lock_due_schedules
+-- The enabled schedules among $1 that are due, locked until this transaction ends. A row that
+-- another worker holds is skipped rather than waited for: that worker is firing it.
+-- params: $1 names text[], $2 now (NULL = the database clock)
+SELECT name, expression, tz, catch_up, next_run, last_run,
+    coalesce($2::timestamptz, now()) AS now
+FROM {schema}.schedules
+WHERE name = ANY($1::text[])
+  AND enabled
+  AND next_run <= coalesce($2::timestamptz, now())
+ORDER BY name
+FOR UPDATE SKIP LOCKED;
+
+-- name: fire_ticks
+-- Fire ticks and move their schedules on, in one statement.
+-- Each tick first claims its (schedule_name, fire_time) row in schedule_ticks, naming a job id
+-- drawn in advance from the jobs' identity. Only a tick whose row is new gets its job
+-- (entrypoint = the schedule's name, no payload); a tick fired before, by anyone, conflicts and
+-- writes nothing (its drawn id is simply never used). Every schedule in $3 gets its new
+-- next_run; last_run and last_job_id follow the newest tick this statement fired for it.
+-- Returns the jobs created.
+-- params: $1 tick schedule names text[], $2 tick fire times timestamptz[],
+--   $3 schedule names text[], $4 their next runs timestamptz[]
+WITH wanted AS (
+    SELECT name, fire_time, nextval(pg_get_serial_sequence('{schema}.jobs', 'id')) AS job_id
+    FROM unnest($1::text[], $2::timestamptz[]) AS w(name, fire_time)
+), ticked AS (
+    INSERT INTO {schema}.schedule_ticks (schedule_name, fire_time, job_id)
+    SELECT name, fire_time, job_id FROM wanted
+    ON CONFLICT (schedule_name, fire_time) DO NOTHING
+    RETURNING schedule_name, fire_time, job_id
+), queued AS (
+    INSERT INTO {schema}.jobs (id, entrypoint, payload, schedule_name, fire_time)
+    OVERRIDING SYSTEM VALUE
+    SELECT job_id, schedule_name, NULL, schedule_name, fire_time FROM ticked
+    RETURNING id, schedule_name, fire_time
+), newest AS (
+    SELECT DISTINCT ON (schedule_name) schedule_name, fire_time, id
+    FROM queued
+    ORDER BY schedule_name, fire_time DESC
+), advanced AS (
+    UPDATE {schema}.schedules AS s
+    SET next_run = a.next_run,
+        last_run = greatest(s.last_run, n.fire_time),
+        last_job_id = coalesce(n.id, s.last_job_id)
+    FROM unnest($3::text[], $4::timestamptz[]) AS a(name, next_run)
+    LEFT JOIN newest AS n ON n.schedule_name = a.name
+    WHERE s.name = a.name
+)
+SELECT id, schedule_name, fire_time FROM queued ORDER BY schedule_name, fire_time;
+
+-- name: run_schedule_now
+-- Queue a run of a schedule now, outside its cron ticks: the job's fire_time is now, and no
+-- schedule_ticks row is written, so the next tick still fires as planned. The schedule's
+-- last_job_id points at the new job. Returns nothing for an unknown schedule.
+-- params: $1 name
+WITH known AS (
+    SELECT name FROM {schema}.schedules WHERE name = $1
+), queued AS (
+    INSERT INTO {schema}.jobs (entrypoint, payload, schedule_name, fire_time)
+    SELECT name, NULL, name, now() FROM known
+    RETURNING id, schedule_name
+), noted AS (
+    UPDATE {schema}.schedules AS s SET last_job_id = q.id
+    FROM queued AS q
+    WHERE s.name = q.schedule_name
+)
+SELECT id FROM queued;
+
+-- name: pause_schedule
+-- Stop firing a schedule; jobs of it already queued stay queued. Returns nothing for an unknown
+-- schedule.
+-- params: $1 name
+UPDATE {schema}.schedules SET enabled = false WHERE name = $1 RETURNING name;
+
+-- name: lock_schedule
+-- One schedule, locked until this transaction ends, with the database clock.
+-- params: $1 name
+SELECT name, expression, tz, enabled, next_run, now() AS now
+FROM {schema}.schedules
+WHERE name = $1
+FOR UPDATE;
+
+-- name: resume_schedule
+-- Fire a paused schedule again, from $2 (its first tick after now).
+-- params: $1 name, $2 next run
+UPDATE {schema}.schedules SET enabled = true, next_run = $2 WHERE name = $1;
+
+-- name: schedule_names
+-- Every stored schedule's name (for messages about unknown ones).
+-- params: none
+SELECT name FROM {schema}.schedules ORDER BY name;
+
+-- name: list_schedules
+-- Every schedule, with the status of its newest job (live or finished) and how many live
+-- workers (a heartbeat within $1 seconds) have registered its handler.
+-- params: $1 heartbeat timeout in seconds (float)
+SELECT s.name, s.expression, s.tz, s.catch_up, s.enabled, s.next_run, s.last_run,
+    s.last_job_id, last_job.status AS last_status,
+    (SELECT count(*) FROM {schema}.workers AS w
+     WHERE s.name = ANY(w.entrypoints)
+       AND w.heartbeat >= now() - make_interval(secs => $1))::integer AS live_workers,
+    s.created, s.last_registered
+FROM {schema}.schedules AS s
+LEFT JOIN LATERAL (
+    SELECT j.status FROM {schema}.jobs AS j WHERE j.id = s.last_job_id
+    UNION ALL
+    SELECT h.status FROM {schema}.history AS h WHERE h.id = s.last_job_id
+    LIMIT 1
+) AS last_job ON true
+ORDER BY s.name;
+
+-- name: next_schedule_run
+-- The earliest next_run among the enabled schedules in $1 (NULL if none).
+-- params: $1 names text[]
+SELECT min(next_run) FROM {schema}.schedules WHERE enabled AND name = ANY($1::text[]);
+
+-- name: schedule_for_tick
+-- A schedule, and the latest tick of it fired before $2 (NULL if none).
+-- params: $1 name, $2 fire time
+SELECT s.name, s.expression, s.tz,
+    (SELECT max(t.fire_time) FROM {schema}.schedule_ticks AS t
+     WHERE t.schedule_name = s.name AND t.fire_time < $2) AS last_fire_time
+FROM {schema}.schedules AS s
+WHERE s.name = $1;
+
+-- name: prune_schedule_ticks
+-- Forget fired ticks older than $1 seconds, but keep each schedule's newest (a handler's
+-- last_fire_time). Returns how many were deleted.
+-- params: $1 age in seconds (float)
+WITH gone AS (
+    DELETE FROM {schema}.schedule_ticks AS t
+    WHERE t.fire_time < now() - make_interval(secs => $1)
+      AND t.fire_time < (SELECT max(n.fire_time) FROM {schema}.schedule_ticks AS n
+                         WHERE n.schedule_name = t.schedule_name)
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
