@@ -49,18 +49,27 @@ async def record(
         await conn.execute(queries["release_slots"], worker_id, list(slots))
     if not steps:
         return done
-    dead = [r for r in done if r["workflow_id"] and r["outcome"] != "succeeded"]
+    dead = [r for r in done if r["outcome"] != "succeeded"]
+    await settle_steps(conn, queries, dead, [r["workflow_id"] for r in done])
+    return done
+
+
+async def settle_steps(
+    conn: Any, queries: dict[str, str], dead: Sequence[Any], runs: Sequence[int | None]
+) -> None:
+    """After steps ended: what is downstream of the ``dead`` ones (failed or cancelled for
+    good) can never run; runs left with nothing to do are over. Call in a transaction."""
+    dead = [r for r in dead if r["workflow_id"]]
     if dead:
         await conn.execute(
             queries["fail_descendants"],
             [r["id"] for r in dead],
             [r["workflow_id"] for r in dead],
         )
-    runs = sorted({r["workflow_id"] for r in done if r["workflow_id"]})
-    if runs:
-        await conn.execute(queries["lock_workflows"], runs)
-        await conn.execute(queries["settle_workflows"], runs)
-    return done
+    ids = sorted({r for r in runs if r} | {r["workflow_id"] for r in dead})
+    if ids:
+        await conn.execute(queries["lock_workflows"], ids)
+        await conn.execute(queries["settle_workflows"], ids)
 
 
 async def run_transactional(

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from pgq_nb import runtime
+from pgq_nb.completion import settle_steps
 from pgq_nb.config import Settings
 from pgq_nb.errors import InvalidInputError, JobNotFoundError
 from pgq_nb.models import JobInfo, JobStatus, check_int
@@ -105,16 +106,7 @@ class Operations:
             asked = {r["id"] for r in await conn.fetch(q["request_cancel"], wanted)}
             if asked:
                 await conn.execute(q["notify_cancel"], ",".join(map(str, asked)))
-            steps = [r for r in gone if r["workflow_id"] is not None]
-            if steps:  # what depends on a cancelled step can never run
-                runs = sorted({r["workflow_id"] for r in steps})
-                await conn.execute(
-                    q["fail_descendants"],
-                    [r["id"] for r in steps],
-                    [r["workflow_id"] for r in steps],
-                )
-                await conn.execute(q["lock_workflows"], runs)
-                await conn.execute(q["settle_workflows"], runs)
+            await settle_steps(conn, q, gone, [])  # what depends on a cancelled step
         rest = [i for i in wanted if i not in cancelled and i not in asked]
         found = await self.statuses(rest) if rest else {}
         outcome: dict[int, str] = {}

@@ -24,7 +24,13 @@ from typing import Any
 import asyncpg
 
 from pgq_nb import db
-from pgq_nb.completion import ALREADY_RECORDED, Finished, record, run_transactional
+from pgq_nb.completion import (
+    ALREADY_RECORDED,
+    Finished,
+    record,
+    run_transactional,
+    settle_steps,
+)
 from pgq_nb.errors import InvalidInputError, PgqError, UnknownEntrypointError
 from pgq_nb.models import Job, encode_result
 from pgq_nb.queue import AsyncQueue, EntrypointSpec
@@ -481,9 +487,12 @@ class Worker:
                             list(self.specs),
                             self.concurrency,
                         )
-                    reclaimed = await conn.fetch(
-                        self._q["reclaim_stale"], settings.heartbeat_timeout
-                    )
+                    async with conn.transaction():
+                        reclaimed = await conn.fetch(
+                            self._q["reclaim_stale"], settings.heartbeat_timeout
+                        )
+                        lost = [r for r in reclaimed if not r["requeued"]]
+                        await settle_steps(conn, self._q, lost, [])
                     if reclaimed:
                         await conn.execute(self._q["notify_jobs"])
                         logger.warning(

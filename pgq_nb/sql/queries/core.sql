@@ -160,15 +160,17 @@ DELETE FROM {schema}.workers WHERE id = $1;
 -- name: reclaim_stale
 -- Jobs held by a worker that has sent no heartbeat within the timeout (or whose worker row is
 -- gone) lost their run, and that run counts as an attempt. Jobs with attempts left go back to
--- the queue; the rest (a job that kills its worker every time) fail for good. Forgets the dead
--- workers. Returns each job's id and whether it was requeued.
+-- the queue; the rest (a job that kills its worker every time) fail for good, and those
+-- someone asked to cancel end cancelled. Forgets the dead workers. Returns each job's id and
+-- whether it was requeued.
 -- params: $1 heartbeat timeout in seconds (float)
 WITH dead AS (
     DELETE FROM {schema}.workers
     WHERE heartbeat < now() - make_interval(secs => $1)
     RETURNING id
 ), stale AS (
-    SELECT j.id, j.attempts >= coalesce(e.max_attempts, 3) AS exhausted,
+    SELECT j.id, j.attempts >= coalesce(e.max_attempts, 3) OR j.cancel_requested AS exhausted,
+        j.cancel_requested,
         'worker ' || coalesce(j.worker_id::text, '?') || ' stopped sending heartbeats while '
             || 'running attempt ' || j.attempts AS error
     FROM {schema}.jobs AS j
@@ -194,8 +196,11 @@ WITH dead AS (
     INSERT INTO {schema}.history (id, entrypoint, payload, priority, status, attempts,
         dedupe_key, error, errors, worker_id, created, execute_after, started, finished,
         workflow_id, step_name, step_index, schedule_name, fire_time)
-    SELECT id, entrypoint, payload, priority, 'failed', attempts, dedupe_key,
-        final_error || '; no attempts left (a job that kills its worker every time?)',
+    SELECT id, entrypoint, payload, priority,
+        CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END, attempts, dedupe_key,
+        CASE WHEN cancel_requested THEN 'cancelled while its worker was lost'
+             ELSE final_error || '; no attempts left (a job that kills its worker every time?)'
+        END,
         coalesce(errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
             'attempt', attempts, 'error', final_error, 'at', now())),
         worker_id, created, execute_after, started, now(), workflow_id, step_name,
@@ -208,9 +213,9 @@ WITH dead AS (
     ON CONFLICT (entrypoint, status, shard)
         DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
 )
-SELECT id, true AS requeued FROM requeued
+SELECT id, true AS requeued, NULL::bigint AS workflow_id FROM requeued
 UNION ALL
-SELECT id, false FROM failed;
+SELECT id, false, workflow_id FROM failed;
 
 -- name: notify_jobs
 -- Wake listening workers (after requeueing rows, which the INSERT trigger does not see).

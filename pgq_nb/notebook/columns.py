@@ -1,0 +1,101 @@
+"""Typed columns for the views: a fixed dtype per column, whatever the rows hold.
+
+A view declares its columns as ``{name: kind}``; :func:`frame` builds the DataFrame with those
+dtypes even when there are no rows or every value is NULL:
+
+==========  ===============================================================
+kind        dtype
+==========  ===============================================================
+``int``     ``Int64`` (nullable)
+``count``   ``int64`` (never missing)
+``float``   ``float64`` (NaN when missing)
+``str``     pandas ``str``
+``time``    ``datetime64[us, UTC]``
+``status``  :data:`STATUS_DTYPE`, a categorical of the seven job statuses
+``json``    ``object``: jsonb decoded to dicts, lists, str, numbers, bools, None
+``payload`` ``object``: the payload bytes decoded from JSON (raw bytes kept)
+==========  ===============================================================
+
+Columns expanded from JSON (``q.results``) get a dtype inferred from their values by
+:func:`inferred`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from pgq_nb.models import JobStatus
+
+Kind = Literal["int", "count", "float", "str", "time", "status", "json", "payload"]
+
+#: Every job status, live then final, in lifecycle order (unordered: no status is "less").
+STATUS_DTYPE = pd.CategoricalDtype([status.value for status in JobStatus], ordered=False)
+TIMESTAMP_DTYPE = pd.DatetimeTZDtype(unit="us", tz="UTC")
+
+
+def decode_payload(payload: bytes | None) -> Any:
+    """A stored payload as Python objects; raw (non-JSON) bytes are returned as they are."""
+    if payload is None:
+        return None
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return payload
+
+
+def _objects(values: Sequence[Any]) -> pd.Series:
+    column = np.empty(len(values), dtype=object)
+    for position, value in enumerate(values):
+        column[position] = value
+    return pd.Series(column, dtype=object)
+
+
+def typed(values: Sequence[Any], kind: Kind) -> pd.Series:
+    """``values`` (None for NULL) as a Series of ``kind``'s dtype."""
+    if kind == "int":
+        return pd.Series(pd.array(list(values), dtype="Int64"))
+    if kind == "count":
+        return pd.Series(np.asarray(values, dtype="int64"))
+    if kind == "float":
+        return pd.Series(np.asarray(values, dtype="float64"))
+    if kind == "str":
+        return pd.Series(pd.array(list(values), dtype="str"))
+    if kind == "time":
+        return pd.Series(pd.array(list(values), dtype=TIMESTAMP_DTYPE))
+    if kind == "status":
+        return pd.Series(pd.Categorical(list(values), dtype=STATUS_DTYPE))
+    if kind == "payload":
+        return _objects([decode_payload(v) for v in values])
+    return _objects(values)
+
+
+def frame(rows: Sequence[Mapping[str, Any]], schema: Mapping[str, Kind]) -> pd.DataFrame:
+    """A DataFrame of ``rows`` (asyncpg records) with exactly ``schema``'s columns and dtypes."""
+    return pd.DataFrame(
+        {name: typed([r[name] for r in rows], kind) for name, kind in schema.items()}
+    )
+
+
+def inferred(values: Sequence[Any]) -> pd.Series:
+    """Values decoded from JSON as the narrowest fitting dtype: ``Int64`` for integers,
+    ``float64`` for numbers, ``boolean``, ``str`` for strings, else ``object`` (dicts, lists,
+    mixed, or all missing). ISO timestamps stay strings: ``pd.to_datetime(column)`` reads them.
+    """
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    try:
+        if kind == "integer":
+            return pd.Series(pd.array(list(values), dtype="Int64"))
+        if kind in ("floating", "mixed-integer-float"):
+            return pd.Series(np.asarray(values, dtype="float64"))
+        if kind == "boolean":
+            return pd.Series(pd.array(list(values), dtype="boolean"))
+        if kind == "string":
+            return pd.Series(pd.array(list(values), dtype="str"))
+    except (TypeError, ValueError, OverflowError):  # e.g. an integer beyond 64 bits
+        pass
+    return _objects(values)

@@ -1,0 +1,331 @@
+"""The live dashboard: ``dash = q.dashboard()``, an ipywidgets view that keeps itself current.
+
+Refreshing runs as one task on the pgq_nb loop thread, not on the kernel's loop: a cell that
+blocks the kernel (``q.run_until_idle()``, a long computation) does not stop the updates
+(measured: 15 updates in 3 s from the loop thread, 1 from a kernel-loop task). Widget values
+are set from that thread; ipywidgets sends each change as a comm message, which ipykernel
+accepts from any thread.
+
+- At most one refresh is in flight: the periodic one, ``refresh_now()`` and the refresh after
+  a button's action share one lock.
+- A failing refresh (database down, schema dropped) shows an error line over the last data
+  and the next refresh runs on schedule; the line goes when a refresh succeeds.
+- ``dash.stop()`` or closing the widget ends the task. While every displayed view of it has
+  been removed (its output cleared, the notebook closed), it stays idle and reads nothing.
+- Button actions run on the loop too, so a click never blocks the kernel; ``dash.last_action``
+  is the concurrent future of the latest one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+
+from pgq_nb import runtime
+from pgq_nb.errors import InvalidInputError
+from pgq_nb.notebook.charts import async_queue
+from pgq_nb.notebook.dashboard_data import Snapshot, SnapshotReader
+from pgq_nb.notebook.dashboard_tabs import (
+    FailuresTab,
+    OverviewTab,
+    SchedulesTab,
+    WorkflowsTab,
+    clock,
+    esc,
+    muted,
+)
+
+if TYPE_CHECKING:
+    from pgq_nb.facade import Queue
+    from pgq_nb.queue import AsyncQueue
+
+logger = logging.getLogger(__name__)
+
+#: The AsyncQueue methods behind the Schedules tab's buttons; each takes the schedule name.
+#: A button is disabled while its method does not exist.
+SCHEDULE_ACTIONS = {
+    "pause": "pause_schedule",
+    "resume": "resume_schedule",
+    "run_now": "run_schedule_now",
+}
+TAB_TITLES = ("Overview", "Failures", "Schedules", "Workflows")
+WORKFLOW_ROWS = 10
+
+
+class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type information
+    """A live view of one queue: Overview, Failures, Schedules and Workflows tabs.
+
+    Make one with ``q.dashboard(refresh=2.0)`` and display it (the last expression of a cell).
+    ``refreshes`` counts finished refresh cycles, ``snapshot`` is the data shown, ``last_error``
+    the latest refresh error (None once a refresh succeeds).
+    """
+
+    def __init__(self, aio: AsyncQueue, *, refresh_s: float = 2.0, start: bool = True) -> None:
+        self.queue = aio
+        self.refresh_s = float(refresh_s)
+        self.timeout_s = max(10.0, 5 * self.refresh_s)
+        self.reader = SnapshotReader(aio, workflows=WORKFLOW_ROWS)
+        self.refreshes = 0
+        self.failed_refreshes = 0
+        self.snapshot: Snapshot | None = None
+        self.last_error: str | None = None
+        self.last_action: concurrent.futures.Future[str] | None = None
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._stopped = threading.Event()
+        self._finished = threading.Event()
+        self._finished.set()
+        self._task: asyncio.Task[None] | None = None
+        self._views_seen = False
+
+        self.header = widgets.HTML()
+        self.error_line = widgets.HTML()
+        self.message_line = widgets.HTML()
+        self.overview = OverviewTab()
+        self.failures = FailuresTab()
+        available = {k: callable(getattr(aio, m, None)) for k, m in SCHEDULE_ACTIONS.items()}
+        self.schedules = SchedulesTab(available)
+        self.workflows = WorkflowsTab(WORKFLOW_ROWS)
+        self.tabs = widgets.Tab(
+            children=[t.widget for t in (self.overview, self.failures, self.schedules)]
+            + [self.workflows.widget]
+        )
+        self.tabs.titles = TAB_TITLES
+        super().__init__(
+            children=[self.header, self.error_line, self.message_line, self.tabs],
+            _view_count=0,  # the frontend counts displayed views (see _views_changed)
+        )
+        self.observe(self._views_changed, names="_view_count")
+        self._wire_buttons()
+        self._show_header()
+        if start:
+            self.start()
+
+    # -- refreshing -----------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True while the refresh task is alive."""
+        return not self._finished.is_set()
+
+    def start(self) -> None:
+        """Start refreshing every ``refresh_s`` seconds (done on creation by default)."""
+        if self.running:
+            return
+        self._stopped.clear()
+        self._finished.clear()
+        asyncio.run_coroutine_threadsafe(self._run(), runtime.loop())
+        self._show_header()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop refreshing; returns once no refresh runs any more (the widget stays, showing
+        its last data; ``start()`` resumes)."""
+        self._stopped.set()
+        # a task not started yet sees the flag and ends; a running one is cancelled at its
+        # next await (a query in flight is cancelled on the server too)
+        runtime.loop().call_soon_threadsafe(self._cancel_task)
+        if not runtime.in_loop_thread():
+            self._finished.wait(timeout)
+        self._show_header()
+
+    def close(self) -> None:
+        """Stop refreshing and close the widget and every widget in it."""
+        self.stop()
+        for child in _descendants(self):
+            child.close()
+        super().close()
+
+    def refresh_now(self, timeout: float | None = None) -> None:
+        """Refresh once now and wait for it (after a refresh already running, if any)."""
+        wait = self.timeout_s * 2 if timeout is None else timeout
+        runtime.run_sync(asyncio.wait_for(self._refresh(), wait), "Dashboard.refresh_now()")
+
+    def _cancel_task(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def _views_changed(self, change: Any) -> None:
+        if (change["new"] or 0) > 0:
+            self._views_seen = True
+            runtime.loop().call_soon_threadsafe(self._wake.set)
+
+    def _idle(self) -> bool:
+        """True while every view the frontend displayed has gone."""
+        return self._views_seen and self._view_count == 0
+
+    async def _run(self) -> None:
+        self._task = asyncio.current_task()
+        try:
+            while not self._stopped.is_set():
+                self._wake.clear()
+                if not self._idle():
+                    await self._refresh()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.refresh_s)
+        finally:
+            self._task = None
+            self._finished.set()
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            try:
+                snapshot = await asyncio.wait_for(self.reader.read(), self.timeout_s)
+                self._render(snapshot)
+            except Exception as exc:  # shown in the widget; the next refresh runs anyway
+                self._show_error(exc)
+            else:
+                self.snapshot = snapshot
+                self.last_error = None
+                self.error_line.value = ""
+            self.refreshes += 1
+            self._show_header()
+
+    def _render(self, snap: Snapshot) -> None:
+        self.overview.update(snap)
+        self.failures.update(snap)
+        self.schedules.update(snap)
+        self.workflows.update(snap)
+        failed = sum(snap.failed_by_entrypoint().values())
+        running = sum(1 for w in snap.workflows if w.status == "running")
+        self.tabs.titles = (
+            "Overview",
+            f"Failures ({failed:,})" if failed else "Failures",
+            f"Schedules ({len(snap.schedules)})" if snap.schedules else "Schedules",
+            f"Workflows ({running} running)" if running else "Workflows",
+        )
+
+    def _show_error(self, exc: BaseException) -> None:
+        self.failed_refreshes += 1
+        text = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        if text != self.last_error:
+            logger.warning("dashboard refresh failed", extra={"error": text})
+        self.last_error = text
+        shown = self.snapshot.now if self.snapshot is not None else None
+        stale = f"showing data from {clock(shown, shown)}; " if shown else ""
+        self.error_line.value = (
+            '<div class="pgq-error" style="color:#c62828">⚠ refresh failed at '
+            f"{dt.datetime.now():%H:%M:%S}: {esc(text)} "
+            + muted(f"({stale}retrying every {self.refresh_s:g} s)")
+            + "</div>"
+        )
+
+    def _show_header(self) -> None:
+        snap = self.snapshot
+        parts = [f"<b>pgq_nb</b> {muted('schema')} {esc(self.queue.schema)}"]
+        if snap is not None:
+            for status, title in (("queued", "queued"), ("picked", "running")):
+                parts.append(f"{snap.total(status):,} {title}")
+            parts.append(f"{snap.total('failed'):,} failed")
+            parts.append(f"{len(snap.workers)} worker{'s' if len(snap.workers) != 1 else ''}")
+            parts.append(muted(f"updated {clock(snap.now, snap.now)}"))
+        if self._stopped.is_set():
+            parts.append(muted("stopped (dash.start() resumes)"))
+        elif self._idle():
+            parts.append(muted("idle while not displayed"))
+        else:
+            parts.append(muted(f"refresh every {self.refresh_s:g} s"))
+        self.header.value = '<div class="pgq-header">' + " · ".join(parts) + "</div>"
+
+    # -- actions --------------------------------------------------------------------------
+
+    def _wire_buttons(self) -> None:
+        f, s = self.failures, self.schedules
+        f.requeue_selected.on_click(lambda _: self._requeue_selected())
+        f.requeue_all.on_click(lambda _: self._requeue_entrypoint())
+        s.pause.on_click(lambda _: self._schedule_action("pause"))
+        s.resume.on_click(lambda _: self._schedule_action("resume"))
+        s.run_now.on_click(lambda _: self._schedule_action("run_now"))
+
+    def _requeue_selected(self) -> None:
+        ids = self.failures.selected_ids()
+        if not ids:
+            return
+
+        async def requeue() -> str:
+            n = await self.queue.requeue_failed(ids=ids)
+            return f"requeued {n} of {len(ids)} selected job{'s' if len(ids) != 1 else ''}"
+
+        self._act(requeue)
+
+    def _requeue_entrypoint(self) -> None:
+        entrypoint = self.failures.entrypoint.value
+        if entrypoint is None:  # never requeue_failed(entrypoint=None): that means all
+            return
+
+        async def requeue() -> str:
+            n = await self.queue.requeue_failed(entrypoint=entrypoint)
+            return f"requeued {n} failed job{'s' if n != 1 else ''} of {entrypoint!r}"
+
+        self._act(requeue)
+
+    def _schedule_action(self, action: str) -> None:
+        name = self.schedules.pick.value
+        method: Callable[[str], Any] | None = getattr(self.queue, SCHEDULE_ACTIONS[action], None)
+        if name is None or method is None:
+            return
+
+        async def call() -> str:
+            result = method(name)
+            if inspect.isawaitable(result):
+                await result
+            return f"{action.replace('_', ' ')}: schedule {name!r}"
+
+        self._act(call)
+
+    def _act(self, action: Callable[[], Coroutine[Any, Any, str]]) -> None:
+        self._set_busy(True)
+        self.message_line.value = muted("working…")
+        self.last_action = asyncio.run_coroutine_threadsafe(self._action(action), runtime.loop())
+
+    async def _action(self, action: Callable[[], Coroutine[Any, Any, str]]) -> str:
+        try:
+            message = await action()
+        except Exception as exc:
+            self.message_line.value = (
+                f'<span style="color:#c62828">⚠ {esc(type(exc).__name__)}: {esc(exc)}</span>'
+            )
+            raise
+        else:
+            self.message_line.value = f"✓ {esc(message)}"
+            return message
+        finally:
+            self._set_busy(False)
+            await self._refresh()
+
+    def _set_busy(self, busy: bool) -> None:
+        for tab in (self.failures, self.schedules):
+            tab.busy = busy
+            tab.sync_buttons()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (
+            f"<pgq_nb Dashboard schema={self.queue.schema!r} {state} "
+            f"refreshes={self.refreshes} error={self.last_error!r}>"
+        )
+
+
+def _descendants(widget: Any) -> list[Any]:
+    found = []
+    for child in getattr(widget, "children", ()):
+        found.append(child)
+        found.extend(_descendants(child))
+    return found
+
+
+def dashboard(q: Queue | AsyncQueue, refresh: float | dt.timedelta = 2.0) -> Dashboard:
+    """A live dashboard of ``q``, refreshed every ``refresh`` seconds from the pgq_nb loop
+    thread; display it, and ``dash.stop()`` (or close it) when done."""
+    seconds = refresh.total_seconds() if isinstance(refresh, dt.timedelta) else refresh
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0.1:
+        raise InvalidInputError(f"refresh={refresh!r} must be at least 0.1 seconds")
+    return Dashboard(async_queue(q), refresh_s=float(seconds))

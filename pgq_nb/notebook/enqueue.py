@@ -1,0 +1,344 @@
+"""``q.enqueue_df``: one job per DataFrame row, written with COPY in one transaction.
+
+The path of a call:
+
+1. check the arguments and the entrypoint (nothing is written if either is wrong);
+2. convert the payload columns to JSON (:mod:`pgq_nb.notebook.encode`), in a thread for big
+   frames so the pgq_nb loop keeps serving heartbeats of in-notebook workers; a value that
+   cannot be stored raises PayloadError before anything is written;
+3. in one transaction: draw the ids from the jobs sequence in one round trip, then COPY the
+   rows (id, entrypoint, payload, priority, execute_after, dedupe_key) in chunks of
+   ``chunk_size``, advancing the progress bar after each. With a ``dedupe_key`` the rows are
+   copied into a temporary table and moved with ``INSERT ... ON CONFLICT DO NOTHING`` instead,
+   since a COPY would abort on the first key that a live job holds;
+4. after the commit, refresh the planner's statistics if many rows went in (not when the
+   rows are part of the caller's transaction, ``connection=``: they are not committed yet).
+
+The jobs table's statement-level INSERT trigger fires for COPY as for INSERT; NOTIFYs inside
+one transaction with the same payload collapse into one, sent at commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import warnings
+from collections.abc import Hashable, Sequence
+from itertools import repeat
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pgq_nb import queue as core
+from pgq_nb.enqueue import DuplicatesSkipped
+from pgq_nb.errors import InvalidInputError
+from pgq_nb.models import check_int
+from pgq_nb.notebook import encode
+from pgq_nb.notebook import progress as bars
+
+if TYPE_CHECKING:
+    from pgq_nb.queue import AsyncQueue
+
+#: Frames at least this long are converted to JSON in a thread, off the pgq_nb loop.
+THREAD_AFTER_ROWS = 5_000
+
+_STAGING = "pgq_nb_enqueue_staging"
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _column(df: pd.DataFrame, name: str, role: str) -> pd.Series:
+    if name not in df.columns:
+        raise InvalidInputError(
+            f"{role} names column {name!r}, which the frame does not have "
+            f"(columns: {list(df.columns)[:20]})"
+        )
+    found = df[name]
+    if isinstance(found, pd.DataFrame):
+        raise InvalidInputError(f"{role}: the frame has more than one column named {name!r}")
+    return found
+
+
+def _payload_columns(df: pd.DataFrame, columns: Sequence[str] | None) -> list[str]:
+    if columns is None:
+        names: list[Hashable] = list(df.columns)
+        role = "the frame's column names"
+    elif isinstance(columns, str) or not isinstance(columns, Sequence | pd.Index):
+        raise InvalidInputError(
+            f"columns must be a list of column names, not {type(columns).__name__} "
+            f"(for one column write columns=[{columns!r}])"
+        )
+    else:
+        names = list(columns)
+        role = "columns"
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise InvalidInputError(
+            f"{role} must be strings (they become JSON keys); found {bad[0]!r} of type "
+            f"{type(bad[0]).__name__}: rename them, e.g. df.rename(columns=str)"
+        )
+    duplicated = sorted({n for n in names if names.count(n) > 1}, key=str)
+    if duplicated:
+        raise InvalidInputError(
+            f"{role} must be unique; {duplicated[0]!r} appears more than once: rename or drop "
+            "the duplicates, e.g. df.loc[:, ~df.columns.duplicated()]"
+        )
+    checked = [str(n) for n in names]
+    if columns is not None:
+        for name in checked:
+            _column(df, name, "columns")
+    return checked
+
+
+def _priorities(df: pd.DataFrame, priority: object) -> list[int]:
+    if not isinstance(priority, str):
+        constant = int(priority) if isinstance(priority, np.integer) else priority
+        return [check_int("priority", constant)] * len(df)
+    values = _column(df, priority, "priority")
+    if not pd.api.types.is_integer_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
+        raise InvalidInputError(
+            f"priority column {priority!r} must hold integers, not {values.dtype}; convert it "
+            f"with df[{priority!r}].astype(int)"
+        )
+    if values.isna().any():
+        label = values.index[int(np.flatnonzero(values.isna().to_numpy())[0])]
+        raise InvalidInputError(f"priority column {priority!r} is missing at row {label!r}")
+    if len(values) and not (_INT32[0] <= values.min() and values.max() <= _INT32[1]):
+        raise InvalidInputError(
+            f"priority column {priority!r} has values outside the 32-bit integer range"
+        )
+    ints: list[int] = values.to_numpy(dtype="int64").tolist()
+    return ints
+
+
+def _times(df: pd.DataFrame, execute_after: object, now: dt.datetime) -> list[dt.datetime]:
+    """Due times per row; ``now`` (the server's) fills NaT and anchors timedeltas."""
+    if execute_after is None:
+        return [now] * len(df)
+    if isinstance(execute_after, dt.timedelta):
+        return [now + execute_after] * len(df)
+    if isinstance(execute_after, dt.datetime):
+        if execute_after.tzinfo is None:
+            raise InvalidInputError(
+                "execute_after is a naive datetime; give it a time zone "
+                "(datetime.now(timezone.utc) + ...) or pass a timedelta"
+            )
+        return [execute_after] * len(df)
+    if not isinstance(execute_after, str):
+        raise InvalidInputError(
+            "execute_after must be a timezone-aware datetime, a timedelta, a column name or "
+            f"None, not {type(execute_after).__name__}"
+        )
+    values = _column(df, execute_after, "execute_after")
+    if pd.api.types.is_timedelta64_dtype(values.dtype):
+        offsets = pd.to_timedelta(values).fillna(pd.Timedelta(0))
+        values = pd.Series(pd.Timestamp(now) + offsets, index=values.index)
+    elif not isinstance(values.dtype, pd.DatetimeTZDtype):
+        try:
+            values = pd.to_datetime(values)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(
+                f"execute_after column {execute_after!r} must hold timezone-aware timestamps "
+                f"or timedeltas ({exc})"
+            ) from None
+        if not isinstance(values.dtype, pd.DatetimeTZDtype):
+            raise InvalidInputError(
+                f"execute_after column {execute_after!r} holds naive timestamps; give them a "
+                f"time zone, e.g. df[{execute_after!r}].dt.tz_localize('UTC')"
+            )
+    utc = values.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    times: list[Any] = list(utc.dt.to_pydatetime())
+    missing = utc.isna().to_numpy()
+    for position in np.flatnonzero(missing).tolist():
+        times[position] = now
+    return times
+
+
+def _dedupe_keys(df: pd.DataFrame, dedupe_key: object) -> list[str | None] | None:
+    if dedupe_key is None:
+        return None
+    if not isinstance(dedupe_key, str):
+        raise InvalidInputError(
+            f"dedupe_key must be a column name (str) or None, not {type(dedupe_key).__name__}"
+        )
+    values = _column(df, dedupe_key, "dedupe_key")
+    missing = values.isna().to_numpy()
+    keys: list[str | None] = [str(v) for v in values.astype(object).tolist()]
+    for position in np.flatnonzero(missing).tolist():
+        keys[position] = None
+    return keys
+
+
+def _kept_rows(keys: list[str | None] | None, n: int) -> np.ndarray:
+    """Positions of the rows to write: all, or the first of each dedupe key (and keyless)."""
+    if keys is None:
+        return np.arange(n)
+    keyed = pd.Series(keys, dtype=object)
+    return np.flatnonzero(~keyed.duplicated(keep="first").to_numpy() | keyed.isna().to_numpy())
+
+
+def _settle(task: asyncio.Future[Any] | None) -> None:
+    """Forget a pending conversion after a failure (without 'exception never retrieved')."""
+    if task is not None and not task.done():
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+async def enqueue_df(
+    aq: AsyncQueue,
+    entrypoint: str,
+    df: pd.DataFrame,
+    *,
+    columns: Sequence[str] | None = None,
+    priority: int | str = 0,
+    execute_after: dt.datetime | dt.timedelta | str | None = None,
+    dedupe_key: str | None = None,
+    progress: bool | None = None,
+    chunk_size: int = 10_000,
+    connection: Any = None,
+) -> pd.Series:
+    """One job per row of ``df``; returns the job ids as a Series aligned to ``df.index``.
+
+    - ``columns`` (default: every column) become each job's JSON payload, keyed by column
+      name; the index is not sent (``df.reset_index()`` sends it). Values are converted as
+      :mod:`pgq_nb.notebook.encode` describes (naive timestamps as given, Decimal as a string).
+    - ``priority``: an int, or the name of an integer column.
+    - ``execute_after``: a timezone-aware datetime, a timedelta from now (the server's clock),
+      the name of a column of aware timestamps or timedeltas (NaT: due now), or None (now).
+    - ``dedupe_key``: the name of a column of keys (converted with ``str``; missing: no key).
+      A row whose key is already in the frame (first one wins) or held by a live job (queued
+      or running) is skipped: its id is ``<NA>``, and a ``pgq_nb.enqueue.DuplicatesSkipped``
+      warning names the rows (its ``skipped`` maps row position to the job holding the key).
+    - ``progress``: a tqdm bar; by default shown in a notebook for 10,000 rows or more.
+    - ``chunk_size``: rows per COPY (the bar advances per chunk); all chunks share one
+      transaction, so either every row is enqueued or none. While one chunk is copied the
+      next is converted, in a thread.
+    - ``connection``: an asyncpg connection inside a transaction of yours (``q.transaction()``);
+      the rows are written in a savepoint of it and commit or roll back with it.
+
+    The ids have dtype ``Int64`` (nullable, for skipped rows) and name ``job_id``; they join
+    with the ``job_id`` column of ``q.results()`` and ``q.history()``.
+    """
+    if not isinstance(entrypoint, str):
+        raise InvalidInputError(f"entrypoint must be a str, not {type(entrypoint).__name__}")
+    if not isinstance(df, pd.DataFrame):
+        raise InvalidInputError(f"df must be a pandas DataFrame, not {type(df).__name__}")
+    if check_int("chunk_size", chunk_size) < 1:
+        raise InvalidInputError("chunk_size must be at least 1")
+    names = _payload_columns(df, columns)
+    priorities = _priorities(df, priority)
+    keys = _dedupe_keys(df, dedupe_key)
+    _times(df.iloc[:0], execute_after, dt.datetime.now(dt.UTC))  # check it before any work
+    async with aq._connection(connection) as conn:
+        await aq._sync_entrypoints(conn)
+        await aq._check_entrypoints({entrypoint}, conn)
+    if len(df) == 0:
+        return pd.Series(pd.array([], dtype="Int64"), index=df.index, name="job_id")
+
+    rows = _kept_rows(keys, len(df))
+    every_row = len(rows) == len(df)
+    copied = ["id", "entrypoint", "payload"]  # columns left out take the table's default
+    if isinstance(priority, str) or priority != 0:
+        copied.append("priority")
+    if execute_after is not None:
+        copied.append("execute_after")
+    if keys is not None:
+        copied.append("dedupe_key")
+    in_thread = len(rows) >= THREAD_AFTER_ROWS
+
+    def convert(start: int) -> list[bytes]:
+        stop = start + chunk_size
+        part = df.iloc[start:stop] if every_row else df.iloc[rows[start:stop]]
+        return encode.payloads(part, names)
+
+    async def converted(start: int) -> list[bytes]:
+        return await asyncio.to_thread(convert, start) if in_thread else convert(start)
+
+    ids = np.full(len(df), -1, dtype="int64")
+    bar = bars.bar(progress, len(rows), f"enqueue {entrypoint}")
+    pending: asyncio.Future[list[bytes]] | None = None
+    try:
+        async with aq._connection(connection) as conn, conn.transaction():
+            pending = asyncio.ensure_future(converted(0))  # overlaps the id reservation
+            reserved = await conn.fetchrow(aq.queries["reserve_job_ids"], len(rows))
+            new_ids: list[int] = sorted(reserved["ids"])
+            per_row: list[Sequence[Any]] = [new_ids]
+            if "priority" in copied:
+                per_row.append([priorities[i] for i in rows.tolist()])
+            if execute_after is not None:
+                times = _times(df, execute_after, reserved["now"])
+                per_row.append(times if every_row else [times[i] for i in rows.tolist()])
+            if keys is not None:
+                per_row.append([keys[i] for i in rows.tolist()])
+            if keys is None:
+                table, schema = "jobs", aq.schema
+            else:
+                await conn.execute(aq.queries["create_enqueue_staging"])
+                table, schema = _STAGING, "pg_temp"
+            for start in range(0, len(rows), chunk_size):
+                assert pending is not None  # set before the loop and for every next chunk
+                payloads = await pending
+                stop = start + chunk_size
+                pending = asyncio.ensure_future(converted(stop)) if stop < len(rows) else None
+                records = list(
+                    zip(
+                        new_ids[start:stop],
+                        repeat(entrypoint),
+                        payloads,
+                        *(column[start:stop] for column in per_row[1:]),
+                    )
+                )
+                await conn.copy_records_to_table(
+                    table, records=records, columns=copied, schema_name=schema
+                )
+                bar.update(len(records))
+            count = len(new_ids)
+            held: dict[str, int] = {}
+            if keys is not None:
+                done = await conn.fetch(aq.queries["insert_staged_jobs"])
+                await conn.execute(aq.queries["drop_enqueue_staging"])
+                count = len(done)
+                if count < len(new_ids):
+                    inserted = np.sort(np.fromiter((r["id"] for r in done), "int64", count))
+                    lost = ~np.isin(new_ids, inserted, assume_unique=True)
+                    taken = [keys[p] for p in rows[lost].tolist()]
+                    found = await conn.fetch(aq.queries["find_dedupe_many"], taken)
+                    held = {r["dedupe_key"]: r["id"] for r in found}
+                    new_ids = np.where(lost, -1, new_ids).tolist()
+    finally:
+        _settle(pending)
+        bar.close()
+    ids[rows] = new_ids
+    if keys is not None and count < len(df):
+        _warn_skipped(df, keys, ids, held)
+    if count >= core.ANALYZE_AFTER_ROWS and connection is None:
+        await aq.analyze()
+    values = pd.array(ids, dtype="Int64")
+    values[ids < 0] = pd.NA
+    return pd.Series(values, index=df.index, name="job_id")
+
+
+def _warn_skipped(
+    df: pd.DataFrame, keys: list[str | None], ids: np.ndarray, held: dict[str, int]
+) -> None:
+    """DuplicatesSkipped (as the batch ``q.enqueue`` warns): which rows, whose key, held by
+    which job (None: by an earlier row of the frame)."""
+    positions = np.flatnonzero(ids < 0).tolist()
+    skipped: dict[int, int | None] = {}
+    for position in positions:
+        key = keys[position]
+        skipped[position] = held.get(key) if key is not None else None
+    shown = ", ".join(
+        f"row {df.index[p]!r} (key {keys[p]!r}: "
+        f"{'job ' + str(skipped[p]) if skipped[p] is not None else 'an earlier row'})"
+        for p in positions[:10]
+    )
+    more = f" and {len(positions) - 10} more" if len(positions) > 10 else ""
+    warnings.warn(
+        DuplicatesSkipped(
+            f"{len(positions)} of {len(df)} rows skipped, their dedupe_key is taken: "
+            f"{shown}{more}; their job_id is <NA>",
+            skipped,
+        ),
+        stacklevel=2,
+    )

@@ -1,0 +1,320 @@
+"""DataFrames in, DataFrames out: ``q.enqueue_df`` and the views, with fixed schemas.
+
+Each function takes the :class:`~pgq_nb.queue.AsyncQueue` first and runs on the pgq_nb loop
+(``pgq_nb.views`` dispatches to them; ``Queue`` has blocking twins). Every view has the same
+columns and dtypes whether it has rows or not (see :mod:`pgq_nb.notebook.columns`), and reads
+history only through an index: counts come from the live ``jobs`` table and the
+``finished_counts`` counters, lists walk ``history_finished_idx`` (or the per-entrypoint
+index) newest first with a LIMIT.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pgq_nb.errors import InvalidInputError
+from pgq_nb.models import JobStatus, check_int
+from pgq_nb.notebook.columns import (
+    STATUS_DTYPE,
+    Kind,
+    decode_payload,
+    frame,
+    inferred,
+    typed,
+)
+from pgq_nb.notebook.enqueue import enqueue_df
+
+if TYPE_CHECKING:
+    from pgq_nb.queue import AsyncQueue
+
+__all__ = ["STATUS_DTYPE", "enqueue_df", "failed", "history", "jobs", "purge_history"]
+__all__ += ["results", "stats"]
+
+LIVE = tuple(s.value for s in JobStatus if not s.is_final)
+FINAL = tuple(s.value for s in JobStatus if s.is_final)
+
+#: stats() looks at no more than this many recent jobs for its rates and mean durations.
+STATS_SAMPLE = 50_000
+#: purge_history() deletes this many rows per statement.
+PURGE_BATCH = 100_000
+
+JOBS: dict[str, Kind] = {
+    "job_id": "int",
+    "entrypoint": "str",
+    "status": "status",
+    "priority": "int",
+    "attempts": "int",
+    "created": "time",
+    "execute_after": "time",
+    "started": "time",
+    "worker_id": "int",
+    "dedupe_key": "str",
+    "last_error": "str",
+    "workflow_id": "int",
+    "step_name": "str",
+    "schedule_name": "str",
+    "payload": "payload",
+}
+HISTORY: dict[str, Kind] = {
+    "job_id": "int",
+    "entrypoint": "str",
+    "status": "status",
+    "attempts": "int",
+    "priority": "int",
+    "created": "time",
+    "execute_after": "time",
+    "started": "time",
+    "finished": "time",
+    "queue_wait_s": "float",
+    "run_s": "float",
+    "error": "str",
+    "worker_id": "int",
+    "dedupe_key": "str",
+    "workflow_id": "int",
+    "step_name": "str",
+    "schedule_name": "str",
+}
+FAILED: dict[str, Kind] = {
+    "job_id": "int",
+    "entrypoint": "str",
+    "attempts": "int",
+    "error": "str",
+    "errors": "json",
+    "traceback": "str",
+    "created": "time",
+    "started": "time",
+    "finished": "time",
+    "payload": "payload",
+}
+
+
+def _limit(limit: int | None) -> int | None:
+    if limit is None:
+        return None
+    if check_int("limit", limit, bits=64) < 0:
+        raise InvalidInputError("limit must be 0 or more (or None for no limit)")
+    return limit
+
+
+def _status(status: str | None, allowed: tuple[str, ...], where: str) -> str | None:
+    if status is None or status in allowed:
+        return None if status is None else str(status)
+    raise InvalidInputError(
+        f"{where} holds jobs whose status is one of {list(allowed)}, not {status!r}"
+    )
+
+
+def _text(value: str | None, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a str or None, not {type(value).__name__}")
+    return value
+
+
+def _since(since: dt.datetime | dt.timedelta | str | None) -> dt.datetime | None:
+    if since is None:
+        return None
+    if isinstance(since, dt.timedelta):
+        return dt.datetime.now(dt.UTC) - since
+    if isinstance(since, str):
+        try:
+            since = dt.datetime.fromisoformat(since)
+        except ValueError:
+            raise InvalidInputError(
+                f"since={since!r} is not an ISO 8601 time; write e.g. '2026-06-01T00:00+00:00'"
+            ) from None
+    if not isinstance(since, dt.datetime):
+        raise InvalidInputError(
+            "since must be a timezone-aware datetime, an ISO 8601 string, a timedelta (that "
+            f"long ago) or None, not {type(since).__name__}"
+        )
+    if since.tzinfo is None:
+        raise InvalidInputError(
+            f"since={since.isoformat()!r} has no time zone; add one (e.g. '+00:00' or "
+            "tzinfo=timezone.utc) or pass a timedelta"
+        )
+    return since
+
+
+async def jobs(
+    aq: AsyncQueue, *, status: str | None = None, entrypoint: str | None = None, limit: int = 1000
+) -> pd.DataFrame:
+    """The live queue (queued, blocked and picked jobs), oldest first, one row per job."""
+    wanted = _status(status, LIVE, "q.jobs() (the live queue; finished jobs are in q.history())")
+    rows = await aq.pool.fetch(
+        aq.queries["live_jobs"], wanted, _text(entrypoint, "entrypoint"), _limit(limit)
+    )
+    return frame(rows, JOBS)
+
+
+async def stats(aq: AsyncQueue, *, window: dt.timedelta = dt.timedelta(minutes=15)) -> pd.DataFrame:
+    """One row per entrypoint (the index): a column per status with its count (zeros
+    included), ``jobs_per_minute`` finished and ``mean_duration_s`` over the last ``window``.
+
+    Live counts come from ``jobs``, finished ones from the ``finished_counts`` counters, read in
+    one snapshot. The rates look at the most recent :data:`STATS_SAMPLE` finished jobs at most
+    (over the time they span, when there are more in the window).
+    """
+    if not isinstance(window, dt.timedelta) or window <= dt.timedelta(0):
+        raise InvalidInputError("window must be a positive timedelta")
+    async with (
+        aq.pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        live = await conn.fetch(aq.queries["job_counts"])
+        done = await conn.fetch(aq.queries["history_counts"])
+        known = await conn.fetch(aq.queries["known_entrypoints"])
+        recent = await conn.fetch(
+            aq.queries["recent_throughput"], window.total_seconds(), STATS_SAMPLE
+        )
+    counts: dict[str, dict[str, int]] = {r["name"]: {} for r in known}
+    for row in [*live, *done]:
+        per_status = counts.setdefault(row["entrypoint"], {})
+        per_status[row["status"]] = per_status.get(row["status"], 0) + int(row["n"])
+    rates = {r["entrypoint"]: r for r in recent}
+    for name in rates:
+        counts.setdefault(name, {})
+    names = sorted(counts)
+    data: dict[str, Any] = {
+        status: np.array([counts[n].get(status, 0) for n in names], dtype="int64")
+        for status in STATUS_DTYPE.categories
+    }
+    data["jobs_per_minute"] = np.array(
+        [rates[n]["n"] * 60.0 / rates[n]["span_s"] if n in rates else 0.0 for n in names],
+        dtype="float64",
+    )
+    data["mean_duration_s"] = np.array(
+        [rates[n]["mean_s"] if n in rates else None for n in names], dtype="float64"
+    )
+    index = pd.Index(pd.array(names, dtype="str"), name="entrypoint")
+    return pd.DataFrame(data, index=index)
+
+
+async def history(
+    aq: AsyncQueue,
+    *,
+    since: dt.datetime | dt.timedelta | str | None = None,
+    entrypoint: str | None = None,
+    status: str | None = None,
+    limit: int = 10_000,
+) -> pd.DataFrame:
+    """Finished jobs, newest first: attempts, ``queue_wait_s`` (from due to last start),
+    ``run_s`` (last attempt) and error. ``since``: an aware datetime, ISO string, or timedelta
+    ago."""
+    args = (_since(since), _status(status, FINAL, "q.history()"), _limit(limit))
+    if _text(entrypoint, "entrypoint") is None:
+        rows = await aq.pool.fetch(aq.queries["recent_history"], *args)
+    else:
+        rows = await aq.pool.fetch(aq.queries["recent_history_of"], *args, entrypoint)
+    return frame(rows, HISTORY)
+
+
+async def failed(
+    aq: AsyncQueue, *, entrypoint: str | None = None, limit: int = 1000
+) -> pd.DataFrame:
+    """Jobs that failed for good, newest first: the last error, every attempt's error
+    (``errors``, a list of ``{attempt, error, at}``), the traceback and the decoded payload."""
+    if _text(entrypoint, "entrypoint") is None:
+        rows = await aq.pool.fetch(aq.queries["failed_view"], _limit(limit))
+    else:
+        rows = await aq.pool.fetch(aq.queries["failed_view_of"], _limit(limit), entrypoint)
+    result = frame(rows, FAILED)
+    result["errors"] = typed([e if e is not None else [] for e in result["errors"]], "json")
+    return result
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name += "_result"
+    return name
+
+
+def _result_rows(result: Any) -> list[Mapping[str, Any]]:
+    """A handler's stored return value as rows: a dict is one row, a non-empty list of dicts
+    (a DataFrame is stored as one) one row each, anything else one row with ``result``."""
+    if result is None or result == []:
+        return [{}]
+    if isinstance(result, dict):
+        return [result]
+    if isinstance(result, list) and all(isinstance(item, dict) for item in result):
+        return result
+    return [{"result": result}]
+
+
+def _expand(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    positions: list[int] = []
+    inputs: list[dict[str, Any]] = []
+    outputs: list[Mapping[str, Any]] = []
+    for position, row in enumerate(rows):
+        payload = decode_payload(row["payload"])
+        if payload is not None and not isinstance(payload, dict):
+            payload = {"payload": payload}
+        inputs.append(payload or {})
+        for out in _result_rows(row["result"]):
+            positions.append(position)
+            outputs.append(out)
+    input_names = list(dict.fromkeys(k for p in inputs for k in p))
+    output_names = list(dict.fromkeys(k for o in outputs for k in o))
+    taken = {"job_id", *input_names}
+    renamed = {name: _unique(name, taken) for name in output_names}
+    columns: dict[str, pd.Series] = {"job_id": typed([rows[p]["job_id"] for p in positions], "int")}
+    for name in input_names:
+        columns[name] = inferred([inputs[p].get(name) for p in positions])
+    for name in output_names:
+        columns[renamed[name]] = inferred([o.get(name) for o in outputs])
+    return pd.DataFrame(columns)
+
+
+async def results(
+    aq: AsyncQueue, entrypoint: str, *, expand: bool = True, ids: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """Succeeded jobs of ``entrypoint`` (only ``ids``, if given), in enqueue order.
+
+    With ``expand`` (the default): ``job_id``, a column per payload key (a payload that is not
+    a JSON object is one column ``payload``), then a column per result key. A handler that
+    returned a dict gives one row; a list of dicts (a returned DataFrame is stored as its
+    records) gives one row per dict, each with the job's id and payload; any other value is a
+    column ``result``. Result columns named like a payload column get the suffix ``_result``.
+    Column dtypes are inferred from the JSON values (integers ``Int64``, timestamps stay ISO
+    strings). Join back to the enqueued frame on the ids ``enqueue_df`` returned::
+
+        ids = q.enqueue_df("score", df)
+        ...
+        scored = df.assign(job_id=ids).merge(q.results("score")[["job_id", "score"]])
+
+    Without ``expand``: ``job_id``, ``payload`` and ``result``, decoded, one row per job.
+    """
+    if not isinstance(entrypoint, str):
+        raise InvalidInputError(f"entrypoint must be a str, not {type(entrypoint).__name__}")
+    if ids is None:
+        rows = await aq.pool.fetch(aq.queries["succeeded_results"], entrypoint)
+    else:
+        wanted = [check_int("ids", int(i) if isinstance(i, np.integer) else i, 64) for i in ids]
+        rows = await aq.pool.fetch(aq.queries["succeeded_results_of"], entrypoint, wanted)
+    if not expand:
+        return frame(rows, {"job_id": "int", "payload": "payload", "result": "json"})
+    return _expand(rows)
+
+
+async def purge_history(
+    aq: AsyncQueue, older_than: dt.timedelta, *, batch_size: int = PURGE_BATCH
+) -> int:
+    """Retention: delete every job that finished more than ``older_than`` ago (by the server's
+    clock), oldest first, in statements of ``batch_size`` rows, each of which also subtracts its
+    rows from ``finished_counts``. Returns how many jobs were deleted."""
+    if not isinstance(older_than, dt.timedelta) or older_than < dt.timedelta(0):
+        raise InvalidInputError("older_than must be a timedelta of 0 or more")
+    if check_int("batch_size", batch_size) < 1:
+        raise InvalidInputError("batch_size must be at least 1")
+    async with aq.pool.acquire() as conn:
+        cutoff = await conn.fetchval(aq.queries["server_now"]) - older_than
+        total = 0
+        while True:
+            deleted = int(await conn.fetchval(aq.queries["purge_history"], cutoff, batch_size))
+            total += deleted
+            if deleted < batch_size:
+                return total
