@@ -152,6 +152,70 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(_table(["worker", "host", "pid", "concurrency", "entrypoints", "heartbeat"], rows))
     else:
         print("no workers alive")
+    limits = q.flow()
+    if limits:
+        print()
+        rows = [
+            [
+                f["entrypoint"],
+                f["max_running"] or "",
+                f["rate_per_s"] or "",
+                "yes" if f["paused"] else "",
+                f["running"],
+                f["waiting"],
+            ]
+            for f in limits
+        ]
+        print(_table(["entrypoint", "max_running", "rate/s", "paused", "running", "waiting"], rows))
+    return 0
+
+
+# -- failures and flow control --------------------------------------------------------------
+
+
+def cmd_failed(args: argparse.Namespace) -> int:
+    jobs = _queue(args, install=False).failed_jobs(args.entrypoint, args.limit)
+    if not jobs:
+        print("no failed jobs")
+        return 0
+    rows = [
+        [
+            j.id,
+            j.entrypoint,
+            j.attempts,
+            j.finished.strftime("%Y-%m-%d %H:%M:%S") if j.finished else "",
+            (j.error or "").splitlines()[0][:80] if j.error else "",
+        ]
+        for j in jobs
+    ]
+    print(_table(["job", "entrypoint", "attempts", "finished (UTC)", "error"], rows))
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    if not args.ids and not args.entrypoint and not args.all:
+        print("name the jobs to requeue: job ids, --entrypoint NAME, or --all")
+        return 2
+    n = _queue(args, install=False).requeue_failed(args.ids or None, args.entrypoint)
+    print(f"requeued {n} failed job{'s' if n != 1 else ''}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    outcome = _queue(args, install=False).cancel(args.ids)
+    for job_id, what in outcome.items():
+        print(f"job {job_id}: {what}")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    q = _queue(args, install=False)
+    if args.command == "pause":
+        q.pause(args.entrypoint)
+        print(f"{args.entrypoint!r} paused: no worker claims it until `pgq-nb resume`")
+    else:
+        q.resume(args.entrypoint)
+        print(f"{args.entrypoint!r} resumed")
     return 0
 
 
@@ -264,6 +328,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="jobs per entrypoint and status; workers alive").set_defaults(
         func=cmd_status
     )
+    failed = sub.add_parser("failed", help="list jobs that failed for good, newest first")
+    failed.add_argument("--entrypoint", help="only this entrypoint")
+    failed.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    failed.set_defaults(func=cmd_failed)
+    requeue = sub.add_parser("requeue", help="put failed jobs back in the queue")
+    requeue.add_argument("ids", nargs="*", type=int, help="job ids (default: see --all)")
+    requeue.add_argument("--entrypoint", help="every failed job of this entrypoint")
+    requeue.add_argument("--all", action="store_true", help="every failed job")
+    requeue.set_defaults(func=cmd_requeue)
+    cancel = sub.add_parser("cancel", help="cancel jobs (queued at once, running ones asked)")
+    cancel.add_argument("ids", nargs="+", type=int, help="job ids")
+    cancel.set_defaults(func=cmd_cancel)
+    for verb, text in (
+        ("pause", "stop every worker claiming an entrypoint"),
+        ("resume", "let workers claim a paused entrypoint again"),
+    ):
+        parser_ = sub.add_parser(verb, help=text)
+        parser_.add_argument("entrypoint")
+        parser_.set_defaults(func=cmd_pause)
 
     worker = sub.add_parser("worker", help="run a worker process")
     worker.add_argument("target", help="MODULE:ATTR naming the Queue, e.g. mypipeline:q")

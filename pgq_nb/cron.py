@@ -8,7 +8,10 @@ wall-clock time fires at, so the rules below hold whatever croniter version is i
 Every datetime in or out is timezone-aware; fire times are returned in UTC, except in
 :class:`Schedule`, which gives them in the schedule's zone.
 
-Daylight saving (tested for Europe/Oslo and America/New_York, both changes of the year):
+Daylight saving (tested for Europe/Oslo and America/New_York, both changes of the year, and
+against a brute-force reference for those, Australia/Lord_Howe's 30-minute changes and
+America/Havana's changes at midnight). A tick is an instant, so 02:00+02:00 and 02:00+01:00 are
+two ticks:
 
 * A wall-clock time that does not exist (spring forward: Oslo jumps from 02:00 to 03:00, so
   02:30 never happens) fires once, at the first instant after the gap (03:00 summer time). All
@@ -22,8 +25,10 @@ Daylight saving (tested for Europe/Oslo and America/New_York, both changes of th
   every real hour (every real 15 minutes, every real second) across both changes: no double, no
   gap. This is what Vixie cron does with its wildcard-hour jobs.
 
-croniter 7 given zone-aware datetimes agrees with these rules except for the repeated hour:
-there it fires fixed-hour times twice (``30 2 * * *`` at 02:30+02:00 and again at 02:30+01:00).
+Checked against croniter 7 given zone-aware datetimes: it agrees with these rules except in the
+repeated hour, where it fires fixed-hour times twice (``30 2 * * *`` at 02:30+02:00 and again
+at 02:30+01:00). Here croniter only steps through naive wall-clock times, which it does the
+same whatever the machine's own time zone.
 
 Missed ticks (:func:`due_ticks`). A tick is due when it is at or after the schedule's
 ``next_run`` (the oldest tick not fired yet), after its last fired tick, and at or before now:
@@ -43,6 +48,7 @@ import difflib
 import functools
 import re
 from collections.abc import Iterator
+from itertools import chain
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterBadDateError, CroniterError, croniter
@@ -302,9 +308,9 @@ def _repeated(zone: ZoneInfo, wall: dt.datetime) -> tuple[dt.datetime, dt.dateti
 
 def _resolve(
     p: _Parsed, zone: ZoneInfo, wall: dt.datetime, forward: bool
-) -> tuple[list[dt.datetime], dt.datetime | None]:
-    """The instants a matching ``wall`` fires at, in the order of travel, and the wall-clock
-    time to walk on from when the walk must jump (None: carry on).
+) -> tuple[Iterator[dt.datetime], dt.datetime | None]:
+    """The instants a matching ``wall`` fires at, lazily and in the order of travel, and the
+    wall-clock time to walk on from if the walk must jump (None: carry on).
 
     A gap, or a repeated hour, is resolved whole at its first matching wall-clock time met,
     then jumped over: the times of one gap all fire once, at its end; in a repeated hour, the
@@ -312,55 +318,74 @@ def _resolve(
     """
     first, second = _first(zone, wall), _second(zone, wall)
     if first == second:
-        return [first], None
+        return iter([first]), None
     if first > second:  # in a spring-forward gap
         gap_end = _transition(zone, second, first)
-        fired = [] if p.every_hour else [gap_end]
+        fired = iter([] if p.every_hour else [gap_end])
         return fired, _wall(zone, gap_end) - _TINY if forward else _wall(zone, gap_end - _TINY)
     start, end = _repeated(zone, wall)
+
+    def walls() -> Iterator[dt.datetime]:
+        rest = _walls_after(p, wall, end) if forward else _walls_upto(p, wall - _TINY, start)
+        return chain([wall], rest)
+
+    firsts = (_first(zone, w) for w in walls())
+    seconds = (_second(zone, w) for w in walls()) if p.every_hour else iter([])
     if forward:
-        walls = [wall, *_walls_after(p, wall, end)]
-    else:
-        walls = [wall, *_walls_upto(p, wall - _TINY, start)]
-    firsts = [_first(zone, w) for w in walls]
-    seconds = [_second(zone, w) for w in walls] if p.every_hour else []
-    return (firsts + seconds, end - _TINY) if forward else (seconds + firsts, start - _TINY)
+        return chain(firsts, seconds), end - _TINY
+    return chain(seconds, firsts), start - _TINY
+
+
+def _walk(p: _Parsed, zone: ZoneInfo, cursor: dt.datetime, forward: bool) -> Iterator[dt.datetime]:
+    """Candidate instants of the wall-clock times after (forward) or at and before ``cursor``,
+    in the order of travel; a gap's end may come more than once."""
+    while True:
+        walls = _walls_after(p, cursor, None) if forward else _walls_upto(p, cursor, None)
+        for wall in walls:
+            instants, jump = _resolve(p, zone, wall, forward)
+            yield from instants
+            if jump is not None:
+                cursor = jump
+                break
 
 
 def _forward(p: _Parsed, zone: ZoneInfo, after: dt.datetime) -> Iterator[dt.datetime]:
     """Fire times after ``after``, ascending, with the daylight-saving rules applied."""
-    cursor = _wall(zone, after)  # matching wall-clock times after this one are still to come
-    if _first(zone, cursor) != _second(zone, cursor):  # in a repeated hour: take all of it
-        cursor = _repeated(zone, cursor)[0] - _TINY
+    cursor = _wall(zone, after)
+    head: Iterator[dt.datetime] = iter([])
+    if _first(zone, cursor) != _second(zone, cursor):  # `after` is in a repeated hour
+        start, end = _repeated(zone, cursor)
+        in_second = after.astimezone(zone).fold == 1
+        if not in_second:
+            head = (_first(zone, w) for w in _walls_after(p, cursor, end))
+        if p.every_hour:
+            since = cursor if in_second else start - _TINY
+            head = chain(head, (_second(zone, w) for w in _walls_after(p, since, end)))
+        cursor = end - _TINY
     last = after
-    while True:
-        for wall in _walls_after(p, cursor, None):
-            instants, jump = _resolve(p, zone, wall, forward=True)
-            for instant in instants:
-                if instant > last:
-                    last = instant
-                    yield instant
-            if jump is not None:
-                cursor = jump
-                break
+    for instant in chain(head, _walk(p, zone, cursor, forward=True)):
+        if instant > last:
+            last = instant
+            yield instant
 
 
 def _backward(p: _Parsed, zone: ZoneInfo, at: dt.datetime) -> Iterator[dt.datetime]:
     """Fire times at or before ``at``, descending, with the daylight-saving rules applied."""
-    cursor = _wall(zone, at)  # matching wall-clock times up to this one are still to come
-    if _first(zone, cursor) != _second(zone, cursor):  # in a repeated hour: take all of it
-        cursor = _repeated(zone, cursor)[1] - _TINY
+    cursor = _wall(zone, at)
+    head: Iterator[dt.datetime] = iter([])
+    if _first(zone, cursor) != _second(zone, cursor):  # `at` is in a repeated hour
+        start, end = _repeated(zone, cursor)
+        in_second = at.astimezone(zone).fold == 1
+        if in_second and p.every_hour:
+            head = (_second(zone, w) for w in _walls_upto(p, cursor, start))
+        upto = end - _TINY if in_second else cursor
+        head = chain(head, (_first(zone, w) for w in _walls_upto(p, upto, start)))
+        cursor = start - _TINY
     last = at + _TINY
-    while True:
-        for wall in _walls_upto(p, cursor, None):
-            instants, jump = _resolve(p, zone, wall, forward=False)
-            for instant in instants:
-                if instant < last:
-                    last = instant
-                    yield instant
-            if jump is not None:
-                cursor = jump
-                break
+    for instant in chain(head, _walk(p, zone, cursor, forward=False)):
+        if instant < last:
+            last = instant
+            yield instant
 
 
 # -- the public time functions ----------------------------------------------------------------

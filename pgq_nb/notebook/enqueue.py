@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
@@ -111,19 +111,26 @@ def _priorities(df: pd.DataFrame, priority: object) -> list[int]:
     return ints
 
 
-def _times(df: pd.DataFrame, execute_after: object, now: dt.datetime) -> list[dt.datetime]:
-    """Due times per row; ``now`` (the server's) fills NaT and anchors timedeltas."""
+Due = Callable[[dt.datetime], list[dt.datetime]]
+
+
+def _due(df: pd.DataFrame, execute_after: object) -> Due | None:
+    """Check ``execute_after`` now; return how to get each row's due time once the server's
+    ``now`` is known (it fills NaT and anchors timedeltas). None: the column default, now."""
+    n = len(df)
     if execute_after is None:
-        return [now] * len(df)
+        return None
     if isinstance(execute_after, dt.timedelta):
-        return [now + execute_after] * len(df)
+        delay = execute_after
+        return lambda now: [now + delay] * n
     if isinstance(execute_after, dt.datetime):
         if execute_after.tzinfo is None:
             raise InvalidInputError(
                 "execute_after is a naive datetime; give it a time zone "
                 "(datetime.now(timezone.utc) + ...) or pass a timedelta"
             )
-        return [execute_after] * len(df)
+        when = execute_after
+        return lambda now: [when] * n
     if not isinstance(execute_after, str):
         raise InvalidInputError(
             "execute_after must be a timezone-aware datetime, a timedelta, a column name or "
@@ -131,11 +138,12 @@ def _times(df: pd.DataFrame, execute_after: object, now: dt.datetime) -> list[dt
         )
     values = _column(df, execute_after, "execute_after")
     if pd.api.types.is_timedelta64_dtype(values.dtype):
-        offsets = pd.to_timedelta(values).fillna(pd.Timedelta(0))
-        values = pd.Series(pd.Timestamp(now) + offsets, index=values.index)
-    elif not isinstance(values.dtype, pd.DatetimeTZDtype):
+        offsets = pd.to_timedelta(values)
+        deltas: list[Any] = offsets.fillna(pd.Timedelta(0)).to_numpy("timedelta64[us]").tolist()
+        return lambda now: [now + delta for delta in deltas]
+    if not isinstance(values.dtype, pd.DatetimeTZDtype):
         try:
-            values = pd.to_datetime(values)
+            values = pd.to_datetime(values, utc=False)
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(
                 f"execute_after column {execute_after!r} must hold timezone-aware timestamps "
@@ -147,11 +155,15 @@ def _times(df: pd.DataFrame, execute_after: object, now: dt.datetime) -> list[dt
                 f"time zone, e.g. df[{execute_after!r}].dt.tz_localize('UTC')"
             )
     utc = values.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
-    times: list[Any] = list(utc.dt.to_pydatetime())
     missing = utc.isna().to_numpy()
-    for position in np.flatnonzero(missing).tolist():
-        times[position] = now
-    return times
+    times: list[Any] = list(utc.dt.to_pydatetime())
+
+    def resolve(now: dt.datetime) -> list[dt.datetime]:
+        for position in np.flatnonzero(missing).tolist():
+            times[position] = now
+        return times
+
+    return resolve
 
 
 def _dedupe_keys(df: pd.DataFrame, dedupe_key: object) -> list[str | None] | None:
@@ -178,10 +190,15 @@ def _kept_rows(keys: list[str | None] | None, n: int) -> np.ndarray:
 
 
 def _settle(task: asyncio.Future[Any] | None) -> None:
-    """Forget a pending conversion after a failure (without 'exception never retrieved')."""
-    if task is not None and not task.done():
+    """Forget a conversion still pending after a failure, and any error it had (so asyncio does
+    not log 'exception never retrieved'): the failure that got us here is the one to raise."""
+    if task is None:
+        return
+    if not task.done():
         task.cancel()
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    elif not task.cancelled():
+        task.exception()
 
 
 async def enqueue_df(
@@ -228,7 +245,7 @@ async def enqueue_df(
     names = _payload_columns(df, columns)
     priorities = _priorities(df, priority)
     keys = _dedupe_keys(df, dedupe_key)
-    _times(df.iloc[:0], execute_after, dt.datetime.now(dt.UTC))  # check it before any work
+    due = _due(df, execute_after)
     async with aq._connection(connection) as conn:
         await aq._sync_entrypoints(conn)
         await aq._check_entrypoints({entrypoint}, conn)
@@ -240,7 +257,7 @@ async def enqueue_df(
     copied = ["id", "entrypoint", "payload"]  # columns left out take the table's default
     if isinstance(priority, str) or priority != 0:
         copied.append("priority")
-    if execute_after is not None:
+    if due is not None:
         copied.append("execute_after")
     if keys is not None:
         copied.append("dedupe_key")
@@ -265,8 +282,8 @@ async def enqueue_df(
             per_row: list[Sequence[Any]] = [new_ids]
             if "priority" in copied:
                 per_row.append([priorities[i] for i in rows.tolist()])
-            if execute_after is not None:
-                times = _times(df, execute_after, reserved["now"])
+            if due is not None:
+                times = due(reserved["now"])
                 per_row.append(times if every_row else [times[i] for i in rows.tolist()])
             if keys is not None:
                 per_row.append([keys[i] for i in rows.tolist()])

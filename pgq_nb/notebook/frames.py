@@ -272,7 +272,8 @@ def _expand(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 async def results(
     aq: AsyncQueue, entrypoint: str, *, expand: bool = True, ids: Sequence[int] | None = None
 ) -> pd.DataFrame:
-    """Succeeded jobs of ``entrypoint`` (only ``ids``, if given), in enqueue order.
+    """Succeeded jobs of ``entrypoint`` (only ``ids``, if given; ``<NA>`` ids are ignored, so
+    the Series ``enqueue_df`` returned can be passed as it is), in enqueue order.
 
     With ``expand`` (the default): ``job_id``, a column per payload key (a payload that is not
     a JSON object is one column ``payload``), then a column per result key. A handler that
@@ -293,7 +294,8 @@ async def results(
     if ids is None:
         rows = await aq.pool.fetch(aq.queries["succeeded_results"], entrypoint)
     else:
-        wanted = [check_int("ids", int(i) if isinstance(i, np.integer) else i, 64) for i in ids]
+        present = [i for i in ids if not pd.isna(i)]  # enqueue_df's <NA>: rows not enqueued
+        wanted = [check_int("ids", int(i) if isinstance(i, np.integer) else i, 64) for i in present]
         rows = await aq.pool.fetch(aq.queries["succeeded_results_of"], entrypoint, wanted)
     if not expand:
         return frame(rows, {"job_id": "int", "payload": "payload", "result": "json"})

@@ -64,7 +64,7 @@ WITH wanted AS (
 ), queued AS (
     INSERT INTO {schema}.jobs (id, entrypoint, payload, schedule_name, fire_time)
     OVERRIDING SYSTEM VALUE
-    SELECT job_id, name, NULL, name, fire_time FROM wanted
+    SELECT job_id, schedule_name, NULL, schedule_name, fire_time FROM ticked
     RETURNING id, schedule_name, fire_time
 ), newest AS (
     SELECT DISTINCT ON (schedule_name) schedule_name, fire_time, id
