@@ -51,33 +51,37 @@ class RetryPolicy:
     """
 
     max_attempts: int = 3
-    base_delay: float = 1.0
-    max_delay: float = 300.0
+    base_delay: float | dt.timedelta = 1.0
+    max_delay: float | dt.timedelta = 300.0
     factor: float = 2.0
     jitter: float = 0.1
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
-    give_up_on: tuple[type[BaseException], ...] = ()
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,)
+    give_up_on: type[BaseException] | tuple[type[BaseException], ...] = ()
+    # the same, normalised: seconds and tuples
+    base_delay_s: float = dataclasses.field(init=False, repr=False)
+    max_delay_s: float = dataclasses.field(init=False, repr=False)
+    retry_types: tuple[type[BaseException], ...] = dataclasses.field(init=False, repr=False)
+    give_up_types: tuple[type[BaseException], ...] = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
             raise InvalidInputError("max_attempts must be an int")
         if self.max_attempts < 1:
             raise InvalidInputError("max_attempts must be at least 1 (1 means no retries)")
-        object.__setattr__(self, "base_delay", _seconds("base_delay", self.base_delay))
-        object.__setattr__(self, "max_delay", _seconds("max_delay", self.max_delay))
-        if self.max_delay < self.base_delay:
+        object.__setattr__(self, "base_delay_s", _seconds("base_delay", self.base_delay))
+        object.__setattr__(self, "max_delay_s", _seconds("max_delay", self.max_delay))
+        if self.max_delay_s < self.base_delay_s:
             raise InvalidInputError("max_delay must be at least base_delay")
         if not isinstance(self.factor, int | float) or self.factor < 1:
             raise InvalidInputError("factor must be a number >= 1")
         if not isinstance(self.jitter, int | float) or not 0 <= self.jitter <= 1:
             raise InvalidInputError("jitter must be between 0 and 1")
-        for name in ("retry_on", "give_up_on"):
+        for name, normalised in (("retry_on", "retry_types"), ("give_up_on", "give_up_types")):
             value = getattr(self, name)
-            if isinstance(value, type):
-                value = (value,)
-                object.__setattr__(self, name, value)
-            if not all(isinstance(t, type) and issubclass(t, BaseException) for t in value):
+            types = (value,) if isinstance(value, type) else tuple(value)
+            if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
                 raise InvalidInputError(f"{name} must be exception types")
+            object.__setattr__(self, normalised, types)
 
     @classmethod
     def none(cls) -> RetryPolicy:
@@ -90,10 +94,10 @@ def retry_delay(policy: RetryPolicy, attempt: int, unit_random: float = 0.5) -> 
 
     ``unit_random`` in [0, 1) picks the jitter: 0.5 means none, 0 the shortest, 1 the longest.
     """
-    raw = policy.base_delay * policy.factor ** max(attempt - 1, 0)
-    capped = min(raw, policy.max_delay)
+    raw = policy.base_delay_s * policy.factor ** max(attempt - 1, 0)
+    capped = min(raw, policy.max_delay_s)
     spread = 1.0 + policy.jitter * (2.0 * unit_random - 1.0)
-    return max(0.0, min(capped * spread, policy.max_delay))
+    return max(0.0, min(capped * spread, policy.max_delay_s))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +121,9 @@ def decide(
         return Decision(retry=False)
     if isinstance(error, RetryLater):
         return Decision(retry=True, delay=error.delay)
-    if policy.give_up_on and isinstance(error, policy.give_up_on):
+    if isinstance(error, policy.give_up_types):
         return Decision(retry=False)
-    if not isinstance(error, policy.retry_on):
+    if not isinstance(error, policy.retry_types):
         return Decision(retry=False)
     return Decision(retry=True, delay=retry_delay(policy, attempt, rand()))
 

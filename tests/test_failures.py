@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import itertools
 import subprocess
 import sys
 import threading
@@ -28,7 +30,7 @@ def test_fails_twice_then_succeeds_spaced_by_the_policy(q: pgq_nb.Queue) -> None
     job_id = q.enqueue("flaky")
     stats = q.run_until_idle()
     assert (stats.retried, stats.succeeded) == (2, 1)
-    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
     # 0.4 s then 0.8 s, within 10 % jitter, plus a poll interval (0.2 s in tests) of lateness
     assert 0.36 <= gaps[0] <= 0.44 + 0.3, gaps
     assert 0.72 <= gaps[1] <= 0.88 + 0.3, gaps
@@ -43,13 +45,17 @@ def test_fails_twice_then_succeeds_spaced_by_the_policy(q: pgq_nb.Queue) -> None
 
 
 def test_give_up_on_and_retry_on(q: pgq_nb.Queue) -> None:
-    fast = {"base_delay": 0.05, "max_attempts": 4}
-
-    @q.entrypoint("picky", retry=pgq_nb.RetryPolicy(retry_on=(TimeoutError,), **fast))
+    @q.entrypoint(
+        "picky",
+        retry=pgq_nb.RetryPolicy(retry_on=(TimeoutError,), base_delay=0.05, max_attempts=4),
+    )
     def picky(job: pgq_nb.Job) -> None:
         raise (TimeoutError if job.data == "slow" else KeyError)("boom")
 
-    @q.entrypoint("strict", retry=pgq_nb.RetryPolicy(give_up_on=(ValueError,), **fast))
+    @q.entrypoint(
+        "strict",
+        retry=pgq_nb.RetryPolicy(give_up_on=(ValueError,), base_delay=0.05, max_attempts=4),
+    )
     def strict(job: pgq_nb.Job) -> None:
         raise ValueError("bad input")
 
@@ -155,7 +161,7 @@ def test_cancel_queued_running_and_finished(q: pgq_nb.Queue) -> None:
     handle = q.start_worker()
     try:
         assert started.wait(10)
-        queued = q.enqueue("quick", execute_after=pgq_nb.models.dt.timedelta(hours=1))
+        queued = q.enqueue("quick", execute_after=datetime.timedelta(hours=1))
         outcome = q.cancel([queued, running, done, 999_999])
         assert outcome == {
             queued: "cancelled",

@@ -5,6 +5,7 @@ Every job must end in history exactly once, as succeeded; nothing lost, nothing 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -24,7 +25,7 @@ from tests.conftest import SCHEMA, start_worker_process
 def _history(q: pgq_nb.Queue) -> tuple[int, int, int]:
     async def run() -> tuple[int, int, int]:
         row = await q.aio.pool.fetchrow(
-            f"SELECT count(*) AS n, count(DISTINCT id) AS d, "  # noqa: S608
+            f"SELECT count(*) AS n, count(DISTINCT id) AS d, "
             f"count(*) FILTER (WHERE status = 'succeeded') AS ok FROM {q.schema}.history"
         )
         return row["n"], row["d"], row["ok"]
@@ -79,10 +80,8 @@ def test_poison_pill_ends_failed_after_max_attempts(q: pgq_nb.Queue, installed: 
     while q.get_job(job_id).status is not pgq_nb.JobStatus.FAILED:
         assert time.monotonic() < deadline, "the poison pill was never given up"
         proc = start_worker_process(installed, "chaos_app:q")
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=15)  # it dies running the job, or lives on once it failed
-        except subprocess.TimeoutExpired:
-            pass
         _stop_all([proc])
         restarts += 1
     info = q.get_job(job_id)
