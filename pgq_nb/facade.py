@@ -101,6 +101,7 @@ class Queue:
     history = runtime.blocking(AsyncQueue.history)
     results = runtime.blocking(AsyncQueue.results)
     failed = runtime.blocking(AsyncQueue.failed)
+    purge_history = runtime.blocking(AsyncQueue.purge_history)
     requeue_failed = runtime.blocking(AsyncQueue.requeue_failed)
     pause = runtime.blocking(AsyncQueue.pause)
     resume = runtime.blocking(AsyncQueue.resume)

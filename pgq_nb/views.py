@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
+from pgq_nb.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -111,3 +112,12 @@ class Views:
         """Jobs that failed for good (after their retries), newest first, with their errors."""
         frame: pd.DataFrame = await _frames("failed")(self, entrypoint=entrypoint, limit=limit)
         return frame
+
+    @runtime.bridged
+    async def purge_history(self, older_than: dt.timedelta) -> int:
+        """Delete finished jobs older than ``older_than`` (by their finish time), in bulk, and
+        take them off the counters; returns how many went. Retention for long-lived queues."""
+        if not isinstance(older_than, dt.timedelta) or older_than.total_seconds() < 0:
+            raise InvalidInputError("older_than must be a non-negative timedelta")
+        n: int = await _frames("purge_history")(self, older_than)
+        return n
