@@ -12,6 +12,7 @@ q.run_until_idle()
 """
 
 from pgq_nb.config import Settings
+from pgq_nb.cron import Schedule
 from pgq_nb.errors import (
     BlockingCallError,
     ConfigurationError,
@@ -52,6 +53,7 @@ __all__ = [
     "Queue",
     "RetryLater",
     "RetryPolicy",
+    "Schedule",
     "SchemaError",
     "Settings",
     "UnknownEntrypointError",

@@ -219,6 +219,46 @@ def cmd_pause(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedules(args: argparse.Namespace) -> int:
+    listed = _queue(args, install=False).schedule_list()
+    if not listed:
+        print("no schedules yet (they are stored when a worker with @q.schedule handlers starts)")
+        return 0
+
+    def when(value: Any) -> str:
+        return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+    rows = [
+        [
+            s["name"],
+            s["expression"],
+            s["tz"],
+            when(s["next_run"]),
+            when(s["last_run"]),
+            s["last_status"] or "",
+            "yes" if s["enabled"] else "paused",
+            "yes" if s["handler_registered"] else "NO HANDLER",
+        ]
+        for s in listed
+    ]
+    print(
+        _table(
+            [
+                "schedule",
+                "expression",
+                "tz",
+                "next run (UTC)",
+                "last run (UTC)",
+                "last status",
+                "enabled",
+                "worker",
+            ],
+            rows,
+        )
+    )
+    return 0
+
+
 # -- worker --------------------------------------------------------------------------------
 
 
@@ -337,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("--entrypoint", help="every failed job of this entrypoint")
     requeue.add_argument("--all", action="store_true", help="every failed job")
     requeue.set_defaults(func=cmd_requeue)
+    sub.add_parser("schedules", help="cron schedules: next and last run, status").set_defaults(
+        func=cmd_schedules
+    )
     cancel = sub.add_parser("cancel", help="cancel jobs (queued at once, running ones asked)")
     cancel.add_argument("ids", nargs="+", type=int, help="job ids")
     cancel.set_defaults(func=cmd_cancel)

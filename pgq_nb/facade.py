@@ -18,6 +18,7 @@ from pgq_nb.dag import Workflow
 from pgq_nb.queue import AsyncQueue, F, H
 from pgq_nb.resources import Resources
 from pgq_nb.retry import RetryPolicy
+from pgq_nb.schedule_api import S
 from pgq_nb.transaction import AsyncTransaction, Transaction
 from pgq_nb.worker import Worker, WorkerStats
 from pgq_nb.workflow_run import WorkflowRun
@@ -102,6 +103,13 @@ class Queue:
     results = runtime.blocking(AsyncQueue.results)
     failed = runtime.blocking(AsyncQueue.failed)
     purge_history = runtime.blocking(AsyncQueue.purge_history)
+    workflows = runtime.blocking(AsyncQueue.workflows)
+    limits = runtime.blocking(AsyncQueue.limits)
+    schedules = runtime.blocking(AsyncQueue.schedules)
+    schedule_list = runtime.blocking(AsyncQueue.schedule_list)
+    pause_schedule = runtime.blocking(AsyncQueue.pause_schedule)
+    resume_schedule = runtime.blocking(AsyncQueue.resume_schedule)
+    run_schedule_now = runtime.blocking(AsyncQueue.run_schedule_now)
     requeue_failed = runtime.blocking(AsyncQueue.requeue_failed)
     pause = runtime.blocking(AsyncQueue.pause)
     resume = runtime.blocking(AsyncQueue.resume)
@@ -138,6 +146,21 @@ class Queue:
     def resource(self, name: str) -> Callable[[F], F]:
         """Register a factory for ``job.resources[name]``, run once per worker process."""
         return self.aio.resource(name)
+
+    def schedule(
+        self,
+        name: str,
+        expression: str,
+        *,
+        tz: str = "UTC",
+        catch_up: str = "latest",
+        retry: RetryPolicy | None = None,
+        timeout: float | dt.timedelta | None = None,
+    ) -> Callable[[S], S]:
+        """Run the decorated handler on a cron schedule; see :meth:`AsyncQueue.schedule`."""
+        return self.aio.schedule(
+            name, expression, tz=tz, catch_up=catch_up, retry=retry, timeout=timeout
+        )
 
     def transaction(self) -> Transaction:
         """``with q.transaction() as tx:`` — your SQL, jobs, frames and workflows commit

@@ -25,6 +25,8 @@ from pgq_nb.models import Job, check_int
 from pgq_nb.operations import Operations
 from pgq_nb.resources import Resources
 from pgq_nb.retry import RetryPolicy
+from pgq_nb.schedule_api import ScheduleMethods
+from pgq_nb.schedules import ScheduleSpec
 from pgq_nb.transaction import AsyncTransaction
 from pgq_nb.views import Views
 from pgq_nb.workflow_run import AsyncWorkflowRun
@@ -60,7 +62,7 @@ class EntrypointSpec:
         return self.max_running is not None or self.rate_per_s is not None
 
 
-class AsyncQueue(Operations, Views):
+class AsyncQueue(Operations, Views, ScheduleMethods):
     """The async API of a queue. Every method runs on the pgq_nb loop whatever loop awaits it."""
 
     def __init__(
@@ -74,6 +76,8 @@ class AsyncQueue(Operations, Views):
         self.queries = sql.queries(settings.schema)
         self.channel = sql.channel_name(settings.schema)
         self.handlers: dict[str, EntrypointSpec] = {}
+        self.schedule_specs: dict[str, ScheduleSpec] = {}
+        self._unsynced_schedules: set[str] = set()
         self.resources = Resources()
         self._known_remote: set[str] = set()
         self._unsynced: set[str] = set()

@@ -30,8 +30,15 @@ def _frames(name: str) -> Any:
     return getattr(module, name)
 
 
+def _overview(name: str) -> Any:
+    return getattr(importlib.import_module("pgq_nb.notebook.overview"), name)
+
+
 class Views:
     """DataFrames in, DataFrames out (a mixin of AsyncQueue)."""
+
+    pool: Any
+    queries: dict[str, str]
 
     @runtime.bridged
     async def enqueue_df(
@@ -121,3 +128,18 @@ class Views:
             raise InvalidInputError("older_than must be a non-negative timedelta")
         n: int = await _frames("purge_history")(self, older_than)
         return n
+
+    @runtime.bridged
+    async def workflows(self, limit: int = 50, name: str | None = None) -> pd.DataFrame:
+        """The newest workflow runs, with their steps per status and the share done."""
+        rows = await self.pool.fetch(self.queries["list_workflows"], limit, name)
+        frame: pd.DataFrame = _overview("workflows_frame")(rows)
+        return frame
+
+    @runtime.bridged
+    async def limits(self) -> pd.DataFrame:
+        """Entrypoints with a global limit (max_running, rate_limit) or a pause, with how many
+        of their jobs run and wait."""
+        rows = await self.pool.fetch(self.queries["flow_overview"])
+        frame: pd.DataFrame = _overview("flow_frame")(rows)
+        return frame

@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from pgq_nb import db
+from pgq_nb import db, schedules
 from pgq_nb.completion import (
     ALREADY_RECORDED,
     Finished,
@@ -35,6 +35,7 @@ from pgq_nb.errors import InvalidInputError, PgqError, UnknownEntrypointError
 from pgq_nb.models import Job, encode_result
 from pgq_nb.queue import AsyncQueue, EntrypointSpec
 from pgq_nb.retry import JobTimeoutError, decide
+from pgq_nb.scheduler import run_scheduler
 from pgq_nb.workflow_run import group_results
 
 logger = logging.getLogger("pgq_nb.worker")
@@ -112,6 +113,7 @@ class Worker:
         self._paused: set[str] = set()  # entrypoints nobody may claim now
         self._slotted: set[int] = set()  # running and unflushed jobs holding a global slot
         self._rate_timer: asyncio.TimerHandle | None = None
+        self._schedules = [s for n, s in queue.schedule_specs.items() if n in self.specs]
         self._per_entrypoint: Counter[str] = Counter()
         self._finished: list[Finished] = []
         self._wake = asyncio.Event()
@@ -140,6 +142,13 @@ class Worker:
             asyncio.create_task(self._flush_loop(), name="pgq_nb-flush"),
             asyncio.create_task(self._heartbeat_loop(), name="pgq_nb-heartbeat"),
         ]
+        if self._schedules:
+            background.append(
+                asyncio.create_task(
+                    run_scheduler(self.queue, [s.name for s in self._schedules]),
+                    name="pgq_nb-scheduler",
+                )
+            )
         claiming = asyncio.create_task(self._claim_loop(), name="pgq_nb-claim")
         cancelled = False
         try:
@@ -161,6 +170,8 @@ class Worker:
         await self.queue.resources.open()
         async with self.queue.pool.acquire() as conn:
             await self.queue._register_entrypoints(conn, list(self.specs))
+            if self._schedules:
+                await schedules.register(conn, self._q, self._schedules)
             self._paused = {r["name"] for r in await conn.fetch(self._q["paused_entrypoints"])}
             self.worker_id = await conn.fetchval(
                 self._q["register_worker"],

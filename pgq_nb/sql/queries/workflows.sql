@@ -157,3 +157,25 @@ WITH moved AS (
     WHERE id = $1 AND EXISTS (SELECT 1 FROM moved)
 )
 SELECT count(*)::integer FROM requeued;
+
+-- name: list_workflows
+-- The newest runs with their steps counted per status (through the workflow_id indexes).
+-- params: $1 limit, $2 name (NULL = any)
+WITH runs AS (
+    SELECT id, name, status, steps, created, finished FROM {schema}.workflows
+    WHERE $2::text IS NULL OR name = $2
+    ORDER BY id DESC
+    LIMIT $1
+), counts AS (
+    SELECT workflow_id, status, count(*)::integer AS n FROM {schema}.jobs
+    WHERE workflow_id IN (SELECT id FROM runs) GROUP BY workflow_id, status
+    UNION ALL
+    SELECT workflow_id, status, count(*)::integer FROM {schema}.history
+    WHERE workflow_id IN (SELECT id FROM runs) GROUP BY workflow_id, status
+)
+SELECT r.id, r.name, r.status, r.steps, r.created, r.finished,
+    coalesce(jsonb_object_agg(c.status, c.n) FILTER (WHERE c.status IS NOT NULL), '{}')
+        AS counts
+FROM runs AS r LEFT JOIN counts AS c ON c.workflow_id = r.id
+GROUP BY r.id, r.name, r.status, r.steps, r.created, r.finished
+ORDER BY r.id DESC;

@@ -1,0 +1,145 @@
+"""Cron schedules on the queue: ``@q.schedule(name, expression)`` and their management.
+
+A schedule's ticks are jobs of an entrypoint with the schedule's name, so they get retries,
+history, results and the views like any other job. Every worker that has the handler fires
+due ticks; a unique (schedule, fire time) record makes a second fire impossible.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pgq_nb import runtime, schedules
+from pgq_nb.cron import Schedule
+from pgq_nb.errors import InvalidInputError
+from pgq_nb.models import Job
+from pgq_nb.retry import RetryPolicy
+from pgq_nb.schedules import ScheduleSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+S = TypeVar("S", bound=Callable[[Schedule], Any])
+
+
+class ScheduleMethods:
+    """Schedules (a mixin of AsyncQueue)."""
+
+    pool: Any
+    queries: dict[str, str]
+    schedule_specs: dict[str, ScheduleSpec]
+    handlers: dict[str, Any]
+    settings: Any
+    entrypoint: Callable[..., Callable[[Any], Any]]  # AsyncQueue.entrypoint
+    _unsynced_schedules: set[str]
+
+    async def _sync_schedules(self) -> None:
+        """Store schedules declared here since the last sync (so a notebook can list, pause
+        or run them before any worker started)."""
+        if self._unsynced_schedules:
+            names = sorted(self._unsynced_schedules)
+            await schedules.register(
+                self.pool, self.queries, [self.schedule_specs[n] for n in names]
+            )
+            self._unsynced_schedules.difference_update(names)
+
+    def schedule(
+        self,
+        name: str,
+        expression: str,
+        *,
+        tz: str = "UTC",
+        catch_up: str = "latest",
+        retry: RetryPolicy | None = None,
+        timeout: float | dt.timedelta | None = None,
+    ) -> Callable[[S], S]:
+        """Run the decorated handler on a cron schedule: ``"0 * * * *"`` (hourly), or six
+        fields with seconds first. It receives a :class:`Schedule` (name, expression, tz,
+        fire_time, last_fire_time). ``catch_up`` says what to fire for ticks missed while no
+        worker ran: ``"latest"`` (the newest only), ``"all"`` (each, up to 100) or ``"skip"``.
+        An invalid expression or time zone is refused here, naming the bad field.
+        """
+        spec = ScheduleSpec(name=name, expression=expression, tz=tz, catch_up=catch_up)
+        if name in self.handlers and name not in self.schedule_specs:
+            raise InvalidInputError(
+                f"{name!r} is already an entrypoint; a schedule's ticks are jobs of an "
+                "entrypoint with the schedule's name, so give the schedule another name"
+            )
+
+        def register(handler: S) -> S:
+            if not callable(handler):
+                raise InvalidInputError(f"@schedule({name!r}) must decorate a function")
+            queries, pool = self.queries, self.pool
+
+            if inspect.iscoroutinefunction(handler):
+
+                async def run_tick(job: Job) -> Any:
+                    tick = await schedules.schedule_for_tick(pool, queries, name, _fire(job))
+                    return await handler(tick)
+
+                self.entrypoint(name, retry=retry, timeout=timeout)(run_tick)
+            else:
+
+                def run_tick_sync(job: Job) -> Any:
+                    tick = runtime.run_sync(
+                        schedules.schedule_for_tick(pool, queries, name, _fire(job))
+                    )
+                    return handler(tick)
+
+                self.entrypoint(name, retry=retry, timeout=timeout)(run_tick_sync)
+            self.schedule_specs[name] = spec
+            self._unsynced_schedules.add(name)
+            return handler
+
+        return register
+
+    @runtime.bridged
+    async def schedule_list(self) -> list[dict[str, Any]]:
+        """Every stored schedule as dicts (see :func:`pgq_nb.schedules.list_schedules`)."""
+        await self._sync_schedules()
+        return await schedules.list_schedules(
+            self.pool,
+            self.queries,
+            set(self.schedule_specs),
+            heartbeat_timeout_s=self.settings.heartbeat_timeout,
+        )
+
+    @runtime.bridged
+    async def schedules(self) -> pd.DataFrame:
+        """Schedules as a DataFrame: name, expression, tz, next_run, last_run, last_status,
+        enabled, and whether any live worker (or this process) has its handler."""
+        import importlib
+
+        frames = importlib.import_module("pgq_nb.notebook.overview")
+        frame: pd.DataFrame = frames.schedules_frame(await self.schedule_list())
+        return frame
+
+    @runtime.bridged
+    async def pause_schedule(self, name: str) -> None:
+        """Stop firing ``name`` until resumed (queued ticks stay queued)."""
+        await self._sync_schedules()
+        await schedules.pause(self.pool, self.queries, name)
+
+    @runtime.bridged
+    async def resume_schedule(self, name: str) -> dt.datetime:
+        """Fire ``name`` again, from its next tick after now; returns that tick."""
+        await self._sync_schedules()
+        return await schedules.resume(self.pool, self.queries, name)
+
+    @runtime.bridged
+    async def run_schedule_now(self, name: str) -> int:
+        """Queue a run of ``name`` now (the next cron tick still fires); returns its job id."""
+        await self._sync_schedules()
+        return await schedules.run_now(self.pool, self.queries, name)
+
+
+def _fire(job: Job) -> dt.datetime:
+    if job.fire_time is None:
+        raise InvalidInputError(
+            f"job {job.id} of schedule {job.entrypoint!r} has no fire time; schedule jobs are "
+            "made by the scheduler (or q.run_schedule_now), not by q.enqueue"
+        )
+    return job.fire_time

@@ -1,0 +1,45 @@
+"""The scheduler loop every worker runs for the schedules it has handlers for.
+
+It fires due ticks (exactly once, whichever worker gets there first), then sleeps until the
+next tick is due, waking at least every second so that a resumed or changed schedule is seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING
+
+from pgq_nb import db, schedules
+
+if TYPE_CHECKING:
+    from pgq_nb.queue import AsyncQueue
+
+logger = logging.getLogger("pgq_nb.scheduler")
+
+#: Longest sleep between looks at the schedules table.
+MAX_SLEEP = 1.0
+#: How often old tick records are pruned.
+PRUNE_EVERY = dt.timedelta(hours=1)
+
+
+async def run_scheduler(queue: AsyncQueue, names: list[str]) -> None:
+    """Fire due ticks of ``names`` until cancelled."""
+    pruned = dt.datetime.now(dt.UTC)
+    while True:
+        delay = MAX_SLEEP
+        try:
+            fired = await schedules.fire_due(queue.pool, queue.queries, names)
+            if fired:
+                logger.info("fired schedule ticks", extra={"job_ids": fired})
+            wake = await schedules.next_wakeup(queue.pool, queue.queries, names)
+            now = dt.datetime.now(dt.UTC)
+            if wake is not None:
+                delay = min(MAX_SLEEP, max((wake - now).total_seconds(), 0.001))
+            if now - pruned > PRUNE_EVERY:
+                await schedules.prune_ticks(queue.pool, queue.queries)
+                pruned = now
+        except db.TRANSIENT_ERRORS as exc:
+            logger.warning("scheduler could not reach the database", extra={"error": str(exc)})
+        await asyncio.sleep(delay)
