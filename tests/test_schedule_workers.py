@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import itertools
 import signal
 import statistics
 import subprocess
@@ -63,7 +64,7 @@ def test_per_second_schedule_in_a_notebook_worker(q: pgq_nb.Queue) -> None:
     times = [s.fire_time for s in seen]
     assert len(times) >= 3
     assert len(set(times)) == len(times)
-    assert all(b - a == dt.timedelta(seconds=1) for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a == dt.timedelta(seconds=1) for a, b in itertools.pairwise(times))
     assert str(seen[0].fire_time.tzinfo) == "Europe/Oslo"
     assert all(s.last_fire_time == times[i] for i, s in enumerate(seen[1:]))
 
