@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import html
+import importlib
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -175,6 +176,18 @@ class Queue:
     def workflow_run(self, workflow_id: int) -> WorkflowRun:
         """A submitted run by id (for example after a kernel restart)."""
         return WorkflowRun(runtime.run_sync(self.aio.workflow_run(workflow_id)))
+
+    def dashboard(self, refresh: float | dt.timedelta = 2.0) -> Any:
+        """A live ipywidgets dashboard: overview, failures (with requeue buttons), schedules
+        and workflows. It refreshes itself from the pgq_nb loop thread every ``refresh``
+        seconds while other cells run; ``dash.stop()`` (or closing it) ends that."""
+        module = importlib.import_module("pgq_nb.notebook.dashboard")
+        return module.dashboard(self, refresh=refresh)
+
+    def plot_throughput(self, since: str | dt.timedelta = "1h") -> Any:
+        """A matplotlib figure of finished jobs per minute, by status, over ``since``."""
+        module = importlib.import_module("pgq_nb.notebook.charts")
+        return module.plot_throughput(self, since=since)
 
     def _repr_html_(self) -> str:
         counts = self.counts()
