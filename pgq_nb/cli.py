@@ -339,6 +339,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    # pandas lives in the notebook layer; load the demo only when asked for
+    demo = importlib.import_module("pgq_nb.demo")
+    demo.run_demo(args.dsn, schema=args.schema or "pgq_nb_demo")
+    return 0
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -390,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser_ = sub.add_parser(verb, help=text)
         parser_.add_argument("entrypoint")
         parser_.set_defaults(func=cmd_pause)
+
+    sub.add_parser(
+        "demo", help="the whole story on sample data, in its own schema (pgq_nb_demo)"
+    ).set_defaults(func=cmd_demo)
 
     worker = sub.add_parser("worker", help="run a worker process")
     worker.add_argument("target", help="MODULE:ATTR naming the Queue, e.g. mypipeline:q")
