@@ -14,8 +14,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import os
-import socket
 import traceback
 from collections import Counter
 from collections.abc import Awaitable
@@ -23,20 +21,20 @@ from typing import Any
 
 import asyncpg
 
-from pgq_nb import db, schedules
+from pgq_nb import db
+from pgq_nb.claiming import Claiming
 from pgq_nb.completion import (
     ALREADY_RECORDED,
     Finished,
     record,
     run_transactional,
-    settle_steps,
 )
-from pgq_nb.errors import InvalidInputError, PgqError, UnknownEntrypointError
+from pgq_nb.errors import InvalidInputError, UnknownEntrypointError
 from pgq_nb.models import Job, encode_result
 from pgq_nb.queue import AsyncQueue, EntrypointSpec
 from pgq_nb.retry import JobTimeoutError, decide
 from pgq_nb.scheduler import run_scheduler
-from pgq_nb.workflow_run import group_results
+from pgq_nb.worker_upkeep import Upkeep
 
 logger = logging.getLogger("pgq_nb.worker")
 
@@ -66,7 +64,7 @@ async def _limit(call: Awaitable[Any], seconds: float) -> Any:
         raise JobTimeoutError(f"the handler ran longer than its timeout of {seconds:g} s") from None
 
 
-class Worker:
+class Worker(Claiming, Upkeep):
     """Runs the handlers of one queue. Use :meth:`run`; stop with :meth:`request_stop`."""
 
     def __init__(
@@ -166,54 +164,6 @@ class Worker:
                 raise task.exception()  # type: ignore[misc]
         return self.stats
 
-    async def _register(self) -> None:
-        await self.queue.resources.open()
-        async with self.queue.pool.acquire() as conn:
-            await self.queue._register_entrypoints(conn, list(self.specs))
-            if self._schedules:
-                await schedules.register(conn, self._q, self._schedules)
-            self._paused = {r["name"] for r in await conn.fetch(self._q["paused_entrypoints"])}
-            self.worker_id = await conn.fetchval(
-                self._q["register_worker"],
-                socket.gethostname(),
-                os.getpid(),
-                list(self.specs),
-                self.concurrency,
-            )
-        if any(not s.is_async for s in self.specs.values()):
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.concurrency, thread_name_prefix="pgq_nb-job"
-            )
-        await self._listen()
-        logger.info("worker started", extra={"worker_id": self.worker_id})
-
-    async def _listen(self) -> None:
-        try:
-            self._listener = await db.connect_one(self.queue.dsn)
-            await self._listener.add_listener(self.queue.channel, self._on_notify)
-        except (PgqError, OSError, asyncpg.PostgresError) as exc:
-            logger.warning("LISTEN failed; polling only", extra={"error": str(exc)})
-            self._listener = None
-
-    def _on_notify(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        kind, _, rest = payload.partition(":")
-        if kind == "cancel":
-            self._cancel([int(i) for i in rest.split(",") if i])
-        elif kind == "pause":
-            self._paused.add(rest)
-        else:
-            if kind == "resume":
-                self._paused.discard(rest)
-            self._wake.set()
-
-    def _cancel(self, ids: list[int]) -> None:
-        """Cancel the given jobs if this worker runs them (async handlers are interrupted)."""
-        for job_id in ids:
-            running = self._running.get(job_id)
-            if running is not None and job_id not in self._cancelling:
-                self._cancelling.add(job_id)
-                running[1].cancel()
-
     async def _shutdown(self, background: list[asyncio.Task[Any]], *, graceful: bool) -> None:
         self._stopping.set()
         if graceful and self._running:
@@ -281,66 +231,6 @@ class Worker:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
-
-    def _claim_groups(self, limit: int) -> list[tuple[list[str], int, bool]]:
-        """(entrypoints, how many, limited) per claim statement: one for every entrypoint
-        without a cap, one each for those with a cap here or a limit across workers."""
-        plain: list[str] = []
-        groups: list[tuple[list[str], int, bool]] = []
-        for name, spec in self.specs.items():
-            if name in self._paused:
-                continue
-            if spec.concurrency is None and not spec.limited:
-                plain.append(name)
-                continue
-            room = limit
-            if spec.concurrency is not None:
-                room = min(room, spec.concurrency - self._per_entrypoint[name])
-            if room > 0:
-                groups.append(([name], room, spec.limited))
-        if plain:
-            groups.insert(0, (plain, limit, False))
-        return groups
-
-    async def _claim(self, limit: int) -> list[Job]:
-        jobs: list[Job] = []
-        async with self.queue.pool.acquire() as conn:
-            for names, n, limited in self._claim_groups(limit):
-                n = min(n, limit - len(jobs))
-                if n <= 0:
-                    break
-                if limited:
-                    rows = await conn.fetch(self._q["claim_limited"], names[0], n, self.worker_id)
-                    self._after_limited_claim(names[0], asked=n, got=len(rows))
-                else:
-                    rows = await conn.fetch(self._q["claim_jobs"], names, n, self.worker_id)
-                jobs.extend(Job(**row) for row in rows)
-            children = [j.id for j in jobs if j.workflow_id is not None]
-            if children:
-                await self._attach_parent_results(conn, jobs, children)
-        jobs.sort(key=lambda j: (-j.priority, j.id))
-        return jobs
-
-    def _after_limited_claim(self, name: str, *, asked: int, got: int) -> None:
-        """A rate-limited claim that got less than it asked for may have run out of tokens:
-        look again when the next token is due (slots announce themselves by NOTIFY)."""
-        rate = self.specs[name].rate_per_s
-        if rate and got < asked and self._rate_timer is None:
-
-            def wake() -> None:
-                self._rate_timer = None
-                self._wake.set()
-
-            self._rate_timer = asyncio.get_running_loop().call_later(1.0 / rate, wake)
-
-    async def _attach_parent_results(self, conn: Any, jobs: list[Job], ids: list[int]) -> None:
-        rows = await conn.fetch(self._q["parent_results"], ids)
-        by_child: dict[int, list[Any]] = {}
-        for row in rows:
-            by_child.setdefault(row["child_id"], []).append(row)
-        for job in jobs:
-            if job.id in by_child:
-                job._parents = group_results(by_child[job.id])
 
     async def _idle(self) -> bool:
         names = list(self.specs)
@@ -478,48 +368,3 @@ class Worker:
         self._slotted.difference_update(ids)
 
     # -- heartbeat ---------------------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        settings = self.queue.settings
-        while True:
-            await asyncio.sleep(settings.heartbeat_interval)
-            try:
-                async with self.queue.pool.acquire() as conn:
-                    alive = await conn.fetchval(self._q["heartbeat_worker"], self.worker_id)
-                    if alive is None:
-                        logger.warning(
-                            "this worker was presumed dead and its jobs requeued; re-registering",
-                            extra={"worker_id": self.worker_id},
-                        )
-                        self.worker_id = await conn.fetchval(
-                            self._q["register_worker"],
-                            socket.gethostname(),
-                            os.getpid(),
-                            list(self.specs),
-                            self.concurrency,
-                        )
-                    async with conn.transaction():
-                        reclaimed = await conn.fetch(
-                            self._q["reclaim_stale"], settings.heartbeat_timeout
-                        )
-                        lost = [r for r in reclaimed if not r["requeued"]]
-                        await settle_steps(conn, self._q, lost, [])
-                    if reclaimed:
-                        await conn.execute(self._q["notify_jobs"])
-                        logger.warning(
-                            "reclaimed jobs of dead workers",
-                            extra={
-                                "requeued": [r["id"] for r in reclaimed if r["requeued"]],
-                                "failed": [r["id"] for r in reclaimed if not r["requeued"]],
-                            },
-                        )
-                    wanted = await conn.fetch(self._q["cancel_requested"], self.worker_id)
-                    if wanted:
-                        self._cancel([r["id"] for r in wanted])
-                    await conn.execute(self._q["sweep_slots"])
-                    paused = await conn.fetch(self._q["paused_entrypoints"])
-                    self._paused = {r["name"] for r in paused}
-                if self._listener is None or self._listener.is_closed():
-                    await self._listen()
-            except db.TRANSIENT_ERRORS as exc:
-                logger.warning("heartbeat failed", extra={"error": str(exc)})

@@ -1,0 +1,88 @@
+"""How a worker claims: which claim statements to run for its entrypoints, and what a claimed
+workflow step needs (its parents' results). A base class of :class:`pgq_nb.worker.Worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from pgq_nb.models import Job
+from pgq_nb.workflow_run import group_results
+
+if TYPE_CHECKING:
+    from pgq_nb.queue import AsyncQueue, EntrypointSpec
+
+
+class Claiming:
+    """Claim statements for a worker's entrypoints."""
+
+    queue: AsyncQueue
+    specs: dict[str, EntrypointSpec]
+    worker_id: int | None
+    _q: dict[str, str]
+    _paused: set[str]
+    _per_entrypoint: Counter[str]
+    _rate_timer: asyncio.TimerHandle | None
+    _wake: asyncio.Event
+
+    def _claim_groups(self, limit: int) -> list[tuple[list[str], int, bool]]:
+        """(entrypoints, how many, limited) per claim statement: one for every entrypoint
+        without a cap, one each for those with a cap here or a limit across workers."""
+        plain: list[str] = []
+        groups: list[tuple[list[str], int, bool]] = []
+        for name, spec in self.specs.items():
+            if name in self._paused:
+                continue
+            if spec.concurrency is None and not spec.limited:
+                plain.append(name)
+                continue
+            room = limit
+            if spec.concurrency is not None:
+                room = min(room, spec.concurrency - self._per_entrypoint[name])
+            if room > 0:
+                groups.append(([name], room, spec.limited))
+        if plain:
+            groups.insert(0, (plain, limit, False))
+        return groups
+
+    async def _claim(self, limit: int) -> list[Job]:
+        jobs: list[Job] = []
+        async with self.queue.pool.acquire() as conn:
+            for names, n, limited in self._claim_groups(limit):
+                n = min(n, limit - len(jobs))
+                if n <= 0:
+                    break
+                if limited:
+                    rows = await conn.fetch(self._q["claim_limited"], names[0], n, self.worker_id)
+                    self._after_limited_claim(names[0], asked=n, got=len(rows))
+                else:
+                    rows = await conn.fetch(self._q["claim_jobs"], names, n, self.worker_id)
+                jobs.extend(Job(**row) for row in rows)
+            children = [j.id for j in jobs if j.workflow_id is not None]
+            if children:
+                await self._attach_parent_results(conn, jobs, children)
+        jobs.sort(key=lambda j: (-j.priority, j.id))
+        return jobs
+
+    def _after_limited_claim(self, name: str, *, asked: int, got: int) -> None:
+        """A rate-limited claim that got less than it asked for may have run out of tokens:
+        look again when the next token is due (slots announce themselves by NOTIFY)."""
+        rate = self.specs[name].rate_per_s
+        if rate and got < asked and self._rate_timer is None:
+
+            def wake() -> None:
+                self._rate_timer = None
+                self._wake.set()
+
+            self._rate_timer = asyncio.get_running_loop().call_later(1.0 / rate, wake)
+
+    async def _attach_parent_results(self, conn: Any, jobs: list[Job], ids: list[int]) -> None:
+        rows = await conn.fetch(self._q["parent_results"], ids)
+        by_child: dict[int, list[Any]] = {}
+        for row in rows:
+            by_child.setdefault(row["child_id"], []).append(row)
+        for job in jobs:
+            if job.id in by_child:
+                job._parents = group_results(by_child[job.id])

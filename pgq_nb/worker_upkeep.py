@@ -1,0 +1,136 @@
+"""A worker's upkeep: registration, LISTEN/NOTIFY, cancel requests, heartbeats, reclaiming.
+
+A base class of :class:`pgq_nb.worker.Worker`, kept apart from the claim/run/complete loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from pgq_nb import db, schedules
+from pgq_nb.completion import settle_steps
+from pgq_nb.errors import PgqError
+
+if TYPE_CHECKING:
+    from pgq_nb.models import Job
+    from pgq_nb.queue import AsyncQueue, EntrypointSpec
+    from pgq_nb.schedules import ScheduleSpec
+
+logger = logging.getLogger("pgq_nb.worker")
+
+
+class Upkeep:
+    """Everything a worker does besides running jobs."""
+
+    queue: AsyncQueue
+    specs: dict[str, EntrypointSpec]
+    concurrency: int
+    worker_id: int | None
+    _q: dict[str, str]
+    _listener: asyncpg.Connection | None
+    _wake: asyncio.Event
+    _running: dict[int, tuple[Job, asyncio.Future[Any]]]
+    _cancelling: set[int]
+    _paused: set[str]
+    _schedules: list[ScheduleSpec]
+    _executor: Any
+
+    async def _register(self) -> None:
+        await self.queue.resources.open()
+        async with self.queue.pool.acquire() as conn:
+            await self.queue._register_entrypoints(conn, list(self.specs))
+            if self._schedules:
+                await schedules.register(conn, self._q, self._schedules)
+            self._paused = {r["name"] for r in await conn.fetch(self._q["paused_entrypoints"])}
+            self.worker_id = await conn.fetchval(
+                self._q["register_worker"],
+                socket.gethostname(),
+                os.getpid(),
+                list(self.specs),
+                self.concurrency,
+            )
+        if any(not s.is_async for s in self.specs.values()):
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix="pgq_nb-job"
+            )
+        await self._listen()
+        logger.info("worker started", extra={"worker_id": self.worker_id})
+
+    async def _listen(self) -> None:
+        try:
+            self._listener = await db.connect_one(self.queue.dsn)
+            await self._listener.add_listener(self.queue.channel, self._on_notify)
+        except (PgqError, OSError, asyncpg.PostgresError) as exc:
+            logger.warning("LISTEN failed; polling only", extra={"error": str(exc)})
+            self._listener = None
+
+    def _on_notify(self, connection: Any, pid: int, channel: str, payload: str) -> None:
+        kind, _, rest = payload.partition(":")
+        if kind == "cancel":
+            self._cancel([int(i) for i in rest.split(",") if i])
+        elif kind == "pause":
+            self._paused.add(rest)
+        else:
+            if kind == "resume":
+                self._paused.discard(rest)
+            self._wake.set()
+
+    def _cancel(self, ids: list[int]) -> None:
+        """Cancel the given jobs if this worker runs them (async handlers are interrupted)."""
+        for job_id in ids:
+            running = self._running.get(job_id)
+            if running is not None and job_id not in self._cancelling:
+                self._cancelling.add(job_id)
+                running[1].cancel()
+
+    async def _heartbeat_loop(self) -> None:
+        settings = self.queue.settings
+        while True:
+            await asyncio.sleep(settings.heartbeat_interval)
+            try:
+                async with self.queue.pool.acquire() as conn:
+                    alive = await conn.fetchval(self._q["heartbeat_worker"], self.worker_id)
+                    if alive is None:
+                        logger.warning(
+                            "this worker was presumed dead and its jobs requeued; re-registering",
+                            extra={"worker_id": self.worker_id},
+                        )
+                        self.worker_id = await conn.fetchval(
+                            self._q["register_worker"],
+                            socket.gethostname(),
+                            os.getpid(),
+                            list(self.specs),
+                            self.concurrency,
+                        )
+                    async with conn.transaction():
+                        reclaimed = await conn.fetch(
+                            self._q["reclaim_stale"], settings.heartbeat_timeout
+                        )
+                        lost = [r for r in reclaimed if not r["requeued"]]
+                        await settle_steps(conn, self._q, lost, [])
+                    if reclaimed:
+                        await conn.execute(self._q["notify_jobs"])
+                        logger.warning(
+                            "reclaimed jobs of dead workers",
+                            extra={
+                                "requeued": [r["id"] for r in reclaimed if r["requeued"]],
+                                "failed": [r["id"] for r in reclaimed if not r["requeued"]],
+                            },
+                        )
+                    wanted = await conn.fetch(self._q["cancel_requested"], self.worker_id)
+                    if wanted:
+                        self._cancel([r["id"] for r in wanted])
+                    await conn.execute(self._q["sweep_slots"])
+                    paused = await conn.fetch(self._q["paused_entrypoints"])
+                    self._paused = {r["name"] for r in paused}
+                if self._listener is None or self._listener.is_closed():
+                    await self._listen()
+            except db.TRANSIENT_ERRORS as exc:
+                logger.warning("heartbeat failed", extra={"error": str(exc)})
