@@ -13,7 +13,7 @@ from __future__ import annotations
 import types
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import runtime
+from pgq_nb import db, runtime
 
 if TYPE_CHECKING:
     import asyncpg
@@ -60,6 +60,10 @@ class AsyncTransaction:
             self._tx = None
             self._open = False
             if self._release is not None and self.connection is not None:
+                try:
+                    await db.reset_session(self.connection)  # user SQL may have SET things
+                except Exception:  # a broken connection: the pool replaces it
+                    self.connection.terminate()
                 await self._release.release(self.connection)
                 self.connection = None
                 self._release = None

@@ -209,7 +209,9 @@ class Worker(Claiming, Upkeep):
         low_water = max(1, min(self.batch_size, self.concurrency) // 4)
         backlog = False
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._running)
+            # a finished job holds its slot until it is recorded: if recording falls behind,
+            # claiming waits for it instead of piling up picked jobs
+            free = self.concurrency - len(self._running) - len(self._finished)
             if free < (low_water if backlog else 1):
                 self._slot_free.clear()
                 await self._slot_free.wait()
@@ -366,5 +368,6 @@ class Worker(Claiming, Upkeep):
             raise
         self._steps.difference_update(ids)
         self._slotted.difference_update(ids)
+        self._slot_free.set()  # their slots are free now
 
     # -- heartbeat ---------------------------------------------------------------------------

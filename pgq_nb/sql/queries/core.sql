@@ -64,6 +64,10 @@ RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
 -- counts itself off its children's pending_deps (under each child's row lock; a child at zero
 -- becomes claimable, and workers are woken). Only jobs this worker still holds are touched: a
 -- job reclaimed from it in the meantime is left alone. Returns the jobs moved to history.
+-- (worker_id is set exactly while a job is picked. It is compared with IS NOT DISTINCT FROM,
+-- which no index serves, so that the planner finds the batch's rows by primary key: with
+-- `worker_id = $1 AND status = 'picked'` it drove the join from jobs_picked_idx whenever its
+-- statistics said no job was picked, a nested loop over every running job per batch row.)
 -- params: $1 worker id, $2 ids bigint[], $3 outcomes text[] (succeeded, failed, cancelled,
 --   retry), $4 results text[] (JSON), $5 errors text[], $6 tracebacks text[],
 --   $7 started timestamptz[], $8 finished timestamptz[], $9 retry delays in seconds float[]
@@ -80,12 +84,12 @@ WITH d AS (
         errors = coalesce(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
             'attempt', j.attempts, 'error', d.error, 'at', d.finished))
     FROM d
-    WHERE j.id = d.id AND d.outcome = 'retry' AND j.worker_id = $1 AND j.status = 'picked'
+    WHERE j.id = d.id AND d.outcome = 'retry' AND j.worker_id IS NOT DISTINCT FROM $1
     RETURNING j.id
 ), done AS (
     DELETE FROM {schema}.jobs AS j
     USING d
-    WHERE j.id = d.id AND d.outcome <> 'retry' AND j.worker_id = $1 AND j.status = 'picked'
+    WHERE j.id = d.id AND d.outcome <> 'retry' AND j.worker_id IS NOT DISTINCT FROM $1
     RETURNING j.id, j.entrypoint, j.payload, j.priority, d.outcome, j.attempts, j.dedupe_key,
         d.result, d.error, d.traceback,
         CASE WHEN d.error IS NULL THEN j.errors

@@ -1,0 +1,253 @@
+"""Shared pieces of the benchmark harness: sizes, result rows, timing and pgq_nb helpers.
+
+pgq_nb code runs on pgq_nb's own event-loop thread (``on_pgq_nb_loop``), the way a notebook
+uses it; PgQueuer code runs in a fresh ``asyncio.run`` loop in the main thread (see
+``benchmarks.pgqueuer_env``). Only one of the two is busy at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import statistics
+import sys
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pgq_nb
+from pgq_nb import runtime
+
+T = TypeVar("T")
+
+STOP_TIMEOUT = 30.0  # seconds a stopping worker gets before it is cancelled
+PGQ_NB = "pgq_nb"
+PGQUEUER = "PgQueuer"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sizes:
+    """How much work each scenario does; ``quick()`` for a ~2 minute run, ``full()`` else."""
+
+    quick: bool
+    repeats: int
+    enqueue_jobs: int
+    enqueue_chunk_pgq_nb: int = 10_000
+    enqueue_batch_pgqueuer: int = 1_000
+    drain_jobs: int
+    drain_cap: float  # seconds; a slower drain stops there and reports what it finished
+    sustained_seconds: float
+    sustained_warmup: float = 1.0
+    sustained_batch: int = 100
+    latency_jobs: int
+    latency_gap: float = 0.010
+    claim_small: int = 10_000
+    claim_big: int
+    claim_batch: int = 32
+    claim_runs: int = 200
+    history_rows: int
+    stats_runs: int = 20
+    fan_in_steps: int
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(
+            quick=False,
+            repeats=3,
+            enqueue_jobs=100_000,
+            drain_jobs=50_000,
+            drain_cap=90.0,
+            sustained_seconds=20.0,
+            latency_jobs=500,
+            claim_big=1_000_000,
+            history_rows=1_000_000,
+            fan_in_steps=10_000,
+        )
+
+    @classmethod
+    def quick_run(cls) -> Sizes:
+        return cls(
+            quick=True,
+            repeats=2,
+            enqueue_jobs=20_000,
+            drain_jobs=10_000,
+            drain_cap=30.0,
+            sustained_seconds=8.0,
+            latency_jobs=150,
+            claim_big=200_000,
+            history_rows=200_000,
+            fan_in_steps=1_000,
+        )
+
+
+@dataclasses.dataclass(kw_only=True)
+class Row:
+    """One line of the result table: per-repeat figures of each system, and their medians.
+
+    ``ratio`` is pgq_nb's advantage: pgq_nb / PgQueuer for rates, PgQueuer / pgq_nb for
+    times, so above 1 always means pgq_nb did better. Rows measuring pgq_nb alone may set
+    ``ratio`` themselves (for example claim time at 1,000,000 queued over 10,000 queued).
+    """
+
+    scenario: str
+    unit: str  # "jobs/s" or "ms"
+    higher_is_better: bool
+    pgq_nb: list[float] = dataclasses.field(default_factory=list)
+    pgqueuer: list[float] = dataclasses.field(default_factory=list)
+    target: str = ""
+    note: str = ""
+    ratio: float | None = None
+
+    @property
+    def pgq_nb_median(self) -> float | None:
+        return statistics.median(self.pgq_nb) if self.pgq_nb else None
+
+    @property
+    def pgqueuer_median(self) -> float | None:
+        return statistics.median(self.pgqueuer) if self.pgqueuer else None
+
+    @property
+    def advantage(self) -> float | None:
+        if self.ratio is not None:
+            return self.ratio
+        ours, theirs = self.pgq_nb_median, self.pgqueuer_median
+        if ours is None or theirs is None or ours <= 0 or theirs <= 0:
+            return None
+        return ours / theirs if self.higher_is_better else theirs / ours
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "unit": self.unit,
+            "higher_is_better": self.higher_is_better,
+            "pgq_nb": self.pgq_nb,
+            "pgqueuer": self.pgqueuer,
+            "pgq_nb_median": self.pgq_nb_median,
+            "pgqueuer_median": self.pgqueuer_median,
+            "ratio": self.advantage,
+            "target": self.target,
+            "note": self.note,
+        }
+
+
+@dataclasses.dataclass(kw_only=True)
+class Context:
+    """What every scenario gets: the server, the sizes, and PgQueuer (None when absent)."""
+
+    dsn: str
+    sizes: Sizes
+    pgqueuer: Any  # the pgqueuer module, imported lazily; None if not installed
+    tuned_pgq_nb: tuple[int, int] = (64, 64)  # concurrency, batch_size
+    tuned_pgqueuer: tuple[int, int | None] = (100, None)  # batch_size, max_concurrent_tasks
+    analyze_pgqueuer: bool = False  # ANALYZE PgQueuer's table after the drain's bulk enqueue
+    run_id: str = "0"
+
+    def schema(self, scenario: str, repeat: int) -> str:
+        """A fresh pgq_nb schema name for one run of a scenario."""
+        return f"bench_{scenario}_{self.run_id}_{repeat}"[:50]
+
+    def database(self, scenario: str, repeat: int) -> str:
+        """A fresh database name for one PgQueuer run of a scenario."""
+        return f"bench_pgqueuer_{scenario}_{self.run_id}_{repeat}"[:60]
+
+
+def log(message: str) -> None:
+    """Progress output, on stderr so that stdout carries only the table."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def sides(repeat: int) -> tuple[str, str]:
+    """Which system runs first in this repeat: they take turns, so neither always goes first."""
+    return (PGQ_NB, PGQUEUER) if repeat % 2 == 0 else (PGQUEUER, PGQ_NB)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """The ``pct`` percentile (0-100) of ``values``, linear between the closest ranks."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    rank = (len(ordered) - 1) * pct / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def with_database(dsn: str, database: str) -> str:
+    """``dsn`` (a postgresql:// URL) pointing at another database on the same server."""
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError("--dsn must be a postgresql://user@host:port/database URL")
+    return urllib.parse.urlunsplit(parts._replace(path="/" + database))
+
+
+def on_pgq_nb_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on pgq_nb's event-loop thread (where its pool lives) and wait for it."""
+    return runtime.run_sync(coro, "a benchmark step")
+
+
+@contextlib.contextmanager
+def fresh_pgq_nb(dsn: str, schema: str) -> Iterator[pgq_nb.Queue]:
+    """A pgq_nb queue in a schema of its own, installed fresh and dropped afterwards."""
+    q = pgq_nb.connect(dsn, schema=schema)
+    q.uninstall()  # a leftover from an interrupted run
+    q.install()
+    try:
+        yield q
+    finally:
+        q.uninstall()
+
+
+def pgq_nb_enqueue_noops(q: pgq_nb.Queue, entrypoint: str, n: int, chunk: int = 10_000) -> None:
+    """Queue ``n`` jobs with no payload through pgq_nb's own batch enqueue (setup, untimed)."""
+    for start in range(0, n, chunk):
+        k = min(chunk, n - start)
+        q.enqueue([entrypoint] * k, [None] * k, 0)
+
+
+async def pgq_nb_succeeded(q: pgq_nb.AsyncQueue) -> int:
+    """Jobs that reached history as succeeded, from pgq_nb's counters (no count over history)."""
+    sql = f'SELECT coalesce(sum(n), 0)::bigint FROM "{q.schema}".finished_counts WHERE status = $1'
+    return int(await q.pool.fetchval(sql, "succeeded"))
+
+
+async def pgq_nb_live_empty(q: pgq_nb.AsyncQueue) -> bool:
+    """True once no job is queued or running (finished jobs leave the ``jobs`` table)."""
+    sql = f'SELECT NOT EXISTS (SELECT 1 FROM "{q.schema}".jobs)'
+    return bool(await q.pool.fetchval(sql))
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], *, timeout: float, interval: float = 0.02
+) -> float:
+    """Poll ``check`` until it is true; returns the perf_counter() time it was seen true."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        if await check():
+            return time.perf_counter()
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"not done after {timeout:g} s")
+        await asyncio.sleep(interval)
+
+
+async def stop_pgq_nb_worker(worker: pgq_nb.Worker, task: asyncio.Task[Any]) -> None:
+    """Ask a pgq_nb worker to stop and wait for it (running jobs finish first)."""
+    worker.request_stop()
+    try:
+        await asyncio.wait_for(task, timeout=STOP_TIMEOUT)
+    except TimeoutError:
+        log(f"  (the pgq_nb worker did not stop within {STOP_TIMEOUT:g} s; cancelled it)")
+
+
+def start_pgq_nb_worker(
+    q: pgq_nb.AsyncQueue, *, concurrency: int | None = None, batch_size: int | None = None
+) -> tuple[pgq_nb.Worker, asyncio.Task[Any]]:
+    """Start a pgq_nb worker as a task on the running (pgq_nb) loop; None = its default."""
+    kwargs: dict[str, Any] = {}
+    if concurrency is not None:
+        kwargs["concurrency"] = concurrency
+    if batch_size is not None:
+        kwargs["batch_size"] = batch_size
+    worker = pgq_nb.Worker(q, **kwargs)
+    return worker, asyncio.get_running_loop().create_task(worker.run())

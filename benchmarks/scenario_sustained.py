@@ -1,0 +1,145 @@
+"""sustained: one producer and one worker (defaults) together, for a fixed time.
+
+The producer enqueues 100 small JSON jobs per call, back to back, on its own connection, in
+the same event loop as the worker (as PgQueuer's own benchmark tool does). The figure is jobs
+finished per second between the end of a 1 s warm-up and the end of the window, counted in the
+database (pgq_nb's finished counters, PgQueuer's log of successful jobs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+import pgq_nb
+from benchmarks import pgqueuer_env
+from benchmarks.common import (
+    PGQ_NB,
+    Context,
+    Row,
+    fresh_pgq_nb,
+    log,
+    on_pgq_nb_loop,
+    pgq_nb_succeeded,
+    sides,
+    start_pgq_nb_worker,
+    stop_pgq_nb_worker,
+)
+
+ENTRYPOINT = "bench_sustained"
+
+
+async def _noop_pgq_nb(job: pgq_nb.Job) -> None:
+    return None
+
+
+async def _noop_pgqueuer(job: Any) -> None:
+    return None
+
+
+async def _window(
+    ctx: Context,
+    produce: Callable[[list[dict[str, int]]], Awaitable[object]],
+    finished: Callable[[], Awaitable[int]],
+) -> tuple[float, int]:
+    """Run the producer for the window; returns (finished jobs/s after warm-up, produced)."""
+    batch = ctx.sizes.sustained_batch
+    stop = asyncio.Event()
+    produced = 0
+
+    async def producer() -> None:
+        nonlocal produced
+        while not stop.is_set():
+            await produce([{"i": produced + k} for k in range(batch)])
+            produced += batch
+
+    task = asyncio.get_running_loop().create_task(producer())
+    try:
+        await asyncio.sleep(ctx.sizes.sustained_warmup)
+        t0 = time.perf_counter()
+        n0 = await finished()
+        await asyncio.sleep(ctx.sizes.sustained_seconds - ctx.sizes.sustained_warmup)
+        t1 = time.perf_counter()
+        n1 = await finished()
+    finally:
+        stop.set()
+        await task
+    return (n1 - n0) / (t1 - t0), produced
+
+
+async def _pgq_nb_sustained(ctx: Context, q: pgq_nb.AsyncQueue) -> tuple[float, int]:
+    async def produce(payloads: list[dict[str, int]]) -> object:
+        return await q.enqueue([ENTRYPOINT] * len(payloads), payloads, 0)
+
+    worker, task = start_pgq_nb_worker(q)
+    try:
+        return await _window(ctx, produce, lambda: pgq_nb_succeeded(q))
+    finally:
+        await stop_pgq_nb_worker(worker, task)
+
+
+def _pgq_nb_once(ctx: Context, repeat: int) -> tuple[float, int]:
+    with fresh_pgq_nb(ctx.dsn, ctx.schema("sustained", repeat)) as q:
+        q.entrypoint(ENTRYPOINT)(_noop_pgq_nb)
+        return on_pgq_nb_loop(_pgq_nb_sustained(ctx, q.aio))
+
+
+async def _pgqueuer_once(ctx: Context, repeat: int) -> tuple[float, int]:
+    async with pgqueuer_env.fresh_database(
+        ctx.pgqueuer, ctx.dsn, ctx.database("sustained", repeat)
+    ) as dsn:
+        producer_conn = await asyncpg.connect(dsn)
+        counter_conn = await asyncpg.connect(dsn)
+        worker = pgqueuer_env.Worker(ctx.pgqueuer, dsn)
+        try:
+            queries = pgqueuer_env.queries_on(ctx.pgqueuer, producer_conn)
+
+            async def produce(payloads: list[dict[str, int]]) -> object:
+                return await queries.enqueue(
+                    [ENTRYPOINT] * len(payloads),
+                    [json.dumps(p, separators=(",", ":")).encode() for p in payloads],
+                    [0] * len(payloads),
+                )
+
+            await worker.open({ENTRYPOINT: _noop_pgqueuer})
+            worker.start()
+            try:
+                return await _window(ctx, produce, lambda: pgqueuer_env.succeeded(counter_conn))
+            finally:
+                await worker.stop()
+        finally:
+            await producer_conn.close()
+            await counter_conn.close()
+
+
+def run(ctx: Context) -> list[Row]:
+    seconds = ctx.sizes.sustained_seconds
+    row = Row(
+        scenario=f"sustained {seconds:g} s, defaults",
+        unit="jobs/s",
+        higher_is_better=True,
+        target=">= 2x",
+    )
+    offered: dict[str, list[float]] = {"pgq_nb": [], "PgQueuer": []}
+    for repeat in range(ctx.sizes.repeats):
+        for side in sides(repeat):
+            if side == PGQ_NB:
+                rate, produced = _pgq_nb_once(ctx, repeat)
+                row.pgq_nb.append(rate)
+            else:
+                rate, produced = asyncio.run(_pgqueuer_once(ctx, repeat))
+                row.pgqueuer.append(rate)
+            offered[side].append(produced / seconds)
+            log(
+                f"  sustained    repeat {repeat + 1}  {side:8s} {rate:12,.0f} jobs/s done "
+                f"({produced / seconds:,.0f}/s enqueued)"
+            )
+    row.note = "enqueued/s (producer, same loop): " + ", ".join(
+        f"{side} {sum(v) / len(v):,.0f}" for side, v in offered.items() if v
+    )
+    return [row]
