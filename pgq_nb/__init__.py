@@ -11,6 +11,8 @@ q.enqueue("score", {"x": 21})
 q.run_until_idle()
 """
 
+import logging
+
 from pgq_nb.config import Settings
 from pgq_nb.cron import Schedule
 from pgq_nb.errors import (
@@ -33,6 +35,10 @@ from pgq_nb.retry import GiveUp, JobTimeoutError, RetryLater, RetryPolicy
 from pgq_nb.worker import Worker, WorkerStats
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where to: without this, Python's last-resort handler
+# would print every retry warning into notebook cells. `pgq-nb` configures a handler itself.
+logging.getLogger("pgq_nb").addHandler(logging.NullHandler())
 
 __all__ = [
     "AsyncQueue",

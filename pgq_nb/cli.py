@@ -237,7 +237,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
             when(s["last_run"]),
             s["last_status"] or "",
             "yes" if s["enabled"] else "paused",
-            "yes" if s["handler_registered"] else "NO HANDLER",
+            "yes" if s["handler_registered"] else "none running",
         ]
         for s in listed
     ]
@@ -342,8 +342,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     # pandas lives in the notebook layer; load the demo only when asked for
     demo = importlib.import_module("pgq_nb.demo")
-    demo.run_demo(args.dsn, schema=args.schema or "pgq_nb_demo")
-    return 0
+    summary = demo.run_demo(args.dsn, schema=args.schema or "pgq_nb_demo")
+    return 0 if summary.ok else 1
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -355,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dsn", help="Postgres DSN (default: PGQ_NB_DSN, else embedded server)")
     parser.add_argument("--schema", help="schema name (default: PGQ_NB_SCHEMA, else pgq_nb)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level", help="logging level (default: INFO for `worker`, WARNING otherwise)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="manage the embedded Postgres server")
@@ -419,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level or ("INFO" if args.command == "worker" else "WARNING"))
     try:
         code: int = args.func(args)
     except PgqError as exc:

@@ -318,7 +318,8 @@ class Worker(Claiming, Upkeep):
             self.stats.retried += 1
         else:
             self.stats.failed += 1
-        logger.warning(
+        logger.log(
+            logging.INFO if decision.retry else logging.WARNING,
             "job will be retried" if decision.retry else "job failed",
             extra={
                 "job_id": job.id,

@@ -83,7 +83,7 @@ class AsyncWorkflowRun:
 
         ``progress`` shows a bar of finished steps (default: on in a notebook)."""
         bar: Any = None
-        if progress or progress is None:
+        if progress or (progress is None and (await self._row())["finished"] is None):
             module = importlib.import_module("pgq_nb.notebook.workflows")
             bar = module.progress_bar(self.name, (await self._row())["steps"], progress)
         loop = asyncio.get_running_loop()
