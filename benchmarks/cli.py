@@ -94,9 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tuned-pgq-nb",
         type=_pair,
-        default=(64, 64),
+        default=(128, 128),
         metavar="CONCURRENCY/BATCH",
-        help="pgq_nb worker settings for 'tuned' (default 64/64)",
+        help="pgq_nb worker settings for 'tuned' (default 128/128: best of 32..256 here)",
     )
     parser.add_argument(
         "--tuned-pgqueuer",

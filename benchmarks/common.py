@@ -139,7 +139,7 @@ class Context:
     dsn: str
     sizes: Sizes
     pgqueuer: Any  # the pgqueuer module, imported lazily; None if not installed
-    tuned_pgq_nb: tuple[int, int] = (64, 64)  # concurrency, batch_size
+    tuned_pgq_nb: tuple[int, int] = (128, 128)  # concurrency, batch_size
     tuned_pgqueuer: tuple[int, int | None] = (100, None)  # batch_size, max_concurrent_tasks
     analyze_pgqueuer: bool = False  # ANALYZE PgQueuer's table after the drain's bulk enqueue
     run_id: str = "0"

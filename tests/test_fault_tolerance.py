@@ -19,7 +19,7 @@ import pytest
 import pgq_nb
 from pgq_nb import runtime
 from pgq_nb.embedded import EmbeddedServer
-from tests.conftest import SCHEMA, start_worker_process
+from tests.conftest import SCHEMA, start_worker_process, stop_processes
 
 
 def _history(q: pgq_nb.Queue) -> tuple[int, int, int]:
@@ -31,18 +31,6 @@ def _history(q: pgq_nb.Queue) -> tuple[int, int, int]:
         return row["n"], row["d"], row["ok"]
 
     return runtime.run_sync(run())
-
-
-def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def test_random_sigkills_lose_and_double_nothing(q: pgq_nb.Queue, installed: str) -> None:
@@ -66,7 +54,7 @@ def test_random_sigkills_lose_and_double_nothing(q: pgq_nb.Queue, installed: str
             procs[victim] = spawn()
             kills += 1
     finally:
-        _stop_all(procs)
+        stop_processes(procs)
     n, distinct, ok = _history(q)
     assert (n, distinct, ok) == (total, total, total), f"after {kills} kills"
     assert kills >= 3
@@ -82,7 +70,7 @@ def test_poison_pill_ends_failed_after_max_attempts(q: pgq_nb.Queue, installed: 
         proc = start_worker_process(installed, "chaos_app:q")
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=15)  # it dies running the job, or lives on once it failed
-        _stop_all([proc])
+        stop_processes([proc])
         restarts += 1
     info = q.get_job(job_id)
     assert info.attempts == 3
@@ -125,6 +113,6 @@ def test_postgres_restarted_abruptly_mid_run(own_server: EmbeddedServer, tmp_pat
                 del exc
             time.sleep(0.2)
     finally:
-        _stop_all(procs)
+        stop_processes(procs)
     assert _history(q) == (total, total, total)
     assert [p.returncode for p in procs] == [0, 0, 0, 0]

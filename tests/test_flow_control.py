@@ -14,7 +14,7 @@ import pytest
 
 import pgq_nb
 from pgq_nb.enqueue import DuplicatesSkipped, parse_rate, rate_burst
-from tests.conftest import start_worker_process
+from tests.conftest import start_worker_process, stop_processes, wait_until
 
 
 def _runs(log_dir: Path, entrypoint: str) -> list[tuple[float, float, int]]:
@@ -27,15 +27,6 @@ def _runs(log_dir: Path, entrypoint: str) -> list[tuple[float, float, int]]:
     return sorted(runs)
 
 
-def _wait_for(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.fixture
 def workers(installed: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs = [
@@ -45,14 +36,7 @@ def workers(installed: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[by
         for _ in range(4)
     ]
     yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    stop_processes(procs)
 
 
 def _register(q: pgq_nb.Queue) -> None:
@@ -90,7 +74,7 @@ def test_a_killed_worker_does_not_leak_its_slot(
     _register(q)
     slow = q.enqueue(["limited"] * 3, [30.0, 30.0, 30.0], 0)  # fill every slot, then die
     victim = start_worker_process(installed, "flow_app:q", RUN_LOG_DIR=str(tmp_path))
-    _wait_for(
+    wait_until(
         lambda: all(s.value == "picked" for s in q.statuses(slow).values()),
         60,
         "the slots to be taken",

@@ -6,12 +6,18 @@ import collections
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pgq_nb
 from pgq_nb import runtime
-from tests.conftest import REPO, SCHEMA, start_worker_process, worker_env
+from tests.conftest import (
+    REPO,
+    SCHEMA,
+    start_worker_process,
+    stop_processes,
+    wait_until,
+    worker_env,
+)
 
 
 def _history_count(q: pgq_nb.Queue) -> tuple[int, int]:
@@ -22,27 +28,6 @@ def _history_count(q: pgq_nb.Queue) -> tuple[int, int]:
         return row["n"], row["d"]
 
     return runtime.run_sync(run())
-
-
-def _wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def test_four_processes_drain_20000_jobs_each_exactly_once(
@@ -57,9 +42,9 @@ def test_four_processes_drain_20000_jobs_each_exactly_once(
         for _ in range(4)
     ]
     try:
-        _wait_until(lambda: _history_count(q)[0] >= 20_000, 240, "20,000 jobs in history")
+        wait_until(lambda: _history_count(q)[0] >= 20_000, 240, "20,000 jobs in history")
     finally:
-        _stop(procs)
+        stop_processes(procs)
     assert [p.returncode for p in procs] == [0, 0, 0, 0]
     total, distinct = _history_count(q)
     assert total == distinct == 20_000
@@ -82,7 +67,7 @@ def test_sigkilled_worker_job_is_reclaimed_and_finished(
     job_id = q.enqueue("slow", {"seconds": 1.0})
     first = start_worker_process(installed, "drain_app:q", RUN_LOG_DIR=str(tmp_path))
     try:
-        _wait_until(lambda: any(tmp_path.glob(f"started-{job_id}-*")), 60, "the job to start")
+        wait_until(lambda: any(tmp_path.glob(f"started-{job_id}-*")), 60, "the job to start")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         assert q.get_job(job_id).status is pgq_nb.JobStatus.PICKED
@@ -91,7 +76,7 @@ def test_sigkilled_worker_job_is_reclaimed_and_finished(
             # the dead worker's heartbeat goes stale (3 s in tests); the job runs again
             q.wait([job_id], timeout=60)
         finally:
-            _stop([second])
+            stop_processes([second])
     finally:
         if first.poll() is None:
             first.kill()
@@ -108,7 +93,7 @@ def test_sigterm_lets_running_jobs_finish(q: pgq_nb.Queue, installed: str, tmp_p
     job_id = q.enqueue("slow", {"seconds": 1.0})
     proc = start_worker_process(installed, "drain_app:q", RUN_LOG_DIR=str(tmp_path))
     try:
-        _wait_until(lambda: any(tmp_path.glob(f"started-{job_id}-*")), 60, "the job to start")
+        wait_until(lambda: any(tmp_path.glob(f"started-{job_id}-*")), 60, "the job to start")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -129,7 +114,7 @@ def test_sigterm_after_grace_period_returns_the_job_to_the_queue(
         installed, "drain_app:q", "--grace-period", "0.5", RUN_LOG_DIR=str(tmp_path)
     )
     try:
-        _wait_until(lambda: any(tmp_path.glob(f"started-{job_id}-*")), 60, "the job to start")
+        wait_until(lambda: any(tmp_path.glob(f"started-{job_id}-*")), 60, "the job to start")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -177,7 +162,7 @@ def test_fan_in_of_2000_parents_across_four_processes(
     try:
         assert run.wait(timeout=240, progress=False) == "succeeded"
     finally:
-        _stop(procs)
+        stop_processes(procs)
     assert run.results()["total"] == {"sum": sum(range(2000)), "parents": 2000}
     assert len(list(tmp_path.glob("total-*"))) == 1, "the fan-in step ran more than once"
     steps = run.steps()
