@@ -209,20 +209,27 @@ class Worker(Claiming, Upkeep):
         low_water = max(1, min(self.batch_size, self.concurrency) // 4)
         backlog = False
         while not self._stopping.is_set():
-            # a finished job holds its slot until it is recorded: if recording falls behind,
-            # claiming waits for it instead of piling up picked jobs
+            # A finished job holds its slot until it is recorded: if recording falls behind,
+            # claiming waits for it instead of piling up picked jobs. Plain completions are
+            # recorded in the claim's own transaction (one commit for both).
+            done = self._take_plain_finished()
             free = self.concurrency - len(self._running) - len(self._finished)
             if free < (low_water if backlog else 1):
+                self._finished[:0] = done
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
             self._wake.clear()
             try:
-                claimed = await self._claim(min(free, self.batch_size))
+                claimed = await self._claim(min(free, self.batch_size), done)
             except db.TRANSIENT_ERRORS as exc:
+                self._finished[:0] = done  # record them later
                 logger.warning("claim failed; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(poll)
                 continue
+            except BaseException:
+                self._finished[:0] = done
+                raise
             for job in claimed:
                 self._start(job)
             backlog = len(claimed) == min(free, self.batch_size)
@@ -233,6 +240,19 @@ class Worker(Claiming, Upkeep):
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
+
+    def _take_plain_finished(self) -> list[Finished]:
+        """Take the finished attempts that need nothing but finish_jobs (no workflow step, no
+        global slot) out of the buffer."""
+        if not self._finished:
+            return []
+        plain = [f for f in self._finished if f[0] not in self._steps and f[0] not in self._slotted]
+        if len(plain) == len(self._finished):
+            self._finished = []
+        else:
+            kept = {f[0] for f in plain}
+            self._finished = [f for f in self._finished if f[0] not in kept]
+        return plain
 
     async def _idle(self) -> bool:
         names = list(self.specs)
