@@ -29,16 +29,16 @@ CLAIM_PLAN = (
 
 
 async def claim_rows(
-    conn: Any, query: str, *args: Any, before: tuple[str, list[Any]] | None = None
+    conn: Any, query: str, *args: Any, before: Sequence[tuple[str, list[Any]]] = ()
 ) -> list[Any]:
     """Run a claim statement under CLAIM_PLAN, in a transaction of its own (one extra round
-    trip: BEGIN and the settings go in one message). ``before``, a statement and its
-    arguments, runs first in the same transaction: recording the previous batch's completions
+    trip: BEGIN and the settings go in one message). ``before``, statements and their
+    arguments, run first in the same transaction: recording the previous batch's completions
     there saves a commit (a WAL flush) per batch."""
     await conn.execute(CLAIM_PLAN)
     try:
-        if before is not None:
-            await conn.execute(before[0], *before[1])
+        for statement, arguments in before:
+            await conn.execute(statement, *arguments)
         rows: list[Any] = await conn.fetch(query, *args)
     except BaseException:
         await conn.execute("ROLLBACK")
@@ -52,6 +52,7 @@ class Claiming:
 
     queue: AsyncQueue
     specs: dict[str, EntrypointSpec]
+    concurrency: int
     worker_id: int | None
     _q: dict[str, str]
     _paused: set[str]
@@ -79,14 +80,29 @@ class Claiming:
             groups.insert(0, (plain, limit, False))
         return groups
 
-    async def _claim(self, limit: int, done: Sequence[Finished] = ()) -> list[Job]:
-        """Claim up to ``limit`` jobs; ``done`` (finished attempts with nothing but a plain
-        completion to record) are recorded in the first claim's transaction."""
+    def _room(self, limit: int) -> int:
+        """How many jobs a claim of at most ``limit`` may take, given the caps here."""
+        return min(limit, sum(n for _, n, _ in self._claim_groups(limit)))
+
+    def _most_room(self) -> int:
+        """The most jobs this worker could ever take at once (its caps permitting)."""
+        if any(s.concurrency is None for s in self.specs.values()):
+            return self.concurrency
+        return min(self.concurrency, sum(s.concurrency or 0 for s in self.specs.values()))
+
+    async def _claim(
+        self, limit: int, done: Sequence[Finished] = (), slots: Sequence[int] = ()
+    ) -> list[Job]:
+        """Claim up to ``limit`` jobs. ``done``, finished attempts that are no workflow steps,
+        are recorded in the first claim's transaction, and the global slots of ``slots`` (ids
+        among them) freed there."""
         jobs: list[Job] = []
-        before = None
+        before: list[tuple[str, list[Any]]] = []
         if done:
             columns = list(zip(*done, strict=True))
-            before = (self._q["finish_jobs"], [self.worker_id, *columns])
+            before.append((self._q["finish_jobs"], [self.worker_id, *columns]))
+        if slots:
+            before.append((self._q["release_slots"], [self.worker_id, list(slots)]))
         async with self.queue.pool.acquire() as conn:
             for names, n, limited in self._claim_groups(limit):
                 n = min(n, limit - len(jobs))
@@ -95,12 +111,14 @@ class Claiming:
                 query = self._q["claim_limited" if limited else "claim_jobs"]
                 args: tuple[Any, ...] = (names[0] if limited else names, n, self.worker_id)
                 rows = await claim_rows(conn, query, *args, before=before)
-                before = None
+                before = []
                 if limited:
                     self._after_limited_claim(names[0], asked=n, got=len(rows))
                 jobs.extend(Job(**row) for row in rows)
-            if before is not None:  # nothing was claimed (everything paused): record anyway
-                await conn.execute(before[0], *before[1])
+            if before:  # nothing was claimed (everything paused): record them anyway
+                async with conn.transaction():
+                    for statement, arguments in before:
+                        await conn.execute(statement, *arguments)
             children = [j.id for j in jobs if j.workflow_id is not None]
             if children:
                 await self._attach_parent_results(conn, jobs, children)

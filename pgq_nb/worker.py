@@ -214,14 +214,17 @@ class Worker(Claiming, Upkeep):
             # recorded in the claim's own transaction (one commit for both).
             done = self._take_plain_finished()
             free = self.concurrency - len(self._running) - len(self._finished)
-            if free < (low_water if backlog else 1):
+            room = self._room(min(free, self.batch_size))  # what the caps here allow too
+            if room < (min(low_water, self._most_room() // 4) if backlog else 1):
                 self._finished[:0] = done
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
             self._wake.clear()
             try:
-                claimed = await self._claim(min(free, self.batch_size), done)
+                claimed = await self._claim(
+                    room, done, [d[0] for d in done if d[0] in self._slotted]
+                )
             except db.TRANSIENT_ERRORS as exc:
                 self._finished[:0] = done  # record them later
                 logger.warning("claim failed; retrying", extra={"error": str(exc)})
@@ -230,9 +233,10 @@ class Worker(Claiming, Upkeep):
             except BaseException:
                 self._finished[:0] = done
                 raise
+            self._slotted.difference_update(d[0] for d in done)
             for job in claimed:
                 self._start(job)
-            backlog = len(claimed) == min(free, self.batch_size)
+            backlog = len(claimed) == room
             if claimed:
                 continue
             busy = bool(self._running or self._finished)
@@ -242,11 +246,11 @@ class Worker(Claiming, Upkeep):
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
 
     def _take_plain_finished(self) -> list[Finished]:
-        """Take the finished attempts that need nothing but finish_jobs (no workflow step, no
-        global slot) out of the buffer."""
+        """Take the finished attempts that need no more than finish_jobs and release_slots (no
+        workflow step) out of the buffer."""
         if not self._finished:
             return []
-        plain = [f for f in self._finished if f[0] not in self._steps and f[0] not in self._slotted]
+        plain = [f for f in self._finished if f[0] not in self._steps]
         if len(plain) == len(self._finished):
             self._finished = []
         else:
@@ -307,8 +311,8 @@ class Worker(Claiming, Upkeep):
         else:
             self._record(job, started, finished, future)
         self._flush_pending.set()
-        if len(self._finished) >= self.batch_size:
-            self._flush_now.set()
+        if len(self._finished) >= self.batch_size or not self._running:
+            self._flush_now.set()  # a full batch, or nothing left to wait for
 
     def _record(
         self, job: Job, started: dt.datetime, finished: dt.datetime, future: asyncio.Future[Any]
@@ -390,5 +394,7 @@ class Worker(Claiming, Upkeep):
         self._steps.difference_update(ids)
         self._slotted.difference_update(ids)
         self._slot_free.set()  # their slots are free now
+        if slots:
+            self._wake.set()  # and so are global ones: no need to wait for our own NOTIFY
 
     # -- heartbeat ---------------------------------------------------------------------------
