@@ -64,6 +64,15 @@ async def _limit(call: Awaitable[Any], seconds: float) -> Any:
         raise JobTimeoutError(f"the handler ran longer than its timeout of {seconds:g} s") from None
 
 
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait for ``event`` at most ``seconds``. (Not ``asyncio.wait_for``: on Python 3.11 it can
+    swallow a cancellation that arrives as the event is set, and a stopping worker then waits
+    forever; ``asyncio.timeout`` does not.)"""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
 class Worker(Claiming, Upkeep):
     """Runs the handlers of one queue. Use :meth:`run`; stop with :meth:`request_stop`."""
 
@@ -242,8 +251,7 @@ class Worker(Claiming, Upkeep):
             busy = bool(self._running or self._finished)
             if self.stop_when_idle and not busy and await self._idle():
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=poll)
+            await _wait(self._wake, poll)
 
     def _take_plain_finished(self) -> list[Finished]:
         """Take the finished attempts that need no more than finish_jobs and release_slots (no
@@ -361,8 +369,7 @@ class Worker(Claiming, Upkeep):
             await self._flush_pending.wait()
             if len(self._finished) < self.batch_size:
                 # gather a batch: a few ms, or until batch_size completions wait
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._flush_now.wait(), timeout=self.flush_interval)
+                await _wait(self._flush_now, self.flush_interval)
             self._flush_pending.clear()
             self._flush_now.clear()
             try:

@@ -69,6 +69,7 @@ class Throughput:
         start = self.since.replace(second=0, microsecond=0)
         if last is not None:
             start = max(start, end - (last - 1) * _MINUTE)
+        start = min(start, end)  # a window starting in the future shows this minute
         count = int((end - start) / _MINUTE) + 1
         return [start + i * _MINUTE for i in range(count)]
 
@@ -165,6 +166,7 @@ def plot_throughput(q: Queue | AsyncQueue, since: object = "1h") -> Figure:
 def _figure(data: Throughput, label: str) -> Figure:
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 3.2), layout="constrained")
     plt.close(fig)  # no second copy from pyplot's auto-display; the returned figure shows
@@ -193,6 +195,7 @@ def _figure(data: Throughput, label: str) -> Figure:
         mdates.date2num(minutes[0]),  # type: ignore[no-untyped-call]
         mdates.date2num(minutes[-1] + _MINUTE),  # type: ignore[no-untyped-call]
     )
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("jobs / minute")
     title = f"Finished jobs per minute, {label}: {data.total:,}"
     if data.capped:

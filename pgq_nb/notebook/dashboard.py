@@ -24,6 +24,7 @@ import contextlib
 import datetime as dt
 import inspect
 import logging
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -34,15 +35,8 @@ from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.notebook.charts import async_queue
 from pgq_nb.notebook.dashboard_data import Snapshot, SnapshotReader
-from pgq_nb.notebook.dashboard_tabs import (
-    FailuresTab,
-    OverviewTab,
-    SchedulesTab,
-    WorkflowsTab,
-    clock,
-    esc,
-    muted,
-)
+from pgq_nb.notebook.dashboard_html import clock, esc, muted
+from pgq_nb.notebook.dashboard_tabs import FailuresTab, OverviewTab, SchedulesTab, WorkflowsTab
 
 if TYPE_CHECKING:
     from pgq_nb.facade import Queue
@@ -85,6 +79,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
         self._finished = threading.Event()
         self._finished.set()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._views_seen = False
 
         self.header = widgets.HTML()
@@ -121,25 +116,32 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
         """Start refreshing every ``refresh_s`` seconds (done on creation by default)."""
         if self.running:
             return
+        self._loop = runtime.loop()
         self._stopped.clear()
         self._finished.clear()
-        asyncio.run_coroutine_threadsafe(self._run(), runtime.loop())
+        asyncio.run_coroutine_threadsafe(self._run(), self._loop)
         self._show_header()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop refreshing; returns once no refresh runs any more (the widget stays, showing
         its last data; ``start()`` resumes)."""
         self._stopped.set()
-        # a task not started yet sees the flag and ends; a running one is cancelled at its
-        # next await (a query in flight is cancelled on the server too)
-        runtime.loop().call_soon_threadsafe(self._cancel_task)
-        if not runtime.in_loop_thread():
-            self._finished.wait(timeout)
+        if sys.is_finalizing():  # Widget.__del__ at exit: the loop thread is gone already
+            return
+        if self._on_live_loop(self._cancel_task):
+            # a task not started yet sees the flag and ends; a running one is cancelled at its
+            # next await (a query in flight is cancelled on the server too)
+            if not runtime.in_loop_thread():
+                self._finished.wait(timeout)
+        else:
+            self._finished.set()  # no loop, so no task
         self._show_header()
 
     def close(self) -> None:
         """Stop refreshing and close the widget and every widget in it."""
         self.stop()
+        if sys.is_finalizing():
+            return
         for child in _descendants(self):
             child.close()
         super().close()
@@ -149,6 +151,18 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
         wait = self.timeout_s * 2 if timeout is None else timeout
         runtime.run_sync(asyncio.wait_for(self._refresh(), wait), "Dashboard.refresh_now()")
 
+    def _on_live_loop(self, callback: Callable[[], Any]) -> bool:
+        """Run ``callback`` soon on the loop the task was started on, if that still runs
+        (never start a loop for it: close() also runs from Widget.__del__)."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return False
+        try:
+            loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # closed meanwhile
+            return False
+        return True
+
     def _cancel_task(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -156,7 +170,8 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
     def _views_changed(self, change: Any) -> None:
         if (change["new"] or 0) > 0:
             self._views_seen = True
-            runtime.loop().call_soon_threadsafe(self._wake.set)
+            self._on_live_loop(self._wake.set)  # catch up at once
+        self._show_header()
 
     def _idle(self) -> bool:
         """True while every view the frontend displayed has gone."""
@@ -169,8 +184,11 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
                 self._wake.clear()
                 if not self._idle():
                     await self._refresh()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+                # cancellation of stop() when it coincides with a wake-up
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.refresh_s)
+                    async with asyncio.timeout(self.refresh_s):
+                        await self._wake.wait()
         finally:
             self._task = None
             self._finished.set()
@@ -178,7 +196,8 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
     async def _refresh(self) -> None:
         async with self._lock:
             try:
-                snapshot = await asyncio.wait_for(self.reader.read(), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):
+                    snapshot = await self.reader.read()
                 self._render(snapshot)
             except Exception as exc:  # shown in the widget; the next refresh runs anyway
                 self._show_error(exc)

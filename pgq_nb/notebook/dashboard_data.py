@@ -49,6 +49,7 @@ class ScheduleRow:
     last_run: dt.datetime | None
     last_job_id: int | None
     last_status: str | None
+    last_finished: dt.datetime | None
     last_error: str | None
 
 

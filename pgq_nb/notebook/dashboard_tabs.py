@@ -1,16 +1,11 @@
 """The dashboard's four tabs. Each holds its widgets, built once, and ``update(snapshot)``
-sets their values; a refresh creates no new widgets (no comm churn, nothing to leak).
-
-Tables are HTML with inline styles (they render the same in JupyterLab, classic Notebook, VS
-Code and exported HTML); every number cell carries ``data-*`` attributes naming what it
-counts, so tests and browser checks can find it.
+sets their values; a refresh creates no new widgets (no comm churn, nothing to leak), and a
+trait set to the value it has sends nothing. The HTML inside comes from dashboard_html.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import html
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import ipywidgets as widgets
@@ -24,68 +19,35 @@ from pgq_nb.notebook.dashboard_data import (
     Snapshot,
     WorkflowRow,
 )
+from pgq_nb.notebook.dashboard_html import (
+    STATUS_TITLES,
+    ago,
+    clock,
+    counts_table,
+    esc,
+    failure_label,
+    muted,
+    schedules_table,
+    workers_table,
+)
 
-#: Column titles of the counts table (``picked`` is what analysts call running).
-STATUS_TITLES = {"picked": "running", "upstream_failed": "upstream failed"}
-#: Columns the counts table always has; the other statuses appear when some job has them.
-ALWAYS_SHOWN = ("queued", "picked", "succeeded", "failed")
-_TABLE = "border-collapse:collapse;font-size:12px;font-family:var(--jp-ui-font-family,sans-serif)"
-_CELL = "padding:2px 8px;border-bottom:1px solid #e0e0e0"
-_MUTED = "color:#757575"
-
-
-def esc(value: object) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def table(
-    headers: Sequence[str], rows: Iterable[Sequence[str]], *, name: str, numeric_from: int = 1
-) -> str:
-    """An HTML table; cells are given as HTML (escape them first). Columns from
-    ``numeric_from`` on are right-aligned."""
-
-    def cell(tag: str, i: int, content: str) -> str:
-        align = "right" if i >= numeric_from else "left"
-        return f'<{tag} style="{_CELL};text-align:{align}">{content}</{tag}>'
-
-    head = "".join(cell("th", i, esc(h)) for i, h in enumerate(headers))
-    body = "".join(
-        "<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows
-    )
-    return f'<table class="pgq-{name}" style="{_TABLE}"><tr>{head}</tr>{body}</table>'
-
-
-def muted(text: str) -> str:
-    return f'<span style="{_MUTED}">{esc(text)}</span>'
-
-
-def clock(value: dt.datetime | None, now: dt.datetime) -> str:
-    """A time in the kernel's local zone: HH:MM:SS today, else with its date."""
-    if value is None:
-        return "—"
-    local = value.astimezone()
-    if local.date() == now.astimezone().date():
-        return f"{local:%H:%M:%S}"
-    return f"{local:%Y-%m-%d %H:%M}"
-
-
-def ago(value: dt.datetime | None, now: dt.datetime) -> str:
-    """'12 s ago', '5 min ago', 'in 3 h' relative to the server's ``now``."""
-    if value is None:
-        return "—"
-    seconds = (now - value).total_seconds()
-    future, seconds = seconds < 0, abs(seconds)
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if seconds >= size:
-            amount = f"{int(seconds // size)} {unit}"
-            break
-    else:
-        amount = f"{int(seconds)} s"
-    return f"in {amount}" if future else f"{amount} ago"
+_MONOSPACE_SELECT = "<style>.pgq-failures select{font-family:monospace;font-size:12px}</style>"
 
 
 def hide(widget: Any, hidden: bool) -> None:
     widget.layout.display = "none" if hidden else None
+
+
+def keep_choice(dropdown: Any, choices: tuple[tuple[str, str], ...]) -> None:
+    """Give ``dropdown`` new (label, value) choices, keeping its value if it is still one of
+    them, else choosing the first."""
+    if tuple(dropdown.options) == choices:
+        return
+    previous = dropdown.value
+    values = [value for _, value in choices]
+    with dropdown.hold_sync():
+        dropdown.options = choices
+        dropdown.value = previous if previous in values else (values[0] if values else None)
 
 
 class OverviewTab:
@@ -110,7 +72,7 @@ class OverviewTab:
         )
 
     def update(self, snap: Snapshot) -> None:
-        self.counts.value = counts_table(snap)
+        self.counts.value = counts_table(snap.counts)
         totals = snap.throughput.totals()
         note = ", ".join(f"{totals[s]} {s}" for s in FINAL_STATUSES if totals.get(s))
         capped = " (newest jobs only)" if snap.throughput.capped else ""
@@ -123,47 +85,6 @@ class OverviewTab:
         self.workers.value = workers_table(snap)
 
 
-def counts_table(snap: Snapshot) -> str:
-    shown = [s for s in STATUSES if s in ALWAYS_SHOWN or snap.total(s)]
-    headers = ["entrypoint", *(STATUS_TITLES.get(s, s) for s in shown)]
-
-    def number(entrypoint: str, status: str, n: int) -> str:
-        text = f"{n:,}" if n else muted("0")
-        return f'<span data-entrypoint="{esc(entrypoint)}" data-status="{status}">{text}</span>'
-
-    rows = [
-        [esc(ep), *(number(ep, s, by_status.get(s, 0)) for s in shown)]
-        for ep, by_status in sorted(snap.counts.items())
-    ]
-    if not rows:
-        return muted("no jobs yet: q.enqueue(...) adds some")
-    rows.append(["<b>total</b>", *(f"<b>{number('*', s, snap.total(s))}</b>" for s in shown)])
-    return table(headers, rows, name="counts")
-
-
-def workers_table(snap: Snapshot) -> str:
-    if not snap.workers:
-        return muted(
-            "no worker alive: queued jobs wait until one starts "
-            "(q.start_worker() here, or `pgq-nb worker module:q` elsewhere)"
-        )
-    rows = [
-        [
-            esc(w["id"]),
-            esc(w["host"]),
-            esc(w["pid"]),
-            esc(w["concurrency"]),
-            esc(", ".join(w["entrypoints"] or []) or "all"),
-            esc(ago(w["started"], snap.now)),
-            f'<span data-worker-heartbeat="{esc(w["id"])}">{esc(ago(w["heartbeat"], snap.now))}'
-            "</span>",
-        ]
-        for w in snap.workers
-    ]
-    headers = ["id", "host", "pid", "concurrency", "entrypoints", "started", "last heartbeat"]
-    return table(headers, rows, name="workers", numeric_from=7)
-
-
 class FailuresTab:
     """The newest failed jobs: select some and requeue them, or requeue all of one
     entrypoint."""
@@ -171,15 +92,26 @@ class FailuresTab:
     def __init__(self) -> None:
         self.summary = widgets.HTML()
         self.select = widgets.SelectMultiple(
-            options=[], rows=8, layout=widgets.Layout(width="98%", font_family="monospace")
-        )
+            options=[], rows=8, layout=widgets.Layout(width="98%")
+        ).add_class("pgq-failures")
+        auto = widgets.Layout(width="auto")
         self.requeue_selected = widgets.Button(
-            description="Requeue selected", icon="redo", disabled=True, button_style="warning"
+            description="Requeue selected",
+            icon="redo",
+            disabled=True,
+            button_style="warning",
+            layout=auto,
         )
-        self.select_all = widgets.Button(description="Select all", disabled=True)
-        self.entrypoint = widgets.Dropdown(options=[], layout=widgets.Layout(width="260px"))
+        self.select_all = widgets.Button(description="Select all", disabled=True, layout=auto)
+        self.entrypoint = widgets.Dropdown(
+            options=[], description="Entrypoint", layout=widgets.Layout(width="320px")
+        )
         self.requeue_all = widgets.Button(
-            description="Requeue all of it", icon="redo", disabled=True, button_style="warning"
+            description="Requeue all its failed jobs",
+            icon="redo",
+            disabled=True,
+            button_style="warning",
+            layout=auto,
         )
         self.detail = widgets.HTML()
         self.busy = False
@@ -192,7 +124,15 @@ class FailuresTab:
             [
                 self.summary,
                 self.select,
-                widgets.HBox([self.requeue_selected, self.select_all]),
+                widgets.HBox(
+                    [
+                        self.requeue_selected,
+                        self.select_all,
+                        widgets.HTML(
+                            muted("select jobs (shift or ctrl click) to see their errors")
+                        ),
+                    ]
+                ),
                 self.detail,
                 widgets.HBox([self.entrypoint, self.requeue_all]),
             ]
@@ -207,11 +147,13 @@ class FailuresTab:
         by_entrypoint = snap.failed_by_entrypoint()
         total = sum(by_entrypoint.values())
         if not total:
-            self.summary.value = muted("no failed jobs")
+            self.summary.value = _MONOSPACE_SELECT + muted("no failed jobs")
         else:
             listed = f"the newest {len(snap.failures)} listed" if total > len(snap.failures) else ""
-            self.summary.value = f'<b data-failed-total="{total}">{total:,} failed</b> ' + muted(
-                f"(after their retries) {listed}"
+            self.summary.value = (
+                _MONOSPACE_SELECT
+                + f'<b data-failed-total="{total}">{total:,} failed</b> '
+                + muted(f"(after their retries) {listed}")
             )
         options = tuple((failure_label(job, snap.now), job.id) for job in snap.failures)
         with self.select.hold_sync():
@@ -220,11 +162,7 @@ class FailuresTab:
                 self.select.options = options
                 self.select.value = kept
         choices = tuple((f"{ep} ({n:,} failed)", ep) for ep, n in by_entrypoint.items())
-        if tuple(self.entrypoint.options) != choices:
-            previous = self.entrypoint.value
-            self.entrypoint.options = choices
-            if previous in by_entrypoint:
-                self.entrypoint.value = previous
+        keep_choice(self.entrypoint, choices)
         self._selection_changed()
 
     def _select_all(self) -> None:
@@ -244,14 +182,6 @@ class FailuresTab:
         self.requeue_selected.disabled = self.busy or not self.select.value
         self.select_all.disabled = self.busy or not self.select.options
         self.requeue_all.disabled = self.busy or self.entrypoint.value is None
-
-
-def failure_label(job: FailedJob, now: dt.datetime) -> str:
-    first_line = (job.error or "").strip().splitlines()[:1]
-    error = first_line[0] if first_line else "(no error text)"
-    if len(error) > 90:
-        error = error[:89] + "…"
-    return f"#{job.id}  {job.entrypoint}  ×{job.attempts}  {clock(job.finished, now)}  {error}"
 
 
 class SchedulesTab:
@@ -283,12 +213,7 @@ class SchedulesTab:
     def update(self, snap: Snapshot) -> None:
         self.rows = {s.name: s for s in snap.schedules}
         self.table.value = schedules_table(snap.schedules, snap.now)
-        choices = tuple(self.rows)
-        if tuple(self.pick.options) != choices:
-            previous = self.pick.value
-            self.pick.options = choices
-            if previous in self.rows:
-                self.pick.value = previous
+        keep_choice(self.pick, tuple((name, name) for name in self.rows))
         self.sync_buttons()
 
     def sync_buttons(self) -> None:
@@ -299,33 +224,6 @@ class SchedulesTab:
         self.run_now.disabled = off or not self.available["run_now"]
 
 
-def schedules_table(schedules: list[ScheduleRow], now: dt.datetime) -> str:
-    if not schedules:
-        return muted('no schedules: @q.schedule("name", "0 * * * *") adds one')
-    rows = []
-    for s in schedules:
-        state = "active" if s.enabled else "<b>paused</b>"
-        status = esc(s.last_status or "—")
-        if s.last_status == "failed":
-            status = f'<span style="color:#c62828" title="{esc(s.last_error)}">{status}</span>'
-        rows.append(
-            [
-                f'<span data-schedule="{esc(s.name)}">{esc(s.name)}</span>',
-                f"<code>{esc(s.expression)}</code> {muted(s.tz)}",
-                state,
-                f"{esc(clock(s.next_run, now))} {muted(ago(s.next_run, now))}"
-                if s.enabled
-                else muted("—"),
-                f"{esc(clock(s.last_run, now))} {muted(ago(s.last_run, now))}"
-                if s.last_run
-                else muted("never"),
-                status,
-            ]
-        )
-    headers = ["schedule", "cron", "state", "next run", "last run", "last status"]
-    return table(headers, rows, name="schedules", numeric_from=99)
-
-
 _BAR_STYLES = {"succeeded": "success", "failed": "danger", "cancelled": "warning"}
 
 
@@ -334,9 +232,9 @@ class WorkflowsTab:
 
     def __init__(self, slots: int) -> None:
         self.empty = widgets.HTML(muted("no workflow runs yet: q.workflow(name) builds one"))
-        self.labels = [widgets.HTML(layout=widgets.Layout(width="300px")) for _ in range(slots)]
+        self.labels = [widgets.HTML(layout=widgets.Layout(width="320px")) for _ in range(slots)]
         self.bars = [
-            widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="220px"))
+            widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="200px"))
             for _ in range(slots)
         ]
         self.counts = [widgets.HTML() for _ in range(slots)]
@@ -355,17 +253,18 @@ class WorkflowsTab:
                 self._show(i, run, snap.now)
 
     def _show(self, i: int, run: WorkflowRow, now: dt.datetime) -> None:
+        colour = {"failed": "#c62828", "succeeded": "#2e7d32"}.get(run.status, "inherit")
         self.labels[i].value = (
             f'<span data-workflow="{run.id}"><b>{esc(run.name)}</b> #{run.id}</span> '
-            f"{esc(run.status)} {muted(ago(run.created, now))}"
+            f'<span style="color:{colour}">{esc(run.status)}</span> '
+            f"{muted('started ' + ago(run.created, now))}"
         )
         bar = self.bars[i]
         with bar.hold_sync():
             bar.max = max(run.steps, 1)
             bar.value = min(run.done, bar.max)
             bar.bar_style = _BAR_STYLES.get(run.status, "info")
-            bar.description = f"{run.done}/{run.steps}"
-        self.counts[i].value = " · ".join(
+        self.counts[i].value = f"<b>{run.done}/{run.steps}</b> " + " · ".join(
             f'<span data-workflow-status="{run.id}:{s}">{esc(STATUS_TITLES.get(s, s))} {n}</span>'
             for s in STATUSES
             if (n := run.counts.get(s, 0))

@@ -1,0 +1,156 @@
+"""HTML of the dashboard: tables, times and labels, as pure functions of the data.
+
+Tables carry a small style block and ``data-*`` attributes naming what each number counts,
+so tests and browser checks can find them; they render the same in JupyterLab, classic
+Notebook, VS Code and exported HTML. ``counts_table`` suits any static render of the counts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import Iterable, Sequence
+
+from pgq_nb.notebook.dashboard_data import STATUSES, FailedJob, ScheduleRow, Snapshot
+
+STATUS_TITLES = {"picked": "running", "upstream_failed": "upstream failed"}
+#: Columns the counts table always has; the other statuses appear when some job has them.
+ALWAYS_SHOWN = ("queued", "picked", "succeeded", "failed")
+_STYLE = (
+    "<style>.pgq-t{border-collapse:collapse;font-size:12px}"
+    ".pgq-t td,.pgq-t th{padding:2px 8px;border-bottom:1px solid #e0e0e0;text-align:right}"
+    ".pgq-t .l{text-align:left}</style>"
+)
+_MUTED = "color:#757575"
+
+
+def esc(value: object) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[str]], *, name: str, left: int = 1
+) -> str:
+    """An HTML table; cells are given as HTML (escape them first). The first ``left``
+    columns are left-aligned, the others (numbers) right-aligned."""
+
+    def cell(tag: str, i: int, content: str) -> str:
+        return f'<{tag} class="l">{content}</{tag}>' if i < left else f"<{tag}>{content}</{tag}>"
+
+    head = "".join(cell("th", i, esc(h)) for i, h in enumerate(headers))
+    body = "".join(
+        "<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows
+    )
+    return f'{_STYLE}<table class="pgq-t pgq-{name}"><tr>{head}</tr>{body}</table>'
+
+
+def muted(text: str) -> str:
+    return f'<span style="{_MUTED}">{esc(text)}</span>'
+
+
+def clock(value: dt.datetime | None, now: dt.datetime) -> str:
+    """A time in the kernel's local zone: HH:MM:SS today, else with its date."""
+    if value is None:
+        return "—"
+    local = value.astimezone()
+    if local.date() == now.astimezone().date():
+        return f"{local:%H:%M:%S}"
+    return f"{local:%Y-%m-%d %H:%M}"
+
+
+def ago(value: dt.datetime | None, now: dt.datetime) -> str:
+    """'12 s ago', '5 min ago', 'in 3 h' relative to the server's ``now``."""
+    if value is None:
+        return "—"
+    seconds = (now - value).total_seconds()
+    future, seconds = seconds < 0, abs(seconds)
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            amount = f"{int(seconds // size)} {unit}"
+            break
+    else:
+        amount = f"{int(seconds)} s"
+    return f"in {amount}" if future else f"{amount} ago"
+
+
+def counts_table(counts: dict[str, dict[str, int]]) -> str:
+    """Jobs per entrypoint (rows) and status (columns) with a total row, as HTML; usable for
+    any static render (``{entrypoint: {status: jobs}}``, e.g. from ``q.counts()``)."""
+
+    def total(status: str) -> int:
+        return sum(by_status.get(status, 0) for by_status in counts.values())
+
+    shown = [s for s in STATUSES if s in ALWAYS_SHOWN or total(s)]
+    headers = ["entrypoint", *(STATUS_TITLES.get(s, s) for s in shown)]
+
+    def number(entrypoint: str, status: str, n: int) -> str:
+        text = f"{n:,}" if n else muted("0")
+        return f'<span data-entrypoint="{esc(entrypoint)}" data-status="{status}">{text}</span>'
+
+    rows = [
+        [esc(ep), *(number(ep, s, by_status.get(s, 0)) for s in shown)]
+        for ep, by_status in sorted(counts.items())
+        if any(by_status.values())
+    ]
+    if not rows:
+        return muted("no jobs yet: q.enqueue(...) adds some")
+    rows.append(["<b>total</b>", *(f"<b>{number('*', s, total(s))}</b>" for s in shown)])
+    return table(headers, rows, name="counts")
+
+
+def workers_table(snap: Snapshot) -> str:
+    if not snap.workers:
+        return muted(
+            "no worker alive: queued jobs wait until one starts "
+            "(q.start_worker() here, or `pgq-nb worker module:q` elsewhere)"
+        )
+    rows = [
+        [
+            esc(w["id"]),
+            esc(w["host"]),
+            esc(w["pid"]),
+            esc(w["concurrency"]),
+            esc(", ".join(w["entrypoints"] or []) or "all"),
+            esc(ago(w["started"], snap.now)),
+            f'<span data-worker-heartbeat="{esc(w["id"])}">{esc(ago(w["heartbeat"], snap.now))}'
+            "</span>",
+        ]
+        for w in snap.workers
+    ]
+    headers = ["id", "host", "pid", "concurrency", "entrypoints", "started", "last heartbeat"]
+    return table(headers, rows, name="workers", left=7)
+
+
+def failure_label(job: FailedJob, now: dt.datetime) -> str:
+    first_line = (job.error or "").strip().splitlines()[:1]
+    error = first_line[0] if first_line else "(no error text)"
+    if len(error) > 90:
+        error = error[:89] + "…"
+    return f"#{job.id}  {job.entrypoint}  ×{job.attempts}  {clock(job.finished, now)}  {error}"
+
+
+def schedules_table(schedules: list[ScheduleRow], now: dt.datetime) -> str:
+    if not schedules:
+        return muted('no schedules: @q.schedule("name", "0 * * * *") adds one')
+    rows = []
+    for s in schedules:
+        state = "active" if s.enabled else "<b>paused</b>"
+        status = esc(s.last_status or "—")
+        if s.last_status == "failed":
+            status = f'<span style="color:#c62828" title="{esc(s.last_error)}">{status}</span>'
+        rows.append(
+            [
+                f'<span data-schedule="{esc(s.name)}">{esc(s.name)}</span>',
+                f"<code>{esc(s.expression)}</code> {muted(s.tz)}",
+                state,
+                f"{esc(clock(s.next_run, now))} {muted(ago(s.next_run, now))}"
+                if s.enabled
+                else muted("—"),
+                f"{esc(clock(s.last_run, now))} {muted(ago(s.last_run, now))}"
+                if s.last_run
+                else muted("never"),
+                status,
+            ]
+        )
+    headers = ["schedule", "cron", "state", "next run", "last run", "last status"]
+    return table(headers, rows, name="schedules", left=6)
