@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 from pgq_nb import db, runtime
 from pgq_nb.config import Settings
 from pgq_nb.dag import Workflow
+from pgq_nb.errors import PgqError
 from pgq_nb.queue import AsyncQueue, F, H
 from pgq_nb.resources import Resources
 from pgq_nb.retry import RetryPolicy
@@ -190,15 +191,17 @@ class Queue:
         return module.plot_throughput(self, since=since)
 
     def _repr_html_(self) -> str:
-        counts = self.counts()
-        rows = "".join(
-            f"<tr><td>{html.escape(e)}</td><td>{html.escape(s)}</td><td>{n}</td></tr>"
-            for e, s, n in counts
-        )
-        return (
-            f"<b>pgq_nb queue</b> (schema {html.escape(self.schema)})<table>"
-            f"<tr><th>entrypoint</th><th>status</th><th>jobs</th></tr>{rows}</table>"
-        )
+        title = f"<b>pgq_nb queue</b> (schema {html.escape(self.schema)})"
+        try:
+            counts = self.counts()
+        except (PgqError, OSError) as exc:  # a static render must not raise
+            return f"{title}: unavailable ({html.escape(str(exc))})"
+        pivot: dict[str, dict[str, int]] = {}
+        for entrypoint, status, n in counts:
+            pivot.setdefault(entrypoint, {})[status] = n
+        module = importlib.import_module("pgq_nb.notebook.dashboard_html")
+        table: str = module.counts_table(pivot)
+        return title + table
 
     def __repr__(self) -> str:
         return f"<pgq_nb.Queue {db.describe_dsn(self.aio.dsn)} schema={self.schema!r}>"

@@ -68,6 +68,20 @@ class Job:
             self._data = decode_payload(self.payload, job_id=self.id)
         return self._data
 
+    def _repr_html_(self) -> str:
+        preview = self.payload[:200] if self.payload is not None else b""
+        rows = [
+            ("job", self.id),
+            ("entrypoint", self.entrypoint),
+            ("attempt", self.attempts),
+            ("priority", self.priority),
+            ("created", f"{self.created:%Y-%m-%d %H:%M:%S}"),
+            ("payload", preview.decode("utf-8", "replace")),
+            ("workflow step", self.step_name),
+            ("schedule tick", self.fire_time),
+        ]
+        return _html_table(rows)
+
     def parent_results(self) -> dict[str, Any]:
         """For a workflow step: the results of the steps it depends on, by step name (a map
         step's results as a list in row order). Empty for a job with no parents."""
@@ -105,22 +119,36 @@ class JobInfo:
         return decode_payload(self.payload, job_id=self.id)
 
     def _repr_html_(self) -> str:
+        def when(value: dt.datetime | None) -> str | None:
+            return None if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
+
+        error = (
+            self.error
+            if self.error is None or len(self.error) <= 300
+            else (self.error[:300] + " ...")
+        )
         rows = [
-            ("id", self.id),
+            ("job", self.id),
             ("entrypoint", self.entrypoint),
             ("status", self.status.value),
             ("attempts", self.attempts),
-            ("created", self.created),
-            ("started", self.started),
-            ("finished", self.finished),
-            ("error", self.error),
+            ("created", when(self.created)),
+            ("started", when(self.started)),
+            ("finished", when(self.finished)),
+            ("error", error),
         ]
-        cells = "".join(
-            f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in rows
-            if v is not None
-        )
-        return f"<table>{cells}</table>"
+        return _html_table(rows)
+
+
+def _html_table(rows: list[tuple[str, object]]) -> str:
+    """A two-column table of the rows whose value is not None, for static renders."""
+    cells = "".join(
+        f"<tr><th style='text-align:left'>{k}</th>"
+        f"<td style='text-align:left;white-space:pre-wrap'>{html.escape(str(v))}</td></tr>"
+        for k, v in rows
+        if v is not None
+    )
+    return f"<table>{cells}</table>"
 
 
 def check_int(name: str, value: object, bits: int = 32) -> int:

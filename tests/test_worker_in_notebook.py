@@ -152,3 +152,24 @@ def test_run_until_idle_timeout_stops_early(q: pgq_nb.Queue) -> None:
     began = time.monotonic()
     q.run_until_idle(timeout=0.5)
     assert time.monotonic() - began < 10
+
+
+def test_static_html_renders_of_queue_job_and_info(q: pgq_nb.Queue) -> None:
+    seen: list[str] = []
+
+    @q.entrypoint("render", retry=pgq_nb.RetryPolicy.none())
+    def render(job: pgq_nb.Job) -> None:
+        seen.append(job._repr_html_())
+        raise ValueError("x" * 1000)
+
+    job_id = q.enqueue("render", {"a": 1})
+    assert ">queued<" in q._repr_html_()
+    q.run_until_idle()
+    assert "render" in seen[0]
+    assert "{&quot;a&quot;:1}" in seen[0]
+    html = q.get_job(job_id)._repr_html_()
+    assert "failed" in html
+    assert "ValueError: " + "x" * 288 + " ..." in html
+    assert "x" * 301 not in html
+    table = q._repr_html_()
+    assert 'data-entrypoint="render" data-status="failed">1<' in table
