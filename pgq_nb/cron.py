@@ -44,15 +44,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import difflib
-import functools
-import re
 from collections.abc import Iterator
 from itertools import chain
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import ZoneInfo
 
-from croniter import CroniterBadDateError, CroniterError, croniter
+from croniter import croniter
 
+from pgq_nb.cron_syntax import Parsed, parse_expression, zone_info
 from pgq_nb.errors import InvalidInputError
 
 CATCH_UP_POLICIES = ("latest", "all", "skip")
@@ -65,156 +63,6 @@ _UTC = dt.UTC
 _SECOND = dt.timedelta(seconds=1)
 _TINY = dt.timedelta(microseconds=1)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
-_NICKNAMES = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
-_FIELDS = ("minute", "hour", "day of month", "month", "day of week")
-_BOUNDS = {
-    "second": (0, 59),
-    "minute": (0, 59),
-    "hour": (0, 23),
-    "day of month": (1, 31),
-    "month": (1, 12),
-    "day of week": (0, 7),
-}
-_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
-_NAMES = {
-    "month": ({name: i for i, name in enumerate(_MONTHS, start=1)}, " or a month name (jan-dec)"),
-    "day of week": ({name: i for i, name in enumerate(_DAYS)}, " or a day name (sun-sat)"),
-}
-_NUMBER = re.compile(r"[0-9]+")
-
-
-# -- parsing ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Parsed:
-    cron: str  # what croniter is given
-    seconds: bool  # 6 fields, seconds first
-    every_hour: bool  # the hour field selects all 24 hours: follow real time across DST
-
-
-def _field_error(expression: str, number: int, name: str, problem: str) -> InvalidInputError:
-    return InvalidInputError(
-        f"invalid cron expression {expression!r}: field {number} ({name}) {problem}"
-    )
-
-
-def _check_value(token: str, name: str, fail: functools.partial[InvalidInputError]) -> int:
-    low, high = _BOUNDS[name]
-    if _NUMBER.fullmatch(token):
-        if not low <= int(token) <= high:
-            raise fail(f"{token!r} is out of range {low}-{high}")
-        return int(token)
-    names, hint = _NAMES.get(name, ({}, ""))
-    if token.lower() in names:
-        return names[token.lower()]
-    if token.lower() in ("r", "h") or token.lower().startswith(("r(", "h(")):
-        raise fail(
-            f"{token!r}: random (R) and hashed (H) values are not supported, because every "
-            "worker must compute the same fire times; write the value out"
-        )
-    raise fail(f"{token!r} is not a number from {low} to {high}{hint}")
-
-
-def _check_field(expression: str, number: int, name: str, value: str) -> None:
-    """Raise InvalidInputError naming the field if ``value`` is not valid cron for it."""
-    fail = functools.partial(_field_error, expression, number, name)
-    low, high = _BOUNDS[name]
-    for item in value.split(","):
-        if not item:
-            raise fail(f"{value!r} has an empty list item; remove the extra comma")
-        base, slash, step = item.partition("/")
-        if slash and not (_NUMBER.fullmatch(step) and 1 <= int(step) <= high - low + 1):
-            raise fail(
-                f"step {step!r} in {item!r} must be a whole number from 1 to {high - low + 1}"
-            )
-        lowered = base.lower()
-        if lowered == "*":
-            continue
-        if lowered == "?":
-            if name not in ("day of month", "day of week"):
-                raise fail("'?' is only allowed for day of month and day of week; use '*'")
-            continue
-        if name == "day of month" and lowered == "l" and not slash:
-            continue  # the last day of the month
-        if name == "day of week" and "#" in lowered and not slash:
-            day, _, nth = base.partition("#")  # e.g. 5#3, the third Friday
-            _check_value(day, name, fail)
-            if not re.fullmatch(r"[1-5]", nth):
-                raise fail(f"{item!r}: the number after '#' is the week of the month, 1 to 5")
-            continue
-        if name == "day of week" and lowered.startswith("l") and len(lowered) > 1 and not slash:
-            _check_value(base[1:], name, fail)  # e.g. L5, the last Friday
-            continue
-        first, dash, last = base.partition("-")
-        start = _check_value(first, name, fail)
-        if dash and _check_value(last, name, fail) < start:
-            raise fail(
-                f"range {base!r} goes backwards; to wrap around, write two ranges: "
-                f"'{first}-{high},{low}-{last}'"
-            )
-
-
-@functools.lru_cache(maxsize=512)
-def _parse(expression: str) -> _Parsed:
-    text = _NICKNAMES.get(expression.lower(), expression)
-    if text.startswith("@"):
-        raise InvalidInputError(
-            f"unknown cron nickname {expression!r}; use one of {', '.join(_NICKNAMES)}, or write "
-            "the fields out"
-        )
-    fields = text.split()
-    if len(fields) not in (5, 6):
-        raise InvalidInputError(
-            f"cron expression {expression!r} has {len(fields)} fields; write 5 (minute hour "
-            "day-of-month month day-of-week, e.g. '0 * * * *' for every hour) or 6 with seconds "
-            "first (e.g. '*/10 * * * * *' for every 10 seconds)"
-        )
-    seconds = len(fields) == 6
-    names = (("second",) if seconds else ()) + _FIELDS
-    for number, (name, value) in enumerate(zip(names, fields, strict=True), start=1):
-        _check_field(expression, number, name, value)
-    try:
-        expanded, _ = croniter.expand(text, second_at_beginning=seconds)
-        walker = croniter(text, dt.datetime(2000, 1, 1), second_at_beginning=seconds)
-        walker.get_next(dt.datetime)
-    except CroniterBadDateError:
-        raise InvalidInputError(
-            f"cron expression {expression!r} never fires (no date has day of month "
-            f"{fields[-3]!r} in month {fields[-2]!r}); fix the day-of-month or month field"
-        ) from None
-    except (CroniterError, ValueError, KeyError, IndexError) as exc:  # past the checks above
-        raise InvalidInputError(
-            f"invalid cron expression {expression!r}: croniter refuses it ({exc}); check each "
-            f"field against the cron syntax"
-        ) from None
-    hours = expanded[1]  # croniter orders minute, hour, ... whatever the input order
-    every_hour = hours == ["*"] or set(range(24)) <= set(hours)
-    return _Parsed(text, seconds, every_hour)
-
-
-@functools.lru_cache(maxsize=256)
-def _zone(tz: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        pass
-    known = {name.lower(): name for name in available_timezones()}
-    close = [known[m] for m in difflib.get_close_matches(tz.lower(), list(known), n=3)]
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-    raise InvalidInputError(
-        f"unknown time zone {tz!r}{hint}; use an IANA name such as 'Europe/Oslo', "
-        "'America/New_York' or 'UTC'"
-    )
 
 
 def _aware(name: str, value: object) -> dt.datetime:
@@ -243,8 +91,8 @@ class CronSpec:
         if not isinstance(self.tz, str):
             raise InvalidInputError(f"a time zone is an IANA name (a str), not {self.tz!r}")
         object.__setattr__(self, "expression", " ".join(self.expression.split()))
-        _parse(self.expression)
-        _zone(self.tz)
+        parse_expression(self.expression)
+        zone_info(self.tz)
 
 
 def parse_cron(expression: str, tz: str = "UTC") -> CronSpec:
@@ -255,18 +103,14 @@ def parse_cron(expression: str, tz: str = "UTC") -> CronSpec:
 # -- wall-clock times and the instants they fire at -------------------------------------------
 
 
-def _walls_after(
-    p: _Parsed, wall: dt.datetime, before: dt.datetime | None
-) -> Iterator[dt.datetime]:
+def _walls_after(p: Parsed, wall: dt.datetime, before: dt.datetime | None) -> Iterator[dt.datetime]:
     """Matching wall-clock times after ``wall``, ascending, stopping before ``before``."""
     walker = croniter(p.cron, wall.replace(microsecond=0), second_at_beginning=p.seconds)
     while (found := walker.get_next(dt.datetime)) < (before or dt.datetime.max):
         yield found
 
 
-def _walls_upto(
-    p: _Parsed, wall: dt.datetime, down_to: dt.datetime | None
-) -> Iterator[dt.datetime]:
+def _walls_upto(p: Parsed, wall: dt.datetime, down_to: dt.datetime | None) -> Iterator[dt.datetime]:
     """Matching wall-clock times at or before ``wall``, descending, down to ``down_to``."""
     start = wall.replace(microsecond=0) + _SECOND
     walker = croniter(p.cron, start, second_at_beginning=p.seconds)
@@ -307,7 +151,7 @@ def _repeated(zone: ZoneInfo, wall: dt.datetime) -> tuple[dt.datetime, dt.dateti
 
 
 def _resolve(
-    p: _Parsed, zone: ZoneInfo, wall: dt.datetime, forward: bool
+    p: Parsed, zone: ZoneInfo, wall: dt.datetime, forward: bool
 ) -> tuple[Iterator[dt.datetime], dt.datetime | None]:
     """The instants a matching ``wall`` fires at, lazily and in the order of travel, and the
     wall-clock time to walk on from if the walk must jump (None: carry on).
@@ -336,7 +180,7 @@ def _resolve(
     return chain(seconds, firsts), start - _TINY
 
 
-def _walk(p: _Parsed, zone: ZoneInfo, cursor: dt.datetime, forward: bool) -> Iterator[dt.datetime]:
+def _walk(p: Parsed, zone: ZoneInfo, cursor: dt.datetime, forward: bool) -> Iterator[dt.datetime]:
     """Candidate instants of the wall-clock times after (forward) or at and before ``cursor``,
     in the order of travel; a gap's end may come more than once."""
     while True:
@@ -349,7 +193,7 @@ def _walk(p: _Parsed, zone: ZoneInfo, cursor: dt.datetime, forward: bool) -> Ite
                 break
 
 
-def _forward(p: _Parsed, zone: ZoneInfo, after: dt.datetime) -> Iterator[dt.datetime]:
+def _forward(p: Parsed, zone: ZoneInfo, after: dt.datetime) -> Iterator[dt.datetime]:
     """Fire times after ``after``, ascending, with the daylight-saving rules applied."""
     cursor = _wall(zone, after)
     head: Iterator[dt.datetime] = iter([])
@@ -369,7 +213,7 @@ def _forward(p: _Parsed, zone: ZoneInfo, after: dt.datetime) -> Iterator[dt.date
             yield instant
 
 
-def _backward(p: _Parsed, zone: ZoneInfo, at: dt.datetime) -> Iterator[dt.datetime]:
+def _backward(p: Parsed, zone: ZoneInfo, at: dt.datetime) -> Iterator[dt.datetime]:
     """Fire times at or before ``at``, descending, with the daylight-saving rules applied."""
     cursor = _wall(zone, at)
     head: Iterator[dt.datetime] = iter([])
@@ -393,12 +237,14 @@ def _backward(p: _Parsed, zone: ZoneInfo, at: dt.datetime) -> Iterator[dt.dateti
 
 def next_fire(spec: CronSpec, after: dt.datetime) -> dt.datetime:
     """The first fire time strictly after ``after`` (aware), in UTC."""
-    return next(_forward(_parse(spec.expression), _zone(spec.tz), _aware("after", after)))
+    return next(
+        _forward(parse_expression(spec.expression), zone_info(spec.tz), _aware("after", after))
+    )
 
 
 def previous_fire(spec: CronSpec, at: dt.datetime) -> dt.datetime:
     """The last fire time at or before ``at`` (aware), in UTC."""
-    return next(_backward(_parse(spec.expression), _zone(spec.tz), _aware("at", at)))
+    return next(_backward(parse_expression(spec.expression), zone_info(spec.tz), _aware("at", at)))
 
 
 def fire_times_between(
@@ -409,7 +255,7 @@ def fire_times_between(
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise InvalidInputError(f"limit must be an int >= 0, not {limit!r}")
     times: list[dt.datetime] = []
-    for instant in _forward(_parse(spec.expression), _zone(spec.tz), begin):
+    for instant in _forward(parse_expression(spec.expression), zone_info(spec.tz), begin):
         if instant > finish or len(times) >= limit:
             break
         times.append(instant)
@@ -447,7 +293,7 @@ def due_ticks(
         return []
     wanted = max_catch_up if catch_up == "all" else 1
     ticks: list[dt.datetime] = []
-    for instant in _backward(_parse(spec.expression), _zone(spec.tz), now):
+    for instant in _backward(parse_expression(spec.expression), zone_info(spec.tz), now):
         if instant < oldest or len(ticks) >= wanted:
             break
         ticks.append(instant)
@@ -475,7 +321,7 @@ class Schedule:
     last_fire_time: dt.datetime | None = None
 
     def __post_init__(self) -> None:
-        zone = _zone(self.tz)
+        zone = zone_info(self.tz)
         object.__setattr__(self, "fire_time", _aware("fire_time", self.fire_time).astimezone(zone))
         if self.last_fire_time is not None:
             last = _aware("last_fire_time", self.last_fire_time).astimezone(zone)
