@@ -150,6 +150,7 @@ def test_views_after_work_keep_their_schemas(q: pgq_nb.Queue, worked: dict[str, 
     assert list(q.history(entrypoint="ok")["job_id"]) == sorted(worked["ok"], reverse=True)
     assert list(q.history(status="failed")["job_id"]) == worked["bad"]
     assert len(q.history(since=dt.timedelta(minutes=5))) == 6
+    assert len(q.history(since="5min")) == 6  # a duration, as plot_throughput takes it
     assert len(q.history(since="2999-01-01T00:00+00:00")) == 0
     assert len(q.history(limit=2)) == 2
 

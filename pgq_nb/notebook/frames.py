@@ -121,16 +121,22 @@ def _since(since: dt.datetime | dt.timedelta | str | None) -> dt.datetime | None
     if isinstance(since, dt.timedelta):
         return dt.datetime.now(dt.UTC) - since
     if isinstance(since, str):
-        try:
-            since = dt.datetime.fromisoformat(since)
+        try:  # a duration first ("15min", "1h", "2d"), as plot_throughput takes it
+            since = pd.Timedelta(since.strip()).to_pytimedelta()
         except ValueError:
-            raise InvalidInputError(
-                f"since={since!r} is not an ISO 8601 time; write e.g. '2026-06-01T00:00+00:00'"
-            ) from None
+            try:
+                since = dt.datetime.fromisoformat(since)
+            except ValueError:
+                raise InvalidInputError(
+                    f"since={since!r} is neither a duration ('15min', '1h', '2d') nor an ISO "
+                    "8601 time with a zone ('2026-06-01T00:00+00:00')"
+                ) from None
+        if isinstance(since, dt.timedelta):
+            return dt.datetime.now(dt.UTC) - since
     if not isinstance(since, dt.datetime):
         raise InvalidInputError(
-            "since must be a timezone-aware datetime, an ISO 8601 string, a timedelta (that "
-            f"long ago) or None, not {type(since).__name__}"
+            "since must be a timezone-aware datetime, a duration ('1h') or ISO 8601 string, a "
+            f"timedelta (that long ago) or None, not {type(since).__name__}"
         )
     if since.tzinfo is None:
         raise InvalidInputError(
