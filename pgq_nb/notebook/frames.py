@@ -121,11 +121,12 @@ def _since(since: dt.datetime | dt.timedelta | str | None) -> dt.datetime | None
     if isinstance(since, dt.timedelta):
         return dt.datetime.now(dt.UTC) - since
     if isinstance(since, str):
+        text = since.strip()
         try:  # a duration first ("15min", "1h", "2d"), as plot_throughput takes it
-            since = pd.Timedelta(since.strip()).to_pytimedelta()
+            since = pd.Timedelta(text).to_pytimedelta()
         except ValueError:
             try:
-                since = dt.datetime.fromisoformat(since)
+                since = dt.datetime.fromisoformat(text)
             except ValueError:
                 raise InvalidInputError(
                     f"since={since!r} is neither a duration ('15min', '1h', '2d') nor an ISO "
