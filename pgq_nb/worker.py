@@ -224,7 +224,7 @@ class Worker(Claiming, Upkeep):
             done = self._take_plain_finished()
             free = self.concurrency - len(self._running) - len(self._finished)
             room = self._room(min(free, self.batch_size))  # what the caps here allow too
-            if room < (min(low_water, self._most_room() // 4) if backlog else 1):
+            if room < (max(1, min(low_water, self._most_room() // 4)) if backlog else 1):
                 self._finished[:0] = done
                 self._slot_free.clear()
                 await self._slot_free.wait()
