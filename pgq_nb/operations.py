@@ -6,6 +6,8 @@ A mixin of :class:`pgq_nb.queue.AsyncQueue`; every method runs on the pgq_nb loo
 from __future__ import annotations
 
 import asyncio
+import importlib
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +27,23 @@ def _ids(ids: Sequence[int] | int, what: str = "ids") -> list[int]:
         return [check_int(what, i, bits=64) for i in ids]
     except (TypeError, ValueError):
         raise InvalidInputError(f"{what} must be job ids (ints)") from None
+
+
+def _present_ids(ids: Sequence[int] | int) -> list[int]:
+    """Job ids, skipping missing ones (None, <NA>, NaN: rows a bulk enqueue skipped)."""
+    if isinstance(ids, int):
+        return _ids(ids)
+    present = []
+    for value in ids:
+        try:
+            present.append(operator.index(value))
+            continue
+        except TypeError:
+            pass
+        if value is None or str(value) in ("<NA>", "nan", "NaT"):
+            continue
+        raise InvalidInputError(f"ids must be job ids (ints), not {value!r}")
+    return present
 
 
 def _info(row: Any) -> JobInfo:
@@ -71,25 +90,50 @@ class Operations:
         return [dict(r) for r in rows]
 
     @runtime.bridged
-    async def wait(self, ids: Sequence[int], *, timeout: float | None = None) -> dict[int, str]:
-        """Wait until every job in ``ids`` has finished; return their final statuses."""
-        wanted = [int(i) for i in ids]
+    async def wait(
+        self,
+        ids: Sequence[int] | int,
+        *,
+        timeout: float | None = None,
+        progress: bool | None = None,
+    ) -> dict[int, str]:
+        """Wait until every job in ``ids`` has finished; return their final statuses.
+
+        ``ids`` may be the Series ``enqueue_df`` returned (rows it skipped, <NA>, are left
+        out). ``progress`` shows a bar of finished jobs (default: in a notebook, for 1,000 jobs
+        or more). An interrupt stops the waiting and leaves the jobs as they are."""
+        wanted = _present_ids(ids)
+        bar: Any = None
+        if progress is not False:
+            module = importlib.import_module("pgq_nb.notebook.progress")
+            bar = module.bar(progress, len(wanted), "jobs finished", unit="jobs")
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         delay = 0.01
-        while True:
-            found = await self.statuses(wanted)
-            missing = [i for i in wanted if i not in found]
-            if missing:
-                raise JobNotFoundError(f"no job with id {missing[0]} in the queue or in history")
-            if all(s.is_final for s in found.values()):
-                return {i: found[i].value for i in wanted}
-            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-                raise TimeoutError(
-                    f"{sum(not s.is_final for s in found.values())} of {len(wanted)} jobs "
-                    f"had not finished after {timeout} s"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        done = 0
+        try:
+            while True:
+                found = await self.statuses(wanted)
+                missing = [i for i in wanted if i not in found]
+                if missing:
+                    raise JobNotFoundError(
+                        f"no job with id {missing[0]} in the queue or in history"
+                    )
+                finished = sum(s.is_final for s in found.values())
+                if bar is not None and finished > done:
+                    bar.update(finished - done)
+                done = finished
+                if finished == len(wanted):
+                    return {i: found[i].value for i in wanted}
+                if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                    raise TimeoutError(
+                        f"{len(wanted) - finished} of {len(wanted)} jobs had not finished "
+                        f"after {timeout} s"
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        finally:
+            if bar is not None:
+                bar.close()
 
     @runtime.bridged
     async def cancel(self, ids: Sequence[int] | int) -> dict[int, str]:

@@ -357,3 +357,18 @@ def test_enqueue_df_inside_a_transaction_commits_or_rolls_back_with_it(q: pgq_nb
             second = tx.enqueue_df("sink", df, dedupe_key="key")  # the staging table is reused
     assert first.notna().all() and second.isna().all()
     assert _count(q) == 2
+
+
+def test_wait_takes_the_series_enqueue_df_returned(q: pgq_nb.Queue) -> None:
+    q.entrypoint("w")(lambda job: job.data["n"])
+    live = q.enqueue("w", {"n": 0}, dedupe_key="k0")
+    frame = pd.DataFrame({"n": [0, 1, 2], "key": ["k0", "k1", "k2"]})
+    with pytest.warns(UserWarning, match="skipped"):
+        ids = q.enqueue_df("w", frame, dedupe_key="key")
+    assert ids.isna().sum() == 1  # the row whose key a live job holds
+    q.run_until_idle()
+    statuses = q.wait(ids, timeout=10, progress=False)
+    assert sorted(statuses.values()) == ["succeeded", "succeeded"]
+    assert live not in statuses
+    with pytest.raises(pgq_nb.InvalidInputError, match="job ids"):
+        q.wait(["x"], progress=False)
