@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -29,7 +29,7 @@ def _ids(ids: Sequence[int] | int, what: str = "ids") -> list[int]:
         raise InvalidInputError(f"{what} must be job ids (ints)") from None
 
 
-def _present_ids(ids: Sequence[int] | int) -> list[int]:
+def _present_ids(ids: Iterable[int] | int) -> list[int]:
     """Job ids, skipping missing ones (None, <NA>, NaN: rows a bulk enqueue skipped)."""
     if isinstance(ids, int):
         return _ids(ids)
@@ -92,7 +92,7 @@ class Operations:
     @runtime.bridged
     async def wait(
         self,
-        ids: Sequence[int] | int,
+        ids: Iterable[int] | int,
         *,
         timeout: float | None = None,
         progress: bool | None = None,

@@ -371,4 +371,4 @@ def test_wait_takes_the_series_enqueue_df_returned(q: pgq_nb.Queue) -> None:
     assert sorted(statuses.values()) == ["succeeded", "succeeded"]
     assert live not in statuses
     with pytest.raises(pgq_nb.InvalidInputError, match="job ids"):
-        q.wait(["x"], progress=False)
+        q.wait(["x"], progress=False)  # type: ignore[list-item]
