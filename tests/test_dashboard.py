@@ -154,6 +154,21 @@ def test_workers_show_with_their_heartbeat(q: pgq_nb.Queue, dash: Dashboard) -> 
         worker.stop()
 
 
+def test_limits_and_pauses_show_with_their_waiting_jobs(q: pgq_nb.Queue, dash: Dashboard) -> None:
+    dash.refresh_now()
+    assert "no limits and nothing paused" in dash.overview.limits.value
+    q.entrypoint("api", max_running=2, rate_limit="10/s")(lambda job: None)
+    q.start_worker().stop()  # a worker records the limits
+    q.pause("api")
+    q.enqueue(["api"] * 4)
+    dash.refresh_now()
+    html = dash.overview.limits.value
+    assert "<b>paused</b>" in html
+    assert 'data-limit-waiting="api">4<' in html
+    assert ">10/s<" in html
+    assert ">2<" in html
+
+
 def test_requeue_selected_and_requeue_all_of_one_entrypoint(
     q: pgq_nb.Queue, dash: Dashboard
 ) -> None:

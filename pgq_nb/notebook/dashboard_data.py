@@ -83,6 +83,8 @@ class Snapshot:
     failures: list[FailedJob]
     schedules: list[ScheduleRow]
     workflows: list[WorkflowRow]
+    #: entrypoints with a global limit or a pause (``q.flow()``)
+    limits: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def total(self, status: str) -> int:
         return sum(by_status.get(status, 0) for by_status in self.counts.values())
@@ -133,6 +135,7 @@ class SnapshotReader:
             schedules = await conn.fetch(queries["dashboard_schedules"], self.schedules_limit)
             runs = await conn.fetch(queries["dashboard_workflows"], self.workflows_limit)
             workflows = await self._workflows(conn, runs)
+            limits = [dict(r) for r in await conn.fetch(queries["flow_overview"])]
         return Snapshot(
             now=throughput.now,
             counts=counts,
@@ -141,6 +144,7 @@ class SnapshotReader:
             failures=[FailedJob(**dict(r)) for r in failed],
             schedules=[ScheduleRow(**dict(r)) for r in schedules],
             workflows=workflows,
+            limits=limits,
         )
 
     async def _workflows(self, conn: Any, runs: list[Any]) -> list[WorkflowRow]:

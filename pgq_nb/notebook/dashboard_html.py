@@ -121,6 +121,25 @@ def workers_table(snap: Snapshot) -> str:
     return table(headers, rows, name="workers", left=7)
 
 
+def limits_table(snap: Snapshot) -> str:
+    """Entrypoints with a global limit or a pause, and how many of their jobs run and wait."""
+    if not snap.limits:
+        return muted("no limits and nothing paused")
+    rows = [
+        [
+            esc(f["entrypoint"]),
+            esc(f["max_running"] if f["max_running"] is not None else ""),
+            esc(f"{f['rate_per_s']:g}/s" if f["rate_per_s"] is not None else ""),
+            "<b>paused</b>" if f["paused"] else "",
+            f'<span data-limit-running="{esc(f["entrypoint"])}">{f["running"]:,}</span>',
+            f'<span data-limit-waiting="{esc(f["entrypoint"])}">{f["waiting"]:,}</span>',
+        ]
+        for f in snap.limits
+    ]
+    headers = ["entrypoint", "max running", "rate limit", "paused", "running", "waiting"]
+    return table(headers, rows, name="limits", left=1)
+
+
 def failure_label(job: FailedJob, now: dt.datetime) -> str:
     first_line = (job.error or "").strip().splitlines()[:1]
     error = first_line[0] if first_line else "(no error text)"

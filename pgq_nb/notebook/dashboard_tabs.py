@@ -26,6 +26,7 @@ from pgq_nb.notebook.dashboard_html import (
     counts_table,
     esc,
     failure_label,
+    limits_table,
     muted,
     schedules_table,
     workers_table,
@@ -57,6 +58,7 @@ class OverviewTab:
         self.counts = widgets.HTML()
         self.chart = widgets.HTML()
         self.workers = widgets.HTML()
+        self.limits = widgets.HTML()
         self.widget = widgets.VBox(
             [
                 widgets.HBox(
@@ -68,6 +70,8 @@ class OverviewTab:
                 ),
                 widgets.HTML("<b>Workers</b>"),
                 self.workers,
+                widgets.HTML("<b>Limits and pauses</b>"),
+                self.limits,
             ]
         )
 
@@ -83,6 +87,7 @@ class OverviewTab:
             + muted(f"last {len(minutes)} min{capped}: {note or 'nothing finished'}")
         )
         self.workers.value = workers_table(snap)
+        self.limits.value = limits_table(snap)
 
 
 class FailuresTab:
