@@ -223,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PgqError as exc:
         print(f"pgq-nb: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `pgq-nb status | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 
