@@ -153,6 +153,11 @@ class Context:
         return f"bench_pgqueuer_{scenario}_{self.run_id}_{repeat}"[:60]
 
 
+async def noop(job: Any) -> None:
+    """The handler every scenario runs, on either system: it does nothing."""
+    return None
+
+
 def log(message: str) -> None:
     """Progress output, on stderr so that stdout carries only the table."""
     print(message, file=sys.stderr, flush=True)

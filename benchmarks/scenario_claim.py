@@ -15,15 +15,11 @@ import time
 from typing import Any
 
 import pgq_nb
-from benchmarks.common import Context, Row, fresh_pgq_nb, log, on_pgq_nb_loop
+from benchmarks.common import Context, Row, fresh_pgq_nb, log, noop, on_pgq_nb_loop
 
 ENTRYPOINT = "bench_claim"
 WARMUP = 10
 WORKER_ID = 1  # claims are rolled back; no worker row is needed
-
-
-async def _noop(job: pgq_nb.Job) -> None:
-    return None
 
 
 def _nodes(plan: dict[str, Any]) -> list[str]:
@@ -70,7 +66,7 @@ async def _fill_and_time(q: pgq_nb.AsyncQueue, n: int, runs: int, batch: int) ->
 
 def _measure(ctx: Context, n: int) -> tuple[float, str]:
     with fresh_pgq_nb(ctx.dsn, ctx.schema(f"claim{n}", 0)) as q:
-        q.entrypoint(ENTRYPOINT)(_noop)
+        q.entrypoint(ENTRYPOINT)(noop)
         return on_pgq_nb_loop(_fill_and_time(q.aio, n, ctx.sizes.claim_runs, ctx.sizes.claim_batch))
 
 

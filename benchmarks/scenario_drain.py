@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import asyncpg
 
@@ -30,6 +29,7 @@ from benchmarks.common import (
     Row,
     fresh_pgq_nb,
     log,
+    noop,
     on_pgq_nb_loop,
     pgq_nb_enqueue_noops,
     pgq_nb_live_empty,
@@ -41,14 +41,6 @@ from benchmarks.common import (
 )
 
 ENTRYPOINT = "bench_drain"
-
-
-async def _noop_pgq_nb(job: pgq_nb.Job) -> None:
-    return None
-
-
-async def _noop_pgqueuer(job: Any) -> None:
-    return None
 
 
 Outcome = tuple[float, str]  # jobs/s, and a note when the run hit the time cap
@@ -91,7 +83,7 @@ def _pgq_nb_once(ctx: Context, name: str, repeat: int, tuned: bool) -> Outcome:
     n = ctx.sizes.drain_jobs
     concurrency, batch = ctx.tuned_pgq_nb if tuned else (None, None)
     with fresh_pgq_nb(ctx.dsn, ctx.schema(name, repeat)) as q:
-        q.entrypoint(ENTRYPOINT)(_noop_pgq_nb)
+        q.entrypoint(ENTRYPOINT)(noop)
         pgq_nb_enqueue_noops(q, ENTRYPOINT, n)
         cap = ctx.sizes.drain_cap
         return on_pgq_nb_loop(_pgq_nb_drain(q.aio, n, cap, concurrency, batch))
@@ -112,7 +104,7 @@ async def _pgqueuer_once(
             if ctx.analyze_pgqueuer:
                 await conn.execute("ANALYZE pgqueuer")
             worker = pgqueuer_env.Worker(ctx.pgqueuer, dsn, settings)
-            await worker.open({ENTRYPOINT: _noop_pgqueuer})
+            await worker.open({ENTRYPOINT: noop})
             began = time.perf_counter()
             worker.start()
             try:

@@ -28,14 +28,11 @@ from benchmarks.common import (
     Row,
     fresh_pgq_nb,
     log,
+    noop,
     sides,
 )
 
 ENTRYPOINT = "bench_enqueue"
-
-
-async def _noop(job: pgq_nb.Job) -> None:
-    return None
 
 
 def pgq_nb_enqueuer(
@@ -72,7 +69,7 @@ def _timed(enqueue: Callable[[], object]) -> float:
 def _pgq_nb_once(ctx: Context, repeat: int, payloads: list[dict[str, int]]) -> tuple[float, str]:
     chunk = ctx.sizes.enqueue_chunk_pgq_nb
     with fresh_pgq_nb(ctx.dsn, ctx.schema("enqueue", repeat)) as q:
-        q.entrypoint(ENTRYPOINT)(_noop)
+        q.entrypoint(ENTRYPOINT)(noop)
         enqueue, how = pgq_nb_enqueuer(q, payloads, chunk)
         try:
             elapsed = _timed(enqueue)

@@ -12,7 +12,6 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import asyncpg
 
@@ -24,6 +23,7 @@ from benchmarks.common import (
     Row,
     fresh_pgq_nb,
     log,
+    noop,
     on_pgq_nb_loop,
     pgq_nb_succeeded,
     sides,
@@ -32,14 +32,6 @@ from benchmarks.common import (
 )
 
 ENTRYPOINT = "bench_sustained"
-
-
-async def _noop_pgq_nb(job: pgq_nb.Job) -> None:
-    return None
-
-
-async def _noop_pgqueuer(job: Any) -> None:
-    return None
 
 
 async def _window(
@@ -85,7 +77,7 @@ async def _pgq_nb_sustained(ctx: Context, q: pgq_nb.AsyncQueue) -> tuple[float, 
 
 def _pgq_nb_once(ctx: Context, repeat: int) -> tuple[float, int]:
     with fresh_pgq_nb(ctx.dsn, ctx.schema("sustained", repeat)) as q:
-        q.entrypoint(ENTRYPOINT)(_noop_pgq_nb)
+        q.entrypoint(ENTRYPOINT)(noop)
         return on_pgq_nb_loop(_pgq_nb_sustained(ctx, q.aio))
 
 
@@ -106,7 +98,7 @@ async def _pgqueuer_once(ctx: Context, repeat: int) -> tuple[float, int]:
                     [0] * len(payloads),
                 )
 
-            await worker.open({ENTRYPOINT: _noop_pgqueuer})
+            await worker.open({ENTRYPOINT: noop})
             worker.start()
             try:
                 return await _window(ctx, produce, lambda: pgqueuer_env.succeeded(counter_conn))

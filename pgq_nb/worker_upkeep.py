@@ -42,6 +42,17 @@ class Upkeep:
     _schedules: list[ScheduleSpec]
     _executor: Any
 
+    async def _insert_worker_row(self, conn: Any) -> int:
+        """A new row in ``workers`` for this process; its id tags the jobs it claims."""
+        worker_id: int = await conn.fetchval(
+            self._q["register_worker"],
+            socket.gethostname(),
+            os.getpid(),
+            list(self.specs),
+            self.concurrency,
+        )
+        return worker_id
+
     async def _register(self) -> None:
         await self.queue.resources.open()
         async with self.queue.pool.acquire() as conn:
@@ -49,13 +60,7 @@ class Upkeep:
             if self._schedules:
                 await schedules.register(conn, self._q, self._schedules)
             self._paused = {r["name"] for r in await conn.fetch(self._q["paused_entrypoints"])}
-            self.worker_id = await conn.fetchval(
-                self._q["register_worker"],
-                socket.gethostname(),
-                os.getpid(),
-                list(self.specs),
-                self.concurrency,
-            )
+            self.worker_id = await self._insert_worker_row(conn)
         if any(not s.is_async for s in self.specs.values()):
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.concurrency, thread_name_prefix="pgq_nb-job"
@@ -102,13 +107,7 @@ class Upkeep:
                             "this worker was presumed dead and its jobs requeued; re-registering",
                             extra={"worker_id": self.worker_id},
                         )
-                        self.worker_id = await conn.fetchval(
-                            self._q["register_worker"],
-                            socket.gethostname(),
-                            os.getpid(),
-                            list(self.specs),
-                            self.concurrency,
-                        )
+                        self.worker_id = await self._insert_worker_row(conn)
                     async with conn.transaction():
                         reclaimed = await conn.fetch(
                             self._q["reclaim_stale"], settings.heartbeat_timeout

@@ -102,19 +102,9 @@ def parse_since(since: object) -> tuple[dt.datetime | None, float, str]:
     string ("15min", "1h", "2d") means that long before now; an aware datetime (or ISO 8601
     string with a zone) a fixed start."""
     if isinstance(since, str):
-        text = since.strip()
-        try:
-            import pandas as pd
+        from pgq_nb.notebook.columns import parse_time_text  # pandas, on first use
 
-            since = pd.Timedelta(text).to_pytimedelta()
-        except ValueError:
-            try:
-                since = dt.datetime.fromisoformat(text)
-            except ValueError:
-                raise InvalidInputError(
-                    f"since={text!r} is neither a duration ('15min', '1h', '2d') nor an "
-                    "ISO 8601 time with a zone ('2026-06-01T09:00+00:00')"
-                ) from None
+        since = parse_time_text(since)
     if isinstance(since, dt.timedelta):
         if since <= dt.timedelta(0):
             raise InvalidInputError(f"since={since} must be a positive duration")

@@ -22,6 +22,7 @@ Columns expanded from JSON (``q.results``) get a dtype inferred from their value
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import JobStatus
 
 Kind = Literal["int", "count", "float", "str", "time", "status", "json", "payload"]
@@ -99,3 +101,22 @@ def inferred(values: Sequence[Any]) -> pd.Series:
     except (TypeError, ValueError, OverflowError):  # e.g. an integer beyond 64 bits
         pass
     return _objects(values)
+
+
+def parse_time_text(text: str) -> dt.timedelta | dt.datetime:
+    """A duration ("15min", "1h", "2d") or an ISO 8601 time, as the views' ``since=`` take
+    them; InvalidInputError otherwise. (A time without a zone is returned as is: callers say
+    what to do about it.)"""
+    text = text.strip()
+    try:
+        delta: dt.timedelta = pd.Timedelta(text).to_pytimedelta()
+        return delta
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"since={text!r} is neither a duration ('15min', '1h', '2d') nor an ISO 8601 "
+            "time with a zone ('2026-06-01T09:00+00:00')"
+        ) from None

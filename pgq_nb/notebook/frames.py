@@ -25,6 +25,7 @@ from pgq_nb.notebook.columns import (
     decode_payload,
     frame,
     inferred,
+    parse_time_text,
     typed,
 )
 from pgq_nb.notebook.enqueue import enqueue_df
@@ -121,17 +122,7 @@ def _since(since: dt.datetime | dt.timedelta | str | None) -> dt.datetime | None
     if isinstance(since, dt.timedelta):
         return dt.datetime.now(dt.UTC) - since
     if isinstance(since, str):
-        text = since.strip()
-        try:  # a duration first ("15min", "1h", "2d"), as plot_throughput takes it
-            since = pd.Timedelta(text).to_pytimedelta()
-        except ValueError:
-            try:
-                since = dt.datetime.fromisoformat(text)
-            except ValueError:
-                raise InvalidInputError(
-                    f"since={since!r} is neither a duration ('15min', '1h', '2d') nor an ISO "
-                    "8601 time with a zone ('2026-06-01T00:00+00:00')"
-                ) from None
+        since = parse_time_text(since)  # a duration, as plot_throughput takes it, or a time
         if isinstance(since, dt.timedelta):
             return dt.datetime.now(dt.UTC) - since
     if not isinstance(since, dt.datetime):
