@@ -8,6 +8,7 @@ import enum
 import html
 import json
 import math
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -149,6 +150,39 @@ def _html_table(rows: list[tuple[str, object]]) -> str:
         if v is not None
     )
     return f"<table>{cells}</table>"
+
+
+#: Default cut for an attempt's error message (``history.error``, ``errors[].error``).
+ERROR_LIMIT = 10_000
+#: Default cut for a traceback (``history.traceback``): deep recursion tracebacks are huge.
+TRACEBACK_LIMIT = 100_000
+
+# NUL (Postgres text and jsonb cannot hold it) and lone UTF-16 surrogates (not UTF-8 encodable).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    char = match.group()
+    return "\\x00" if char == "\x00" else "\ufffd"
+
+
+def storable_text(text: str | None, limit: int = ERROR_LIMIT) -> str | None:
+    """``text`` made storable in a Postgres ``text`` column, for errors and tracebacks.
+
+    A NUL becomes the four visible characters ``\\x00``; a lone surrogate becomes U+FFFD;
+    text longer than ``limit`` characters keeps its first ``limit`` characters and ends with
+    a marker saying how many were cut. None stays None.
+    """
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        text = str(text)
+    if _UNSTORABLE.search(text):
+        text = _UNSTORABLE.sub(_visible, text)
+    if len(text) > limit:
+        cut = len(text) - limit
+        text = f"{text[:limit]}\n... [{cut:,} more characters cut by pgq_nb]"
+    return text
 
 
 def check_int(name: str, value: object, bits: int = 32) -> int:
