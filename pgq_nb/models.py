@@ -156,9 +156,21 @@ def _html_table(rows: list[tuple[str, object]]) -> str:
 ERROR_LIMIT = 10_000
 #: Default cut for a traceback (``history.traceback``): deep recursion tracebacks are huge.
 TRACEBACK_LIMIT = 100_000
+#: The most JSON text a handler's result may take (16 MiB). jsonb holds up to 255 MiB, but
+#: parsing text into jsonb needs many times its size: measured on PostgreSQL 18, 16 MiB of
+#: ``[0,0,...]`` became 96 MiB of jsonb, 32 MiB became 192 MiB, and 64 MiB failed with
+#: "invalid memory alloc request size". Large outputs belong in a table or a file.
+RESULT_LIMIT = 16 * 1024 * 1024
+#: Longest entrypoint (and schedule) name, in characters: it is a primary key and travels in
+#: NOTIFY payloads (at most 8,000 bytes).
+NAME_LIMIT = 200
+#: Longest dedupe key, in bytes of UTF-8: it is a unique B-tree key (at most 2,704 bytes).
+DEDUPE_KEY_LIMIT = 1_000
 
 # NUL (Postgres text and jsonb cannot hold it) and lone UTF-16 surrogates (not UTF-8 encodable).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# An escape in ASCII JSON text as json.dumps writes it (lowercase hex).
+_ESCAPE = re.compile(r"\\(?:u([0-9a-f]{4})|.)", re.DOTALL)
 
 
 def _visible(match: re.Match[str]) -> str:
@@ -183,6 +195,41 @@ def storable_text(text: str | None, limit: int = ERROR_LIMIT) -> str | None:
         cut = len(text) - limit
         text = f"{text[:limit]}\n... [{cut:,} more characters cut by pgq_nb]"
     return text
+
+
+def check_text(name: str, value: object, *, limit: int = NAME_LIMIT, in_bytes: bool = False) -> str:
+    """``value`` if it is a str Postgres can store and index: no NUL, no lone surrogate, at most
+    ``limit`` characters (UTF-8 bytes with ``in_bytes``); else InvalidInputError."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a str, not {type(value).__name__}")
+    found = _UNSTORABLE.search(value)
+    if found is not None:
+        what = (
+            "a NUL character (\\x00)"
+            if found.group() == "\x00"
+            else "a lone surrogate (not valid Unicode)"
+        )
+        raise InvalidInputError(
+            f"{name} {_shown(value)} contains {what} at position {found.start()}, which "
+            "Postgres text cannot hold; remove or replace it"
+        )
+    size = len(value.encode()) if in_bytes and len(value) * 4 > limit else len(value)
+    if size > limit:
+        unit = "bytes long in UTF-8" if in_bytes else "characters long"
+        advice = (
+            "use a hash of it, e.g. hashlib.sha256(key.encode()).hexdigest()"
+            if in_bytes
+            else "use a shorter name"
+        )
+        raise InvalidInputError(
+            f"{name} {_shown(value)} is {size:,} {unit}; at most {limit:,} are allowed: {advice}"
+        )
+    return value
+
+
+def _shown(value: str) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else f"{shown[:50]}...{shown[-6:]}"
 
 
 def check_int(name: str, value: object, bits: int = 32) -> int:
@@ -266,18 +313,72 @@ def _finite(value: object) -> object:
 def encode_result(value: object) -> str | None:
     """A handler's return value as JSON text for the ``history.result`` column.
 
-    NaN and infinities become null, as pandas would write them.
+    NaN and infinities become null, as pandas would write them. InvalidInputError for what
+    jsonb cannot store: a NUL character (``\\u0000``) or a lone surrogate in any string or key,
+    or more than :data:`RESULT_LIMIT` characters of JSON.
     """
     if value is None:
         return None
     try:
         try:
-            return json.dumps(value, default=_json_default, allow_nan=False, separators=(",", ":"))
+            text = json.dumps(value, default=_json_default, allow_nan=False, separators=(",", ":"))
         except ValueError:  # NaN somewhere: convert what the default hook produces, then retry
             plain = json.loads(json.dumps(value, default=_json_default, allow_nan=True))
-            return json.dumps(_finite(plain), allow_nan=False, separators=(",", ":"))
+            text = json.dumps(_finite(plain), allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise PayloadError(
             f"the handler returned a value pgq_nb cannot store as JSON ({exc}); return a dict, "
             "list, str, number, bool, None or a DataFrame"
         ) from None
+    except RecursionError:
+        raise PayloadError(
+            "the handler returned a value nested too deeply (or containing itself) to store as "
+            "JSON; return a flatter value"
+        ) from None
+    if len(text) > RESULT_LIMIT:
+        raise InvalidInputError(
+            f"the handler returned {len(text):,} characters of JSON; pgq_nb stores at most "
+            f"{RESULT_LIMIT:,} (pgq_nb.models.RESULT_LIMIT): write large outputs to a table or "
+            "a file and return where they are"
+        )
+    problem = _json_problem(text)
+    if problem is not None:
+        what, at = problem
+        start = max(0, at - 30)
+        near = text[start : at + 36]
+        fix = (
+            "text.replace('\\x00', '')"
+            if "NUL" in what
+            else "text.encode('utf-8', 'replace').decode()"
+        )
+        raise InvalidInputError(
+            f"the handler returned a value with {what} in a string or key (near "
+            f"{'...' if start else ''}{near}...), which Postgres jsonb cannot store; remove or "
+            f"replace it, e.g. {fix}"
+        )
+    return text
+
+
+def _json_problem(text: str) -> tuple[str, int] | None:
+    """(what, position) of the first escape in ``text`` (ASCII JSON) that jsonb refuses:
+    ``\\u0000``, or a surrogate escape that is not half of a pair."""
+    if "\\u0000" not in text and "\\ud" not in text:
+        return None
+    lone = "a lone surrogate (not valid Unicode)"
+    high: re.Match[str] | None = None  # a high surrogate escape waiting for its low half
+    for match in _ESCAPE.finditer(text):
+        code = match.group(1)
+        if high is not None:
+            if code is not None and match.start() == high.end() and "dc00" <= code <= "dfff":
+                high = None
+                continue
+            return lone, high.start()
+        if code is None:
+            continue
+        if code == "0000":
+            return "a NUL character (\\u0000)", match.start()
+        if "d800" <= code <= "dbff":
+            high = match
+        elif "dc00" <= code <= "dfff":
+            return lone, match.start()
+    return None if high is None else (lone, high.start())
