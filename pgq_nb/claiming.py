@@ -5,6 +5,7 @@ workflow step needs (its parents' results). A base class of :class:`pgq_nb.worke
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,8 @@ from pgq_nb.workflow_run import group_results
 
 if TYPE_CHECKING:
     from pgq_nb.queue import AsyncQueue, EntrypointSpec
+
+logger = logging.getLogger("pgq_nb.worker")
 
 
 #: Planner settings for the claim's transaction. The claim must walk jobs_claim_idx in order
@@ -122,8 +125,26 @@ class Claiming:
             children = [j.id for j in jobs if j.workflow_id is not None]
             if children:
                 await self._attach_parent_results(conn, jobs, children)
+            if jobs:
+                # the handlers start right after this: from now on the run counts
+                await conn.execute(self._q["mark_started"], [j.id for j in jobs], self.worker_id)
+        for job in jobs:
+            job.attempts += 1
         jobs.sort(key=lambda j: (-j.priority, j.id))
         return jobs
+
+    async def _return_orphans(self, known: Sequence[int]) -> None:
+        """Put back the jobs this worker holds but does not run (``known``: the ids it runs or
+        has finished). After a claim failed midway its COMMIT may still have happened: those
+        jobs are picked by this live worker, whose heartbeat keeps them from being reclaimed,
+        and nothing would ever run them."""
+        rows = await self.queue.pool.fetch(self._q["return_orphans"], self.worker_id, known)
+        if rows:
+            await self.queue.pool.execute(self._q["notify_jobs"])
+            logger.warning(
+                "returned jobs of a claim whose outcome was lost",
+                extra={"worker_id": self.worker_id, "job_ids": [r["id"] for r in rows]},
+            )
 
     def _after_limited_claim(self, name: str, *, asked: int, got: int) -> None:
         """A rate-limited claim that got less than it asked for may have run out of tokens:

@@ -100,6 +100,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         entrypoints=entrypoints,
         batch_size=args.batch_size,
         grace_period=args.grace_period,
+        process_exits=True,
     )
     loop = runtime.loop()
     future = asyncio.run_coroutine_threadsafe(worker.run(), loop)
@@ -108,14 +109,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal signals
         signals += 1
+        log = logging.getLogger("pgq_nb")
+        name = signal.Signals(signum).name
         if signals == 1:
-            logging.getLogger("pgq_nb").info(
+            log.info(
                 "stopping: running jobs get the grace period; signal again to stop at once",
-                extra={"signal": signal.Signals(signum).name},
+                extra={"signal": name},
             )
             loop.call_soon_threadsafe(worker.request_stop)
+        elif signals == 2:
+            log.warning(
+                "stopping at once: unfinished jobs go back to the queue; signal again to exit "
+                "without returning them (they are then reclaimed after the heartbeat timeout)",
+                extra={"signal": name},
+            )
+            loop.call_soon_threadsafe(worker.request_stop, True)
         else:
-            future.cancel()
+            _exit_now(1)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -125,14 +135,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
             break
         except concurrent.futures.TimeoutError:
             continue
-        except concurrent.futures.CancelledError:
-            print("worker stopped at once; unfinished jobs went back to the queue")
-            return 1
-    print(
-        f"worker stopped: {stats.succeeded} succeeded, {stats.failed} failed, "
-        f"{stats.interrupted} interrupted"
+    summary = (
+        f"{stats.succeeded} succeeded, {stats.failed} failed, {stats.interrupted} went back to "
+        "the queue"
     )
+    if signals >= 2:
+        print(f"worker stopped at once: {summary}")
+        # def handlers still in their threads end with the process (their jobs were returned
+        # due a few seconds later); the interpreter's exit would wait for them
+        _exit_now(1)
+    print(f"worker stopped: {summary}")
     return 0
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once, without waiting for handler threads."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

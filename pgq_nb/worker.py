@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -30,10 +29,12 @@ from pgq_nb.completion import (
     run_transactional,
 )
 from pgq_nb.errors import InvalidInputError, UnknownEntrypointError
+from pgq_nb.handler_runs import run_async, run_in_thread
 from pgq_nb.models import Job, encode_result
 from pgq_nb.queue import AsyncQueue, EntrypointSpec
-from pgq_nb.retry import JobTimeoutError, decide
+from pgq_nb.retry import decide
 from pgq_nb.scheduler import run_scheduler
+from pgq_nb.worker_stop import Stopping, _wait
 from pgq_nb.worker_upkeep import Upkeep
 
 logger = logging.getLogger("pgq_nb.worker")
@@ -55,25 +56,7 @@ class WorkerStats:
         return self.succeeded + self.failed + self.retried + self.cancelled
 
 
-async def _limit(call: Awaitable[Any], seconds: float) -> Any:
-    """Await ``call`` for at most ``seconds``; past that it is cancelled and the attempt fails."""
-    try:
-        async with asyncio.timeout(seconds):
-            return await call
-    except TimeoutError:
-        raise JobTimeoutError(f"the handler ran longer than its timeout of {seconds:g} s") from None
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    """Wait for ``event`` at most ``seconds``. (Not ``asyncio.wait_for``: on Python 3.11 it can
-    swallow a cancellation that arrives as the event is set, and a stopping worker then waits
-    forever; ``asyncio.timeout`` does not.)"""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-
-
-class Worker(Claiming, Upkeep):
+class Worker(Claiming, Upkeep, Stopping):
     """Runs the handlers of one queue. Use :meth:`run`; stop with :meth:`request_stop`."""
 
     def __init__(
@@ -87,6 +70,7 @@ class Worker(Claiming, Upkeep):
         grace_period: float = 30.0,
         stop_when_idle: bool = False,
         wait_for_scheduled: float = 60.0,
+        process_exits: bool = False,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError("concurrency must be a positive int")
@@ -111,6 +95,7 @@ class Worker(Claiming, Upkeep):
         self.grace_period = grace_period
         self.stop_when_idle = stop_when_idle
         self.wait_for_scheduled = wait_for_scheduled
+        self.process_exits = process_exits  # see pgq_nb.worker_stop
         self.stats = WorkerStats()
         self.worker_id: int | None = None
         self._q = queue.queries
@@ -123,91 +108,51 @@ class Worker(Claiming, Upkeep):
         self._schedules = [s for n, s in queue.schedule_specs.items() if n in self.specs]
         self._per_entrypoint: Counter[str] = Counter()
         self._finished: list[Finished] = []
+        self._flushing: set[int] = set()  # ids of the batch being recorded
+        self._interrupted: list[int] = []  # ids to return to the queue at the stop
+        self._orphans_possible = False  # a claim failed midway: it may have committed
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._flush_pending = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._hard_stop = asyncio.Event()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._listener: asyncpg.Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        """Stop claiming; running jobs get the grace period to finish. Loop thread only."""
-        self._stopping.set()
-        self._wake.set()
-        self._slot_free.set()
-
     async def run(self) -> WorkerStats:
         """Work until stopped (or idle, with ``stop_when_idle``). Returns what it did.
 
         An error that is not transient (a bug, a schema mismatch) stops the worker: running
-        jobs get the grace period, then the error is raised."""
+        jobs get the grace period, then the error is raised. Cancelling the task that runs it
+        stops it at once (see :mod:`pgq_nb.worker_stop`) and raises CancelledError."""
         await self._register()
-        background = [
-            asyncio.create_task(self._flush_loop(), name="pgq_nb-flush"),
-            asyncio.create_task(self._heartbeat_loop(), name="pgq_nb-heartbeat"),
-        ]
+        background = {
+            "flush": asyncio.create_task(self._flush_loop(), name="pgq_nb-flush"),
+            "heartbeat": asyncio.create_task(self._heartbeat_loop(), name="pgq_nb-heartbeat"),
+        }
         if self._schedules:
-            background.append(
-                asyncio.create_task(
-                    run_scheduler(self.queue, [s.name for s in self._schedules]),
-                    name="pgq_nb-scheduler",
-                )
+            background["scheduler"] = asyncio.create_task(
+                run_scheduler(self.queue, [s.name for s in self._schedules]),
+                name="pgq_nb-scheduler",
             )
+        tasks = [*background.values()]
         claiming = asyncio.create_task(self._claim_loop(), name="pgq_nb-claim")
         cancelled = False
         try:
-            await asyncio.wait([claiming, *background], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([claiming, *tasks], return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             cancelled = True
-        finally:
-            claiming.cancel()
-            await asyncio.gather(claiming, return_exceptions=True)
-            await self._shutdown(background, graceful=not cancelled)
+            self.request_stop(hard=True)
+        await self._run_stop(claiming, background)
         if cancelled:
             raise asyncio.CancelledError
-        for task in (claiming, *background):
+        for task in (claiming, *tasks):
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
         return self.stats
-
-    async def _shutdown(self, background: list[asyncio.Task[Any]], *, graceful: bool) -> None:
-        self._stopping.set()
-        if graceful and self._running:
-            futures = [f for _, f in self._running.values()]
-            await asyncio.wait(futures, timeout=self.grace_period)
-        leftover = list(self._running.values())
-        for _, future in leftover:
-            future.cancel()
-        if leftover:
-            await asyncio.wait([f for _, f in leftover], timeout=1.0)
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        try:
-            await self._flush()
-            async with self.queue.pool.acquire() as conn:
-                if leftover:
-                    ids = [job.id for job, _ in leftover]
-                    note = "interrupted: its worker shut down; not counted as an attempt"
-                    await conn.execute(self._q["return_jobs"], self.worker_id, ids, note)
-                    await conn.execute(self._q["notify_jobs"])
-                    self.stats.interrupted += len(ids)
-                await conn.execute(self._q["deregister_worker"], self.worker_id)
-        except Exception as exc:  # best effort: the heartbeat timeout is the safety net
-            logger.warning(
-                "could not flush at shutdown; unfinished jobs will be reclaimed after the "
-                "heartbeat timeout",
-                extra={"error": str(exc)},
-            )
-        await self.queue.resources.close()
-        if self._listener is not None:
-            await self._listener.close(timeout=2)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        logger.info("worker stopped", extra={"worker_id": self.worker_id})
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -218,6 +163,16 @@ class Worker(Claiming, Upkeep):
         low_water = max(1, min(self.batch_size, self.concurrency) // 4)
         backlog = False
         while not self._stopping.is_set():
+            if self._orphans_possible:
+                try:
+                    await self._return_orphans(self._known_ids())
+                except db.TRANSIENT_ERRORS as exc:
+                    logger.warning(
+                        "checking a lost claim failed; retrying", extra={"error": str(exc)}
+                    )
+                    await asyncio.sleep(poll)
+                    continue
+                self._orphans_possible = False
             # A finished job holds its slot until it is recorded: if recording falls behind,
             # claiming waits for it instead of piling up picked jobs. Plain completions are
             # recorded in the claim's own transaction (one commit for both).
@@ -236,11 +191,13 @@ class Worker(Claiming, Upkeep):
                 )
             except db.TRANSIENT_ERRORS as exc:
                 self._finished[:0] = done  # record them later
+                self._orphans_possible = True
                 logger.warning("claim failed; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(poll)
                 continue
             except BaseException:
                 self._finished[:0] = done
+                self._orphans_possible = True
                 raise
             self._slotted.difference_update(d[0] for d in done)
             for job in claimed:
@@ -252,6 +209,12 @@ class Worker(Claiming, Upkeep):
             if self.stop_when_idle and not busy and await self._idle():
                 return
             await _wait(self._wake, poll)
+
+    def _known_ids(self) -> list[int]:
+        """The jobs this worker runs, or ran and has not recorded yet."""
+        known = set(self._running) | self._flushing
+        known.update(f[0] for f in self._finished)
+        return sorted(known)
 
     def _take_plain_finished(self) -> list[Finished]:
         """Take the finished attempts that need no more than finish_jobs and release_slots (no
@@ -279,7 +242,6 @@ class Worker(Claiming, Upkeep):
         spec = self.specs[job.entrypoint]
         started = dt.datetime.now(dt.UTC)
         job.resources = self.queue.resources
-        future: asyncio.Future[Any]
         call: Awaitable[Any]
         if spec.transactional:
             call = run_transactional(
@@ -291,11 +253,18 @@ class Worker(Claiming, Upkeep):
                 self._executor,
                 slotted=spec.max_running is not None,
             )
+            call = run_async(call, spec.timeout)
         elif spec.is_async:
-            call = spec.handler(job)
+            call = run_async(spec.handler(job), spec.timeout)
         else:
-            call = asyncio.get_running_loop().run_in_executor(self._executor, spec.handler, job)
-        future = asyncio.ensure_future(call if spec.timeout is None else _limit(call, spec.timeout))
+            call = run_in_thread(
+                self._executor,
+                spec.handler,
+                job,
+                timeout=spec.timeout,
+                cancel_requested=lambda: job.id in self._cancelling,
+            )
+        future: asyncio.Future[Any] = asyncio.ensure_future(call)
         self._running[job.id] = (job, future)
         if job.workflow_id is not None:
             self._steps.add(job.id)
@@ -311,7 +280,8 @@ class Worker(Claiming, Upkeep):
         finished = dt.datetime.now(dt.UTC)
         if future.cancelled():
             if job.id not in self._cancelling:
-                return  # interrupted at shutdown; returned to the queue there
+                self._interrupted.append(job.id)  # the stop returns it to the queue
+                return
             self._cancelling.discard(job.id)
             error = "cancelled while running"
             self._finished.append((job.id, "cancelled", None, error, None, started, finished, 0))
@@ -387,6 +357,7 @@ class Worker(Claiming, Upkeep):
             return
         batch, self._finished = self._finished, []
         ids = [done[0] for done in batch]
+        self._flushing.update(ids)
         steps = any(i in self._steps for i in ids)
         slots = [i for i in ids if i in self._slotted]
         try:
@@ -398,6 +369,8 @@ class Worker(Claiming, Upkeep):
         except BaseException:
             self._finished[:0] = batch  # keep them for the next try
             raise
+        finally:
+            self._flushing.difference_update(ids)
         self._steps.difference_update(ids)
         self._slotted.difference_update(ids)
         self._slot_free.set()  # their slots are free now

@@ -16,7 +16,7 @@ import asyncpg
 
 from pgq_nb import db, schedules
 from pgq_nb.completion import settle_steps
-from pgq_nb.errors import PgqError
+from pgq_nb.errors import DatabaseUnavailableError, PgqError
 
 if TYPE_CHECKING:
     from pgq_nb.models import Job
@@ -71,6 +71,7 @@ class Upkeep:
     async def _listen(self) -> None:
         try:
             self._listener = await db.connect_one(self.queue.dsn)
+            await self._listener.execute(db.SESSION_SETUP)
             await self._listener.add_listener(self.queue.channel, self._on_notify)
         except (PgqError, OSError, asyncpg.PostgresError) as exc:
             logger.warning("LISTEN failed; polling only", extra={"error": str(exc)})
@@ -95,41 +96,53 @@ class Upkeep:
                 self._cancelling.add(job_id)
                 running[1].cancel()
 
+    async def _upkeep_connection(self) -> asyncpg.Connection:
+        """The worker's own connection (the one that LISTENs): liveness never waits for a pooled
+        connection, which handlers (``transactional=True`` ones hold theirs while they run)
+        may all be using."""
+        if self._listener is None or self._listener.is_closed():
+            await self._listen()
+        if self._listener is None:
+            raise DatabaseUnavailableError("the worker's own connection could not be opened")
+        return self._listener
+
     async def _heartbeat_loop(self) -> None:
         settings = self.queue.settings
         while True:
             await asyncio.sleep(settings.heartbeat_interval)
             try:
-                async with self.queue.pool.acquire() as conn:
-                    alive = await conn.fetchval(self._q["heartbeat_worker"], self.worker_id)
-                    if alive is None:
-                        logger.warning(
-                            "this worker was presumed dead and its jobs requeued; re-registering",
-                            extra={"worker_id": self.worker_id},
-                        )
-                        self.worker_id = await self._insert_worker_row(conn)
-                    async with conn.transaction():
-                        reclaimed = await conn.fetch(
-                            self._q["reclaim_stale"], settings.heartbeat_timeout
-                        )
-                        lost = [r for r in reclaimed if not r["requeued"]]
-                        await settle_steps(conn, self._q, lost, [])
-                    if reclaimed:
-                        await conn.execute(self._q["notify_jobs"])
-                        logger.warning(
-                            "reclaimed jobs of dead workers",
-                            extra={
-                                "requeued": [r["id"] for r in reclaimed if r["requeued"]],
-                                "failed": [r["id"] for r in reclaimed if not r["requeued"]],
-                            },
-                        )
-                    wanted = await conn.fetch(self._q["cancel_requested"], self.worker_id)
-                    if wanted:
-                        self._cancel([r["id"] for r in wanted])
-                    await conn.execute(self._q["sweep_slots"])
-                    paused = await conn.fetch(self._q["paused_entrypoints"])
-                    self._paused = {r["name"] for r in paused}
-                if self._listener is None or self._listener.is_closed():
-                    await self._listen()
+                conn = await self._upkeep_connection()
+                await self._beat(conn)
             except db.TRANSIENT_ERRORS as exc:
                 logger.warning("heartbeat failed", extra={"error": str(exc)})
+
+    async def _beat(self, conn: asyncpg.Connection) -> None:
+        """One heartbeat: say this worker lives, reclaim dead workers' jobs, poll cancel requests,
+        free stale slots, re-read pauses."""
+        settings = self.queue.settings
+        alive = await conn.fetchval(self._q["heartbeat_worker"], self.worker_id)
+        if alive is None:
+            logger.warning(
+                "this worker was presumed dead and its jobs requeued; re-registering",
+                extra={"worker_id": self.worker_id},
+            )
+            self.worker_id = await self._insert_worker_row(conn)
+        async with conn.transaction():
+            reclaimed = await conn.fetch(self._q["reclaim_stale"], settings.heartbeat_timeout)
+            lost = [r for r in reclaimed if not r["requeued"]]
+            await settle_steps(conn, self._q, lost, [])
+        if reclaimed:
+            await conn.execute(self._q["notify_jobs"])
+            logger.warning(
+                "reclaimed jobs of dead workers",
+                extra={
+                    "requeued": [r["id"] for r in reclaimed if r["requeued"]],
+                    "failed": [r["id"] for r in reclaimed if not r["requeued"]],
+                },
+            )
+        wanted = await conn.fetch(self._q["cancel_requested"], self.worker_id)
+        if wanted:
+            self._cancel([r["id"] for r in wanted])
+        await conn.execute(self._q["sweep_slots"])
+        paused = await conn.fetch(self._q["paused_entrypoints"])
+        self._paused = {r["name"] for r in paused}

@@ -36,6 +36,8 @@ WHERE dedupe_key = $1 AND dedupe_scope <> 'window'
 -- The CTE walks jobs_claim_idx (queued rows only, highest priority first, then oldest), skips
 -- rows another worker has locked instead of waiting for them, and stops at $2 rows; the
 -- UPDATE then marks exactly those rows picked. Returned rows come in no particular order.
+-- The attempt is not counted here but by mark_started, when the worker starts the handlers: a
+-- worker that dies between the two has not run the job, and its loss costs no attempt.
 -- (Paused entrypoints are left out of $1 by the worker: a filter on them here would skew the
 -- planner's row estimate towards a sequential scan and sort.)
 -- params: $1 entrypoints text[], $2 batch size, $3 worker id
@@ -50,7 +52,7 @@ WITH next_jobs AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {schema}.jobs AS j
-SET status = 'picked', worker_id = $3, started = now(), attempts = j.attempts + 1
+SET status = 'picked', worker_id = $3, started = NULL
 FROM next_jobs
 WHERE j.id = next_jobs.id
 RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
@@ -134,14 +136,41 @@ WITH d AS (
 SELECT done.id, done.outcome, done.workflow_id, (SELECT count(*) FROM woken) AS woken
 FROM done;
 
--- name: return_jobs
--- Give a stopping worker's unfinished jobs back to the queue. The interrupted run does not
--- count as an attempt: the job did not fail, its worker was stopped.
--- params: $1 worker id, $2 ids bigint[], $3 note for last_error
+-- name: mark_started
+-- The worker is about to start these jobs' handlers: count the attempt and note the start.
+-- From here a lost worker costs the job an attempt (so a job that kills its worker every
+-- time ends as failed); before it, it costs nothing. The commit does not wait for the WAL
+-- flush (synchronous_commit off for this one transaction): a worker's death cannot undo it,
+-- only a server crash within a fraction of a second, which at worst leaves one attempt
+-- uncounted.
+-- params: $1 ids bigint[], $2 worker id
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
 UPDATE {schema}.jobs
-SET status = 'queued', worker_id = NULL, attempts = greatest(attempts - 1, 0),
-    last_error = $3, cancel_requested = false
+SET attempts = attempts + 1, started = now()
+WHERE id = ANY($1::bigint[]) AND worker_id = $2 AND EXISTS (SELECT FROM relaxed);
+
+-- name: return_jobs
+-- Give a stopping worker's unfinished jobs back to the queue, due after $4 seconds. The
+-- interrupted run does not count as an attempt: the job did not fail, its worker was stopped.
+-- params: $1 worker id, $2 ids bigint[], $3 note for last_error, $4 delay in seconds (float)
+UPDATE {schema}.jobs
+SET status = 'queued', worker_id = NULL,
+    attempts = CASE WHEN started IS NULL THEN attempts ELSE greatest(attempts - 1, 0) END,
+    started = NULL, last_error = $3, cancel_requested = false,
+    execute_after = now() + make_interval(secs => $4)
 WHERE id = ANY($2::bigint[]) AND worker_id = $1 AND status = 'picked';
+
+-- name: return_orphans
+-- Give back the jobs this live worker holds but does not run: those of a claim whose reply
+-- was lost (the connection broke while the COMMIT was under way, and it did commit). Not
+-- counted as attempts. Returns their ids.
+-- params: $1 worker id, $2 ids the worker runs or has finished bigint[]
+UPDATE {schema}.jobs
+SET status = 'queued', worker_id = NULL,
+    attempts = CASE WHEN started IS NULL THEN attempts ELSE greatest(attempts - 1, 0) END,
+    started = NULL, cancel_requested = false
+WHERE worker_id = $1 AND status = 'picked' AND id <> ALL($2::bigint[])
+RETURNING id;
 
 -- name: register_worker
 -- Record a starting worker process; its id tags the jobs it claims.
@@ -163,17 +192,20 @@ DELETE FROM {schema}.workers WHERE id = $1;
 
 -- name: reclaim_stale
 -- Jobs held by a worker that has sent no heartbeat within the timeout (or whose worker row is
--- gone) lost their run, and that run counts as an attempt. Jobs with attempts left go back to
--- the queue; the rest (a job that kills its worker every time) fail for good, and those
--- someone asked to cancel end cancelled. Forgets the dead workers. Returns each job's id and
--- whether it was requeued.
+-- gone) lost their run, and that run counts as an attempt, unless the worker had not started
+-- it yet (mark_started had not run: started is NULL), which goes back as it was. Jobs with
+-- attempts left go back to the queue; the rest (a job that kills its worker every time) fail
+-- for good, and those someone asked to cancel end cancelled. Forgets the dead workers.
+-- Returns each job's id and whether it was requeued.
 -- params: $1 heartbeat timeout in seconds (float)
 WITH dead AS (
     DELETE FROM {schema}.workers
     WHERE heartbeat < now() - make_interval(secs => $1)
     RETURNING id
 ), stale AS (
-    SELECT j.id, j.attempts >= coalesce(e.max_attempts, 3) OR j.cancel_requested AS exhausted,
+    SELECT j.id, j.started IS NULL AS unstarted,
+        (j.started IS NOT NULL AND j.attempts >= coalesce(e.max_attempts, 3))
+            OR j.cancel_requested AS exhausted,
         j.cancel_requested,
         'worker ' || coalesce(j.worker_id::text, '?') || ' stopped sending heartbeats while '
             || 'running attempt ' || j.attempts AS error
@@ -185,9 +217,12 @@ WITH dead AS (
     FOR UPDATE OF j SKIP LOCKED
 ), requeued AS (
     UPDATE {schema}.jobs AS j
-    SET status = 'queued', worker_id = NULL, last_error = s.error,
-        errors = coalesce(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
-            'attempt', j.attempts, 'error', s.error, 'at', now()))
+    SET status = 'queued', worker_id = NULL, started = NULL,
+        last_error = CASE WHEN s.unstarted THEN j.last_error ELSE s.error END,
+        errors = CASE WHEN s.unstarted THEN j.errors
+            ELSE coalesce(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+                'attempt', j.attempts, 'error', s.error, 'at', now()))
+            END
     FROM stale AS s
     WHERE j.id = s.id AND NOT s.exhausted
     RETURNING j.id

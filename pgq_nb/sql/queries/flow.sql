@@ -71,7 +71,7 @@ WITH bucket AS (
     WHERE r.entrypoint = $1
 )
 UPDATE {schema}.jobs AS j
-SET status = 'picked', worker_id = $3, started = now(), attempts = j.attempts + 1
+SET status = 'picked', worker_id = $3, started = NULL
 FROM next_jobs
 WHERE j.id = next_jobs.id
 RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
