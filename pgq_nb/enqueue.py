@@ -9,6 +9,12 @@ A dedupe key keeps a second job with the same key out, in one of three scopes:
 One job with a taken key raises DuplicateJobError. In a batch, rows whose key is taken (by a
 live job or an earlier row of the batch) are skipped, the rest go in; the returned list has
 None at the skipped rows and a DuplicatesSkipped warning names them and the jobs holding them.
+
+Everything is checked before anything is written (a server error would abort the caller's
+transaction): entrypoint names (at most ``models.NAME_LIMIT`` characters) and dedupe keys (at
+most ``models.DEDUPE_KEY_LIMIT`` bytes of UTF-8) without NUL characters or lone surrogates,
+payloads of at most :data:`PAYLOAD_LIMIT` bytes (:data:`BATCH_PAYLOAD_LIMIT` for one batch),
+delays and dedupe windows within :data:`MAX_DELAY`.
 """
 
 from __future__ import annotations
@@ -18,13 +24,24 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb.errors import DuplicateJobError, InvalidInputError
-from pgq_nb.models import check_int, encode_payload
+from pgq_nb.errors import DuplicateJobError, InvalidInputError, PayloadError
+from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, encode_payload
 
 if TYPE_CHECKING:
     from pgq_nb.queue import AsyncQueue
 
 Dedupe = str | dt.timedelta
+
+#: The largest payload one job may carry (64 MiB). A bytea holds up to 1 GiB, but every
+#: payload is read by the claim, copied into history and shipped to a worker: a queue carries
+#: references to data (a path, a key), not the data.
+PAYLOAD_LIMIT = 64 * 1024 * 1024
+#: The most payload bytes one batch enqueue sends (256 MiB): Postgres refuses a message over
+#: 1 GiB ("invalid memory alloc request size"), and the arrays are copied on the way.
+BATCH_PAYLOAD_LIMIT = 256 * 1024 * 1024
+#: The longest delay (either way) and dedupe window: about 1,000 years. Python dates end in
+#: year 9999, and a window becomes a timestamp in Postgres.
+MAX_DELAY = dt.timedelta(days=365_000)
 
 
 class DuplicatesSkipped(UserWarning):
@@ -36,18 +53,35 @@ class DuplicatesSkipped(UserWarning):
         self.skipped = skipped
 
 
+def check_delay(name: str, value: dt.timedelta) -> dt.timedelta:
+    """``value`` if it is within MAX_DELAY either way; else InvalidInputError."""
+    if abs(value) > MAX_DELAY:
+        raise InvalidInputError(
+            f"{name}={value!r} is too far away; a delay (or window) may be at most "
+            f"{MAX_DELAY.days:,} days (about 1,000 years) either way"
+        )
+    return value
+
+
 def check_time(value: object) -> dt.datetime | None:
     """``execute_after`` as an aware datetime (a timedelta counts from now)."""
     if value is None:
         return None
     if isinstance(value, dt.timedelta):
-        return dt.datetime.now(dt.UTC) + value
+        return dt.datetime.now(dt.UTC) + check_delay("execute_after", value)
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             raise InvalidInputError(
                 "execute_after is a naive datetime; give it a time zone "
                 "(datetime.now(timezone.utc) + ...) or pass a timedelta"
             )
+        try:
+            value.astimezone(dt.UTC)  # asyncpg sends it in UTC
+        except OverflowError:
+            raise InvalidInputError(
+                f"execute_after={value.isoformat()} is out of range in UTC; give a time "
+                "between the years 1 and 9999"
+            ) from None
         return value
     raise InvalidInputError(
         f"execute_after must be a timezone-aware datetime or a timedelta, not "
@@ -58,7 +92,7 @@ def check_time(value: object) -> dt.datetime | None:
 def check_scope(dedupe: object) -> tuple[str, float | None]:
     """(scope, window seconds) of a ``dedupe`` argument."""
     if isinstance(dedupe, dt.timedelta):
-        seconds = dedupe.total_seconds()
+        seconds = check_delay("dedupe", dedupe).total_seconds()
         if seconds <= 0:
             raise InvalidInputError("a dedupe window must be a positive timedelta")
         return "window", seconds
@@ -68,6 +102,22 @@ def check_scope(dedupe: object) -> tuple[str, float | None]:
         f"dedupe must be 'active' (while queued or running), 'queued' (while queued) or a "
         f"timedelta (a window after enqueue), not {dedupe!r}"
     )
+
+
+def check_key(name: str, key: object) -> str:
+    """A dedupe key Postgres can store and index."""
+    return check_text(name, key, limit=DEDUPE_KEY_LIMIT, in_bytes=True)
+
+
+def check_payload_size(name: str, data: bytes | None) -> bytes | None:
+    """``data`` if it is at most PAYLOAD_LIMIT bytes; else PayloadError."""
+    if data is not None and len(data) > PAYLOAD_LIMIT:
+        raise PayloadError(
+            f"{name} is {len(data):,} bytes; a payload may be at most {PAYLOAD_LIMIT:,} bytes "
+            "(pgq_nb.enqueue.PAYLOAD_LIMIT): store the data elsewhere (a table, a file) and "
+            "enqueue where it is"
+        )
+    return data
 
 
 async def enqueue_one(
@@ -85,11 +135,14 @@ async def enqueue_one(
         raise InvalidInputError(
             f"entrypoint must be a str or a list of str, not {type(entrypoint).__name__}"
         )
-    data = encode_payload(payload)
+    check_text("entrypoint", entrypoint)
+    data = check_payload_size("the payload", encode_payload(payload))
     prio = check_int("priority", priority)
     when = check_time(execute_after)
-    if dedupe_key is not None and not isinstance(dedupe_key, str):
-        raise InvalidInputError("dedupe_key must be a str or None")
+    if dedupe_key is not None:
+        if not isinstance(dedupe_key, str):
+            raise InvalidInputError("dedupe_key must be a str or None")
+        check_key("dedupe_key", dedupe_key)
     scope, window = check_scope(dedupe)
     await aq._sync_entrypoints(conn)
     await aq._check_entrypoints({entrypoint}, conn)
@@ -146,15 +199,29 @@ def _check_batch(
         keys = list(dedupe_keys)
         if not all(k is None or isinstance(k, str) for k in keys):
             raise InvalidInputError("dedupe keys must be str or None")
+        for i, key in enumerate(keys):
+            if key is not None:
+                check_key(f"dedupe_keys[{i}]", key)
     for i, ep in enumerate(entrypoints):
         if not isinstance(ep, str):
             raise InvalidInputError(f"entrypoints[{i}] is {type(ep).__name__}, not str")
+    for ep in set(entrypoints):
+        check_text("entrypoint", ep)
     encoded = []
+    total = 0
     for i, p in enumerate(payloads):
         try:
-            encoded.append(encode_payload(p))
+            data = check_payload_size("the payload", encode_payload(p))
         except InvalidInputError as exc:
             raise type(exc)(f"payloads[{i}]: {exc}") from None
+        total += len(data or b"")
+        encoded.append(data)
+    if total > BATCH_PAYLOAD_LIMIT:
+        raise PayloadError(
+            f"this batch's payloads add up to {total:,} bytes; one enqueue may send at most "
+            f"{BATCH_PAYLOAD_LIMIT:,} (pgq_nb.enqueue.BATCH_PAYLOAD_LIMIT): enqueue it in "
+            "smaller batches"
+        )
     prios = [check_int(f"priorities[{i}]", p) for i, p in enumerate(priorities)]
     return encoded, prios, keys
 

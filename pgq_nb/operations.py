@@ -17,7 +17,7 @@ from pgq_nb import runtime
 from pgq_nb.completion import settle_steps
 from pgq_nb.config import Settings
 from pgq_nb.errors import InvalidInputError, JobNotFoundError
-from pgq_nb.models import JobInfo, JobStatus, check_int
+from pgq_nb.models import JobInfo, JobStatus, check_int, check_text
 
 
 def _ids(ids: Sequence[int] | int, what: str = "ids") -> list[int]:
@@ -44,6 +44,11 @@ def _present_ids(ids: Iterable[int] | int) -> list[int]:
             continue
         raise InvalidInputError(f"ids must be job ids (ints), not {value!r}")
     return present
+
+
+def _name(entrypoint: str | None) -> str | None:
+    """An entrypoint filter: None, or a name Postgres can compare (no NUL, not absurdly long)."""
+    return None if entrypoint is None else check_text("entrypoint", entrypoint)
 
 
 def _info(row: Any) -> JobInfo:
@@ -168,7 +173,9 @@ class Operations:
     @runtime.bridged
     async def failed_jobs(self, entrypoint: str | None = None, limit: int = 1000) -> list[JobInfo]:
         """Jobs that failed for good (after their retries), newest first."""
-        rows = await self.pool.fetch(self.queries["failed_jobs"], entrypoint, limit)
+        if check_int("limit", limit, bits=64) < 0:
+            raise InvalidInputError("limit must be 0 or more")
+        rows = await self.pool.fetch(self.queries["failed_jobs"], _name(entrypoint), limit)
         return [_info(r) for r in rows]
 
     @runtime.bridged
@@ -178,7 +185,7 @@ class Operations:
         """Put failed jobs back in the queue, under their ids, with fresh attempts; returns how
         many. With neither ``ids`` nor ``entrypoint``, requeues every failed job."""
         wanted = None if ids is None else _ids(ids)
-        rows = await self.pool.fetch(self.queries["requeue_failed"], wanted, entrypoint)
+        rows = await self.pool.fetch(self.queries["requeue_failed"], wanted, _name(entrypoint))
         return len(rows)
 
     @runtime.bridged
@@ -195,6 +202,7 @@ class Operations:
     async def _set_paused(self, entrypoint: str, paused: bool) -> None:
         if not isinstance(entrypoint, str) or not entrypoint:
             raise InvalidInputError("name the entrypoint to pause or resume")
+        check_text("entrypoint", entrypoint)
         await self.pool.execute(self.queries["set_paused"], entrypoint, paused)
 
     @runtime.bridged

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError
+from pgq_nb.models import check_int, check_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,11 +77,18 @@ class Views:
 
     @runtime.bridged
     async def jobs(
-        self, status: str | None = None, entrypoint: str | None = None, limit: int = 1000
+        self,
+        status: str | None = None,
+        entrypoint: str | None = None,
+        limit: int = 1000,
+        *,
+        payloads: bool = False,
     ) -> pd.DataFrame:
-        """The live queue (queued, blocked and running jobs) as a DataFrame."""
+        """The live queue (queued, blocked and running jobs) as a DataFrame. A payload longer
+        than 1,000 bytes shows as a preview (its first bytes and a marker; only those are
+        read), unless ``payloads=True``; ``q.get_job(id)`` has any one whole."""
         frame: pd.DataFrame = await _frames("jobs")(
-            self, status=status, entrypoint=entrypoint, limit=limit
+            self, status=status, entrypoint=entrypoint, limit=limit, payloads=payloads
         )
         return frame
 
@@ -115,9 +123,14 @@ class Views:
         return frame
 
     @runtime.bridged
-    async def failed(self, entrypoint: str | None = None, limit: int = 1000) -> pd.DataFrame:
-        """Jobs that failed for good (after their retries), newest first, with their errors."""
-        frame: pd.DataFrame = await _frames("failed")(self, entrypoint=entrypoint, limit=limit)
+    async def failed(
+        self, entrypoint: str | None = None, limit: int = 1000, *, payloads: bool = False
+    ) -> pd.DataFrame:
+        """Jobs that failed for good (after their retries), newest first, with their errors.
+        Payloads as in :meth:`jobs`: a preview of long ones unless ``payloads=True``."""
+        frame: pd.DataFrame = await _frames("failed")(
+            self, entrypoint=entrypoint, limit=limit, payloads=payloads
+        )
         return frame
 
     @runtime.bridged
@@ -132,6 +145,10 @@ class Views:
     @runtime.bridged
     async def workflows(self, limit: int = 50, name: str | None = None) -> pd.DataFrame:
         """The newest workflow runs, with their steps per status and the share done."""
+        if check_int("limit", limit, bits=64) < 0:
+            raise InvalidInputError("limit must be 0 or more")
+        if name is not None:
+            check_text("name", name)
         rows = await self.pool.fetch(self.queries["list_workflows"], limit, name)
         frame: pd.DataFrame = _overview("workflows_frame")(rows)
         return frame

@@ -17,7 +17,9 @@ kind        dtype
 ==========  ===============================================================
 
 Columns expanded from JSON (``q.results``) get a dtype inferred from their values by
-:func:`inferred`.
+:func:`inferred`. ``q.jobs()`` and ``q.failed()`` show a payload longer than
+``frames.PAYLOAD_PREVIEW`` bytes as a ``str`` in the same ``object`` column: its first bytes,
+decoded, then ``... [payload cut: ...]`` (``payloads=True`` gives whole ones).
 """
 
 from __future__ import annotations

@@ -30,10 +30,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from pgq_nb import enqueue as limits
 from pgq_nb import queue as core
-from pgq_nb.enqueue import DuplicatesSkipped
+from pgq_nb.enqueue import (
+    DuplicatesSkipped,
+    check_delay,
+    check_key,
+    check_payload_size,
+    check_time,
+)
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.models import check_int
+from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text
 from pgq_nb.notebook import encode
 from pgq_nb.notebook import progress as bars
 
@@ -121,14 +128,10 @@ def _due(df: pd.DataFrame, execute_after: object) -> Due | None:
     if execute_after is None:
         return None
     if isinstance(execute_after, dt.timedelta):
-        delay = execute_after
+        delay = check_delay("execute_after", execute_after)
         return lambda now: [now + delay] * n
     if isinstance(execute_after, dt.datetime):
-        if execute_after.tzinfo is None:
-            raise InvalidInputError(
-                "execute_after is a naive datetime; give it a time zone "
-                "(datetime.now(timezone.utc) + ...) or pass a timedelta"
-            )
+        check_time(execute_after)  # aware, and in range
         when = execute_after
         return lambda now: [when] * n
     if not isinstance(execute_after, str):
@@ -178,7 +181,32 @@ def _dedupe_keys(df: pd.DataFrame, dedupe_key: object) -> list[str | None] | Non
     keys: list[str | None] = [str(v) for v in values.astype(object).tolist()]
     for position in np.flatnonzero(missing).tolist():
         keys[position] = None
+    _check_keys(df, keys, dedupe_key)
     return keys
+
+
+def _check_keys(df: pd.DataFrame, keys: list[str | None], column: str) -> None:
+    """Every key storable (no NUL, no lone surrogate, at most DEDUPE_KEY_LIMIT bytes): for
+    ASCII keys one pass over all of them; key by key otherwise, or to find the bad one."""
+    present = [k for k in keys if k is not None]
+    joined = "".join(present)
+    longest = max(map(len, present), default=0)
+    if joined.isascii() and "\x00" not in joined and longest <= DEDUPE_KEY_LIMIT:
+        return
+    for position, key in enumerate(keys):
+        if key is not None:
+            try:
+                check_key("dedupe key", key)
+            except InvalidInputError as exc:
+                raise InvalidInputError(
+                    f"dedupe_key column {column!r}, row {_label(df, position)!r}: {exc}; "
+                    "nothing was enqueued"
+                ) from None
+
+
+def _label(df: pd.DataFrame, position: int) -> Any:
+    """The index label at ``position`` as a Python value (``11``, not ``np.int64(11)``)."""
+    return df.index[position : position + 1].tolist()[0]
 
 
 def _kept_rows(keys: list[str | None] | None, n: int) -> np.ndarray:
@@ -236,8 +264,7 @@ async def enqueue_df(
     The ids have dtype ``Int64`` (nullable, for skipped rows) and name ``job_id``; they join
     with the ``job_id`` column of ``q.results()`` and ``q.history()``.
     """
-    if not isinstance(entrypoint, str):
-        raise InvalidInputError(f"entrypoint must be a str, not {type(entrypoint).__name__}")
+    check_text("entrypoint", entrypoint)
     if not isinstance(df, pd.DataFrame):
         raise InvalidInputError(f"df must be a pandas DataFrame, not {type(df).__name__}")
     if check_int("chunk_size", chunk_size) < 1:
@@ -266,7 +293,11 @@ async def enqueue_df(
     def convert(start: int) -> list[bytes]:
         stop = start + chunk_size
         part = df.iloc[start:stop] if every_row else df.iloc[rows[start:stop]]
-        return encode.payloads(part, names)
+        texts = encode.payloads(part, names)
+        if max(map(len, texts), default=0) > limits.PAYLOAD_LIMIT:
+            at = next(i for i, text in enumerate(texts) if len(text) > limits.PAYLOAD_LIMIT)
+            check_payload_size(f"the payload of row {_label(part, at)!r}", texts[at])
+        return texts
 
     async def converted(start: int) -> list[bytes]:
         return await asyncio.to_thread(convert, start) if in_thread else convert(start)

@@ -5,7 +5,9 @@ Each function takes the :class:`~pgq_nb.queue.AsyncQueue` first and runs on the 
 columns and dtypes whether it has rows or not (see :mod:`pgq_nb.notebook.columns`), and reads
 history only through an index: counts come from the live ``jobs`` table and the
 ``finished_counts`` counters, lists walk ``history_finished_idx`` (or the per-entrypoint
-index) newest first with a LIMIT.
+index) newest first with a LIMIT. Views that show payloads (``jobs``, ``failed``) show a
+preview of each (:data:`PAYLOAD_PREVIEW` bytes; only those are sent by the server) unless
+asked for whole ones with ``payloads=True``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.models import JobStatus, check_int
+from pgq_nb.models import JobStatus, check_int, check_text
 from pgq_nb.notebook.columns import (
     STATUS_DTYPE,
     Kind,
@@ -43,6 +45,9 @@ FINAL = tuple(s.value for s in JobStatus if s.is_final)
 STATS_SAMPLE = 50_000
 #: purge_history() deletes this many rows per statement.
 PURGE_BATCH = 100_000
+#: jobs() and failed() show a payload longer than this many bytes as a str: its first bytes,
+#: decoded, and a marker saying how long it is and where the whole one is.
+PAYLOAD_PREVIEW = 1_000
 
 JOBS: dict[str, Kind] = {
     "job_id": "int",
@@ -113,7 +118,34 @@ def _status(status: str | None, allowed: tuple[str, ...], where: str) -> str | N
 def _text(value: str | None, name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise InvalidInputError(f"{name} must be a str or None, not {type(value).__name__}")
-    return value
+    return None if value is None else check_text(name, value)
+
+
+def _preview(payloads: bool) -> int | None:
+    if not isinstance(payloads, bool):
+        raise InvalidInputError(f"payloads must be True or False, not {payloads!r}")
+    return None if payloads else PAYLOAD_PREVIEW
+
+
+def _with_payloads(
+    rows: Sequence[Mapping[str, Any]], schema: dict[str, Kind], whole: str
+) -> pd.DataFrame:
+    """``frame(rows, schema)`` whose ``payload`` column holds each payload decoded, or for one
+    the server cut (shorter than its ``payload_bytes``) a str preview with a marker."""
+    result = frame(rows, {**schema, "payload": "json"})  # raw bytes; decoded below
+    values: list[Any] = []
+    for row in rows:
+        payload, size = row["payload"], row["payload_bytes"]
+        if payload is None or len(payload) >= size:
+            values.append(decode_payload(payload))
+            continue
+        shown = payload.decode("utf-8", "replace")
+        values.append(
+            f"{shown}... [payload cut: {len(payload):,} of {size:,} bytes shown; "
+            f"{whole} or q.get_job({row['job_id']}).payload has it all]"
+        )
+    result["payload"] = typed(values, "json")
+    return result
 
 
 def _since(since: dt.datetime | dt.timedelta | str | None) -> dt.datetime | None:
@@ -139,14 +171,24 @@ def _since(since: dt.datetime | dt.timedelta | str | None) -> dt.datetime | None
 
 
 async def jobs(
-    aq: AsyncQueue, *, status: str | None = None, entrypoint: str | None = None, limit: int = 1000
+    aq: AsyncQueue,
+    *,
+    status: str | None = None,
+    entrypoint: str | None = None,
+    limit: int = 1000,
+    payloads: bool = False,
 ) -> pd.DataFrame:
-    """The live queue (queued, blocked and picked jobs), oldest first, one row per job."""
+    """The live queue (queued, blocked and picked jobs), oldest first, one row per job.
+    Payloads longer than PAYLOAD_PREVIEW bytes come as a preview unless ``payloads``."""
     wanted = _status(status, LIVE, "q.jobs() (the live queue; finished jobs are in q.history())")
     rows = await aq.pool.fetch(
-        aq.queries["live_jobs"], wanted, _text(entrypoint, "entrypoint"), _limit(limit)
+        aq.queries["live_jobs"],
+        wanted,
+        _text(entrypoint, "entrypoint"),
+        _limit(limit),
+        _preview(payloads),
     )
-    return frame(rows, JOBS)
+    return _with_payloads(rows, JOBS, "q.jobs(payloads=True)")
 
 
 async def stats(aq: AsyncQueue, *, window: dt.timedelta = dt.timedelta(minutes=15)) -> pd.DataFrame:
@@ -212,15 +254,17 @@ async def history(
 
 
 async def failed(
-    aq: AsyncQueue, *, entrypoint: str | None = None, limit: int = 1000
+    aq: AsyncQueue, *, entrypoint: str | None = None, limit: int = 1000, payloads: bool = False
 ) -> pd.DataFrame:
     """Jobs that failed for good, newest first: the last error, every attempt's error
-    (``errors``, a list of ``{attempt, error, at}``), the traceback and the decoded payload."""
+    (``errors``, a list of ``{attempt, error, at}``), the traceback and the decoded payload
+    (a preview of one longer than PAYLOAD_PREVIEW bytes, unless ``payloads``)."""
+    preview = _preview(payloads)
     if _text(entrypoint, "entrypoint") is None:
-        rows = await aq.pool.fetch(aq.queries["failed_view"], _limit(limit))
+        rows = await aq.pool.fetch(aq.queries["failed_view"], _limit(limit), preview)
     else:
-        rows = await aq.pool.fetch(aq.queries["failed_view_of"], _limit(limit), entrypoint)
-    result = frame(rows, FAILED)
+        rows = await aq.pool.fetch(aq.queries["failed_view_of"], _limit(limit), entrypoint, preview)
+    result = _with_payloads(rows, FAILED, "q.failed(payloads=True)")
     result["errors"] = typed([e if e is not None else [] for e in result["errors"]], "json")
     return result
 
@@ -287,8 +331,7 @@ async def results(
 
     Without ``expand``: ``job_id``, ``payload`` and ``result``, decoded, one row per job.
     """
-    if not isinstance(entrypoint, str):
-        raise InvalidInputError(f"entrypoint must be a str, not {type(entrypoint).__name__}")
+    check_text("entrypoint", entrypoint)
     if ids is None:
         rows = await aq.pool.fetch(aq.queries["succeeded_results"], entrypoint)
     else:

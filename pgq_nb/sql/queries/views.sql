@@ -44,10 +44,16 @@ RETURNING id;
 DROP TABLE pg_temp.pgq_nb_enqueue_staging;
 
 -- name: live_jobs
--- The live queue (queued, blocked, picked), oldest first.
--- params: $1 status (NULL = all), $2 entrypoint (NULL = all), $3 limit
+-- The live queue (queued, blocked, picked), oldest first. A payload longer than $4 bytes is
+-- sent cut to its first $4 (the view shows a preview), with its whole length in payload_bytes
+-- (octet_length reads the stored length, not the value).
+-- params: $1 status (NULL = all), $2 entrypoint (NULL = all), $3 limit,
+--   $4 payload preview in bytes (NULL = whole payloads)
 SELECT id AS job_id, entrypoint, status, priority, attempts, created, execute_after, started,
-    worker_id, dedupe_key, last_error, workflow_id, step_name, schedule_name, payload
+    worker_id, dedupe_key, last_error, workflow_id, step_name, schedule_name,
+    CASE WHEN $4::integer IS NULL OR octet_length(payload) <= $4 THEN payload
+         ELSE substring(payload FROM 1 FOR $4) END AS payload,
+    octet_length(payload) AS payload_bytes
 FROM {schema}.jobs
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR entrypoint = $2)
 ORDER BY id
@@ -120,10 +126,14 @@ WHERE id = ANY($2::bigint[]) AND entrypoint = $1 AND status = 'succeeded'
 ORDER BY id;
 
 -- name: failed_view
--- Jobs that failed for good, newest first, with every attempt's error.
--- params: $1 limit
+-- Jobs that failed for good, newest first, with every attempt's error. Payloads longer than
+-- $2 bytes are cut, as in live_jobs.
+-- params: $1 limit, $2 payload preview in bytes (NULL = whole payloads)
 SELECT id AS job_id, entrypoint, attempts, error, errors, traceback, created, started,
-    finished, payload
+    finished,
+    CASE WHEN $2::integer IS NULL OR octet_length(payload) <= $2 THEN payload
+         ELSE substring(payload FROM 1 FOR $2) END AS payload,
+    octet_length(payload) AS payload_bytes
 FROM {schema}.history
 WHERE status = 'failed'
 ORDER BY finished DESC
@@ -131,9 +141,13 @@ LIMIT $1;
 
 -- name: failed_view_of
 -- One entrypoint's jobs that failed for good, newest first (through history_failed_idx).
--- params: $1 limit, $2 entrypoint
+-- Payloads longer than $3 bytes are cut, as in live_jobs.
+-- params: $1 limit, $2 entrypoint, $3 payload preview in bytes (NULL = whole payloads)
 SELECT id AS job_id, entrypoint, attempts, error, errors, traceback, created, started,
-    finished, payload
+    finished,
+    CASE WHEN $3::integer IS NULL OR octet_length(payload) <= $3 THEN payload
+         ELSE substring(payload FROM 1 FOR $3) END AS payload,
+    octet_length(payload) AS payload_bytes
 FROM {schema}.history
 WHERE status = 'failed' AND entrypoint = $2
 ORDER BY finished DESC
