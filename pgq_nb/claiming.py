@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb.completion import Finished
@@ -62,6 +62,9 @@ class Claiming:
     _per_entrypoint: Counter[str]
     _rate_timer: asyncio.TimerHandle | None
     _wake: asyncio.Event
+    _claiming: bool
+    _suspects: set[int]
+    _known_ids: Callable[[], list[int]]
 
     def _claim_groups(self, limit: int) -> list[tuple[list[str], int, bool]]:
         """(entrypoints, how many, limited) per claim statement: one for every entrypoint
@@ -133,18 +136,36 @@ class Claiming:
         jobs.sort(key=lambda j: (-j.priority, j.id))
         return jobs
 
-    async def _return_orphans(self, known: Sequence[int]) -> None:
-        """Put back the jobs this worker holds but does not run (``known``: the ids it runs or
-        has finished). After a claim failed midway its COMMIT may still have happened: those
-        jobs are picked by this live worker, whose heartbeat keeps them from being reclaimed,
-        and nothing would ever run them."""
-        rows = await self.queue.pool.fetch(self._q["return_orphans"], self.worker_id, known)
+    async def _orphans(self, conn: Any, known: Sequence[int]) -> set[int]:
+        """Jobs this worker holds but does not run (``known``: the ids it runs or has finished).
+        After a claim failed midway its COMMIT may still have happened: those jobs are picked
+        by this live worker, whose heartbeat keeps them from being reclaimed, and nothing would
+        ever run them."""
+        rows = await conn.fetch(self._q["orphan_jobs"], self.worker_id, known)
+        return {r["id"] for r in rows}
+
+    async def _return_orphans(self, conn: Any, ids: set[int]) -> None:
+        """Put the given orphans back in the queue (not counted as attempts)."""
+        rows = await conn.fetch(self._q["return_orphans"], self.worker_id, sorted(ids))
         if rows:
-            await self.queue.pool.execute(self._q["notify_jobs"])
+            await conn.execute(self._q["notify_jobs"])
             logger.warning(
                 "returned jobs of a claim whose outcome was lost",
                 extra={"worker_id": self.worker_id, "job_ids": [r["id"] for r in rows]},
             )
+
+    async def _sweep_orphans(self, conn: Any) -> None:
+        """Put back jobs this worker held but did not know at two heartbeats in a row, with no
+        claim under way at either (a claim's jobs are known as soon as it returns)."""
+        if self._claiming:
+            return
+        found = await self._orphans(conn, self._known_ids())
+        if self._claiming:
+            return
+        orphans, self._suspects = found & self._suspects, found
+        if orphans:
+            self._suspects -= orphans
+            await self._return_orphans(conn, orphans)
 
     def _after_limited_claim(self, name: str, *, asked: int, got: int) -> None:
         """A rate-limited claim that got less than it asked for may have run out of tokens:

@@ -30,7 +30,7 @@ from pgq_nb.completion import (
 )
 from pgq_nb.errors import InvalidInputError, UnknownEntrypointError
 from pgq_nb.handler_runs import run_async, run_in_thread
-from pgq_nb.models import Job, encode_result
+from pgq_nb.models import TRACEBACK_LIMIT, Job, encode_result, storable_text
 from pgq_nb.queue import AsyncQueue, EntrypointSpec
 from pgq_nb.retry import decide
 from pgq_nb.scheduler import run_scheduler
@@ -54,6 +54,20 @@ class WorkerStats:
     def processed(self) -> int:
         """Attempts that ended here (retried ones included)."""
         return self.succeeded + self.failed + self.retried + self.cancelled
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    """A failed attempt's error line and traceback, storable whatever the exception holds (NUL
+    characters, a huge message, a ``__str__`` that raises)."""
+    try:
+        error = f"{type(exc).__name__}: {exc}"
+    except Exception:
+        error = f"{type(exc).__name__}: (its message could not be read)"
+    try:
+        trace = "".join(traceback.format_exception(exc))
+    except Exception:
+        trace = error
+    return storable_text(error) or "", storable_text(trace, TRACEBACK_LIMIT) or ""
 
 
 class Worker(Claiming, Upkeep, Stopping):
@@ -111,6 +125,8 @@ class Worker(Claiming, Upkeep, Stopping):
         self._flushing: set[int] = set()  # ids of the batch being recorded
         self._interrupted: list[int] = []  # ids to return to the queue at the stop
         self._orphans_possible = False  # a claim failed midway: it may have committed
+        self._claiming = False  # a claim is under way (its jobs are not known yet)
+        self._suspects: set[int] = set()  # held but not known at the last heartbeat
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._flush_pending = asyncio.Event()
@@ -165,7 +181,9 @@ class Worker(Claiming, Upkeep, Stopping):
         while not self._stopping.is_set():
             if self._orphans_possible:
                 try:
-                    await self._return_orphans(self._known_ids())
+                    async with self.queue.pool.acquire() as conn:
+                        orphans = await self._orphans(conn, self._known_ids())
+                        await self._return_orphans(conn, orphans)
                 except db.TRANSIENT_ERRORS as exc:
                     logger.warning(
                         "checking a lost claim failed; retrying", extra={"error": str(exc)}
@@ -185,6 +203,7 @@ class Worker(Claiming, Upkeep, Stopping):
                 await self._slot_free.wait()
                 continue
             self._wake.clear()
+            self._claiming = True
             try:
                 claimed = await self._claim(
                     room, done, [d[0] for d in done if d[0] in self._slotted]
@@ -199,6 +218,8 @@ class Worker(Claiming, Upkeep, Stopping):
                 self._finished[:0] = done
                 self._orphans_possible = True
                 raise
+            finally:
+                self._claiming = False
             self._slotted.difference_update(d[0] for d in done)
             for job in claimed:
                 self._start(job)
@@ -309,8 +330,7 @@ class Worker(Claiming, Upkeep, Stopping):
                 self._finished.append(done)
                 self.stats.succeeded += 1
                 return
-        error = f"{type(exc).__name__}: {exc}"
-        trace = "".join(traceback.format_exception(exc))
+        error, trace = _describe(exc)
         decision = decide(self.specs[job.entrypoint].retry, exc, job.attempts)
         outcome = "retry" if decision.retry else "failed"
         self._finished.append(

@@ -10,6 +10,7 @@ import concurrent.futures
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -41,6 +42,7 @@ class Upkeep:
     _paused: set[str]
     _schedules: list[ScheduleSpec]
     _executor: Any
+    _sweep_orphans: Callable[[Any], Awaitable[None]]
 
     async def _insert_worker_row(self, conn: Any) -> int:
         """A new row in ``workers`` for this process; its id tags the jobs it claims."""
@@ -140,6 +142,7 @@ class Upkeep:
                     "failed": [r["id"] for r in reclaimed if not r["requeued"]],
                 },
             )
+        await self._sweep_orphans(conn)
         wanted = await conn.fetch(self._q["cancel_requested"], self.worker_id)
         if wanted:
             self._cancel([r["id"] for r in wanted])

@@ -160,16 +160,21 @@ SET status = 'queued', worker_id = NULL,
     execute_after = now() + make_interval(secs => $4)
 WHERE id = ANY($2::bigint[]) AND worker_id = $1 AND status = 'picked';
 
--- name: return_orphans
--- Give back the jobs this live worker holds but does not run: those of a claim whose reply
--- was lost (the connection broke while the COMMIT was under way, and it did commit). Not
--- counted as attempts. Returns their ids.
+-- name: orphan_jobs
+-- Jobs this worker holds but does not run: those of a claim whose reply was lost (the
+-- connection broke while the COMMIT was under way, and it did commit).
 -- params: $1 worker id, $2 ids the worker runs or has finished bigint[]
+SELECT id FROM {schema}.jobs
+WHERE worker_id = $1 AND status = 'picked' AND id <> ALL($2::bigint[]);
+
+-- name: return_orphans
+-- Give such jobs back to the queue, not counted as attempts. Returns their ids.
+-- params: $1 worker id, $2 ids bigint[]
 UPDATE {schema}.jobs
 SET status = 'queued', worker_id = NULL,
     attempts = CASE WHEN started IS NULL THEN attempts ELSE greatest(attempts - 1, 0) END,
     started = NULL, cancel_requested = false
-WHERE worker_id = $1 AND status = 'picked' AND id <> ALL($2::bigint[])
+WHERE worker_id = $1 AND status = 'picked' AND id = ANY($2::bigint[])
 RETURNING id;
 
 -- name: register_worker

@@ -1,0 +1,234 @@
+"""Faults around the worker: abandoned def handlers, starved heartbeats, lost claims, stops.
+
+Each test reproduces one way a job could run twice at once, be stranded, or lose an attempt
+it never used (issue #14, items 6-10 and 12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import signal
+import threading
+import time
+from pathlib import Path
+
+import asyncpg
+
+import pgq_nb
+from tests.conftest import SCHEMA, start_worker_process, stop_processes, wait_until
+
+
+def _fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
+    """Run a query on a connection of its own (not the queue's pool, which may be busy)."""
+
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def _runs(log_dir: Path) -> dict[int, list[tuple[float, float, int]]]:
+    runs: dict[int, list[tuple[float, float, int]]] = collections.defaultdict(list)
+    for log in log_dir.glob("runs-*.log"):
+        for line in log.read_text().splitlines():
+            job_id, start, end, pid = line.split()
+            runs[int(job_id)].append((float(start), float(end), int(pid)))
+    return runs
+
+
+def test_a_timed_out_def_handler_is_not_retried_while_its_thread_runs(q: pgq_nb.Queue) -> None:
+    spans: list[tuple[int, float, float]] = []
+    lock = threading.Lock()
+
+    @q.entrypoint("stuck", timeout=0.3, retry=pgq_nb.RetryPolicy(max_attempts=2, base_delay=0))
+    def stuck(job: pgq_nb.Job) -> None:
+        start = time.monotonic()
+        time.sleep(1.5)
+        with lock:
+            spans.append((job.attempts, start, time.monotonic()))
+
+    job_id = q.enqueue("stuck")
+    q.run_until_idle()
+    info = q.get_job(job_id)
+    assert info.status is pgq_nb.JobStatus.FAILED
+    assert info.attempts == 2
+    assert info.error is not None and info.error.startswith("JobTimeoutError")
+    assert sorted(a for a, _, _ in spans) == [1, 2]
+    (_, _, first_end), (_, second_start, _) = sorted(spans)
+    assert second_start >= first_end, "attempt 2 started while attempt 1 still ran"
+
+
+def test_hung_def_handlers_do_not_time_out_jobs_that_never_started(q: pgq_nb.Queue) -> None:
+    release = threading.Event()
+
+    @q.entrypoint("hang", timeout=0.5, retry=pgq_nb.RetryPolicy.none())
+    def hang(job: pgq_nb.Job) -> None:
+        release.wait(3)
+
+    @q.entrypoint("quick", timeout=0.5, retry=pgq_nb.RetryPolicy.none())
+    def quick(job: pgq_nb.Job) -> str:
+        return "ok"
+
+    hung = q.enqueue(["hang"] * 4, None, 10)
+    quick_ids = q.enqueue(["quick"] * 40)
+    q.run_until_idle(concurrency=4)
+    release.set()
+    statuses = q.statuses(quick_ids)
+    assert set(statuses.values()) == {pgq_nb.JobStatus.SUCCEEDED}, collections.Counter(
+        statuses.values()
+    )
+    assert set(q.statuses(hung).values()) == {pgq_nb.JobStatus.FAILED}
+
+
+def test_the_heartbeat_does_not_wait_for_transactional_handlers(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    runs: collections.Counter[int] = collections.Counter()
+
+    @q.entrypoint("hold", transactional=True, retry=pgq_nb.RetryPolicy(max_attempts=5))
+    async def hold(job: pgq_nb.Job) -> None:
+        runs[job.id] += 1
+        await asyncio.sleep(5)  # longer than the heartbeat timeout (3 s), holding a connection
+
+    ids = q.enqueue(["hold"] * 14)  # more than the pool has connections
+    worker = q.start_worker(concurrency=14)
+    try:
+        wait_until(lambda: len(runs) >= 10, 30, "the handlers to hold the pool")
+        time.sleep(3.5)
+        ages = _fetch(
+            installed,
+            f"SELECT extract(epoch FROM now() - heartbeat)::float8 AS age FROM {SCHEMA}.workers",
+        )
+        assert ages, "the worker's row is gone: it was presumed dead"
+        assert all(r["age"] < 3.0 for r in ages), [r["age"] for r in ages]
+        wait_until(
+            lambda: set(q.statuses(ids).values()) == {pgq_nb.JobStatus.SUCCEEDED},
+            60,
+            "every job to succeed",
+        )
+    finally:
+        worker.stop()
+    assert set(runs.values()) == {1}, "a job ran twice"
+    assert {q.get_job(i).attempts for i in ids} == {1}
+
+
+def test_a_claim_whose_reply_was_lost_is_put_back(q: pgq_nb.Queue, installed: str) -> None:
+    # The state a lost COMMIT reply leaves: a job picked by a live worker that does not know it
+    # has it. Its pool connections are then cut, so its next claim fails midway.
+    dsn = installed + ("&" if "?" in installed else "?") + "application_name=lost_reply"
+    own = pgq_nb.connect(
+        dsn, schema=SCHEMA, heartbeat_interval=0.5, heartbeat_timeout=3.0, poll_interval=0.2
+    )
+    own.entrypoint("later")(lambda job: "ran")
+    worker = own.start_worker(concurrency=2)
+    try:
+        wait_until(lambda: bool(q.workers()), 10, "the worker to register")
+        worker_id = q.workers()[0]["id"]
+        job_id = own.enqueue("later", execute_after=dt.timedelta(hours=1))
+        _fetch(
+            installed,
+            f"UPDATE {SCHEMA}.jobs SET status = 'picked', worker_id = $1, execute_after = now() "
+            "WHERE id = $2",
+            worker_id,
+            job_id,
+        )
+        _fetch(
+            installed,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'lost_reply' AND pid <> pg_backend_pid()",
+        )
+        wait_until(
+            lambda: q.get_job(job_id).status is pgq_nb.JobStatus.SUCCEEDED,
+            20,
+            "the stranded job to be put back and run",
+        )
+        assert q.get_job(job_id).attempts == 1
+    finally:
+        worker.stop()
+
+
+def test_a_lost_worker_that_never_started_a_job_costs_it_no_attempt(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    # A worker that claimed jobs and died before starting their handlers: the claim ran, the
+    # start mark did not.
+    q.entrypoint("victim", retry=pgq_nb.RetryPolicy(max_attempts=1))(lambda job: "ran")
+    ids = q.enqueue(["victim"] * 3)
+    rows = _fetch(
+        installed,
+        f"INSERT INTO {SCHEMA}.workers (host, pid, entrypoints, concurrency, heartbeat) "
+        "VALUES ('gone', 1, '{victim}', 3, now() - interval '1 hour') RETURNING id",
+    )
+    claimed = _fetch(installed, q.aio.queries["claim_jobs"], ["victim"], 3, rows[0]["id"])
+    assert sorted(r["id"] for r in claimed) == sorted(ids)
+    q.run_until_idle()
+    for job_id in ids:
+        info = q.get_job(job_id)
+        assert info.status is pgq_nb.JobStatus.SUCCEEDED, info.error
+        assert info.attempts == 1
+        assert info.errors in (None, [])
+
+
+def test_graceful_stop_waits_for_def_handlers_instead_of_running_them_twice(
+    q: pgq_nb.Queue, installed: str, tmp_path: Path
+) -> None:
+    q.entrypoint("slow_thread")(lambda job: None)
+    ids = q.enqueue(["slow_thread"] * 4)
+    env = {"RUN_LOG_DIR": str(tmp_path), "RUN_SECONDS": "3"}
+    first = start_worker_process(
+        installed, "stop_app:q", "--concurrency", "4", "--grace-period", "0.5", **env
+    )
+    second = None
+    try:
+        wait_until(
+            lambda: q.jobs()["status"].eq("picked").sum() == 4, 30, "the first worker's claims"
+        )
+        first.send_signal(signal.SIGTERM)
+        second = start_worker_process(installed, "stop_app:q", "--concurrency", "4", **env)
+        wait_until(
+            lambda: set(q.statuses(ids).values()) == {pgq_nb.JobStatus.SUCCEEDED},
+            60,
+            "every job to succeed",
+        )
+        first.wait(timeout=30)
+    finally:
+        stop_processes([p for p in (first, second) if p is not None])
+    assert first.returncode == 0
+    runs = _runs(tmp_path)
+    assert {i: len(runs[i]) for i in ids} == dict.fromkeys(ids, 1), "a job ran twice"
+    assert {q.get_job(i).attempts for i in ids} == {1}
+
+
+def test_a_second_signal_returns_unfinished_jobs_at_once(
+    q: pgq_nb.Queue, installed: str, tmp_path: Path
+) -> None:
+    q.entrypoint("slow_async")(lambda job: None)
+    q.entrypoint("slow_thread")(lambda job: None)
+    ids = q.enqueue(["slow_async"] * 3 + ["slow_thread"] * 3)
+    worker = start_worker_process(
+        installed,
+        "stop_app:q",
+        "--concurrency",
+        "6",
+        RUN_LOG_DIR=str(tmp_path),
+        RUN_SECONDS="30",
+    )
+    try:
+        wait_until(lambda: q.jobs()["status"].eq("picked").sum() == 6, 30, "the worker's claims")
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=20)
+    finally:
+        stop_processes([worker])
+    jobs = q.jobs().set_index("job_id")
+    assert sorted(jobs.index) == sorted(ids)
+    assert set(jobs["status"]) == {"queued"}, jobs["status"].to_dict()
+    assert set(jobs["attempts"]) == {0}
+    assert _runs(tmp_path) == {}
