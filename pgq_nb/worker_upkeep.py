@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pgq_nb.worker")
 
+#: Seconds a starting worker keeps retrying transient failures (no free connection slot, a
+#: server restarting) before it gives up with an error.
+REGISTER_PATIENCE_S = 60.0
+
 
 class Upkeep:
     """Everything a worker does besides running jobs."""
@@ -57,18 +61,40 @@ class Upkeep:
 
     async def _register(self) -> None:
         await self.queue.resources.open()
-        async with self.queue.pool.acquire() as conn:
-            await self.queue._register_entrypoints(conn, list(self.specs))
-            if self._schedules:
-                await schedules.register(conn, self._q, self._schedules)
-            self._paused = {r["name"] for r in await conn.fetch(self._q["paused_entrypoints"])}
-            self.worker_id = await self._insert_worker_row(conn)
+        delay = 0.25
+        deadline = asyncio.get_running_loop().time() + REGISTER_PATIENCE_S
+        while True:
+            try:
+                async with self.queue.pool.acquire() as conn:
+                    await self._register_on(conn)
+                break
+            except db.TRANSIENT_ERRORS as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise DatabaseUnavailableError(
+                        f"the worker could not register within {REGISTER_PATIENCE_S:g} s: "
+                        f"{type(exc).__name__}: {exc}. If the server has no free connection "
+                        "slot, raise its max_connections (PGQ_NB_MAX_CONNECTIONS for the "
+                        "embedded server), run fewer or smaller workers, or close idle clients"
+                    ) from exc
+                logger.warning(
+                    "worker registration failed; retrying",
+                    extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         if any(not s.is_async for s in self.specs.values()):
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.concurrency, thread_name_prefix="pgq_nb-job"
             )
         await self._listen()
         logger.info("worker started", extra={"worker_id": self.worker_id})
+
+    async def _register_on(self, conn: Any) -> None:
+        await self.queue._register_entrypoints(conn, list(self.specs))
+        if self._schedules:
+            await schedules.register(conn, self._q, self._schedules)
+        self._paused = {r["name"] for r in await conn.fetch(self._q["paused_entrypoints"])}
+        self.worker_id = await self._insert_worker_row(conn)
 
     async def _listen(self) -> None:
         try:
