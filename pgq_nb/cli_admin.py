@@ -9,6 +9,7 @@ from typing import Any
 
 from pgq_nb import db, runtime
 from pgq_nb.config import Settings
+from pgq_nb.errors import SchemaError
 from pgq_nb.facade import Queue, connect, resolve_dsn
 
 
@@ -61,29 +62,66 @@ def cmd_db(args: argparse.Namespace) -> int:
 # -- schema --------------------------------------------------------------------------------
 
 
+def _admin_settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(dsn=args.dsn, schema=args.schema)
+
+
 def cmd_install(args: argparse.Namespace) -> int:
-    version = queue_for(args, install=False).install()
-    print(f"pgq_nb schema {args.schema or 'pgq_nb'!r} installed at version {version}")
+    settings = _admin_settings(args)
+
+    async def run() -> int:
+        return await db.install(await db.get_pool(await resolve_dsn(settings)), settings.schema)
+
+    version = runtime.run_sync(run())
+    print(f"pgq_nb schema {settings.schema!r} installed at version {version}")
     return 0
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    version = queue_for(args, install=False).upgrade()
-    print(f"pgq_nb schema is at version {version}")
+    settings = _admin_settings(args)
+    schema = settings.schema
+
+    async def run() -> int:
+        pool = await db.get_pool(await resolve_dsn(settings))
+        async with pool.acquire() as conn:
+            installed = await db.schema_version(conn, schema) is not None
+        if not installed:
+            raise SchemaError(
+                f"pgq_nb is not installed in schema {schema!r}, so there is nothing to upgrade; "
+                "run `pgq-nb install` (or check --schema / PGQ_NB_SCHEMA)"
+            )
+        return await db.install(pool, schema)
+
+    version = runtime.run_sync(run())
+    print(f"pgq_nb schema {schema!r} is at version {version}")
     return 0
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    if not args.yes:
-        print("this drops every job, result and schedule; run again with --yes to confirm")
+    settings = _admin_settings(args)
+    schema = settings.schema
+
+    async def run() -> bool:
+        pool = await db.get_pool(await resolve_dsn(settings))
+        # the same checks as the drop, so that a schema pgq_nb would refuse is refused here too
+        return await (db.uninstall if args.yes else db.can_uninstall)(pool, schema)
+
+    # an old install in public: its tables go, the schema stays
+    what = (
+        f"pgq_nb's tables in schema {schema!r}"
+        if schema in db.RESERVED_SCHEMAS
+        else f"pgq_nb schema {schema!r}"
+    )
+    if not runtime.run_sync(run()):
+        print(f"nothing to uninstall: schema {schema!r} does not exist")
+    elif not args.yes:
+        print(
+            f"this drops the {what} with every job, result and schedule in it; run again with "
+            "--yes to confirm"
+        )
         return 2
-    settings = Settings.from_env(dsn=args.dsn, schema=args.schema)
-
-    async def drop() -> None:
-        await db.uninstall(await db.get_pool(await resolve_dsn(settings)), settings.schema)
-
-    runtime.run_sync(drop())
-    print(f"pgq_nb schema {settings.schema!r} dropped")
+    else:
+        print(f"{what} dropped")
     return 0
 
 

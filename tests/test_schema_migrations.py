@@ -33,6 +33,8 @@ CATALOG_QUERIES = {
         SELECT relname, relkind, reloptions FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = $1 ORDER BY relname""",
+    "marker": """
+        SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1""",
 }
 
 
@@ -77,8 +79,85 @@ def test_fresh_install_equals_first_version_plus_migrations(installed: str) -> N
             runtime.run_sync(db.schema_version(pool, s)) for s in ("mig_fresh", "mig_stepwise")
         ]
         assert versions == [sql.latest_version()] * 2
+        assert fresh["marker"][0][0].startswith(f"{sql.SCHEMA_MARKER}:")
     finally:
         _drop(pool, "mig_fresh", "mig_stepwise")
+
+
+def _objects(pool: Any, schema: str) -> set[tuple[str, str]]:
+    async def run() -> set[tuple[str, str]]:
+        rows = await pool.fetch(sql.queries(schema)["schema_objects"], schema)
+        return {(r["space"], r["name"]) for r in rows}
+
+    return runtime.run_sync(run())
+
+
+def test_uninstall_knows_every_object_the_schema_and_migrations_create(installed: str) -> None:
+    """The ownership check (what uninstall may drop) reads the objects off schema.sql and the
+    migrations. If a migration creates an object in a way it cannot read (or creates one at
+    all that it does not know), this test fails: the catalog holds an object it does not own."""
+    pool = _pool(installed)
+    _drop(pool, "mig_fresh", "mig_stepwise")
+    try:
+        runtime.run_sync(db.install(pool, "mig_fresh"))
+        runtime.run_sync(db.install_first_version_and_migrate(pool, "mig_stepwise"))
+        for schema in ("mig_fresh", "mig_stepwise"):
+            found = _objects(pool, schema)
+            assert ("relation", "jobs") in found, found
+            assert found - sql.owned_objects() == set(), f"{schema}: not known to uninstall"
+
+            async def foreign(schema: str = schema) -> list[str]:
+                async with pool.acquire() as conn:
+                    return await db.foreign_objects(conn, schema)
+
+            assert runtime.run_sync(foreign()) == []
+        # what the latest schema creates is exactly what a fresh install holds
+        latest = sql.objects_created_by(sql._read("schema.sql"))
+        assert _objects(pool, "mig_fresh") == latest
+    finally:
+        _drop(pool, "mig_fresh", "mig_stepwise")
+
+
+def test_a_create_the_ownership_check_cannot_read_fails_loudly() -> None:
+    """A migration that creates an object in a form objects_created_by does not know is an
+    error at load time, not an object that uninstall would refuse (or miss) later."""
+    text = """
+        -- CREATE TABLE in a comment is not code; nor is 'CREATE TABLE' in a string
+        CREATE TABLE IF NOT EXISTS {schema}.a (id int);
+        CREATE UNLOGGED TABLE {schema}.b (id int);
+        CREATE OR REPLACE VIEW {schema}.c AS SELECT 1;
+        CREATE MATERIALIZED VIEW {schema}.d AS SELECT 1;
+        CREATE SEQUENCE {schema}.e;
+        CREATE TYPE {schema}.f AS ENUM ('x');
+        CREATE DOMAIN {schema}.g AS int;
+        CREATE OR REPLACE FUNCTION {schema}.h() RETURNS int LANGUAGE sql AS $$
+            CREATE TABLE not_here (id int) $$;
+        CREATE PROCEDURE {schema}.i() LANGUAGE sql AS 'SELECT 1';
+        CREATE UNIQUE INDEX a_idx ON {schema}.a (id);
+        CREATE TRIGGER t AFTER INSERT ON {schema}.a EXECUTE FUNCTION {schema}.h();
+        ALTER TABLE {schema}.b RENAME TO b2;
+        ALTER TABLE {schema}.a RENAME COLUMN id TO key;
+    """
+    assert sql.objects_created_by(text) == {
+        ("relation", "a"),
+        ("relation", "b"),
+        ("relation", "b2"),
+        ("relation", "c"),
+        ("relation", "d"),
+        ("relation", "e"),
+        ("relation", "f"),
+        ("relation", "g"),
+        ("routine", "h"),
+        ("routine", "i"),
+    }
+    for unreadable in (
+        "CREATE TABLE unqualified (id int);",
+        'CREATE TABLE {schema}."Quoted" (id int);',
+        "CREATE COLLATION {schema}.c (provider = icu, locale = 'und');",
+        "CREATE TEMP TABLE {schema}.t (id int);",
+    ):
+        with pytest.raises(RuntimeError, match="objects_created_by"):
+            sql.objects_created_by(unreadable, "9999_example.sql")
 
 
 def test_install_is_idempotent_and_concurrent_safe(installed: str) -> None:
@@ -105,7 +184,13 @@ def test_newer_schema_than_code_is_a_clear_error(installed: str) -> None:
         runtime.run_sync(pool.execute("UPDATE mig_newer.schema_version SET version = 999"))
         with pytest.raises(pgq_nb.SchemaError, match="pip install -U pgq_nb"):
             pgq_nb.connect(installed, schema="mig_newer")
+        # nor will this version uninstall it: it cannot tell the newer objects from others
+        with pytest.raises(pgq_nb.SchemaError, match="pip install -U pgq_nb"):
+            _drop(pool, "mig_newer")
     finally:
+        runtime.run_sync(
+            pool.execute("UPDATE mig_newer.schema_version SET version = $1", sql.latest_version())
+        )
         _drop(pool, "mig_newer")
 
 

@@ -4,6 +4,9 @@ Queries live in ``queries/*.sql`` (one file per concept), each introduced by
 ``-- name: NAME``; names are unique across the files. The schema name is the
 one identifier that varies; it is validated by :func:`validate_schema_name` and quoted before
 it is put into any SQL text. Values are always bind parameters.
+
+The objects pgq_nb owns (what ``uninstall`` may drop) are read off the schema and migration
+files by :func:`owned_objects`, so that no second list of them exists.
 """
 
 from __future__ import annotations
@@ -81,11 +84,6 @@ def schema_sql(schema: str) -> str:
     return _render(_read("schema.sql"), schema)
 
 
-def uninstall_sql(schema: str) -> str:
-    """Drop every pgq_nb object (and the data in them)."""
-    return _render("DROP SCHEMA IF EXISTS {schema} CASCADE", schema)
-
-
 @cache
 def _raw_migrations() -> tuple[tuple[int, str, str], ...]:
     found = []
@@ -108,3 +106,78 @@ def migrations(schema: str) -> list[Migration]:
 def latest_version() -> int:
     """The schema version this code expects."""
     return len(_raw_migrations())
+
+
+#: The marker pgq_nb writes as the comment of a schema it installed (schema.sql, migration 2).
+SCHEMA_MARKER = "pgq_nb"
+
+# Comments, quoted strings and dollar-quoted bodies: nothing in them creates an object.
+_NOT_CODE = re.compile(r"--[^\n]*|/\*.*?\*/|\$(\w*)\$.*?\$\1\$|'(?:[^']|'')*'", re.DOTALL)
+_CREATE = re.compile(r"\bCREATE\b", re.IGNORECASE)
+_CREATES = re.compile(
+    r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:(?:UNIQUE|UNLOGGED|CONSTRAINT|MATERIALIZED|FOREIGN)\s+)*"
+    r"(?P<kind>\w+)\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"(?P<schema>\{schema\}\.)?(?P<name>\w+)?",
+    re.IGNORECASE,
+)
+_RENAMES = re.compile(
+    r"\bALTER\s+(?:MATERIALIZED\s+|FOREIGN\s+)?(?P<kind>\w+)\s+(?:IF\s+EXISTS\s+)?"
+    r"\{schema\}\.\w+(?:\s*\([^)]*\))?\s+RENAME\s+TO\s+(?P<name>\w+)",
+    re.IGNORECASE,
+)
+#: Statement kinds that make an object standing on its own in the schema, by the name space
+#: its name lives in (relations and types share one; routines another).
+_OBJECT_KINDS = {
+    "table": "relation",
+    "view": "relation",
+    "sequence": "relation",
+    "type": "relation",
+    "domain": "relation",
+    "function": "routine",
+    "procedure": "routine",
+    "aggregate": "routine",
+}
+#: Statement kinds that make a part of another object (dropped with it), or the schema itself.
+_PART_KINDS = {"schema", "index", "trigger", "rule", "policy", "statistics"}
+
+
+def objects_created_by(text: str, source: str = "SQL") -> set[tuple[str, str]]:
+    """The ``(name space, name)`` of every object that ``text`` creates (or renames to) in
+    ``{schema}``: tables, views, sequences and types are ``relation``, functions, procedures
+    and aggregates ``routine``; indexes, triggers and the like are parts of those.
+
+    Raises RuntimeError on a CREATE it cannot read, so that a migration cannot add an object
+    that the uninstall ownership check does not know about.
+    """
+    code = _NOT_CODE.sub(" ", text)
+    found: set[tuple[str, str]] = set()
+    for start in _CREATE.finditer(code):
+        match = _CREATES.match(code, start.start())
+        kind = match.group("kind").lower() if match else ""
+        if kind in _PART_KINDS:
+            continue
+        if match is None or kind not in _OBJECT_KINDS or not match["schema"] or not match["name"]:
+            statement = " ".join(code[start.start() :].split()[:6])
+            raise RuntimeError(
+                f"{source}: cannot tell which object `{statement} ...` creates; write it as "
+                "CREATE <TABLE|VIEW|SEQUENCE|TYPE|DOMAIN|FUNCTION|PROCEDURE|AGGREGATE> "
+                "{schema}.name, or teach pgq_nb.sql.objects_created_by (the uninstall ownership "
+                "check) about it"
+            )
+        found.add((_OBJECT_KINDS[kind], match["name"]))
+    for match in _RENAMES.finditer(code):
+        space = _OBJECT_KINDS.get(match["kind"].lower())
+        if space is not None:
+            found.add((space, match["name"]))
+    return found
+
+
+@cache
+def owned_objects() -> frozenset[tuple[str, str]]:
+    """Every object any version of pgq_nb's schema has: what the latest schema creates, and
+    what every migration creates, as ``(name space, name)`` pairs (see
+    :func:`objects_created_by`). Only these may be dropped by uninstall."""
+    owned = objects_created_by(_read("schema.sql"), "schema.sql")
+    for _, name, text in _raw_migrations():
+        owned |= objects_created_by(text, name)
+    return frozenset(owned)

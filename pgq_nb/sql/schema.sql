@@ -5,6 +5,12 @@
 
 CREATE SCHEMA IF NOT EXISTS {schema};
 
+-- pgq_nb's marker: the installer refuses a schema that holds anything else, and uninstall drops
+-- only a schema that carries this comment (or, installed before it existed, schema_version)
+-- and holds nothing but the objects these files create.
+COMMENT ON SCHEMA {schema} IS 'pgq_nb: job queue schema, created and owned by pgq_nb; '
+    '`pgq-nb uninstall` drops it';
+
 -- One row: the schema version this database is at (the number of the newest migration),
 -- written by the installer.
 CREATE TABLE {schema}.schema_version (

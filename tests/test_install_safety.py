@@ -1,0 +1,373 @@
+"""Install and uninstall touch only what pgq_nb owns: its own schema and the objects its SQL
+creates. Other schemas, other objects and objects elsewhere that depend on pgq_nb's are left
+alone, with an error that names them and says what to do."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import pgq_nb
+from pgq_nb import db, runtime, sql
+from tests.conftest import REPO, worker_env
+
+SCHEMAS = (
+    "safety_analytics",
+    "safety_existing",
+    "safety_empty",
+    "safety_mixed",
+    "safety_dep",
+    "safety_legacy",
+    "safety_never",
+)
+PUBLIC_TABLES = ("public.safety_customers", "public.safety_orders")
+
+
+def _execute(dsn: str, *statements: str) -> None:
+    async def run() -> None:
+        pool = await db.get_pool(dsn)
+        for statement in statements:
+            await pool.execute(statement)
+
+    runtime.run_sync(run())
+
+
+def _value(dsn: str, query: str, *args: Any) -> Any:
+    async def run() -> Any:
+        pool = await db.get_pool(dsn)
+        return await pool.fetchval(query, *args)
+
+    return runtime.run_sync(run())
+
+
+def _exists(dsn: str, relation: str) -> bool:
+    return bool(_value(dsn, "SELECT to_regclass($1) IS NOT NULL", relation))
+
+
+def _schema_exists(dsn: str, schema: str) -> bool:
+    return bool(
+        _value(dsn, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema)
+    )
+
+
+def _uninstall(dsn: str, schema: str) -> bool:
+    async def run() -> bool:
+        return await db.uninstall(await db.get_pool(dsn), schema)
+
+    return runtime.run_sync(run())
+
+
+def _install(dsn: str, schema: str) -> int:
+    async def run() -> int:
+        return await db.install(await db.get_pool(dsn), schema)
+
+    return runtime.run_sync(run())
+
+
+def _install_legacy(dsn: str, schema: str) -> None:
+    """What pgq_nb installed before the marker: version 1, no comment on the schema."""
+
+    async def run() -> None:
+        pool = await db.get_pool(dsn)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(sql.migrations(schema)[0].sql)
+            await conn.execute(sql.queries(schema)["set_schema_version"], 1)
+
+    runtime.run_sync(run())
+
+
+def _state(dsn: str, schema: str) -> db.SchemaState:
+    async def run() -> db.SchemaState:
+        pool = await db.get_pool(dsn)
+        async with pool.acquire() as conn:
+            return await db.schema_state(conn, schema)
+
+    return runtime.run_sync(run())
+
+
+def _cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pgq_nb.cli", "--dsn", dsn, *args],
+        env=worker_env(dsn),
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def dsn_clean(installed: str) -> Iterator[str]:
+    """The test server, with none of this module's schemas or public tables left over."""
+
+    def clean() -> None:
+        _execute(
+            installed,
+            "DROP VIEW IF EXISTS public.safety_view",
+            *(f"DROP TABLE IF EXISTS {t} CASCADE" for t in PUBLIC_TABLES),
+            *(f"DROP SCHEMA IF EXISTS {s} CASCADE" for s in SCHEMAS),
+        )
+
+    clean()
+    yield installed
+    clean()
+
+
+# -- schemas pgq_nb does not own ----------------------------------------------------------
+
+
+def test_uninstall_refuses_a_schema_pgq_nb_never_installed(dsn_clean: str) -> None:
+    dsn = dsn_clean
+    _execute(
+        dsn,
+        "CREATE SCHEMA safety_analytics",
+        "CREATE TABLE safety_analytics.revenue (day date, amount numeric)",
+        "INSERT INTO safety_analytics.revenue VALUES ('2026-11-28', 9.5)",
+    )
+    with pytest.raises(pgq_nb.SchemaError) as err:
+        _uninstall(dsn, "safety_analytics")
+    message = str(err.value)
+    assert "'safety_analytics' is not a pgq_nb schema" in message
+    assert "drop it yourself" in message
+
+    # the command line, with and without --yes, refuses the same way
+    for args in (["uninstall", "--yes"], ["uninstall"]):
+        done = _cli(dsn, "--schema", "safety_analytics", *args)
+        assert done.returncode == 2, done
+        assert "is not a pgq_nb schema" in done.stderr, done.stderr
+        assert "dropped" not in done.stdout
+
+    assert _value(dsn, "SELECT count(*) FROM safety_analytics.revenue") == 1
+
+
+def test_public_is_refused_and_left_alone(dsn_clean: str) -> None:
+    dsn = dsn_clean
+    if _value(dsn, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"):
+        pytest.skip("another test left objects in public")
+    _execute(dsn, "CREATE TABLE public.safety_customers (id int PRIMARY KEY, name text)")
+    _execute(dsn, "INSERT INTO public.safety_customers VALUES (1, 'Ada')")
+
+    with pytest.raises(pgq_nb.ConfigurationError) as err:
+        pgq_nb.connect(dsn, schema="public")
+    message = str(err.value)
+    assert "will not install into schema 'public'" in message
+    assert "for example 'pgq_nb'" in message
+    assert not _exists(dsn, "public.schema_version")
+    assert not _exists(dsn, "public.jobs")
+
+    done = _cli(dsn, "--schema", "public", "install")
+    assert done.returncode == 2 and "will not install into schema 'public'" in done.stderr, done
+    assert not _exists(dsn, "public.schema_version")
+
+    with pytest.raises(pgq_nb.SchemaError, match="not a pgq_nb schema"):
+        _uninstall(dsn, "public")
+    done = _cli(dsn, "--schema", "public", "uninstall", "--yes")
+    assert done.returncode == 2 and "not a pgq_nb schema" in done.stderr, done
+    assert _value(dsn, "SELECT name FROM public.safety_customers") == "Ada"
+    assert _schema_exists(dsn, "public")
+
+
+@pytest.mark.parametrize("name", ["information_schema", "pg_queue"])
+def test_system_schemas_are_refused(dsn_clean: str, name: str) -> None:
+    dsn = dsn_clean
+    with pytest.raises(pgq_nb.ConfigurationError, match=f"will not install into schema {name!r}"):
+        _install(dsn, name)
+
+
+def test_install_into_an_existing_schema_with_objects_is_refused(dsn_clean: str) -> None:
+    dsn = dsn_clean
+    _execute(
+        dsn,
+        "CREATE SCHEMA safety_existing",
+        "CREATE TABLE safety_existing.revenue (amount numeric)",
+        "CREATE FUNCTION safety_existing.double(x int) RETURNS int LANGUAGE sql AS 'SELECT 2 * x'",
+    )
+    with pytest.raises(pgq_nb.SchemaError) as err:
+        pgq_nb.connect(dsn, schema="safety_existing")
+    message = str(err.value)
+    assert "table safety_existing.revenue" in message
+    assert "function safety_existing.double" in message
+    assert "for example 'pgq_nb'" in message
+    assert not _exists(dsn, "safety_existing.schema_version")
+    assert not _exists(dsn, "safety_existing.jobs")
+    assert _exists(dsn, "safety_existing.revenue")
+
+
+def test_an_existing_empty_schema_is_taken_and_marked(dsn_clean: str) -> None:
+    dsn = dsn_clean
+    _execute(dsn, "CREATE SCHEMA safety_empty")
+    assert _install(dsn, "safety_empty") == sql.latest_version()
+    state = _state(dsn, "safety_empty")
+    assert state.marked and state.version == sql.latest_version()
+    assert _uninstall(dsn, "safety_empty") is True
+    assert not _schema_exists(dsn, "safety_empty")
+
+
+# -- pgq_nb's own schema --------------------------------------------------------------------
+
+
+def test_uninstall_of_a_missing_schema_does_nothing_then_install_creates_it(dsn_clean: str) -> None:
+    dsn = dsn_clean
+    """What tests/conftest.py's `installed` fixture does on a new server."""
+    assert _uninstall(dsn, "safety_never") is False
+    done = _cli(dsn, "--schema", "safety_never", "upgrade")  # nothing to upgrade
+    assert done.returncode == 2 and "run `pgq-nb install`" in done.stderr, done
+    assert not _schema_exists(dsn, "safety_never")
+    done = _cli(dsn, "--schema", "safety_never", "install")
+    assert done.returncode == 0 and "installed at version" in done.stdout, done
+    assert _install(dsn, "safety_never") == sql.latest_version()
+    assert _install(dsn, "safety_never") == sql.latest_version()  # idempotent
+    assert _state(dsn, "safety_never").marked
+    assert _uninstall(dsn, "safety_never") is True
+    assert _uninstall(dsn, "safety_never") is False
+    done = _cli(dsn, "--schema", "safety_never", "uninstall", "--yes")
+    assert done.returncode == 0, done
+    assert "nothing to uninstall" in done.stdout
+
+
+def test_uninstall_refuses_objects_pgq_nb_did_not_create(dsn_clean: str) -> None:
+    dsn = dsn_clean
+    q = pgq_nb.connect(dsn, schema="safety_mixed")
+    q.entrypoint("keep")(lambda job: None)
+    job_id = q.enqueue("keep")
+    _execute(
+        dsn,
+        "CREATE TABLE safety_mixed.notes (note text)",
+        "CREATE VIEW safety_mixed.queued AS SELECT id FROM safety_mixed.jobs",
+        "CREATE SEQUENCE safety_mixed.counter",
+        "CREATE FUNCTION safety_mixed.one() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "CREATE TYPE safety_mixed.mood AS ENUM ('ok', 'not ok')",
+    )
+    with pytest.raises(pgq_nb.SchemaError) as err:
+        q.uninstall()
+    message = str(err.value)
+    for name in (
+        "table safety_mixed.notes",
+        "view safety_mixed.queued",
+        "sequence safety_mixed.counter",
+        "function safety_mixed.one",
+        "enum type safety_mixed.mood",
+    ):
+        assert name in message
+    for pgq_nb_table in ("jobs", "history", "schema_version"):
+        assert f"safety_mixed.{pgq_nb_table}" not in message  # pgq_nb's own are not listed
+    assert "move them to another schema" in message
+    assert "drop them yourself" in message
+
+    done = _cli(dsn, "--schema", "safety_mixed", "uninstall")  # without --yes: checks too
+    assert done.returncode == 2 and "safety_mixed.notes" in done.stderr, done
+    assert q.get_job(job_id).status is pgq_nb.JobStatus.QUEUED  # nothing was dropped
+
+    _execute(
+        dsn,
+        "DROP VIEW safety_mixed.queued",
+        "DROP TABLE safety_mixed.notes",
+        "DROP SEQUENCE safety_mixed.counter",
+        "DROP FUNCTION safety_mixed.one",
+        "DROP TYPE safety_mixed.mood",
+    )
+    # an index of your own on pgq_nb's table is part of that table: it goes with it
+    _execute(dsn, "CREATE INDEX safety_mixed_mine ON safety_mixed.jobs (created)")
+    done = _cli(dsn, "--schema", "safety_mixed", "uninstall")
+    assert done.returncode == 2, done
+    assert "run again with --yes" in done.stdout
+    assert _exists(dsn, "safety_mixed.jobs")
+    done = _cli(dsn, "--schema", "safety_mixed", "uninstall", "--yes")
+    assert done.returncode == 0, done
+    assert "'safety_mixed' dropped" in done.stdout
+    assert not _schema_exists(dsn, "safety_mixed")
+
+
+def test_uninstall_refuses_when_objects_elsewhere_depend_on_pgq_nb(dsn_clean: str) -> None:
+    dsn = dsn_clean
+    q = pgq_nb.connect(dsn, schema="safety_dep")
+    _execute(
+        dsn,
+        "CREATE TABLE public.safety_orders (id int, job_id bigint REFERENCES safety_dep.jobs)",
+        "CREATE VIEW public.safety_view AS SELECT id, status FROM safety_dep.history",
+    )
+    with pytest.raises(pgq_nb.SchemaError) as err:
+        q.uninstall()
+    message = str(err.value)
+    assert "view safety_view depends on table safety_dep.history" in message
+    assert "on table safety_orders depends on table safety_dep.jobs" in message
+    assert "drop or change those objects yourself" in message
+    assert _exists(dsn, "safety_dep.jobs") and _exists(dsn, "safety_dep.history")
+    assert _exists(dsn, "public.safety_view") and _exists(dsn, "public.safety_orders")
+
+    _execute(dsn, "DROP VIEW public.safety_view", "DROP TABLE public.safety_orders")
+    q.uninstall()
+    assert not _schema_exists(dsn, "safety_dep")
+
+
+# -- schemas installed before the marker -------------------------------------------------------
+
+
+def test_an_install_without_marker_is_upgraded_marked_and_uninstalled(dsn_clean: str) -> None:
+    dsn = dsn_clean
+    _install_legacy(dsn, "safety_legacy")
+    before = _state(dsn, "safety_legacy")
+    assert before.version == 1 and not before.marked and before.is_pgq_nb
+
+    # it uninstalls as it is ...
+    assert _uninstall(dsn, "safety_legacy") is True
+    assert not _schema_exists(dsn, "safety_legacy")
+
+    # ... or upgrades (the marker comes with migration 2), by connect() or `pgq-nb upgrade`
+    for upgrade in (
+        lambda: pgq_nb.connect(dsn, schema="safety_legacy"),
+        lambda: _cli(dsn, "--schema", "safety_legacy", "upgrade").check_returncode(),
+    ):
+        _install_legacy(dsn, "safety_legacy")
+        upgrade()
+        after = _state(dsn, "safety_legacy")
+        assert after.version == sql.latest_version() and after.marked
+        pgq_nb.connect(dsn, schema="safety_legacy").uninstall()
+        assert not _schema_exists(dsn, "safety_legacy")
+
+
+def test_an_install_without_marker_holding_other_objects_is_not_dropped(dsn_clean: str) -> None:
+    dsn = dsn_clean
+    _install_legacy(dsn, "safety_legacy")
+    _execute(dsn, "CREATE TABLE safety_legacy.revenue (amount numeric)")
+    with pytest.raises(pgq_nb.SchemaError, match=r"table safety_legacy\.revenue"):
+        _uninstall(dsn, "safety_legacy")
+    assert _install(dsn, "safety_legacy") == sql.latest_version()  # the upgrade still works
+    with pytest.raises(pgq_nb.SchemaError, match=r"table safety_legacy\.revenue"):
+        _uninstall(dsn, "safety_legacy")
+    assert _exists(dsn, "safety_legacy.revenue") and _exists(dsn, "safety_legacy.jobs")
+
+
+def test_an_old_install_in_public_keeps_public_and_its_tables(dsn_clean: str) -> None:
+    dsn = dsn_clean
+    """pgq_nb once installed into public when asked to. Such an install still upgrades; its
+    uninstall refuses while public holds your tables, then drops pgq_nb's tables, not public."""
+    if _value(dsn, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"):
+        pytest.skip("another test left objects in public")
+    comment = _value(dsn, "SELECT obj_description('public'::regnamespace, 'pg_namespace')")
+    _execute(dsn, "CREATE TABLE public.safety_customers (id int PRIMARY KEY)")
+    _install_legacy(dsn, "public")
+    try:
+        q = pgq_nb.connect(dsn, schema="public")
+        assert _state(dsn, "public").version == sql.latest_version()
+        with pytest.raises(pgq_nb.SchemaError, match=r"table public\.safety_customers"):
+            q.uninstall()
+        assert _exists(dsn, "public.jobs") and _exists(dsn, "public.safety_customers")
+
+        _execute(dsn, "DROP TABLE public.safety_customers")
+        q.uninstall()
+        assert not _exists(dsn, "public.jobs")
+        assert not _exists(dsn, "public.schema_version")
+        assert _schema_exists(dsn, "public")
+        assert (
+            _value(dsn, "SELECT obj_description('public'::regnamespace, 'pg_namespace')") == comment
+        )
+    finally:
+        if _exists(dsn, "public.schema_version"):
+            _execute(dsn, "DROP TABLE IF EXISTS public.safety_customers")
+            _uninstall(dsn, "public")
