@@ -5,6 +5,7 @@ workflow step needs (its parents' results). A base class of :class:`pgq_nb.worke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,23 +32,11 @@ CLAIM_PLAN = (
 )
 
 
-async def claim_rows(
-    conn: Any, query: str, *args: Any, before: Sequence[tuple[str, list[Any]]] = ()
-) -> list[Any]:
-    """Run a claim statement under CLAIM_PLAN, in a transaction of its own (one extra round
-    trip: BEGIN and the settings go in one message). ``before``, statements and their
-    arguments, run first in the same transaction: recording the previous batch's completions
-    there saves a commit (a WAL flush) per batch."""
-    await conn.execute(CLAIM_PLAN)
-    try:
-        for statement, arguments in before:
-            await conn.execute(statement, *arguments)
-        rows: list[Any] = await conn.fetch(query, *args)
-    except BaseException:
-        await conn.execute("ROLLBACK")
-        raise
-    await conn.execute("COMMIT")
-    return rows
+def mark_started(query: str, worker_id: int | None, ids: Sequence[int]) -> str:
+    """The ``mark_started`` statements for ``ids``, with their parameters inlined (they travel
+    in a simple-protocol message, which takes none; both are integers formatted here)."""
+    listed = ",".join(str(int(i)) for i in ids)
+    return query.replace("$2", "{" + listed + "}").replace("$1", str(int(worker_id or 0)))
 
 
 class Claiming:
@@ -103,36 +92,41 @@ class Claiming:
         are recorded in the first claim's transaction, and the global slots of ``slots`` (ids
         among them) freed there."""
         jobs: list[Job] = []
-        before: list[tuple[str, list[Any]]] = []
-        if done:
-            columns = list(zip(*done, strict=True))
-            before.append((self._q["finish_jobs"], [self.worker_id, *columns]))
-        if slots:
-            before.append((self._q["release_slots"], [self.worker_id, list(slots)]))
         async with self.queue.pool.acquire() as conn:
-            for names, n, limited in self._claim_groups(limit):
-                n = min(n, limit - len(jobs))
-                if n <= 0:
-                    break
-                query = self._q["claim_limited" if limited else "claim_jobs"]
-                args: tuple[Any, ...] = (names[0] if limited else names, n, self.worker_id)
-                rows = await claim_rows(conn, query, *args, before=before)
-                before = []
-                if limited:
-                    self._after_limited_claim(names[0], asked=n, got=len(rows))
-                jobs.extend(Job(**row) for row in rows)
-            if before:  # nothing was claimed (everything paused): record them anyway
-                async with conn.transaction():
-                    for statement, arguments in before:
-                        await conn.execute(statement, *arguments)
-            children = [j.id for j in jobs if j.workflow_id is not None]
-            if children:
-                await self._attach_parent_results(conn, jobs, children)
-            if jobs:
-                # the handlers start right after this: from now on the run counts
-                await conn.execute(self._q["mark_started"], [j.id for j in jobs], self.worker_id)
+            # one transaction: BEGIN and the planner settings in one message, the previous
+            # batch's completions, the claims, the parents' results; then COMMIT and the start
+            # mark in one message
+            await conn.execute(CLAIM_PLAN)
+            try:
+                if done:
+                    columns = list(zip(*done, strict=True))
+                    await conn.execute(self._q["finish_jobs"], self.worker_id, *columns)
+                if slots:
+                    await conn.execute(self._q["release_slots"], self.worker_id, list(slots))
+                for names, n, limited in self._claim_groups(limit):
+                    n = min(n, limit - len(jobs))
+                    if n <= 0:
+                        break
+                    query = self._q["claim_limited" if limited else "claim_jobs"]
+                    args: tuple[Any, ...] = (names[0] if limited else names, n, self.worker_id)
+                    rows = await conn.fetch(query, *args)
+                    if limited:
+                        self._after_limited_claim(names[0], asked=n, got=len(rows))
+                    jobs.extend(Job(**row) for row in rows)
+                children = [j.id for j in jobs if j.workflow_id is not None]
+                if children:
+                    await self._attach_parent_results(conn, jobs, children)
+            except BaseException:
+                with contextlib.suppress(Exception):  # a broken connection: the pool drops it
+                    await conn.execute("ROLLBACK")
+                raise
+            ids = [j.id for j in jobs]
+            mark = self._q["mark_started"]
+            await conn.execute(
+                "COMMIT; " + mark_started(mark, self.worker_id, ids) if ids else "COMMIT"
+            )
         for job in jobs:
-            job.attempts += 1
+            job.attempts += 1  # as mark_started counted it
         jobs.sort(key=lambda j: (-j.priority, j.id))
         return jobs
 
