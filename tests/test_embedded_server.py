@@ -1,6 +1,7 @@
 """The embedded Postgres server, with real processes: start, reuse, restart, failure modes.
 
-Every test has its own home under ``tmp_path`` and stops whatever server it started.
+Every test has its own home from ``temporary_home()`` (as root, pytest's ``tmp_path`` is out
+of the ``postgres`` user's reach) and stops whatever server it started.
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pgq_nb.embedded import EmbeddedServer, default_home, start_child_for_tests
+from pgq_nb.embedded import (
+    EmbeddedServer,
+    default_home,
+    start_child_for_tests,
+    temporary_home,
+)
 from pgq_nb.embedded import _postmaster as pm
-from pgq_nb.embedded._system import bin_dir, chown_to, grant_traverse, server_env, server_user
+from pgq_nb.embedded._system import bin_dir, server_env, server_user
 from pgq_nb.errors import EmbeddedServerError
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,6 +61,7 @@ time.sleep(60)
 
 def _python_env() -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("PGQ_NB_MAX_CONNECTIONS", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
@@ -96,33 +103,40 @@ def _force_stop(home: Path) -> None:
         pm.wait_exit(info.pid, 10)
 
 
-def _secret(server: EmbeddedServer) -> str:
-    return (server.home / "secret").read_text().strip()
+def _secret(server: EmbeddedServer, name: str = "app_secret") -> str:
+    return (server.home / name).read_text().strip()
 
 
 @pytest.fixture
-def new_server(tmp_path: Path) -> Iterator[Callable[..., EmbeddedServer]]:
-    """Make servers on fresh homes; every one is stopped at teardown."""
+def home() -> Iterator[Path]:
+    """A home path the server's OS user can reach (not created yet); removed afterwards."""
+    with temporary_home() as path:
+        yield path
+
+
+@pytest.fixture
+def new_server(home: Path) -> Iterator[Callable[..., EmbeddedServer]]:
+    """Make servers on fresh homes (next to ``home``); every one is stopped at teardown."""
     homes: list[Path] = []
 
-    def make(home: Path | None = None) -> EmbeddedServer:
-        homes.append(home or tmp_path / "home")
+    def make(path: Path | None = None) -> EmbeddedServer:
+        homes.append(path or home)
         return EmbeddedServer(homes[-1])
 
     yield make
-    for home in homes:
-        _force_stop(home)
+    for path in homes:
+        _force_stop(path)
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedServer, str]]:
+def shared() -> Iterator[tuple[EmbeddedServer, str]]:
     """One server, started by a Python process that has exited since."""
-    home = tmp_path_factory.mktemp("shared") / "home"
-    try:
-        dsn, _ = _start_in_subprocess(home)
-        yield EmbeddedServer(home), dsn
-    finally:
-        _force_stop(home)
+    with temporary_home() as home:
+        try:
+            dsn, _ = _start_in_subprocess(home)
+            yield EmbeddedServer(home), dsn
+        finally:
+            _force_stop(home)
 
 
 def test_first_start_over_socket_and_tcp(shared: tuple[EmbeddedServer, str]) -> None:
@@ -136,17 +150,23 @@ def test_first_start_over_socket_and_tcp(shared: tuple[EmbeddedServer, str]) -> 
         dsn
         == server.dsn()
         == (
-            f"postgresql://postgres:{_secret(server)}@/postgres"
+            f"postgresql://pgq_nb:{_secret(server)}@/postgres"
             f"?host={server.home / 'run'}&port={status.port}"
         )
     )
     tcp = server.dsn(tcp=True)
-    assert tcp == f"postgresql://postgres:{_secret(server)}@127.0.0.1:{status.port}/postgres"
+    assert tcp == f"postgresql://pgq_nb:{_secret(server)}@127.0.0.1:{status.port}/postgres"
+    admin = server.admin_dsn(tcp=True)
+    assert admin == (
+        f"postgresql://postgres:{_secret(server, 'secret')}@127.0.0.1:{status.port}/postgres"
+    )
     assert _select_one(dsn) == 1
     assert _select_one(tcp) == 1
     assert asyncio.run(_query(dsn, "SHOW listen_addresses")) == "127.0.0.1"
     assert asyncio.run(_query(dsn, "SHOW fsync")) == "on"
     assert asyncio.run(_query(dsn, "SHOW max_connections")) == "200"
+    assert asyncio.run(_query(dsn, "SELECT current_user")) == "pgq_nb"
+    assert asyncio.run(_query(admin, "SELECT current_user")) == "postgres"
 
 
 def test_server_outlives_the_process_that_started_it(shared: tuple[EmbeddedServer, str]) -> None:
@@ -165,8 +185,8 @@ def test_wrong_or_missing_password_is_refused(
     monkeypatch.delenv("PGPASSWORD", raising=False)  # no password from elsewhere
     monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
     server, dsn = shared
-    secret = _secret(server)
-    for good in (dsn, server.dsn(tcp=True)):
+    for good in (dsn, server.dsn(tcp=True), server.admin_dsn(), server.admin_dsn(tcp=True)):
+        secret = good.split(":")[2].split("@")[0]
         for bad in (good.replace(secret, "wrong"), good.replace(f":{secret}", "")):
             with pytest.raises(asyncpg.InvalidPasswordError):
                 _select_one(bad)
@@ -175,13 +195,19 @@ def test_wrong_or_missing_password_is_refused(
     assert methods == {"scram-sha-256"}
 
 
-def test_secret_is_private_and_never_logged(shared: tuple[EmbeddedServer, str]) -> None:
+def test_secrets_are_private_and_never_logged(shared: tuple[EmbeddedServer, str]) -> None:
     server, _ = shared
-    secret_file = server.home / "secret"
-    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
-    assert secret_file.stat().st_uid == os.getuid()
-    assert stat.S_IMODE(server.home.stat().st_mode) & 0o077 in (0, 0o001)
-    assert _secret(server) not in server.log_file.read_text()
+    for name in ("secret", "app_secret", "server.json", "lock", "postgres.log"):
+        st = (server.home / name).stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, os.getuid()), name
+    home = server.home.stat()
+    if server_user().switch:  # only the server's group may pass, to reach data/ and run/
+        assert (stat.S_IMODE(home.st_mode), home.st_gid) == (0o710, server_user().gid)
+    else:
+        assert stat.S_IMODE(home.st_mode) == 0o700
+    log = server.log_file.read_text()
+    assert _secret(server, "secret") not in log
+    assert _secret(server) not in log
 
 
 def test_second_process_reuses_running_server(shared: tuple[EmbeddedServer, str]) -> None:
@@ -263,9 +289,9 @@ def test_four_processes_start_a_new_home_at_once(
 
 
 def test_long_home_puts_socket_in_short_directory(
-    new_server: Callable[..., EmbeddedServer], tmp_path: Path
+    new_server: Callable[..., EmbeddedServer], home: Path
 ) -> None:
-    server = new_server(tmp_path / ("h" * 110) / "home")
+    server = new_server(home.parent / ("h" * 110) / "home")
     dsn = server.ensure_running()
     socket_dir = server.status().socket_dir
     assert socket_dir is not None
@@ -293,13 +319,14 @@ def test_missing_locale_in_environment(
     assert asyncio.run(_query(dsn, sql)) == "C"
 
 
-def test_data_dir_of_another_major_version(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_data_dir_of_another_major_version(home: Path) -> None:
     data = home / "data"
     user = server_user()
     data.mkdir(parents=True, mode=0o700)
-    grant_traverse(home, user)
-    chown_to(data, user)
+    if user.switch:
+        os.chown(home, -1, user.gid)
+        home.chmod(0o710)
+        os.chown(data, user.uid, user.gid)
     pg16_initdb = bin_dir().parents[1] / "pginstall" / "bin" / "initdb"
     subprocess.run(
         [str(pg16_initdb), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
@@ -368,13 +395,15 @@ def test_default_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert EmbeddedServer().home == tmp_path / "explicit"
     monkeypatch.delenv("PGQ_NB_HOME")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    assert default_home() == tmp_path / "xdg" / "pgq_nb"
+    root = os.geteuid() == 0
+    assert default_home() == (Path("/var/lib/pgq_nb") if root else tmp_path / "xdg" / "pgq_nb")
     monkeypatch.delenv("XDG_DATA_HOME")
-    assert default_home() == Path.home() / ".local" / "share" / "pgq_nb"
+    per_user = Path.home() / ".local" / "share" / "pgq_nb"
+    assert default_home() == (Path("/var/lib/pgq_nb") if root else per_user)
 
 
-def test_child_for_tests_is_fast_and_stops_with_open_sessions(tmp_path: Path) -> None:
-    dsn, process = start_child_for_tests(tmp_path / "home")
+def test_child_for_tests_is_fast_and_stops_with_open_sessions(home: Path) -> None:
+    dsn, process = start_child_for_tests(home)
     try:
         assert Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()[1] == str(
             os.getpid()
@@ -396,8 +425,7 @@ def test_child_for_tests_is_fast_and_stops_with_open_sessions(tmp_path: Path) ->
             process.wait()
 
 
-def test_child_for_tests_dies_with_its_parent(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_child_for_tests_dies_with_its_parent(home: Path) -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c", _CHILD_THEN_SLEEP, str(home)],
         env=_python_env(),

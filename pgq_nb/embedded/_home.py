@@ -78,6 +78,11 @@ class HomeFiles:
         self.app_secret_file = home / "app_secret"
         self.settings_file = home / "server.json"
 
+    def private_files(self) -> list[Path]:
+        """The home's files that are ours alone (each may be missing)."""
+        names = ("secret", "app_secret", "server.json", "postgres.log", "lock")
+        return [self.home / name for name in names]
+
     def data_version(self) -> int | None:
         """The major version in ``data/PG_VERSION``; None if there is no data directory."""
         try:

@@ -85,6 +85,8 @@ def ensure_home(home: Path, user: ServerUser) -> None:
     while not os.path.lexists(probe) and probe != probe.parent:
         missing.append(probe)
         probe = probe.parent
+    if missing:
+        check_parents(missing[-1])  # before creating anything there
     try:
         for directory in reversed(missing):
             make_dir(directory, mode, gid=gid)

@@ -15,7 +15,7 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,6 +201,15 @@ def open_private(path: Path, flags: int, owner: int | None = None) -> int:
     write permission, or (when writing) extra hard links are refused.
     """
     return _open_checked(path, flags, os.geteuid() if owner is None else owner)
+
+
+def check_private(paths: Iterable[Path]) -> None:
+    """Refuse unless each of ``paths`` is missing or a private file (see :func:`open_private`)."""
+    for path in paths:
+        try:
+            os.close(open_private(path, os.O_RDONLY))
+        except FileNotFoundError:
+            continue
 
 
 def read_private(path: Path, owner: int | None = None) -> str | None:

@@ -50,7 +50,7 @@ from pgq_nb.embedded._layout import (
     ensure_home,
 )
 from pgq_nb.embedded._roles import APP_ROLE, SUPERUSER, set_up_app_role
-from pgq_nb.embedded._safefs import make_dir, open_private, refuse, replace_file, who
+from pgq_nb.embedded._safefs import check_private, make_dir, open_private, refuse, replace_file, who
 from pgq_nb.embedded._system import (
     PG_MAJOR,
     ServerUser,
@@ -225,6 +225,7 @@ class EmbeddedServer:
             )
         user = server_user()
         ensure_home(self.home, user)
+        check_private(self._files.private_files())
         fd = open_private(self.home / "lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
