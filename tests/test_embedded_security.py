@@ -28,7 +28,10 @@ pytestmark = pytest.mark.timeout(120)
 
 NOBODY = 65534
 ROOT = os.geteuid() == 0
-root_only = pytest.mark.skipif(not ROOT, reason="needs root: plants files as another user")
+root_only = pytest.mark.skipif(
+    not ROOT,
+    reason="needs root: plants files as another user, or checks what root's server user may reach",
+)
 VICTIM_TEXT = "a file the server must never touch\n"
 
 

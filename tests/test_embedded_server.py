@@ -302,6 +302,10 @@ def test_long_home_puts_socket_in_short_directory(
         assert stat.S_IMODE(st.st_mode) == 0o700
         assert st.st_uid == server_user().uid
         assert _select_one(dsn) == 1
+        server.stop()  # the socket directory, now the server user's, is taken again
+        assert server.ensure_running() == dsn
+        assert server.status().socket_dir == socket_dir
+        assert _select_one(dsn) == 1
     finally:
         _force_stop(server.home)
         shutil.rmtree(socket_dir, ignore_errors=True)

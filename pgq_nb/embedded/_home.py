@@ -169,15 +169,10 @@ def _read_secret(path: Path) -> str | None:
     return text.strip() or None
 
 
-def _owner(user: ServerUser) -> dict[str, int]:
-    """``fchown`` arguments that hand a file to the server user (only when we switch users)."""
-    return {"uid": user.uid, "gid": user.gid} if user.switch else {}
-
-
 def ensure_socket_dir(directory: Path, user: ServerUser) -> None:
     """Create the socket directory (0700, the server user's) or check the existing one."""
-    check_parents(directory)
-    make_dir(directory, 0o700, **_owner(user))
+    check_parents(directory.parent)
+    make_dir(directory, 0o700, **user.owner())
     with open_dir(directory) as (fd, st):
         if st.st_uid not in (user.uid, os.geteuid()):
             raise refuse(
@@ -206,7 +201,7 @@ def write_pg_conf(data_dir: Path, settings: Settings, user: ServerUser) -> None:
     )
     path = data_dir / PG_CONF
     if read_text(path) != text:
-        replace_file(path, text, **_owner(user))
+        replace_file(path, text, **user.owner())
 
 
 def include_pg_conf(data_dir: Path, user: ServerUser) -> None:
@@ -216,4 +211,4 @@ def include_pg_conf(data_dir: Path, user: ServerUser) -> None:
     if text is None:
         raise EmbeddedServerError(f"initdb left no {conf}; remove {data_dir} and retry.")
     text += f"\n# pgq_nb: listen address, port, socket dir, limits\ninclude = '{PG_CONF}'\n"
-    replace_file(conf, text, **_owner(user))
+    replace_file(conf, text, **user.owner())

@@ -18,8 +18,9 @@ import os
 import stat
 from pathlib import Path
 
+from pgq_nb.embedded import _system
 from pgq_nb.embedded._safefs import check_parents, make_dir, refuse, walk, who, writable_by_others
-from pgq_nb.embedded._system import SERVER_OS_USER, ServerUser, may_search
+from pgq_nb.embedded._system import SERVER_OS_USER, ServerUser, check_executable, may_search
 from pgq_nb.errors import EmbeddedServerError
 
 SYSTEM_HOME = Path("/var/lib/pgq_nb")
@@ -123,7 +124,10 @@ def check_reachable(path: Path, user: ServerUser, what: str, way_out: str) -> No
         return
     directories = [step.directory for step in walk(path)] + [Path(os.path.realpath(path))]
     for directory in dict.fromkeys(directories):
-        st = os.stat(directory)
+        try:
+            st = os.stat(directory)
+        except FileNotFoundError:
+            continue
         if not may_search(st, user):
             raise EmbeddedServerError(
                 f"As root, pgq_nb runs the embedded Postgres as the OS user {SERVER_OS_USER!r} "
@@ -132,3 +136,13 @@ def check_reachable(path: Path, user: ServerUser, what: str, way_out: str) -> No
                 f"to {what} {path}. pgq_nb does not widen the permissions of directories it did "
                 f"not create. {way_out}"
             )
+
+
+def usable_bin_dir(user: ServerUser) -> Path:
+    """The binaries' directory, checked for the server user (never made reachable)."""
+    bins = _system.bin_dir()
+    for part in (bins, bins.parent / "lib", bins.parent / "share"):
+        check_reachable(part, user, "the PostgreSQL binaries", BINARIES_WAY_OUT)
+    for name in ("postgres", "initdb", "pg_ctl"):
+        check_executable(bins / name, user)
+    return bins

@@ -55,6 +55,10 @@ class ServerUser:
     gid: int
     switch: bool
 
+    def owner(self) -> dict[str, int]:
+        """``uid``/``gid`` arguments that hand a new file to this user (only if we switch)."""
+        return {"uid": self.uid, "gid": self.gid} if self.switch else {}
+
 
 def server_user() -> ServerUser:
     """The invoking user, or the ``postgres`` OS user (created if missing) when we are root."""
@@ -174,3 +178,10 @@ def log_tail(log_file: Path, offset: int, secrets: Iterable[str | None], lines: 
             text = text.replace(secret, "********")
     tail = "\n".join("    " + line for line in text.splitlines()[-lines:])
     return tail or "(no log output)"
+
+
+def rotate_log(log_file: Path, limit: int = 10 * 1024 * 1024) -> None:
+    """Keep one previous log once the log passes ``limit`` bytes (only before a start)."""
+    if log_size(log_file) > limit:
+        os.replace(log_file, log_file.with_name(log_file.name + ".1"))
+    os.close(open_private(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND))

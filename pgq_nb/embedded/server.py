@@ -42,21 +42,21 @@ from pgq_nb.embedded._home import (
     write_pg_conf,
 )
 from pgq_nb.embedded._layout import (
-    BINARIES_WAY_OUT,
     HOME_WAY_OUT,
     check_no_legacy_data,
     check_reachable,
     default_home,
     ensure_home,
+    usable_bin_dir,
 )
 from pgq_nb.embedded._roles import APP_ROLE, SUPERUSER, set_up_app_role
 from pgq_nb.embedded._safefs import check_private, make_dir, open_private, refuse, replace_file, who
 from pgq_nb.embedded._system import (
     PG_MAJOR,
     ServerUser,
-    check_executable,
     log_size,
     log_tail,
+    rotate_log,
     run_logged,
     server_user,
 )
@@ -259,10 +259,10 @@ class EmbeddedServer:
 
         An interrupted initialisation thus never leaves a half-made ``data/`` behind.
         """
-        bins = _usable_bin_dir(user)
+        bins = usable_bin_dir(user)
         check_reachable(self.home, user, "the home", HOME_WAY_OUT)
         secret = self._files.ensure_secret()
-        _rotate_log(self.log_file)
+        rotate_log(self.log_file)
         if os.path.lexists(self.data_dir):
             try:
                 self.data_dir.rmdir()
@@ -273,13 +273,12 @@ class EmbeddedServer:
                 ) from None
         staging = self.home / "data.initdb"
         shutil.rmtree(staging, ignore_errors=True)
-        owner = {"uid": user.uid, "gid": user.gid} if user.switch else {}
-        if not make_dir(staging, 0o700, **owner):
+        if not make_dir(staging, 0o700, **user.owner()):
             raise refuse(staging, "it cannot be removed", f"Remove it (rm -r {staging}).")
         offset = log_size(self.log_file)
         pwfile = self.home / f".pwfile-{os.getpid()}"  # initdb runs as the server user
         try:
-            replace_file(pwfile, secret, **owner)
+            replace_file(pwfile, secret, **user.owner())
             cmd = [str(bins / "initdb"), "-D", str(staging), "-U", SUPERUSER]
             cmd += ["-A", "scram-sha-256", f"--pwfile={pwfile}", "--locale=C", "--encoding=UTF8"]
             cmd += ["--no-instructions"] if sync else ["--no-instructions", "--no-sync"]
@@ -326,9 +325,9 @@ class EmbeddedServer:
         ``spawn`` returns True once the server accepts connections, False if it failed; a port
         taken meanwhile, or shared memory still held by a killed server, is retried.
         """
-        _usable_bin_dir(user)
+        usable_bin_dir(user)
         check_reachable(self.home, user, "the home", HOME_WAY_OUT)
-        _rotate_log(self.log_file)
+        rotate_log(self.log_file)
         settings = self._files.load_settings() or self._files.new_settings()
         ensure_socket_dir(settings.socket_dir, user)
         pm.clear_stale(self.data_dir, settings.socket_dir)
@@ -401,20 +400,3 @@ def _url(role: str, secret: str, settings: Settings, *, tcp: bool) -> str:
         return f"postgresql://{auth}@127.0.0.1:{settings.port}/postgres"
     host = quote(str(settings.socket_dir), safe="/")
     return f"postgresql://{auth}@/postgres?host={host}&port={settings.port}"
-
-
-def _usable_bin_dir(user: ServerUser) -> Path:
-    """The binaries' directory, checked for the server user (never made reachable)."""
-    bins = _system.bin_dir()
-    for part in (bins, bins.parent / "lib", bins.parent / "share"):
-        check_reachable(part, user, "the PostgreSQL binaries", BINARIES_WAY_OUT)
-    for name in ("postgres", "initdb", "pg_ctl"):
-        check_executable(bins / name, user)
-    return bins
-
-
-def _rotate_log(log_file: Path, limit: int = 10 * 1024 * 1024) -> None:
-    """Keep one previous log once the log passes ``limit`` bytes (only before a start)."""
-    if log_size(log_file) > limit:
-        os.replace(log_file, log_file.with_name(log_file.name + ".1"))
-    os.close(open_private(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
