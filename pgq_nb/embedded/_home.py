@@ -113,7 +113,10 @@ class HomeFiles:
 
     def load_settings(self) -> Settings | None:
         """The saved port and socket directory; None if missing or unreadable."""
-        text = read_private(self.settings_file)
+        try:
+            text = read_private(self.settings_file)
+        except OSError:
+            return None
         if text is None:
             return None
         try:

@@ -108,7 +108,10 @@ def check_parents(path: Path) -> None:
     """
     me = os.geteuid()
     for step in walk(path):
-        st = os.stat(step.directory)
+        try:
+            st = os.stat(step.directory)
+        except FileNotFoundError:
+            continue  # nothing there yet: checked again once it is made
         if st.st_uid not in (0, me):
             raise refuse(
                 path,
