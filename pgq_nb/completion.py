@@ -5,16 +5,28 @@ transaction: the statement (which also counts succeeded steps off their children
 of everything downstream of a step that failed for good, and the settling of runs that have
 nothing left to do (under the run's row lock, so that two workers finishing a run's last steps
 at once cannot both miss the end).
+
+A value the server refuses (a NUL in an error, a result jsonb cannot hold) must fail only its
+own job. Errors and tracebacks are made storable first (:func:`storable_rows`, no round trip);
+if the statement is still refused (:func:`is_refusal`: bad data, not a bad connection), the
+batch is recorded row by row, each in a savepoint when ``conn`` is in a transaction, and a row
+the server refuses again is recorded as a failed attempt saying why, without its result. The
+common path stays one statement (plus a SAVEPOINT when ``conn`` is in a transaction, without
+which an aborted transaction could not go on row by row).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb.models import Job, encode_result
+import asyncpg
+
+from pgq_nb.errors import InvalidInputError
+from pgq_nb.models import ERROR_LIMIT, TRACEBACK_LIMIT, Job, encode_result, storable_text
 from pgq_nb.transaction import AsyncTransaction, Transaction
 
 if TYPE_CHECKING:
@@ -24,12 +36,145 @@ if TYPE_CHECKING:
 #: id, outcome, result JSON, error, traceback, started, finished, retry delay (s).
 Finished = tuple[int, str, str | None, str | None, str | None, dt.datetime, dt.datetime, float]
 
+logger = logging.getLogger("pgq_nb.completion")
+
+#: The most text (results, errors, tracebacks, in characters) one ``finish_jobs`` statement
+#: carries; a bigger batch is recorded in several statements. Postgres refuses a message over
+#: 1 GiB, and each result may be up to ``models.RESULT_LIMIT`` (16 MiB).
+STATEMENT_TEXT_LIMIT = 64 * 1024 * 1024
+
+_SAVEPOINT = "SAVEPOINT pgq_nb_finish"
+_ROLLBACK_TO = "ROLLBACK TO SAVEPOINT pgq_nb_finish"
+_RELEASE = "RELEASE SAVEPOINT pgq_nb_finish"
+
 
 class AlreadyRecorded:
     """What a transactional handler's future resolves to: its completion is committed."""
 
 
 ALREADY_RECORDED = AlreadyRecorded()
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` says a value of the statement cannot be stored (bad data: a NUL, an
+    invalid escape, a value too large), as opposed to a lost connection or a conflict. Such an
+    error comes back every time the same rows are sent: retrying the batch cannot help."""
+    if isinstance(exc, asyncpg.DataError | asyncpg.ProgramLimitExceededError):
+        return True  # asyncpg raises DataError for arguments it cannot encode, too
+    return isinstance(exc, asyncpg.InternalServerError) and "alloc request size" in str(exc)
+
+
+def storable_rows(batch: Sequence[Finished]) -> list[Finished]:
+    """``batch`` with every error and traceback made storable (:func:`storable_text`: NUL
+    shown as ``\\x00``, lone surrogates replaced, cut to ERROR_LIMIT / TRACEBACK_LIMIT)."""
+    rows = list(batch)
+    for position, row in enumerate(rows):
+        error, trace = row[3], row[4]
+        if error is None and trace is None:
+            continue
+        fixed_error = storable_text(error, ERROR_LIMIT)
+        fixed_trace = storable_text(trace, TRACEBACK_LIMIT)
+        if fixed_error is not error or fixed_trace is not trace:
+            rows[position] = (*row[:3], fixed_error, fixed_trace, *row[5:])
+    return rows
+
+
+def _parts(rows: list[Finished]) -> list[list[Finished]]:
+    """``rows`` in parts of at most STATEMENT_TEXT_LIMIT characters of text (usually one)."""
+    parts: list[list[Finished]] = [[]]
+    total = 0
+    for row in rows:
+        size = sum(len(text) for text in row[2:5] if text is not None)
+        if parts[-1] and total + size > STATEMENT_TEXT_LIMIT:
+            parts.append([])
+            total = 0
+        parts[-1].append(row)
+        total += size
+    return parts
+
+
+def _in_transaction(conn: Any) -> bool:
+    """Whether ``conn`` is a connection inside a transaction (a pool is not)."""
+    check = getattr(conn, "is_in_transaction", None)
+    return bool(check()) if callable(check) else False
+
+
+def _as_refused(row: Finished, exc: BaseException) -> Finished:
+    """``row`` as an attempt that failed because the server refused to store it: no result, a
+    readable error. A success becomes a failure; a retry, failure or cancellation stays one."""
+    job_id, outcome, _, _, _, started, finished, delay = row
+    what = "the handler's result" if outcome == "succeeded" else "this attempt's error"
+    reason = storable_text(f"{type(exc).__name__}: {exc}", 2_000)
+    error = (
+        f"the result/error could not be stored: {what} was refused by Postgres ({reason}); "
+        "return values and raise errors Postgres can store (no NUL characters, results of "
+        "at most pgq_nb.models.RESULT_LIMIT characters of JSON)"
+    )
+    outcome = "failed" if outcome == "succeeded" else outcome
+    return (job_id, outcome, None, error, None, started, finished, delay)
+
+
+async def _finish(conn: Any, statement: str, worker_id: int | None, rows: list[Finished]) -> Any:
+    return await conn.fetch(statement, worker_id, *zip(*rows, strict=True))
+
+
+async def _finish_isolated(
+    conn: Any, statement: str, worker_id: int | None, rows: list[Finished], in_tx: bool
+) -> list[Any]:
+    """``finish_jobs`` for ``rows``; if the server refuses them, row by row (in a savepoint
+    each inside a transaction), a refused row recorded as failed with the reason."""
+    if in_tx:
+        await conn.execute(_SAVEPOINT)
+    try:
+        done: list[Any] = await _finish(conn, statement, worker_id, rows)
+        return done
+    except Exception as exc:
+        if not is_refusal(exc):
+            raise
+        if in_tx:
+            await conn.execute(_ROLLBACK_TO)
+        if len(rows) == 1:
+            refused = exc
+        else:
+            logger.warning(
+                "the server refused a batch of completions; recording them one by one",
+                extra={"error": storable_text(str(exc), 2_000), "jobs": len(rows)},
+            )
+            refused = None
+    done = []
+    for row in rows:
+        if refused is None:
+            try:
+                done.extend(await _finish_one(conn, statement, worker_id, row, in_tx))
+                continue
+            except Exception as exc:
+                if not is_refusal(exc):
+                    raise
+                refused = exc
+        logger.warning(
+            "the server refused to store a job's result or error; the job fails",
+            extra={"job_id": row[0], "error": storable_text(str(refused), 2_000)},
+        )
+        done.extend(await _finish_one(conn, statement, worker_id, _as_refused(row, refused), in_tx))
+        refused = None
+    return done
+
+
+async def _finish_one(
+    conn: Any, statement: str, worker_id: int | None, row: Finished, in_tx: bool
+) -> list[Any]:
+    if not in_tx:
+        return list(await _finish(conn, statement, worker_id, [row]))
+    # A savepoint of our own (not conn.transaction(): asyncpg refuses to nest one in a
+    # transaction begun by a plain BEGIN, as the claim's is): the transaction survives a refusal.
+    await conn.execute(_SAVEPOINT)
+    try:
+        done = list(await _finish(conn, statement, worker_id, [row]))
+    except Exception:
+        await conn.execute(_ROLLBACK_TO)
+        raise
+    await conn.execute(_RELEASE)
+    return done
 
 
 async def record(
@@ -40,11 +185,23 @@ async def record(
     *,
     steps: bool,
     slots: Sequence[int] = (),
+    isolate: bool = True,
 ) -> list[Any]:
     """Record ``batch`` on ``conn`` (in a transaction when ``steps`` or ``slots``); returns the
-    jobs that moved to history. ``slots``: ids of jobs holding a global-concurrency slot."""
-    columns = list(zip(*batch, strict=True))
-    done: list[Any] = await conn.fetch(queries["finish_jobs"], worker_id, *columns)
+    jobs that moved to history. ``slots``: ids of jobs holding a global-concurrency slot.
+
+    ``conn`` is a pool or a connection. With ``isolate`` (the default) a row the server
+    refuses fails its own job and no other (see the module's docstring); without it the
+    refusal is raised (for a transaction that must commit all or nothing)."""
+    rows = storable_rows(batch)
+    statement = queries["finish_jobs"]
+    in_tx = isolate and _in_transaction(conn)
+    done: list[Any] = []
+    for part in _parts(rows):
+        if isolate:
+            done.extend(await _finish_isolated(conn, statement, worker_id, part, in_tx))
+        else:
+            done.extend(await _finish(conn, statement, worker_id, part))
     if slots:
         await conn.execute(queries["release_slots"], worker_id, list(slots))
     if not steps:
@@ -107,7 +264,18 @@ async def run_transactional(
         )
         slots = [job.id] if slotted else []
         steps = job.workflow_id is not None
-        done = await record(conn, queue.queries, worker_id, [row], steps=steps, slots=slots)
+        try:  # all or nothing: a completion the server refuses rolls the handler's writes back
+            done = await record(
+                conn, queue.queries, worker_id, [row], steps=steps, slots=slots, isolate=False
+            )
+        except Exception as exc:
+            if not is_refusal(exc):
+                raise
+            raise InvalidInputError(
+                "the result could not be stored: Postgres refused it "
+                f"({storable_text(f'{type(exc).__name__}: {exc}', 2_000)}); the handler's "
+                "writes are rolled back; return a value Postgres jsonb can hold"
+            ) from None
         if not done:
             raise RuntimeError(
                 "the job was taken back from this worker (its heartbeat went stale) while the "
