@@ -25,21 +25,35 @@ APPS = Path(__file__).resolve().parent / "apps"
 
 
 @pytest.fixture(scope="session")
-def dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_dsns() -> Iterator[tuple[str, str]]:
+    """The application's DSN and a superuser's (for tests that create roles): the embedded
+    server's two, or PGQ_NB_TEST_DSN (and PGQ_NB_TEST_ADMIN_DSN, by default the same)."""
     external = os.environ.get("PGQ_NB_TEST_DSN")
     if external:
-        yield external
+        yield external, os.environ.get("PGQ_NB_TEST_ADMIN_DSN", external)
         return
-    from pgq_nb.embedded import start_child_for_tests
+    from pgq_nb.embedded import EmbeddedServer, start_child_for_tests, temporary_home
 
-    home = tmp_path_factory.mktemp("pgserver")
-    url, process = start_child_for_tests(home)
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with temporary_home() as home:  # as root, tmp_path is out of the postgres user's reach
+        url, process = start_child_for_tests(home)
+        yield url, EmbeddedServer(home).admin_dsn()
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="session")
+def dsn(server_dsns: tuple[str, str]) -> str:
+    """The DSN the application gets (on the embedded server: not a superuser)."""
+    return server_dsns[0]
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(server_dsns: tuple[str, str]) -> str:
+    """A superuser's DSN on the same server, for test set-up only."""
+    return server_dsns[1]
 
 
 def _truncate(q: pgq_nb.Queue) -> None:

@@ -41,12 +41,12 @@ def _with_login(dsn: str, user: str, password: str, database: str | None = None)
 
 
 @pytest.fixture
-def limited(installed: str) -> Iterator[str]:
+def limited(installed: str, admin_dsn: str) -> Iterator[str]:
     """The DSN of a role that may hold one connection at a time (CONNECTION LIMIT 1): the
     server-side check and error are those of max_connections (53300, too many connections)."""
 
     async def may_create_roles() -> bool:
-        pool = await db.get_pool(installed)
+        pool = await db.get_pool(admin_dsn)
         found: bool = await pool.fetchval(
             "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
         )
@@ -57,7 +57,7 @@ def limited(installed: str) -> Iterator[str]:
 
     def drop() -> None:
         _execute(
-            installed,
+            admin_dsn,
             f"""DO $$ BEGIN
                 IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}') THEN
                     DROP OWNED BY {ROLE}; DROP ROLE {ROLE};
@@ -66,7 +66,7 @@ def limited(installed: str) -> Iterator[str]:
 
     drop()
     _execute(
-        installed,
+        admin_dsn,
         f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}' NOSUPERUSER CONNECTION LIMIT 1",
         f"GRANT CREATE ON DATABASE {_database(installed)} TO {ROLE}",
     )
@@ -200,15 +200,21 @@ def test_a_wrong_password_or_database_is_not_retried(
 
 
 def test_connect_waits_for_a_server_that_restarts(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server that is down (connection refused, or its socket gone) and comes back: the
     connect() that started meanwhile waits for it instead of failing."""
-    from pgq_nb.embedded import start_child_for_tests
+    from pgq_nb.embedded import temporary_home
 
     caplog.set_level(logging.WARNING, logger="pgq_nb")
     monkeypatch.setattr(db, "CONNECT_RETRY_SECONDS", 600.0)
-    home = tmp_path / "pg"
+    with temporary_home() as home:
+        _restart_while_connecting(home, caplog)
+
+
+def _restart_while_connecting(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from pgq_nb.embedded import start_child_for_tests
+
     dsn, server = start_child_for_tests(home)
     server.terminate()
     server.wait(timeout=WAIT)

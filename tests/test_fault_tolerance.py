@@ -18,7 +18,7 @@ import pytest
 
 import pgq_nb
 from pgq_nb import runtime
-from pgq_nb.embedded import EmbeddedServer
+from pgq_nb.embedded import EmbeddedServer, temporary_home
 from tests.conftest import SCHEMA, start_worker_process, stop_processes
 
 
@@ -80,12 +80,13 @@ def test_poison_pill_ends_failed_after_max_attempts(q: pgq_nb.Queue, installed: 
 
 
 @pytest.fixture
-def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+def own_server() -> Iterator[EmbeddedServer]:
     """A server of this test's own, since the test restarts it."""
-    server = EmbeddedServer(tmp_path_factory.mktemp("restarted"))
-    server.ensure_running()
-    yield server
-    server.stop()
+    with temporary_home() as home:
+        server = EmbeddedServer(home)
+        server.ensure_running()
+        yield server
+        server.stop()
 
 
 def test_postgres_restarted_abruptly_mid_run(own_server: EmbeddedServer, tmp_path: Path) -> None:
