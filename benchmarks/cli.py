@@ -200,12 +200,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"warning: PgQueuer {pgqueuer_env.version(pgqueuer)} is not the pinned 1.6.0")
 
     if args.dsn:
-        dsn, server = args.dsn, "--dsn"
+        dsn, server, admin_dsn = args.dsn, "--dsn", args.dsn
     else:
         from pgq_nb.embedded import EmbeddedServer
 
         log("starting (or reusing) pgq_nb's embedded Postgres ...")
-        dsn, server = EmbeddedServer().ensure_running(), "embedded"
+        embedded = EmbeddedServer()
+        dsn, server = embedded.ensure_running(), "embedded"
+        admin_dsn = embedded.admin_dsn()  # PgQueuer runs in a database of its own per repeat
 
     ctx = Context(
         dsn=dsn,
@@ -215,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         tuned_pgqueuer=args.tuned_pgqueuer,
         analyze_pgqueuer=args.analyze_pgqueuer,
         run_id=str(os.getpid()),
+        admin_dsn=admin_dsn,
     )
     began = time.perf_counter()
     mode = "quick" if sizes.quick else "full"

@@ -143,6 +143,7 @@ class Context:
     tuned_pgqueuer: tuple[int, int | None] = (100, None)  # batch_size, max_concurrent_tasks
     analyze_pgqueuer: bool = False  # ANALYZE PgQueuer's table after the drain's bulk enqueue
     run_id: str = "0"
+    admin_dsn: str = ""  # a role that may CREATE DATABASE (PgQueuer's side); default: dsn
 
     def schema(self, scenario: str, repeat: int) -> str:
         """A fresh pgq_nb schema name for one run of a scenario."""

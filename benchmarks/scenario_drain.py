@@ -94,7 +94,7 @@ async def _pgqueuer_once(
 ) -> Outcome:
     n = ctx.sizes.drain_jobs
     async with pgqueuer_env.fresh_database(
-        ctx.pgqueuer, ctx.dsn, ctx.database(name, repeat)
+        ctx.pgqueuer, ctx.admin_dsn or ctx.dsn, ctx.database(name, repeat)
     ) as dsn:
         conn = await asyncpg.connect(dsn)
         try:

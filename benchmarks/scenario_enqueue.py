@@ -86,7 +86,7 @@ def _pgq_nb_once(ctx: Context, repeat: int, payloads: list[dict[str, int]]) -> t
 async def _pgqueuer_once(ctx: Context, repeat: int, payloads: list[dict[str, int]]) -> float:
     batch = ctx.sizes.enqueue_batch_pgqueuer
     async with pgqueuer_env.fresh_database(
-        ctx.pgqueuer, ctx.dsn, ctx.database("enqueue", repeat)
+        ctx.pgqueuer, ctx.admin_dsn or ctx.dsn, ctx.database("enqueue", repeat)
     ) as dsn:
         conn = await asyncpg.connect(dsn)
         try:

@@ -82,7 +82,7 @@ async def _pgqueuer_once(ctx: Context, repeat: int) -> list[float]:
         started[int(job.payload)] = time.perf_counter()
 
     async with pgqueuer_env.fresh_database(
-        ctx.pgqueuer, ctx.dsn, ctx.database("latency", repeat)
+        ctx.pgqueuer, ctx.admin_dsn or ctx.dsn, ctx.database("latency", repeat)
     ) as dsn:
         producer_conn = await asyncpg.connect(dsn)
         worker = pgqueuer_env.Worker(ctx.pgqueuer, dsn)

@@ -83,7 +83,7 @@ def _pgq_nb_once(ctx: Context, repeat: int) -> tuple[float, int]:
 
 async def _pgqueuer_once(ctx: Context, repeat: int) -> tuple[float, int]:
     async with pgqueuer_env.fresh_database(
-        ctx.pgqueuer, ctx.dsn, ctx.database("sustained", repeat)
+        ctx.pgqueuer, ctx.admin_dsn or ctx.dsn, ctx.database("sustained", repeat)
     ) as dsn:
         producer_conn = await asyncpg.connect(dsn)
         counter_conn = await asyncpg.connect(dsn)
