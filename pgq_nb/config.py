@@ -2,7 +2,9 @@
 
 PGQ_NB_DSN                 Postgres to use instead of the embedded server (default: embedded)
 PGQ_NB_SCHEMA              schema holding pgq_nb's tables (default: pgq_nb)
-PGQ_NB_HOME                the embedded server's home: data, secret, log (default: per user)
+PGQ_NB_HOME                the embedded server's home: data, secrets, log (default: per user;
+                           as root /var/lib/pgq_nb)
+PGQ_NB_MAX_CONNECTIONS     the embedded server's max_connections, read at each start (200)
 PGQ_NB_HEARTBEAT_INTERVAL  seconds between a worker's heartbeats (default: 5)
 PGQ_NB_HEARTBEAT_TIMEOUT   seconds without a heartbeat before a worker's jobs are reclaimed (30)
 PGQ_NB_POLL_INTERVAL       seconds between polls when no NOTIFY arrives (default: 1)
