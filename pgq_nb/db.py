@@ -417,6 +417,13 @@ async def _check_uninstall(conn: Any, schema: str) -> bool:
     return True
 
 
+def owned_names() -> tuple[str, str]:
+    """The names of pgq_nb's relations and routines, comma-separated (for set_owned_names)."""
+    owned = sql.owned_objects()
+    relations = ",".join(sorted(name for space, name in owned if space == "relation"))
+    return relations, ",".join(sorted(name for space, name in owned if space == "routine"))
+
+
 async def can_uninstall(pool: asyncpg.Pool, schema: str) -> bool:
     """The checks of :func:`uninstall` without dropping anything: False when there is nothing
     to uninstall, SchemaError when uninstall would refuse."""
@@ -434,6 +441,7 @@ async def uninstall(pool: asyncpg.Pool, schema: str) -> bool:
         await conn.execute(q["lock_install"], schema)
         if not await _check_uninstall(conn, schema):
             return False
+        await conn.fetchval(q["set_owned_names"], *owned_names())
         try:
             await conn.execute(q["drop_schema_objects"])
             if schema not in RESERVED_SCHEMAS:
@@ -441,9 +449,9 @@ async def uninstall(pool: asyncpg.Pool, schema: str) -> bool:
         except asyncpg.DependentObjectsStillExistError as exc:
             detail = "; ".join(line.strip() for line in (exc.detail or str(exc)).splitlines())
             raise SchemaError(
-                f"cannot uninstall pgq_nb from schema {schema!r}: other objects depend on it "
-                f"({detail}). pgq_nb drops only what it installed: drop or change those objects "
-                "yourself, then uninstall again; nothing was dropped"
+                f"cannot uninstall pgq_nb from schema {schema!r}: objects of yours are in it or "
+                f"depend on it ({detail}). pgq_nb drops only what it installed: drop or change "
+                "those objects yourself, then uninstall again; nothing was dropped"
             ) from None
     logger.info("uninstalled schema", extra={"schema": schema})
     return True

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 
 import pgq_nb
@@ -23,6 +24,7 @@ SCHEMAS = (
     "safety_dep",
     "safety_legacy",
     "safety_never",
+    "safety_other",
 )
 PUBLIC_TABLES = ("public.safety_customers", "public.safety_orders")
 
@@ -102,13 +104,14 @@ def _cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def dsn_clean(installed: str) -> Iterator[str]:
-    """The test server, with none of this module's schemas or public tables left over."""
+def dsn_clean(installed: str, admin_dsn: str) -> Iterator[str]:
+    """The test server (the application's DSN), with none of this module's schemas or public
+    tables left over. (The application's role may not create tables in public: public's are
+    made with admin_dsn.)"""
 
     def clean() -> None:
         _execute(
-            installed,
-            "DROP VIEW IF EXISTS public.safety_view",
+            admin_dsn,
             *(f"DROP TABLE IF EXISTS {t} CASCADE" for t in PUBLIC_TABLES),
             *(f"DROP SCHEMA IF EXISTS {s} CASCADE" for s in SCHEMAS),
         )
@@ -145,12 +148,11 @@ def test_uninstall_refuses_a_schema_pgq_nb_never_installed(dsn_clean: str) -> No
     assert _value(dsn, "SELECT count(*) FROM safety_analytics.revenue") == 1
 
 
-def test_public_is_refused_and_left_alone(dsn_clean: str) -> None:
+def test_public_is_refused_and_left_alone(dsn_clean: str, admin_dsn: str) -> None:
     dsn = dsn_clean
-    if _value(dsn, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"):
-        pytest.skip("another test left objects in public")
-    _execute(dsn, "CREATE TABLE public.safety_customers (id int PRIMARY KEY, name text)")
-    _execute(dsn, "INSERT INTO public.safety_customers VALUES (1, 'Ada')")
+    _execute(admin_dsn, "CREATE TABLE public.safety_customers (id int PRIMARY KEY, name text)")
+    _execute(admin_dsn, "INSERT INTO public.safety_customers VALUES (1, 'Ada')")
+    _execute(admin_dsn, "GRANT SELECT ON public.safety_customers TO PUBLIC")
 
     with pytest.raises(pgq_nb.ConfigurationError) as err:
         pgq_nb.connect(dsn, schema="public")
@@ -288,21 +290,50 @@ def test_uninstall_refuses_when_objects_elsewhere_depend_on_pgq_nb(dsn_clean: st
     q = pgq_nb.connect(dsn, schema="safety_dep")
     _execute(
         dsn,
-        "CREATE TABLE public.safety_orders (id int, job_id bigint REFERENCES safety_dep.jobs)",
-        "CREATE VIEW public.safety_view AS SELECT id, status FROM safety_dep.history",
+        "CREATE SCHEMA safety_other",
+        "CREATE TABLE safety_other.orders (id int, job_id bigint REFERENCES safety_dep.jobs)",
+        "CREATE VIEW safety_other.done AS SELECT id, status FROM safety_dep.history",
     )
     with pytest.raises(pgq_nb.SchemaError) as err:
         q.uninstall()
     message = str(err.value)
-    assert "view safety_view depends on table safety_dep.history" in message
-    assert "on table safety_orders depends on table safety_dep.jobs" in message
+    assert "view safety_other.done depends on table safety_dep.history" in message
+    assert "on table safety_other.orders depends on table safety_dep.jobs" in message
     assert "drop or change those objects yourself" in message
     assert _exists(dsn, "safety_dep.jobs") and _exists(dsn, "safety_dep.history")
-    assert _exists(dsn, "public.safety_view") and _exists(dsn, "public.safety_orders")
+    assert _exists(dsn, "safety_other.done") and _exists(dsn, "safety_other.orders")
 
-    _execute(dsn, "DROP VIEW public.safety_view", "DROP TABLE public.safety_orders")
+    _execute(dsn, "DROP VIEW safety_other.done", "DROP TABLE safety_other.orders")
     q.uninstall()
     assert not _schema_exists(dsn, "safety_dep")
+
+
+def test_the_drop_itself_touches_only_pgq_nbs_objects(dsn_clean: str) -> None:
+    """Uninstall checks, then drops by pgq_nb's names only: an object that appeared after the
+    check (here: before, with the check skipped) is neither dropped nor dropped with the
+    schema."""
+    dsn = dsn_clean
+    _install(dsn, "safety_mixed")
+    _execute(dsn, "CREATE TABLE safety_mixed.late (id int)")
+    queries = sql.queries("safety_mixed")
+
+    async def drop_without_check() -> tuple[bool, bool]:
+        pool = await db.get_pool(dsn)
+        async with pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                await conn.fetchval(queries["set_owned_names"], *db.owned_names())
+                await conn.execute(queries["drop_schema_objects"])
+                jobs = await conn.fetchval("SELECT to_regclass('safety_mixed.jobs') IS NOT NULL")
+                late = await conn.fetchval("SELECT to_regclass('safety_mixed.late') IS NOT NULL")
+                with pytest.raises(asyncpg.DependentObjectsStillExistError, match="late"):
+                    await conn.execute(queries["drop_schema"])
+                return jobs, late
+            finally:
+                await transaction.rollback()
+
+    assert runtime.run_sync(drop_without_check()) == (False, True)
 
 
 # -- schemas installed before the marker -------------------------------------------------------
@@ -343,12 +374,20 @@ def test_an_install_without_marker_holding_other_objects_is_not_dropped(dsn_clea
     assert _exists(dsn, "safety_legacy.revenue") and _exists(dsn, "safety_legacy.jobs")
 
 
-def test_an_old_install_in_public_keeps_public_and_its_tables(dsn_clean: str) -> None:
-    dsn = dsn_clean
-    """pgq_nb once installed into public when asked to. Such an install still upgrades; its
-    uninstall refuses while public holds your tables, then drops pgq_nb's tables, not public."""
-    if _value(dsn, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"):
-        pytest.skip("another test left objects in public")
+def test_an_old_install_in_public_keeps_public_and_its_tables(
+    dsn_clean: str, admin_dsn: str
+) -> None:
+    """pgq_nb once installed into public when asked to (here as a superuser, who may create
+    there). Such an install still upgrades; its uninstall refuses while public holds your
+    tables, then drops pgq_nb's tables, not public."""
+    dsn = admin_dsn
+
+    async def objects_in_public() -> list[Any]:
+        pool = await db.get_pool(dsn)
+        return list(await pool.fetch(sql.queries("public")["schema_objects"], "public"))
+
+    if runtime.run_sync(objects_in_public()):
+        pytest.skip("public is not empty on this server")
     comment = _value(dsn, "SELECT obj_description('public'::regnamespace, 'pg_namespace')")
     _execute(dsn, "CREATE TABLE public.safety_customers (id int PRIMARY KEY)")
     _install_legacy(dsn, "public")
@@ -361,8 +400,7 @@ def test_an_old_install_in_public_keeps_public_and_its_tables(dsn_clean: str) ->
 
         _execute(dsn, "DROP TABLE public.safety_customers")
         q.uninstall()
-        assert not _exists(dsn, "public.jobs")
-        assert not _exists(dsn, "public.schema_version")
+        assert runtime.run_sync(objects_in_public()) == []
         assert _schema_exists(dsn, "public")
         assert (
             _value(dsn, "SELECT obj_description('public'::regnamespace, 'pg_namespace')") == comment

@@ -58,32 +58,40 @@ SELECT version FROM {schema}.schema_version;
 INSERT INTO {schema}.schema_version (version) VALUES ($1)
 ON CONFLICT (only_one) DO UPDATE SET version = excluded.version, installed = now();
 
+-- name: set_owned_names
+-- Tell drop_schema_objects, for this transaction only, the names of pgq_nb's objects
+-- (sql.owned_objects): it drops nothing else, even an object created since the check.
+-- params: $1 relation names, $2 routine names (comma-separated)
+SELECT set_config('pgq_nb.owned_relations', $1, true),
+    set_config('pgq_nb.owned_routines', $2, true);
+
 -- name: drop_schema_objects
--- Uninstall, step 1: drop every view, table, sequence and routine of the schema, without
--- CASCADE (names quoted by regclass/regprocedure). Run only after the ownership check found
--- nothing there but pgq_nb's objects. If anything outside the schema depends on one of them (a
--- view, a foreign key), Postgres refuses and names it; indexes, triggers and constraints of
--- these tables go with them.
+-- Uninstall, step 1: drop pgq_nb's views, tables, sequences and routines in the schema (those
+-- named by set_owned_names), without CASCADE (names quoted by regclass/regprocedure). If
+-- anything outside them depends on one (a view or foreign key of yours), Postgres refuses and
+-- names it; indexes, triggers and constraints of these tables go with them.
 -- params: none
 DO $$
 DECLARE
     nsp CONSTANT oid := '{schema}'::regnamespace;
+    relations CONSTANT text[] := string_to_array(current_setting('pgq_nb.owned_relations'), ',');
+    routines CONSTANT text[] := string_to_array(current_setting('pgq_nb.owned_routines'), ',');
     names text;
 BEGIN
-    SELECT string_agg(c.oid::regclass::text, ', ') INTO names
-    FROM pg_class c WHERE c.relnamespace = nsp AND c.relkind = 'v';
+    SELECT string_agg(c.oid::regclass::text, ', ') INTO names FROM pg_class c
+    WHERE c.relnamespace = nsp AND c.relkind = 'v' AND c.relname = ANY (relations);
     IF names IS NOT NULL THEN EXECUTE 'DROP VIEW ' || names; END IF;
-    SELECT string_agg(c.oid::regclass::text, ', ') INTO names
-    FROM pg_class c WHERE c.relnamespace = nsp AND c.relkind = 'm';
+    SELECT string_agg(c.oid::regclass::text, ', ') INTO names FROM pg_class c
+    WHERE c.relnamespace = nsp AND c.relkind = 'm' AND c.relname = ANY (relations);
     IF names IS NOT NULL THEN EXECUTE 'DROP MATERIALIZED VIEW ' || names; END IF;
-    SELECT string_agg(c.oid::regclass::text, ', ') INTO names
-    FROM pg_class c WHERE c.relnamespace = nsp AND c.relkind IN ('r', 'p');
+    SELECT string_agg(c.oid::regclass::text, ', ') INTO names FROM pg_class c
+    WHERE c.relnamespace = nsp AND c.relkind IN ('r', 'p') AND c.relname = ANY (relations);
     IF names IS NOT NULL THEN EXECUTE 'DROP TABLE ' || names; END IF;
-    SELECT string_agg(c.oid::regclass::text, ', ') INTO names
-    FROM pg_class c WHERE c.relnamespace = nsp AND c.relkind = 'S';
+    SELECT string_agg(c.oid::regclass::text, ', ') INTO names FROM pg_class c
+    WHERE c.relnamespace = nsp AND c.relkind = 'S' AND c.relname = ANY (relations);
     IF names IS NOT NULL THEN EXECUTE 'DROP SEQUENCE ' || names; END IF;
-    SELECT string_agg(p.oid::regprocedure::text, ', ') INTO names
-    FROM pg_proc p WHERE p.pronamespace = nsp;
+    SELECT string_agg(p.oid::regprocedure::text, ', ') INTO names FROM pg_proc p
+    WHERE p.pronamespace = nsp AND p.proname = ANY (routines);
     IF names IS NOT NULL THEN EXECUTE 'DROP ROUTINE ' || names; END IF;
 END
 $$;
