@@ -108,9 +108,10 @@ def _gave_up(dsn: str, exc: BaseException, attempts: int, seconds: float) -> str
     if isinstance(exc, asyncpg.exceptions.InsufficientResourcesError):
         return (
             f"Postgres at {where} has no free connection slot ({error}; {tried}). If this "
-            "persists: raise max_connections on the server (or the role's CONNECTION LIMIT), "
-            "lower the pool sizes and worker concurrency (pgq-nb worker --concurrency, fewer "
-            "worker processes), or stop idle clients (see pg_stat_activity)"
+            "persists: raise max_connections on the server (PGQ_NB_MAX_CONNECTIONS for the "
+            "embedded one) or the role's CONNECTION LIMIT, lower the pool sizes and worker "
+            "concurrency (pgq-nb worker --concurrency, fewer worker processes), or stop idle "
+            "clients (see pg_stat_activity)"
         )
     if isinstance(exc, asyncpg.exceptions.OperatorInterventionError):
         return (
