@@ -336,6 +336,49 @@ def test_the_drop_itself_touches_only_pgq_nbs_objects(dsn_clean: str) -> None:
     assert runtime.run_sync(drop_without_check()) == (False, True)
 
 
+def test_the_drop_handles_every_kind_of_object_pgq_nb_may_own(dsn_clean: str) -> None:
+    """Views, sequences, types and domains that a later migration may add: the drop takes
+    them (when they are pgq_nb's names) in an order their dependencies allow."""
+    dsn = dsn_clean
+    _install(dsn, "safety_mixed")
+    _execute(
+        dsn,
+        "CREATE TYPE safety_mixed.mood AS ENUM ('ok')",
+        "CREATE TYPE safety_mixed.pair AS (a int, b int)",
+        "CREATE DOMAIN safety_mixed.positive AS int CHECK (VALUE > 0)",
+        "CREATE SEQUENCE safety_mixed.counter",
+        "CREATE TABLE safety_mixed.moods (m safety_mixed.mood, p safety_mixed.positive)",
+        "CREATE VIEW safety_mixed.recent AS SELECT id FROM safety_mixed.jobs",
+        "CREATE MATERIALIZED VIEW safety_mixed.snapshot AS SELECT id FROM safety_mixed.recent",
+        "CREATE VIEW safety_mixed.latest AS SELECT max(id) FROM safety_mixed.snapshot",
+        "CREATE FUNCTION safety_mixed.mood_of(m safety_mixed.mood) RETURNS text "
+        "LANGUAGE sql AS 'SELECT m::text'",
+    )
+    queries = sql.queries("safety_mixed")
+    relations, routines = db.owned_names()
+    relations += ",mood,pair,positive,counter,moods,recent,snapshot,latest"
+    routines += ",mood_of"
+
+    async def drop() -> bool:
+        pool = await db.get_pool(dsn)
+        async with pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                await conn.fetchval(queries["set_owned_names"], relations, routines)
+                await conn.execute(queries["drop_schema_objects"])
+                await conn.execute(queries["drop_schema"])
+                gone: bool = await conn.fetchval(
+                    "SELECT NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                    "safety_mixed",
+                )
+                return gone
+            finally:
+                await transaction.rollback()
+
+    assert runtime.run_sync(drop()) is True
+
+
 # -- schemas installed before the marker -------------------------------------------------------
 
 

@@ -66,8 +66,8 @@ SELECT set_config('pgq_nb.owned_relations', $1, true),
     set_config('pgq_nb.owned_routines', $2, true);
 
 -- name: drop_schema_objects
--- Uninstall, step 1: drop pgq_nb's views, tables, sequences and routines in the schema (those
--- named by set_owned_names), without CASCADE (names quoted by regclass/regprocedure). If
+-- Uninstall, step 1: drop pgq_nb's views, tables, sequences, routines, types and domains in
+-- the schema (those named by set_owned_names), without CASCADE (names quoted by regclass/regprocedure). If
 -- anything outside them depends on one (a view or foreign key of yours), Postgres refuses and
 -- names it; indexes, triggers and constraints of these tables go with them.
 -- params: none
@@ -77,13 +77,16 @@ DECLARE
     relations CONSTANT text[] := string_to_array(current_setting('pgq_nb.owned_relations'), ',');
     routines CONSTANT text[] := string_to_array(current_setting('pgq_nb.owned_routines'), ',');
     names text;
+    v record;
 BEGIN
-    SELECT string_agg(c.oid::regclass::text, ', ') INTO names FROM pg_class c
-    WHERE c.relnamespace = nsp AND c.relkind = 'v' AND c.relname = ANY (relations);
-    IF names IS NOT NULL THEN EXECUTE 'DROP VIEW ' || names; END IF;
-    SELECT string_agg(c.oid::regclass::text, ', ') INTO names FROM pg_class c
-    WHERE c.relnamespace = nsp AND c.relkind = 'm' AND c.relname = ANY (relations);
-    IF names IS NOT NULL THEN EXECUTE 'DROP MATERIALIZED VIEW ' || names; END IF;
+    -- views, newest first: a view on another view (or materialized view) was made after it
+    FOR v IN SELECT c.oid::regclass::text AS name, c.relkind FROM pg_class c
+             WHERE c.relnamespace = nsp AND c.relkind IN ('v', 'm') AND c.relname = ANY (relations)
+             ORDER BY c.oid DESC
+    LOOP
+        EXECUTE CASE v.relkind WHEN 'v' THEN 'DROP VIEW ' ELSE 'DROP MATERIALIZED VIEW ' END
+            || v.name;
+    END LOOP;
     SELECT string_agg(c.oid::regclass::text, ', ') INTO names FROM pg_class c
     WHERE c.relnamespace = nsp AND c.relkind IN ('r', 'p') AND c.relname = ANY (relations);
     IF names IS NOT NULL THEN EXECUTE 'DROP TABLE ' || names; END IF;
@@ -93,6 +96,14 @@ BEGIN
     SELECT string_agg(p.oid::regprocedure::text, ', ') INTO names FROM pg_proc p
     WHERE p.pronamespace = nsp AND p.proname = ANY (routines);
     IF names IS NOT NULL THEN EXECUTE 'DROP ROUTINE ' || names; END IF;
+    SELECT string_agg(t.oid::regtype::text, ', ') INTO names FROM pg_type t
+    LEFT JOIN pg_class c ON c.oid = t.typrelid
+    WHERE t.typnamespace = nsp AND t.typname = ANY (relations)
+      AND (t.typtype IN ('b', 'e', 'r') OR c.relkind = 'c');
+    IF names IS NOT NULL THEN EXECUTE 'DROP TYPE ' || names; END IF;
+    SELECT string_agg(t.oid::regtype::text, ', ') INTO names FROM pg_type t
+    WHERE t.typnamespace = nsp AND t.typname = ANY (relations) AND t.typtype = 'd';
+    IF names IS NOT NULL THEN EXECUTE 'DROP DOMAIN ' || names; END IF;
 END
 $$;
 
