@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb.completion import Finished
+from pgq_nb.completion import Finished, is_refusal, record
 from pgq_nb.models import Job
 from pgq_nb.workflow_run import group_results
 
@@ -89,8 +89,21 @@ class Claiming:
         self, limit: int, done: Sequence[Finished] = (), slots: Sequence[int] = ()
     ) -> list[Job]:
         """Claim up to ``limit`` jobs. ``done``, finished attempts that are no workflow steps,
-        are recorded in the first claim's transaction, and the global slots of ``slots`` (ids
-        among them) freed there."""
+        are recorded in the claim's transaction, and the global slots of ``slots`` (ids among
+        them) freed there. If the server refuses one of them (a value the checks before let
+        through), they are recorded on their own, row by row, and the claim is made again."""
+        try:
+            return await self._claim_once(limit, done, slots)
+        except Exception as exc:
+            if not done or not is_refusal(exc):
+                raise
+        async with self.queue.pool.acquire() as conn, conn.transaction():
+            await record(conn, self._q, self.worker_id, done, steps=False, slots=slots)
+        return await self._claim_once(limit)
+
+    async def _claim_once(
+        self, limit: int, done: Sequence[Finished] = (), slots: Sequence[int] = ()
+    ) -> list[Job]:
         jobs: list[Job] = []
         async with self.queue.pool.acquire() as conn:
             # one transaction: BEGIN and the planner settings in one message, the previous

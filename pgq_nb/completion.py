@@ -17,15 +17,15 @@ which an aborted transaction could not go on row by row).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from pgq_nb.errors import InvalidInputError
+from pgq_nb.handler_runs import run_in_thread
 from pgq_nb.models import ERROR_LIMIT, TRACEBACK_LIMIT, Job, encode_result, storable_text
 from pgq_nb.transaction import AsyncTransaction, Transaction
 
@@ -238,10 +238,13 @@ async def run_transactional(
     executor: Any,
     *,
     slotted: bool = False,
+    cancel_requested: Callable[[], bool] = lambda: False,
 ) -> AlreadyRecorded:
     """Run a ``transactional=True`` handler with ``job.tx`` open, and record its success in
     that same transaction. If the handler raises, everything it wrote is rolled back and the
-    exception propagates (the attempt then fails like any other)."""
+    exception propagates (the attempt then fails like any other). A ``def`` handler's
+    transaction stays open until its thread returns, timeout or not (see
+    :func:`pgq_nb.handler_runs.run_in_thread`); the caller applies an async one's timeout."""
     async with queue.pool.acquire() as conn, conn.transaction():
         tx = AsyncTransaction(queue, conn, already_open=True)
 
@@ -250,7 +253,13 @@ async def run_transactional(
             value = await spec.handler(job)
         else:
             job.tx = Transaction(tx)
-            value = await asyncio.get_running_loop().run_in_executor(executor, spec.handler, job)
+            value = await run_in_thread(
+                executor,
+                spec.handler,
+                job,
+                timeout=spec.timeout,
+                cancel_requested=cancel_requested,
+            )
         finished = dt.datetime.now(dt.UTC)
         row: Finished = (
             job.id,

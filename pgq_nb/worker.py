@@ -32,7 +32,7 @@ from pgq_nb.errors import InvalidInputError, UnknownEntrypointError
 from pgq_nb.handler_runs import run_async, run_in_thread
 from pgq_nb.models import TRACEBACK_LIMIT, Job, encode_result, storable_text
 from pgq_nb.queue import AsyncQueue, EntrypointSpec
-from pgq_nb.retry import decide
+from pgq_nb.retry import GiveUp, decide
 from pgq_nb.scheduler import run_scheduler
 from pgq_nb.worker_stop import Stopping, _wait
 from pgq_nb.worker_upkeep import Upkeep
@@ -273,8 +273,10 @@ class Worker(Claiming, Upkeep, Stopping):
                 started,
                 self._executor,
                 slotted=spec.max_running is not None,
+                cancel_requested=lambda: job.id in self._cancelling,
             )
-            call = run_async(call, spec.timeout)
+            if spec.is_async:
+                call = run_async(call, spec.timeout)
         elif spec.is_async:
             call = run_async(spec.handler(job), spec.timeout)
         else:
@@ -320,18 +322,21 @@ class Worker(Claiming, Upkeep, Stopping):
         if exc is None and future.result() is ALREADY_RECORDED:
             self.stats.succeeded += 1
             return
+        unstorable = False
         if exc is None:
             try:
                 result = encode_result(future.result())
             except InvalidInputError as err:
-                exc = err
+                exc, unstorable = err, True  # the same value would come back: no retry
             else:
                 done = (job.id, "succeeded", result, None, None, started, finished, 0.0)
                 self._finished.append(done)
                 self.stats.succeeded += 1
                 return
         error, trace = _describe(exc)
-        decision = decide(self.specs[job.entrypoint].retry, exc, job.attempts)
+        decision = decide(
+            self.specs[job.entrypoint].retry, GiveUp() if unstorable else exc, job.attempts
+        )
         outcome = "retry" if decision.retry else "failed"
         self._finished.append(
             (job.id, outcome, None, error, trace, started, finished, decision.delay)

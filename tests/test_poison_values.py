@@ -315,12 +315,6 @@ def test_a_worker_fails_only_the_poison_jobs_and_keeps_going(
     assert len(set(workers.values())) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until claiming.py records the completions it carries through completion.record "
-    "(or re-records them with it when completion.is_refusal): today a refused row there "
-    "aborts the claim and the worker exits (#14)",
-)
 def test_a_worker_survives_a_result_the_server_refuses_after_the_checks(
     q: pgq_nb.Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:

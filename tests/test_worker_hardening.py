@@ -232,3 +232,32 @@ def test_a_second_signal_returns_unfinished_jobs_at_once(
     assert set(jobs["status"]) == {"queued"}, jobs["status"].to_dict()
     assert set(jobs["attempts"]) == {0}
     assert _runs(tmp_path) == {}
+
+
+def test_a_timed_out_transactional_def_handler_keeps_its_transaction_until_it_returns(
+    q: pgq_nb.Queue,
+) -> None:
+    spans: list[tuple[int, float, float]] = []
+    lock = threading.Lock()
+
+    @q.entrypoint(
+        "stuck_tx",
+        transactional=True,
+        timeout=0.3,
+        retry=pgq_nb.RetryPolicy(max_attempts=2, base_delay=0),
+    )
+    def stuck_tx(job: pgq_nb.Job) -> None:
+        start = time.monotonic()
+        time.sleep(1.2)
+        job.tx.execute("SELECT 1")  # the transaction is still open after the timeout
+        with lock:
+            spans.append((job.attempts, start, time.monotonic()))
+
+    job_id = q.enqueue("stuck_tx")
+    q.run_until_idle()
+    info = q.get_job(job_id)
+    assert info.status is pgq_nb.JobStatus.FAILED
+    assert info.attempts == 2
+    assert info.error is not None and info.error.startswith("JobTimeoutError"), info.errors
+    (_, _, first_end), (_, second_start, _) = sorted(spans)
+    assert second_start >= first_end, "attempt 2 started while attempt 1 still ran"
