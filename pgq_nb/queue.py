@@ -21,7 +21,7 @@ from pgq_nb.errors import (
     JobNotFoundError,
     UnknownEntrypointError,
 )
-from pgq_nb.models import Job, check_int
+from pgq_nb.models import Job, check_int, check_text
 from pgq_nb.operations import Operations
 from pgq_nb.resources import Resources
 from pgq_nb.retry import RetryPolicy
@@ -111,11 +111,13 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
 
         ``concurrency`` caps how many jobs of this entrypoint one worker process runs at once.
         ``retry`` is its RetryPolicy (default: the queue's). ``timeout`` (seconds) fails an
-        attempt that runs longer: an async handler is cancelled; a plain ``def`` handler's
-        thread cannot be stopped, so it runs on and its result is discarded.
+        attempt that runs longer, counted from the handler's start: an async handler is
+        cancelled; a plain ``def`` handler's thread cannot be stopped, so the attempt ends
+        (failed) when it returns, and the job is not run again until then.
         """
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError("an entrypoint name must be a non-empty string")
+        check_text("entrypoint name", name)
         if concurrency is not None and (check_int("concurrency", concurrency) < 1):
             raise InvalidInputError("concurrency must be at least 1 (or None for no cap)")
         if max_running is not None and check_int("max_running", max_running) < 1:

@@ -253,3 +253,11 @@ def test_failed_shows_a_bounded_preview_of_big_payloads(q: pgq_nb.Queue) -> None
     assert of_work.loc[big[1], "payload"] == {"i": 1, "blob": "x" * BIG}
     with pytest.raises(InvalidInputError, match="payloads must be True or False"):
         q.failed(payloads="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["x" * 201, "a\x00b"])
+def test_a_handler_cannot_be_registered_under_a_name_that_cannot_be_stored(
+    q: pgq_nb.Queue, name: str
+) -> None:
+    with pytest.raises(pgq_nb.InvalidInputError, match="entrypoint name"):
+        q.entrypoint(name)(lambda job: None)
