@@ -119,7 +119,10 @@ def test_keyboard_interrupt_during_run_until_idle_requeues_running_jobs(
     assert q.workers() == []
 
 
-def test_unreachable_dsn_names_host_and_port_not_password() -> None:
+def test_unreachable_dsn_names_host_and_port_not_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(db, "CONNECT_RETRY_SECONDS", 1.0)  # connection refused is retried
     with pytest.raises(pgq_nb.DatabaseUnavailableError) as err:
         pgq_nb.connect("postgresql://alice:s3cret-pw@127.0.0.1:1/appdb")
     message = str(err.value)

@@ -12,17 +12,22 @@ import pgq_nb
 from pgq_nb import runtime
 from tests.conftest import SCHEMA
 
-TABLE = f"{SCHEMA}.test_orders"
+TABLE = f"{SCHEMA}_app.test_orders"  # the user's own table, outside pgq_nb's schema
 
 
 @pytest.fixture
-def orders(q: pgq_nb.Queue) -> pgq_nb.Queue:
+def orders(q: pgq_nb.Queue) -> Iterator[pgq_nb.Queue]:
     async def create() -> None:
+        await q.aio.pool.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}_app")
         await q.aio.pool.execute(f"DROP TABLE IF EXISTS {TABLE}")
         await q.aio.pool.execute(f"CREATE TABLE {TABLE} (id int PRIMARY KEY, note text)")
 
+    async def drop() -> None:
+        await q.aio.pool.execute(f"DROP SCHEMA IF EXISTS {SCHEMA}_app CASCADE")
+
     runtime.run_sync(create())
-    return q
+    yield q
+    runtime.run_sync(drop())
 
 
 def _count(q: pgq_nb.Queue, sql: str) -> int:
