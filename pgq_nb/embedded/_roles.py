@@ -6,8 +6,8 @@ password (``home/secret``) only serves pgq_nb's own set-up here, and application
 role ``pgq_nb``: LOGIN, NOSUPERUSER, NOCREATEDB, NOCREATEROLE, allowed to create schemas in the
 ``postgres`` database. Its password is kept in ``home/app_secret``, written only once the role
 is set up: a home without that file (new, or made by an older pgq_nb) is set up at its next
-start, and the pgq_nb schemas already in it (those with a ``schema_version`` table) are handed
-to the role with everything in them. The server only ever sees the password's SCRAM verifier.
+start, and the pgq_nb schemas already in it (those with a ``schema_version`` table, ``public``
+excepted) are handed to the role with everything in them. The server only ever sees the password's SCRAM verifier.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ BEGIN
         SELECT DISTINCT n.oid, n.nspname FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relname = 'schema_version' AND c.relkind IN ('r', 'p')
+          AND n.nspname <> 'public'  -- never hand the shared schema over
     LOOP
         EXECUTE format('ALTER SCHEMA %I OWNER TO {role}', ns.nspname);
         FOR obj IN
