@@ -329,7 +329,7 @@ def test_drain_survives_repeated_postgres_crashes(
             left = _leftovers(q)
             assert not left, _describe(
                 left, _read_runs(log_dir), waited, f"the last of the crashes {server.crashes}"
-            )
+            ) + _exited(procs)
             assert all(p.poll() is None for p in procs), "a worker process died" + _exited(procs)
             _check_history(q, ids)
             runs = _read_runs(log_dir)
