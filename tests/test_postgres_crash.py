@@ -345,7 +345,7 @@ def test_drain_survives_repeated_postgres_crashes(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_workflow_run_finishes_after_a_postgres_crash(tmp_path: Path) -> None:
+def test_workflow_run_finishes_after_a_postgres_crash() -> None:
     """A fan-out of 400 steps and a fan-in step, run by a worker in this process; one crash,
     timed to lose a batch of steps' completions: right after they commit, before the WAL
     writer writes them (the test server commits with synchronous_commit off)."""

@@ -25,19 +25,3 @@ async def tick(job: pgq_nb.Job) -> None:
     """Almost nothing: yields once, then records that it ran."""
     await asyncio.sleep(0)
     _log.write(f"{job.id} {job.attempts} {os.getpid()}\n")
-
-
-@q.entrypoint("part", retry=PATIENT)
-async def part(job: pgq_nb.Job) -> int:
-    """A fan-out step: a few milliseconds of work; its payload is a number."""
-    await asyncio.sleep(0.02)
-    _log.write(f"{job.id} {job.attempts} {os.getpid()}\n")
-    return int(job.data)
-
-
-@q.entrypoint("total", retry=PATIENT)
-async def total(job: pgq_nb.Job) -> dict[str, int]:
-    """A fan-in step: sums its parents' results and says how many it saw."""
-    parts = job.parent_results()["part"]
-    _log.write(f"{job.id} {job.attempts} {os.getpid()}\n")
-    return {"sum": sum(parts), "parents": len(parts)}
