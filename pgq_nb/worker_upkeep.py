@@ -96,9 +96,9 @@ class Upkeep:
         self._paused = {r["name"] for r in await conn.fetch(self._q["paused_entrypoints"])}
         self.worker_id = await self._insert_worker_row(conn)
 
-    async def _listen(self) -> None:
+    async def _listen(self, retry_for: float | None = None) -> None:
         try:
-            self._listener = await db.connect_one(self.queue.dsn)
+            self._listener = await db.connect_one(self.queue.dsn, retry_for=retry_for)
             await self._listener.execute(db.SESSION_SETUP)
             await self._listener.add_listener(self.queue.channel, self._on_notify)
         except (PgqError, OSError, asyncpg.PostgresError) as exc:
@@ -124,23 +124,20 @@ class Upkeep:
                 self._cancelling.add(job_id)
                 running[1].cancel()
 
-    async def _upkeep_connection(self) -> asyncpg.Connection:
-        """The worker's own connection (the one that LISTENs): liveness never waits for a pooled
-        connection, which handlers (``transactional=True`` ones hold theirs while they run)
-        may all be using."""
-        if self._listener is None or self._listener.is_closed():
-            await self._listen()
-        if self._listener is None:
-            raise DatabaseUnavailableError("the worker's own connection could not be opened")
-        return self._listener
-
     async def _heartbeat_loop(self) -> None:
         settings = self.queue.settings
         while True:
             await asyncio.sleep(settings.heartbeat_interval)
             try:
-                conn = await self._upkeep_connection()
-                await self._beat(conn)
+                if self._listener is None or self._listener.is_closed():
+                    await self._listen(retry_for=0.0)  # one try: the beat must not wait
+                if self._listener is not None:
+                    # the worker's own connection: liveness never waits for a pooled one,
+                    # which handlers (transactional ones hold theirs while they run) may all use
+                    await self._beat(self._listener)
+                else:  # no connection of its own to be had (a full server): the pool's
+                    async with self.queue.pool.acquire() as conn:
+                        await self._beat(conn)
             except db.TRANSIENT_ERRORS as exc:
                 logger.warning("heartbeat failed", extra={"error": str(exc)})
 
