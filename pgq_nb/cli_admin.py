@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from pgq_nb import db, runtime
+from pgq_nb import db, runtime, schema_install
 from pgq_nb.config import Settings
 from pgq_nb.errors import SchemaError
 from pgq_nb.facade import Queue, connect, resolve_dsn
@@ -70,7 +70,9 @@ def cmd_install(args: argparse.Namespace) -> int:
     settings = _admin_settings(args)
 
     async def run() -> int:
-        return await db.install(await db.get_pool(await resolve_dsn(settings)), settings.schema)
+        return await schema_install.install(
+            await db.get_pool(await resolve_dsn(settings)), settings.schema
+        )
 
     version = runtime.run_sync(run())
     print(f"pgq_nb schema {settings.schema!r} installed at version {version}")
@@ -84,13 +86,13 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     async def run() -> int:
         pool = await db.get_pool(await resolve_dsn(settings))
         async with pool.acquire() as conn:
-            installed = await db.schema_version(conn, schema) is not None
+            installed = await schema_install.schema_version(conn, schema) is not None
         if not installed:
             raise SchemaError(
                 f"pgq_nb is not installed in schema {schema!r}, so there is nothing to upgrade; "
                 "run `pgq-nb install` (or check --schema / PGQ_NB_SCHEMA)"
             )
-        return await db.install(pool, schema)
+        return await schema_install.install(pool, schema)
 
     version = runtime.run_sync(run())
     print(f"pgq_nb schema {schema!r} is at version {version}")
@@ -104,12 +106,14 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     async def run() -> bool:
         pool = await db.get_pool(await resolve_dsn(settings))
         # the same checks as the drop, so that a schema pgq_nb would refuse is refused here too
-        return await (db.uninstall if args.yes else db.can_uninstall)(pool, schema)
+        return await (schema_install.uninstall if args.yes else schema_install.can_uninstall)(
+            pool, schema
+        )
 
     # an old install in public: its tables go, the schema stays
     what = (
         f"pgq_nb's tables in schema {schema!r}"
-        if schema in db.RESERVED_SCHEMAS
+        if schema in schema_install.RESERVED_SCHEMAS
         else f"pgq_nb schema {schema!r}"
     )
     if not runtime.run_sync(run()):

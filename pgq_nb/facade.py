@@ -13,7 +13,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from pgq_nb import db, runtime
+from pgq_nb import db, runtime, schema_install
 from pgq_nb.config import Settings
 from pgq_nb.dag import Workflow
 from pgq_nb.errors import PgqError
@@ -220,9 +220,9 @@ async def _open(settings: Settings, install: bool, retry: RetryPolicy | None) ->
     dsn = await resolve_dsn(settings)
     pool = await db.get_pool(dsn)
     if install:
-        await db.install(pool, settings.schema)
+        await schema_install.install(pool, settings.schema)
     else:
-        await db.require_installed(pool, settings.schema)
+        await schema_install.require_installed(pool, settings.schema)
     return AsyncQueue(pool, dsn, settings, retry)
 
 

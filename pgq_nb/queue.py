@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import asyncpg
 
-from pgq_nb import db, runtime, sql
+from pgq_nb import runtime, schema_install, sql
 from pgq_nb.config import Settings
 from pgq_nb.dag import AsyncWorkflow
 from pgq_nb.enqueue import Dedupe, enqueue_many, enqueue_one, parse_rate, rate_burst
@@ -387,14 +387,14 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
     @runtime.bridged
     async def install(self) -> int:
         """Install (or upgrade) the schema; idempotent. Returns the schema version."""
-        return await db.install(self.pool, self.schema)
+        return await schema_install.install(self.pool, self.schema)
 
     @runtime.bridged
     async def upgrade(self) -> int:
         """Apply pending migrations; returns the schema version."""
-        return await db.install(self.pool, self.schema, upgrade=True)
+        return await schema_install.install(self.pool, self.schema, upgrade=True)
 
     @runtime.bridged
     async def uninstall(self) -> None:
         """Drop the schema with every job, result and worker record in it."""
-        await db.uninstall(self.pool, self.schema)
+        await schema_install.uninstall(self.pool, self.schema)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import pgq_nb
-from pgq_nb import db, runtime
+from pgq_nb import db, runtime, schema_install
 
 SCHEMA = os.environ.get("PGQ_NB_TEST_SCHEMA", "pgq_nb_test")
 REPO = Path(__file__).resolve().parent.parent
@@ -75,8 +75,8 @@ def installed(dsn: str) -> str:
 
     async def reinstall() -> None:
         pool = await db.get_pool(dsn)
-        await db.uninstall(pool, SCHEMA)
-        await db.install(pool, SCHEMA)
+        await schema_install.uninstall(pool, SCHEMA)
+        await schema_install.install(pool, SCHEMA)
 
     runtime.run_sync(reinstall())
     return dsn

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 import pgq_nb
-from pgq_nb import db, runtime, sql
+from pgq_nb import db, runtime, schema_install, sql
 from tests.conftest import REPO, worker_env
 
 SCHEMAS = (
@@ -58,14 +58,14 @@ def _schema_exists(dsn: str, schema: str) -> bool:
 
 def _uninstall(dsn: str, schema: str) -> bool:
     async def run() -> bool:
-        return await db.uninstall(await db.get_pool(dsn), schema)
+        return await schema_install.uninstall(await db.get_pool(dsn), schema)
 
     return runtime.run_sync(run())
 
 
 def _install(dsn: str, schema: str) -> int:
     async def run() -> int:
-        return await db.install(await db.get_pool(dsn), schema)
+        return await schema_install.install(await db.get_pool(dsn), schema)
 
     return runtime.run_sync(run())
 
@@ -82,11 +82,11 @@ def _install_legacy(dsn: str, schema: str) -> None:
     runtime.run_sync(run())
 
 
-def _state(dsn: str, schema: str) -> db.SchemaState:
-    async def run() -> db.SchemaState:
+def _state(dsn: str, schema: str) -> schema_install.SchemaState:
+    async def run() -> schema_install.SchemaState:
         pool = await db.get_pool(dsn)
         async with pool.acquire() as conn:
-            return await db.schema_state(conn, schema)
+            return await schema_install.schema_state(conn, schema)
 
     return runtime.run_sync(run())
 
@@ -323,7 +323,7 @@ def test_the_drop_itself_touches_only_pgq_nbs_objects(dsn_clean: str) -> None:
             transaction = conn.transaction()
             await transaction.start()
             try:
-                await conn.fetchval(queries["set_owned_names"], *db.owned_names())
+                await conn.fetchval(queries["set_owned_names"], *schema_install.owned_names())
                 await conn.execute(queries["drop_schema_objects"])
                 jobs = await conn.fetchval("SELECT to_regclass('safety_mixed.jobs') IS NOT NULL")
                 late = await conn.fetchval("SELECT to_regclass('safety_mixed.late') IS NOT NULL")
@@ -355,7 +355,7 @@ def test_the_drop_handles_every_kind_of_object_pgq_nb_may_own(dsn_clean: str) ->
         "LANGUAGE sql AS 'SELECT m::text'",
     )
     queries = sql.queries("safety_mixed")
-    relations, routines = db.owned_names()
+    relations, routines = schema_install.owned_names()
     relations += ",mood,pair,positive,counter,moods,recent,snapshot,latest"
     routines += ",mood_of"
 

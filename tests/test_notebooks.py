@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
-from pgq_nb import db, runtime
+from pgq_nb import db, runtime, schema_install
 from tests.conftest import REPO
 
 NOTEBOOKS = REPO / "notebooks"
@@ -67,8 +67,8 @@ class Executed:
 def _reset_schema(dsn: str) -> None:
     async def reset() -> None:
         pool = await db.get_pool(dsn)
-        await db.uninstall(pool, NB_SCHEMA)
-        await db.install(pool, NB_SCHEMA)
+        await schema_install.uninstall(pool, NB_SCHEMA)
+        await schema_install.install(pool, NB_SCHEMA)
 
     runtime.run_sync(reset())
 

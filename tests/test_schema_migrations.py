@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import pgq_nb
-from pgq_nb import db, runtime, sql
+from pgq_nb import db, runtime, schema_install, sql
 
 CATALOG_QUERIES = {
     "columns": """
@@ -59,7 +59,7 @@ def _pool(dsn: str) -> Any:
 def _drop(pool: Any, *schemas: str) -> None:
     async def run() -> None:
         for schema in schemas:
-            await db.uninstall(pool, schema)
+            await schema_install.uninstall(pool, schema)
 
     runtime.run_sync(run())
 
@@ -68,15 +68,16 @@ def test_fresh_install_equals_first_version_plus_migrations(installed: str) -> N
     pool = _pool(installed)
     _drop(pool, "mig_fresh", "mig_stepwise")
     try:
-        runtime.run_sync(db.install(pool, "mig_fresh"))
-        runtime.run_sync(db.install_first_version_and_migrate(pool, "mig_stepwise"))
+        runtime.run_sync(schema_install.install(pool, "mig_fresh"))
+        runtime.run_sync(schema_install.install_first_version_and_migrate(pool, "mig_stepwise"))
         fresh = _catalog(pool, "mig_fresh")
         stepwise = _catalog(pool, "mig_stepwise")
         assert fresh["columns"], "the catalog query found nothing"
         for part in CATALOG_QUERIES:
             assert fresh[part] == stepwise[part], part
         versions = [
-            runtime.run_sync(db.schema_version(pool, s)) for s in ("mig_fresh", "mig_stepwise")
+            runtime.run_sync(schema_install.schema_version(pool, s))
+            for s in ("mig_fresh", "mig_stepwise")
         ]
         assert versions == [sql.latest_version()] * 2
         assert fresh["marker"][0][0].startswith(f"{sql.SCHEMA_MARKER}:")
@@ -99,8 +100,8 @@ def test_uninstall_knows_every_object_the_schema_and_migrations_create(installed
     pool = _pool(installed)
     _drop(pool, "mig_fresh", "mig_stepwise")
     try:
-        runtime.run_sync(db.install(pool, "mig_fresh"))
-        runtime.run_sync(db.install_first_version_and_migrate(pool, "mig_stepwise"))
+        runtime.run_sync(schema_install.install(pool, "mig_fresh"))
+        runtime.run_sync(schema_install.install_first_version_and_migrate(pool, "mig_stepwise"))
         for schema in ("mig_fresh", "mig_stepwise"):
             found = _objects(pool, schema)
             assert ("relation", "jobs") in found, found
@@ -108,7 +109,7 @@ def test_uninstall_knows_every_object_the_schema_and_migrations_create(installed
 
             async def foreign(schema: str = schema) -> list[str]:
                 async with pool.acquire() as conn:
-                    return await db.foreign_objects(conn, schema)
+                    return await schema_install.foreign_objects(conn, schema)
 
             assert runtime.run_sync(foreign()) == []
         # what the latest schema creates is exactly what a fresh install holds
@@ -168,10 +169,12 @@ def test_install_is_idempotent_and_concurrent_safe(installed: str) -> None:
         async def many() -> list[int]:
             import asyncio
 
-            return list(await asyncio.gather(*(db.install(pool, "mig_twice") for _ in range(4))))
+            return list(
+                await asyncio.gather(*(schema_install.install(pool, "mig_twice") for _ in range(4)))
+            )
 
         assert runtime.run_sync(many()) == [sql.latest_version()] * 4
-        assert runtime.run_sync(db.install(pool, "mig_twice")) == sql.latest_version()
+        assert runtime.run_sync(schema_install.install(pool, "mig_twice")) == sql.latest_version()
     finally:
         _drop(pool, "mig_twice")
 
@@ -180,7 +183,7 @@ def test_newer_schema_than_code_is_a_clear_error(installed: str) -> None:
     pool = _pool(installed)
     _drop(pool, "mig_newer")
     try:
-        runtime.run_sync(db.install(pool, "mig_newer"))
+        runtime.run_sync(schema_install.install(pool, "mig_newer"))
         runtime.run_sync(pool.execute("UPDATE mig_newer.schema_version SET version = 999"))
         with pytest.raises(pgq_nb.SchemaError, match="pip install -U pgq_nb"):
             pgq_nb.connect(installed, schema="mig_newer")
@@ -198,7 +201,7 @@ def test_older_schema_is_upgraded_or_reported(installed: str) -> None:
     pool = _pool(installed)
     _drop(pool, "mig_old")
     try:
-        runtime.run_sync(db.install(pool, "mig_old"))
+        runtime.run_sync(schema_install.install(pool, "mig_old"))
         runtime.run_sync(pool.execute("UPDATE mig_old.schema_version SET version = 0"))
         with pytest.raises(pgq_nb.SchemaError, match="pgq-nb upgrade"):
             pgq_nb.connect(installed, schema="mig_old", install=False)
