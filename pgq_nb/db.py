@@ -35,6 +35,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.TransactionRollbackError,
     asyncpg.exceptions.LockNotAvailableError,
+    # asyncpg 0.32 raises this ("cannot switch to state 12; another operation is in progress")
+    # when the server ends a connection in the middle of an operation: measured with a
+    # SIGKILLed postmaster, whose backends then fail every client at once
+    asyncpg.exceptions.InternalClientError,
     DatabaseUnavailableError,
 )
 _pools: dict[str, asyncpg.Pool] = {}

@@ -7,7 +7,8 @@ role ``pgq_nb``: LOGIN, NOSUPERUSER, NOCREATEDB, NOCREATEROLE, allowed to create
 ``postgres`` database. Its password is kept in ``home/app_secret``, written only once the role
 is set up: a home without that file (new, or made by an older pgq_nb) is set up at its next
 start, and the pgq_nb schemas already in it (those with a ``schema_version`` table, ``public``
-excepted) are handed to the role with everything in them. The server only ever sees the password's SCRAM verifier.
+excepted) are handed to the role with everything in them. The server only ever sees the
+password's SCRAM verifier.
 """
 
 from __future__ import annotations
