@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -67,7 +68,10 @@ class Stopping:
     _listener: asyncpg.Connection | None
     _executor: Any
 
-    async def _flush(self) -> None: ...
+    _flush: Callable[[], Awaitable[None]]
+    _known_ids: Callable[[], list[int]]
+    _orphans: Callable[[Any, Sequence[int]], Awaitable[set[int]]]
+    _return_orphans: Callable[[Any, set[int]], Awaitable[None]]
 
     def request_stop(self, hard: bool = False) -> None:
         """Stop claiming; running jobs get the grace period to finish, or none when ``hard``.
@@ -154,6 +158,10 @@ class Stopping:
                     await conn.execute(self._q["notify_jobs"])
                     self.stats.interrupted += len(ids)
                     self._interrupted.clear()
+                # a claim cut short by the stop may have committed: give its jobs back too
+                orphans = await self._orphans(conn, self._known_ids())
+                if orphans:
+                    await self._return_orphans(conn, orphans)
                 await conn.execute(self._q["deregister_worker"], self.worker_id)
         except Exception as exc:  # best effort: the heartbeat timeout is the safety net
             logger.warning(
