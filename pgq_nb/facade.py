@@ -1,7 +1,9 @@
 """The sync API (``Queue``), generated from the async one, and ``connect()``.
 
-Every public async method of :class:`AsyncQueue` gets a blocking twin on :class:`Queue` through
-:func:`_blocking`; nothing is written twice.
+Every public coroutine of :class:`AsyncQueue` gets a blocking twin on :class:`Queue` through
+:func:`runtime.blocking`, its plain methods through :func:`runtime.forwarded`, and ``connect``
+is :func:`runtime.blocking_function` of ``aconnect``: every signature and docstring is written
+once, on the async side. tests/test_facade_parity.py fails when a twin is missing.
 """
 
 from __future__ import annotations
@@ -10,23 +12,18 @@ import asyncio
 import datetime as dt
 import html
 import importlib
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from pgq_nb import db, runtime, schema_install
 from pgq_nb.config import Settings
 from pgq_nb.dag import Workflow
 from pgq_nb.errors import PgqError
-from pgq_nb.queue import AsyncQueue, F, H
+from pgq_nb.queue import AsyncQueue
 from pgq_nb.resources import Resources
 from pgq_nb.retry import RetryPolicy
-from pgq_nb.schedule_api import S
 from pgq_nb.transaction import AsyncTransaction, Transaction
 from pgq_nb.worker import Worker, WorkerStats
 from pgq_nb.workflow_run import WorkflowRun
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 class WorkerHandle:
@@ -68,28 +65,9 @@ class Queue:
     def schema(self) -> str:
         return self.aio.schema
 
-    def entrypoint(
-        self,
-        name: str,
-        *,
-        concurrency: int | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float | dt.timedelta | None = None,
-        transactional: bool = False,
-        max_running: int | None = None,
-        rate_limit: str | float | None = None,
-    ) -> Callable[[H], H]:
-        """Register a handler; see :meth:`AsyncQueue.entrypoint`."""
-        return self.aio.entrypoint(
-            name,
-            concurrency=concurrency,
-            retry=retry,
-            timeout=timeout,
-            transactional=transactional,
-            max_running=max_running,
-            rate_limit=rate_limit,
-        )
-
+    entrypoint = runtime.forwarded(AsyncQueue.entrypoint)
+    resource = runtime.forwarded(AsyncQueue.resource)
+    schedule = runtime.forwarded(AsyncQueue.schedule)
     enqueue = runtime.blocking(AsyncQueue.enqueue)
     get_job = runtime.blocking(AsyncQueue.get_job)
     statuses = runtime.blocking(AsyncQueue.statuses)
@@ -122,6 +100,7 @@ class Queue:
     analyze = runtime.blocking(AsyncQueue.analyze)
     run_until_idle = runtime.blocking(AsyncQueue.run_until_idle)
     run_worker = runtime.blocking(AsyncQueue.run_worker)
+    workflow_run = runtime.blocking(AsyncQueue.workflow_run, WorkflowRun)
 
     def start_worker(
         self,
@@ -145,25 +124,6 @@ class Queue:
         """Shared objects for handlers (``job.resources``); see :mod:`pgq_nb.resources`."""
         return self.aio.resources
 
-    def resource(self, name: str) -> Callable[[F], F]:
-        """Register a factory for ``job.resources[name]``, run once per worker process."""
-        return self.aio.resource(name)
-
-    def schedule(
-        self,
-        name: str,
-        expression: str,
-        *,
-        tz: str = "UTC",
-        catch_up: str = "latest",
-        retry: RetryPolicy | None = None,
-        timeout: float | dt.timedelta | None = None,
-    ) -> Callable[[S], S]:
-        """Run the decorated handler on a cron schedule; see :meth:`AsyncQueue.schedule`."""
-        return self.aio.schedule(
-            name, expression, tz=tz, catch_up=catch_up, retry=retry, timeout=timeout
-        )
-
     def transaction(self) -> Transaction:
         """``with q.transaction() as tx:`` — your SQL, jobs, frames and workflows commit
         together, or not at all."""
@@ -173,10 +133,6 @@ class Queue:
         """Start building a workflow (a DAG of jobs): ``wf.step()``, ``wf.map()``,
         ``wf.submit()``."""
         return Workflow(self.aio, name)
-
-    def workflow_run(self, workflow_id: int) -> WorkflowRun:
-        """A submitted run by id (for example after a kernel restart)."""
-        return WorkflowRun(runtime.run_sync(self.aio.workflow_run(workflow_id)))
 
     def dashboard(self, refresh: float | dt.timedelta = 2.0) -> Any:
         """A live ipywidgets dashboard: overview, failures (with requeue buttons), schedules
@@ -226,32 +182,6 @@ async def _open(settings: Settings, install: bool, retry: RetryPolicy | None) ->
     return AsyncQueue(pool, dsn, settings, retry)
 
 
-def connect(
-    dsn: str | None = None,
-    *,
-    schema: str | None = None,
-    install: bool = True,
-    retry: RetryPolicy | None = None,
-    heartbeat_interval: float | None = None,
-    heartbeat_timeout: float | None = None,
-    poll_interval: float | None = None,
-) -> Queue:
-    """Open a queue. With no ``dsn`` and no ``PGQ_NB_DSN``, starts (or reuses) the embedded
-    Postgres. ``install`` creates or upgrades the schema if needed. ``retry`` is the default
-    RetryPolicy of its entrypoints (3 attempts, 1 s then 2 s apart, unless given).
-
-    Calling it again (re-running a cell) reuses the same pool and loop thread.
-    """
-    settings = Settings.from_env(
-        dsn=dsn,
-        schema=schema,
-        heartbeat_interval=heartbeat_interval,
-        heartbeat_timeout=heartbeat_timeout,
-        poll_interval=poll_interval,
-    )
-    return Queue(runtime.run_sync(_open(settings, install, retry), "pgq_nb.connect()"))
-
-
 async def aconnect(
     dsn: str | None = None,
     *,
@@ -262,7 +192,14 @@ async def aconnect(
     heartbeat_timeout: float | None = None,
     poll_interval: float | None = None,
 ) -> AsyncQueue:
-    """The async form of :func:`connect`; returns the AsyncQueue."""
+    """Open a queue: ``q = pgq_nb.connect()`` returns a :class:`Queue`, ``await
+    pgq_nb.aconnect()`` its async form (an :class:`AsyncQueue`, ``q.aio``). With no ``dsn`` and
+    no ``PGQ_NB_DSN``, starts (or reuses) the embedded Postgres. ``install`` creates or
+    upgrades the schema if needed. ``retry`` is the default RetryPolicy of its entrypoints
+    (3 attempts, 1 s then 2 s apart, unless given).
+
+    Calling it again (re-running a cell) reuses the same pool and loop thread.
+    """
     settings = Settings.from_env(
         dsn=dsn,
         schema=schema,
@@ -271,3 +208,6 @@ async def aconnect(
         poll_interval=poll_interval,
     )
     return await runtime.run_here(_open(settings, install, retry))
+
+
+connect = runtime.blocking_function(aconnect, Queue, "connect")

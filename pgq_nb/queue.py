@@ -63,7 +63,8 @@ class EntrypointSpec:
 
 
 class AsyncQueue(Operations, Views, ScheduleMethods):
-    """The async API of a queue. Every method runs on the pgq_nb loop whatever loop awaits it."""
+    """The async API of a queue. Every coroutine runs on the pgq_nb loop whatever loop awaits
+    it, except with your own connection (``connection=``): then on that connection's loop."""
 
     def __init__(
         self, pool: asyncpg.Pool, dsn: str, settings: Settings, retry: RetryPolicy | None = None
@@ -250,14 +251,13 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
         skips those rows, returns None for them and warns (see :mod:`pgq_nb.enqueue`).
 
         ``connection``: an asyncpg connection of yours, inside a transaction; the job commits
-        or rolls back with it (it runs on that connection's own event loop).
+        or rolls back with it (it runs on that connection's own event loop, see
+        :func:`pgq_nb.runtime.run_for`).
         """
         call = self._enqueue(
             entrypoint, payload, priority, execute_after, dedupe_key, dedupe, connection
         )
-        if connection is not None:
-            return await call
-        return await runtime.run_here(call)
+        return await runtime.run_for(connection, call)
 
     @contextlib.asynccontextmanager
     async def _connection(self, connection: Any) -> AsyncIterator[Any]:
@@ -304,6 +304,7 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
             await self.analyze()
         return result
 
+    @runtime.bridged
     async def analyze(self) -> None:
         """Refresh planner statistics of the jobs table (done after large bulk enqueues)."""
         async with self.pool.acquire() as conn:

@@ -162,6 +162,8 @@ class Transaction:
     ) -> None:
         runtime.run_sync(self.aio.end(exc_type is None), "q.transaction()")
 
+    begin = runtime.blocking(AsyncTransaction.begin, lambda aio: Transaction(aio))
+    end = runtime.blocking(AsyncTransaction.end)
     execute = runtime.blocking(AsyncTransaction.execute)
     fetch = runtime.blocking(AsyncTransaction.fetch)
     fetchrow = runtime.blocking(AsyncTransaction.fetchrow)

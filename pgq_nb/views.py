@@ -41,7 +41,6 @@ class Views:
     pool: Any
     queries: dict[str, str]
 
-    @runtime.bridged
     async def enqueue_df(
         self,
         entrypoint: str,
@@ -58,10 +57,11 @@ class Views:
         """One job per row of ``df``, each row's ``columns`` as its JSON payload, written with
         COPY in one transaction (all rows or none). ``priority``, ``execute_after`` and
         ``dedupe_key`` take a constant or the name of a column. Returns the job ids as a
-        Series aligned to ``df.index``. With ``connection`` (a transaction's), the jobs commit
-        or roll back with it."""
+        Series aligned to ``df.index``. With ``connection`` (a transaction's, or your own
+        asyncpg connection inside your transaction), the jobs commit or roll back with it; the
+        call then runs on that connection's own event loop (:func:`pgq_nb.runtime.run_for`)."""
         fn = _frames("enqueue_df")
-        result: pd.Series = await fn(
+        call = fn(
             self,
             entrypoint,
             df,
@@ -73,6 +73,7 @@ class Views:
             chunk_size=chunk_size,
             connection=connection,
         )
+        result: pd.Series = await runtime.run_for(connection, call)
         return result
 
     @runtime.bridged
