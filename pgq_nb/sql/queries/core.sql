@@ -62,9 +62,10 @@ RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
 -- name: finish_jobs
 -- Record a batch of finished attempts in one statement. An attempt to retry goes back to the
 -- queue, due after its delay, with its error appended to `errors`; every other outcome moves
--- the job to `history` and counts it in `finished_counts`, and a succeeded workflow step
--- counts itself off its children's pending_deps (under each child's row lock; a child at zero
--- becomes claimable, and workers are woken). Only jobs this worker still holds are touched: a
+-- the job to `history` and counts it in `finished_counts` (move_to_history, in the schema:
+-- the one place that move is written), and a succeeded workflow step counts itself off its
+-- children's pending_deps (under each child's row lock; a child at zero becomes claimable,
+-- and workers are woken). Only jobs this worker still holds are touched: a
 -- job reclaimed from it in the meantime is left alone. Returns the jobs moved to history.
 -- (worker_id is set exactly while a job is picked. It is compared with IS NOT DISTINCT FROM,
 -- which no index serves, so that the planner finds the batch's rows by primary key: with
@@ -88,34 +89,19 @@ WITH d AS (
     FROM d
     WHERE j.id = d.id AND d.outcome = 'retry' AND j.worker_id IS NOT DISTINCT FROM $1
     RETURNING j.id
+), finishing AS (
+    SELECT array_agg(id) AS ids, array_agg(outcome) AS outcomes, array_agg(result) AS results,
+        array_agg(error) AS errors, array_agg(traceback) AS tracebacks,
+        array_agg(started) AS starts, array_agg(finished) AS ends
+    FROM d
+    WHERE outcome <> 'retry'
 ), done AS (
-    DELETE FROM {schema}.jobs AS j
-    USING d
-    WHERE j.id = d.id AND d.outcome <> 'retry' AND j.worker_id IS NOT DISTINCT FROM $1
-    RETURNING j.id, j.entrypoint, j.payload, j.priority, d.outcome, j.attempts, j.dedupe_key,
-        d.result, d.error, d.traceback,
-        CASE WHEN d.error IS NULL THEN j.errors
-             ELSE coalesce(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
-                 'attempt', j.attempts, 'error', d.error, 'at', d.finished))
-        END AS errors,
-        j.worker_id, j.created, j.execute_after, d.started, d.finished, j.workflow_id,
-        j.step_name, j.step_index, j.schedule_name, j.fire_time
-), saved AS (
-    INSERT INTO {schema}.history (id, entrypoint, payload, priority, status, attempts,
-        dedupe_key, result, error, traceback, errors, worker_id, created, execute_after,
-        started, finished, workflow_id, step_name, step_index, schedule_name, fire_time)
-    SELECT id, entrypoint, payload, priority, outcome, attempts, dedupe_key, result::jsonb,
-        error, traceback, errors, worker_id, created, execute_after, started, finished,
-        workflow_id, step_name, step_index, schedule_name, fire_time
-    FROM done
-    RETURNING entrypoint, status
-), counted AS (
-    INSERT INTO {schema}.finished_counts (entrypoint, status, shard, n)
-    SELECT entrypoint, status, ($1 % 16)::smallint, count(*)
-    FROM saved
-    GROUP BY entrypoint, status
-    ON CONFLICT (entrypoint, status, shard)
-        DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
+    SELECT m.id, m.status AS outcome, m.workflow_id
+    FROM finishing AS f,
+        {schema}.move_to_history(f.ids, f.outcomes, holder => $1, results => f.results,
+            final_errors => f.errors, tracebacks => f.tracebacks, attempt_errors => f.errors,
+            starts => f.starts, ends => f.ends, count_shard => ($1 % 16)::smallint) AS m
+    WHERE f.ids IS NOT NULL
 ), released AS (
     UPDATE {schema}.jobs AS c
     SET pending_deps = c.pending_deps - f.n,
@@ -139,11 +125,12 @@ FROM done;
 -- name: mark_started
 -- The worker is about to start these jobs' handlers: count the attempt and note the start.
 -- From here a lost worker costs the job an attempt (so a job that kills its worker every
--- time ends as failed); before it, it costs nothing. It travels in one message with the
--- claim's COMMIT (the simple protocol, which takes no parameters: the worker inlines $1 and
--- $2, integers it formats itself), so it costs no round trip, and its commit does not wait
--- for the WAL flush: a worker's death cannot undo it, only a server crash within a fraction
--- of a second, which at worst leaves one attempt uncounted.
+-- time ends as failed); before it, it costs nothing. The worker writes it right after the
+-- claim's COMMIT and starts the handlers without waiting for the reply (the simple protocol,
+-- which takes no parameters: the worker inlines $1 and $2, integers it formats itself), so it
+-- costs no wait, and its commit does not wait for the WAL flush: a worker's death cannot undo
+-- it, only a server crash within a fraction of a second, which at worst leaves one attempt
+-- uncounted.
 -- params: $1 worker id, $2 ids as a bigint[] literal ('{1,2,3}')
 BEGIN;
 SET LOCAL synchronous_commit = off;
@@ -203,8 +190,8 @@ DELETE FROM {schema}.workers WHERE id = $1;
 -- gone) lost their run, and that run counts as an attempt, unless the worker had not started
 -- it yet (mark_started had not run: started is NULL), which goes back as it was. Jobs with
 -- attempts left go back to the queue; the rest (a job that kills its worker every time) fail
--- for good, and those someone asked to cancel end cancelled. Forgets the dead workers.
--- Returns each job's id and whether it was requeued.
+-- for good, and those someone asked to cancel end cancelled (move_to_history). Forgets the
+-- dead workers. Returns each job's id and whether it was requeued.
 -- params: $1 heartbeat timeout in seconds (float)
 WITH dead AS (
     DELETE FROM {schema}.workers
@@ -234,31 +221,22 @@ WITH dead AS (
     FROM stale AS s
     WHERE j.id = s.id AND NOT s.exhausted
     RETURNING j.id
+), lost AS (
+    SELECT array_agg(id) AS ids,
+        array_agg(CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END) AS outcomes,
+        array_agg(CASE WHEN cancel_requested THEN 'cancelled while its worker was lost'
+            ELSE error || '; no attempts left (a job that kills its worker every time?)'
+            END) AS errors,
+        array_agg(error) AS attempt_errors
+    FROM stale
+    WHERE exhausted
 ), failed AS (
-    DELETE FROM {schema}.jobs AS j
-    USING stale AS s
-    WHERE j.id = s.id AND s.exhausted
-    RETURNING j.*, s.error AS final_error
-), saved AS (
-    INSERT INTO {schema}.history (id, entrypoint, payload, priority, status, attempts,
-        dedupe_key, error, errors, worker_id, created, execute_after, started, finished,
-        workflow_id, step_name, step_index, schedule_name, fire_time)
-    SELECT id, entrypoint, payload, priority,
-        CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END, attempts, dedupe_key,
-        CASE WHEN cancel_requested THEN 'cancelled while its worker was lost'
-             ELSE final_error || '; no attempts left (a job that kills its worker every time?)'
-        END,
-        coalesce(errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
-            'attempt', attempts, 'error', final_error, 'at', now())),
-        worker_id, created, execute_after, started, now(), workflow_id, step_name,
-        step_index, schedule_name, fire_time
-    FROM failed
-    RETURNING entrypoint, status
-), counted AS (
-    INSERT INTO {schema}.finished_counts (entrypoint, status, shard, n)
-    SELECT entrypoint, status, 0::smallint, count(*) FROM saved GROUP BY entrypoint, status
-    ON CONFLICT (entrypoint, status, shard)
-        DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
+    -- (the stale rows are locked above: still picked)
+    SELECT m.id, m.workflow_id
+    FROM lost AS l,
+        {schema}.move_to_history(l.ids, l.outcomes, from_statuses => '{picked}',
+            final_errors => l.errors, attempt_errors => l.attempt_errors) AS m
+    WHERE l.ids IS NOT NULL
 )
 SELECT id, true AS requeued, NULL::bigint AS workflow_id FROM requeued
 UNION ALL
@@ -347,28 +325,19 @@ WHERE entrypoint = ANY($1::text[])
 ANALYZE {schema}.jobs;
 
 -- name: cancel_waiting
--- Cancel jobs that have not started (queued or blocked): straight to history as cancelled.
+-- Cancel jobs that have not started (queued or blocked): straight to history as cancelled
+-- (move_to_history). Returns the jobs cancelled.
 -- params: $1 ids bigint[]
-WITH gone AS (
-    DELETE FROM {schema}.jobs
-    WHERE id = ANY($1::bigint[]) AND status IN ('queued', 'blocked')
-    RETURNING *
-), saved AS (
-    INSERT INTO {schema}.history (id, entrypoint, payload, priority, status, attempts,
-        dedupe_key, error, errors, worker_id, created, execute_after, started, finished,
-        workflow_id, step_name, step_index, schedule_name, fire_time)
-    SELECT id, entrypoint, payload, priority, 'cancelled', attempts, dedupe_key,
-        'cancelled before it ran', errors, worker_id, created, execute_after, started, now(),
-        workflow_id, step_name, step_index, schedule_name, fire_time
-    FROM gone
-    RETURNING entrypoint, status
-), counted AS (
-    INSERT INTO {schema}.finished_counts (entrypoint, status, shard, n)
-    SELECT entrypoint, status, 0::smallint, count(*) FROM saved GROUP BY entrypoint, status
-    ON CONFLICT (entrypoint, status, shard)
-        DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
+WITH waiting AS (
+    SELECT array_agg(id) AS ids, array_agg('cancelled'::text) AS outcomes,
+        array_agg('cancelled before it ran'::text) AS errors
+    FROM unnest($1::bigint[]) AS id
 )
-SELECT id, workflow_id FROM gone;
+SELECT m.id, m.workflow_id
+FROM waiting AS w,
+    {schema}.move_to_history(w.ids, w.outcomes, from_statuses => '{queued,blocked}',
+        final_errors => w.errors) AS m
+WHERE w.ids IS NOT NULL;
 
 -- name: request_cancel
 -- Ask the workers running these jobs to cancel them (they are told by NOTIFY, or see the flag
@@ -402,29 +371,18 @@ LIMIT $2;
 
 -- name: requeue_failed
 -- Put failed jobs back in the queue under their old ids, with fresh attempts; their earlier
--- errors stay in `errors`. Returns the ids requeued.
+-- errors stay in `errors` (move_to_jobs, in the schema). Returns the ids requeued.
 -- params: $1 ids bigint[] (NULL = all), $2 entrypoint (NULL = all)
-WITH moved AS (
-    DELETE FROM {schema}.history
+WITH chosen AS (
+    SELECT array_agg(id) AS ids
+    FROM {schema}.history
     WHERE status = 'failed'
       AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
       AND ($2::text IS NULL OR entrypoint = $2)
       -- a job whose dedupe_key is live again stays failed rather than clash with it
       AND (dedupe_key IS NULL OR NOT EXISTS (
           SELECT 1 FROM {schema}.jobs AS live WHERE live.dedupe_key = history.dedupe_key))
-    RETURNING *
-), requeued AS (
-    INSERT INTO {schema}.jobs (id, entrypoint, payload, priority, status, execute_after,
-        attempts, dedupe_key, created, last_error, errors, workflow_id, step_name, step_index,
-        schedule_name, fire_time)
-    SELECT id, entrypoint, payload, priority, 'queued', now(), 0, dedupe_key, created, error,
-        errors, workflow_id, step_name, step_index, schedule_name, fire_time
-    FROM moved
-    RETURNING id, entrypoint
-), uncounted AS (
-    INSERT INTO {schema}.finished_counts (entrypoint, status, shard, n)
-    SELECT entrypoint, 'failed', 0::smallint, -count(*) FROM moved GROUP BY entrypoint
-    ON CONFLICT (entrypoint, status, shard)
-        DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
 )
-SELECT id FROM requeued;
+SELECT m.id
+FROM chosen AS c, {schema}.move_to_jobs(c.ids, '{failed}') AS m
+WHERE c.ids IS NOT NULL;

@@ -155,8 +155,9 @@ LIMIT $1;
 
 -- name: purge_history
 -- Retention: delete up to $2 jobs that finished before $1, oldest first (a range of
--- history_finished_idx), and take them off finished_counts in the same statement, so the
--- counters always match history. Rows another transaction holds are left for the next run.
+-- history_finished_idx), and take them off finished_counts in the same statement
+-- (count_finished, in the schema), so the counters always match history. Rows another
+-- transaction holds are left for the next run.
 -- Returns how many were deleted; call again until fewer than $2.
 -- params: $1 cutoff timestamptz, $2 batch size
 WITH doomed AS (
@@ -172,12 +173,11 @@ WITH doomed AS (
     WHERE h.id = doomed.id
     RETURNING h.entrypoint, h.status
 ), uncounted AS (
-    INSERT INTO {schema}.finished_counts (entrypoint, status, shard, n)
-    SELECT entrypoint, status, 0::smallint, -count(*) FROM gone GROUP BY entrypoint, status
-    ON CONFLICT (entrypoint, status, shard)
-        DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
+    SELECT {schema}.count_finished(array_agg(entrypoint), array_agg(status), 0::smallint, -1)
+    FROM gone
 )
-SELECT count(*) FROM gone;
+-- (a plain SELECT in WITH runs only when read: the join reads `uncounted`, one row)
+SELECT count(*) FROM gone, uncounted;
 
 -- name: server_now
 -- The server's clock (retention cut-offs are measured by it, as finished times are written).

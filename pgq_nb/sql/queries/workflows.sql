@@ -25,32 +25,23 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[]);
 
 -- name: fail_descendants
 -- A step failed for good (or was cancelled): every step downstream of it can never run. Move
--- them to history as upstream_failed and mark their runs failed. Returns the ids moved.
+-- them to history as upstream_failed (move_to_history) and mark their runs failed. Returns the
+-- ids moved.
 -- params: $1 failed step ids bigint[], $2 their workflow ids bigint[]
 WITH RECURSIVE down(id) AS (
     SELECT child_id FROM {schema}.job_deps WHERE parent_id = ANY($1::bigint[])
     UNION
     SELECT d.child_id FROM {schema}.job_deps AS d JOIN down ON d.parent_id = down.id
+), doomed AS (
+    SELECT array_agg(id) AS ids, array_agg('upstream_failed'::text) AS outcomes,
+        array_agg('not run: a step it depends on failed or was cancelled'::text) AS errors
+    FROM (SELECT DISTINCT id FROM down) AS x
 ), gone AS (
-    DELETE FROM {schema}.jobs AS j
-    USING (SELECT DISTINCT id FROM down) AS x
-    WHERE j.id = x.id AND j.status IN ('blocked', 'queued')
-    RETURNING j.*
-), saved AS (
-    INSERT INTO {schema}.history (id, entrypoint, payload, priority, status, attempts,
-        dedupe_key, error, errors, worker_id, created, execute_after, started, finished,
-        workflow_id, step_name, step_index, schedule_name, fire_time)
-    SELECT id, entrypoint, payload, priority, 'upstream_failed', attempts, dedupe_key,
-        'not run: a step it depends on failed or was cancelled', errors, worker_id, created,
-        execute_after, started, now(), workflow_id, step_name, step_index, schedule_name,
-        fire_time
-    FROM gone
-    RETURNING entrypoint, status
-), counted AS (
-    INSERT INTO {schema}.finished_counts (entrypoint, status, shard, n)
-    SELECT entrypoint, status, 0::smallint, count(*) FROM saved GROUP BY entrypoint, status
-    ON CONFLICT (entrypoint, status, shard)
-        DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
+    SELECT m.id
+    FROM doomed AS d,
+        {schema}.move_to_history(d.ids, d.outcomes, from_statuses => '{blocked,queued}',
+            final_errors => d.errors) AS m
+    WHERE d.ids IS NOT NULL
 ), marked AS (
     UPDATE {schema}.workflows SET status = 'failed'
     WHERE id = ANY($2::bigint[]) AND status = 'running'
@@ -125,38 +116,28 @@ UPDATE {schema}.workflows SET status = $2, finished = $3 WHERE id = $1;
 
 -- name: retry_workflow_steps
 -- Put a run's failed, cancelled and upstream_failed steps back: each waits again for its
--- parents that have not succeeded (pending_deps recomputed) and starts with fresh attempts.
+-- parents that have not succeeded (pending_deps recomputed) and starts with fresh attempts
+-- (move_to_jobs, in the schema). Returns how many.
 -- params: $1 workflow id
-WITH moved AS (
-    DELETE FROM {schema}.history
-    WHERE workflow_id = $1 AND status IN ('failed', 'cancelled', 'upstream_failed')
-    RETURNING *
-), pending AS (
-    SELECT m.id, count(d.parent_id)::integer AS n
-    FROM moved AS m
-    LEFT JOIN {schema}.job_deps AS d ON d.child_id = m.id
-    LEFT JOIN {schema}.history AS ok ON ok.id = d.parent_id AND ok.status = 'succeeded'
-    WHERE d.parent_id IS NOT NULL AND ok.id IS NULL
-    GROUP BY m.id
-), requeued AS (
-    INSERT INTO {schema}.jobs (id, entrypoint, payload, priority, status, attempts, dedupe_key,
-        created, last_error, errors, pending_deps, workflow_id, step_name, step_index)
-    SELECT m.id, m.entrypoint, m.payload, m.priority,
-        CASE WHEN coalesce(p.n, 0) = 0 THEN 'queued' ELSE 'blocked' END, 0, m.dedupe_key,
-        m.created, m.error, m.errors, coalesce(p.n, 0), m.workflow_id, m.step_name,
-        m.step_index
-    FROM moved AS m LEFT JOIN pending AS p ON p.id = m.id
-    RETURNING id
-), uncounted AS (
-    INSERT INTO {schema}.finished_counts (entrypoint, status, shard, n)
-    SELECT entrypoint, status, 0::smallint, -count(*) FROM moved GROUP BY entrypoint, status
-    ON CONFLICT (entrypoint, status, shard)
-        DO UPDATE SET n = {schema}.finished_counts.n + excluded.n
+WITH steps AS (
+    SELECT h.id,
+        (SELECT count(*)::integer
+         FROM {schema}.job_deps AS d
+         WHERE d.child_id = h.id
+           AND NOT EXISTS (SELECT 1 FROM {schema}.history AS ok
+                           WHERE ok.id = d.parent_id AND ok.status = 'succeeded')) AS pending
+    FROM {schema}.history AS h
+    WHERE h.workflow_id = $1 AND h.status IN ('failed', 'cancelled', 'upstream_failed')
+), moved AS (
+    SELECT m.id
+    FROM (SELECT array_agg(id) AS ids, array_agg(pending) AS pending FROM steps) AS s,
+        {schema}.move_to_jobs(s.ids, '{failed,cancelled,upstream_failed}', s.pending) AS m
+    WHERE s.ids IS NOT NULL
 ), reopened AS (
     UPDATE {schema}.workflows SET status = 'running', finished = NULL
     WHERE id = $1 AND EXISTS (SELECT 1 FROM moved)
 )
-SELECT count(*)::integer FROM requeued;
+SELECT count(*)::integer FROM moved;
 
 -- name: list_workflows
 -- The newest runs with their steps counted per status (through the workflow_id indexes).
