@@ -5,7 +5,6 @@ workflow step needs (its parents' results). A base class of :class:`pgq_nb.worke
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -53,6 +52,7 @@ class Claiming:
     _wake: asyncio.Event
     _claiming: bool
     _suspects: set[int]
+    _marks: set[asyncio.Task[None]]
     _known_ids: Callable[[], list[int]]
 
     def _claim_groups(self, limit: int) -> list[tuple[list[str], int, bool]]:
@@ -105,10 +105,12 @@ class Claiming:
         self, limit: int, done: Sequence[Finished] = (), slots: Sequence[int] = ()
     ) -> list[Job]:
         jobs: list[Job] = []
-        async with self.queue.pool.acquire() as conn:
+        if done:
+            await self._marked()
+        conn = await self.queue.pool.acquire()
+        try:
             # one transaction: BEGIN and the planner settings in one message, the previous
-            # batch's completions, the claims, the parents' results; then COMMIT and the start
-            # mark in one message
+            # batch's completions, the claims, the parents' results, COMMIT
             await conn.execute(CLAIM_PLAN)
             try:
                 if done:
@@ -130,18 +132,44 @@ class Claiming:
                 if children:
                     await self._attach_parent_results(conn, jobs, children)
             except BaseException:
-                with contextlib.suppress(Exception):  # a broken connection: the pool drops it
+                try:
                     await conn.execute("ROLLBACK")
+                except Exception:
+                    conn.terminate()  # broken midway: never back into the pool as it is
                 raise
-            ids = [j.id for j in jobs]
-            mark = self._q["mark_started"]
-            await conn.execute(
-                "COMMIT; " + mark_started(mark, self.worker_id, ids) if ids else "COMMIT"
-            )
+            await conn.execute("COMMIT")
+        except BaseException:
+            await self.queue.pool.release(conn)
+            raise
+        if not jobs:
+            await self.queue.pool.release(conn)
+            return jobs
+        # The start mark, sent now on this connection and awaited in the background: its
+        # message is written before any of these handlers starts (their tasks run after this
+        # one's first step), so a worker that dies first has run nothing and the attempt does
+        # not count; one that dies later has its attempt counted, though the reply never came.
+        mark = mark_started(self._q["mark_started"], self.worker_id, [j.id for j in jobs])
+        task = asyncio.ensure_future(self._send_mark(conn, mark))
+        self._marks.add(task)
+        task.add_done_callback(self._marks.discard)
         for job in jobs:
-            job.attempts += 1  # as mark_started counted it
+            job.attempts += 1  # as mark_started counts it
         jobs.sort(key=lambda j: (-j.priority, j.id))
         return jobs
+
+    async def _send_mark(self, conn: Any, statement: str) -> None:
+        try:
+            await conn.execute(statement)
+        except Exception as exc:  # the jobs run anyway; their attempts go uncounted
+            logger.warning("could not count the attempts just started", extra={"error": str(exc)})
+        finally:
+            await self.queue.pool.release(conn)
+
+    async def _marked(self) -> None:
+        """Wait until every start mark sent has been recorded (before completions of the same
+        jobs are)."""
+        if self._marks:
+            await asyncio.gather(*list(self._marks), return_exceptions=True)
 
     async def _orphans(self, conn: Any, known: Sequence[int]) -> set[int]:
         """Jobs this worker holds but does not run (``known``: the ids it runs or has finished).

@@ -24,9 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from pgq_nb.errors import InvalidInputError
-from pgq_nb.handler_runs import run_in_thread
-from pgq_nb.models import ERROR_LIMIT, TRACEBACK_LIMIT, Job, encode_result, storable_text
+from pgq_nb.errors import UnstorableResultError
+from pgq_nb.handler_runs import (
+    ALREADY_RECORDED,
+    AlreadyRecorded,
+    Encoded,
+    encode_off_loop,
+    run_in_thread,
+)
+from pgq_nb.models import ERROR_LIMIT, TRACEBACK_LIMIT, Job, storable_text
 from pgq_nb.transaction import AsyncTransaction, Transaction
 
 if TYPE_CHECKING:
@@ -46,13 +52,6 @@ STATEMENT_TEXT_LIMIT = 64 * 1024 * 1024
 _SAVEPOINT = "SAVEPOINT pgq_nb_finish"
 _ROLLBACK_TO = "ROLLBACK TO SAVEPOINT pgq_nb_finish"
 _RELEASE = "RELEASE SAVEPOINT pgq_nb_finish"
-
-
-class AlreadyRecorded:
-    """What a transactional handler's future resolves to: its completion is committed."""
-
-
-ALREADY_RECORDED = AlreadyRecorded()
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -248,12 +247,13 @@ async def run_transactional(
     async with queue.pool.acquire() as conn, conn.transaction():
         tx = AsyncTransaction(queue, conn, already_open=True)
 
+        encoded: Encoded
         if spec.is_async:
             job.tx = tx
-            value = await spec.handler(job)
+            encoded = await encode_off_loop(await spec.handler(job))
         else:
             job.tx = Transaction(tx)
-            value = await run_in_thread(
+            encoded = await run_in_thread(  # encodes in the handler's thread
                 executor,
                 spec.handler,
                 job,
@@ -264,7 +264,7 @@ async def run_transactional(
         row: Finished = (
             job.id,
             "succeeded",
-            encode_result(value),
+            encoded.json,
             None,
             None,
             started,
@@ -280,7 +280,7 @@ async def run_transactional(
         except Exception as exc:
             if not is_refusal(exc):
                 raise
-            raise InvalidInputError(
+            raise UnstorableResultError(
                 "the result could not be stored: Postgres refused it "
                 f"({storable_text(f'{type(exc).__name__}: {exc}', 2_000)}); the handler's "
                 "writes are rolled back; return a value Postgres jsonb can hold"

@@ -8,8 +8,10 @@
     ├── InvalidInputError         bad arguments; also a ValueError
     │   ├── UnknownEntrypointError    no handler is registered for an entrypoint
     │   ├── PayloadError              a payload that is neither bytes nor JSON-serialisable
-    │   └── DuplicateJobError         a dedupe_key that matches a queued or running job
+    │   ├── DuplicateJobError         a dedupe_key that matches a queued or running job
+    │   └── UnstorableResultError     a handler's result that cannot be stored (fails its job)
     ├── BlockingCallError         a blocking (sync) method called from the pgq_nb event-loop thread
+    ├── HandlerExitError          a handler raised SystemExit or KeyboardInterrupt (fails its job)
     └── JobNotFoundError          no job with that id
 
 Every message says what went wrong and what to do about it. Errors from asyncpg are
@@ -58,6 +60,16 @@ class DuplicateJobError(InvalidInputError):
         super().__init__(message)
         self.dedupe_key = dedupe_key
         self.existing_id = existing_id
+
+
+class UnstorableResultError(InvalidInputError):
+    """A handler returned a value that cannot be stored as its job's result; the job fails at
+    once (running it again would return the same value)."""
+
+
+class HandlerExitError(PgqError, RuntimeError):
+    """A handler raised SystemExit or KeyboardInterrupt (``sys.exit()`` in job code, say): the
+    attempt fails like any other error; the worker goes on."""
 
 
 class BlockingCallError(PgqError, RuntimeError):

@@ -13,15 +13,24 @@ Timeouts count from the moment the handler starts, not from when the job was cla
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pgq_nb.models import Job
+from pgq_nb.errors import HandlerExitError, UnstorableResultError
+from pgq_nb.models import Job, encode_result, storable_text
 from pgq_nb.retry import JobTimeoutError
 
 logger = logging.getLogger("pgq_nb.worker")
+
+
+class AlreadyRecorded:
+    """What a transactional handler's attempt resolves to: its completion is committed."""
+
+
+ALREADY_RECORDED = AlreadyRecorded()
 
 
 def timeout_error(seconds: float, ran: float | None = None) -> JobTimeoutError:
@@ -35,15 +44,62 @@ def timeout_error(seconds: float, ran: float | None = None) -> JobTimeoutError:
     )
 
 
-async def run_async(call: Awaitable[Any], timeout: float | None) -> Any:
-    """Await an ``async def`` handler's coroutine; past ``timeout`` it is cancelled."""
-    if timeout is None:
-        return await call
+@dataclasses.dataclass(frozen=True, slots=True)
+class Encoded:
+    """A handler's result, already encoded as JSON text (None for no result)."""
+
+    json: str | None
+
+
+def encode(value: Any) -> Encoded:
+    """Encode a handler's result; anything that goes wrong is the job's own failure."""
     try:
-        async with asyncio.timeout(timeout):
-            return await call
+        return Encoded(encode_result(value))
+    except Exception as exc:
+        try:
+            why = f"{type(exc).__name__}: {exc}"
+        except Exception:
+            why = type(exc).__name__
+        raise UnstorableResultError(
+            storable_text(f"the result could not be stored: {why}", 2_000)
+        ) from None
+
+
+async def encode_off_loop(value: Any) -> Encoded:
+    """Encode a result; anything but a small scalar is encoded in a thread, so a big
+    DataFrame's JSON never holds up the loop (the heartbeat, other jobs' completions)."""
+    if (
+        value is None
+        or isinstance(value, bool | int | float)
+        or (isinstance(value, str) and len(value) < 10_000)
+    ):
+        return encode(value)
+    return await asyncio.to_thread(encode, value)
+
+
+def _exited(exc: BaseException) -> HandlerExitError:
+    return HandlerExitError(
+        f"the handler raised {type(exc).__name__} ({exc!r}); job code must not end the worker: "
+        "raise an exception (or pgq_nb.GiveUp) to fail the job"
+    )
+
+
+async def run_async(call: Awaitable[Any], timeout: float | None) -> Any:
+    """Await an ``async def`` handler's coroutine and encode its result; past ``timeout`` it is
+    cancelled. SystemExit and KeyboardInterrupt from the handler fail the attempt."""
+    try:
+        if timeout is None:
+            value = await call
+        else:
+            async with asyncio.timeout(timeout):
+                value = await call
     except TimeoutError:
+        if timeout is None:
+            raise
         raise timeout_error(timeout) from None
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _exited(exc) from None
+    return value if value is ALREADY_RECORDED else await encode_off_loop(value)
 
 
 async def run_in_thread(
@@ -67,7 +123,11 @@ async def run_in_thread(
 
     def call() -> Any:
         loop.call_soon_threadsafe(_set_once, started, time.monotonic())
-        return handler(job)
+        try:
+            value = handler(job)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise _exited(exc) from None
+        return value if value is ALREADY_RECORDED else encode(value)  # in this thread
 
     thread = loop.run_in_executor(executor, call)
     timed_out = False

@@ -23,14 +23,13 @@ import asyncpg
 from pgq_nb import db
 from pgq_nb.claiming import Claiming
 from pgq_nb.completion import (
-    ALREADY_RECORDED,
     Finished,
     record,
     run_transactional,
 )
-from pgq_nb.errors import InvalidInputError, UnknownEntrypointError
-from pgq_nb.handler_runs import run_async, run_in_thread
-from pgq_nb.models import TRACEBACK_LIMIT, Job, encode_result, storable_text
+from pgq_nb.errors import InvalidInputError, UnknownEntrypointError, UnstorableResultError
+from pgq_nb.handler_runs import ALREADY_RECORDED, Encoded, run_async, run_in_thread
+from pgq_nb.models import TRACEBACK_LIMIT, Job, storable_text
 from pgq_nb.queue import AsyncQueue, EntrypointSpec
 from pgq_nb.retry import GiveUp, decide
 from pgq_nb.scheduler import run_scheduler
@@ -68,6 +67,18 @@ def _describe(exc: BaseException) -> tuple[str, str]:
     except Exception:
         trace = error
     return storable_text(error) or "", storable_text(trace, TRACEBACK_LIMIT) or ""
+
+
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
+    """A done future that failed with ``exc`` (RuntimeError in place of a CancelledError)."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    if isinstance(exc, asyncio.CancelledError):
+        exc = RuntimeError(
+            "the handler raised CancelledError though nobody cancelled the job (an awaited task "
+            "was cancelled?); catch it in the handler, or raise an ordinary exception"
+        )
+    future.set_exception(exc)
+    return future
 
 
 class Worker(Claiming, Upkeep, Stopping):
@@ -126,6 +137,7 @@ class Worker(Claiming, Upkeep, Stopping):
         self._interrupted: list[int] = []  # ids to return to the queue at the stop
         self._orphans_possible = False  # a claim failed midway: it may have committed
         self._claiming = False  # a claim is under way (its jobs are not known yet)
+        self._marks: set[asyncio.Task[None]] = set()  # start marks awaiting their reply
         self._suspects: set[int] = set()  # held but not known at the last heartbeat
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -301,10 +313,13 @@ class Worker(Claiming, Upkeep, Stopping):
         self._per_entrypoint[job.entrypoint] -= 1
         self._slot_free.set()
         finished = dt.datetime.now(dt.UTC)
-        if future.cancelled():
-            if job.id not in self._cancelling:
+        if future.cancelled() and job.id not in self._cancelling:
+            if self._stopping.is_set():
                 self._interrupted.append(job.id)  # the stop returns it to the queue
                 return
+            # nobody cancelled it: the handler let a CancelledError of its own escape
+            future = _failed(asyncio.CancelledError("the handler raised CancelledError"))
+        if future.cancelled():
             self._cancelling.discard(job.id)
             error = "cancelled while running"
             self._finished.append((job.id, "cancelled", None, error, None, started, finished, 0))
@@ -319,23 +334,22 @@ class Worker(Claiming, Upkeep, Stopping):
         self, job: Job, started: dt.datetime, finished: dt.datetime, future: asyncio.Future[Any]
     ) -> None:
         exc = future.exception()
-        if exc is None and future.result() is ALREADY_RECORDED:
-            self.stats.succeeded += 1
-            return
-        unstorable = False
         if exc is None:
-            try:
-                result = encode_result(future.result())
-            except InvalidInputError as err:
-                exc, unstorable = err, True  # the same value would come back: no retry
-            else:
-                done = (job.id, "succeeded", result, None, None, started, finished, 0.0)
+            value = future.result()
+            if value is ALREADY_RECORDED:
+                self.stats.succeeded += 1
+                return
+            if isinstance(value, Encoded):
+                done = (job.id, "succeeded", value.json, None, None, started, finished, 0.0)
                 self._finished.append(done)
                 self.stats.succeeded += 1
                 return
+            exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
+        # the same value would come back, and so would the same exit: no retry
+        final = isinstance(exc, UnstorableResultError)
         error, trace = _describe(exc)
         decision = decide(
-            self.specs[job.entrypoint].retry, GiveUp() if unstorable else exc, job.attempts
+            self.specs[job.entrypoint].retry, GiveUp() if final else exc, job.attempts
         )
         outcome = "retry" if decision.retry else "failed"
         self._finished.append(
@@ -380,6 +394,7 @@ class Worker(Claiming, Upkeep, Stopping):
     async def _flush(self) -> None:
         if not self._finished:
             return
+        await self._marked()
         batch, self._finished = self._finished, []
         ids = [done[0] for done in batch]
         self._flushing.update(ids)

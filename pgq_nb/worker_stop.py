@@ -145,6 +145,9 @@ class Stopping:
 
     async def _finish_stop(self) -> None:
         """Record what finished, return what was interrupted, deregister, close."""
+        # a process about to exit with def handlers still in their threads: give their jobs
+        # back last and close nothing (slow clean-ups would let the delay run out first)
+        abandoning = self.process_exits and self._hard_stop.is_set() and bool(self._running)
         try:
             await self._flush()
             async with self.queue.pool.acquire() as conn:
@@ -169,6 +172,9 @@ class Stopping:
                 "heartbeat timeout",
                 extra={"error": str(exc)},
             )
+        if abandoning:
+            logger.info("worker stopped at once", extra={"worker_id": self.worker_id})
+            return
         await self.queue.resources.close()
         if self._listener is not None:
             await self._listener.close(timeout=2)

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 import pgq_nb
-from pgq_nb import completion, models, runtime
+from pgq_nb import completion, handler_runs, models, runtime
 from pgq_nb.completion import Finished
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import encode_result, storable_text
@@ -321,12 +321,11 @@ def test_a_worker_survives_a_result_the_server_refuses_after_the_checks(
     """The defence behind the checks: a result that passes encode_result (here, by a stand-in
     that skips its checks) but that Postgres refuses fails its own job, whichever statement
     records it (the claim's transaction or the flush)."""
-    from pgq_nb import worker as worker_module
 
     def unchecked(value: object) -> str | None:
         return '"\\u0000"' if value == "sneak" else encode_result(value)
 
-    monkeypatch.setattr(worker_module, "encode_result", unchecked)
+    monkeypatch.setattr(handler_runs, "encode_result", unchecked)
     q.entrypoint("sneaky", retry=pgq_nb.RetryPolicy(max_attempts=1))(
         lambda job: "sneak" if job.data["bad"] else {"n": job.data["n"]}
     )
@@ -355,7 +354,7 @@ def test_a_transactional_handler_whose_result_is_refused_rolls_back_and_fails(
     def unchecked(value: object) -> str | None:
         return '"\\u0000"' if value == "sneak" else encode_result(value)
 
-    monkeypatch.setattr(completion, "encode_result", unchecked)
+    monkeypatch.setattr(handler_runs, "encode_result", unchecked)
     q.entrypoint("side")(lambda job: None)
 
     def handler(job: pgq_nb.Job) -> object:

@@ -10,14 +10,24 @@ import asyncio
 import collections
 import datetime as dt
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 import pgq_nb
-from tests.conftest import SCHEMA, start_worker_process, stop_processes, wait_until
+from tests.conftest import (
+    REPO,
+    SCHEMA,
+    start_worker_process,
+    stop_processes,
+    wait_until,
+    worker_env,
+)
 
 
 def _fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
@@ -261,3 +271,101 @@ def test_a_timed_out_transactional_def_handler_keeps_its_transaction_until_it_re
     assert info.error is not None and info.error.startswith("JobTimeoutError"), info.errors
     (_, _, first_end), (_, second_start, _) = sorted(spans)
     assert second_start >= first_end, "attempt 2 started while attempt 1 still ran"
+
+
+_DIE_BEFORE_START = """
+import os, signal, sys
+from pgq_nb import worker
+def _start(self, job):  # the SIGKILL lands once the claim has returned, before any handler
+    os.kill(os.getpid(), signal.SIGKILL)
+worker.Worker._start = _start
+from pgq_nb.cli import main
+sys.exit(main(["worker", "stop_app:q", "--concurrency", "4"]))
+"""
+
+
+def test_a_worker_killed_between_its_claim_and_the_start_costs_no_attempt(
+    q: pgq_nb.Queue, installed: str, tmp_path: Path
+) -> None:
+    q.entrypoint("slow_async")(lambda job: None)
+    job_id = q.enqueue("slow_async")
+    victim = subprocess.run(
+        [sys.executable, "-c", _DIE_BEFORE_START],
+        env=worker_env(installed, RUN_LOG_DIR=str(tmp_path), RUN_SECONDS="0"),
+        cwd=str(REPO),
+        timeout=60,
+        check=False,
+    )
+    assert victim.returncode == -signal.SIGKILL
+    assert q.get_job(job_id).status is pgq_nb.JobStatus.PICKED  # claimed, never started
+    survivor = start_worker_process(installed, "stop_app:q", RUN_LOG_DIR=str(tmp_path))
+    try:
+        wait_until(
+            lambda: q.get_job(job_id).status is pgq_nb.JobStatus.SUCCEEDED,
+            60,
+            "the job to be reclaimed and run",
+        )
+    finally:
+        stop_processes([survivor])
+    info = q.get_job(job_id)
+    assert info.attempts == 1, info.errors
+    assert len(_runs(tmp_path)[job_id]) == 1
+
+
+@pytest.mark.parametrize("kind", ["async", "def"])
+def test_sys_exit_in_a_handler_fails_its_job_and_the_worker_goes_on(
+    q: pgq_nb.Queue, kind: str
+) -> None:
+    def quit_sync(job: pgq_nb.Job) -> None:
+        sys.exit(3)
+
+    async def quit_async(job: pgq_nb.Job) -> None:
+        raise KeyboardInterrupt
+
+    q.entrypoint("quits", retry=pgq_nb.RetryPolicy(max_attempts=2, base_delay=0))(
+        quit_async if kind == "async" else quit_sync
+    )
+    q.entrypoint("fine")(lambda job: "ok")
+    bad = q.enqueue("quits")
+    good = q.enqueue(["fine"] * 5)
+    stats = q.run_until_idle()
+    assert stats.succeeded == 5
+    info = q.get_job(bad)
+    assert info.status is pgq_nb.JobStatus.FAILED and info.attempts == 2
+    assert info.error is not None and info.error.startswith("HandlerExitError"), info.error
+    assert set(q.statuses(good).values()) == {pgq_nb.JobStatus.SUCCEEDED}
+
+
+def test_a_cancelled_error_nobody_asked_for_fails_the_job_instead_of_looping(
+    q: pgq_nb.Queue,
+) -> None:
+    runs = collections.Counter[int]()
+
+    @q.entrypoint("stray", retry=pgq_nb.RetryPolicy(max_attempts=2, base_delay=0))
+    async def stray(job: pgq_nb.Job) -> None:
+        runs[job.id] += 1
+        task = asyncio.ensure_future(asyncio.sleep(10))
+        task.cancel()
+        await task  # its CancelledError escapes the handler
+
+    job_id = q.enqueue("stray")
+    q.run_until_idle(timeout=60)
+    info = q.get_job(job_id)
+    assert info.status is pgq_nb.JobStatus.FAILED
+    assert info.attempts == 2 and runs[job_id] == 2
+    assert info.error is not None and "nobody cancelled" in info.error
+
+
+def test_a_result_whose_conversion_raises_fails_at_once(q: pgq_nb.Queue) -> None:
+    class Weird:
+        def to_dict(self) -> dict[str, int]:
+            raise RuntimeError("no")
+
+    q.entrypoint("weird", retry=pgq_nb.RetryPolicy(max_attempts=3, base_delay=0))(
+        lambda job: Weird()
+    )
+    job_id = q.enqueue("weird")
+    q.run_until_idle(timeout=60)
+    info = q.get_job(job_id)
+    assert info.status is pgq_nb.JobStatus.FAILED and info.attempts == 1
+    assert info.error is not None and "could not be stored" in info.error
