@@ -138,6 +138,7 @@ class Worker(Claiming, Upkeep, Stopping):
         self._orphans_possible = False  # a claim failed midway: it may have committed
         self._claiming = False  # a claim is under way (its jobs are not known yet)
         self._marks: set[asyncio.Task[None]] = set()  # start marks awaiting their reply
+        self._beating_since: float | None = None
         self._suspects: set[int] = set()  # held but not known at the last heartbeat
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()

@@ -47,6 +47,7 @@ class Upkeep:
     _schedules: list[ScheduleSpec]
     _executor: Any
     _sweep_orphans: Callable[[Any], Awaitable[None]]
+    _beating_since: float | None  # loop time since when its heartbeats have gone through
 
     async def _insert_worker_row(self, conn: Any) -> int:
         """A new row in ``workers`` for this process; its id tags the jobs it claims."""
@@ -87,6 +88,10 @@ class Upkeep:
                 max_workers=self.concurrency, thread_name_prefix="pgq_nb-job"
             )
         await self._listen()
+        # a worker that just registered has just been heard from
+        self._beating_since = (
+            asyncio.get_running_loop().time() - self.queue.settings.heartbeat_timeout
+        )
         logger.info("worker started", extra={"worker_id": self.worker_id})
 
     async def _register_on(self, conn: Any) -> None:
@@ -139,6 +144,7 @@ class Upkeep:
                     async with self.queue.pool.acquire() as conn:
                         await self._beat(conn)
             except db.TRANSIENT_ERRORS as exc:
+                self._beating_since = None
                 logger.warning("heartbeat failed", extra={"error": str(exc)})
 
     async def _beat(self, conn: asyncpg.Connection) -> None:
@@ -152,10 +158,19 @@ class Upkeep:
                 extra={"worker_id": self.worker_id},
             )
             self.worker_id = await self._insert_worker_row(conn)
-        async with conn.transaction():
-            reclaimed = await conn.fetch(self._q["reclaim_stale"], settings.heartbeat_timeout)
-            lost = [r for r in reclaimed if not r["requeued"]]
-            await settle_steps(conn, self._q, lost, [])
+        now = asyncio.get_running_loop().time()
+        if self._beating_since is None:
+            self._beating_since = now
+        if now - self._beating_since < settings.heartbeat_timeout:
+            # this worker could not send heartbeats a moment ago: the others may not have
+            # been able to either, so it does not judge them until it has been heard from
+            # for a whole timeout itself
+            reclaimed = []
+        else:
+            async with conn.transaction():
+                reclaimed = await conn.fetch(self._q["reclaim_stale"], settings.heartbeat_timeout)
+                lost = [r for r in reclaimed if not r["requeued"]]
+                await settle_steps(conn, self._q, lost, [])
         if reclaimed:
             await conn.execute(self._q["notify_jobs"])
             logger.warning(

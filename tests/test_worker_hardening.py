@@ -369,3 +369,41 @@ def test_a_result_whose_conversion_raises_fails_at_once(q: pgq_nb.Queue) -> None
     info = q.get_job(job_id)
     assert info.status is pgq_nb.JobStatus.FAILED and info.attempts == 1
     assert info.error is not None and "could not be stored" in info.error
+
+
+def test_an_outage_longer_than_the_heartbeat_timeout_does_not_run_jobs_twice(
+    tmp_path: Path,
+) -> None:
+    from pgq_nb.embedded import EmbeddedServer, temporary_home
+
+    with temporary_home() as home:
+        server = EmbeddedServer(home)
+        dsn = server.ensure_running()
+        try:
+            q = pgq_nb.connect(dsn, schema=SCHEMA, heartbeat_interval=0.5, heartbeat_timeout=3.0)
+            q.entrypoint("slow_async")(lambda job: None)
+            ids = q.enqueue(["slow_async"] * 4)
+            env = {"RUN_LOG_DIR": str(tmp_path), "RUN_SECONDS": "12"}
+            workers = [
+                start_worker_process(dsn, "stop_app:q", "--concurrency", "2", **env)
+                for _ in range(2)
+            ]
+            try:
+                wait_until(
+                    lambda: q.jobs()["status"].eq("picked").sum() == 4, 30, "both workers' claims"
+                )
+                server.stop()
+                time.sleep(5)  # longer than the heartbeat timeout: nobody could beat meanwhile
+                server.ensure_running()
+                wait_until(
+                    lambda: set(q.statuses(ids).values()) == {pgq_nb.JobStatus.SUCCEEDED},
+                    90,
+                    "every job to succeed",
+                )
+            finally:
+                stop_processes(workers)
+            runs = _runs(tmp_path)
+            assert {i: len(runs[i]) for i in ids} == dict.fromkeys(ids, 1), "a job ran twice"
+            assert {q.get_job(i).attempts for i in ids} == {1}
+        finally:
+            server.stop()

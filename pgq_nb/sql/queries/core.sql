@@ -191,11 +191,13 @@ DELETE FROM {schema}.workers WHERE id = $1;
 -- it yet (mark_started had not run: started is NULL), which goes back as it was. Jobs with
 -- attempts left go back to the queue; the rest (a job that kills its worker every time) fail
 -- for good, and those someone asked to cancel end cancelled (move_to_history). Forgets the
--- dead workers. Returns each job's id and whether it was requeued.
+-- dead workers. Returns each job's id and whether it was requeued. Silence is counted from
+-- the server's start at the earliest: while it was down nobody could send a heartbeat, and
+-- the workers that ran jobs through the outage are still running them.
 -- params: $1 heartbeat timeout in seconds (float)
 WITH dead AS (
     DELETE FROM {schema}.workers
-    WHERE heartbeat < now() - make_interval(secs => $1)
+    WHERE greatest(heartbeat, pg_postmaster_start_time()) < now() - make_interval(secs => $1)
     RETURNING id
 ), stale AS (
     SELECT j.id, j.started IS NULL AS unstarted,
