@@ -16,11 +16,12 @@ import asyncio
 import dataclasses
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pgq_nb.errors import HandlerExitError, UnstorableResultError
-from pgq_nb.models import Job, encode_result, storable_text
+from pgq_nb.models import TRACEBACK_LIMIT, Job, encode_result, storable_text
 from pgq_nb.retry import JobTimeoutError
 
 logger = logging.getLogger("pgq_nb.worker")
@@ -168,3 +169,29 @@ async def _outlive(thread: asyncio.Future[Any]) -> bool:
 def _set_once(future: asyncio.Future[float], value: float) -> None:
     if not future.done():
         future.set_result(value)
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """A failed attempt's error line and traceback, storable whatever the exception holds (NUL
+    characters, a huge message, a ``__str__`` that raises)."""
+    try:
+        error = f"{type(exc).__name__}: {exc}"
+    except Exception:
+        error = f"{type(exc).__name__}: (its message could not be read)"
+    try:
+        trace = "".join(traceback.format_exception(exc))
+    except Exception:
+        trace = error
+    return storable_text(error) or "", storable_text(trace, TRACEBACK_LIMIT) or ""
+
+
+def failed_future(exc: BaseException) -> asyncio.Future[Any]:
+    """A done future that failed with ``exc`` (RuntimeError in place of a CancelledError)."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    if isinstance(exc, asyncio.CancelledError):
+        exc = RuntimeError(
+            "the handler raised CancelledError though nobody cancelled the job (an awaited task "
+            "was cancelled?); catch it in the handler, or raise an ordinary exception"
+        )
+    future.set_exception(exc)
+    return future

@@ -13,7 +13,6 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import logging
-import traceback
 from collections import Counter
 from collections.abc import Awaitable
 from typing import Any
@@ -28,8 +27,15 @@ from pgq_nb.completion import (
     run_transactional,
 )
 from pgq_nb.errors import InvalidInputError, UnknownEntrypointError, UnstorableResultError
-from pgq_nb.handler_runs import ALREADY_RECORDED, Encoded, run_async, run_in_thread
-from pgq_nb.models import TRACEBACK_LIMIT, Job, storable_text
+from pgq_nb.handler_runs import (
+    ALREADY_RECORDED,
+    Encoded,
+    describe_error,
+    failed_future,
+    run_async,
+    run_in_thread,
+)
+from pgq_nb.models import Job
 from pgq_nb.queue import AsyncQueue, EntrypointSpec
 from pgq_nb.retry import GiveUp, decide
 from pgq_nb.scheduler import run_scheduler
@@ -53,32 +59,6 @@ class WorkerStats:
     def processed(self) -> int:
         """Attempts that ended here (retried ones included)."""
         return self.succeeded + self.failed + self.retried + self.cancelled
-
-
-def _describe(exc: BaseException) -> tuple[str, str]:
-    """A failed attempt's error line and traceback, storable whatever the exception holds (NUL
-    characters, a huge message, a ``__str__`` that raises)."""
-    try:
-        error = f"{type(exc).__name__}: {exc}"
-    except Exception:
-        error = f"{type(exc).__name__}: (its message could not be read)"
-    try:
-        trace = "".join(traceback.format_exception(exc))
-    except Exception:
-        trace = error
-    return storable_text(error) or "", storable_text(trace, TRACEBACK_LIMIT) or ""
-
-
-def _failed(exc: BaseException) -> asyncio.Future[Any]:
-    """A done future that failed with ``exc`` (RuntimeError in place of a CancelledError)."""
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    if isinstance(exc, asyncio.CancelledError):
-        exc = RuntimeError(
-            "the handler raised CancelledError though nobody cancelled the job (an awaited task "
-            "was cancelled?); catch it in the handler, or raise an ordinary exception"
-        )
-    future.set_exception(exc)
-    return future
 
 
 class Worker(Claiming, Upkeep, Stopping):
@@ -319,7 +299,7 @@ class Worker(Claiming, Upkeep, Stopping):
                 self._interrupted.append(job.id)  # the stop returns it to the queue
                 return
             # nobody cancelled it: the handler let a CancelledError of its own escape
-            future = _failed(asyncio.CancelledError("the handler raised CancelledError"))
+            future = failed_future(asyncio.CancelledError("the handler raised CancelledError"))
         if future.cancelled():
             self._cancelling.discard(job.id)
             error = "cancelled while running"
@@ -348,7 +328,7 @@ class Worker(Claiming, Upkeep, Stopping):
             exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
         # the same value would come back, and so would the same exit: no retry
         final = isinstance(exc, UnstorableResultError)
-        error, trace = _describe(exc)
+        error, trace = describe_error(exc)
         decision = decide(
             self.specs[job.entrypoint].retry, GiveUp() if final else exc, job.attempts
         )

@@ -48,6 +48,8 @@ class Upkeep:
     _executor: Any
     _sweep_orphans: Callable[[Any], Awaitable[None]]
     _beating_since: float | None  # loop time since when its heartbeats have gone through
+    _rereading: asyncio.Task[None] | None = None
+    _reread_again = False
 
     async def _insert_worker_row(self, conn: Any) -> int:
         """A new row in ``workers`` for this process; its id tags the jobs it claims."""
@@ -111,15 +113,36 @@ class Upkeep:
             self._listener = None
 
     def _on_notify(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        kind, _, rest = payload.partition(":")
-        if kind == "cancel":
-            self._cancel([int(i) for i in rest.split(",") if i])
-        elif kind == "pause":
-            self._paused.add(rest)
+        """A NOTIFY is a hint, never an order: anyone who may connect can send one on the
+        channel. Cancel and pause requests are read back from the tables, which only roles
+        with rights on the schema can write."""
+        kind = payload.partition(":")[0]
+        if kind in ("cancel", "pause", "resume"):
+            self._reread_requests()
         else:
-            if kind == "resume":
-                self._paused.discard(rest)
             self._wake.set()
+
+    def _reread_requests(self) -> None:
+        if self._rereading is not None and not self._rereading.done():
+            self._reread_again = True
+            return
+        self._rereading = asyncio.ensure_future(self._reread())
+
+    async def _reread(self) -> None:
+        """Read this worker's cancel requests and the paused entrypoints now."""
+        while True:
+            self._reread_again = False
+            try:
+                async with self.queue.pool.acquire() as conn:
+                    wanted = await conn.fetch(self._q["cancel_requested"], self.worker_id)
+                    paused = await conn.fetch(self._q["paused_entrypoints"])
+            except db.TRANSIENT_ERRORS:
+                return  # the next heartbeat reads them
+            self._cancel([r["id"] for r in wanted])
+            self._paused = {r["name"] for r in paused}
+            self._wake.set()
+            if not self._reread_again:
+                return
 
     def _cancel(self, ids: list[int]) -> None:
         """Cancel the given jobs if this worker runs them (async handlers are interrupted)."""

@@ -407,3 +407,33 @@ def test_an_outage_longer_than_the_heartbeat_timeout_does_not_run_jobs_twice(
             assert {q.get_job(i).attempts for i in ids} == {1}
         finally:
             server.stop()
+
+
+def test_a_notify_alone_cancels_and_pauses_nothing(q: pgq_nb.Queue, installed: str) -> None:
+    # anyone who may connect can NOTIFY on the channel: requests count only when the tables say
+    started = threading.Event()
+
+    @q.entrypoint("long")
+    async def long(job: pgq_nb.Job) -> str:
+        started.set()
+        await asyncio.sleep(1.5)
+        return "done"
+
+    q.entrypoint("other")(lambda job: "ran")
+    job_id = q.enqueue("long")
+    worker = q.start_worker(concurrency=4)
+    try:
+        assert started.wait(30)
+        channel = q.aio.channel
+        _fetch(installed, "SELECT pg_notify($1, $2)", channel, f"cancel:{job_id}")
+        _fetch(installed, "SELECT pg_notify($1, $2)", channel, "pause:other")
+        other = q.enqueue("other")
+        wait_until(
+            lambda: q.get_job(other).status is pgq_nb.JobStatus.SUCCEEDED,
+            30,
+            "the falsely paused entrypoint to run",
+        )
+        wait_until(lambda: q.get_job(job_id).status.is_final, 30, "the long job to end")
+    finally:
+        worker.stop()
+    assert q.get_job(job_id).status is pgq_nb.JobStatus.SUCCEEDED
