@@ -389,3 +389,35 @@ def test_bad_max_connections_is_refused_before_anything_starts(
     for text in ("PGQ_NB_MAX_CONNECTIONS", repr(bad), "5 to 10000", "unset"):
         assert text in message, message
     assert not home.exists()
+
+
+def test_the_app_role_cannot_plant_functions_for_the_superuser(home: Path) -> None:
+    # the app role may create schemas; one named "postgres" must not reach the superuser's
+    # search path, or an admin's innocent query would run the app's function as superuser
+    async def plant_and_look() -> tuple[str, str]:
+        app = await asyncpg.connect(server.dsn())
+        try:
+            await app.execute("DROP SCHEMA IF EXISTS postgres CASCADE")
+            await app.execute("CREATE SCHEMA postgres")
+            await app.execute(
+                "CREATE FUNCTION postgres.pg_database_size(text) RETURNS bigint "
+                "LANGUAGE sql AS 'SELECT 42::bigint'"
+            )
+        finally:
+            await app.close()
+        admin = await asyncpg.connect(server.admin_dsn())
+        try:
+            path = await admin.fetchval("SHOW search_path")
+            size = await admin.fetchval("SELECT pg_database_size('postgres')::text")
+        finally:
+            await admin.close()
+        return path, size
+
+    server = EmbeddedServer(home)
+    server.ensure_running()
+    try:
+        path, size = asyncio.run(plant_and_look())
+    finally:
+        server.stop()
+    assert "$user" not in path
+    assert size != "42", "the superuser ran the app role's function"

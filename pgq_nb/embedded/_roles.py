@@ -36,6 +36,10 @@ END $$;
 ALTER ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
     PASSWORD '{verifier}';
 GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {database} TO {role};
+-- The app role may create schemas; one named like the superuser would come first in the
+-- superuser's default search_path ("$user", public) and could plant functions that an admin
+-- session then runs as superuser. The superuser's sessions never look there.
+ALTER ROLE {superuser} SET search_path = pg_catalog, public;
 DO $$
 DECLARE
     ns record;
@@ -89,7 +93,12 @@ def scram_verifier(password: str, iterations: int = _SCRAM_ITERATIONS) -> str:
 
 def set_up_sql(app_password: str) -> str:
     """The statements that create (or update) the role and hand it the pgq_nb schemas."""
-    return _SET_UP.format(role=APP_ROLE, database=DATABASE, verifier=scram_verifier(app_password))
+    return _SET_UP.format(
+        role=APP_ROLE,
+        superuser=SUPERUSER,
+        database=DATABASE,
+        verifier=scram_verifier(app_password),
+    )
 
 
 async def _set_up(socket_dir: Path, port: int, superuser_secret: str, app_secret: str) -> None:
