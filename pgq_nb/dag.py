@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.models import check_int, encode_payload
+from pgq_nb.models import check_int, check_text, encode_payload
 
 if TYPE_CHECKING:
     from pgq_nb.queue import AsyncQueue
@@ -77,6 +77,7 @@ class WorkflowBuilder:
     def __init__(self, queue: AsyncQueue, name: str) -> None:
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError("a workflow name must be a non-empty string")
+        check_text("workflow name", name)
         self.queue = queue
         self.name = name
         self._nodes: list[_Node] = []
@@ -86,6 +87,7 @@ class WorkflowBuilder:
         if wanted is not None:
             if not isinstance(wanted, str) or not wanted:
                 raise InvalidInputError("a step name must be a non-empty string")
+            check_text("step name", wanted)
             if wanted in self._names:
                 raise InvalidInputError(
                     f"workflow {self.name!r} already has a step named {wanted!r}; "

@@ -36,7 +36,7 @@ def _present_ids(ids: Iterable[int] | int) -> list[int]:
     present = []
     for value in ids:
         try:
-            present.append(operator.index(value))
+            present.append(check_int("job id", operator.index(value), bits=64))
             continue
         except TypeError:
             pass
@@ -77,7 +77,8 @@ class Operations:
     @runtime.bridged
     async def statuses(self, ids: Sequence[int]) -> dict[int, JobStatus]:
         """The current status of each job id (ids not found are left out)."""
-        rows = await self.pool.fetch(self.queries["job_statuses"], [int(i) for i in ids])
+        wanted = [check_int("job id", operator.index(i), bits=64) for i in ids]
+        rows = await self.pool.fetch(self.queries["job_statuses"], wanted)
         return {r["id"]: JobStatus(r["status"]) for r in rows}
 
     @runtime.bridged

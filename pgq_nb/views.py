@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
+from pgq_nb.enqueue import MAX_DELAY
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import check_int, check_text
 
@@ -140,6 +141,10 @@ class Views:
         take them off the counters; returns how many went. Retention for long-lived queues."""
         if not isinstance(older_than, dt.timedelta) or older_than.total_seconds() < 0:
             raise InvalidInputError("older_than must be a non-negative timedelta")
+        if older_than > MAX_DELAY:
+            raise InvalidInputError(
+                "older_than is more than 1,000 years; nothing is that old (use a shorter span)"
+            )
         n: int = await _frames("purge_history")(self, older_than)
         return n
 

@@ -260,3 +260,20 @@ def test_a_handler_cannot_be_registered_under_a_name_that_cannot_be_stored(
 ) -> None:
     with pytest.raises(pgq_nb.InvalidInputError, match="entrypoint name"):
         q.entrypoint(name)(lambda job: None)
+
+
+def test_workflow_and_step_names_and_ids_out_of_range_get_clear_errors(q: pgq_nb.Queue) -> None:
+    with pytest.raises(InvalidInputError, match="workflow name"):
+        q.workflow("a\x00b")
+    with pytest.raises(InvalidInputError, match="at most 200"):
+        q.workflow("w" * 1_000_000)
+    wf = q.workflow("ok")
+    q.entrypoint("work")(lambda job: None)
+    with pytest.raises(InvalidInputError, match="step name"):
+        wf.step("work", name="s\x00")
+    with pytest.raises(InvalidInputError, match="out of range"):
+        q.statuses([2**70])
+    with pytest.raises(InvalidInputError, match="out of range"):
+        q.wait([2**70], timeout=1)
+    with pytest.raises(InvalidInputError, match="1,000 years"):
+        q.purge_history(dt.timedelta(days=10**6))
