@@ -421,3 +421,26 @@ def test_the_app_role_cannot_plant_functions_for_the_superuser(home: Path) -> No
         server.stop()
     assert "$user" not in path
     assert size != "42", "the superuser ran the app role's function"
+
+
+def test_a_directory_pgq_nb_makes_is_never_seen_half_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # four processes starting one new home at once: the others must never find the home
+    # before its mode (and, as root, its group) are set, or they refuse it as unreachable
+    from pgq_nb.embedded import _safefs
+
+    target = tmp_path / "home"
+    seen: list[int | None] = []
+    real_fchmod = os.fchmod
+
+    def fchmod_while_looked_at(fd: int, mode: int) -> None:
+        seen.append(stat.S_IMODE(os.lstat(target).st_mode) if os.path.lexists(target) else None)
+        real_fchmod(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", fchmod_while_looked_at)
+    assert _safefs.make_dir(target, 0o710)
+    assert seen == [None], f"the home was visible with mode {seen} before its mode was set"
+    assert stat.S_IMODE(os.lstat(target).st_mode) == 0o710
+    assert not _safefs.make_dir(target, 0o710)
+    assert [p.name for p in tmp_path.iterdir()] == ["home"], "a staging directory was left"

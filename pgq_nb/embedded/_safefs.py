@@ -14,6 +14,7 @@ import errno
 import grp
 import os
 import pwd
+import secrets
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -132,19 +133,33 @@ def check_parents(path: Path) -> None:
 
 
 def make_dir(path: Path, mode: int, *, uid: int = -1, gid: int = -1) -> bool:
-    """Create directory ``path`` with exactly ``mode`` (and owner); False if it existed."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
+    """Create directory ``path`` with exactly ``mode`` (and owner); False if it existed.
+
+    The directory is made under a staging name, given its owner and mode, then renamed into
+    place: a process racing to create the same path never sees it half made (a home still
+    0700 root's, say, which the server's user cannot reach)."""
+    if os.path.lexists(path):
         return False
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
+    staging = path.with_name(f".{path.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(staging, 0o700)
     try:
-        if uid != -1 or gid != -1:
-            os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
+        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
+        try:
+            if uid != -1 or gid != -1:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(staging, path)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                return False  # someone else made it meanwhile (or planted something there)
+            raise
+        return True
     finally:
-        os.close(fd)
-    return True
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(staging)
 
 
 @contextlib.contextmanager
