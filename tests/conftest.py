@@ -141,3 +141,14 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def execute_sql(dsn: str, *statements: str) -> None:
+    """Run statements on the queue's pool for ``dsn`` (test set-up)."""
+
+    async def run() -> None:
+        pool = await db.get_pool(dsn)
+        for statement in statements:
+            await pool.execute(statement)
+
+    runtime.run_sync(run())

@@ -16,21 +16,12 @@ import pytest
 
 import pgq_nb
 from pgq_nb import db, runtime
-from tests.conftest import wait_until
+from tests.conftest import execute_sql, wait_until
 
 ROLE = "pgq_nb_retry_test"
 PASSWORD = "retry-test-pw"
 SCHEMA = "retry_test"
 WAIT = 120  # generous: the machine may be loaded
-
-
-def _execute(dsn: str, *statements: str) -> None:
-    async def run() -> None:
-        pool = await db.get_pool(dsn)
-        for statement in statements:
-            await pool.execute(statement)
-
-    runtime.run_sync(run())
 
 
 def _with_login(dsn: str, user: str, password: str, database: str | None = None) -> str:
@@ -56,7 +47,7 @@ def limited(installed: str, admin_dsn: str) -> Iterator[str]:
         pytest.skip("the test server's user may not create roles")
 
     def drop() -> None:
-        _execute(
+        execute_sql(
             admin_dsn,
             f"""DO $$ BEGIN
                 IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}') THEN
@@ -65,7 +56,7 @@ def limited(installed: str, admin_dsn: str) -> Iterator[str]:
         )
 
     drop()
-    _execute(
+    execute_sql(
         admin_dsn,
         f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}' NOSUPERUSER CONNECTION LIMIT 1",
         f"GRANT CREATE ON DATABASE {_database(installed)} TO {ROLE}",

@@ -7,7 +7,6 @@ of the ``postgres`` user's reach) and stops whatever server it started.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from pgq_nb.embedded import (
 )
 from pgq_nb.embedded import _postmaster as pm
 from pgq_nb.embedded._system import bin_dir, server_env, server_user
+from pgq_nb.embedded.testing import stop_any_server
 from pgq_nb.errors import EmbeddedServerError
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,16 +93,6 @@ def _select_one(dsn: str) -> object:
     return asyncio.run(_query(dsn))
 
 
-def _force_stop(home: Path) -> None:
-    """Stop the server of ``home`` however it was started; kill it if it resists."""
-    with contextlib.suppress(Exception):
-        EmbeddedServer(home).stop(timeout=10)
-    info = pm.read_pidfile(home / "data")
-    if info is not None and pm.is_postmaster_of(info.pid, home / "data"):
-        os.kill(info.pid, signal.SIGKILL)
-        pm.wait_exit(info.pid, 10)
-
-
 def _secret(server: EmbeddedServer, name: str = "app_secret") -> str:
     return (server.home / name).read_text().strip()
 
@@ -125,7 +115,7 @@ def new_server(home: Path) -> Iterator[Callable[..., EmbeddedServer]]:
 
     yield make
     for path in homes:
-        _force_stop(path)
+        stop_any_server(path)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +126,7 @@ def shared() -> Iterator[tuple[EmbeddedServer, str]]:
             dsn, _ = _start_in_subprocess(home)
             yield EmbeddedServer(home), dsn
         finally:
-            _force_stop(home)
+            stop_any_server(home)
 
 
 def test_first_start_over_socket_and_tcp(shared: tuple[EmbeddedServer, str]) -> None:
@@ -307,7 +297,7 @@ def test_long_home_puts_socket_in_short_directory(
         assert server.status().socket_dir == socket_dir
         assert _select_one(dsn) == 1
     finally:
-        _force_stop(server.home)
+        stop_any_server(server.home)
         shutil.rmtree(socket_dir, ignore_errors=True)
 
 
@@ -447,4 +437,4 @@ def test_child_for_tests_dies_with_its_parent(home: Path) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
-        _force_stop(home)
+        stop_any_server(home)

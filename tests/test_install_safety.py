@@ -14,7 +14,7 @@ import pytest
 
 import pgq_nb
 from pgq_nb import db, runtime, schema_install, sql
-from tests.conftest import REPO, worker_env
+from tests.conftest import REPO, execute_sql, worker_env
 
 SCHEMAS = (
     "safety_analytics",
@@ -27,15 +27,6 @@ SCHEMAS = (
     "safety_other",
 )
 PUBLIC_TABLES = ("public.safety_customers", "public.safety_orders")
-
-
-def _execute(dsn: str, *statements: str) -> None:
-    async def run() -> None:
-        pool = await db.get_pool(dsn)
-        for statement in statements:
-            await pool.execute(statement)
-
-    runtime.run_sync(run())
 
 
 def _value(dsn: str, query: str, *args: Any) -> Any:
@@ -110,7 +101,7 @@ def dsn_clean(installed: str, admin_dsn: str) -> Iterator[str]:
     made with admin_dsn.)"""
 
     def clean() -> None:
-        _execute(
+        execute_sql(
             admin_dsn,
             *(f"DROP TABLE IF EXISTS {t} CASCADE" for t in PUBLIC_TABLES),
             *(f"DROP SCHEMA IF EXISTS {s} CASCADE" for s in SCHEMAS),
@@ -126,7 +117,7 @@ def dsn_clean(installed: str, admin_dsn: str) -> Iterator[str]:
 
 def test_uninstall_refuses_a_schema_pgq_nb_never_installed(dsn_clean: str) -> None:
     dsn = dsn_clean
-    _execute(
+    execute_sql(
         dsn,
         "CREATE SCHEMA safety_analytics",
         "CREATE TABLE safety_analytics.revenue (day date, amount numeric)",
@@ -150,9 +141,9 @@ def test_uninstall_refuses_a_schema_pgq_nb_never_installed(dsn_clean: str) -> No
 
 def test_public_is_refused_and_left_alone(dsn_clean: str, admin_dsn: str) -> None:
     dsn = dsn_clean
-    _execute(admin_dsn, "CREATE TABLE public.safety_customers (id int PRIMARY KEY, name text)")
-    _execute(admin_dsn, "INSERT INTO public.safety_customers VALUES (1, 'Ada')")
-    _execute(admin_dsn, "GRANT SELECT ON public.safety_customers TO PUBLIC")
+    execute_sql(admin_dsn, "CREATE TABLE public.safety_customers (id int PRIMARY KEY, name text)")
+    execute_sql(admin_dsn, "INSERT INTO public.safety_customers VALUES (1, 'Ada')")
+    execute_sql(admin_dsn, "GRANT SELECT ON public.safety_customers TO PUBLIC")
 
     with pytest.raises(pgq_nb.ConfigurationError) as err:
         pgq_nb.connect(dsn, schema="public")
@@ -183,7 +174,7 @@ def test_system_schemas_are_refused(dsn_clean: str, name: str) -> None:
 
 def test_install_into_an_existing_schema_with_objects_is_refused(dsn_clean: str) -> None:
     dsn = dsn_clean
-    _execute(
+    execute_sql(
         dsn,
         "CREATE SCHEMA safety_existing",
         "CREATE TABLE safety_existing.revenue (amount numeric)",
@@ -202,7 +193,7 @@ def test_install_into_an_existing_schema_with_objects_is_refused(dsn_clean: str)
 
 def test_an_existing_empty_schema_is_taken_and_marked(dsn_clean: str) -> None:
     dsn = dsn_clean
-    _execute(dsn, "CREATE SCHEMA safety_empty")
+    execute_sql(dsn, "CREATE SCHEMA safety_empty")
     assert _install(dsn, "safety_empty") == sql.latest_version()
     state = _state(dsn, "safety_empty")
     assert state.marked and state.version == sql.latest_version()
@@ -237,7 +228,7 @@ def test_uninstall_refuses_objects_pgq_nb_did_not_create(dsn_clean: str) -> None
     q = pgq_nb.connect(dsn, schema="safety_mixed")
     q.entrypoint("keep")(lambda job: None)
     job_id = q.enqueue("keep")
-    _execute(
+    execute_sql(
         dsn,
         "CREATE TABLE safety_mixed.notes (note text)",
         "CREATE VIEW safety_mixed.queued AS SELECT id FROM safety_mixed.jobs",
@@ -265,7 +256,7 @@ def test_uninstall_refuses_objects_pgq_nb_did_not_create(dsn_clean: str) -> None
     assert done.returncode == 2 and "safety_mixed.notes" in done.stderr, done
     assert q.get_job(job_id).status is pgq_nb.JobStatus.QUEUED  # nothing was dropped
 
-    _execute(
+    execute_sql(
         dsn,
         "DROP VIEW safety_mixed.queued",
         "DROP TABLE safety_mixed.notes",
@@ -274,7 +265,7 @@ def test_uninstall_refuses_objects_pgq_nb_did_not_create(dsn_clean: str) -> None
         "DROP TYPE safety_mixed.mood",
     )
     # an index of your own on pgq_nb's table is part of that table: it goes with it
-    _execute(dsn, "CREATE INDEX safety_mixed_mine ON safety_mixed.jobs (created)")
+    execute_sql(dsn, "CREATE INDEX safety_mixed_mine ON safety_mixed.jobs (created)")
     done = _cli(dsn, "--schema", "safety_mixed", "uninstall")
     assert done.returncode == 2, done
     assert "run again with --yes" in done.stdout
@@ -288,7 +279,7 @@ def test_uninstall_refuses_objects_pgq_nb_did_not_create(dsn_clean: str) -> None
 def test_uninstall_refuses_when_objects_elsewhere_depend_on_pgq_nb(dsn_clean: str) -> None:
     dsn = dsn_clean
     q = pgq_nb.connect(dsn, schema="safety_dep")
-    _execute(
+    execute_sql(
         dsn,
         "CREATE SCHEMA safety_other",
         "CREATE TABLE safety_other.orders (id int, job_id bigint REFERENCES safety_dep.jobs)",
@@ -303,7 +294,7 @@ def test_uninstall_refuses_when_objects_elsewhere_depend_on_pgq_nb(dsn_clean: st
     assert _exists(dsn, "safety_dep.jobs") and _exists(dsn, "safety_dep.history")
     assert _exists(dsn, "safety_other.done") and _exists(dsn, "safety_other.orders")
 
-    _execute(dsn, "DROP VIEW safety_other.done", "DROP TABLE safety_other.orders")
+    execute_sql(dsn, "DROP VIEW safety_other.done", "DROP TABLE safety_other.orders")
     q.uninstall()
     assert not _schema_exists(dsn, "safety_dep")
 
@@ -314,7 +305,7 @@ def test_the_drop_itself_touches_only_pgq_nbs_objects(dsn_clean: str) -> None:
     schema."""
     dsn = dsn_clean
     _install(dsn, "safety_mixed")
-    _execute(dsn, "CREATE TABLE safety_mixed.late (id int)")
+    execute_sql(dsn, "CREATE TABLE safety_mixed.late (id int)")
     queries = sql.queries("safety_mixed")
 
     async def drop_without_check() -> tuple[bool, bool]:
@@ -341,7 +332,7 @@ def test_the_drop_handles_every_kind_of_object_pgq_nb_may_own(dsn_clean: str) ->
     them (when they are pgq_nb's names) in an order their dependencies allow."""
     dsn = dsn_clean
     _install(dsn, "safety_mixed")
-    _execute(
+    execute_sql(
         dsn,
         "CREATE TYPE safety_mixed.mood AS ENUM ('ok')",
         "CREATE TYPE safety_mixed.pair AS (a int, b int)",
@@ -408,7 +399,7 @@ def test_an_install_without_marker_is_upgraded_marked_and_uninstalled(dsn_clean:
 def test_an_install_without_marker_holding_other_objects_is_not_dropped(dsn_clean: str) -> None:
     dsn = dsn_clean
     _install_legacy(dsn, "safety_legacy")
-    _execute(dsn, "CREATE TABLE safety_legacy.revenue (amount numeric)")
+    execute_sql(dsn, "CREATE TABLE safety_legacy.revenue (amount numeric)")
     with pytest.raises(pgq_nb.SchemaError, match=r"table safety_legacy\.revenue"):
         _uninstall(dsn, "safety_legacy")
     assert _install(dsn, "safety_legacy") == sql.latest_version()  # the upgrade still works
@@ -432,7 +423,7 @@ def test_an_old_install_in_public_keeps_public_and_its_tables(
     if runtime.run_sync(objects_in_public()):
         pytest.skip("public is not empty on this server")
     comment = _value(dsn, "SELECT obj_description('public'::regnamespace, 'pg_namespace')")
-    _execute(dsn, "CREATE TABLE public.safety_customers (id int PRIMARY KEY)")
+    execute_sql(dsn, "CREATE TABLE public.safety_customers (id int PRIMARY KEY)")
     _install_legacy(dsn, "public")
     try:
         q = pgq_nb.connect(dsn, schema="public")
@@ -441,7 +432,7 @@ def test_an_old_install_in_public_keeps_public_and_its_tables(
             q.uninstall()
         assert _exists(dsn, "public.jobs") and _exists(dsn, "public.safety_customers")
 
-        _execute(dsn, "DROP TABLE public.safety_customers")
+        execute_sql(dsn, "DROP TABLE public.safety_customers")
         q.uninstall()
         assert runtime.run_sync(objects_in_public()) == []
         assert _schema_exists(dsn, "public")
@@ -450,5 +441,5 @@ def test_an_old_install_in_public_keeps_public_and_its_tables(
         )
     finally:
         if _exists(dsn, "public.schema_version"):
-            _execute(dsn, "DROP TABLE IF EXISTS public.safety_customers")
+            execute_sql(dsn, "DROP TABLE IF EXISTS public.safety_customers")
             _uninstall(dsn, "public")

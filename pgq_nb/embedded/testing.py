@@ -96,11 +96,12 @@ def temporary_home() -> Iterator[Path]:
         check_reachable(base, user, "the temporary home", HOME_WAY_OUT + " (or set TMPDIR)")
         yield base / "home"
     finally:
-        _stop_any(base / "home")
+        stop_any_server(base / "home")
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _stop_any(home: Path) -> None:
+def stop_any_server(home: Path) -> None:
+    """Stop the server of ``home`` however it was started; kill it if it resists."""
     with contextlib.suppress(Exception):
         EmbeddedServer(home).stop(timeout=10)
     info = pm.read_pidfile(home / "data")
