@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,9 +55,16 @@ async def foreign_objects(conn: Any, schema: str) -> list[str]:
     """The objects in ``schema`` that pgq_nb did not create, as ``"table s.name"``."""
     owned = sql.owned_objects()
     rows = await conn.fetch(sql.queries(schema)["schema_objects"], schema)
-    return [
-        f"{r['kind']} {schema}.{r['name']}" for r in rows if (r["space"], r["name"]) not in owned
-    ]
+    # pgq_nb defines each routine once: a second one of the same name (an overload) is not its
+    routines = Counter(r["name"] for r in rows if r["space"] == "routine")
+    foreign = []
+    for r in rows:
+        described = f"{r['kind']} {schema}.{r['name']}"
+        if (r["space"], r["name"]) not in owned:
+            foreign.append(described)
+        elif r["space"] == "routine" and routines[r["name"]] > 1:
+            foreign.append(f"{described} (one of {routines[r['name']]} of that name)")
+    return list(dict.fromkeys(foreign))
 
 
 def _listing(names: list[str], limit: int = 10) -> str:

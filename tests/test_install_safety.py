@@ -443,3 +443,18 @@ def test_an_old_install_in_public_keeps_public_and_its_tables(
         if _exists(dsn, "public.schema_version"):
             execute_sql(dsn, "DROP TABLE IF EXISTS public.safety_customers")
             _uninstall(dsn, "public")
+
+
+def test_uninstall_refuses_a_routine_that_overloads_one_of_pgq_nbs(dsn_clean: str) -> None:
+    dsn = dsn_clean
+    q = pgq_nb.connect(dsn, schema="safety_mixed")
+    execute_sql(
+        dsn,
+        "CREATE FUNCTION safety_mixed.count_finished(n int) RETURNS int LANGUAGE sql AS 'SELECT n'",
+    )
+    with pytest.raises(pgq_nb.SchemaError, match=r"safety_mixed\.count_finished \(one of 2"):
+        q.uninstall()
+    assert _exists(dsn, "safety_mixed.jobs")
+    execute_sql(dsn, "DROP FUNCTION safety_mixed.count_finished(int)")
+    q.uninstall()
+    assert not _schema_exists(dsn, "safety_mixed")
