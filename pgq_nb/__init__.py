@@ -21,17 +21,20 @@ from pgq_nb.errors import (
     DatabaseUnavailableError,
     DuplicateJobError,
     EmbeddedServerError,
+    HandlerExitError,
     InvalidInputError,
     JobNotFoundError,
+    JobTimeoutError,
     PayloadError,
     PgqError,
     SchemaError,
     UnknownEntrypointError,
+    UnstorableResultError,
 )
 from pgq_nb.facade import Queue, WorkerHandle, aconnect, connect
 from pgq_nb.models import Job, JobInfo, JobStatus
 from pgq_nb.queue import AsyncQueue
-from pgq_nb.retry import GiveUp, JobTimeoutError, RetryLater, RetryPolicy
+from pgq_nb.retry import GiveUp, RetryLater, RetryPolicy
 from pgq_nb.worker import Worker, WorkerStats
 
 __version__ = "0.1.0"
@@ -48,6 +51,7 @@ __all__ = [
     "DuplicateJobError",
     "EmbeddedServerError",
     "GiveUp",
+    "HandlerExitError",
     "InvalidInputError",
     "Job",
     "JobInfo",
@@ -63,6 +67,7 @@ __all__ = [
     "SchemaError",
     "Settings",
     "UnknownEntrypointError",
+    "UnstorableResultError",
     "Worker",
     "WorkerHandle",
     "WorkerStats",

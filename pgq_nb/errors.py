@@ -12,10 +12,12 @@
     │   └── UnstorableResultError     a handler's result that cannot be stored (fails its job)
     ├── BlockingCallError         a blocking (sync) method called from the pgq_nb event-loop thread
     ├── HandlerExitError          a handler raised SystemExit or KeyboardInterrupt (fails its job)
+    ├── JobTimeoutError           an attempt ran past its entrypoint's timeout; also a TimeoutError
     └── JobNotFoundError          no job with that id
 
-Every message says what went wrong and what to do about it. Errors from asyncpg are
-translated in one place, :func:`pgq_nb.db.translate_errors`.
+Every message says what went wrong and what to do about it. Failures to connect are translated
+in :mod:`pgq_nb.db` (``translate_errors``, and the retrying connect); errors a worker meets later
+are sorted there too, into transient ones (``db.TRANSIENT_ERRORS``, retried) and the rest.
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ class UnstorableResultError(InvalidInputError):
 class HandlerExitError(PgqError, RuntimeError):
     """A handler raised SystemExit or KeyboardInterrupt (``sys.exit()`` in job code, say): the
     attempt fails like any other error; the worker goes on."""
+
+
+class JobTimeoutError(PgqError, TimeoutError):
+    """An attempt ran longer than its entrypoint's timeout (a failure like any other)."""
 
 
 class BlockingCallError(PgqError, RuntimeError):

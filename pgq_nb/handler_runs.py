@@ -20,9 +20,8 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pgq_nb.errors import HandlerExitError, UnstorableResultError
+from pgq_nb.errors import HandlerExitError, JobTimeoutError, UnstorableResultError
 from pgq_nb.models import TRACEBACK_LIMIT, Job, encode_result, storable_text
-from pgq_nb.retry import JobTimeoutError
 
 logger = logging.getLogger("pgq_nb.worker")
 

@@ -126,7 +126,3 @@ def decide(
     if not isinstance(error, policy.retry_types):
         return Decision(retry=False)
     return Decision(retry=True, delay=retry_delay(policy, attempt, rand()))
-
-
-class JobTimeoutError(TimeoutError):
-    """An attempt ran longer than its entrypoint's timeout (a failure like any other)."""

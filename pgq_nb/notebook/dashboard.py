@@ -149,7 +149,11 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
     def refresh_now(self, timeout: float | None = None) -> None:
         """Refresh once now and wait for it (after a refresh already running, if any)."""
         wait = self.timeout_s * 2 if timeout is None else timeout
-        runtime.run_sync(asyncio.wait_for(self._refresh(), wait), "Dashboard.refresh_now()")
+        runtime.run_sync(self._refresh_within(wait), "Dashboard.refresh_now()")
+
+    async def _refresh_within(self, seconds: float) -> None:
+        async with asyncio.timeout(seconds):  # not wait_for: see DESIGN.md, Notebooks
+            await self._refresh()
 
     def _on_live_loop(self, callback: Callable[[], Any]) -> bool:
         """Run ``callback`` soon on the loop the task was started on, if that still runs
