@@ -29,12 +29,11 @@ PGQUEUER = "PgQueuer"
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Sizes:
-    """How much work each scenario does; ``quick()`` for a ~2 minute run, ``full()`` else."""
+    """How much work each scenario does: ``quick_run()`` for a few minutes, ``full()`` else."""
 
     quick: bool
     repeats: int
     enqueue_jobs: int
-    enqueue_chunk_pgq_nb: int = 10_000
     enqueue_batch_pgqueuer: int = 1_000
     drain_jobs: int
     drain_cap: float  # seconds; a slower drain stops there and reports what it finished
@@ -49,7 +48,14 @@ class Sizes:
     claim_runs: int = 200
     history_rows: int
     stats_runs: int = 20
-    fan_in_steps: int
+    fan_in_steps: int  # the workflow scenario's map
+    workflow_concurrency: int = 64
+    cron_ticks: int
+    flow_jobs: int
+    flow_concurrency: int = 64
+    core_jobs: int
+    core_chunk: int = 10_000
+    core_concurrency: int = 32
 
     @classmethod
     def full(cls) -> Sizes:
@@ -64,6 +70,9 @@ class Sizes:
             claim_big=1_000_000,
             history_rows=1_000_000,
             fan_in_steps=10_000,
+            cron_ticks=20,
+            flow_jobs=30_000,
+            core_jobs=50_000,
         )
 
     @classmethod
@@ -79,6 +88,9 @@ class Sizes:
             claim_big=200_000,
             history_rows=200_000,
             fan_in_steps=1_000,
+            cron_ticks=5,
+            flow_jobs=10_000,
+            core_jobs=10_000,
         )
 
 

@@ -4,7 +4,8 @@ PgQueuer is used the way its documentation and ``pgq run`` do: ``PgQueuer`` over
 ``AsyncpgDriver`` on one asyncpg connection, ``run()`` with its defaults (batch_size=10,
 dequeue_timeout=30 s, no max_concurrent_tasks) unless a scenario says "tuned". Its tables are
 installed with ``Queries(...).install()`` (what ``pgq install`` runs) in a database created for
-the run and dropped after it, so every run starts from empty tables and fresh statistics.
+the run (with PostgreSQL's default search_path) and dropped after it, so every run starts from
+empty tables and fresh statistics.
 """
 
 from __future__ import annotations
@@ -49,6 +50,19 @@ async def _drop(admin: asyncpg.Connection, name: str) -> None:
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+async def _stock_search_path(admin: asyncpg.Connection, name: str) -> None:
+    """Give this role PostgreSQL's default search_path in database ``name`` (dropped with it).
+
+    PgQueuer creates its tables unqualified, in the first schema of the search_path; the
+    embedded server's superuser searches ``pg_catalog`` first (a hardening of pgq_nb's), where
+    nothing may be created. A role without the right to set it keeps its own path.
+    """
+    with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+        await admin.execute(
+            f'ALTER ROLE CURRENT_USER IN DATABASE "{name}" SET search_path = "$user", public'
+        )
+
+
 @contextlib.asynccontextmanager
 async def fresh_database(pgqueuer: Any, dsn: str, name: str) -> AsyncIterator[str]:
     """Create database ``name``, install PgQueuer's tables in it, yield its DSN, drop it."""
@@ -64,6 +78,7 @@ async def fresh_database(pgqueuer: Any, dsn: str, name: str) -> AsyncIterator[st
                 "the benchmark user may not CREATE DATABASE; PgQueuer runs in a fresh database "
                 "per repeat: give the role CREATEDB or use --dsn with a role that has it"
             ) from None
+        await _stock_search_path(admin, name)
     finally:
         await admin.close()
     db_dsn = with_database(dsn, name)

@@ -1,7 +1,6 @@
 """enqueue: N jobs with a small JSON payload each, in bulk, into an empty queue.
 
-pgq_nb: ``q.enqueue_df(entrypoint, DataFrame)`` in one call when the queue has it (COPY),
-otherwise ``q.enqueue([entrypoint] * k, payloads)`` per 10,000 (one statement each).
+pgq_nb: ``q.enqueue_df(entrypoint, DataFrame)`` in one call (COPY).
 PgQueuer: ``queries.enqueue`` per 1,000, with the payloads JSON-encoded to bytes (its API takes
 bytes), which is the encoding pgq_nb does inside its own enqueue.
 
@@ -12,13 +11,13 @@ the queue library needs to do with them is timed.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+import pandas as pd
 
 import pgq_nb
 from benchmarks import pgqueuer_env
@@ -35,29 +34,10 @@ from benchmarks.common import (
 ENTRYPOINT = "bench_enqueue"
 
 
-def pgq_nb_enqueuer(
-    q: pgq_nb.Queue, payloads: list[dict[str, int]], chunk: int, *, use_df: bool = True
-) -> tuple[Callable[[], object], str]:
-    """The fastest bulk enqueue this pgq_nb offers, ready to call, and what it is.
-
-    Its input (a DataFrame for ``enqueue_df``) is built here, before the clock starts.
-    """
-    enqueue_df = getattr(q, "enqueue_df", None) if use_df else None
-    if enqueue_df is not None:
-        import pandas as pd
-
-        frame = pd.DataFrame(payloads)
-        quiet = (
-            {"progress": False} if "progress" in inspect.signature(enqueue_df).parameters else {}
-        )
-        return (lambda: enqueue_df(ENTRYPOINT, frame, **quiet)), "enqueue_df, one call"
-
-    def by_chunks() -> None:
-        for start in range(0, len(payloads), chunk):
-            part = payloads[start : start + chunk]
-            q.enqueue([ENTRYPOINT] * len(part), part, 0)
-
-    return by_chunks, f"enqueue([...]) per {chunk:,}"
+def pgq_nb_enqueuer(q: pgq_nb.Queue, payloads: list[dict[str, int]]) -> Callable[[], object]:
+    """``q.enqueue_df`` of the payloads, ready to call; the DataFrame is built here, untimed."""
+    frame = pd.DataFrame(payloads)
+    return lambda: q.enqueue_df(ENTRYPOINT, frame, progress=False)
 
 
 def _timed(enqueue: Callable[[], object]) -> float:
@@ -66,21 +46,14 @@ def _timed(enqueue: Callable[[], object]) -> float:
     return time.perf_counter() - began
 
 
-def _pgq_nb_once(ctx: Context, repeat: int, payloads: list[dict[str, int]]) -> tuple[float, str]:
-    chunk = ctx.sizes.enqueue_chunk_pgq_nb
+def _pgq_nb_once(ctx: Context, repeat: int, payloads: list[dict[str, int]]) -> float:
     with fresh_pgq_nb(ctx.dsn, ctx.schema("enqueue", repeat)) as q:
         q.entrypoint(ENTRYPOINT)(noop)
-        enqueue, how = pgq_nb_enqueuer(q, payloads, chunk)
-        try:
-            elapsed = _timed(enqueue)
-        except (ImportError, NotImplementedError) as exc:  # enqueue_df exists but cannot run
-            log(f"  enqueue_df failed ({exc}); using enqueue([...]) instead")
-            enqueue, how = pgq_nb_enqueuer(q, payloads, chunk, use_df=False)
-            elapsed = _timed(enqueue)
+        elapsed = _timed(pgq_nb_enqueuer(q, payloads))
         live = sum(n for ep, status, n in q.counts() if ep == ENTRYPOINT and status == "queued")
         if live != len(payloads):
             raise RuntimeError(f"pgq_nb enqueue: {live} jobs queued, expected {len(payloads)}")
-    return len(payloads) / elapsed, how
+    return len(payloads) / elapsed
 
 
 async def _pgqueuer_once(ctx: Context, repeat: int, payloads: list[dict[str, int]]) -> float:
@@ -117,15 +90,15 @@ def run(ctx: Context) -> list[Row]:
         higher_is_better=True,
         target=">= 2x",
     )
-    how = ""
     for repeat in range(ctx.sizes.repeats):
         for side in sides(repeat):
             if side == PGQ_NB:
-                rate, how = _pgq_nb_once(ctx, repeat, payloads)
+                rate = _pgq_nb_once(ctx, repeat, payloads)
                 row.pgq_nb.append(rate)
             else:
                 rate = asyncio.run(_pgqueuer_once(ctx, repeat, payloads))
                 row.pgqueuer.append(rate)
             log(f"  enqueue  repeat {repeat + 1}  {side:8s} {rate:12,.0f} jobs/s")
-    row.note = f"pgq_nb: {how}; PgQueuer: queries.enqueue per {ctx.sizes.enqueue_batch_pgqueuer:,}"
+    batch = ctx.sizes.enqueue_batch_pgqueuer
+    row.note = f"pgq_nb: enqueue_df, one call; PgQueuer: queries.enqueue per {batch:,}"
     return [row]

@@ -3,15 +3,14 @@
 History rows are inserted straight into a fresh schema's ``history`` table (INSERT ... SELECT
 generate_series: 8 entrypoints, 1 % failed, spread over the last days), with matching
 ``finished_counts`` rows (the counters the finishing statement keeps) and 1,000 queued jobs,
-then ANALYZE. Until ``q.stats()`` exists, ``q.counts()`` stands in for it. Timed through the
-blocking API a notebook calls; median of the runs after two warm-up calls.
+then ANALYZE. ``q.stats()`` is timed through the blocking API a notebook calls; median of the
+runs after two warm-up calls.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
 
 import pgq_nb
 from benchmarks.common import Context, Row, fresh_pgq_nb, log, on_pgq_nb_loop
@@ -54,34 +53,20 @@ async def _fill(q: pgq_nb.AsyncQueue, n: int) -> None:
             await conn.execute(f'ANALYZE "{s}".{table}')
 
 
-def _overview(q: pgq_nb.Queue) -> tuple[Callable[[], object], str]:
-    """``q.stats`` if it exists and runs, else ``q.counts`` (and why)."""
-    stats = getattr(q, "stats", None)
-    if stats is None:
-        return q.counts, "q.counts() (standing in for q.stats(), which does not exist yet)"
-    try:
-        stats()
-    except (ImportError, NotImplementedError) as exc:
-        log(f"  stats        q.stats() failed ({exc}); timing q.counts() instead")
-        return q.counts, f"q.counts() (q.stats() failed: {type(exc).__name__})"
-    return stats, "q.stats()"
-
-
 def run(ctx: Context) -> list[Row]:
     n = ctx.sizes.history_rows
     with fresh_pgq_nb(ctx.dsn, ctx.schema("stats", 0)) as q:
         began = time.perf_counter()
         on_pgq_nb_loop(_fill(q.aio, n))
         log(f"  stats        {n:,} history rows inserted in {time.perf_counter() - began:.1f} s")
-        call, what = _overview(q)
         times: list[float] = []
         for i in range(WARMUP + ctx.sizes.stats_runs):
             began = time.perf_counter()
-            call()
+            q.stats()
             if i >= WARMUP:
                 times.append((time.perf_counter() - began) * 1000)
     median = statistics.median(times)
-    log(f"  stats        {what}: median {median:.2f} ms, max {max(times):.2f} ms")
+    log(f"  stats        q.stats(): median {median:.2f} ms, max {max(times):.2f} ms")
     return [
         Row(
             scenario=f"stats, {n:,} history rows (pgq_nb alone)",
@@ -89,6 +74,6 @@ def run(ctx: Context) -> list[Row]:
             higher_is_better=False,
             pgq_nb=[median],
             target="<= 200 ms",
-            note=f"{what}, median of {ctx.sizes.stats_runs}",
+            note=f"q.stats(), median of {ctx.sizes.stats_runs}",
         )
     ]

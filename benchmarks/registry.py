@@ -1,0 +1,122 @@
+"""Every scenario of ``python -m benchmarks``, by name, and the aliases ``--only`` takes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from benchmarks import (
+    scenario_claim,
+    scenario_core,
+    scenario_cron,
+    scenario_drain,
+    scenario_enqueue,
+    scenario_flow,
+    scenario_latency,
+    scenario_stats,
+    scenario_sustained,
+    scenario_workflow,
+)
+from benchmarks.common import Context, Row
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One scenario: its runner, whether PgQueuer runs beside pgq_nb, and what it measures."""
+
+    name: str
+    run: Callable[[Context], list[Row]]
+    side_by_side: bool
+    about: str
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "enqueue",
+            scenario_enqueue.run,
+            True,
+            "bulk enqueue of N small JSON jobs (enqueue_df vs queries.enqueue per 1,000)",
+        ),
+        Scenario(
+            "drain",
+            scenario_drain.run,
+            True,
+            "N queued no-op jobs, one worker empties the queue; defaults and tuned",
+        ),
+        Scenario(
+            "sustained",
+            scenario_sustained.run,
+            True,
+            "one producer and one worker together for a fixed time; jobs finished per second",
+        ),
+        Scenario(
+            "latency",
+            scenario_latency.run,
+            True,
+            "jobs enqueued 10 ms apart to an idle worker; p50 and p99 enqueue-to-start",
+        ),
+        Scenario(
+            "claim",
+            scenario_claim.run,
+            False,
+            "the claim statement with a big backlog against 10,000 queued",
+        ),
+        Scenario("stats", scenario_stats.run, False, "q.stats() over a long history"),
+        Scenario(
+            "workflow",
+            scenario_workflow.run,
+            False,
+            "extract -> N-step map -> fan-in: submit, finish, fan-in release delay",
+        ),
+        Scenario(
+            "cron",
+            scenario_cron.run,
+            False,
+            "an every-second schedule, idle worker: how late each tick's handler starts",
+        ),
+        Scenario(
+            "flow_control",
+            scenario_flow.run,
+            False,
+            "drain rate with max_running, rate_limit and concurrency, as a ratio to no limit",
+        ),
+        Scenario(
+            "core",
+            scenario_core.run,
+            False,
+            "enqueue (q.enqueue per 10,000) and drain (run_until_idle) rates of no-op jobs",
+        ),
+    )
+}
+
+ALIASES: dict[str, list[str]] = {
+    "side_by_side": [s.name for s in SCENARIOS.values() if s.side_by_side],
+    "pgq_nb": [s.name for s in SCENARIOS.values() if not s.side_by_side],
+}
+
+
+def select(only: list[str] | None) -> list[Scenario]:
+    """The scenarios ``--only`` names (aliases expanded, in the given order), or all of them."""
+    if not only:
+        return list(SCENARIOS.values())
+    names: list[str] = []
+    for name in only:
+        for each in ALIASES.get(name, [name]):
+            if each not in names:
+                names.append(each)
+    return [SCENARIOS[n] for n in names]
+
+
+def listing() -> str:
+    """What ``--list`` prints: every scenario and alias, one a line."""
+    width = max(len(n) for n in [*SCENARIOS, *ALIASES])
+    lines = ["scenarios (python -m benchmarks --only NAME):"]
+    for s in SCENARIOS.values():
+        kind = "side by side" if s.side_by_side else "pgq_nb alone"
+        lines.append(f"  {s.name:{width}}  {kind:12}  {s.about}")
+    lines.append("aliases:")
+    for alias, names in ALIASES.items():
+        lines.append(f"  {alias:{width}}  {', '.join(names)}")
+    return "\n".join(lines)
