@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from pgq_nb.completion import Finished, is_refusal, record
 from pgq_nb.models import Job
-from pgq_nb.workflow_run import group_results
+from pgq_nb.workflow_state import group_results
 
 if TYPE_CHECKING:
-    from pgq_nb.queue import AsyncQueue, EntrypointSpec
+    from pgq_nb.registry import EntrypointSpec
+    from pgq_nb.store import Store
 
 logger = logging.getLogger("pgq_nb.worker")
 
@@ -41,7 +42,7 @@ def mark_started(query: str, worker_id: int | None, ids: Sequence[int]) -> str:
 class Claiming:
     """Claim statements for a worker's entrypoints."""
 
-    queue: AsyncQueue
+    store: Store
     specs: dict[str, EntrypointSpec]
     concurrency: int
     worker_id: int | None
@@ -97,7 +98,7 @@ class Claiming:
         except Exception as exc:
             if not done or not is_refusal(exc):
                 raise
-        async with self.queue.pool.acquire() as conn, conn.transaction():
+        async with self.store.pool.acquire() as conn, conn.transaction():
             await record(conn, self._q, self.worker_id, done, steps=False, slots=slots)
         return await self._claim_once(limit)
 
@@ -107,7 +108,7 @@ class Claiming:
         jobs: list[Job] = []
         if done:
             await self._marked()
-        conn = await self.queue.pool.acquire()
+        conn = await self.store.pool.acquire()
         try:
             # one transaction: BEGIN and the planner settings in one message, the previous
             # batch's completions, the claims, the parents' results, COMMIT
@@ -139,10 +140,10 @@ class Claiming:
                 raise
             await conn.execute("COMMIT")
         except BaseException:
-            await self.queue.pool.release(conn)
+            await self.store.pool.release(conn)
             raise
         if not jobs:
-            await self.queue.pool.release(conn)
+            await self.store.pool.release(conn)
             return jobs
         # The start mark, sent now on this connection and awaited in the background: its
         # message is written before any of these handlers starts (their tasks run after this
@@ -163,7 +164,7 @@ class Claiming:
         except Exception as exc:  # the jobs run anyway; their attempts go uncounted
             logger.warning("could not count the attempts just started", extra={"error": str(exc)})
         finally:
-            await self.queue.pool.release(conn)
+            await self.store.pool.release(conn)
 
     async def _marked(self) -> None:
         """Wait until every start mark sent has been recorded (before completions of the same

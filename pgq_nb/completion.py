@@ -34,9 +34,11 @@ from pgq_nb.handler_runs import (
 )
 from pgq_nb.models import ERROR_LIMIT, TRACEBACK_LIMIT, Job, storable_text
 from pgq_nb.transaction import AsyncTransaction, Transaction
+from pgq_nb.workflow_state import settle_steps
 
 if TYPE_CHECKING:
-    from pgq_nb.queue import AsyncQueue, EntrypointSpec
+    from pgq_nb.registry import EntrypointSpec, Registry
+    from pgq_nb.store import Store
 
 #: A finished attempt, in the column order of the ``finish_jobs`` query:
 #: id, outcome, result JSON, error, traceback, started, finished, retry delay (s).
@@ -210,26 +212,9 @@ async def record(
     return done
 
 
-async def settle_steps(
-    conn: Any, queries: dict[str, str], dead: Sequence[Any], runs: Sequence[int | None]
-) -> None:
-    """After steps ended: what is downstream of the ``dead`` ones (failed or cancelled for
-    good) can never run; runs left with nothing to do are over. Call in a transaction."""
-    dead = [r for r in dead if r["workflow_id"]]
-    if dead:
-        await conn.execute(
-            queries["fail_descendants"],
-            [r["id"] for r in dead],
-            [r["workflow_id"] for r in dead],
-        )
-    ids = sorted({r for r in runs if r} | {r["workflow_id"] for r in dead})
-    if ids:
-        await conn.execute(queries["lock_workflows"], ids)
-        await conn.execute(queries["settle_workflows"], ids)
-
-
 async def run_transactional(
-    queue: AsyncQueue,
+    store: Store,
+    registry: Registry,
     spec: EntrypointSpec,
     job: Job,
     worker_id: int | None,
@@ -244,8 +229,8 @@ async def run_transactional(
     exception propagates (the attempt then fails like any other). A ``def`` handler's
     transaction stays open until its thread returns, timeout or not (see
     :func:`pgq_nb.handler_runs.run_in_thread`); the caller applies an async one's timeout."""
-    async with queue.pool.acquire() as conn, conn.transaction():
-        tx = AsyncTransaction(queue, conn, already_open=True)
+    async with store.pool.acquire() as conn, conn.transaction():
+        tx = AsyncTransaction(store, registry, conn, already_open=True)
 
         encoded: Encoded
         if spec.is_async:
@@ -275,7 +260,7 @@ async def run_transactional(
         steps = job.workflow_id is not None
         try:  # all or nothing: a completion the server refuses rolls the handler's writes back
             done = await record(
-                conn, queue.queries, worker_id, [row], steps=steps, slots=slots, isolate=False
+                conn, store.queries, worker_id, [row], steps=steps, slots=slots, isolate=False
             )
         except Exception as exc:
             if not is_refusal(exc):

@@ -22,7 +22,8 @@ from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import check_int, check_text, encode_payload
 
 if TYPE_CHECKING:
-    from pgq_nb.queue import AsyncQueue
+    from pgq_nb.registry import Registry
+    from pgq_nb.store import Store
     from pgq_nb.workflow_run import AsyncWorkflowRun, WorkflowRun
 
 
@@ -74,11 +75,12 @@ def _rows(rows: Any) -> list[Any]:
 class WorkflowBuilder:
     """A workflow being built. Nothing is written until ``submit()``."""
 
-    def __init__(self, queue: AsyncQueue, name: str) -> None:
+    def __init__(self, store: Store, registry: Registry, name: str) -> None:
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError("a workflow name must be a non-empty string")
         check_text("workflow name", name)
-        self.queue = queue
+        self.store = store
+        self.registry = registry
         self.name = name
         self._nodes: list[_Node] = []
         self._names: dict[str, Step] = {}
@@ -207,12 +209,11 @@ class WorkflowBuilder:
         if not self._nodes:
             raise InvalidInputError(f"workflow {self.name!r} has no steps; add some with step()")
         edges = self._edges()
-        q = self.queue
         parents = [0] * len(self._nodes)
         for _, child in edges:
             parents[child] += 1
         if connection is None:
-            async with q.pool.acquire() as conn, conn.transaction():
+            async with self.store.pool.acquire() as conn, conn.transaction():
                 workflow_id = await self._write(conn, edges, parents)
         else:
             async with connection.transaction():
@@ -220,9 +221,8 @@ class WorkflowBuilder:
         return workflow_id
 
     async def _write(self, conn: Any, edges: list[tuple[int, int]], parents: list[int]) -> int:
-        q = self.queue
-        await q._sync_entrypoints(conn)
-        await q._check_entrypoints({n.entrypoint for n in self._nodes}, conn)
+        q = self.store
+        await self.registry.prepare({n.entrypoint for n in self._nodes}, conn)
         row = await conn.fetchrow(q.queries["create_workflow"], self.name, len(self._nodes))
         ids = (await conn.fetchrow(q.queries["reserve_job_ids"], len(self._nodes)))["ids"]
         nodes = self._nodes
@@ -275,7 +275,7 @@ class AsyncWorkflow(WorkflowBuilder):
             workflow_id = await runtime.run_here(self._submit(conn))
         else:  # the caller's own asyncpg connection, on the caller's loop
             workflow_id = await self._submit(conn)
-        return AsyncWorkflowRun(self.queue, workflow_id, self.name)
+        return AsyncWorkflowRun(self.store, workflow_id, self.name)
 
 
 class Workflow(WorkflowBuilder):
@@ -287,4 +287,4 @@ class Workflow(WorkflowBuilder):
         from pgq_nb.workflow_run import AsyncWorkflowRun, WorkflowRun
 
         workflow_id = runtime.run_sync(self._submit(_unwrap(connection)), "wf.submit()")
-        return WorkflowRun(AsyncWorkflowRun(self.queue, workflow_id, self.name))
+        return WorkflowRun(AsyncWorkflowRun(self.store, workflow_id, self.name))

@@ -21,16 +21,23 @@ from __future__ import annotations
 
 import datetime as dt
 import warnings
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pgq_nb import runtime
 from pgq_nb.errors import DuplicateJobError, InvalidInputError, PayloadError
 from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, encode_payload
+from pgq_nb.registry import parse_rate as parse_rate
+from pgq_nb.registry import rate_burst as rate_burst
 
 if TYPE_CHECKING:
-    from pgq_nb.queue import AsyncQueue
+    from pgq_nb.registry import Registry
+    from pgq_nb.store import Store
 
 Dedupe = str | dt.timedelta
+
+#: Bulk enqueues at least this large refresh the planner's statistics afterwards.
+ANALYZE_AFTER_ROWS = 5_000
 
 #: The largest payload one job may carry (64 MiB). A bytea holds up to 1 GiB, but every
 #: payload is read by the claim, copied into history and shipped to a worker: a queue carries
@@ -121,7 +128,8 @@ def check_payload_size(name: str, data: bytes | None) -> bytes | None:
 
 
 async def enqueue_one(
-    aq: AsyncQueue,
+    store: Store,
+    registry: Registry,
     conn: Any,
     entrypoint: str,
     payload: Any,
@@ -144,9 +152,8 @@ async def enqueue_one(
             raise InvalidInputError("dedupe_key must be a str or None")
         check_key("dedupe_key", dedupe_key)
     scope, window = check_scope(dedupe)
-    await aq._sync_entrypoints(conn)
-    await aq._check_entrypoints({entrypoint}, conn)
-    q = aq.queries
+    await registry.prepare({entrypoint}, conn)
+    q = store.queries
     if dedupe_key is not None and window is not None:
         job_id = await conn.fetchval(
             q["enqueue_windowed"], entrypoint, data, prio, when, dedupe_key, window
@@ -227,7 +234,8 @@ def _check_batch(
 
 
 async def enqueue_many(
-    aq: AsyncQueue,
+    store: Store,
+    registry: Registry,
     conn: Any,
     entrypoints: list[str],
     payloads: Sequence[Any] | None,
@@ -247,9 +255,8 @@ async def enqueue_many(
     n = len(entrypoints)
     if n == 0:
         return []
-    await aq._sync_entrypoints(conn)
-    await aq._check_entrypoints(set(entrypoints), conn)
-    q = aq.queries
+    await registry.prepare(set(entrypoints), conn)
+    q = store.queries
     if keys is None or all(k is None for k in keys):
         rows = await conn.fetch(q["enqueue_many"], entrypoints, encoded, prios, [when] * n)
         return sorted(r["id"] for r in rows)
@@ -282,40 +289,80 @@ async def enqueue_many(
     return result
 
 
-_RATE_UNITS = {
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "h": 3600.0,
-    "hour": 3600.0,
-}
+async def submit(
+    store: Store,
+    registry: Registry,
+    entrypoint: str | list[str],
+    payload: Any,
+    priority: Any,
+    execute_after: dt.datetime | dt.timedelta | None,
+    dedupe_key: Any,
+    dedupe: Dedupe,
+    connection: Any,
+    analyze: Callable[[], Awaitable[None]],
+) -> Any:
+    """``q.enqueue``: one job or a batch on ``connection`` (or a pooled one); a large batch
+    on a pooled connection then calls ``analyze``."""
+    async with store.connection(connection) as conn:
+        if isinstance(entrypoint, list | tuple):
+            result: Any = await enqueue_many(
+                store,
+                registry,
+                conn,
+                list(entrypoint),
+                payload,
+                priority,
+                execute_after,
+                dedupe_key,
+                dedupe,
+            )
+        else:
+            result = await enqueue_one(
+                store,
+                registry,
+                conn,
+                entrypoint,
+                payload,
+                priority,
+                execute_after,
+                dedupe_key,
+                dedupe,
+            )
+    if isinstance(result, list) and len(result) >= ANALYZE_AFTER_ROWS and connection is None:
+        await analyze()
+    return result
 
 
-def parse_rate(rate: object) -> float | None:
-    """``"100/s"``, ``"30/min"``, ``"500/h"`` (or a number per second) as jobs per second."""
-    if rate is None:
-        return None
-    if isinstance(rate, int | float) and not isinstance(rate, bool):
-        per_s = float(rate)
-    elif isinstance(rate, str) and "/" in rate:
-        count, _, unit = rate.partition("/")
-        try:
-            per_s = float(count.strip()) / _RATE_UNITS[unit.strip().lower()]
-        except (ValueError, KeyError):
-            per_s = -1.0
-    else:
-        per_s = -1.0
-    if not per_s > 0:
-        raise InvalidInputError(
-            f"rate_limit {rate!r} is not a rate: write it like '100/s', '30/min' or '500/h'"
-        )
-    return per_s
+async def analyze_jobs(store: Store) -> None:
+    """Refresh planner statistics of the jobs table (done after large bulk enqueues)."""
+    async with store.pool.acquire() as conn:
+        await conn.execute(store.queries["analyze_jobs"])
 
 
-def rate_burst(per_s: float) -> float:
-    """Tokens a bucket may hold: a tenth of a second's worth, at least one. So any one-second
-    window sees at most ``rate + burst`` starts (10 % over, or one job for slow rates)."""
-    return max(1.0, per_s * 0.1)
+async def enqueue_on(
+    store: Store,
+    registry: Registry,
+    entrypoint: str | list[str],
+    payload: Any = None,
+    priority: Any = 0,
+    *,
+    execute_after: dt.datetime | dt.timedelta | None = None,
+    dedupe_key: Any = None,
+    dedupe: Dedupe = "active",
+    connection: Any = None,
+) -> Any:
+    """``q.enqueue`` (see :meth:`pgq_nb.queue.AsyncQueue.enqueue`), run on the loop of
+    ``connection`` (or the pgq_nb loop)."""
+    call = submit(
+        store,
+        registry,
+        entrypoint,
+        payload,
+        priority,
+        execute_after,
+        dedupe_key,
+        dedupe,
+        connection,
+        lambda: analyze_jobs(store),
+    )
+    return await runtime.run_for(connection, call)

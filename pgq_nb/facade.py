@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import html
-import importlib
 from typing import Any
 
 from pgq_nb import db, runtime, schema_install
@@ -127,24 +126,26 @@ class Queue:
     def transaction(self) -> Transaction:
         """``with q.transaction() as tx:`` — your SQL, jobs, frames and workflows commit
         together, or not at all."""
-        return Transaction(AsyncTransaction(self.aio))
+        return Transaction(AsyncTransaction(self.aio.store, self.aio.registry))
 
     def workflow(self, name: str) -> Workflow:
         """Start building a workflow (a DAG of jobs): ``wf.step()``, ``wf.map()``,
         ``wf.submit()``."""
-        return Workflow(self.aio, name)
+        return Workflow(self.aio.store, self.aio.registry, name)
 
     def dashboard(self, refresh: float | dt.timedelta = 2.0) -> Any:
         """A live ipywidgets dashboard: overview, failures (with requeue buttons), schedules
         and workflows. It refreshes itself from the pgq_nb loop thread every ``refresh``
         seconds while other cells run; ``dash.stop()`` (or closing it) ends that."""
-        module = importlib.import_module("pgq_nb.notebook.dashboard")
-        return module.dashboard(self, refresh=refresh)
+        from pgq_nb.notebook.dashboard import dashboard
+
+        return dashboard(self, refresh=refresh)
 
     def plot_throughput(self, since: str | dt.timedelta = "1h") -> Any:
         """A matplotlib figure of finished jobs per minute, by status, over ``since``."""
-        module = importlib.import_module("pgq_nb.notebook.charts")
-        return module.plot_throughput(self, since=since)
+        from pgq_nb.notebook.charts import plot_throughput
+
+        return plot_throughput(self, since=since)
 
     def _repr_html_(self) -> str:
         title = f"<b>pgq_nb queue</b> (schema {html.escape(self.schema)})"
@@ -155,8 +156,9 @@ class Queue:
         pivot: dict[str, dict[str, int]] = {}
         for entrypoint, status, n in counts:
             pivot.setdefault(entrypoint, {})[status] = n
-        module = importlib.import_module("pgq_nb.notebook.dashboard_html")
-        table: str = module.counts_table(pivot)
+        from pgq_nb.notebook.dashboard_html import counts_table
+
+        table: str = counts_table(pivot)
         return title + table
 
     def __repr__(self) -> str:

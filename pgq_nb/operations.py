@@ -6,18 +6,20 @@ A mixin of :class:`pgq_nb.queue.AsyncQueue`; every method runs on the pgq_nb loo
 from __future__ import annotations
 
 import asyncio
-import importlib
 import operator
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from pgq_nb import runtime
-from pgq_nb.completion import settle_steps
 from pgq_nb.config import Settings
 from pgq_nb.errors import InvalidInputError, JobNotFoundError
 from pgq_nb.models import JobInfo, JobStatus, check_int, check_text
+from pgq_nb.workflow_state import settle_steps
+
+if TYPE_CHECKING:
+    from pgq_nb.store import SqlTarget
 
 
 def _ids(ids: Sequence[int] | int, what: str = "ids") -> list[int]:
@@ -57,6 +59,39 @@ def _info(row: Any) -> JobInfo:
     return JobInfo(**values)
 
 
+async def job_statuses(target: SqlTarget, ids: Sequence[int]) -> dict[int, JobStatus]:
+    """The current status of each job id (ids not found are left out)."""
+    wanted = [check_int("job id", operator.index(i), bits=64) for i in ids]
+    rows = await target.pool.fetch(target.queries["job_statuses"], wanted)
+    return {r["id"]: JobStatus(r["status"]) for r in rows}
+
+
+async def cancel_jobs(target: SqlTarget, ids: Sequence[int] | int) -> dict[int, str]:
+    """``q.cancel``: what happened to each id (see :meth:`Operations.cancel`)."""
+    wanted = _ids(ids)
+    q = target.queries
+    async with target.pool.acquire() as conn, conn.transaction():
+        gone = await conn.fetch(q["cancel_waiting"], wanted)
+        cancelled = {r["id"] for r in gone}
+        asked = {r["id"] for r in await conn.fetch(q["request_cancel"], wanted)}
+        if asked:
+            await conn.execute(q["notify_cancel"], ",".join(map(str, asked)))
+        await settle_steps(conn, q, gone, [])  # what depends on a cancelled step
+    rest = [i for i in wanted if i not in cancelled and i not in asked]
+    found = await job_statuses(target, rest) if rest else {}
+    outcome: dict[int, str] = {}
+    for job_id in wanted:
+        if job_id in cancelled:
+            outcome[job_id] = "cancelled"
+        elif job_id in asked:
+            outcome[job_id] = "cancelling"
+        elif job_id in found:
+            outcome[job_id] = f"already {found[job_id].value}"
+        else:
+            outcome[job_id] = "not found"
+    return outcome
+
+
 class Operations:
     """Methods on jobs that already exist."""
 
@@ -77,9 +112,7 @@ class Operations:
     @runtime.bridged
     async def statuses(self, ids: Sequence[int]) -> dict[int, JobStatus]:
         """The current status of each job id (ids not found are left out)."""
-        wanted = [check_int("job id", operator.index(i), bits=64) for i in ids]
-        rows = await self.pool.fetch(self.queries["job_statuses"], wanted)
-        return {r["id"]: JobStatus(r["status"]) for r in rows}
+        return await job_statuses(self, ids)
 
     @runtime.bridged
     async def counts(self) -> list[tuple[str, str, int]]:
@@ -111,8 +144,9 @@ class Operations:
         wanted = _present_ids(ids)
         bar: Any = None
         if progress is not False:
-            module = importlib.import_module("pgq_nb.notebook.progress")
-            bar = module.bar(progress, len(wanted), "jobs finished", unit="jobs")
+            from pgq_nb.notebook import progress as bars
+
+            bar = bars.bar(progress, len(wanted), "jobs finished", unit="jobs")
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         delay = 0.01
         done = 0
@@ -148,28 +182,7 @@ class Operations:
 
         Returns what happened to each id: "cancelled", "cancelling", or "already <status>".
         """
-        wanted = _ids(ids)
-        q = self.queries
-        async with self.pool.acquire() as conn, conn.transaction():
-            gone = await conn.fetch(q["cancel_waiting"], wanted)
-            cancelled = {r["id"] for r in gone}
-            asked = {r["id"] for r in await conn.fetch(q["request_cancel"], wanted)}
-            if asked:
-                await conn.execute(q["notify_cancel"], ",".join(map(str, asked)))
-            await settle_steps(conn, q, gone, [])  # what depends on a cancelled step
-        rest = [i for i in wanted if i not in cancelled and i not in asked]
-        found = await self.statuses(rest) if rest else {}
-        outcome: dict[int, str] = {}
-        for job_id in wanted:
-            if job_id in cancelled:
-                outcome[job_id] = "cancelled"
-            elif job_id in asked:
-                outcome[job_id] = "cancelling"
-            elif job_id in found:
-                outcome[job_id] = f"already {found[job_id].value}"
-            else:
-                outcome[job_id] = "not found"
-        return outcome
+        return await cancel_jobs(self, ids)
 
     @runtime.bridged
     async def failed_jobs(self, entrypoint: str | None = None, limit: int = 1000) -> list[JobInfo]:

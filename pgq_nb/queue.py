@@ -1,65 +1,36 @@
-"""The async core: handler registry, enqueue, look-ups. ``q.aio`` is an AsyncQueue."""
+"""The async façade: ``q.aio`` is an AsyncQueue, over a :class:`~pgq_nb.store.Store` (where the
+SQL runs) and a :class:`~pgq_nb.registry.Registry` (the entrypoints of this process)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import datetime as dt
-import inspect
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, overload
 
 import asyncpg
 
-from pgq_nb import runtime, schema_install, sql
+from pgq_nb import enqueue, runtime, schema_install
 from pgq_nb.config import Settings
 from pgq_nb.dag import AsyncWorkflow
-from pgq_nb.enqueue import Dedupe, enqueue_many, enqueue_one, parse_rate, rate_burst
-from pgq_nb.errors import (
-    InvalidInputError,
-    JobNotFoundError,
-    UnknownEntrypointError,
-)
-from pgq_nb.models import Job, check_int, check_text
+from pgq_nb.enqueue import ANALYZE_AFTER_ROWS as ANALYZE_AFTER_ROWS
+from pgq_nb.enqueue import Dedupe
+from pgq_nb.errors import JobNotFoundError
+from pgq_nb.models import check_int
 from pgq_nb.operations import Operations
-from pgq_nb.resources import Resources
+from pgq_nb.registry import EntrypointSpec as EntrypointSpec
+from pgq_nb.registry import H, Handler, Registry
 from pgq_nb.retry import RetryPolicy
 from pgq_nb.schedule_api import ScheduleMethods
-from pgq_nb.schedules import ScheduleSpec
+from pgq_nb.store import Store
 from pgq_nb.transaction import AsyncTransaction
 from pgq_nb.views import Views
+from pgq_nb.worker import Worker, WorkerStats
 from pgq_nb.workflow_run import AsyncWorkflowRun
 
-if TYPE_CHECKING:
-    from pgq_nb.worker import WorkerStats
+__all__ = ["ANALYZE_AFTER_ROWS", "AsyncQueue", "EntrypointSpec", "Handler"]
 
-Handler = Callable[[Job], Any]
-H = TypeVar("H", bound=Handler)
 F = TypeVar("F", bound=Callable[[], Any])
-
-#: Bulk enqueues at least this large refresh the planner's statistics afterwards.
-ANALYZE_AFTER_ROWS = 5_000
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class EntrypointSpec:
-    """A registered handler and how to run it."""
-
-    name: str
-    handler: Handler
-    is_async: bool
-    concurrency: int | None
-    retry: RetryPolicy
-    timeout: float | None
-    transactional: bool = False
-    max_running: int | None = None
-    rate_per_s: float | None = None
-
-    @property
-    def limited(self) -> bool:
-        """Has a limit that holds across workers (claims go through claim_limited)."""
-        return self.max_running is not None or self.rate_per_s is not None
 
 
 class AsyncQueue(Operations, Views, ScheduleMethods):
@@ -69,19 +40,20 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
     def __init__(
         self, pool: asyncpg.Pool, dsn: str, settings: Settings, retry: RetryPolicy | None = None
     ) -> None:
+        self.store = Store.build(pool, dsn, settings)
+        self.registry = Registry(self.store.queries, retry)
+        # the same objects under the names the mixins and callers use (never rebound)
         self.pool = pool
-        self.retry = retry or RetryPolicy()
         self.dsn = dsn
         self.settings = settings
         self.schema = settings.schema
-        self.queries = sql.queries(settings.schema)
-        self.channel = sql.channel_name(settings.schema)
-        self.handlers: dict[str, EntrypointSpec] = {}
-        self.schedule_specs: dict[str, ScheduleSpec] = {}
-        self._unsynced_schedules: set[str] = set()
-        self.resources = Resources()
-        self._known_remote: set[str] = set()
-        self._unsynced: set[str] = set()
+        self.queries = self.store.queries
+        self.channel = self.store.channel
+        self.resources = self.store.resources
+        self.retry = self.registry.retry
+        self.handlers = self.registry.handlers
+        self.schedule_specs = self.registry.schedule_specs
+        self._unsynced_schedules = self.registry.unsynced_schedules
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -116,77 +88,15 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
         cancelled; a plain ``def`` handler's thread cannot be stopped, so the attempt ends
         (failed) when it returns, and the job is not run again until then.
         """
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidInputError("an entrypoint name must be a non-empty string")
-        check_text("entrypoint name", name)
-        if concurrency is not None and (check_int("concurrency", concurrency) < 1):
-            raise InvalidInputError("concurrency must be at least 1 (or None for no cap)")
-        if max_running is not None and check_int("max_running", max_running) < 1:
-            raise InvalidInputError("max_running must be at least 1 (or None for no limit)")
-        per_s = parse_rate(rate_limit)
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise InvalidInputError("retry must be a pgq_nb.RetryPolicy")
-        seconds = timeout.total_seconds() if isinstance(timeout, dt.timedelta) else timeout
-        if seconds is not None and (not isinstance(seconds, int | float) or seconds <= 0):
-            raise InvalidInputError("timeout must be a positive number of seconds or None")
-
-        def register(handler: H) -> H:
-            if not callable(handler):
-                raise InvalidInputError(f"@entrypoint({name!r}) must decorate a function")
-            is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-                getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
-            )
-            self.handlers[name] = EntrypointSpec(
-                name=name,
-                handler=handler,
-                is_async=is_async,
-                concurrency=concurrency,
-                retry=retry or self.retry,
-                timeout=None if seconds is None else float(seconds),
-                transactional=bool(transactional),
-                max_running=max_running,
-                rate_per_s=per_s,
-            )
-            self._unsynced.add(name)
-            return handler
-
-        return register
-
-    async def _sync_entrypoints(self, conn: Any) -> None:
-        """Record the entrypoint names this queue has handlers for (enqueue checks names
-        against them), without touching what workers recorded about them."""
-        if self._unsynced:
-            names = sorted(self._unsynced)
-            await conn.execute(self.queries["declare_entrypoints"], names)
-            self._unsynced.difference_update(names)
-
-    async def _register_entrypoints(self, conn: Any, names: list[str]) -> None:
-        """A starting worker records its entrypoints' retry limits and global flow limits,
-        which then hold for every worker."""
-        await self._sync_entrypoints(conn)
-        limits = [self.handlers[n].retry.max_attempts for n in names]
-        await conn.execute(self.queries["upsert_entrypoints"], names, limits)
-        for name in names:
-            spec = self.handlers[name]
-            burst = rate_burst(spec.rate_per_s) if spec.rate_per_s else 1.0
-            await conn.execute(
-                self.queries["set_limits"], name, spec.max_running, spec.rate_per_s, burst
-            )
-
-    async def _check_entrypoints(self, names: set[str], conn: Any) -> None:
-        unknown = names - self.handlers.keys() - self._known_remote
-        if not unknown:
-            return
-        rows = await conn.fetch(self.queries["known_entrypoints"])
-        self._known_remote = {r["name"] for r in rows}
-        unknown -= self._known_remote
-        if unknown:
-            name = sorted(unknown)[0]
-            raise UnknownEntrypointError(
-                f"no handler is registered for entrypoint {name!r}; register it with "
-                f"@q.entrypoint({name!r}) in this process, or start a worker that registers it, "
-                f"before enqueueing (known: {sorted(self.handlers.keys() | self._known_remote)})"
-            )
+        return self.registry.entrypoint(
+            name,
+            concurrency=concurrency,
+            retry=retry,
+            timeout=timeout,
+            transactional=transactional,
+            max_running=max_running,
+            rate_limit=rate_limit,
+        )
 
     # -- enqueue ----------------------------------------------------------------------------
 
@@ -254,78 +164,41 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
         or rolls back with it (it runs on that connection's own event loop, see
         :func:`pgq_nb.runtime.run_for`).
         """
-        call = self._enqueue(
-            entrypoint, payload, priority, execute_after, dedupe_key, dedupe, connection
+        call = enqueue.submit(
+            self.store,
+            self.registry,
+            entrypoint,
+            payload,
+            priority,
+            execute_after,
+            dedupe_key,
+            dedupe,
+            connection,
+            self.analyze,
         )
         return await runtime.run_for(connection, call)
-
-    @contextlib.asynccontextmanager
-    async def _connection(self, connection: Any) -> AsyncIterator[Any]:
-        if connection is not None:
-            yield connection
-        else:
-            async with self.pool.acquire() as conn:
-                yield conn
-
-    async def _enqueue(
-        self,
-        entrypoint: str | list[str],
-        payload: Any,
-        priority: Any,
-        execute_after: dt.datetime | dt.timedelta | None,
-        dedupe_key: Any,
-        dedupe: Dedupe,
-        connection: Any,
-    ) -> Any:
-        async with self._connection(connection) as conn:
-            if isinstance(entrypoint, list | tuple):
-                result: Any = await enqueue_many(
-                    self,
-                    conn,
-                    list(entrypoint),
-                    payload,
-                    priority,
-                    execute_after,
-                    dedupe_key,
-                    dedupe,
-                )
-            else:
-                result = await enqueue_one(
-                    self,
-                    conn,
-                    entrypoint,
-                    payload,
-                    priority,
-                    execute_after,
-                    dedupe_key,
-                    dedupe,
-                )
-        if isinstance(result, list) and len(result) >= ANALYZE_AFTER_ROWS and connection is None:
-            await self.analyze()
-        return result
 
     @runtime.bridged
     async def analyze(self) -> None:
         """Refresh planner statistics of the jobs table (done after large bulk enqueues)."""
-        async with self.pool.acquire() as conn:
-            await conn.execute(self.queries["analyze_jobs"])
+        await enqueue.analyze_jobs(self.store)
 
     # -- transactions and resources ---------------------------------------------------------
 
     def transaction(self) -> AsyncTransaction:
         """``async with q.aio.transaction() as tx:`` — your SQL and your jobs commit together."""
-        return AsyncTransaction(self)
+        return AsyncTransaction(self.store, self.registry)
 
     def resource(self, name: str) -> Callable[[F], F]:
         """Register a factory for ``job.resources[name]``, run once per worker process; see
         :mod:`pgq_nb.resources`."""
-        return self.resources.factory(name)
+        return self.store.resources.factory(name)
 
     # -- workflows ----------------------------------------------------------------------------
 
     def workflow(self, name: str) -> AsyncWorkflow:
         """Start building a workflow (a DAG of jobs); see :mod:`pgq_nb.dag`."""
-        return AsyncWorkflow(self, name)
+        return AsyncWorkflow(self.store, self.registry, name)
 
     @runtime.bridged
     async def workflow_run(self, workflow_id: int) -> AsyncWorkflowRun:
@@ -335,7 +208,7 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
         )
         if row is None:
             raise JobNotFoundError(f"no workflow run with id {workflow_id}")
-        return AsyncWorkflowRun(self, row["id"], row["name"])
+        return AsyncWorkflowRun(self.store, row["id"], row["name"])
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -354,8 +227,6 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
         ``timeout`` stops it earlier (running jobs still get to finish). An interrupt (the
         notebook's Stop button) stops it too: unfinished jobs go back to the queue.
         """
-        from pgq_nb.worker import Worker  # the worker module builds on this one
-
         worker = Worker(
             self,
             concurrency=concurrency,
@@ -376,8 +247,6 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
         grace_period: float = 30.0,
     ) -> WorkerStats:
         """Work until cancelled or interrupted (what ``pgq-nb worker`` runs)."""
-        from pgq_nb.worker import Worker
-
         worker = Worker(
             self, concurrency=concurrency, entrypoints=entrypoints, grace_period=grace_period
         )

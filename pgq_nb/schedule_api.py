@@ -111,10 +111,9 @@ class ScheduleMethods:
     async def schedules(self) -> pd.DataFrame:
         """Schedules as a DataFrame: name, expression, tz, next_run, last_run, last_status,
         enabled, and whether any live worker (or this process) has its handler."""
-        import importlib
+        from pgq_nb.notebook import overview
 
-        frames = importlib.import_module("pgq_nb.notebook.overview")
-        frame: pd.DataFrame = frames.schedules_frame(await self.schedule_list())
+        frame: pd.DataFrame = overview.schedules_frame(await self.schedule_list())
         return frame
 
     @runtime.bridged

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from pgq_nb import db, schedules
 
 if TYPE_CHECKING:
-    from pgq_nb.queue import AsyncQueue
+    from pgq_nb.store import Store
 
 logger = logging.getLogger("pgq_nb.scheduler")
 
@@ -24,21 +24,21 @@ MAX_SLEEP = 1.0
 PRUNE_EVERY = dt.timedelta(hours=1)
 
 
-async def run_scheduler(queue: AsyncQueue, names: list[str]) -> None:
+async def run_scheduler(store: Store, names: list[str]) -> None:
     """Fire due ticks of ``names`` until cancelled."""
     pruned = dt.datetime.now(dt.UTC)
     while True:
         delay = MAX_SLEEP
         try:
-            fired = await schedules.fire_due(queue.pool, queue.queries, names)
+            fired = await schedules.fire_due(store.pool, store.queries, names)
             if fired:
                 logger.info("fired schedule ticks", extra={"job_ids": fired})
-            wake = await schedules.next_wakeup(queue.pool, queue.queries, names)
+            wake = await schedules.next_wakeup(store.pool, store.queries, names)
             now = dt.datetime.now(dt.UTC)
             if wake is not None:
                 delay = min(MAX_SLEEP, max((wake - now).total_seconds(), 0.001))
             if now - pruned > PRUNE_EVERY:
-                await schedules.prune_ticks(queue.pool, queue.queries)
+                await schedules.prune_ticks(store.pool, store.queries)
                 pruned = now
         except db.TRANSIENT_ERRORS as exc:
             logger.warning("scheduler could not reach the database", extra={"error": str(exc)})

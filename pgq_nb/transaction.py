@@ -13,13 +13,14 @@ from __future__ import annotations
 import types
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import db, runtime
+from pgq_nb import db, enqueue, runtime
 
 if TYPE_CHECKING:
     import asyncpg
     import pandas as pd
 
-    from pgq_nb.queue import AsyncQueue
+    from pgq_nb.registry import Registry
+    from pgq_nb.store import Store
 
 
 class AsyncTransaction:
@@ -28,12 +29,14 @@ class AsyncTransaction:
 
     def __init__(
         self,
-        queue: AsyncQueue,
+        store: Store,
+        registry: Registry,
         connection: asyncpg.Connection | None = None,
         *,
         already_open: bool = False,
     ) -> None:
-        self.queue = queue
+        self.store = store
+        self.registry = registry
         self.connection = connection
         self._tx: Any = None
         self._release: Any = None
@@ -43,8 +46,8 @@ class AsyncTransaction:
     async def begin(self) -> AsyncTransaction:
         """Take a connection from the pool and start the transaction."""
         if self.connection is None:
-            self.connection = await self.queue.pool.acquire()
-            self._release = self.queue.pool
+            self.connection = await self.store.pool.acquire()
+            self._release = self.store.pool
         self._tx = self.connection.transaction()
         await self._tx.start()
         self._open = True
@@ -126,16 +129,32 @@ class AsyncTransaction:
         self, /, entrypoint: Any, payload: Any = None, priority: Any = 0, **kwargs: Any
     ) -> Any:
         """``q.enqueue`` inside this transaction."""
-        return await self.queue.enqueue(
-            entrypoint, payload, priority, connection=self._conn(), **kwargs
+        return await enqueue.enqueue_on(
+            self.store,
+            self.registry,
+            entrypoint,
+            payload,
+            priority,
+            connection=self._conn(),
+            **kwargs,
         )
 
     @runtime.bridged
     async def enqueue_df(self, /, entrypoint: str, df: pd.DataFrame, **kwargs: Any) -> pd.Series:
         """``q.enqueue_df`` inside this transaction."""
-        series: pd.Series = await self.queue.enqueue_df(
-            entrypoint, df, connection=self._conn(), **kwargs
+        from pgq_nb.notebook.enqueue import enqueue_df
+
+        conn = self._conn()
+        call = enqueue_df(
+            self.store,
+            self.registry,
+            lambda: enqueue.analyze_jobs(self.store),
+            entrypoint,
+            df,
+            connection=conn,
+            **kwargs,
         )
+        series: pd.Series = await runtime.run_for(conn, call)
         return series
 
 

@@ -2,15 +2,15 @@
 
 These are the analyst-facing views and the DataFrame enqueue. Their code lives in
 ``pgq_nb.notebook.frames``, which needs pandas; it is imported only when one of them is called
-(through importlib, so the core's import graph, checked by import-linter, stays free of pandas,
-and a ``pgq-nb worker`` process never loads it; tests/test_lean_imports.py proves it).
+(a plain import inside the method, listed among the import contract's exceptions in
+pyproject.toml, so a ``pgq-nb worker`` process never loads pandas; tests/test_lean_imports.py
+proves it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
@@ -21,19 +21,8 @@ from pgq_nb.models import check_int, check_text
 if TYPE_CHECKING:
     import pandas as pd
 
-
-def _frames(name: str) -> Any:
-    try:
-        module = importlib.import_module("pgq_nb.notebook.frames")
-    except ImportError as exc:  # pragma: no cover - pandas is a dependency
-        raise ImportError(
-            f"q.{name}() needs pandas ({exc}); install it with: pip install pandas"
-        ) from exc
-    return getattr(module, name)
-
-
-def _overview(name: str) -> Any:
-    return getattr(importlib.import_module("pgq_nb.notebook.overview"), name)
+    from pgq_nb.registry import Registry
+    from pgq_nb.store import Store
 
 
 class Views:
@@ -41,6 +30,9 @@ class Views:
 
     pool: Any
     queries: dict[str, str]
+    store: Store
+    registry: Registry
+    analyze: Callable[[], Awaitable[None]]  # AsyncQueue.analyze
 
     async def enqueue_df(
         self,
@@ -61,9 +53,12 @@ class Views:
         Series aligned to ``df.index``. With ``connection`` (a transaction's, or your own
         asyncpg connection inside your transaction), the jobs commit or roll back with it; the
         call then runs on that connection's own event loop (:func:`pgq_nb.runtime.run_for`)."""
-        fn = _frames("enqueue_df")
-        call = fn(
-            self,
+        from pgq_nb.notebook.enqueue import enqueue_df
+
+        call = enqueue_df(
+            self.store,
+            self.registry,
+            self.analyze,
             entrypoint,
             df,
             columns=columns,
@@ -89,8 +84,10 @@ class Views:
         """The live queue (queued, blocked and running jobs) as a DataFrame. A payload longer
         than 1,000 bytes shows as a preview (its first bytes and a marker; only those are
         read), unless ``payloads=True``; ``q.get_job(id)`` has any one whole."""
-        frame: pd.DataFrame = await _frames("jobs")(
-            self, status=status, entrypoint=entrypoint, limit=limit, payloads=payloads
+        from pgq_nb.notebook import frames
+
+        frame: pd.DataFrame = await frames.jobs(
+            self.store, status=status, entrypoint=entrypoint, limit=limit, payloads=payloads
         )
         return frame
 
@@ -98,7 +95,9 @@ class Views:
     async def stats(self, window: dt.timedelta = dt.timedelta(minutes=15)) -> pd.DataFrame:
         """Jobs per entrypoint and status (every status a column), with jobs per minute and
         mean duration over the last ``window``."""
-        frame: pd.DataFrame = await _frames("stats")(self, window=window)
+        from pgq_nb.notebook import frames
+
+        frame: pd.DataFrame = await frames.stats(self.store, window=window)
         return frame
 
     @runtime.bridged
@@ -110,8 +109,10 @@ class Views:
         limit: int = 10_000,
     ) -> pd.DataFrame:
         """Finished jobs, newest first, with attempts, queue wait, run time and error."""
-        frame: pd.DataFrame = await _frames("history")(
-            self, since=since, entrypoint=entrypoint, status=status, limit=limit
+        from pgq_nb.notebook import frames
+
+        frame: pd.DataFrame = await frames.history(
+            self.store, since=since, entrypoint=entrypoint, status=status, limit=limit
         )
         return frame
 
@@ -121,7 +122,9 @@ class Views:
     ) -> pd.DataFrame:
         """Succeeded jobs of ``entrypoint``: job id, payload and result columns (expanded from
         JSON with ``expand``), ready to join back to the frame that was enqueued."""
-        frame: pd.DataFrame = await _frames("results")(self, entrypoint, expand=expand, ids=ids)
+        from pgq_nb.notebook import frames
+
+        frame: pd.DataFrame = await frames.results(self.store, entrypoint, expand=expand, ids=ids)
         return frame
 
     @runtime.bridged
@@ -130,8 +133,10 @@ class Views:
     ) -> pd.DataFrame:
         """Jobs that failed for good (after their retries), newest first, with their errors.
         Payloads as in :meth:`jobs`: a preview of long ones unless ``payloads=True``."""
-        frame: pd.DataFrame = await _frames("failed")(
-            self, entrypoint=entrypoint, limit=limit, payloads=payloads
+        from pgq_nb.notebook import frames
+
+        frame: pd.DataFrame = await frames.failed(
+            self.store, entrypoint=entrypoint, limit=limit, payloads=payloads
         )
         return frame
 
@@ -145,24 +150,30 @@ class Views:
             raise InvalidInputError(
                 "older_than is more than 1,000 years; nothing is that old (use a shorter span)"
             )
-        n: int = await _frames("purge_history")(self, older_than)
+        from pgq_nb.notebook import frames
+
+        n: int = await frames.purge_history(self.store, older_than)
         return n
 
     @runtime.bridged
     async def workflows(self, limit: int = 50, name: str | None = None) -> pd.DataFrame:
         """The newest workflow runs, with their steps per status and the share done."""
+        from pgq_nb.notebook import overview
+
         if check_int("limit", limit, bits=64) < 0:
             raise InvalidInputError("limit must be 0 or more")
         if name is not None:
             check_text("name", name)
         rows = await self.pool.fetch(self.queries["list_workflows"], limit, name)
-        frame: pd.DataFrame = _overview("workflows_frame")(rows)
+        frame: pd.DataFrame = overview.workflows_frame(rows)
         return frame
 
     @runtime.bridged
     async def limits(self) -> pd.DataFrame:
         """Entrypoints with a global limit (max_running, rate_limit) or a pause, with how many
         of their jobs run and wait."""
+        from pgq_nb.notebook import overview
+
         rows = await self.pool.fetch(self.queries["flow_overview"])
-        frame: pd.DataFrame = _overview("flow_frame")(rows)
+        frame: pd.DataFrame = overview.flow_frame(rows)
         return frame

@@ -36,9 +36,10 @@ from pgq_nb.handler_runs import (
     run_in_thread,
 )
 from pgq_nb.models import Job
-from pgq_nb.queue import AsyncQueue, EntrypointSpec
+from pgq_nb.registry import EntrypointSpec
 from pgq_nb.retry import GiveUp, decide
 from pgq_nb.scheduler import run_scheduler
+from pgq_nb.store import Backend
 from pgq_nb.worker_stop import Stopping, _wait
 from pgq_nb.worker_upkeep import Upkeep
 
@@ -66,7 +67,7 @@ class Worker(Claiming, Upkeep, Stopping):
 
     def __init__(
         self,
-        queue: AsyncQueue,
+        queue: Backend,
         *,
         concurrency: int = 32,
         entrypoints: list[str] | None = None,
@@ -79,21 +80,23 @@ class Worker(Claiming, Upkeep, Stopping):
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError("concurrency must be a positive int")
-        names = list(queue.handlers) if entrypoints is None else list(entrypoints)
+        registry = queue.registry
+        names = list(registry.handlers) if entrypoints is None else list(entrypoints)
         if not names:
             raise UnknownEntrypointError(
                 "this queue has no handlers; register one with @q.entrypoint('name') before "
                 "starting a worker"
             )
         for name in names:
-            if name not in queue.handlers:
+            if name not in registry.handlers:
                 raise UnknownEntrypointError(
                     f"no handler for entrypoint {name!r}; register it with "
                     f"@q.entrypoint({name!r}) before starting a worker "
-                    f"(registered: {sorted(queue.handlers)})"
+                    f"(registered: {sorted(registry.handlers)})"
                 )
-        self.queue = queue
-        self.specs: dict[str, EntrypointSpec] = {n: queue.handlers[n] for n in names}
+        self.store = queue.store
+        self.registry = registry
+        self.specs: dict[str, EntrypointSpec] = {n: registry.handlers[n] for n in names}
         self.concurrency = concurrency
         self.batch_size = batch_size or concurrency
         self.flush_interval = flush_interval
@@ -103,14 +106,14 @@ class Worker(Claiming, Upkeep, Stopping):
         self.process_exits = process_exits  # see pgq_nb.worker_stop
         self.stats = WorkerStats()
         self.worker_id: int | None = None
-        self._q = queue.queries
+        self._q = self.store.queries
         self._running: dict[int, tuple[Job, asyncio.Future[Any]]] = {}
         self._cancelling: set[int] = set()
         self._steps: set[int] = set()  # workflow steps among running and unflushed jobs
         self._paused: set[str] = set()  # entrypoints nobody may claim now
         self._slotted: set[int] = set()  # running and unflushed jobs holding a global slot
         self._rate_timer: asyncio.TimerHandle | None = None
-        self._schedules = [s for n, s in queue.schedule_specs.items() if n in self.specs]
+        self._schedules = [s for n, s in registry.schedule_specs.items() if n in self.specs]
         self._per_entrypoint: Counter[str] = Counter()
         self._finished: list[Finished] = []
         self._flushing: set[int] = set()  # ids of the batch being recorded
@@ -144,7 +147,7 @@ class Worker(Claiming, Upkeep, Stopping):
         }
         if self._schedules:
             background["scheduler"] = asyncio.create_task(
-                run_scheduler(self.queue, [s.name for s in self._schedules]),
+                run_scheduler(self.store, [s.name for s in self._schedules]),
                 name="pgq_nb-scheduler",
             )
         tasks = [*background.values()]
@@ -166,7 +169,7 @@ class Worker(Claiming, Upkeep, Stopping):
     # -- claiming ----------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        poll = self.queue.settings.poll_interval
+        poll = self.store.settings.poll_interval
         # While the queue has more than we can take, wait for a few free slots and claim them
         # together, rather than one claim per finished job.
         low_water = max(1, min(self.batch_size, self.concurrency) // 4)
@@ -174,7 +177,7 @@ class Worker(Claiming, Upkeep, Stopping):
         while not self._stopping.is_set():
             if self._orphans_possible:
                 try:
-                    async with self.queue.pool.acquire() as conn:
+                    async with self.store.pool.acquire() as conn:
                         orphans = await self._orphans(conn, self._known_ids())
                         await self._return_orphans(conn, orphans)
                 except db.TRANSIENT_ERRORS as exc:
@@ -245,7 +248,7 @@ class Worker(Claiming, Upkeep, Stopping):
 
     async def _idle(self) -> bool:
         names = list(self.specs)
-        count = await self.queue.pool.fetchval(
+        count = await self.store.pool.fetchval(
             self._q["count_runnable"], names, self.wait_for_scheduled
         )
         return bool(count == 0)
@@ -255,11 +258,12 @@ class Worker(Claiming, Upkeep, Stopping):
     def _start(self, job: Job) -> None:
         spec = self.specs[job.entrypoint]
         started = dt.datetime.now(dt.UTC)
-        job.resources = self.queue.resources
+        job.resources = self.store.resources
         call: Awaitable[Any]
         if spec.transactional:
             call = run_transactional(
-                self.queue,
+                self.store,
+                self.registry,
                 spec,
                 job,
                 self.worker_id,
@@ -383,10 +387,10 @@ class Worker(Claiming, Upkeep, Stopping):
         slots = [i for i in ids if i in self._slotted]
         try:
             if steps or slots:
-                async with self.queue.pool.acquire() as conn, conn.transaction():
+                async with self.store.pool.acquire() as conn, conn.transaction():
                     await record(conn, self._q, self.worker_id, batch, steps=steps, slots=slots)
             else:
-                await record(self.queue.pool, self._q, self.worker_id, batch, steps=False)
+                await record(self.store.pool, self._q, self.worker_id, batch, steps=False)
         except BaseException:
             self._finished[:0] = batch  # keep them for the next try
             raise

@@ -28,7 +28,7 @@ import asyncpg
 if TYPE_CHECKING:
     from pgq_nb.completion import Finished
     from pgq_nb.models import Job
-    from pgq_nb.queue import AsyncQueue
+    from pgq_nb.store import Store
     from pgq_nb.worker import WorkerStats
 
 logger = logging.getLogger("pgq_nb.worker")
@@ -52,7 +52,7 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
 class Stopping:
     """Stopping a worker; see the module's docstring."""
 
-    queue: AsyncQueue
+    store: Store
     worker_id: int | None
     grace_period: float
     process_exits: bool
@@ -150,7 +150,7 @@ class Stopping:
         abandoning = self.process_exits and self._hard_stop.is_set() and bool(self._running)
         try:
             await self._flush()
-            async with self.queue.pool.acquire() as conn:
+            async with self.store.pool.acquire() as conn:
                 if self._interrupted:
                     ids = list(self._interrupted)
                     running = [i for i in ids if i in self._running]
@@ -175,7 +175,7 @@ class Stopping:
         if abandoning:
             logger.info("worker stopped at once", extra={"worker_id": self.worker_id})
             return
-        await self.queue.resources.close()
+        await self.store.resources.close()
         if self._listener is not None:
             await self._listener.close(timeout=2)
         if self._executor is not None:

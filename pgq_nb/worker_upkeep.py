@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from pgq_nb import db, schedules
-from pgq_nb.completion import settle_steps
 from pgq_nb.errors import DatabaseUnavailableError, PgqError
+from pgq_nb.workflow_state import settle_steps
 
 if TYPE_CHECKING:
     from pgq_nb.models import Job
-    from pgq_nb.queue import AsyncQueue, EntrypointSpec
+    from pgq_nb.registry import EntrypointSpec, Registry
     from pgq_nb.schedules import ScheduleSpec
+    from pgq_nb.store import Store
 
 logger = logging.getLogger("pgq_nb.worker")
 
@@ -34,7 +35,8 @@ REGISTER_PATIENCE_S = 60.0
 class Upkeep:
     """Everything a worker does besides running jobs."""
 
-    queue: AsyncQueue
+    store: Store
+    registry: Registry
     specs: dict[str, EntrypointSpec]
     concurrency: int
     worker_id: int | None
@@ -63,12 +65,12 @@ class Upkeep:
         return worker_id
 
     async def _register(self) -> None:
-        await self.queue.resources.open()
+        await self.store.resources.open()
         delay = 0.25
         deadline = asyncio.get_running_loop().time() + REGISTER_PATIENCE_S
         while True:
             try:
-                async with self.queue.pool.acquire() as conn:
+                async with self.store.pool.acquire() as conn:
                     await self._register_on(conn)
                 break
             except db.TRANSIENT_ERRORS as exc:
@@ -92,12 +94,12 @@ class Upkeep:
         await self._listen()
         # a worker that just registered has just been heard from
         self._beating_since = (
-            asyncio.get_running_loop().time() - self.queue.settings.heartbeat_timeout
+            asyncio.get_running_loop().time() - self.store.settings.heartbeat_timeout
         )
         logger.info("worker started", extra={"worker_id": self.worker_id})
 
     async def _register_on(self, conn: Any) -> None:
-        await self.queue._register_entrypoints(conn, list(self.specs))
+        await self.registry.register(conn, list(self.specs))
         if self._schedules:
             await schedules.register(conn, self._q, self._schedules)
         self._paused = {r["name"] for r in await conn.fetch(self._q["paused_entrypoints"])}
@@ -105,9 +107,9 @@ class Upkeep:
 
     async def _listen(self, retry_for: float | None = None) -> None:
         try:
-            self._listener = await db.connect_one(self.queue.dsn, retry_for=retry_for)
+            self._listener = await db.connect_one(self.store.dsn, retry_for=retry_for)
             await self._listener.execute(db.SESSION_SETUP)
-            await self._listener.add_listener(self.queue.channel, self._on_notify)
+            await self._listener.add_listener(self.store.channel, self._on_notify)
         except (PgqError, OSError, asyncpg.PostgresError) as exc:
             logger.warning("LISTEN failed; polling only", extra={"error": str(exc)})
             self._listener = None
@@ -133,7 +135,7 @@ class Upkeep:
         while True:
             self._reread_again = False
             try:
-                async with self.queue.pool.acquire() as conn:
+                async with self.store.pool.acquire() as conn:
                     wanted = await conn.fetch(self._q["cancel_requested"], self.worker_id)
                     paused = await conn.fetch(self._q["paused_entrypoints"])
             except db.TRANSIENT_ERRORS:
@@ -153,7 +155,7 @@ class Upkeep:
                 running[1].cancel()
 
     async def _heartbeat_loop(self) -> None:
-        settings = self.queue.settings
+        settings = self.store.settings
         while True:
             await asyncio.sleep(settings.heartbeat_interval)
             try:
@@ -164,7 +166,7 @@ class Upkeep:
                     # which handlers (transactional ones hold theirs while they run) may all use
                     await self._beat(self._listener)
                 else:  # no connection of its own to be had (a full server): the pool's
-                    async with self.queue.pool.acquire() as conn:
+                    async with self.store.pool.acquire() as conn:
                         await self._beat(conn)
             except db.TRANSIENT_ERRORS as exc:
                 self._beating_since = None
@@ -173,7 +175,7 @@ class Upkeep:
     async def _beat(self, conn: asyncpg.Connection) -> None:
         """One heartbeat: say this worker lives, reclaim dead workers' jobs, poll cancel requests,
         free stale slots, re-read pauses."""
-        settings = self.queue.settings
+        settings = self.store.settings
         alive = await conn.fetchval(self._q["heartbeat_worker"], self.worker_id)
         if alive is None:
             logger.warning(

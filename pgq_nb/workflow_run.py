@@ -4,39 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import html
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
 from pgq_nb.errors import JobNotFoundError
+from pgq_nb.operations import cancel_jobs
+from pgq_nb.workflow_state import STEP_STATUSES, group_results
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pgq_nb.queue import AsyncQueue
-
-STEP_STATUSES = (
-    "blocked",
-    "queued",
-    "picked",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "upstream_failed",
-)
+    from pgq_nb.store import Store
 
 
 class AsyncWorkflowRun:
     """A workflow run, for async code. Get one from ``await wf.submit()`` or
     ``await q.aio.workflow_run(id)``."""
 
-    def __init__(self, queue: AsyncQueue, workflow_id: int, name: str) -> None:
-        self.queue = queue
+    def __init__(self, store: Store, workflow_id: int, name: str) -> None:
+        self.store = store
         self.id = workflow_id
         self.name = name
 
     async def _row(self) -> Any:
-        row = await self.queue.pool.fetchrow(self.queue.queries["get_workflow"], self.id)
+        row = await self.store.pool.fetchrow(self.store.queries["get_workflow"], self.id)
         if row is None:
             raise JobNotFoundError(f"no workflow run with id {self.id}")
         return row
@@ -50,7 +41,7 @@ class AsyncWorkflowRun:
     @runtime.bridged
     async def counts(self) -> dict[str, int]:
         """Steps per status (every status present, zeros included)."""
-        rows = await self.queue.pool.fetch(self.queue.queries["workflow_counts"], self.id)
+        rows = await self.store.pool.fetch(self.store.queries["workflow_counts"], self.id)
         out = dict.fromkeys(STEP_STATUSES, 0)
         for r in rows:
             out[r["status"]] += r["n"]
@@ -59,22 +50,23 @@ class AsyncWorkflowRun:
     @runtime.bridged
     async def steps(self) -> list[dict[str, Any]]:
         """Every step, live or finished, in submission order, as dicts."""
-        rows = await self.queue.pool.fetch(self.queue.queries["workflow_steps"], self.id)
+        rows = await self.store.pool.fetch(self.store.queries["workflow_steps"], self.id)
         return [dict(r) for r in rows]
 
     @runtime.bridged
     async def status(self) -> pd.DataFrame:
         """One row per step: name, index, entrypoint, status, attempts, started, finished,
         duration_s, error (a DataFrame)."""
-        module = importlib.import_module("pgq_nb.notebook.workflows")
-        frame: pd.DataFrame = module.steps_frame(await self.steps())
+        from pgq_nb.notebook import workflows
+
+        frame: pd.DataFrame = workflows.steps_frame(await self.steps())
         return frame
 
     @runtime.bridged
     async def results(self) -> dict[str, Any]:
         """Results of the succeeded steps, by step name (a map step's as a list in row
         order)."""
-        rows = await self.queue.pool.fetch(self.queue.queries["workflow_results"], self.id)
+        rows = await self.store.pool.fetch(self.store.queries["workflow_results"], self.id)
         return group_results(rows)
 
     @runtime.bridged
@@ -84,8 +76,9 @@ class AsyncWorkflowRun:
         ``progress`` shows a bar of finished steps (default: on in a notebook)."""
         bar: Any = None
         if progress or (progress is None and (await self._row())["finished"] is None):
-            module = importlib.import_module("pgq_nb.notebook.workflows")
-            bar = module.progress_bar(self.name, (await self._row())["steps"], progress)
+            from pgq_nb.notebook import workflows
+
+            bar = workflows.progress_bar(self.name, (await self._row())["steps"], progress)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         delay = 0.02
@@ -112,30 +105,19 @@ class AsyncWorkflowRun:
     async def retry(self) -> int:
         """Requeue the failed, cancelled and upstream_failed steps (fresh attempts); each runs
         once its parents have succeeded. Returns how many steps were requeued."""
-        n: int = await self.queue.pool.fetchval(self.queue.queries["retry_workflow_steps"], self.id)
+        n: int = await self.store.pool.fetchval(self.store.queries["retry_workflow_steps"], self.id)
         return n
 
     @runtime.bridged
     async def cancel(self) -> int:
         """Cancel every unfinished step: waiting ones at once, running ones are told to stop.
         Returns how many steps were cancelled or told to stop."""
-        q = self.queue
+        q = self.store
         async with q.pool.acquire() as conn, conn.transaction():
             live = await conn.fetch(q.queries["workflow_live_steps"], self.id)
             await conn.execute(q.queries["mark_workflow"], self.id, "cancelled", None)
-        outcome = await q.cancel([r["id"] for r in live]) if live else {}
+        outcome = await cancel_jobs(q, [r["id"] for r in live]) if live else {}
         return sum(v in ("cancelled", "cancelling") for v in outcome.values())
-
-
-def group_results(rows: Any) -> dict[str, Any]:
-    """{step name: result}, a map step's results as a list in row order."""
-    out: dict[str, Any] = {}
-    for r in rows:
-        if r["step_index"] is None:
-            out[r["step_name"]] = r["result"]
-        else:
-            out.setdefault(r["step_name"], []).append(r["result"])
-    return out
 
 
 class WorkflowRun:

@@ -132,9 +132,8 @@ def _duration(delta: dt.timedelta) -> str:
 
 def async_queue(q: Queue | AsyncQueue) -> AsyncQueue:
     """The AsyncQueue behind ``q`` (a sync Queue's ``aio``)."""
-    from pgq_nb.queue import AsyncQueue
-
-    return q if isinstance(q, AsyncQueue) else q.aio
+    aio: AsyncQueue = getattr(q, "aio", None) or q  # type: ignore[assignment]
+    return aio
 
 
 def plot_throughput(q: Queue | AsyncQueue, since: object = "1h") -> Figure:

@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 
 from pgq_nb import enqueue as limits
-from pgq_nb import queue as core
 from pgq_nb.enqueue import (
     DuplicatesSkipped,
     check_delay,
@@ -45,7 +44,10 @@ from pgq_nb.notebook import encode
 from pgq_nb.notebook import progress as bars
 
 if TYPE_CHECKING:
-    from pgq_nb.queue import AsyncQueue
+    from collections.abc import Awaitable, Callable
+
+    from pgq_nb.registry import Registry
+    from pgq_nb.store import Store
 
 #: Frames at least this long are converted to JSON in a thread, off the pgq_nb loop.
 THREAD_AFTER_ROWS = 5_000
@@ -230,7 +232,9 @@ def _settle(task: asyncio.Future[Any] | None) -> None:
 
 
 async def enqueue_df(
-    aq: AsyncQueue,
+    store: Store,
+    registry: Registry,
+    analyze: Callable[[], Awaitable[None]],
     entrypoint: str,
     df: pd.DataFrame,
     *,
@@ -273,9 +277,8 @@ async def enqueue_df(
     priorities = _priorities(df, priority)
     keys = _dedupe_keys(df, dedupe_key)
     due = _due(df, execute_after)
-    async with aq._connection(connection) as conn:
-        await aq._sync_entrypoints(conn)
-        await aq._check_entrypoints({entrypoint}, conn)
+    async with store.connection(connection) as conn:
+        await registry.prepare({entrypoint}, conn)
     if len(df) == 0:
         return pd.Series(pd.array([], dtype="Int64"), index=df.index, name="job_id")
 
@@ -306,9 +309,9 @@ async def enqueue_df(
     bar = bars.bar(progress, len(rows), f"enqueue {entrypoint}")
     pending: asyncio.Future[list[bytes]] | None = None
     try:
-        async with aq._connection(connection) as conn, conn.transaction():
+        async with store.connection(connection) as conn, conn.transaction():
             pending = asyncio.ensure_future(converted(0))  # overlaps the id reservation
-            reserved = await conn.fetchrow(aq.queries["reserve_job_ids"], len(rows))
+            reserved = await conn.fetchrow(store.queries["reserve_job_ids"], len(rows))
             new_ids: list[int] = sorted(reserved["ids"])
             per_row: list[Sequence[Any]] = [new_ids]
             if "priority" in copied:
@@ -319,9 +322,9 @@ async def enqueue_df(
             if keys is not None:
                 per_row.append([keys[i] for i in rows.tolist()])
             if keys is None:
-                table, schema = "jobs", aq.schema
+                table, schema = "jobs", store.schema
             else:
-                await conn.execute(aq.queries["create_enqueue_staging"])
+                await conn.execute(store.queries["create_enqueue_staging"])
                 table, schema = _STAGING, "pg_temp"
             for start in range(0, len(rows), chunk_size):
                 assert pending is not None  # set before the loop and for every next chunk
@@ -343,14 +346,14 @@ async def enqueue_df(
             count = len(new_ids)
             held: dict[str, int] = {}
             if keys is not None:
-                done = await conn.fetch(aq.queries["insert_staged_jobs"])
-                await conn.execute(aq.queries["drop_enqueue_staging"])
+                done = await conn.fetch(store.queries["insert_staged_jobs"])
+                await conn.execute(store.queries["drop_enqueue_staging"])
                 count = len(done)
                 if count < len(new_ids):
                     inserted = np.sort(np.fromiter((r["id"] for r in done), "int64", count))
                     lost = ~np.isin(new_ids, inserted, assume_unique=True)
                     taken = [keys[p] for p in rows[lost].tolist()]
-                    found = await conn.fetch(aq.queries["find_dedupe_many"], taken)
+                    found = await conn.fetch(store.queries["find_dedupe_many"], taken)
                     held = {r["dedupe_key"]: r["id"] for r in found}
                     new_ids = np.where(lost, -1, new_ids).tolist()
     finally:
@@ -359,8 +362,8 @@ async def enqueue_df(
     ids[rows] = new_ids
     if keys is not None and count < len(df):
         _warn_skipped(df, keys, ids, held)
-    if count >= core.ANALYZE_AFTER_ROWS and connection is None:
-        await aq.analyze()
+    if count >= limits.ANALYZE_AFTER_ROWS and connection is None:
+        await analyze()
     values = pd.array(ids, dtype="Int64")
     values[ids < 0] = pd.NA
     return pd.Series(values, index=df.index, name="job_id")

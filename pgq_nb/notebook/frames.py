@@ -1,6 +1,7 @@
 """DataFrames in, DataFrames out: ``q.enqueue_df`` and the views, with fixed schemas.
 
-Each function takes the :class:`~pgq_nb.queue.AsyncQueue` first and runs on the pgq_nb loop
+Each function takes the :class:`~pgq_nb.store.Store` (or anything with its pool and queries)
+first and runs on the pgq_nb loop
 (``pgq_nb.views`` dispatches to them; ``Queue`` has blocking twins). Every view has the same
 columns and dtypes whether it has rows or not (see :mod:`pgq_nb.notebook.columns`), and reads
 history only through an index: counts come from the live ``jobs`` table and the
@@ -33,7 +34,7 @@ from pgq_nb.notebook.columns import (
 from pgq_nb.notebook.enqueue import enqueue_df
 
 if TYPE_CHECKING:
-    from pgq_nb.queue import AsyncQueue
+    from pgq_nb.store import SqlTarget
 
 __all__ = ["STATUS_DTYPE", "enqueue_df", "failed", "history", "jobs", "purge_history"]
 __all__ += ["results", "stats"]
@@ -171,7 +172,7 @@ def _since(since: dt.datetime | dt.timedelta | str | None) -> dt.datetime | None
 
 
 async def jobs(
-    aq: AsyncQueue,
+    aq: SqlTarget,
     *,
     status: str | None = None,
     entrypoint: str | None = None,
@@ -191,7 +192,7 @@ async def jobs(
     return _with_payloads(rows, JOBS, "q.jobs(payloads=True)")
 
 
-async def stats(aq: AsyncQueue, *, window: dt.timedelta = dt.timedelta(minutes=15)) -> pd.DataFrame:
+async def stats(aq: SqlTarget, *, window: dt.timedelta = dt.timedelta(minutes=15)) -> pd.DataFrame:
     """One row per entrypoint (the index): a column per status with its count (zeros
     included), ``jobs_per_minute`` finished and ``mean_duration_s`` over the last ``window``.
 
@@ -235,7 +236,7 @@ async def stats(aq: AsyncQueue, *, window: dt.timedelta = dt.timedelta(minutes=1
 
 
 async def history(
-    aq: AsyncQueue,
+    aq: SqlTarget,
     *,
     since: dt.datetime | dt.timedelta | str | None = None,
     entrypoint: str | None = None,
@@ -254,7 +255,7 @@ async def history(
 
 
 async def failed(
-    aq: AsyncQueue, *, entrypoint: str | None = None, limit: int = 1000, payloads: bool = False
+    aq: SqlTarget, *, entrypoint: str | None = None, limit: int = 1000, payloads: bool = False
 ) -> pd.DataFrame:
     """Jobs that failed for good, newest first: the last error, every attempt's error
     (``errors``, a list of ``{attempt, error, at}``), the traceback and the decoded payload
@@ -312,7 +313,7 @@ def _expand(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 async def results(
-    aq: AsyncQueue, entrypoint: str, *, expand: bool = True, ids: Sequence[int] | None = None
+    aq: SqlTarget, entrypoint: str, *, expand: bool = True, ids: Sequence[int] | None = None
 ) -> pd.DataFrame:
     """Succeeded jobs of ``entrypoint`` (only ``ids``, if given; ``<NA>`` ids are ignored, so
     the Series ``enqueue_df`` returned can be passed as it is), in enqueue order.
@@ -344,7 +345,7 @@ async def results(
 
 
 async def purge_history(
-    aq: AsyncQueue, older_than: dt.timedelta, *, batch_size: int = PURGE_BATCH
+    aq: SqlTarget, older_than: dt.timedelta, *, batch_size: int = PURGE_BATCH
 ) -> int:
     """Retention: delete every job that finished more than ``older_than`` ago (by the server's
     clock), oldest first, in statements of ``batch_size`` rows, each of which also subtracts its

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from pgq_nb.notebook.columns import Kind, frame, typed
-from pgq_nb.workflow_run import STEP_STATUSES
+from pgq_nb.workflow_state import STEP_STATUSES
 
 SCHEDULES: dict[str, Kind] = {
     "name": "str",

@@ -1,0 +1,47 @@
+"""Workflow state: the statuses a step can have, settling what a finished step decides
+(descendants of a dead step, runs with nothing left to do) and grouping parents' results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+#: Every status of a workflow step; those from index 3 on are final.
+STEP_STATUSES = (
+    "blocked",
+    "queued",
+    "picked",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "upstream_failed",
+)
+
+
+async def settle_steps(
+    conn: Any, queries: dict[str, str], dead: Sequence[Any], runs: Sequence[int | None]
+) -> None:
+    """After steps ended: what is downstream of the ``dead`` ones (failed or cancelled for
+    good) can never run; runs left with nothing to do are over. Call in a transaction."""
+    dead = [r for r in dead if r["workflow_id"]]
+    if dead:
+        await conn.execute(
+            queries["fail_descendants"],
+            [r["id"] for r in dead],
+            [r["workflow_id"] for r in dead],
+        )
+    ids = sorted({r for r in runs if r} | {r["workflow_id"] for r in dead})
+    if ids:
+        await conn.execute(queries["lock_workflows"], ids)
+        await conn.execute(queries["settle_workflows"], ids)
+
+
+def group_results(rows: Any) -> dict[str, Any]:
+    """{step name: result}, a map step's results as a list in row order."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        if r["step_index"] is None:
+            out[r["step_name"]] = r["result"]
+        else:
+            out.setdefault(r["step_name"], []).append(r["result"])
+    return out
