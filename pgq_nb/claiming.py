@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pgq_nb import worker_decisions as decisions
 from pgq_nb.completion import Finished, is_refusal, record
 from pgq_nb.models import Job
 from pgq_nb.workflow_state import group_results
@@ -56,35 +57,17 @@ class Claiming:
     _marks: set[asyncio.Task[None]]
     _known_ids: Callable[[], list[int]]
 
-    def _claim_groups(self, limit: int) -> list[tuple[list[str], int, bool]]:
-        """(entrypoints, how many, limited) per claim statement: one for every entrypoint
-        without a cap, one each for those with a cap here or a limit across workers."""
-        plain: list[str] = []
-        groups: list[tuple[list[str], int, bool]] = []
-        for name, spec in self.specs.items():
-            if name in self._paused:
-                continue
-            if spec.concurrency is None and not spec.limited:
-                plain.append(name)
-                continue
-            room = limit
-            if spec.concurrency is not None:
-                room = min(room, spec.concurrency - self._per_entrypoint[name])
-            if room > 0:
-                groups.append(([name], room, spec.limited))
-        if plain:
-            groups.insert(0, (plain, limit, False))
-        return groups
+    def _claim_groups(self, limit: int) -> list[decisions.ClaimGroup]:
+        """The claim statements to run now (see :func:`pgq_nb.worker_decisions.claim_groups`)."""
+        return decisions.claim_groups(self.specs, self._paused, self._per_entrypoint, limit)
 
     def _room(self, limit: int) -> int:
         """How many jobs a claim of at most ``limit`` may take, given the caps here."""
-        return min(limit, sum(n for _, n, _ in self._claim_groups(limit)))
+        return decisions.room(self.specs, self._paused, self._per_entrypoint, limit)
 
     def _most_room(self) -> int:
         """The most jobs this worker could ever take at once (its caps permitting)."""
-        if any(s.concurrency is None for s in self.specs.values()):
-            return self.concurrency
-        return min(self.concurrency, sum(s.concurrency or 0 for s in self.specs.values()))
+        return decisions.most_room(self.specs, self.concurrency)
 
     async def _claim(
         self, limit: int, done: Sequence[Finished] = (), slots: Sequence[int] = ()

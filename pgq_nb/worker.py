@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from pgq_nb import db
+from pgq_nb import worker_decisions as decisions
 from pgq_nb.claiming import Claiming
 from pgq_nb.completion import (
     Finished,
@@ -172,7 +173,7 @@ class Worker(Claiming, Upkeep, Stopping):
         poll = self.store.settings.poll_interval
         # While the queue has more than we can take, wait for a few free slots and claim them
         # together, rather than one claim per finished job.
-        low_water = max(1, min(self.batch_size, self.concurrency) // 4)
+        low_water = decisions.low_water(self.batch_size, self.concurrency)
         backlog = False
         while not self._stopping.is_set():
             if self._orphans_possible:
@@ -191,9 +192,13 @@ class Worker(Claiming, Upkeep, Stopping):
             # claiming waits for it instead of piling up picked jobs. Plain completions are
             # recorded in the claim's own transaction (one commit for both).
             done = self._take_plain_finished()
-            free = self.concurrency - len(self._running) - len(self._finished)
-            room = self._room(min(free, self.batch_size))  # what the caps here allow too
-            if room < (max(1, min(low_water, self._most_room() // 4)) if backlog else 1):
+            free = decisions.free_slots(
+                self.concurrency, len(self._running), len(self._finished), self.batch_size
+            )
+            room = self._room(free)  # what the caps here allow too
+            if not decisions.claim_now(
+                room, backlog=backlog, low_water=low_water, most_room=self._most_room()
+            ):
                 self._finished[:0] = done
                 self._slot_free.clear()
                 await self._slot_free.wait()
@@ -238,12 +243,7 @@ class Worker(Claiming, Upkeep, Stopping):
         workflow step) out of the buffer."""
         if not self._finished:
             return []
-        plain = [f for f in self._finished if f[0] not in self._steps]
-        if len(plain) == len(self._finished):
-            self._finished = []
-        else:
-            kept = {f[0] for f in plain}
-            self._finished = [f for f in self._finished if f[0] not in kept]
+        plain, self._finished = decisions.split_plain(self._finished, self._steps)
         return plain
 
     async def _idle(self) -> bool:
@@ -312,7 +312,7 @@ class Worker(Claiming, Upkeep, Stopping):
         else:
             self._record(job, started, finished, future)
         self._flush_pending.set()
-        if len(self._finished) >= self.batch_size or not self._running:
+        if decisions.flush_at_once(len(self._finished), self.batch_size, len(self._running)):
             self._flush_now.set()  # a full batch, or nothing left to wait for
 
     def _record(
@@ -361,7 +361,7 @@ class Worker(Claiming, Upkeep, Stopping):
     async def _flush_loop(self) -> None:
         while True:
             await self._flush_pending.wait()
-            if len(self._finished) < self.batch_size:
+            if decisions.gather_first(len(self._finished), self.batch_size):
                 # gather a batch: a few ms, or until batch_size completions wait
                 await _wait(self._flush_now, self.flush_interval)
             self._flush_pending.clear()
@@ -383,10 +383,9 @@ class Worker(Claiming, Upkeep, Stopping):
         batch, self._finished = self._finished, []
         ids = [done[0] for done in batch]
         self._flushing.update(ids)
-        steps = any(i in self._steps for i in ids)
-        slots = [i for i in ids if i in self._slotted]
+        steps, slots = plan = decisions.flush_plan(ids, self._steps, self._slotted)
         try:
-            if steps or slots:
+            if plan.in_transaction:
                 async with self.store.pool.acquire() as conn, conn.transaction():
                     await record(conn, self._q, self.worker_id, batch, steps=steps, slots=slots)
             else:

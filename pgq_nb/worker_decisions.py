@@ -1,0 +1,128 @@
+"""What a worker decides, as pure functions (no database, no event loop): which claim
+statements to run and how many jobs each may take, when a claim waits for more room (the
+low-water mark), which finished attempts ride in the claim's transaction and which in the
+flush, and when the flush runs. :class:`pgq_nb.worker.Worker` calls them;
+tests/test_worker_decisions.py tables them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from pgq_nb.completion import Finished
+    from pgq_nb.registry import EntrypointSpec
+
+
+class ClaimGroup(NamedTuple):
+    """One claim statement: its entrypoints, how many jobs it may take, and whether it goes
+    through the limits that hold across workers (claim_limited)."""
+
+    entrypoints: list[str]
+    room: int
+    limited: bool
+
+
+def claim_groups(
+    specs: Mapping[str, EntrypointSpec],
+    paused: Collection[str],
+    running: Mapping[str, int],
+    limit: int,
+) -> list[ClaimGroup]:
+    """One group for every entrypoint without a cap (first), one each for those with a cap
+    here (``concurrency``, less the ``running`` count) or a limit across workers; paused
+    entrypoints and capped ones without room are left out."""
+    plain: list[str] = []
+    groups: list[ClaimGroup] = []
+    for name, spec in specs.items():
+        if name in paused:
+            continue
+        if spec.concurrency is None and not spec.limited:
+            plain.append(name)
+            continue
+        room = limit
+        if spec.concurrency is not None:
+            room = min(room, spec.concurrency - running.get(name, 0))
+        if room > 0:
+            groups.append(ClaimGroup([name], room, spec.limited))
+    if plain:
+        groups.insert(0, ClaimGroup(plain, limit, False))
+    return groups
+
+
+def room(
+    specs: Mapping[str, EntrypointSpec],
+    paused: Collection[str],
+    running: Mapping[str, int],
+    limit: int,
+) -> int:
+    """How many jobs a claim of at most ``limit`` may take, given the caps here."""
+    return min(limit, sum(g.room for g in claim_groups(specs, paused, running, limit)))
+
+
+def most_room(specs: Mapping[str, EntrypointSpec], concurrency: int) -> int:
+    """The most jobs a worker could ever take at once (its caps permitting)."""
+    if any(s.concurrency is None for s in specs.values()):
+        return concurrency
+    return min(concurrency, sum(s.concurrency or 0 for s in specs.values()))
+
+
+def free_slots(concurrency: int, running: int, unrecorded: int, batch_size: int) -> int:
+    """What a claim may ask for: the slots not held by running jobs or by finished ones not
+    recorded yet (a finished job holds its slot until recorded), at most a batch."""
+    return min(concurrency - running - unrecorded, batch_size)
+
+
+def low_water(batch_size: int, concurrency: int) -> int:
+    """With a backlog, a claim waits for this many free slots (a quarter of a batch)."""
+    return max(1, min(batch_size, concurrency) // 4)
+
+
+def claim_now(room: int, *, backlog: bool, low_water: int, most_room: int) -> bool:
+    """Claim now, or wait for a slot to free? With a backlog (the last claim filled all it
+    asked for), wait until a few slots are free and claim them together, rather than one
+    claim per finished job; otherwise claim as soon as one is free."""
+    needed = max(1, min(low_water, most_room // 4)) if backlog else 1
+    return room >= needed
+
+
+def split_plain(
+    finished: Sequence[Finished], steps: Collection[int]
+) -> tuple[list[Finished], list[Finished]]:
+    """(ride with the claim, stay for the flush): finished attempts that need no more than
+    finish_jobs and release_slots (no workflow step) are recorded in the claim's transaction;
+    workflow steps wait for the flush, which settles their runs."""
+    plain = [f for f in finished if f[0] not in steps]
+    if len(plain) == len(finished):
+        return plain, []
+    kept = {f[0] for f in plain}
+    return plain, [f for f in finished if f[0] not in kept]
+
+
+def flush_at_once(unrecorded: int, batch_size: int, running: int) -> bool:
+    """After an attempt ends: flush without gathering more when a batch is full or nothing
+    is left running to wait for."""
+    return unrecorded >= batch_size or running == 0
+
+
+def gather_first(unrecorded: int, batch_size: int) -> bool:
+    """Before a flush: wait a few ms for more completions unless a batch is already full."""
+    return unrecorded < batch_size
+
+
+class FlushPlan(NamedTuple):
+    """How a batch is recorded: ``steps`` (workflow runs to settle) or ``slots`` (global slots
+    to free) need a transaction; otherwise one statement on the pool."""
+
+    steps: bool
+    slots: list[int]
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.steps or bool(self.slots)
+
+
+def flush_plan(ids: Sequence[int], steps: Collection[int], slotted: Collection[int]) -> FlushPlan:
+    """The :class:`FlushPlan` of a batch of finished job ids."""
+    return FlushPlan(any(i in steps for i in ids), [i for i in ids if i in slotted])

@@ -1,0 +1,228 @@
+"""The worker's decisions as tables, without a database (see pgq_nb.worker_decisions)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+import pytest
+
+from pgq_nb import worker_decisions as decisions
+from pgq_nb.completion import Finished
+from pgq_nb.registry import EntrypointSpec
+from pgq_nb.retry import RetryPolicy
+from pgq_nb.worker_decisions import ClaimGroup
+
+
+def spec(
+    name: str,
+    concurrency: int | None = None,
+    max_running: int | None = None,
+    rate_per_s: float | None = None,
+) -> EntrypointSpec:
+    return EntrypointSpec(
+        name=name,
+        handler=lambda job: None,
+        is_async=False,
+        concurrency=concurrency,
+        retry=RetryPolicy(),
+        timeout=None,
+        max_running=max_running,
+        rate_per_s=rate_per_s,
+    )
+
+
+def specs(*items: EntrypointSpec) -> dict[str, EntrypointSpec]:
+    return {s.name: s for s in items}
+
+
+PLAIN = specs(spec("a"), spec("b"))
+CAPPED = specs(spec("a"), spec("c", concurrency=3), spec("g", max_running=5))
+
+
+@pytest.mark.parametrize(
+    ("table", "paused", "running", "limit", "expected"),
+    [
+        # every plain entrypoint in one statement
+        (PLAIN, set(), {}, 10, [ClaimGroup(["a", "b"], 10, False)]),
+        # a paused one is left out; all paused: nothing to claim
+        (PLAIN, {"a"}, {}, 10, [ClaimGroup(["b"], 10, False)]),
+        (PLAIN, {"a", "b"}, {}, 10, []),
+        # a cap here: its own statement, for what the cap leaves; a global limit: limited
+        (
+            CAPPED,
+            set(),
+            {"c": 1},
+            10,
+            [
+                ClaimGroup(["a"], 10, False),
+                ClaimGroup(["c"], 2, False),
+                ClaimGroup(["g"], 10, True),
+            ],
+        ),
+        # a cap that is full leaves its entrypoint out; the plain group still comes first
+        (
+            CAPPED,
+            set(),
+            Counter({"c": 3}),
+            4,
+            [ClaimGroup(["a"], 4, False), ClaimGroup(["g"], 4, True)],
+        ),
+        # the limit is lower than the cap
+        (specs(spec("c", concurrency=3)), set(), {}, 2, [ClaimGroup(["c"], 2, False)]),
+        # a rate limit is a limit across workers too
+        (specs(spec("r", rate_per_s=5.0)), set(), {}, 7, [ClaimGroup(["r"], 7, True)]),
+    ],
+)
+def test_claim_groups(
+    table: dict[str, EntrypointSpec],
+    paused: set[str],
+    running: dict[str, int],
+    limit: int,
+    expected: list[ClaimGroup],
+) -> None:
+    assert decisions.claim_groups(table, paused, running, limit) == expected
+
+
+@pytest.mark.parametrize(
+    ("table", "paused", "running", "limit", "expected"),
+    [
+        (PLAIN, set(), {}, 10, 10),
+        (PLAIN, {"a", "b"}, {}, 10, 0),
+        (specs(spec("c", concurrency=3)), set(), {"c": 1}, 10, 2),
+        (specs(spec("c", concurrency=3), spec("d", concurrency=4)), set(), {}, 10, 7),
+        (specs(spec("c", concurrency=3), spec("d", concurrency=4)), set(), {}, 5, 5),
+        (specs(spec("c", concurrency=3)), set(), {"c": 3}, 10, 0),
+    ],
+)
+def test_room(
+    table: dict[str, EntrypointSpec],
+    paused: set[str],
+    running: dict[str, int],
+    limit: int,
+    expected: int,
+) -> None:
+    assert decisions.room(table, paused, running, limit) == expected
+
+
+@pytest.mark.parametrize(
+    ("table", "concurrency", "expected"),
+    [
+        (PLAIN, 32, 32),
+        (specs(spec("c", concurrency=3), spec("d", concurrency=4)), 32, 7),
+        (specs(spec("c", concurrency=30), spec("d", concurrency=40)), 32, 32),
+        (specs(spec("a"), spec("c", concurrency=3)), 8, 8),
+    ],
+)
+def test_most_room(table: dict[str, EntrypointSpec], concurrency: int, expected: int) -> None:
+    assert decisions.most_room(table, concurrency) == expected
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "running", "unrecorded", "batch_size", "expected"),
+    [
+        (32, 0, 0, 32, 32),
+        (32, 10, 0, 32, 22),
+        (32, 10, 5, 32, 17),  # finished but unrecorded jobs still hold their slots
+        (32, 0, 0, 8, 8),  # at most a batch
+        (4, 4, 0, 4, 0),
+    ],
+)
+def test_free_slots(
+    concurrency: int, running: int, unrecorded: int, batch_size: int, expected: int
+) -> None:
+    assert decisions.free_slots(concurrency, running, unrecorded, batch_size) == expected
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "concurrency", "expected"),
+    [(32, 32, 8), (8, 32, 2), (32, 4, 1), (1, 1, 1), (100, 200, 25)],
+)
+def test_low_water(batch_size: int, concurrency: int, expected: int) -> None:
+    assert decisions.low_water(batch_size, concurrency) == expected
+
+
+@pytest.mark.parametrize(
+    ("room", "backlog", "low_water", "most_room", "expected"),
+    [
+        (0, False, 8, 32, False),  # no room: wait for a slot
+        (1, False, 8, 32, True),  # no backlog: one free slot is enough
+        (1, True, 8, 32, False),  # a backlog: wait for a few slots together
+        (7, True, 8, 32, False),
+        (8, True, 8, 32, True),
+        (1, True, 8, 3, True),  # a worker that can never take 8 does not wait for them
+        (3, True, 8, 12, True),  # a quarter of what it can ever take
+        (2, True, 8, 12, False),
+        (0, True, 8, 3, False),
+    ],
+)
+def test_claim_now(
+    room: int, backlog: bool, low_water: int, most_room: int, expected: bool
+) -> None:
+    assert (
+        decisions.claim_now(room, backlog=backlog, low_water=low_water, most_room=most_room)
+        is expected
+    )
+
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def done(job_id: int, outcome: str = "succeeded") -> Finished:
+    return (job_id, outcome, None, None, None, NOW, NOW, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("finished", "steps", "rides", "stays"),
+    [
+        ([], set(), [], []),
+        ([done(1), done(2)], set(), [1, 2], []),
+        ([done(1), done(2), done(3)], {2}, [1, 3], [2]),  # a workflow step waits for the flush
+        ([done(2)], {2}, [], [2]),
+        ([done(1, "failed"), done(4, "retry")], {9}, [1, 4], []),
+    ],
+)
+def test_split_plain(
+    finished: list[Finished], steps: set[int], rides: list[int], stays: list[int]
+) -> None:
+    plain, kept = decisions.split_plain(finished, steps)
+    assert [f[0] for f in plain] == rides
+    assert [f[0] for f in kept] == stays
+    assert sorted([*plain, *kept]) == sorted(finished)  # nothing lost, nothing doubled
+
+
+@pytest.mark.parametrize(
+    ("unrecorded", "batch_size", "running", "at_once", "gather"),
+    [
+        (1, 32, 5, False, True),  # a few ms for more completions
+        (32, 32, 5, True, False),  # a full batch
+        (40, 32, 5, True, False),
+        (1, 32, 0, True, True),  # nothing left running to wait for
+    ],
+)
+def test_when_to_flush(
+    unrecorded: int, batch_size: int, running: int, at_once: bool, gather: bool
+) -> None:
+    assert decisions.flush_at_once(unrecorded, batch_size, running) is at_once
+    assert decisions.gather_first(unrecorded, batch_size) is gather
+
+
+@pytest.mark.parametrize(
+    ("ids", "steps", "slotted", "expected", "in_transaction"),
+    [
+        ([1, 2], set(), set(), (False, []), False),  # one statement on the pool
+        ([1, 2], {2}, set(), (True, []), True),  # settle the runs of steps
+        ([1, 2, 3], set(), {3, 7}, (False, [3]), True),  # free global slots
+        ([1], {5}, {6}, (False, []), False),
+    ],
+)
+def test_flush_plan(
+    ids: list[int],
+    steps: set[int],
+    slotted: set[int],
+    expected: tuple[bool, list[int]],
+    in_transaction: bool,
+) -> None:
+    plan = decisions.flush_plan(ids, steps, slotted)
+    assert tuple(plan) == expected
+    assert plan.in_transaction is in_transaction
