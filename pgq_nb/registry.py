@@ -108,6 +108,23 @@ class Registry:
 
         return register
 
+    def worker_specs(self, entrypoints: list[str] | None) -> dict[str, EntrypointSpec]:
+        """The specs a worker of ``entrypoints`` (None: every registered one) runs."""
+        names = list(self.handlers) if entrypoints is None else list(entrypoints)
+        if not names:
+            raise UnknownEntrypointError(
+                "this queue has no handlers; register one with @q.entrypoint('name') before "
+                "starting a worker"
+            )
+        for name in names:
+            if name not in self.handlers:
+                raise UnknownEntrypointError(
+                    f"no handler for entrypoint {name!r}; register it with "
+                    f"@q.entrypoint({name!r}) before starting a worker "
+                    f"(registered: {sorted(self.handlers)})"
+                )
+        return {n: self.handlers[n] for n in names}
+
     async def sync(self, conn: Any) -> None:
         """Record the entrypoint names this process has handlers for (enqueue checks names
         against them), without touching what workers recorded about them."""

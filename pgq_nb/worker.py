@@ -27,7 +27,7 @@ from pgq_nb.completion import (
     record,
     run_transactional,
 )
-from pgq_nb.errors import InvalidInputError, UnknownEntrypointError, UnstorableResultError
+from pgq_nb.errors import InvalidInputError, UnstorableResultError
 from pgq_nb.handler_runs import (
     ALREADY_RECORDED,
     Encoded,
@@ -82,22 +82,9 @@ class Worker(Claiming, Upkeep, Stopping):
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError("concurrency must be a positive int")
         registry = queue.registry
-        names = list(registry.handlers) if entrypoints is None else list(entrypoints)
-        if not names:
-            raise UnknownEntrypointError(
-                "this queue has no handlers; register one with @q.entrypoint('name') before "
-                "starting a worker"
-            )
-        for name in names:
-            if name not in registry.handlers:
-                raise UnknownEntrypointError(
-                    f"no handler for entrypoint {name!r}; register it with "
-                    f"@q.entrypoint({name!r}) before starting a worker "
-                    f"(registered: {sorted(registry.handlers)})"
-                )
+        self.specs: dict[str, EntrypointSpec] = registry.worker_specs(entrypoints)
         self.store = queue.store
         self.registry = registry
-        self.specs: dict[str, EntrypointSpec] = {n: registry.handlers[n] for n in names}
         self.concurrency = concurrency
         self.batch_size = batch_size or concurrency
         self.flush_interval = flush_interval

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import html
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError
@@ -132,8 +132,7 @@ def _duration(delta: dt.timedelta) -> str:
 
 def async_queue(q: Queue | AsyncQueue) -> AsyncQueue:
     """The AsyncQueue behind ``q`` (a sync Queue's ``aio``)."""
-    aio: AsyncQueue = getattr(q, "aio", None) or q  # type: ignore[assignment]
-    return aio
+    return cast("AsyncQueue", getattr(q, "aio", q))
 
 
 def plot_throughput(q: Queue | AsyncQueue, since: object = "1h") -> Figure:
