@@ -117,8 +117,12 @@ class Upkeep:
     def _on_notify(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         """A NOTIFY is a hint, never an order: anyone who may connect can send one on the
         channel. Cancel and pause requests are read back from the tables, which only roles
-        with rights on the schema can write."""
-        kind = payload.partition(":")[0]
+        with rights on the schema can write. A pause holds claims of that entrypoint at once
+        (the safe side: jobs enqueued right after ``q.pause()`` must not slip through), and
+        the read-back lifts it again within a round trip if the tables say otherwise."""
+        kind, _, rest = payload.partition(":")
+        if kind == "pause":
+            self._paused.add(rest)
         if kind in ("cancel", "pause", "resume"):
             self._reread_requests()
         else:
