@@ -33,6 +33,7 @@ def _history(q: pgq_nb.Queue) -> tuple[int, int]:
     return runtime.run_sync(run())
 
 
+@pytest.mark.timeout(600)
 def test_soak_with_producer_and_random_kills(q: pgq_nb.Queue, installed: str) -> None:
     q.entrypoint("work")(lambda job: None)
     rng = random.Random(11)
@@ -54,7 +55,8 @@ def test_soak_with_producer_and_random_kills(q: pgq_nb.Queue, installed: str) ->
                 procs[victim].wait(timeout=10)
                 procs[victim] = spawn()
                 next_kill = time.monotonic() + rng.uniform(1.0, 3.0)
-            time.sleep(0.05)
+            time.sleep(0.25)  # about 800 jobs/s: below what the workers drain (128 slots
+            # of 0.1 s jobs, about 1,250/s), so the backlog stays bounded while they are killed
         deadline = time.monotonic() + 300
         while _history(q)[0] < enqueued and time.monotonic() < deadline:
             time.sleep(0.5)
