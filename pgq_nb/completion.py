@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
 
@@ -40,9 +40,20 @@ if TYPE_CHECKING:
     from pgq_nb.registry import EntrypointSpec, Registry
     from pgq_nb.store import Store
 
-#: A finished attempt, in the column order of the ``finish_jobs`` query:
-#: id, outcome, result JSON, error, traceback, started, finished, retry delay (s).
-Finished = tuple[int, str, str | None, str | None, str | None, dt.datetime, dt.datetime, float]
+
+class Finished(NamedTuple):
+    """A finished attempt, its fields in the column order of the ``finish_jobs`` query (a
+    batch goes to it as ``zip(*batch)``)."""
+
+    id: int
+    outcome: str
+    result: str | None  #: the result as JSON
+    error: str | None
+    traceback: str | None
+    started: dt.datetime
+    finished: dt.datetime
+    retry_delay_s: float
+
 
 logger = logging.getLogger("pgq_nb.completion")
 
@@ -70,13 +81,13 @@ def storable_rows(batch: Sequence[Finished]) -> list[Finished]:
     shown as ``\\x00``, lone surrogates replaced, cut to ERROR_LIMIT / TRACEBACK_LIMIT)."""
     rows = list(batch)
     for position, row in enumerate(rows):
-        error, trace = row[3], row[4]
+        error, trace = row.error, row.traceback
         if error is None and trace is None:
             continue
         fixed_error = storable_text(error, ERROR_LIMIT)
         fixed_trace = storable_text(trace, TRACEBACK_LIMIT)
         if fixed_error is not error or fixed_trace is not trace:
-            rows[position] = (*row[:3], fixed_error, fixed_trace, *row[5:])
+            rows[position] = row._replace(error=fixed_error, traceback=fixed_trace)
     return rows
 
 
@@ -85,7 +96,7 @@ def _parts(rows: list[Finished]) -> list[list[Finished]]:
     parts: list[list[Finished]] = [[]]
     total = 0
     for row in rows:
-        size = sum(len(text) for text in row[2:5] if text is not None)
+        size = sum(len(text) for text in (row.result, row.error, row.traceback) if text)
         if parts[-1] and total + size > STATEMENT_TEXT_LIMIT:
             parts.append([])
             total = 0
@@ -103,16 +114,15 @@ def _in_transaction(conn: Any) -> bool:
 def _as_refused(row: Finished, exc: BaseException) -> Finished:
     """``row`` as an attempt that failed because the server refused to store it: no result, a
     readable error. A success becomes a failure; a retry, failure or cancellation stays one."""
-    job_id, outcome, _, _, _, started, finished, delay = row
-    what = "the handler's result" if outcome == "succeeded" else "this attempt's error"
+    what = "the handler's result" if row.outcome == "succeeded" else "this attempt's error"
     reason = storable_text(f"{type(exc).__name__}: {exc}", 2_000)
     error = (
         f"the result/error could not be stored: {what} was refused by Postgres ({reason}); "
         "return values and raise errors Postgres can store (no NUL characters, results of "
         "at most pgq_nb.models.RESULT_LIMIT characters of JSON)"
     )
-    outcome = "failed" if outcome == "succeeded" else outcome
-    return (job_id, outcome, None, error, None, started, finished, delay)
+    outcome = "failed" if row.outcome == "succeeded" else row.outcome
+    return row._replace(outcome=outcome, result=None, error=error, traceback=None)
 
 
 async def _finish(conn: Any, statement: str, worker_id: int | None, rows: list[Finished]) -> Any:
@@ -154,7 +164,7 @@ async def _finish_isolated(
                 refused = exc
         logger.warning(
             "the server refused to store a job's result or error; the job fails",
-            extra={"job_id": row[0], "error": storable_text(str(refused), 2_000)},
+            extra={"job_id": row.id, "error": storable_text(str(refused), 2_000)},
         )
         done.extend(await _finish_one(conn, statement, worker_id, _as_refused(row, refused), in_tx))
         refused = None
@@ -246,16 +256,7 @@ async def run_transactional(
                 cancel_requested=cancel_requested,
             )
         finished = dt.datetime.now(dt.UTC)
-        row: Finished = (
-            job.id,
-            "succeeded",
-            encoded.json,
-            None,
-            None,
-            started,
-            finished,
-            0.0,
-        )
+        row = Finished(job.id, "succeeded", encoded.json, None, None, started, finished, 0.0)
         slots = [job.id] if slotted else []
         steps = job.workflow_id is not None
         try:  # all or nothing: a completion the server refuses rolls the handler's writes back

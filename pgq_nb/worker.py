@@ -194,7 +194,7 @@ class Worker(Claiming, Upkeep, Stopping):
             self._claiming = True
             try:
                 claimed = await self._claim(
-                    room, done, [d[0] for d in done if d[0] in self._slotted]
+                    room, done, [d.id for d in done if d.id in self._slotted]
                 )
             except db.TRANSIENT_ERRORS as exc:
                 self._finished[:0] = done  # record them later
@@ -208,7 +208,7 @@ class Worker(Claiming, Upkeep, Stopping):
                 raise
             finally:
                 self._claiming = False
-            self._slotted.difference_update(d[0] for d in done)
+            self._slotted.difference_update(d.id for d in done)
             for job in claimed:
                 self._start(job)
             backlog = len(claimed) == room
@@ -222,7 +222,7 @@ class Worker(Claiming, Upkeep, Stopping):
     def _known_ids(self) -> list[int]:
         """The jobs this worker runs, or ran and has not recorded yet."""
         known = set(self._running) | self._flushing
-        known.update(f[0] for f in self._finished)
+        known.update(f.id for f in self._finished)
         return sorted(known)
 
     def _take_plain_finished(self) -> list[Finished]:
@@ -294,7 +294,9 @@ class Worker(Claiming, Upkeep, Stopping):
         if future.cancelled():
             self._cancelling.discard(job.id)
             error = "cancelled while running"
-            self._finished.append((job.id, "cancelled", None, error, None, started, finished, 0))
+            self._finished.append(
+                Finished(job.id, "cancelled", None, error, None, started, finished, 0.0)
+            )
             self.stats.cancelled += 1
         else:
             self._record(job, started, finished, future)
@@ -312,8 +314,9 @@ class Worker(Claiming, Upkeep, Stopping):
                 self.stats.succeeded += 1
                 return
             if isinstance(value, Encoded):
-                done = (job.id, "succeeded", value.json, None, None, started, finished, 0.0)
-                self._finished.append(done)
+                self._finished.append(
+                    Finished(job.id, "succeeded", value.json, None, None, started, finished, 0.0)
+                )
                 self.stats.succeeded += 1
                 return
             exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
@@ -325,7 +328,7 @@ class Worker(Claiming, Upkeep, Stopping):
         )
         outcome = "retry" if decision.retry else "failed"
         self._finished.append(
-            (job.id, outcome, None, error, trace, started, finished, decision.delay)
+            Finished(job.id, outcome, None, error, trace, started, finished, decision.delay)
         )
         if decision.retry:
             self.stats.retried += 1
@@ -368,7 +371,7 @@ class Worker(Claiming, Upkeep, Stopping):
             return
         await self._marked()
         batch, self._finished = self._finished, []
-        ids = [done[0] for done in batch]
+        ids = [done.id for done in batch]
         self._flushing.update(ids)
         steps, slots = plan = decisions.flush_plan(ids, self._steps, self._slotted)
         try:

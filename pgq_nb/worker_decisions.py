@@ -93,11 +93,11 @@ def split_plain(
     """(ride with the claim, stay for the flush): finished attempts that need no more than
     finish_jobs and release_slots (no workflow step) are recorded in the claim's transaction;
     workflow steps wait for the flush, which settles their runs."""
-    plain = [f for f in finished if f[0] not in steps]
+    plain = [f for f in finished if f.id not in steps]
     if len(plain) == len(finished):
         return plain, []
-    kept = {f[0] for f in plain}
-    return plain, [f for f in finished if f[0] not in kept]
+    kept = {f.id for f in plain}
+    return plain, [f for f in finished if f.id not in kept]
 
 
 def flush_at_once(unrecorded: int, batch_size: int, running: int) -> bool:

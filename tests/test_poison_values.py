@@ -97,7 +97,9 @@ async def _claimed(q: pgq_nb.Queue, n: int) -> tuple[int, list[int]]:
 
 def _row(job_id: int, outcome: str, result: str | None, error: str | None = None) -> Finished:
     now = dt.datetime.now(dt.UTC)
-    return (job_id, outcome, result, error, None if error is None else "trace", now, now, 0.0)
+    return Finished(
+        job_id, outcome, result, error, None if error is None else "trace", now, now, 0.0
+    )
 
 
 async def _history(q: pgq_nb.Queue) -> dict[int, Any]:

@@ -169,7 +169,7 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def done(job_id: int, outcome: str = "succeeded") -> Finished:
-    return (job_id, outcome, None, None, None, NOW, NOW, 0.0)
+    return Finished(job_id, outcome, None, None, None, NOW, NOW, 0.0)
 
 
 @pytest.mark.parametrize(
