@@ -4,25 +4,35 @@ failures, cancelling, pausing and schedules. (``cli.py`` has the parser, workers
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from pgq_nb import db, runtime, schema_install
 from pgq_nb.config import Settings
 from pgq_nb.errors import SchemaError
 from pgq_nb.facade import Queue, connect, resolve_dsn
+from pgq_nb.models import STATUSES
 
 
 def queue_for(args: argparse.Namespace, *, install: bool = True) -> Queue:
     return connect(args.dsn, schema=args.schema, install=install)
 
 
-def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def text_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Collection[int] = ()
+) -> str:
+    """A plain-text table (the CLI's and ``pgq-nb demo``'s): a header, a rule, the rows; the
+    columns numbered in ``right`` right-aligned, the others left-aligned."""
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:])])
 
 
 # -- db ------------------------------------------------------------------------------------
@@ -135,7 +145,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     q = queue_for(args, install=False)
     counts = q.counts()
-    order = ["queued", "blocked", "picked", "succeeded", "failed", "cancelled", "upstream_failed"]
+    order = list(STATUSES)
     by_ep: dict[str, dict[str, int]] = {}
     for entrypoint, status, n in counts:
         by_ep.setdefault(entrypoint, {})[status] = n

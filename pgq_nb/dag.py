@@ -212,13 +212,8 @@ class WorkflowBuilder:
         parents = [0] * len(self._nodes)
         for _, child in edges:
             parents[child] += 1
-        if connection is None:
-            async with self.store.pool.acquire() as conn, conn.transaction():
-                workflow_id = await self._write(conn, edges, parents)
-        else:
-            async with connection.transaction():
-                workflow_id = await self._write(connection, edges, parents)
-        return workflow_id
+        async with self.store.connection(connection) as conn, conn.transaction():
+            return await self._write(conn, edges, parents)
 
     async def _write(self, conn: Any, edges: list[tuple[int, int]], parents: list[int]) -> int:
         q = self.store

@@ -34,6 +34,7 @@ import pandas as pd
 
 import pgq_nb
 from pgq_nb import db, demo_data
+from pgq_nb.cli_admin import text_table
 from pgq_nb.errors import ConfigurationError
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
@@ -267,18 +268,6 @@ def run_demo(
 # -- output --------------------------------------------------------------------------------
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-
-
 def format_summary(s: DemoSummary, *, dsn_given: bool = False) -> list[str]:
     """The summary as lines of text."""
     tm = s.timings
@@ -320,12 +309,14 @@ def format_summary(s: DemoSummary, *, dsn_given: bool = False) -> list[str]:
     verdict = "done" if s.ok else "FINISHED WITH SURPRISES (see above)"
     return [
         "",
-        *_table(["step", "what", "outcome", "time"], steps, {3}),
+        *text_table(["step", "what", "outcome", "time"], steps, {3}).splitlines(),
         "",
         f"Failed for good: {failed_by or 'none'} (no exchange rate: GiveUp, not retried)",
         "",
         "Revenue by region (converted orders, EUR)",
-        *_table(["region", "orders", "paid", "refunded", "share"], regions, {1, 2, 3, 4}),
+        *text_table(
+            ["region", "orders", "paid", "refunded", "share"], regions, {1, 2, 3, 4}
+        ).splitlines(),
         "",
         f"{verdict} in {tm['total']:.1f} s (schema {s.schema})",
         "",

@@ -60,6 +60,35 @@ class DuplicatesSkipped(UserWarning):
         self.skipped = skipped
 
 
+def warn_skipped(
+    skipped: dict[int, int | None],
+    keys: Sequence[str | None],
+    total: int,
+    *,
+    noun: str,
+    label: Callable[[int], object] = lambda position: position,
+    note: str = "",
+    stacklevel: int,
+) -> None:
+    """Warn DuplicatesSkipped (the one message, for ``q.enqueue`` batches and enqueue_df):
+    ``skipped`` maps row positions to the job holding their key (None: an earlier row);
+    ``label`` names a row (its position, or a DataFrame's index); ``note`` ends the message."""
+    shown = ", ".join(
+        f"row {label(p)!r} (key {keys[p]!r}: "
+        f"{'an earlier row' if skipped[p] is None else f'job {skipped[p]}'})"
+        for p in list(skipped)[:10]
+    )
+    more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    warnings.warn(
+        DuplicatesSkipped(
+            f"{len(skipped)} of {total} {noun} skipped, their dedupe_key is taken: "
+            f"{shown}{more}{note}",
+            skipped,
+        ),
+        stacklevel=stacklevel + 1,
+    )
+
+
 def check_delay(name: str, value: dt.timedelta) -> dt.timedelta:
     """``value`` if it is within MAX_DELAY either way; else InvalidInputError."""
     if abs(value) > MAX_DELAY:
@@ -273,19 +302,7 @@ async def enqueue_many(
             for r in await conn.fetch(q["find_dedupe_many"], [keys[p] for p in skipped_rows])
         }
         skipped = {p: held.get(keys[p]) for p in skipped_rows}
-        shown = ", ".join(
-            f"row {p} (key {keys[p]!r}: job {held.get(keys[p], 'earlier in this batch')})"
-            for p in skipped_rows[:10]
-        )
-        more = f" and {len(skipped_rows) - 10} more" if len(skipped_rows) > 10 else ""
-        warnings.warn(
-            DuplicatesSkipped(
-                f"{len(skipped_rows)} of {n} jobs skipped, their dedupe_key is taken: "
-                f"{shown}{more}",
-                skipped,
-            ),
-            stacklevel=4,
-        )
+        warn_skipped(skipped, keys, n, noun="jobs", stacklevel=4)
     return result
 
 

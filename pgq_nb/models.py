@@ -32,6 +32,13 @@ class JobStatus(enum.StrEnum):
         return self not in (JobStatus.QUEUED, JobStatus.BLOCKED, JobStatus.PICKED)
 
 
+#: Every job status as text, in JobStatus's order: the live ones, then the final ones. Every
+#: other list of statuses (views, frames, the dashboard, the CLI, workflow steps) is one of these.
+STATUSES: tuple[str, ...] = tuple(status.value for status in JobStatus)
+LIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus if not s.is_final)
+FINAL_STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus if s.is_final)
+
+
 _UNSET: Any = object()
 
 

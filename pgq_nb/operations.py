@@ -5,7 +5,6 @@ A mixin of :class:`pgq_nb.queue.AsyncQueue`; every method runs on the pgq_nb loo
 
 from __future__ import annotations
 
-import asyncio
 import operator
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from pgq_nb import runtime
 from pgq_nb.config import Settings
 from pgq_nb.errors import InvalidInputError, JobNotFoundError
 from pgq_nb.models import JobInfo, JobStatus, check_int, check_text
+from pgq_nb.waiting import wait_until
 from pgq_nb.workflow_state import settle_steps
 
 if TYPE_CHECKING:
@@ -142,38 +142,30 @@ class Operations:
         out). ``progress`` shows a bar of finished jobs (default: in a notebook, for 1,000 jobs
         or more). An interrupt stops the waiting and leaves the jobs as they are."""
         wanted = _present_ids(ids)
-        bar: Any = None
-        if progress is not False:
-            from pgq_nb.notebook import progress as bars
+        finished = 0
 
-            bar = bars.bar(progress, len(wanted), "jobs finished", unit="jobs")
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        delay = 0.01
-        done = 0
-        try:
-            while True:
-                found = await self.statuses(wanted)
-                missing = [i for i in wanted if i not in found]
-                if missing:
-                    raise JobNotFoundError(
-                        f"no job with id {missing[0]} in the queue or in history"
-                    )
-                finished = sum(s.is_final for s in found.values())
-                if bar is not None and finished > done:
-                    bar.update(finished - done)
-                done = finished
-                if finished == len(wanted):
-                    return {i: found[i].value for i in wanted}
-                if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-                    raise TimeoutError(
-                        f"{len(wanted) - finished} of {len(wanted)} jobs had not finished "
-                        f"after {timeout} s"
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
-        finally:
-            if bar is not None:
-                bar.close()
+        async def poll() -> tuple[dict[int, str] | None, int]:
+            nonlocal finished
+            found = await self.statuses(wanted)
+            missing = [i for i in wanted if i not in found]
+            if missing:
+                raise JobNotFoundError(f"no job with id {missing[0]} in the queue or in history")
+            finished = sum(s.is_final for s in found.values())
+            over = finished == len(wanted)
+            return ({i: found[i].value for i in wanted} if over else None), finished
+
+        return await wait_until(
+            poll,
+            total=len(wanted),
+            timeout=timeout,
+            progress=progress,
+            description="jobs finished",
+            unit="jobs",
+            min_total=1_000,
+            timed_out=lambda: (
+                f"{len(wanted) - finished} of {len(wanted)} jobs had not finished after {timeout} s"
+            ),
+        )
 
     @runtime.bridged
     async def cancel(self, ids: Sequence[int] | int) -> dict[int, str]:

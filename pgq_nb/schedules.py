@@ -26,14 +26,11 @@ Decisions:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
-
-import asyncpg
 
 from pgq_nb.cron import (
     CATCH_UP_POLICIES,
@@ -44,6 +41,7 @@ from pgq_nb.cron import (
     next_fire,
 )
 from pgq_nb.errors import InvalidInputError
+from pgq_nb.store import acquired
 
 logger = logging.getLogger("pgq_nb.schedules")
 
@@ -83,16 +81,6 @@ class ScheduleSpec:
     def cron(self) -> CronSpec:
         """The expression and zone, as :mod:`pgq_nb.cron` takes them."""
         return CronSpec(expression=self.expression, tz=self.tz)
-
-
-@contextlib.asynccontextmanager
-async def _connection(db: Any) -> AsyncIterator[Any]:
-    """A connection: ``db`` itself, or one acquired from it if it is a pool."""
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn:
-            yield conn
-    else:
-        yield db
 
 
 def _check_name(name: object) -> str:
@@ -138,7 +126,7 @@ async def register(db: Any, queries: dict[str, str], specs: Sequence[ScheduleSpe
     if not specs:
         return
     specs.sort(key=lambda spec: spec.name)
-    async with _connection(db) as conn, conn.transaction():
+    async with acquired(db) as conn, conn.transaction():
         now = await conn.fetchval(queries["schedules_now"])
         await conn.execute(
             queries["upsert_schedules"],
@@ -171,7 +159,7 @@ async def fire_due(
         raise InvalidInputError(f"now must be a timezone-aware datetime or None, not {now!r}")
     if not wanted:
         return []
-    async with _connection(db) as conn, conn.transaction():
+    async with acquired(db) as conn, conn.transaction():
         rows = await conn.fetch(queries["lock_due_schedules"], wanted, now)
         if not rows:
             return []
@@ -219,7 +207,7 @@ async def run_now(db: Any, queries: dict[str, str], name: str) -> int:
     """Queue a run of schedule ``name`` now, outside its ticks; return the job id. The job's
     fire_time is now; the schedule's own ticks are not affected (see the module docstring)."""
     _check_name(name)
-    async with _connection(db) as conn:
+    async with acquired(db) as conn:
         job_id = await conn.fetchval(queries["run_schedule_now"], name)
         if job_id is None:
             raise await _unknown(conn, queries, name)
@@ -229,7 +217,7 @@ async def run_now(db: Any, queries: dict[str, str], name: str) -> int:
 async def pause(db: Any, queries: dict[str, str], name: str) -> None:
     """Stop firing schedule ``name`` until :func:`resume`. Queued jobs of it stay queued."""
     _check_name(name)
-    async with _connection(db) as conn:
+    async with acquired(db) as conn:
         if await conn.fetchval(queries["pause_schedule"], name) is None:
             raise await _unknown(conn, queries, name)
 
@@ -239,7 +227,7 @@ async def resume(db: Any, queries: dict[str, str], name: str) -> dt.datetime:
     first tick after now (ticks that fell in the pause are not replayed); resuming a schedule
     that is not paused changes nothing."""
     _check_name(name)
-    async with _connection(db) as conn, conn.transaction():
+    async with acquired(db) as conn, conn.transaction():
         row = await conn.fetchrow(queries["lock_schedule"], name)
         if row is None:
             raise await _unknown(conn, queries, name)
@@ -269,7 +257,7 @@ async def list_schedules(
       handler is no longer registered anywhere (the schedule is kept, not silently dropped).
     """
     here = set(_check_names(registered_names))
-    async with _connection(db) as conn:
+    async with acquired(db) as conn:
         rows = await conn.fetch(queries["list_schedules"], float(heartbeat_timeout_s))
     listed = []
     for row in rows:
@@ -288,7 +276,7 @@ async def next_wakeup(
     wanted = _check_names(names)
     if not wanted:
         return None
-    async with _connection(db) as conn:
+    async with acquired(db) as conn:
         wakeup: dt.datetime | None = await conn.fetchval(queries["next_schedule_run"], wanted)
     return wakeup
 
@@ -299,7 +287,7 @@ async def schedule_for_tick(
     """The :class:`~pgq_nb.cron.Schedule` a tick's handler receives: for the job of schedule
     ``name`` firing at ``fire_time``, with the tick fired before it as ``last_fire_time``."""
     _check_name(name)
-    async with _connection(db) as conn:
+    async with acquired(db) as conn:
         row = await conn.fetchrow(queries["schedule_for_tick"], name, fire_time)
         if row is None:
             raise await _unknown(conn, queries, name)
@@ -320,7 +308,7 @@ async def prune_ticks(
     due, so a day or more is plenty."""
     if not isinstance(older_than, dt.timedelta) or older_than < dt.timedelta(0):
         raise InvalidInputError(f"older_than must be a timedelta >= 0, not {older_than!r}")
-    async with _connection(db) as conn:
+    async with acquired(db) as conn:
         deleted: int = await conn.fetchval(
             queries["prune_schedule_ticks"], older_than.total_seconds()
         )

@@ -48,14 +48,21 @@ class Store:
     def schema(self) -> str:
         return self.settings.schema
 
-    @contextlib.asynccontextmanager
-    async def connection(self, connection: Any = None) -> AsyncIterator[Any]:
+    def connection(self, connection: Any = None) -> contextlib.AbstractAsyncContextManager[Any]:
         """``connection`` if given (the caller's), else one from the pool for the block."""
-        if connection is not None:
-            yield connection
-        else:
-            async with self.pool.acquire() as conn:
-                yield conn
+        return acquired(self.pool if connection is None else connection)
+
+
+@contextlib.asynccontextmanager
+async def acquired(source: Any) -> AsyncIterator[Any]:
+    """A connection for the block: ``source`` itself if it is one (a caller's, a
+    transaction's), else one acquired from ``source``, a pool, and released after."""
+    acquire = getattr(source, "acquire", None)
+    if acquire is None:
+        yield source
+    else:
+        async with acquire() as conn:
+            yield conn
 
 
 class SqlTarget(Protocol):

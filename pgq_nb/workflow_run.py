@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
 from pgq_nb.errors import JobNotFoundError
+from pgq_nb.models import FINAL_STATUSES, STATUSES
 from pgq_nb.operations import cancel_jobs
-from pgq_nb.workflow_state import STEP_STATUSES, group_results
+from pgq_nb.waiting import wait_until
+from pgq_nb.workflow_state import group_results
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,7 +43,7 @@ class AsyncWorkflowRun:
     async def counts(self) -> dict[str, int]:
         """Steps per status (every status present, zeros included)."""
         rows = await self.store.pool.fetch(self.store.queries["workflow_counts"], self.id)
-        out = dict.fromkeys(STEP_STATUSES, 0)
+        out = dict.fromkeys(STATUSES, 0)
         for r in rows:
             out[r["status"]] += r["n"]
         return out
@@ -73,33 +74,26 @@ class AsyncWorkflowRun:
     async def wait(self, timeout: float | None = None, progress: bool | None = None) -> str:
         """Wait until the run is over (no step left to run); return its final state.
 
-        ``progress`` shows a bar of finished steps (default: on in a notebook)."""
-        bar: Any = None
-        if progress or (progress is None and (await self._row())["finished"] is None):
-            from pgq_nb.notebook import workflows
+        ``progress`` shows a bar of finished steps (default: in a notebook)."""
+        steps: int = (await self._row())["steps"]
 
-            bar = workflows.progress_bar(self.name, (await self._row())["steps"], progress)
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        delay = 0.02
-        try:
-            while True:
-                row = await self._row()
-                if bar is not None:
-                    counts = await self.counts()
-                    bar.update_to(sum(counts[s] for s in STEP_STATUSES[3:]))
-                if row["finished"] is not None:
-                    state: str = row["status"]
-                    return state
-                if deadline is not None and loop.time() >= deadline:
-                    raise TimeoutError(
-                        f"workflow run {self.id} ({self.name!r}) still running after {timeout} s"
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 1.5, 0.5)
-        finally:
-            if bar is not None:
-                bar.close()
+        async def poll() -> tuple[str | None, int]:
+            row = await self._row()
+            counts = await self.counts() if progress is not False else {}
+            finished = sum(counts.get(s, 0) for s in FINAL_STATUSES)
+            return (None if row["finished"] is None else row["status"]), finished
+
+        return await wait_until(
+            poll,
+            total=steps,
+            timeout=timeout,
+            progress=progress,
+            description=f"workflow {self.name}",
+            unit="step",
+            timed_out=lambda: (
+                f"workflow run {self.id} ({self.name!r}) still running after {timeout} s"
+            ),
+        )
 
     @runtime.bridged
     async def retry(self) -> int:

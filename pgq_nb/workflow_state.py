@@ -1,21 +1,11 @@
-"""Workflow state: the statuses a step can have, settling what a finished step decides
-(descendants of a dead step, runs with nothing left to do) and grouping parents' results."""
+"""Workflow state: settling what a finished step decides (descendants of a dead step, runs
+with nothing left to do) and grouping parents' results. A step has a job's statuses
+(``models.STATUSES``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-
-#: Every status of a workflow step; those from index 3 on are final.
-STEP_STATUSES = (
-    "blocked",
-    "queued",
-    "picked",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "upstream_failed",
-)
 
 
 async def settle_steps(

@@ -15,7 +15,6 @@ import html
 from typing import TYPE_CHECKING, Any, cast
 
 from pgq_nb import runtime
-from pgq_nb.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -101,25 +100,12 @@ def parse_since(since: object) -> tuple[dt.datetime | None, float, str]:
     """``since`` as (start or None, window in seconds, label): a timedelta or a duration
     string ("15min", "1h", "2d") means that long before now; an aware datetime (or ISO 8601
     string with a zone) a fixed start."""
-    if isinstance(since, str):
-        from pgq_nb.notebook.columns import parse_time_text  # pandas, on first use
+    from pgq_nb.notebook.columns import check_since  # pandas, on first use
 
-        since = parse_time_text(since)
-    if isinstance(since, dt.timedelta):
-        if since <= dt.timedelta(0):
-            raise InvalidInputError(f"since={since} must be a positive duration")
-        return None, since.total_seconds(), f"last {_duration(since)}"
-    if isinstance(since, dt.datetime):
-        if since.tzinfo is None:
-            raise InvalidInputError(
-                f"since={since.isoformat()!r} has no time zone; give an aware datetime "
-                "(e.g. datetime.now(timezone.utc) - timedelta(hours=1)) or a duration ('1h')"
-            )
-        return since, 0.0, f"since {since.astimezone():%Y-%m-%d %H:%M}"
-    raise InvalidInputError(
-        "since must be a duration string ('1h'), a timedelta or a timezone-aware datetime, "
-        f"not {type(since).__name__}"
-    )
+    start = check_since(since)
+    if isinstance(start, dt.timedelta):
+        return None, start.total_seconds(), f"last {_duration(start)}"
+    return start, 0.0, f"since {start.astimezone():%Y-%m-%d %H:%M}"
 
 
 def _duration(delta: dt.timedelta) -> str:

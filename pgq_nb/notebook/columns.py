@@ -33,12 +33,12 @@ import numpy as np
 import pandas as pd
 
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.models import JobStatus
+from pgq_nb.models import STATUSES
 
 Kind = Literal["int", "count", "float", "str", "time", "status", "json", "payload"]
 
 #: Every job status, live then final, in lifecycle order (unordered: no status is "less").
-STATUS_DTYPE = pd.CategoricalDtype([status.value for status in JobStatus], ordered=False)
+STATUS_DTYPE = pd.CategoricalDtype(list(STATUSES), ordered=False)
 TIMESTAMP_DTYPE = pd.DatetimeTZDtype(unit="us", tz="UTC")
 
 
@@ -105,10 +105,34 @@ def inferred(values: Sequence[Any]) -> pd.Series:
     return _objects(values)
 
 
+def check_since(since: object) -> dt.timedelta | dt.datetime:
+    """The one check of a ``since=`` (``q.history``, ``q.plot_throughput``): a positive
+    timedelta or a duration string ("15min", "1h", "2d") means that long before now, returned
+    as a timedelta; a timezone-aware datetime or ISO 8601 string a fixed start, returned as a
+    datetime. InvalidInputError, with one message for each mistake, otherwise."""
+    if isinstance(since, str):
+        since = parse_time_text(since)
+    if isinstance(since, dt.timedelta):
+        if since <= dt.timedelta(0):
+            raise InvalidInputError(f"since={since} must be a positive duration")
+        return since
+    if isinstance(since, dt.datetime):
+        if since.tzinfo is None:
+            raise InvalidInputError(
+                f"since={since.isoformat()!r} has no time zone; add one (e.g. '+00:00' or "
+                "tzinfo=timezone.utc) or give a duration ('1h') or a timedelta"
+            )
+        return since
+    raise InvalidInputError(
+        "since must be a duration string ('1h'), a timedelta, a timezone-aware datetime or an "
+        f"ISO 8601 string with a zone, not {type(since).__name__}"
+    )
+
+
 def parse_time_text(text: str) -> dt.timedelta | dt.datetime:
-    """A duration ("15min", "1h", "2d") or an ISO 8601 time, as the views' ``since=`` take
-    them; InvalidInputError otherwise. (A time without a zone is returned as is: callers say
-    what to do about it.)"""
+    """A duration ("15min", "1h", "2d") or an ISO 8601 time, as ``since=`` takes them;
+    InvalidInputError otherwise. (A time without a zone is returned as is: see
+    :func:`check_since`.)"""
     text = text.strip()
     try:
         delta: dt.timedelta = pd.Timedelta(text).to_pytimedelta()

@@ -14,14 +14,12 @@ import datetime as dt
 import time
 from typing import TYPE_CHECKING, Any
 
+from pgq_nb.models import FINAL_STATUSES
 from pgq_nb.notebook.charts import Throughput, fetch_throughput
 
 if TYPE_CHECKING:
     from pgq_nb.queue import AsyncQueue
 
-LIVE_STATUSES = ("queued", "blocked", "picked")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled", "upstream_failed")
-STATUSES = LIVE_STATUSES + FINAL_STATUSES
 #: How long the step counts of a finished workflow run are reused before they are read again.
 SETTLED_TTL_S = 60.0
 

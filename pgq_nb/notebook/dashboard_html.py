@@ -11,7 +11,8 @@ import datetime as dt
 import html
 from collections.abc import Iterable, Sequence
 
-from pgq_nb.notebook.dashboard_data import STATUSES, FailedJob, ScheduleRow, Snapshot
+from pgq_nb.models import STATUSES
+from pgq_nb.notebook.dashboard_data import FailedJob, ScheduleRow, Snapshot
 
 STATUS_TITLES = {"picked": "running", "upstream_failed": "upstream failed"}
 #: Columns the counts table always has; the other statuses appear when some job has them.

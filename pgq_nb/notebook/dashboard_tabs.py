@@ -10,10 +10,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from pgq_nb.models import FINAL_STATUSES, STATUSES
 from pgq_nb.notebook.charts import throughput_svg
 from pgq_nb.notebook.dashboard_data import (
-    FINAL_STATUSES,
-    STATUSES,
     FailedJob,
     ScheduleRow,
     Snapshot,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import warnings
 from collections.abc import Callable, Hashable, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
@@ -32,11 +31,11 @@ import pandas as pd
 
 from pgq_nb import enqueue as limits
 from pgq_nb.enqueue import (
-    DuplicatesSkipped,
     check_delay,
     check_key,
     check_payload_size,
     check_time,
+    warn_skipped,
 )
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text
@@ -379,17 +378,12 @@ def _warn_skipped(
     for position in positions:
         key = keys[position]
         skipped[position] = held.get(key) if key is not None else None
-    shown = ", ".join(
-        f"row {df.index[p]!r} (key {keys[p]!r}: "
-        f"{'job ' + str(skipped[p]) if skipped[p] is not None else 'an earlier row'})"
-        for p in positions[:10]
-    )
-    more = f" and {len(positions) - 10} more" if len(positions) > 10 else ""
-    warnings.warn(
-        DuplicatesSkipped(
-            f"{len(positions)} of {len(df)} rows skipped, their dedupe_key is taken: "
-            f"{shown}{more}; their job_id is <NA>",
-            skipped,
-        ),
+    warn_skipped(
+        skipped,
+        keys,
+        len(df),
+        noun="rows",
+        label=lambda p: df.index[p],
+        note="; their job_id is <NA>",
         stacklevel=2,
     )

@@ -21,14 +21,14 @@ import numpy as np
 import pandas as pd
 
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.models import JobStatus, check_int, check_text
+from pgq_nb.models import FINAL_STATUSES, LIVE_STATUSES, check_int, check_text
 from pgq_nb.notebook.columns import (
     STATUS_DTYPE,
     Kind,
+    check_since,
     decode_payload,
     frame,
     inferred,
-    parse_time_text,
     typed,
 )
 from pgq_nb.notebook.enqueue import enqueue_df
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["STATUS_DTYPE", "enqueue_df", "failed", "history", "jobs", "purge_history"]
 __all__ += ["results", "stats"]
 
-LIVE = tuple(s.value for s in JobStatus if not s.is_final)
-FINAL = tuple(s.value for s in JobStatus if s.is_final)
 
 #: stats() looks at no more than this many recent jobs for its rates and mean durations.
 STATS_SAMPLE = 50_000
@@ -152,23 +150,8 @@ def _with_payloads(
 def _since(since: dt.datetime | dt.timedelta | str | None) -> dt.datetime | None:
     if since is None:
         return None
-    if isinstance(since, dt.timedelta):
-        return dt.datetime.now(dt.UTC) - since
-    if isinstance(since, str):
-        since = parse_time_text(since)  # a duration, as plot_throughput takes it, or a time
-        if isinstance(since, dt.timedelta):
-            return dt.datetime.now(dt.UTC) - since
-    if not isinstance(since, dt.datetime):
-        raise InvalidInputError(
-            "since must be a timezone-aware datetime, a duration ('1h') or ISO 8601 string, a "
-            f"timedelta (that long ago) or None, not {type(since).__name__}"
-        )
-    if since.tzinfo is None:
-        raise InvalidInputError(
-            f"since={since.isoformat()!r} has no time zone; add one (e.g. '+00:00' or "
-            "tzinfo=timezone.utc) or pass a timedelta"
-        )
-    return since
+    start = check_since(since)
+    return dt.datetime.now(dt.UTC) - start if isinstance(start, dt.timedelta) else start
 
 
 async def jobs(
@@ -181,7 +164,8 @@ async def jobs(
 ) -> pd.DataFrame:
     """The live queue (queued, blocked and picked jobs), oldest first, one row per job.
     Payloads longer than PAYLOAD_PREVIEW bytes come as a preview unless ``payloads``."""
-    wanted = _status(status, LIVE, "q.jobs() (the live queue; finished jobs are in q.history())")
+    live = "q.jobs() (the live queue; finished jobs are in q.history())"
+    wanted = _status(status, LIVE_STATUSES, live)
     rows = await aq.pool.fetch(
         aq.queries["live_jobs"],
         wanted,
@@ -246,7 +230,7 @@ async def history(
     """Finished jobs, newest first: attempts, ``queue_wait_s`` (from due to last start),
     ``run_s`` (last attempt) and error. ``since``: an aware datetime, ISO string, or timedelta
     ago."""
-    args = (_since(since), _status(status, FINAL, "q.history()"), _limit(limit))
+    args = (_since(since), _status(status, FINAL_STATUSES, "q.history()"), _limit(limit))
     if _text(entrypoint, "entrypoint") is None:
         rows = await aq.pool.fetch(aq.queries["recent_history"], *args)
     else:

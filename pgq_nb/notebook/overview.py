@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
+from pgq_nb.models import FINAL_STATUSES, STATUSES
 from pgq_nb.notebook.columns import Kind, frame, typed
-from pgq_nb.workflow_state import STEP_STATUSES
 
 SCHEDULES: dict[str, Kind] = {
     "name": "str",
@@ -57,9 +57,9 @@ def workflows_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per run, newest first, with a column of steps per status and ``done``, the
     share of steps finished (0 to 1)."""
     out = frame([{**r, "workflow_id": r["id"]} for r in rows], WORKFLOWS)
-    for status in STEP_STATUSES:
+    for status in STATUSES:
         out[status] = typed([int(r["counts"].get(status, 0)) for r in rows], "count")
-    finished = out[list(STEP_STATUSES[3:])].sum(axis=1)
+    finished = out[list(FINAL_STATUSES)].sum(axis=1)
     out["done"] = (finished / out["steps"].astype("float64")).fillna(0.0).astype("float64")
     return out
 

@@ -1,4 +1,5 @@
-"""Progress bars for long bulk operations: ``tqdm.auto``, on by default only in a notebook.
+"""The progress bars (enqueue_df, q.wait, run.wait): ``tqdm.auto``, by default shown only in
+a notebook, for work of at least ``min_total`` units.
 
 tqdm is imported only when a bar is shown. A bar created on the pgq_nb loop thread appears in
 the cell that made the call: the coroutine runs in a copy of that cell's context, where
@@ -38,16 +39,23 @@ def in_notebook() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def wanted(progress: bool | None, total: int, min_rows: int = DEFAULT_MIN_ROWS) -> bool:
-    """Whether to show a bar: ``progress`` if given, else in a notebook for large totals."""
+def wanted(progress: bool | None, total: int, min_total: int = DEFAULT_MIN_ROWS) -> bool:
+    """Whether to show a bar: ``progress`` if given, else in a notebook for a total of at
+    least ``min_total``."""
     if progress is not None:
         return bool(progress)
-    return total >= min_rows and in_notebook()
+    return total >= min_total and in_notebook()
 
 
-def bar(progress: bool | None, total: int, description: str, unit: str = "rows") -> Bar:
+def bar(
+    progress: bool | None,
+    total: int,
+    description: str,
+    unit: str = "rows",
+    min_total: int = DEFAULT_MIN_ROWS,
+) -> Bar:
     """A tqdm.auto bar of ``total`` (or one that does nothing, when not :func:`wanted`)."""
-    if not wanted(progress, total):
+    if not wanted(progress, total, min_total):
         return _NoBar()
     from tqdm.auto import tqdm
 

@@ -1,15 +1,14 @@
-"""Workflow runs in a notebook: a step table as a DataFrame, and a progress bar."""
+"""Workflow runs in a notebook: a step table as a DataFrame (``run.wait``'s bar is
+:mod:`pgq_nb.notebook.progress`'s)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from pgq_nb.models import JobStatus
+from pgq_nb.notebook.columns import STATUS_DTYPE
 
-STATUS_DTYPE = pd.CategoricalDtype([s.value for s in JobStatus])
 STEP_COLUMNS: dict[str, Any] = {
     "job_id": "Int64",
     "step": "str",
@@ -50,28 +49,3 @@ def steps_frame(steps: list[dict[str, Any]]) -> pd.DataFrame:
         else:
             frame[column] = frame[column].astype(dtype)
     return frame
-
-
-class _Bar:
-    """A tqdm bar advanced to an absolute count."""
-
-    def __init__(self, name: str, total: int, enabled: bool | None) -> None:
-        # default: on in a notebook or terminal, off when output is not interactive
-        self._bar = tqdm(
-            total=total,
-            desc=f"workflow {name}",
-            unit="step",
-            disable=None if enabled is None else not enabled,
-        )
-
-    def update_to(self, n: int) -> None:
-        if n > self._bar.n:
-            self._bar.update(n - self._bar.n)
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-def progress_bar(name: str, total: int, enabled: bool | None) -> _Bar:
-    """A bar of finished steps for ``run.wait()``."""
-    return _Bar(name, total, enabled)
