@@ -14,7 +14,6 @@ q.run_until_idle()
 import logging
 
 from pgq_nb.config import Settings
-from pgq_nb.cron import Schedule
 from pgq_nb.errors import (
     BlockingCallError,
     ConfigurationError,
@@ -35,6 +34,7 @@ from pgq_nb.facade import Queue, WorkerHandle, aconnect, connect
 from pgq_nb.models import Job, JobInfo, JobStatus
 from pgq_nb.queue import AsyncQueue
 from pgq_nb.retry import GiveUp, RetryLater, RetryPolicy
+from pgq_nb.schedule.cron import Schedule
 from pgq_nb.worker import Worker, WorkerStats
 
 __version__ = "0.1.0"

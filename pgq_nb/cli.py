@@ -158,7 +158,7 @@ def _exit_now(code: int) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     # pandas lives in the notebook layer; load the demo only when asked for
-    from pgq_nb import demo
+    from pgq_nb.notebook import demo
 
     summary = demo.run_demo(args.dsn, schema=args.schema or "pgq_nb_demo")
     return 0 if summary.ok else 1

@@ -15,13 +15,13 @@ from typing import Any
 
 from pgq_nb import db, runtime, schema_install
 from pgq_nb.config import Settings
-from pgq_nb.dag import Workflow
 from pgq_nb.errors import PgqError
 from pgq_nb.queue import AsyncQueue
 from pgq_nb.resources import Resources
 from pgq_nb.retry import RetryPolicy
 from pgq_nb.transaction import AsyncTransaction, Transaction
 from pgq_nb.worker import Worker, WorkerStats
+from pgq_nb.workflow_build import Workflow
 from pgq_nb.workflow_run import WorkflowRun
 
 

@@ -12,7 +12,6 @@ import asyncpg
 
 from pgq_nb import enqueue, runtime, schema_install
 from pgq_nb.config import Settings
-from pgq_nb.dag import AsyncWorkflow
 from pgq_nb.enqueue import ANALYZE_AFTER_ROWS as ANALYZE_AFTER_ROWS
 from pgq_nb.enqueue import Dedupe
 from pgq_nb.errors import JobNotFoundError
@@ -21,11 +20,12 @@ from pgq_nb.operations import Operations
 from pgq_nb.registry import EntrypointSpec as EntrypointSpec
 from pgq_nb.registry import H, Handler, Registry
 from pgq_nb.retry import RetryPolicy
-from pgq_nb.schedule_api import ScheduleMethods
+from pgq_nb.schedule.api import ScheduleMethods
 from pgq_nb.store import Store
 from pgq_nb.transaction import AsyncTransaction
 from pgq_nb.views import Views
 from pgq_nb.worker import Worker, WorkerStats
+from pgq_nb.workflow_build import AsyncWorkflow
 from pgq_nb.workflow_run import AsyncWorkflowRun
 
 __all__ = ["ANALYZE_AFTER_ROWS", "AsyncQueue", "EntrypointSpec", "Handler"]
@@ -197,7 +197,7 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
     # -- workflows ----------------------------------------------------------------------------
 
     def workflow(self, name: str) -> AsyncWorkflow:
-        """Start building a workflow (a DAG of jobs); see :mod:`pgq_nb.dag`."""
+        """Start building a workflow (a DAG of jobs); see :mod:`pgq_nb.workflow_build`."""
         return AsyncWorkflow(self.store, self.registry, name)
 
     @runtime.bridged

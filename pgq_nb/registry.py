@@ -21,7 +21,7 @@ from pgq_nb.models import Job, check_int, check_text
 from pgq_nb.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from pgq_nb.schedules import ScheduleSpec
+    from pgq_nb.schedule.database import ScheduleSpec
 
 Handler = Callable[[Job], Any]
 H = TypeVar("H", bound=Handler)

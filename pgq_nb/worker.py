@@ -39,7 +39,7 @@ from pgq_nb.handler_runs import (
 from pgq_nb.models import Job
 from pgq_nb.registry import EntrypointSpec
 from pgq_nb.retry import GiveUp, decide
-from pgq_nb.scheduler import run_scheduler
+from pgq_nb.schedule.runner import run_scheduler
 from pgq_nb.store import Backend
 from pgq_nb.worker_stop import Stopping, _wait
 from pgq_nb.worker_upkeep import Upkeep

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from pgq_nb import db, schedules
+from pgq_nb import db
 from pgq_nb.errors import DatabaseUnavailableError, PgqError
+from pgq_nb.schedule import database
 from pgq_nb.workflow_state import settle_steps
 
 if TYPE_CHECKING:
     from pgq_nb.models import Job
     from pgq_nb.registry import EntrypointSpec, Registry
-    from pgq_nb.schedules import ScheduleSpec
+    from pgq_nb.schedule.database import ScheduleSpec
     from pgq_nb.store import Store
 
 logger = logging.getLogger("pgq_nb.worker")
@@ -101,7 +102,7 @@ class Upkeep:
     async def _register_on(self, conn: Any) -> None:
         await self.registry.register(conn, list(self.specs))
         if self._schedules:
-            await schedules.register(conn, self._q, self._schedules)
+            await database.register(conn, self._q, self._schedules)
         self._paused = {r["name"] for r in await conn.fetch(self._q["paused_entrypoints"])}
         self.worker_id = await self._insert_worker_row(conn)
 

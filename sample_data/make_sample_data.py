@@ -3,9 +3,10 @@
     python sample_data/make_sample_data.py            # (re)write the files
     python sample_data/make_sample_data.py --check    # exit 1 if the files differ from the seed
 
-The tables are made by :func:`pgq_nb.demo_data.generate` from a fixed seed, so running this
-again gives the same bytes; ``pgq-nb demo`` makes the same tables in memory when these files
-are not there (pgq_nb installed from a wheel). See README.md here for every column.
+The tables are made by :func:`pgq_nb.notebook.demo_data.generate` of the checkout this script
+is in (whichever pgq_nb is installed) from a fixed seed, so running this again gives the same
+bytes; ``pgq-nb demo`` makes the same tables in memory when these files are not there (pgq_nb
+installed from a wheel). See README.md here for every column.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-try:
-    from pgq_nb import demo_data
-except ImportError:  # run from a checkout without pgq_nb installed
-    sys.path.insert(0, str(HERE.parent))
-    from pgq_nb import demo_data
+# the generator of this checkout, not of another installed copy (or none)
+sys.path.insert(0, str(HERE.parent))
+from pgq_nb.notebook import demo_data  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

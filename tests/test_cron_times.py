@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
-from pgq_nb.cron import (
+from pgq_nb.errors import InvalidInputError
+from pgq_nb.schedule.cron import (
     CronSpec,
     Schedule,
     due_ticks,
@@ -21,8 +22,7 @@ from pgq_nb.cron import (
     parse_cron,
     previous_fire,
 )
-from pgq_nb.errors import InvalidInputError
-from pgq_nb.schedules import ScheduleSpec
+from pgq_nb.schedule.database import ScheduleSpec
 
 UTC = dt.UTC
 
@@ -180,7 +180,7 @@ def test_a_whole_missing_day_fires_its_ticks_once_at_its_end() -> None:
 
 def _reference(expression: str, tz: str, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
     """The documented rules, checked instant by instant (every second or minute) against the
-    wall-clock time there: independent of pgq_nb.cron's stepping and of croniter's."""
+    wall-clock time there: independent of pgq_nb.schedule.cron's stepping and of croniter's."""
     zone = ZoneInfo(tz)
     fields = expression.split()
     seconds = len(fields) == 6

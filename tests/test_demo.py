@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 import pgq_nb
-from pgq_nb import demo, demo_data
 from pgq_nb.errors import ConfigurationError
+from pgq_nb.notebook import demo, demo_data
 from tests.conftest import REPO
 
 DEMO_SCHEMA = "pgq_nb_demo_test"
@@ -93,7 +93,7 @@ def test_demo_runs_twice_as_a_command(installed: str) -> None:
     env = dict(os.environ, PGQ_NB_DSN=installed)
     for _ in range(2):
         done = subprocess.run(
-            [sys.executable, "-m", "pgq_nb.demo", "--schema", DEMO_SCHEMA],
+            [sys.executable, "-m", "pgq_nb.notebook.demo", "--schema", DEMO_SCHEMA],
             cwd=REPO,
             env=env,
             capture_output=True,

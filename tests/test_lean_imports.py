@@ -51,7 +51,8 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def test_import_pgq_nb_loads_no_notebook_stack() -> None:
-    assert _loaded_after("import pgq_nb, pgq_nb.views, pgq_nb.facade, pgq_nb.cli") == []
+    modules = "pgq_nb, pgq_nb.views, pgq_nb.facade, pgq_nb.cli, pgq_nb.schedule.api"
+    assert _loaded_after(f"import {modules}, pgq_nb.schedule.runner, pgq_nb.workflow_build") == []
 
 
 def test_the_probe_sees_the_notebook_stack_once_it_is_used() -> None:

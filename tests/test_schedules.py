@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 import pytest
 
 import pgq_nb
-from pgq_nb import runtime, schedules
-from pgq_nb.cron import next_fire, parse_cron
+from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.schedules import ScheduleSpec
+from pgq_nb.schedule import database
+from pgq_nb.schedule.cron import next_fire, parse_cron
+from pgq_nb.schedule.database import ScheduleSpec
 from tests.conftest import SCHEMA
 
 T = TypeVar("T")
@@ -51,11 +52,11 @@ def db_now(q: pgq_nb.Queue) -> dt.datetime:
 
 
 def register(q: pgq_nb.Queue, *specs: ScheduleSpec) -> None:
-    run(schedules.register(q.aio.pool, q.aio.queries, list(specs)))
+    run(database.register(q.aio.pool, q.aio.queries, list(specs)))
 
 
 def fire(q: pgq_nb.Queue, *names: str, now: dt.datetime | None = None, **kw: Any) -> list[int]:
-    return run(schedules.fire_due(q.aio.pool, q.aio.queries, list(names), now, **kw))
+    return run(database.fire_due(q.aio.pool, q.aio.queries, list(names), now, **kw))
 
 
 def set_next_run(q: pgq_nb.Queue, name: str, when: dt.datetime) -> None:
@@ -127,7 +128,7 @@ def test_register_refuses_bad_input_and_writes_nothing(q: pgq_nb.Queue) -> None:
     with pytest.raises(InvalidInputError, match="schedule 'report' is given twice"):
         register(q, good, ScheduleSpec(name="report", expression="*/5 * * * *"))
     with pytest.raises(InvalidInputError, match=r"specs\[1\] is a dict, not a ScheduleSpec"):
-        run(schedules.register(q.aio.pool, q.aio.queries, [good, {"name": "x"}]))  # type: ignore[list-item]
+        run(database.register(q.aio.pool, q.aio.queries, [good, {"name": "x"}]))  # type: ignore[list-item]
     with pytest.raises(InvalidInputError, match="field 2 \\(hour\\) '25' is out of range 0-23"):
         register(q, good, ScheduleSpec(name="nightly", expression="0 25 * * *"))
     with pytest.raises(InvalidInputError, match="unknown time zone 'Europe/Olso'"):
@@ -182,7 +183,7 @@ def test_eight_concurrent_workers_fire_a_due_tick_once(q: pgq_nb.Queue) -> None:
         conns = [await q.aio.pool.acquire() for _ in range(8)]
         try:
             return await asyncio.gather(
-                *(schedules.fire_due(c, q.aio.queries, ["tick", "tock"], now) for c in conns)
+                *(database.fire_due(c, q.aio.queries, ["tick", "tock"], now) for c in conns)
             )
         finally:
             for conn in conns:
@@ -246,7 +247,7 @@ def test_every_second_for_four_seconds_with_eight_workers_each_tick_once(
         fired = 0
         async with q.aio.pool.acquire() as conn:
             while asyncio.get_running_loop().time() < stop:
-                fired += len(await schedules.fire_due(conn, q.aio.queries, ["second"]))
+                fired += len(await database.fire_due(conn, q.aio.queries, ["second"]))
                 await asyncio.sleep(random.uniform(0.0, 0.3))
         return fired
 
@@ -300,13 +301,13 @@ def test_missed_ticks_after_an_outage(
 
 def test_pause_and_resume_do_not_replay_paused_ticks(q: pgq_nb.Queue) -> None:
     register(q, ScheduleSpec(name="report", expression="* * * * * *", catch_up="all"))
-    run(schedules.pause(q.aio.pool, q.aio.queries, "report"))
+    run(database.pause(q.aio.pool, q.aio.queries, "report"))
     set_next_run(q, "report", db_now(q) - dt.timedelta(hours=1))  # an hour of ticks passes
     assert fire(q, "report") == []
-    assert run(schedules.next_wakeup(q.aio.pool, q.aio.queries, ["report"])) is None
+    assert run(database.next_wakeup(q.aio.pool, q.aio.queries, ["report"])) is None
 
     resumed_at = db_now(q)
-    next_run = run(schedules.resume(q.aio.pool, q.aio.queries, "report"))
+    next_run = run(database.resume(q.aio.pool, q.aio.queries, "report"))
     row = schedule_row(q, "report")
     assert row["enabled"]
     assert row["next_run"] == next_run
@@ -317,15 +318,15 @@ def test_pause_and_resume_do_not_replay_paused_ticks(q: pgq_nb.Queue) -> None:
 
     # resuming a schedule that is not paused changes nothing
     set_next_run(q, "report", at("2031-01-01T00:00Z"))
-    assert run(schedules.resume(q.aio.pool, q.aio.queries, "report")) == at("2031-01-01T00:00Z")
+    assert run(database.resume(q.aio.pool, q.aio.queries, "report")) == at("2031-01-01T00:00Z")
     assert schedule_row(q, "report")["next_run"] == at("2031-01-01T00:00Z")
 
 
 def test_run_now_queues_an_extra_run_that_leaves_the_ticks_alone(q: pgq_nb.Queue) -> None:
     register(q, ScheduleSpec(name="report", expression="* * * * *"))
-    run(schedules.pause(q.aio.pool, q.aio.queries, "report"))
+    run(database.pause(q.aio.pool, q.aio.queries, "report"))
     before = schedule_row(q, "report")
-    job_id = run(schedules.run_now(q.aio.pool, q.aio.queries, "report"))  # paused: still runs
+    job_id = run(database.run_now(q.aio.pool, q.aio.queries, "report"))  # paused: still runs
     after = schedule_row(q, "report")
     (job,) = tick_jobs(q)
     assert (job["id"], job["entrypoint"], job["schedule_name"], job["payload"]) == (
@@ -339,7 +340,7 @@ def test_run_now_queues_an_extra_run_that_leaves_the_ticks_alone(q: pgq_nb.Queue
     assert (after["next_run"], after["last_run"]) == (before["next_run"], before["last_run"])
     assert after["last_job_id"] == job_id
 
-    run(schedules.resume(q.aio.pool, q.aio.queries, "report"))
+    run(database.resume(q.aio.pool, q.aio.queries, "report"))
     due = schedule_row(q, "report")["next_run"]
     assert len(fire(q, "report", now=due)) == 1  # the next tick fires as planned
     assert len(tick_jobs(q)) == 2
@@ -349,7 +350,7 @@ def test_run_now_queues_an_extra_run_that_leaves_the_ticks_alone(q: pgq_nb.Queue
 def test_unknown_schedule_names_the_known_ones_and_writes_nothing(
     q: pgq_nb.Queue, action: str
 ) -> None:
-    call = getattr(schedules, action)
+    call = getattr(database, action)
     with pytest.raises(InvalidInputError, match="no schedules are stored yet"):
         run(call(q.aio.pool, q.aio.queries, "report"))
     register(
@@ -377,15 +378,15 @@ def test_list_schedules_shows_status_and_handlers_no_longer_registered(q: pgq_nb
         ScheduleSpec(name="orphan", expression="0 3 * * *", catch_up="skip"),
     )
     q.entrypoint("here")(lambda job: None)
-    run(schedules.run_now(q.aio.pool, q.aio.queries, "here"))
+    run(database.run_now(q.aio.pool, q.aio.queries, "here"))
     q.run_until_idle()  # the job succeeds; its worker deregisters when idle
-    run(schedules.run_now(q.aio.pool, q.aio.queries, "orphan"))  # queued, nobody runs it
+    run(database.run_now(q.aio.pool, q.aio.queries, "orphan"))  # queued, nobody runs it
     execute(
         q,
         "INSERT INTO {s}.workers (host, pid, entrypoints, concurrency, heartbeat) VALUES "
         "('box', 1, '{{remote}}', 4, now()), ('box', 2, '{{orphan}}', 4, now() - interval '1 h')",
     )
-    listed = run(schedules.list_schedules(q.aio.pool, q.aio.queries, {"here"}))
+    listed = run(database.list_schedules(q.aio.pool, q.aio.queries, {"here"}))
     by_name = {entry["name"]: entry for entry in listed}
     assert [entry["name"] for entry in listed] == ["here", "orphan", "remote"]
     assert by_name["here"]["last_status"] == "succeeded"
@@ -418,8 +419,8 @@ def test_next_wakeup_is_the_earliest_enabled_next_run(q: pgq_nb.Queue) -> None:
     set_next_run(q, "a", at("2030-01-01T10:00Z"))
     set_next_run(q, "b", at("2030-01-01T09:00Z"))
     set_next_run(q, "c", at("2030-01-01T08:00Z"))
-    run(schedules.pause(q.aio.pool, q.aio.queries, "c"))
-    wakeup = schedules.next_wakeup
+    run(database.pause(q.aio.pool, q.aio.queries, "c"))
+    wakeup = database.next_wakeup
     assert run(wakeup(q.aio.pool, q.aio.queries, ["a", "b", "c"])) == at("2030-01-01T09:00Z")
     assert run(wakeup(q.aio.pool, q.aio.queries, ["a"])) == at("2030-01-01T10:00Z")
     assert run(wakeup(q.aio.pool, q.aio.queries, ["nope"])) is None
@@ -436,7 +437,7 @@ def test_a_handler_gets_the_tick_and_the_one_fired_before_it(q: pgq_nb.Queue) ->
     set_next_run(q, "report", at("2026-11-01T05:00Z"))
     fire(q, "report", now=at("2026-11-01T06:30Z"))  # 01:00 EDT and 01:00 EST
     first, second = (j["fire_time"] for j in tick_jobs(q))
-    schedule = run(schedules.schedule_for_tick(q.aio.pool, q.aio.queries, "report", second))
+    schedule = run(database.schedule_for_tick(q.aio.pool, q.aio.queries, "report", second))
     assert (schedule.name, schedule.expression, schedule.tz) == (
         "report",
         "0 * * * *",
@@ -445,7 +446,7 @@ def test_a_handler_gets_the_tick_and_the_one_fired_before_it(q: pgq_nb.Queue) ->
     assert schedule.fire_time.isoformat() == "2026-11-01T01:00:00-05:00"
     assert schedule.last_fire_time is not None
     assert schedule.last_fire_time.isoformat() == "2026-11-01T01:00:00-04:00"
-    earliest = run(schedules.schedule_for_tick(q.aio.pool, q.aio.queries, "report", first))
+    earliest = run(database.schedule_for_tick(q.aio.pool, q.aio.queries, "report", first))
     assert earliest.last_fire_time is None
 
 
@@ -454,6 +455,6 @@ def test_prune_ticks_keeps_each_schedules_newest(q: pgq_nb.Queue) -> None:
     set_next_run(q, "report", at("2020-01-01T11:00Z"))
     fire(q, "report", now=at("2020-01-01T11:35Z"))
     assert len(ticks(q)) == 4
-    assert run(schedules.prune_ticks(q.aio.pool, q.aio.queries, dt.timedelta(days=1))) == 3
+    assert run(database.prune_ticks(q.aio.pool, q.aio.queries, dt.timedelta(days=1))) == 3
     assert [t["fire_time"] for t in ticks(q)] == [at("2020-01-01T11:30Z")]
-    assert run(schedules.prune_ticks(q.aio.pool, q.aio.queries)) == 0
+    assert run(database.prune_ticks(q.aio.pool, q.aio.queries)) == 0

@@ -9,5 +9,7 @@ imports ``frames`` on the first call of a DataFrame method.
 - ``enqueue``: ``enqueue_df``, one job per row with COPY in one transaction;
 - ``encode``: DataFrame columns to JSON payloads, and the documented form of every value;
 - ``columns``: the fixed dtypes of the views;
-- ``progress``: tqdm bars, on by default only in a notebook.
+- ``progress``: tqdm bars, on by default only in a notebook;
+- ``demo``: ``pgq-nb demo`` (``python -m pgq_nb.notebook.demo``), on ``demo_data``'s seeded
+  tables.
 """

@@ -11,12 +11,13 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING
 
-from pgq_nb import db, schedules
+from pgq_nb import db
+from pgq_nb.schedule import database
 
 if TYPE_CHECKING:
     from pgq_nb.store import Store
 
-logger = logging.getLogger("pgq_nb.scheduler")
+logger = logging.getLogger("pgq_nb.schedule.runner")
 
 #: Longest sleep between looks at the schedules table.
 MAX_SLEEP = 1.0
@@ -30,15 +31,15 @@ async def run_scheduler(store: Store, names: list[str]) -> None:
     while True:
         delay = MAX_SLEEP
         try:
-            fired = await schedules.fire_due(store.pool, store.queries, names)
+            fired = await database.fire_due(store.pool, store.queries, names)
             if fired:
                 logger.info("fired schedule ticks", extra={"job_ids": fired})
-            wake = await schedules.next_wakeup(store.pool, store.queries, names)
+            wake = await database.next_wakeup(store.pool, store.queries, names)
             now = dt.datetime.now(dt.UTC)
             if wake is not None:
                 delay = min(MAX_SLEEP, max((wake - now).total_seconds(), 0.001))
             if now - pruned > PRUNE_EVERY:
-                await schedules.prune_ticks(store.pool, store.queries)
+                await database.prune_ticks(store.pool, store.queries)
                 pruned = now
         except db.TRANSIENT_ERRORS as exc:
             logger.warning("scheduler could not reach the database", extra={"error": str(exc)})

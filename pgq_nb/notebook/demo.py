@@ -13,8 +13,8 @@ install), so it can run any number of times; it never touches another schema, an
 to reset a schema that holds jobs of anything but the demo.
 
 The data comes from ``sample_data/*.csv`` in a source checkout, or is made in memory from the
-same seed (:mod:`pgq_nb.demo_data`) when pgq_nb was installed from a wheel. This module needs
-pandas; nothing in the core imports it (``pgq-nb demo`` loads it on use).
+same seed (:mod:`pgq_nb.notebook.demo_data`) when pgq_nb was installed from a wheel. This
+module needs pandas; nothing in the core imports it (``pgq-nb demo`` loads it on use).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ from typing import Any
 import pandas as pd
 
 import pgq_nb
-from pgq_nb import db, demo_data
+from pgq_nb import db
 from pgq_nb.cli_admin import text_table
 from pgq_nb.errors import ConfigurationError
+from pgq_nb.notebook import demo_data
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
 DEFAULT_SCHEMA = "pgq_nb_demo"
 #: Every entrypoint the demo registers; a schema holding others is not the demo's to reset.
 ENTRYPOINTS = ("convert_order", "region_totals", "region_report", "hourly_report")
@@ -214,7 +215,7 @@ def run_demo(
     out(f"Postgres: {db.describe_dsn(q.aio.dsn)}; schema {schema!r}, reset")
     t = lap("connect and reset schema", began)
 
-    with _quiet("pgq_nb.worker", "pgq_nb.scheduler"):
+    with _quiet("pgq_nb.worker", "pgq_nb.schedule.runner"):
         ids = q.enqueue_df("convert_order", orders, progress=False)
         t = lap("enqueue_df", t)
         q.run_until_idle(entrypoints=["convert_order"])
@@ -330,10 +331,10 @@ def format_summary(s: DemoSummary, *, dsn_given: bool = False) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pgq_nb.demo [--dsn DSN] [--schema SCHEMA]``; exit code 0 when all went
+    """``python -m pgq_nb.notebook.demo [--dsn DSN] [--schema SCHEMA]``; exit code 0 when all went
     as the story says."""
     parser = argparse.ArgumentParser(
-        prog="python -m pgq_nb.demo", description=(__doc__ or "").split("\n\n")[0]
+        prog="python -m pgq_nb.notebook.demo", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument("--dsn", help="Postgres DSN (default: PGQ_NB_DSN, else embedded)")
     parser.add_argument("--schema", default=DEFAULT_SCHEMA, help="its own schema (reset!)")

@@ -1,7 +1,7 @@
 """Cron schedules in the database: register them, fire due ticks exactly once, manage them.
 
 Async functions taking an asyncpg connection (or pool) and the named queries
-(``q.aio.queries``); the time arithmetic is in :mod:`pgq_nb.cron`, and every decision about
+(``q.aio.queries``); the time arithmetic is in :mod:`pgq_nb.schedule.cron`, and every decision about
 what is due uses the database clock, which all workers share.
 
 Exactly once, with no leader: any worker may call :func:`fire_due` for the schedules it has
@@ -32,7 +32,8 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from pgq_nb.cron import (
+from pgq_nb.errors import InvalidInputError
+from pgq_nb.schedule.cron import (
     CATCH_UP_POLICIES,
     MAX_CATCH_UP,
     CronSpec,
@@ -40,17 +41,16 @@ from pgq_nb.cron import (
     due_ticks,
     next_fire,
 )
-from pgq_nb.errors import InvalidInputError
 from pgq_nb.store import acquired
 
-logger = logging.getLogger("pgq_nb.schedules")
+logger = logging.getLogger("pgq_nb.schedule.database")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ScheduleSpec:
     """A schedule as registered: its name (also the entrypoint of its tick jobs), its cron
     expression and IANA time zone, and what to do with ticks missed while no worker ran
-    (``catch_up``: ``latest``, ``all`` or ``skip``; see :mod:`pgq_nb.cron`).
+    (``catch_up``: ``latest``, ``all`` or ``skip``; see :mod:`pgq_nb.schedule.cron`).
 
     Construction validates everything, so a bad schedule is refused where it is declared.
     """
@@ -79,7 +79,7 @@ class ScheduleSpec:
 
     @property
     def cron(self) -> CronSpec:
-        """The expression and zone, as :mod:`pgq_nb.cron` takes them."""
+        """The expression and zone, as :mod:`pgq_nb.schedule.cron` takes them."""
         return CronSpec(expression=self.expression, tz=self.tz)
 
 
@@ -148,11 +148,11 @@ async def fire_due(
 ) -> list[int]:
     """Fire every due tick of the enabled schedules in ``names``; return the new jobs' ids.
 
-    Due ticks are chosen by each schedule's ``catch_up`` policy (:func:`pgq_nb.cron.due_ticks`)
-    against ``now`` (default: the database clock). One transaction, two statements, whatever
-    the number of schedules: lock the due rows, then record the ticks, queue their jobs and
-    move each schedule's next_run to its first tick after now. Safe to call from any number of
-    workers at once: each tick is fired once.
+    Due ticks are chosen by each schedule's ``catch_up`` policy
+    (:func:`pgq_nb.schedule.cron.due_ticks`) against ``now`` (default: the database clock).
+    One transaction, two statements, whatever the number of schedules: lock the due rows, then
+    record the ticks, queue their jobs and move each schedule's next_run to its first tick after
+    now. Safe to call from any number of workers at once: each tick is fired once.
     """
     wanted = _check_names(names)
     if now is not None and (not isinstance(now, dt.datetime) or now.utcoffset() is None):
@@ -284,8 +284,9 @@ async def next_wakeup(
 async def schedule_for_tick(
     db: Any, queries: dict[str, str], name: str, fire_time: dt.datetime
 ) -> Schedule:
-    """The :class:`~pgq_nb.cron.Schedule` a tick's handler receives: for the job of schedule
-    ``name`` firing at ``fire_time``, with the tick fired before it as ``last_fire_time``."""
+    """The :class:`~pgq_nb.schedule.cron.Schedule` a tick's handler receives: for the job of
+    schedule ``name`` firing at ``fire_time``, with the tick fired before it as
+    ``last_fire_time``."""
     _check_name(name)
     async with acquired(db) as conn:
         row = await conn.fetchrow(queries["schedule_for_tick"], name, fire_time)

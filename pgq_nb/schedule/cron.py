@@ -50,8 +50,8 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from pgq_nb.cron_syntax import Parsed, parse_expression, zone_info
 from pgq_nb.errors import InvalidInputError
+from pgq_nb.schedule.syntax import Parsed, parse_expression, zone_info
 
 CATCH_UP_POLICIES = ("latest", "all", "skip")
 #: How old the newest due tick may be for ``catch_up="skip"`` to still fire it.

@@ -12,12 +12,13 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pgq_nb import runtime, schedules
-from pgq_nb.cron import Schedule
+from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import Job
 from pgq_nb.retry import RetryPolicy
-from pgq_nb.schedules import ScheduleSpec
+from pgq_nb.schedule import database
+from pgq_nb.schedule.cron import Schedule
+from pgq_nb.schedule.database import ScheduleSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,7 +42,7 @@ class ScheduleMethods:
         or run them before any worker started)."""
         if self._unsynced_schedules:
             names = sorted(self._unsynced_schedules)
-            await schedules.register(
+            await database.register(
                 self.pool, self.queries, [self.schedule_specs[n] for n in names]
             )
             self._unsynced_schedules.difference_update(names)
@@ -77,7 +78,7 @@ class ScheduleMethods:
             if inspect.iscoroutinefunction(handler):
 
                 async def run_tick(job: Job) -> Any:
-                    tick = await schedules.schedule_for_tick(pool, queries, name, _fire(job))
+                    tick = await database.schedule_for_tick(pool, queries, name, _fire(job))
                     return await handler(tick)
 
                 self.entrypoint(name, retry=retry, timeout=timeout)(run_tick)
@@ -85,7 +86,7 @@ class ScheduleMethods:
 
                 def run_tick_sync(job: Job) -> Any:
                     tick = runtime.run_sync(
-                        schedules.schedule_for_tick(pool, queries, name, _fire(job))
+                        database.schedule_for_tick(pool, queries, name, _fire(job))
                     )
                     return handler(tick)
 
@@ -98,9 +99,9 @@ class ScheduleMethods:
 
     @runtime.bridged
     async def schedule_list(self) -> list[dict[str, Any]]:
-        """Every stored schedule as dicts (see :func:`pgq_nb.schedules.list_schedules`)."""
+        """Every stored schedule as dicts (see :func:`pgq_nb.schedule.database.list_schedules`)."""
         await self._sync_schedules()
-        return await schedules.list_schedules(
+        return await database.list_schedules(
             self.pool,
             self.queries,
             set(self.schedule_specs),
@@ -120,19 +121,19 @@ class ScheduleMethods:
     async def pause_schedule(self, name: str) -> None:
         """Stop firing ``name`` until resumed (queued ticks stay queued)."""
         await self._sync_schedules()
-        await schedules.pause(self.pool, self.queries, name)
+        await database.pause(self.pool, self.queries, name)
 
     @runtime.bridged
     async def resume_schedule(self, name: str) -> dt.datetime:
         """Fire ``name`` again, from its next tick after now; returns that tick."""
         await self._sync_schedules()
-        return await schedules.resume(self.pool, self.queries, name)
+        return await database.resume(self.pool, self.queries, name)
 
     @runtime.bridged
     async def run_schedule_now(self, name: str) -> int:
         """Queue a run of ``name`` now (the next cron tick still fires); returns its job id."""
         await self._sync_schedules()
-        return await schedules.run_now(self.pool, self.queries, name)
+        return await database.run_now(self.pool, self.queries, name)
 
 
 def _fire(job: Job) -> dt.datetime:

@@ -1,5 +1,5 @@
 """Cron syntax: parsing and validating 5- and 6-field expressions (with the bad field named
-in every error) and time zones. The fire-time logic is in :mod:`pgq_nb.cron`."""
+in every error) and time zones. The fire-time logic is in :mod:`pgq_nb.schedule.cron`."""
 
 from __future__ import annotations
 
