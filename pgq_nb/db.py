@@ -236,13 +236,6 @@ async def connect_one(dsn: str, *, retry_for: float | None = None) -> asyncpg.Co
     return conn
 
 
-async def close_pool(dsn: str) -> None:
-    """Close the shared pool of ``dsn`` if one is open; the next get_pool opens a new one."""
-    pool = _pools.pop(dsn, None)
-    if pool is not None:
-        await pool.close()
-
-
 async def close_pools() -> None:
     """Close every pool (at interpreter exit)."""
     pools = list(_pools.values())

@@ -151,16 +151,6 @@ async def _migrate(conn: Any, schema: str, current: int) -> None:
             logger.info("applied migration", extra={"migration": migration.name})
 
 
-async def install_first_version_and_migrate(pool: asyncpg.Pool, schema: str) -> None:
-    """Install migration 1 only, then migrate to the latest (used to test the migrations)."""
-    q = sql.queries(schema)
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(q["lock_install"], schema)
-        await conn.execute(sql.migrations(schema)[0].sql)
-        await conn.execute(q["set_schema_version"], 1)
-        await _migrate(conn, schema, 1)
-
-
 async def _check_uninstall(conn: Any, schema: str) -> bool:
     """False if ``schema`` does not exist; SchemaError unless it is pgq_nb's and holds only
     objects pgq_nb created."""

@@ -63,8 +63,15 @@ def limited(installed: str, admin_dsn: str) -> Iterator[str]:
     )
     role_dsn = _with_login(installed, ROLE, PASSWORD)
     yield role_dsn
-    runtime.run_sync(db.close_pool(role_dsn))
+    runtime.run_sync(_close_pool(role_dsn))
     drop()
+
+
+async def _close_pool(dsn: str) -> None:
+    """Close the shared pool of ``dsn`` if one is open; the next get_pool opens a new one."""
+    pool = db._pools.pop(dsn, None)
+    if pool is not None:
+        await pool.close()
 
 
 def _database(dsn: str) -> str:
@@ -221,7 +228,7 @@ def _restart_while_connecting(home: Path, caplog: pytest.LogCaptureFixture) -> N
         assert "error" not in outcome, outcome.get("error")
         assert outcome["value"].counts() == []
     finally:
-        runtime.run_sync(db.close_pool(dsn))
+        runtime.run_sync(_close_pool(dsn))
         if server.poll() is None:
             server.terminate()
             server.wait(timeout=WAIT)

@@ -22,7 +22,6 @@ from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.notebook.charts import plot_throughput
 from pgq_nb.notebook.dashboard import Dashboard, dashboard
-from pgq_nb.notebook.dashboard_tabs import SchedulesTab
 from tests.conftest import SCHEMA
 
 QUEUED_TOTAL = re.compile(r'data-entrypoint="\*" data-status="queued">(?:<span[^>]*>)?(\d+)<')
@@ -421,12 +420,6 @@ def test_schedules_tab_lists_and_pauses_resumes_and_runs_now(
     dash.last_action.result(timeout=10)
     queued = fetch(q, "SELECT id FROM {schema}.jobs WHERE entrypoint = 'hourly_report'")
     assert len(queued) == 1
-
-
-def test_schedule_buttons_are_disabled_when_the_queue_lacks_them() -> None:
-    tab = SchedulesTab({"pause": False, "resume": True, "run_now": False})
-    assert tab.pause.disabled and tab.resume.disabled and tab.run_now.disabled
-    assert "not available" in tab.note.value and "pause, run_now" in tab.note.value
 
 
 def test_workflows_tab_shows_progress_and_counts(q: pgq_nb.Queue, dash: Dashboard) -> None:

@@ -15,7 +15,7 @@ import pgq_nb
 from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.schedule import database
-from pgq_nb.schedule.cron import next_fire, parse_cron
+from pgq_nb.schedule.cron import CronSpec, next_fire
 from pgq_nb.schedule.database import ScheduleSpec
 from tests.conftest import SCHEMA
 
@@ -89,7 +89,9 @@ def test_register_creates_then_updates_keeping_enabled_and_last_run(q: pgq_nb.Qu
         "latest",
         True,
     )
-    assert row["next_run"] == next_fire(parse_cron("0 * * * *", "Europe/Oslo"), row["created"])
+    assert row["next_run"] == next_fire(
+        CronSpec(expression="0 * * * *", tz="Europe/Oslo"), row["created"]
+    )
     assert before < row["next_run"] <= before + dt.timedelta(hours=1)
 
     marker, last = at("2031-01-01T00:00Z"), at("2030-12-31T23:00Z")

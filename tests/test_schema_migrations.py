@@ -52,6 +52,16 @@ def _catalog(pool: Any, schema: str) -> dict[str, list[tuple[Any, ...]]]:
     return runtime.run_sync(run())
 
 
+async def _install_first_version_and_migrate(pool: Any, schema: str) -> None:
+    """Install migration 1 only, then migrate to the latest."""
+    q = sql.queries(schema)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(q["lock_install"], schema)
+        await conn.execute(sql.migrations(schema)[0].sql)
+        await conn.execute(q["set_schema_version"], 1)
+        await schema_install._migrate(conn, schema, 1)
+
+
 def _pool(dsn: str) -> Any:
     return runtime.run_sync(db.get_pool(dsn))
 
@@ -69,7 +79,7 @@ def test_fresh_install_equals_first_version_plus_migrations(installed: str) -> N
     _drop(pool, "mig_fresh", "mig_stepwise")
     try:
         runtime.run_sync(schema_install.install(pool, "mig_fresh"))
-        runtime.run_sync(schema_install.install_first_version_and_migrate(pool, "mig_stepwise"))
+        runtime.run_sync(_install_first_version_and_migrate(pool, "mig_stepwise"))
         fresh = _catalog(pool, "mig_fresh")
         stepwise = _catalog(pool, "mig_stepwise")
         assert fresh["columns"], "the catalog query found nothing"
@@ -101,7 +111,7 @@ def test_uninstall_knows_every_object_the_schema_and_migrations_create(installed
     _drop(pool, "mig_fresh", "mig_stepwise")
     try:
         runtime.run_sync(schema_install.install(pool, "mig_fresh"))
-        runtime.run_sync(schema_install.install_first_version_and_migrate(pool, "mig_stepwise"))
+        runtime.run_sync(_install_first_version_and_migrate(pool, "mig_stepwise"))
         for schema in ("mig_fresh", "mig_stepwise"):
             found = _objects(pool, schema)
             assert ("relation", "jobs") in found, found

@@ -22,11 +22,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
-import inspect
 import logging
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -44,13 +43,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The AsyncQueue methods behind the Schedules tab's buttons; each takes the schedule name.
-#: A button is disabled while its method does not exist.
-SCHEDULE_ACTIONS = {
-    "pause": "pause_schedule",
-    "resume": "resume_schedule",
-    "run_now": "run_schedule_now",
-}
 TAB_TITLES = ("Overview", "Failures", "Schedules", "Workflows")
 WORKFLOW_ROWS = 10
 
@@ -87,8 +79,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
         self.message_line = widgets.HTML()
         self.overview = OverviewTab()
         self.failures = FailuresTab()
-        available = {k: callable(getattr(aio, m, None)) for k, m in SCHEDULE_ACTIONS.items()}
-        self.schedules = SchedulesTab(available)
+        self.schedules = SchedulesTab()
         self.workflows = WorkflowsTab(WORKFLOW_ROWS)
         self.tabs = widgets.Tab(
             children=[t.widget for t in (self.overview, self.failures, self.schedules)]
@@ -292,14 +283,16 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
 
     def _schedule_action(self, action: str) -> None:
         name = self.schedules.pick.value
-        method: Callable[[str], Any] | None = getattr(self.queue, SCHEDULE_ACTIONS[action], None)
-        if name is None or method is None:
+        if name is None:
             return
+        methods: dict[str, Callable[[str], Awaitable[Any]]] = {
+            "pause": self.queue.pause_schedule,
+            "resume": self.queue.resume_schedule,
+            "run_now": self.queue.run_schedule_now,
+        }
 
         async def call() -> str:
-            result = method(name)
-            if inspect.isawaitable(result):
-                await result
+            await methods[action](name)
             return f"{action.replace('_', ' ')}: schedule {name!r}"
 
         self._act(call)

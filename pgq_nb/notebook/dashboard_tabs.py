@@ -191,27 +191,18 @@ class FailuresTab:
 class SchedulesTab:
     """Cron schedules: next and last run, last status; pause, resume and run now."""
 
-    def __init__(self, available: dict[str, bool]) -> None:
-        self.available = available
+    def __init__(self) -> None:
         self.table = widgets.HTML()
         self.pick = widgets.Dropdown(options=[], layout=widgets.Layout(width="260px"))
         self.pause = widgets.Button(description="Pause", icon="pause")
         self.resume = widgets.Button(description="Resume", icon="play")
         self.run_now = widgets.Button(description="Run now", icon="forward")
-        self.note = widgets.HTML()
         self.busy = False
         self.rows: dict[str, ScheduleRow] = {}
         self.pick.observe(lambda _: self.sync_buttons(), names="value")
-        missing = [name for name, ok in available.items() if not ok]
-        if missing:
-            self.note.value = muted("not available with this pgq_nb version: " + ", ".join(missing))
         self.sync_buttons()
         self.widget = widgets.VBox(
-            [
-                self.table,
-                widgets.HBox([self.pick, self.pause, self.resume, self.run_now]),
-                self.note,
-            ]
+            [self.table, widgets.HBox([self.pick, self.pause, self.resume, self.run_now])]
         )
 
     def update(self, snap: Snapshot) -> None:
@@ -223,9 +214,9 @@ class SchedulesTab:
     def sync_buttons(self) -> None:
         row = self.rows.get(self.pick.value) if self.pick.value is not None else None
         off = self.busy or row is None
-        self.pause.disabled = off or not self.available["pause"] or not (row and row.enabled)
-        self.resume.disabled = off or not self.available["resume"] or bool(row and row.enabled)
-        self.run_now.disabled = off or not self.available["run_now"]
+        self.pause.disabled = off or not (row and row.enabled)
+        self.resume.disabled = off or bool(row and row.enabled)
+        self.run_now.disabled = off
 
 
 _BAR_STYLES = {"succeeded": "success", "failed": "danger", "cancelled": "warning"}

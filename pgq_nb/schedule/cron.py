@@ -79,7 +79,7 @@ def _aware(name: str, value: object) -> dt.datetime:
 class CronSpec:
     """A valid cron expression (whitespace normalised) and the IANA time zone it is read in.
 
-    Construction validates both; :func:`parse_cron` is the usual way to build one.
+    Construction validates both (InvalidInputError names the bad field or zone).
     """
 
     expression: str
@@ -93,11 +93,6 @@ class CronSpec:
         object.__setattr__(self, "expression", " ".join(self.expression.split()))
         parse_expression(self.expression)
         zone_info(self.tz)
-
-
-def parse_cron(expression: str, tz: str = "UTC") -> CronSpec:
-    """Validate ``expression`` and ``tz``; InvalidInputError names the bad field or zone."""
-    return CronSpec(expression=expression, tz=tz)
 
 
 # -- wall-clock times and the instants they fire at -------------------------------------------
@@ -240,26 +235,6 @@ def next_fire(spec: CronSpec, after: dt.datetime) -> dt.datetime:
     return next(
         _forward(parse_expression(spec.expression), zone_info(spec.tz), _aware("after", after))
     )
-
-
-def previous_fire(spec: CronSpec, at: dt.datetime) -> dt.datetime:
-    """The last fire time at or before ``at`` (aware), in UTC."""
-    return next(_backward(parse_expression(spec.expression), zone_info(spec.tz), _aware("at", at)))
-
-
-def fire_times_between(
-    spec: CronSpec, start: dt.datetime, end: dt.datetime, limit: int = 1000
-) -> list[dt.datetime]:
-    """The fire times in (start, end], ascending, in UTC: the first ``limit`` of them."""
-    begin, finish = _aware("start", start), _aware("end", end)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise InvalidInputError(f"limit must be an int >= 0, not {limit!r}")
-    times: list[dt.datetime] = []
-    for instant in _forward(parse_expression(spec.expression), zone_info(spec.tz), begin):
-        if instant > finish or len(times) >= limit:
-            break
-        times.append(instant)
-    return times
 
 
 def due_ticks(
