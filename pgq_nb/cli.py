@@ -169,17 +169,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pgq-nb", description="Durable Postgres job queue for notebook pipelines."
+        prog="pgq-nb",
+        description="Durable Postgres job queue for notebook pipelines.",
+        epilog="Run `pgq-nb COMMAND --help` for the options of a command.",
     )
+    parser.set_defaults(show_help=parser.print_help)
     parser.add_argument("--dsn", help="Postgres DSN (default: PGQ_NB_DSN, else embedded server)")
     parser.add_argument("--schema", help="schema name (default: PGQ_NB_SCHEMA, else pgq_nb)")
     parser.add_argument(
         "--log-level", help="logging level (default: INFO for `worker`, WARNING otherwise)"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    # Not required: with no command, main() prints this help (argparse's error would not list
+    # the commands); likewise for `pgq-nb db`.
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
 
     db = sub.add_parser("db", help="manage the embedded Postgres server")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db.set_defaults(show_help=db.print_help)
+    db_sub = db.add_subparsers(dest="db_command", title="commands", metavar="COMMAND")
     db_sub.add_parser("start", help="start it (initialising it on first use)")
     db_sub.add_parser("stop", help="stop it")
     db_sub.add_parser("status", help="say whether it runs, where, on which port")
@@ -219,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.set_defaults(func=cmd_pause)
 
     sub.add_parser(
-        "demo", help="the whole story on sample data, in its own schema (pgq_nb_demo)"
+        "demo", help="the whole story on sample data, in schema pgq_nb_demo"
     ).set_defaults(func=cmd_demo)
 
     worker = sub.add_parser("worker", help="run a worker process")
@@ -239,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command is None or (args.command == "db" and args.db_command is None):
+        # the commands, one line each, on stdout; a usage error all the same (as git does), so
+        # that `pgq-nb "$command"` with an empty $command does not pass for a success
+        args.show_help()
+        return 2
     _setup_logging(args.log_level or ("INFO" if args.command == "worker" else "WARNING"))
     try:
         code: int = args.func(args)
