@@ -18,9 +18,33 @@
 Every message says what went wrong and what to do about it. Failures to connect are translated
 in :mod:`pgq_nb.db` (``translate_errors``, and the retrying connect); errors a worker meets later
 are sorted there too, into transient ones (``db.TRANSIENT_ERRORS``, retried) and the rest.
+Two helpers build parts of messages: :func:`article` ("an Interval") and :func:`did_you_mean`.
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+#: Words that start with a vowel letter but a consonant sound: "a UUID", "a uint8", "a Unicode".
+_CONSONANT_SOUNDS = ("uu", "uni", "uint", "use", "usu", "uti", "eu", "one")
+#: Words that start with a consonant letter but a vowel sound: "an ndarray", "an hour".
+_VOWEL_SOUNDS = ("nd", "hour", "honest")
+
+
+def article(word: str) -> str:
+    """``word`` after "a" or "an", as it is said: "an Interval", "an int", "a str", "a UUID"."""
+    lower = word.lower()
+    vowel = lower[:1] in tuple("aeiou") and not lower.startswith(_CONSONANT_SOUNDS)
+    return f"{'an' if vowel or lower.startswith(_VOWEL_SOUNDS) else 'a'} {word}"
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x' or 'y'?)`` with the known names closest to ``name`` (case does not
+    count), or "" when none is close: for the end of an "unknown name" message."""
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3)
+    return f" (did you mean {' or '.join(repr(by_lower[c]) for c in close)}?)" if close else ""
 
 
 class PgqError(Exception):

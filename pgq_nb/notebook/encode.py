@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from pgq_nb.errors import PayloadError
+from pgq_nb.errors import PayloadError, article
 
 Convert = Callable[[Any], str]
 
@@ -313,7 +313,7 @@ def payloads(frame: pd.DataFrame, columns: Sequence[str]) -> list[bytes]:
         except Unstorable as exc:
             label = frame.index[exc.position]
             reason = exc.reason or (
-                f"a {type(exc.value).__name__} has no JSON form; convert the column first "
+                f"{article(type(exc.value).__name__)} has no JSON form; convert the column first "
                 f"(for example df[{name!r}].astype(str)) or leave it out with columns=[...]"
             )
             shown = repr(exc.value)

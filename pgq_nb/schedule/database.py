@@ -32,7 +32,7 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from pgq_nb.errors import InvalidInputError
+from pgq_nb.errors import InvalidInputError, article
 from pgq_nb.schedule.cron import (
     CATCH_UP_POLICIES,
     MAX_CATCH_UP,
@@ -114,7 +114,7 @@ async def register(db: Any, queries: dict[str, str], specs: Sequence[ScheduleSpe
     for i, spec in enumerate(specs):
         if not isinstance(spec, ScheduleSpec):
             raise InvalidInputError(
-                f"specs[{i}] is a {type(spec).__name__}, not a ScheduleSpec; build it with "
+                f"specs[{i}] is {article(type(spec).__name__)}, not a ScheduleSpec; build it with "
                 "ScheduleSpec(name=..., expression=..., tz=..., catch_up=...)"
             )
     names = [spec.name for spec in specs]

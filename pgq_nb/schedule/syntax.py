@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import difflib
 import functools
 import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
-from pgq_nb.errors import InvalidInputError
+from pgq_nb.errors import InvalidInputError, did_you_mean
 
 _NICKNAMES = {
     "@yearly": "0 0 1 1 *",
@@ -157,10 +156,7 @@ def zone_info(tz: str) -> ZoneInfo:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         pass
-    known = {name.lower(): name for name in available_timezones()}
-    close = [known[m] for m in difflib.get_close_matches(tz.lower(), list(known), n=3)]
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
     raise InvalidInputError(
-        f"unknown time zone {tz!r}{hint}; use an IANA name such as 'Europe/Oslo', "
-        "'America/New_York' or 'UTC'"
+        f"unknown time zone {tz!r}{did_you_mean(tz, available_timezones())}; use an IANA name "
+        "such as 'Europe/Oslo', 'America/New_York' or 'UTC'"
     )

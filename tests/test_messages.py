@@ -1,0 +1,74 @@
+"""How messages are worded: "a"/"an" before a type's name, and "did you mean" after an unknown
+name. Table tests of the two helpers in pgq_nb.errors, and the messages that use them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pandas as pd
+import pytest
+
+from pgq_nb.errors import InvalidInputError, PayloadError, article, did_you_mean
+from pgq_nb.notebook import encode
+from pgq_nb.schedule import database, syntax
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        ("object", "an object"),
+        ("Interval", "an Interval"),
+        ("int", "an int"),
+        ("Ellipsis", "an Ellipsis"),
+        ("ndarray", "an ndarray"),
+        ("str", "a str"),
+        ("set", "a set"),
+        ("DataFrame", "a DataFrame"),
+        ("Timestamp", "a Timestamp"),
+        ("UUID", "a UUID"),
+        ("uint8", "a uint8"),
+        ("NoneType", "a NoneType"),
+        ("", "a "),
+    ],
+)
+def test_article_is_the_one_the_word_is_said_with(word: str, expected: str) -> None:
+    assert article(word) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "known", "expected"),
+    [
+        ("transfrom", ["extract", "transform", "load"], " (did you mean 'transform'?)"),
+        ("Score", ["score", "scores", "report"], " (did you mean 'score' or 'scores'?)"),
+        ("europe/oslo", ["Europe/Oslo", "UTC"], " (did you mean 'Europe/Oslo'?)"),
+        ("zzz", ["extract", "transform"], ""),
+        ("anything", [], ""),
+    ],
+)
+def test_did_you_mean_names_the_close_known_names(
+    name: str, known: list[str], expected: str
+) -> None:
+    assert did_you_mean(name, known) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [(object(), "an object has no JSON form"), (pd.Interval(0, 1), "an Interval has no JSON form")],
+)
+def test_a_column_value_without_json_form_is_named_with_its_article(
+    value: object, said: str
+) -> None:
+    frame = pd.DataFrame({"c": pd.Series([value], dtype=object)})
+    with pytest.raises(PayloadError) as raised:
+        encode.payloads(frame, ["c"])
+    assert said in str(raised.value)
+
+
+def test_a_wrong_schedule_spec_is_named_with_its_article() -> None:
+    with pytest.raises(InvalidInputError, match=r"specs\[0\] is an int, not a ScheduleSpec"):
+        asyncio.run(database.register(None, {}, [1]))  # type: ignore[list-item]
+
+
+def test_an_unknown_time_zone_still_gets_a_did_you_mean() -> None:
+    with pytest.raises(InvalidInputError, match=r"did you mean 'Europe/Oslo'"):
+        syntax.zone_info("Europe/Olso")
