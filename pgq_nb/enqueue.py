@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
 from pgq_nb.errors import DuplicateJobError, InvalidInputError, PayloadError
-from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, encode_payload
+from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, encode_payload, refuse_frame
 from pgq_nb.registry import parse_rate as parse_rate
 from pgq_nb.registry import rate_burst as rate_burst
 
@@ -173,6 +173,7 @@ async def enqueue_one(
             f"entrypoint must be a str or a list of str, not {type(entrypoint).__name__}"
         )
     check_text("entrypoint", entrypoint)
+    refuse_frame(payload, f"q.enqueue_df({entrypoint!r}, {{rows}})")
     data = check_payload_size("the payload", encode_payload(payload))
     prio = check_int("priority", priority)
     when = check_time(execute_after)
@@ -216,6 +217,7 @@ def _check_batch(
         payloads = [None] * n
     if isinstance(priorities, int) and not isinstance(priorities, bool):
         priorities = [priorities] * n
+    refuse_frame(payloads, "q.enqueue_df(entrypoint, {rows})")
     if isinstance(payloads, bytes | str | dict) or not isinstance(payloads, Sequence):
         raise InvalidInputError("with a list of entrypoints, payload must be a list too")
     if not isinstance(priorities, Sequence):

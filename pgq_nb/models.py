@@ -249,6 +249,22 @@ def check_int(name: str, value: object, bits: int = 32) -> int:
     return value
 
 
+def refuse_frame(payload: object, per_row: str) -> None:
+    """PayloadError if ``payload`` is a pandas DataFrame or Series (told by its classes' names:
+    the core never imports pandas), naming ``per_row``, the call that makes a job per row, with
+    ``{rows}`` where the rows go."""
+    for cls in type(payload).__mro__:
+        if cls.__module__.split(".")[0] == "pandas" and cls.__name__ in ("DataFrame", "Series"):
+            call = per_row.replace(
+                "{rows}", "df" if cls.__name__ == "DataFrame" else "s.to_frame()"
+            )
+            raise PayloadError(
+                f"the payload is a pandas {cls.__name__}; to make one job per row, use {call}; "
+                "for one job, pass one row as a dict "
+                "(row.to_dict())"
+            )
+
+
 def encode_payload(payload: object) -> bytes | None:
     """Bytes are stored as they are; dicts, lists, strings, numbers and bools as JSON."""
     if payload is None:

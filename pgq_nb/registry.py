@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pgq_nb.errors import InvalidInputError, UnknownEntrypointError
+from pgq_nb.errors import InvalidInputError, UnknownEntrypointError, did_you_mean
 from pgq_nb.models import Job, check_int, check_text
 from pgq_nb.retry import RetryPolicy
 
@@ -119,8 +119,8 @@ class Registry:
         for name in names:
             if name not in self.handlers:
                 raise UnknownEntrypointError(
-                    f"no handler for entrypoint {name!r}; register it with "
-                    f"@q.entrypoint({name!r}) before starting a worker "
+                    f"no handler for entrypoint {name!r}{did_you_mean(name, self.handlers)}; "
+                    f"register it with @q.entrypoint({name!r}) before starting a worker "
                     f"(registered: {sorted(self.handlers)})"
                 )
         return {n: self.handlers[n] for n in names}
@@ -156,8 +156,9 @@ class Registry:
         unknown -= self._known_remote
         if unknown:
             name = sorted(unknown)[0]
+            hint = did_you_mean(name, self.handlers.keys() | self._known_remote)
             raise UnknownEntrypointError(
-                f"no handler is registered for entrypoint {name!r}; register it with "
+                f"no handler is registered for entrypoint {name!r}{hint}; register it with "
                 f"@q.entrypoint({name!r}) in this process, or start a worker that registers it, "
                 f"before enqueueing (known: {sorted(self.handlers.keys() | self._known_remote)})"
             )

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
-from pgq_nb.errors import InvalidInputError
-from pgq_nb.models import check_int, check_text, encode_payload
+from pgq_nb.errors import InvalidInputError, did_you_mean
+from pgq_nb.models import check_int, check_text, encode_payload, refuse_frame
 
 if TYPE_CHECKING:
     from pgq_nb.registry import Registry
@@ -132,6 +132,7 @@ class WorkflowBuilder:
         ``job.parent_results()``."""
         if not isinstance(entrypoint, str) or not entrypoint:
             raise InvalidInputError("entrypoint must be a non-empty string")
+        refuse_frame(payload, f"wf.map({entrypoint!r}, {{rows}})")
         step_name = self._unique_name(name, entrypoint)
         node = _Node(
             entrypoint=entrypoint,
@@ -185,7 +186,8 @@ class WorkflowBuilder:
                     if found is None:
                         raise InvalidInputError(
                             f"step {node.name!r} depends on {dep!r}, which is not a step of "
-                            f"workflow {self.name!r} (steps: {sorted(self._names)})"
+                            f"workflow {self.name!r}{did_you_mean(dep, self._names)}; its "
+                            f"steps: {sorted(self._names)}"
                         )
                     dep = found
                 if dep.name == node.name:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pandas as pd
 import pytest
 
 import pgq_nb
@@ -114,6 +115,34 @@ def test_unregistered_entrypoint_is_refused(q: pgq_nb.Queue) -> None:
         q.enqueue("nope", {"x": 1})
     with pytest.raises(pgq_nb.UnknownEntrypointError, match="nope"):
         q.enqueue(["known", "nope"], [None, None], [0, 0])
+    assert _jobs_in_table(q) == 0
+
+
+def test_a_misspelt_entrypoint_gets_a_did_you_mean_from_every_known_name(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    _register(q, "load_orders")
+    worker_side = pgq_nb.connect(installed, schema=SCHEMA)
+    worker_side.entrypoint("score_orders")(lambda job: None)
+    worker_side.enqueue("score_orders")  # records the name in the database
+    for typo, meant in (("load_order", "load_orders"), ("score_order", "score_orders")):
+        with pytest.raises(pgq_nb.UnknownEntrypointError, match=rf"did you mean '{meant}'"):
+            q.enqueue(typo, {"x": 1})
+    with pytest.raises(pgq_nb.UnknownEntrypointError, match=r"did you mean 'load_orders'\?"):
+        q.start_worker(entrypoints=["load_ordres"])
+
+
+def test_a_dataframe_payload_points_at_enqueue_df(q: pgq_nb.Queue) -> None:
+    _register(q, "score")
+    df = pd.DataFrame({"amount": [1.5, 2.0]})
+    with pytest.raises(
+        pgq_nb.PayloadError, match=r"one job per row, use q\.enqueue_df\('score', df\)"
+    ):
+        q.enqueue("score", df)
+    with pytest.raises(pgq_nb.PayloadError, match=r"q\.enqueue_df\('score', s\.to_frame\(\)\)"):
+        q.enqueue("score", df["amount"])
+    with pytest.raises(pgq_nb.PayloadError, match=r"q\.enqueue_df\(entrypoint, df\)"):
+        q.enqueue(["score", "score"], df)  # type: ignore[call-overload]
     assert _jobs_in_table(q) == 0
 
 

@@ -178,6 +178,36 @@ def test_refused_workflows_write_nothing(q: pgq_nb.Queue, build: object, message
         assert _rows(q, table) == 0, table
 
 
+def test_misspelt_names_get_a_did_you_mean(q: pgq_nb.Queue) -> None:
+    # an entrypoint is checked at submit, as enqueue checks it: known here or to some worker
+    q.entrypoint("extract")(lambda job: None)
+    q.entrypoint("transform")(lambda job: None)
+    wf = q.workflow("etl")
+    raw = wf.step("extract")
+    wf.step("transfrom", depends_on=raw)
+    with pytest.raises(pgq_nb.UnknownEntrypointError, match=r"did you mean 'transform'\?"):
+        wf.submit()
+    wf = q.workflow("etl")
+    wf.step("extract")
+    wf.step("transform", depends_on="extrct")
+    with pytest.raises(pgq_nb.InvalidInputError, match=r"did you mean 'extract'\?"):
+        wf.submit()
+    for table in ("jobs", "job_deps", "workflows"):
+        assert _rows(q, table) == 0, table
+
+
+def test_a_dataframe_step_payload_points_at_map(q: pgq_nb.Queue) -> None:
+    q.entrypoint("transform")(lambda job: None)
+    wf = q.workflow("etl")
+    df = pd.DataFrame({"amount": [1, 2]})
+    with pytest.raises(
+        pgq_nb.PayloadError, match=r"one job per row, use wf\.map\('transform', df\)"
+    ):
+        wf.step("transform", df)
+    with pytest.raises(pgq_nb.PayloadError, match=r"wf\.map\('transform', s\.to_frame\(\)\)"):
+        wf.step("transform", df["amount"])
+
+
 def test_steps_of_another_workflow_and_bad_arguments_are_refused(q: pgq_nb.Queue) -> None:
     q.entrypoint("known")(lambda job: None)
     one, two = q.workflow("one"), q.workflow("two")
