@@ -44,7 +44,10 @@ def limited(installed: str, admin_dsn: str) -> Iterator[str]:
         return found
 
     if not runtime.run_sync(may_create_roles()):
-        pytest.skip("the test server's user may not create roles")
+        pytest.skip(
+            "the test server's user may not create roles; set PGQ_NB_TEST_ADMIN_DSN to a "
+            "superuser's DSN, or unset PGQ_NB_TEST_DSN to use the embedded server"
+        )
 
     def drop() -> None:
         execute_sql(

@@ -30,7 +30,10 @@ NOBODY = 65534
 ROOT = os.geteuid() == 0
 root_only = pytest.mark.skipif(
     not ROOT,
-    reason="needs root: plants files as another user, or checks what root's server user may reach",
+    reason=(
+        "needs root: plants files as another user, or checks what root's server user may "
+        "reach; run the suite as root (as CI does) to run it"
+    ),
 )
 VICTIM_TEXT = "a file the server must never touch\n"
 

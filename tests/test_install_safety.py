@@ -421,7 +421,10 @@ def test_an_old_install_in_public_keeps_public_and_its_tables(
         return list(await pool.fetch(sql.queries("public")["schema_objects"], "public"))
 
     if runtime.run_sync(objects_in_public()):
-        pytest.skip("public is not empty on this server")
+        pytest.skip(
+            "public is not empty on this server; run it on the suite's own embedded server "
+            "(unset PGQ_NB_TEST_DSN) or on a server whose public schema is empty"
+        )
     comment = _value(dsn, "SELECT obj_description('public'::regnamespace, 'pg_namespace')")
     execute_sql(dsn, "CREATE TABLE public.safety_customers (id int PRIMARY KEY)")
     _install_legacy(dsn, "public")

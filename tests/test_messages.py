@@ -1,9 +1,13 @@
 """How messages are worded: "a"/"an" before a type's name, and "did you mean" after an unknown
-name. Table tests of the two helpers in pgq_nb.errors, and the messages that use them."""
+name (table tests of the two helpers in pgq_nb.errors, and the messages that use them); and
+the test suite's own: a skipped test says why."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,6 +15,7 @@ import pytest
 from pgq_nb.errors import InvalidInputError, PayloadError, article, did_you_mean
 from pgq_nb.notebook import encode
 from pgq_nb.schedule import database, syntax
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize(
@@ -72,3 +77,23 @@ def test_a_wrong_schedule_spec_is_named_with_its_article() -> None:
 def test_an_unknown_time_zone_still_gets_a_did_you_mean() -> None:
     with pytest.raises(InvalidInputError, match=r"did you mean 'Europe/Oslo'"):
         syntax.zone_info("Europe/Olso")
+
+
+def test_a_skipped_test_says_why_in_the_default_output(tmp_path: Path) -> None:
+    # the project's pytest settings, on a test file of this test's own
+    (tmp_path / "test_skips.py").write_text(
+        "import pytest\n\n"
+        "def test_needs_something() -> None:\n"
+        "    pytest.skip('needs something; install it to run this')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), str(tmp_path)],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SKIPPED [1]" in done.stdout, done.stdout
+    assert "needs something; install it to run this" in done.stdout, done.stdout

@@ -133,7 +133,10 @@ def test_unreachable_dsn_names_host_and_port_not_password(
 
 def test_wrong_password_is_a_clear_error(installed: str) -> None:
     if "@" not in installed or ":" not in installed.split("@")[0].split("//")[1]:
-        pytest.skip("the test server has no password")
+        pytest.skip(
+            "the test server's DSN has no password to get wrong; set PGQ_NB_TEST_DSN to one "
+            "with a password, or unset it to use the embedded server (which has one)"
+        )
     user_part, rest = installed.split("@", 1)
     bad = user_part.rsplit(":", 1)[0] + ":wrong-password@" + rest
     with pytest.raises(pgq_nb.DatabaseUnavailableError, match="refused the connection"):
