@@ -9,6 +9,7 @@ and every server is stopped at teardown.
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import stat
 from collections.abc import Iterator
@@ -299,6 +300,29 @@ def test_root_default_home_opens_no_directory(home: Path, monkeypatch: pytest.Mo
     for made in (system_home, system_home.parent):
         st = made.stat()
         assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o710, server_user().gid)
+
+
+@root_only
+def test_directories_made_on_the_way_to_a_home_are_told_in_one_line(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user = server_user()
+    base = home.parent
+    srv, queues = base / "srv", base / "srv" / "queues"
+    deep = queues / "home"
+    _layout.ensure_home(deep, user)
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    group = grp.getgrgid(user.gid).gr_name
+    assert err.startswith(f"pgq_nb: made {srv}, {queues} (root:{group}, mode 0710: "), err
+    for text in (f"group {group} may pass through", f"the home {deep},", "PGQ_NB_HOME"):
+        assert text in err, err
+    for made in (srv, queues, deep):  # as told
+        st = made.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, user.gid, 0o710)
+    _layout.ensure_home(deep, user)  # made already: nothing new to tell
+    _layout.ensure_home(home, user)  # its parent was there: nothing made on the way
+    assert capsys.readouterr().err == ""
 
 
 @root_only

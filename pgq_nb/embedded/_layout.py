@@ -8,14 +8,17 @@ As root the server runs as the ``postgres`` OS user, which must be able to searc
 directory on the way to the data directory and to the binaries. pgq_nb never changes the
 permissions of a directory it did not create. Root's default home is therefore
 ``/var/lib/pgq_nb``; it, and any directory pgq_nb creates on the way to a home, is made
-``root:<postgres's group>`` with mode 0710, which lets only the server's group through. A home,
-or binaries, that the ``postgres`` user cannot reach are refused with the ways out.
+``root:<postgres's group>`` with mode 0710, which lets only the server's group through (the
+directories it makes above a home are named in one line on stderr). A home, or binaries, that
+the ``postgres`` user cannot reach are refused with the ways out.
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import stat
+import sys
 from pathlib import Path
 
 from pgq_nb.embedded import _system
@@ -89,13 +92,14 @@ def ensure_home(home: Path, user: ServerUser) -> None:
     if missing:
         check_parents(missing[-1])  # before creating anything there
     try:
-        for directory in reversed(missing):
-            make_dir(directory, mode, gid=gid)
+        made = [d for d in reversed(missing) if make_dir(d, mode, gid=gid)]
     except OSError as exc:
         raise EmbeddedServerError(
             f"Cannot create the embedded Postgres's home {home}: {exc.strerror}. Set "
             "PGQ_NB_HOME to a directory you may write, or PGQ_NB_DSN to use another Postgres."
         ) from None
+    if user.switch:
+        notice_opened([d for d in made if d != home], home, user)
     check_parents(home)
     st = os.stat(home)
     me = os.geteuid()
@@ -116,6 +120,24 @@ def ensure_home(home: Path, user: ServerUser) -> None:
             "could put files in it",
             f"Take that away (chmod go-w {home}), check its files, or choose another PGQ_NB_HOME.",
         )
+
+
+def notice_opened(parents: list[Path], home: Path, user: ServerUser) -> None:
+    """As root, one line on stderr naming the directories pgq_nb made on the way to ``home``,
+    which let the server's group through (an operator may not expect them to)."""
+    if not parents:
+        return
+    try:
+        group = grp.getgrgid(user.gid).gr_name
+    except KeyError:
+        group = str(user.gid)
+    print(
+        f"pgq_nb: made {', '.join(map(str, parents))} (root:{group}, mode 0710: group {group} "
+        f"may pass through) on the way to the home {home}, so that the server's OS user "
+        f"{SERVER_OS_USER!r} reaches it; to make no directory outside the home, set "
+        f"PGQ_NB_HOME to a new directory in an existing one (root's default is {SYSTEM_HOME})",
+        file=sys.stderr,
+    )
 
 
 def check_reachable(path: Path, user: ServerUser, what: str, way_out: str) -> None:
