@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Callable, Hashable, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ from pgq_nb.enqueue import (
 )
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text
-from pgq_nb.notebook import encode
+from pgq_nb.notebook import dtypes, encode
 from pgq_nb.notebook import progress as bars
 
 if TYPE_CHECKING:
@@ -281,6 +282,7 @@ async def enqueue_df(
     if len(df) == 0:
         return pd.Series(pd.array([], dtype="Int64"), index=df.index, name="job_id")
 
+    recorded = json.dumps(dtypes.record(df, names), separators=(",", ":"))
     rows = _kept_rows(keys, len(df))
     every_row = len(rows) == len(df)
     copied = ["id", "entrypoint", "payload"]  # columns left out take the table's default
@@ -312,6 +314,10 @@ async def enqueue_df(
             pending = asyncio.ensure_future(converted(0))  # overlaps the id reservation
             reserved = await conn.fetchrow(store.queries["reserve_job_ids"], len(rows))
             new_ids: list[int] = sorted(reserved["ids"])
+            starts, ends = dtypes.id_runs(new_ids)
+            await conn.execute(
+                store.queries["record_payload_dtypes"], entrypoint, starts, ends, recorded
+            )
             per_row: list[Sequence[Any]] = [new_ids]
             if "priority" in copied:
                 per_row.append([priorities[i] for i in rows.tolist()])
