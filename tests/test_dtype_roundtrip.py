@@ -224,3 +224,29 @@ def test_purge_history_forgets_the_dtypes_of_batches_it_emptied(q: pgq_nb.Queue)
     assert recorded() == 1  # the queued batch keeps its dtypes
     q.run_until_idle()
     assert q.results(ECHO, ids=kept.tolist())["v"].tolist() == [Decimal("2")]
+
+
+def test_result_columns_are_json_a_timedelta_result_is_an_iso_duration(q: pgq_nb.Queue) -> None:
+    """Result columns are not restored: they come back as JSON holds them. A handler that
+    returns a timedelta succeeds (it used to fail: "not JSON serializable")."""
+
+    @q.entrypoint("returns_types")
+    def returns_types(job: pgq_nb.Job) -> dict[str, Any]:
+        return {
+            "price": Decimal("9.90"),
+            "took": dt.timedelta(minutes=1, seconds=30, microseconds=5),
+            "took_pd": pd.Timedelta("-1s"),
+            "at": pd.Timestamp("2024-06-01 12:00", tz="Europe/Oslo"),
+            "missing": pd.NaT,
+        }
+
+    q.enqueue_df("returns_types", pd.DataFrame({"i": [1]}))
+    q.run_until_idle()
+    back = q.results("returns_types")
+    assert back.loc[0, "price"] == "9.90" and back.loc[0, "took"] == "P0DT0H1M30.000005S"
+    assert pd.Timedelta(str(back.loc[0, "took"])) == dt.timedelta(
+        minutes=1, seconds=30, microseconds=5
+    )
+    assert back.loc[0, "took_pd"] == "P-1DT23H59M59S"
+    assert back.loc[0, "at"] == "2024-06-01T12:00:00+02:00"
+    assert back["missing"].isna().all()

@@ -6,7 +6,8 @@ The path of a call:
 2. convert the payload columns to JSON (:mod:`pgq_nb.notebook.encode`), in a thread for big
    frames so the pgq_nb loop keeps serving heartbeats of in-notebook workers; a value that
    cannot be stored raises PayloadError before anything is written;
-3. in one transaction: draw the ids from the jobs sequence in one round trip, then COPY the
+3. in one transaction: draw the ids from the jobs sequence in one round trip, record the
+   payload columns' dtypes for those ids (one row of ``payload_dtypes``), then COPY the
    rows (id, entrypoint, payload, priority, execute_after, dedupe_key) in chunks of
    ``chunk_size``, advancing the progress bar after each. With a ``dedupe_key`` the rows are
    copied into a temporary table and moved with ``INSERT ... ON CONFLICT DO NOTHING`` instead,
@@ -250,7 +251,9 @@ async def enqueue_df(
 
     - ``columns`` (default: every column) become each job's JSON payload, keyed by column
       name; the index is not sent (``df.reset_index()`` sends it). Values are converted as
-      :mod:`pgq_nb.notebook.encode` describes (naive timestamps as given, Decimal as a string).
+      :mod:`pgq_nb.notebook.encode` describes (naive timestamps as given, Decimal as a string);
+      their dtypes are recorded with the batch, and ``q.results()`` gives them back
+      (:mod:`pgq_nb.notebook.dtypes`).
     - ``priority``: an int, or the name of an integer column.
     - ``execute_after``: a timezone-aware datetime, a timedelta from now (the server's clock),
       the name of a column of aware timestamps or timedeltas (NaT: due now), or None (now).

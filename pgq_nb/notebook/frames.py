@@ -316,8 +316,11 @@ async def results(
     returned a dict gives one row; a list of dicts (a returned DataFrame is stored as its
     records) gives one row per dict, each with the job's id and payload; any other value is a
     column ``result``. Result columns named like a payload column get the suffix ``_result``.
-    Column dtypes are inferred from the JSON values (integers ``Int64``, timestamps stay ISO
-    strings). Join back to the enqueued frame on the ids ``enqueue_df`` returned::
+    Payload columns of jobs enqueued with ``enqueue_df`` get back the dtypes of the frame they
+    came from (recorded per call: :mod:`pgq_nb.notebook.dtypes`; rows of calls with different
+    dtypes are put together as ``pd.concat`` would); other columns, and every result column,
+    get a dtype inferred from the JSON values (integers ``Int64``, timestamps, Decimals and
+    durations stay strings). Join back to the enqueued frame on the ids ``enqueue_df`` returned::
 
         ids = q.enqueue_df("score", df)
         ...
