@@ -153,6 +153,14 @@ def test_batches_of_one_entrypoint_with_different_dtypes_each_come_back_as_given
     every = q.results(ECHO)
     assert list(every["v"]) == [Decimal("1.5"), Decimal("2"), "1.5", "x", 7, pd.NA, 3]
     assert every["v"].dtype == object
+    # a column that other calls' rows lack: missing there, in its own dtype
+    assert every["when"].dtype == object  # timedelta64 and str: as pd.concat puts them
+    q.enqueue_df(ECHO, pd.DataFrame({"big": np.array([2**62], dtype="int64"), "ok": [True]}))
+    q.run_until_idle()
+    every = q.results(ECHO)
+    assert every["big"].dtype == "Int64" and every["big"].tolist()[-1] == 2**62
+    assert every["big"].isna().sum() == len(every) - 1
+    assert every["ok"].dtype == "boolean"  # (the handler's result "ok" is "ok_result")
 
 
 def test_interleaved_ids_of_concurrent_batches_find_their_own_dtypes(q: pgq_nb.Queue) -> None:
@@ -250,3 +258,36 @@ def test_result_columns_are_json_a_timedelta_result_is_an_iso_duration(q: pgq_nb
     assert back.loc[0, "took_pd"] == "P-1DT23H59M59S"
     assert back.loc[0, "at"] == "2024-06-01T12:00:00+02:00"
     assert back["missing"].isna().all()
+
+
+def test_a_workflow_map_over_a_frame_keeps_its_dtypes(q: pgq_nb.Queue, installed: str) -> None:
+    """wf.map writes a frame's rows as enqueue_df does (it used to refuse Decimal, timestamps
+    and timedeltas: "not JSON serializable") and records their dtypes with the steps."""
+    df = _every_dtype()
+    seen = _echo(q)
+    wf = q.workflow("typed_map")
+    wf.map(ECHO, df)
+    wf.map("dtype_plain", [{"plain": 1}])  # an iterable: nothing recorded
+    q.entrypoint("dtype_plain")(lambda job: job.data)
+    run = wf.submit()
+    q.run_until_idle()
+    assert run.wait(timeout=30, progress=False) == "succeeded"
+    assert len(seen) == len(df)
+    fresh = pgq_nb.connect(installed, schema=SCHEMA)
+    pd.testing.assert_frame_equal(fresh.results(ECHO)[list(df.columns)], df)
+    assert fresh.results("dtype_plain")["plain"].tolist() == [1]
+
+
+def test_a_workflow_map_refuses_what_enqueue_df_refuses_and_adds_nothing(
+    q: pgq_nb.Queue,
+) -> None:
+    wf = q.workflow("bad_map")
+    frame = pd.DataFrame({"p": pd.period_range("2024-01", periods=2, freq="M")}, index=["a", "b"])
+    with pytest.raises(
+        pgq_nb.PayloadError, match=r"map 'echo': column 'p', row 'a'.*Period.*nothing was added"
+    ):
+        wf.map("echo", frame)
+    with pytest.raises(pgq_nb.InvalidInputError, match=r"column names must be strings"):
+        wf.map("echo", pd.DataFrame({0: [1]}))
+    with pytest.raises(pgq_nb.InvalidInputError, match="has no steps"):
+        wf.submit()

@@ -203,7 +203,8 @@ def restored(
 ) -> pd.Series:
     """One column of rows from several batches: each batch's rows restored with its own
     description (``owners[i]``: the batch of row i, -1: none), then put together in row order
-    (as ``pd.concat`` puts different dtypes together)."""
+    (as ``pd.concat`` puts different dtypes together). A batch whose rows have no value in
+    the column (another frame's column, say) only adds missing values to it."""
     batches = np.unique(owners)
     if len(batches) == 1:
         only = int(batches[0])
@@ -211,9 +212,25 @@ def restored(
     parts = []
     for batch in batches.tolist():
         rows = np.flatnonzero(owners == batch)
-        part = restore(
-            [values[i] for i in rows.tolist()], descriptions[batch] if batch >= 0 else None
-        )
+        mine = [values[i] for i in rows.tolist()]
+        if all(value is None for value in mine):
+            continue
+        part = restore(mine, descriptions[batch] if batch >= 0 else None)
         parts.append(part.set_axis(rows))
-    together: pd.Series = pd.concat(parts).sort_index().reset_index(drop=True)
+    if not parts:
+        return restore(values, None)
+    if sum(map(len, parts)) < len(values):  # rows to fill: numpy ints and bools hold no NA
+        parts = [_nullable(part) for part in parts]
+    together: pd.Series = pd.concat(parts).sort_index().reindex(range(len(values)))
     return together
+
+
+def _nullable(part: pd.Series) -> pd.Series:
+    """``part`` as the nullable twin of a numpy int or bool dtype (else as it is), so that
+    missing rows do not turn its integers into floats."""
+    kind = part.dtype.kind if isinstance(part.dtype, np.dtype) else ""
+    if not kind or kind not in "iub":
+        return part
+    twin = "boolean" if kind == "b" else part.dtype.name.replace("u", "U").replace("i", "I", 1)
+    nullable: pd.Series = part.astype(pd.api.types.pandas_dtype(twin))
+    return nullable

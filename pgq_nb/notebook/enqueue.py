@@ -69,7 +69,7 @@ def _column(df: pd.DataFrame, name: str, role: str) -> pd.Series:
     return found
 
 
-def _payload_columns(df: pd.DataFrame, columns: Sequence[str] | None) -> list[str]:
+def payload_columns(df: pd.DataFrame, columns: Sequence[str] | None) -> list[str]:
     if columns is None:
         names: list[Hashable] = list(df.columns)
         role = "the frame's column names"
@@ -276,7 +276,7 @@ async def enqueue_df(
         raise InvalidInputError(f"df must be a pandas DataFrame, not {type(df).__name__}")
     if check_int("chunk_size", chunk_size) < 1:
         raise InvalidInputError("chunk_size must be at least 1")
-    names = _payload_columns(df, columns)
+    names = payload_columns(df, columns)
     priorities = _priorities(df, priority)
     keys = _dedupe_keys(df, dedupe_key)
     due = _due(df, execute_after)

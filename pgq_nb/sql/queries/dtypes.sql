@@ -9,6 +9,13 @@ INSERT INTO {schema}.payload_dtypes (entrypoint, job_ids, dtypes)
 SELECT $1, range_agg(int8range(s, e)), $4::text::jsonb
 FROM unnest($2::bigint[], $3::bigint[]) AS r(s, e);
 
+-- name: record_dtypes_of_ids
+-- Record the dtypes of a wf.map over a DataFrame: its steps' ids (any order), as ranges.
+-- params: $1 entrypoint, $2 ids bigint[], $3 dtypes as JSON text
+INSERT INTO {schema}.payload_dtypes (entrypoint, job_ids, dtypes)
+SELECT $1, range_agg(int8range(i, i + 1)), $3::text::jsonb
+FROM unnest($2::bigint[]) AS i;
+
 -- name: payload_dtypes_for
 -- The batches of an entrypoint whose ids meet [$2, $3], each with its id ranges as two arrays
 -- (starts, exclusive ends) and its dtypes (through payload_dtypes_ids_idx).
