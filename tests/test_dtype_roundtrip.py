@@ -5,7 +5,10 @@ handlers still see plain JSON in ``job.data``."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +17,8 @@ import pytest
 
 import pgq_nb
 from pgq_nb import runtime
-from tests.conftest import SCHEMA
+from pgq_nb.enqueue import DuplicatesSkipped
+from tests.conftest import REPO, SCHEMA
 
 ECHO = "dtype_echo"
 
@@ -108,13 +112,10 @@ def test_every_dtype_comes_back_in_this_kernel_and_in_a_new_one(
     assert by_decimal[None]["count"] is None and by_decimal[None]["x"] is None
 
 
-def test_a_new_process_gets_the_dtypes_back(q: pgq_nb.Queue, installed: str) -> None:
+def test_a_new_process_gets_the_dtypes_back(
+    q: pgq_nb.Queue, installed: str, tmp_path: Path
+) -> None:
     """Not only a new Queue: a Python process that never saw the frame."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     df = _every_dtype()
     _echo(q)
     q.enqueue_df(ECHO, df)
@@ -124,14 +125,35 @@ def test_a_new_process_gets_the_dtypes_back(q: pgq_nb.Queue, installed: str) -> 
         f"back = pgq_nb.connect(sys.argv[1], schema={SCHEMA!r}).results({ECHO!r}); "
         "back.drop(columns=['job_id', 'ok']).to_pickle(sys.argv[2])"
     )
-    out = REPO / ".pytest_dtype_roundtrip.pkl"
-    try:
-        subprocess.run(
-            [sys.executable, "-c", script, installed, str(out)], check=True, cwd=REPO, timeout=120
-        )
-        pd.testing.assert_frame_equal(pd.read_pickle(out), df)
-    finally:
-        out.unlink(missing_ok=True)
+    out = tmp_path / "results.pkl"
+    subprocess.run(
+        [sys.executable, "-c", script, installed, str(out)], check=True, cwd=REPO, timeout=120
+    )
+    pd.testing.assert_frame_equal(pd.read_pickle(out), df)
+
+
+def test_dedupe_keys_and_a_caller_transaction_keep_the_dtypes(q: pgq_nb.Queue) -> None:
+    """Rows skipped by dedupe leave their ids unused in the record; a record written in the
+    caller's transaction commits with it."""
+    _echo(q)
+    df = pd.DataFrame({"key": ["a", "a", "b"], "v": [Decimal("1"), Decimal("2"), Decimal("3")]})
+    with pytest.warns(DuplicatesSkipped):
+        ids = q.enqueue_df(ECHO, df, dedupe_key="key")
+    with pytest.raises(RuntimeError, match="rolled back"), q.transaction() as tx:
+        tx.enqueue_df(ECHO, df.assign(key="x", v=pd.to_timedelta([1, 2, 3], unit="s")))
+        raise RuntimeError("rolled back")
+    with q.transaction() as tx:
+        later = tx.enqueue_df(ECHO, df.iloc[:1].assign(key="c"))
+    q.run_until_idle()
+    back = q.results(ECHO)
+    assert back["v"].tolist() == [Decimal("1"), Decimal("3"), Decimal("1")]
+    assert back["job_id"].tolist() == [ids[0], ids[2], later[0]]
+
+    async def records() -> int:
+        n: int = await q.aio.pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.payload_dtypes")
+        return n
+
+    assert runtime.run_sync(records()) == 2  # not the rolled-back one
 
 
 def test_batches_of_one_entrypoint_with_different_dtypes_each_come_back_as_given(
