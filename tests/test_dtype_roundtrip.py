@@ -313,3 +313,49 @@ def test_a_workflow_map_refuses_what_enqueue_df_refuses_and_adds_nothing(
         wf.map("echo", pd.DataFrame({0: [1]}))
     with pytest.raises(pgq_nb.InvalidInputError, match="has no steps"):
         wf.submit()
+
+
+def _through_json(series: pd.Series) -> pd.Series:
+    """``series`` written as enqueue_df writes it, read back as q.results() rebuilds it."""
+    import json
+
+    from pgq_nb.notebook import dtypes, encode
+
+    description = json.loads(json.dumps(dtypes.describe_series(series)))
+    values = json.loads("[" + ",".join(encode.column_texts(series)) + "]")
+    return dtypes.restore(values, description)
+
+
+@pytest.mark.parametrize(
+    "series",
+    [
+        pd.Series(pd.Categorical([1, None, 2])),
+        pd.Series(pd.Categorical([True, None, False])),
+        pd.Series(pd.Categorical([1.5, None, 2.5], ordered=True)),
+        pd.Series(pd.Categorical([Decimal("1.5"), None, Decimal("2")])),
+        pd.Series(pd.to_datetime(["2024-01-01", "NaT", "2024-01-02"])).astype("category"),
+        pd.Series(pd.Categorical(pd.to_timedelta(["1s", None, "2s"]))),
+        pd.Series(pd.to_datetime(["2024-01-01", "NaT"]).tz_localize("America/New_York")).astype(
+            "category"
+        ),
+        pd.Series([dt.time(1, 2, 3, 4), None, dt.time(0)], dtype=object),
+        pd.Series(
+            [dt.datetime(2024, 1, 1, 1, 2, 3, 4), None, dt.datetime(2024, 1, 1, tzinfo=dt.UTC)]
+        ),
+        pd.Series([pd.Timestamp("2024-01-01 00:00:00.000000001"), None], dtype=object),
+        pd.Series([dt.timedelta(seconds=1), None, dt.timedelta(days=-1)], dtype=object),
+        pd.Series([1, "a", None, [1, 2], {"k": "v"}], dtype=object),
+        pd.Series([None, None], dtype=object),
+        pd.Series(pd.array(["a", None], dtype="string")),
+        pd.Series(pd.array([1.5, None], dtype="Float64")),
+        pd.Series(pd.array([1, None], dtype="UInt16")),
+        pd.Series(pd.to_datetime(["2024-01-01", "NaT"]).astype("datetime64[s]")),
+        pd.Series(pd.to_timedelta(["1ms", None]).astype("timedelta64[ms]")),
+        pd.Series(pd.to_datetime(["2024-01-01", "NaT"], utc=True)),
+        pd.Series(np.array([1, 2], dtype="int8")),
+        pd.Series([], dtype="float64"),
+    ],
+    ids=lambda s: str(s.dtype),
+)
+def test_each_dtype_through_json(series: pd.Series) -> None:
+    pd.testing.assert_series_equal(_through_json(series), series)

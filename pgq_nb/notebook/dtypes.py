@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import zoneinfo
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -155,11 +156,23 @@ def _each(values: Sequence[Any], convert: Callable[[Any], Any]) -> pd.Series:
     return pd.Series(column, dtype=object)
 
 
+_NANOSECONDS = re.compile(r"\.\d{7}")
+
+
+def _datetime(text: str) -> dt.datetime:
+    """A datetime as it was written; a pandas Timestamp for nanoseconds (datetime has none, and
+    fromisoformat would drop them)."""
+    if _NANOSECONDS.search(text):
+        stamp: dt.datetime = pd.Timestamp(text)
+        return stamp
+    return dt.datetime.fromisoformat(text)
+
+
 _FROM_TEXT: dict[str, Callable[[str], Any]] = {
     "decimal": Decimal,
     "date": dt.date.fromisoformat,
     "time": dt.time.fromisoformat,
-    "datetime": dt.datetime.fromisoformat,
+    "datetime": _datetime,
     "timedelta": pd.Timedelta,
 }
 
@@ -168,8 +181,10 @@ def _rebuilt(values: Sequence[Any], description: Description) -> pd.Series:
     name = description["dtype"]
     if name == "category":
         categories = _rebuilt(description["values"], description["categories"])
-        codes = _rebuilt(values, description["categories"])
         kind = pd.CategoricalDtype(pd.Index(categories), ordered=description["ordered"])
+        if categories.dtype.kind in "biuf":  # numbers and bools match as they are (and None)
+            return pd.Series(pd.Categorical(_each(values, lambda v: v), dtype=kind))
+        codes = _rebuilt(values, description["categories"])
         return pd.Series(pd.Categorical(codes, dtype=kind))
     if name == "object":
         convert = _FROM_TEXT.get(description["of"])
