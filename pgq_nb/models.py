@@ -299,9 +299,27 @@ def decode_payload(payload: bytes | None, *, job_id: int | None = None) -> Any:
         ) from None
 
 
+def iso_duration(value: dt.timedelta) -> str:
+    """``value`` as pandas writes a Timedelta (``pd.Timedelta(text)`` reads it back):
+    ``P1DT2H3M4.5S``; a negative one as its days below zero plus a positive rest,
+    ``P-1DT23H59M59S`` for minus one second. A pandas Timedelta keeps its nanoseconds."""
+    isoformat = getattr(value, "isoformat", None)  # pandas' Timedelta, without importing it
+    if callable(isoformat):
+        text: str = isoformat()
+        return text
+    hours, rest = divmod(value.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    fraction = f".{value.microseconds:06d}".rstrip("0") if value.microseconds else ""
+    return f"P{value.days}DT{hours}H{minutes}M{seconds}{fraction}S"
+
+
 def _json_default(value: object) -> object:
+    if isinstance(value, dt.datetime | dt.date | dt.time | dt.timedelta) and value != value:
+        return None  # pandas' NaT (a datetime that is not equal to itself)
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return iso_duration(value)
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, set | frozenset | tuple):

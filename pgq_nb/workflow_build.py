@@ -57,19 +57,26 @@ class _Node:
 Dependency = Step | str | Sequence[Step | str] | None
 
 
+def _is_frame(rows: Any) -> bool:
+    """A DataFrame (told without importing pandas)."""
+    return callable(getattr(rows, "to_dict", None)) and hasattr(rows, "columns")
+
+
 def _rows(rows: Any) -> list[Any]:
-    """The items of a DataFrame (one dict per row, NaN as None) or of any iterable."""
-    to_dict = getattr(rows, "to_dict", None)
-    if callable(to_dict) and hasattr(rows, "columns"):  # a DataFrame, without importing pandas
-        frame = rows.astype(object).where(rows.notna(), None)
-        records: list[Any] = frame.to_dict(orient="records")
-        return records
+    """The items of any iterable but a DataFrame (the notebook layer writes those)."""
     if isinstance(rows, str | bytes | dict):
         raise InvalidInputError("map() takes a DataFrame or an iterable of payloads")
     try:
         return list(rows)
     except TypeError:
         raise InvalidInputError("map() takes a DataFrame or an iterable of payloads") from None
+
+
+def _item_payload(item: Any, step: str, i: int) -> bytes | None:
+    try:
+        return encode_payload(item)
+    except InvalidInputError as exc:
+        raise type(exc)(f"map {step!r}, row {i}: {exc}") from None
 
 
 class WorkflowBuilder:
@@ -84,6 +91,8 @@ class WorkflowBuilder:
         self.name = name
         self._nodes: list[_Node] = []
         self._names: dict[str, Step] = {}
+        #: (entrypoint, first node, end node, dtypes as JSON) of each map over a DataFrame
+        self._dtypes: list[tuple[str, int, int, str]] = []
 
     def _unique_name(self, wanted: str | None, entrypoint: str) -> str:
         if wanted is not None:
@@ -156,20 +165,25 @@ class WorkflowBuilder:
         name: str | None = None,
         priority: int = 0,
     ) -> Step:
-        """Fan out: one step per row of a DataFrame (the row as a dict payload) or per item of
-        an iterable. Their results reach children as a list, in row order."""
+        """Fan out: one step per row of a DataFrame (the row as a dict payload, written as
+        ``q.enqueue_df`` writes it, its columns' dtypes recorded for ``q.results()``) or per
+        item of an iterable. Their results reach children as a list, in row order."""
         if not isinstance(entrypoint, str) or not entrypoint:
             raise InvalidInputError("entrypoint must be a non-empty string")
-        items = _rows(rows)
         step_name = self._unique_name(name, entrypoint)
         deps = self._deps(depends_on)
         prio = check_int("priority", priority)
         first = len(self._nodes)
-        for i, item in enumerate(items):
-            try:
-                payload = encode_payload(item)
-            except InvalidInputError as exc:
-                raise type(exc)(f"map {step_name!r}, row {i}: {exc}") from None
+        payloads: Sequence[bytes | None]
+        if _is_frame(rows):  # written as enqueue_df writes rows, its dtypes recorded
+            from pgq_nb.notebook.map_frames import frame_payloads
+
+            payloads, recorded = frame_payloads(rows, step_name)
+            if payloads:
+                self._dtypes.append((entrypoint, first, first + len(payloads), recorded))
+        else:
+            payloads = [_item_payload(item, step_name, i) for i, item in enumerate(_rows(rows))]
+        for i, payload in enumerate(payloads):
             self._nodes.append(_Node(entrypoint, payload, prio, step_name, i, deps))
         handle = Step(self, step_name, tuple(range(first, len(self._nodes))))
         self._names[step_name] = handle
@@ -237,6 +251,10 @@ class WorkflowBuilder:
         if edges:
             await conn.execute(
                 q.queries["insert_edges"], [ids[p] for p, _ in edges], [ids[c] for _, c in edges]
+            )
+        for entrypoint, first, end, recorded in self._dtypes:
+            await conn.execute(
+                q.queries["record_dtypes_of_ids"], entrypoint, ids[first:end], recorded
             )
         workflow_id: int = row["id"]
         return workflow_id

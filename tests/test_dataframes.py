@@ -76,42 +76,20 @@ def test_round_trip_of_every_dtype_through_results(q: pgq_nb.Queue) -> None:
     back = df.assign(job_id=ids).merge(q.results("echo"), on="job_id", suffixes=("", "_back"))
     assert len(back) == len(df)
     assert list(back["n_doubled"]) == [2, -4, 6, 2**41]
-    # each payload column comes back from JSON under its own name
-    assert back["n_back"].dtype == "Int64" and list(back["n_back"]) == list(df["n"])
-    pd.testing.assert_series_equal(back["x_back"], back["x"], check_names=False)
-    assert back["flag_back"].dtype == "boolean" and list(back["flag_back"]) == list(df["flag"])
-    assert back["name_back"].dtype == "str"
-    assert back["name_back"].isna().tolist() == [False, True, False, False]
-    assert list(back["name_back"].dropna()) == ["plain", 'quote " and ü', "%s 100%"]
-    # tz-aware: ISO 8601 with the offset of its own date (CET in winter, CEST in summer)
-    assert back["aware_back"][0] == "2024-01-15T08:30:00.000000+01:00"
-    assert back["aware_back"][2] == "2024-07-01T23:59:59.250000+02:00"
-    assert pd.isna(back["aware_back"][1])
-    restored = pd.to_datetime(back["aware_back"], format="ISO8601", utc=True)
-    pd.testing.assert_series_equal(
-        restored, df["aware"].dt.tz_convert("UTC").reset_index(drop=True), check_names=False
+    # each payload column comes back under its own name, with the dtype it went in with
+    # (tests/test_dtype_roundtrip.py has every dtype); "meta" is JSON, decoded
+    payload = [c for c in df.columns if c != "meta"]
+    pd.testing.assert_frame_equal(
+        back[[f"{c}_back" for c in payload]].set_axis(payload, axis=1),
+        df[payload].reset_index(drop=True),
     )
-    # naive: as given, no offset added
-    assert list(back["naive_back"].fillna("-")) == [
-        "2024-01-01T12:00:00",
-        "2024-01-02T00:00:00",
-        "-",
-        "1999-12-31T23:59:59",
-    ]
-    assert list(back["segment_back"].fillna("-")) == ["a", "b", "-", "a"]
-    # Decimal: a string, exact
-    amounts = [None if pd.isna(a) else Decimal(a) for a in back["amount_back"]]
-    assert amounts == list(df["amount"])
-    assert back["amount_back"][0] == "1.10"
+    assert back["amount_back"][0] == Decimal("1.10") and str(back["amount_back"][0]) == "1.10"
     assert list(back["meta_back"]) == [
         {"tags": ["x", "y"], "score": 0.5},
         None,
         {"deep": {"v": None}},
         {},
     ]
-    assert list(back["day_back"].fillna("-")) == ["2024-02-29", "-", "1970-01-01", "2000-01-01"]
-    assert back["count_back"].dtype == "Int64"
-    assert back["count_back"].isna().tolist() == [False, True, False, False]
     # and the handler saw the same values as job.data
     assert back["seen"][0]["aware"] == "2024-01-15T08:30:00.000000+01:00"
     assert back["seen"][1]["x"] is None and back["seen"][1]["meta"] is None

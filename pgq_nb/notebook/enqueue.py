@@ -6,7 +6,8 @@ The path of a call:
 2. convert the payload columns to JSON (:mod:`pgq_nb.notebook.encode`), in a thread for big
    frames so the pgq_nb loop keeps serving heartbeats of in-notebook workers; a value that
    cannot be stored raises PayloadError before anything is written;
-3. in one transaction: draw the ids from the jobs sequence in one round trip, then COPY the
+3. in one transaction: draw the ids from the jobs sequence in one round trip, record the
+   payload columns' dtypes for those ids (one row of ``payload_dtypes``), then COPY the
    rows (id, entrypoint, payload, priority, execute_after, dedupe_key) in chunks of
    ``chunk_size``, advancing the progress bar after each. With a ``dedupe_key`` the rows are
    copied into a temporary table and moved with ``INSERT ... ON CONFLICT DO NOTHING`` instead,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Callable, Hashable, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
@@ -39,7 +41,7 @@ from pgq_nb.enqueue import (
 )
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text
-from pgq_nb.notebook import encode
+from pgq_nb.notebook import dtypes, encode
 from pgq_nb.notebook import progress as bars
 
 if TYPE_CHECKING:
@@ -67,7 +69,7 @@ def _column(df: pd.DataFrame, name: str, role: str) -> pd.Series:
     return found
 
 
-def _payload_columns(df: pd.DataFrame, columns: Sequence[str] | None) -> list[str]:
+def payload_columns(df: pd.DataFrame, columns: Sequence[str] | None) -> list[str]:
     if columns is None:
         names: list[Hashable] = list(df.columns)
         role = "the frame's column names"
@@ -249,7 +251,9 @@ async def enqueue_df(
 
     - ``columns`` (default: every column) become each job's JSON payload, keyed by column
       name; the index is not sent (``df.reset_index()`` sends it). Values are converted as
-      :mod:`pgq_nb.notebook.encode` describes (naive timestamps as given, Decimal as a string).
+      :mod:`pgq_nb.notebook.encode` describes (naive timestamps as given, Decimal as a string);
+      their dtypes are recorded with the batch, and ``q.results()`` gives them back
+      (:mod:`pgq_nb.notebook.dtypes`).
     - ``priority``: an int, or the name of an integer column.
     - ``execute_after``: a timezone-aware datetime, a timedelta from now (the server's clock),
       the name of a column of aware timestamps or timedeltas (NaT: due now), or None (now).
@@ -272,7 +276,7 @@ async def enqueue_df(
         raise InvalidInputError(f"df must be a pandas DataFrame, not {type(df).__name__}")
     if check_int("chunk_size", chunk_size) < 1:
         raise InvalidInputError("chunk_size must be at least 1")
-    names = _payload_columns(df, columns)
+    names = payload_columns(df, columns)
     priorities = _priorities(df, priority)
     keys = _dedupe_keys(df, dedupe_key)
     due = _due(df, execute_after)
@@ -281,6 +285,7 @@ async def enqueue_df(
     if len(df) == 0:
         return pd.Series(pd.array([], dtype="Int64"), index=df.index, name="job_id")
 
+    recorded = json.dumps(dtypes.record(df, names), separators=(",", ":"))
     rows = _kept_rows(keys, len(df))
     every_row = len(rows) == len(df)
     copied = ["id", "entrypoint", "payload"]  # columns left out take the table's default
@@ -312,6 +317,10 @@ async def enqueue_df(
             pending = asyncio.ensure_future(converted(0))  # overlaps the id reservation
             reserved = await conn.fetchrow(store.queries["reserve_job_ids"], len(rows))
             new_ids: list[int] = sorted(reserved["ids"])
+            starts, ends = dtypes.id_runs(new_ids)
+            await conn.execute(
+                store.queries["record_payload_dtypes"], entrypoint, starts, ends, recorded
+            )
             per_row: list[Sequence[Any]] = [new_ids]
             if "priority" in copied:
                 per_row.append([priorities[i] for i in rows.tolist()])

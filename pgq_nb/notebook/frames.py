@@ -22,6 +22,7 @@ import pandas as pd
 
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import FINAL_STATUSES, LIVE_STATUSES, check_int, check_text
+from pgq_nb.notebook import dtypes
 from pgq_nb.notebook.columns import (
     STATUS_DTYPE,
     Kind,
@@ -272,7 +273,13 @@ def _result_rows(result: Any) -> list[Mapping[str, Any]]:
     return [{"result": result}]
 
 
-def _expand(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def _expand(
+    rows: Sequence[Mapping[str, Any]], batches: Sequence[Mapping[str, Any]]
+) -> pd.DataFrame:
+    """One row per result row (see results); payload columns of jobs from a recorded batch
+    (``batches``: rows of payload_dtypes_for) get that batch's dtypes back."""
+    owners = dtypes.batch_of(np.fromiter((r["job_id"] for r in rows), "int64", len(rows)), batches)
+    described = [dtypes.columns_of(b["dtypes"]) for b in batches]
     positions: list[int] = []
     inputs: list[dict[str, Any]] = []
     outputs: list[Mapping[str, Any]] = []
@@ -290,7 +297,9 @@ def _expand(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     renamed = {name: _unique(name, taken) for name in output_names}
     columns: dict[str, pd.Series] = {"job_id": typed([rows[p]["job_id"] for p in positions], "int")}
     for name in input_names:
-        columns[name] = inferred([inputs[p].get(name) for p in positions])
+        per_job = [payload.get(name) for payload in inputs]
+        column = dtypes.restored(per_job, owners, [d.get(name) for d in described])
+        columns[name] = column.take(positions).reset_index(drop=True)
     for name in output_names:
         columns[renamed[name]] = inferred([o.get(name) for o in outputs])
     return pd.DataFrame(columns)
@@ -307,8 +316,11 @@ async def results(
     returned a dict gives one row; a list of dicts (a returned DataFrame is stored as its
     records) gives one row per dict, each with the job's id and payload; any other value is a
     column ``result``. Result columns named like a payload column get the suffix ``_result``.
-    Column dtypes are inferred from the JSON values (integers ``Int64``, timestamps stay ISO
-    strings). Join back to the enqueued frame on the ids ``enqueue_df`` returned::
+    Payload columns of jobs enqueued with ``enqueue_df`` get back the dtypes of the frame they
+    came from (recorded per call: :mod:`pgq_nb.notebook.dtypes`; rows of calls with different
+    dtypes are put together as ``pd.concat`` would); other columns, and every result column,
+    get a dtype inferred from the JSON values (integers ``Int64``, timestamps, Decimals and
+    durations stay strings). Join back to the enqueued frame on the ids ``enqueue_df`` returned::
 
         ids = q.enqueue_df("score", df)
         ...
@@ -325,7 +337,11 @@ async def results(
         rows = await aq.pool.fetch(aq.queries["succeeded_results_of"], entrypoint, wanted)
     if not expand:
         return frame(rows, {"job_id": "int", "payload": "payload", "result": "json"})
-    return _expand(rows)
+    batches: list[Any] = []
+    if rows:  # in id order
+        lowest, highest = rows[0]["job_id"], rows[-1]["job_id"]
+        batches = await aq.pool.fetch(aq.queries["payload_dtypes_for"], entrypoint, lowest, highest)
+    return _expand(rows, batches)
 
 
 async def purge_history(
@@ -333,7 +349,8 @@ async def purge_history(
 ) -> int:
     """Retention: delete every job that finished more than ``older_than`` ago (by the server's
     clock), oldest first, in statements of ``batch_size`` rows, each of which also subtracts its
-    rows from ``finished_counts``. Returns how many jobs were deleted."""
+    rows from ``finished_counts``; then the recorded dtypes of batches no job is left of.
+    Returns how many jobs were deleted."""
     if not isinstance(older_than, dt.timedelta) or older_than < dt.timedelta(0):
         raise InvalidInputError("older_than must be a timedelta of 0 or more")
     if check_int("batch_size", batch_size) < 1:
@@ -345,4 +362,5 @@ async def purge_history(
             deleted = int(await conn.fetchval(aq.queries["purge_history"], cutoff, batch_size))
             total += deleted
             if deleted < batch_size:
+                await conn.execute(aq.queries["purge_payload_dtypes"])
                 return total
