@@ -14,6 +14,7 @@ import html
 from typing import Any
 
 from pgq_nb import db, runtime, schema_install
+from pgq_nb import worker_notices as notices
 from pgq_nb.config import Settings
 from pgq_nb.errors import PgqError
 from pgq_nb.queue import AsyncQueue
@@ -110,10 +111,20 @@ class Queue:
     ) -> WorkerHandle:
         """Run a worker in the background of this process; returns a handle with ``.stop()``.
 
-        Cells keep running while it works; it stops when the kernel does.
+        Cells keep running while it works; it stops when the kernel does. It warns, in one
+        line (see :mod:`pgq_nb.worker_notices`), of queued jobs no handler here and no live
+        worker serves (``JobsWithoutHandler``, when it starts), and of jobs that failed for
+        good (``JobsFailed``, a second after a failure).
         """
         worker = Worker(
             self.aio, concurrency=concurrency, entrypoints=entrypoints, grace_period=grace_period
+        )
+        notices.tell_failed_in_background(worker.failures)
+        runtime.run_sync(
+            notices.tell_unserved(
+                self.aio.store, self.aio.registry, None, serves_new=entrypoints is None
+            ),
+            "start_worker()",
         )
         future = asyncio.run_coroutine_threadsafe(worker.run(), runtime.loop())
         return WorkerHandle(worker, future)
