@@ -45,6 +45,7 @@ class WorkerHandle:
         """Stop claiming, let running jobs finish (within the grace period), and wait."""
         runtime.loop().call_soon_threadsafe(self.worker.request_stop)
         stats: WorkerStats = self._future.result(timeout=timeout)
+        runtime.run_sync(notices.tell_rest(self.worker.failures), "stop()")
         return stats
 
     def __repr__(self) -> str:

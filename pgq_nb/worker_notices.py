@@ -99,21 +99,24 @@ def unserved_message(waiting: Mapping[str, int], *, serves_new: bool | None) -> 
     from start_worker, whether that worker serves handlers defined after it started."""
     names = sorted(waiting)
     listed = ", ".join(f"{n!r} ({waiting[n]})" for n in names[:NAMED]) + _more(len(names))
-    first = names[0]
+    total = sum(waiting.values())
+    one = len(names) == 1
+    jobs = "1 queued job cannot run" if total == 1 else f"{total} queued jobs cannot run"
+    whose = "its entrypoint" if total == 1 else "their entrypoint" if one else "their entrypoints"
+    handler = "the handler" if one else "the handlers"
     if serves_new is None:
-        start = "run_until_idle() stopped, but "
-        then = "then call run_until_idle() again"
+        start, then = "run_until_idle() stopped, but ", "then call run_until_idle() again"
     elif serves_new:
-        start = ""
-        then = "this worker runs their jobs as soon as they are defined"
+        start, then = (
+            "",
+            f"and this worker runs their jobs as soon as {'it is' if one else 'they are'} defined",
+        )
     else:
-        start = ""
-        then = "then start a worker for them (this one serves only its entrypoints=)"
-    noun = "entrypoint" if len(names) == 1 else "entrypoints"
+        start, then = "", "then start a worker for them (this one serves only its entrypoints=)"
     return (
-        f"{start}{_jobs(sum(waiting.values()))} queued for {noun} with no handler in this "
-        f"process and no live worker: {listed}; define the handler with "
-        f"@q.entrypoint({first!r}) here (in a notebook: run the cell that defines it), {then}"
+        f"{start}{jobs}: no handler in this process and no live worker serves {whose}: "
+        f"{listed}; define {handler} with @q.entrypoint({names[0]!r}) here (in a notebook: run "
+        f"the cell that defines it), {then}"
     )
 
 
@@ -196,3 +199,9 @@ def tell_failed_in_background(failures: Failures, gather: float = GATHER_S) -> N
             pending.append(asyncio.get_running_loop().call_later(gather, tell))
 
     failures.listener = added
+
+
+async def tell_rest(failures: Failures) -> None:
+    """At a background worker's stop: say the failures not told yet (on the loop, so never
+    twice with the timer of :func:`tell_failed_in_background`)."""
+    tell_failed(failures, background=True)

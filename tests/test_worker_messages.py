@@ -5,7 +5,6 @@ retried. Against the real Postgres, and once in a real kernel."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 import warnings
 from collections.abc import Iterator
 
@@ -55,8 +54,12 @@ def test_run_until_idle_names_the_entrypoints_it_has_no_handler_for(
     stats = fresh.run_until_idle(wait_for_scheduled=0)
     assert stats.processed == 0
     [line] = said(record, JobsWithoutHandler)
-    assert line.startswith("run_until_idle() stopped, but 3 jobs queued for entrypoints with no")
-    assert "'load' (1), 'score' (2)" in line
+    assert line == (
+        "run_until_idle() stopped, but 3 queued jobs cannot run: no handler in this process and "
+        "no live worker serves their entrypoints: 'load' (1), 'score' (2); define the handlers "
+        "with @q.entrypoint('load') here (in a notebook: run the cell that defines it), then "
+        "call run_until_idle() again"
+    )
     assert "@q.entrypoint('load')" in line and "call run_until_idle() again" in line
     [warning] = [w.message for w in record if isinstance(w.message, JobsWithoutHandler)]
     assert warning.waiting == {"load": 1, "score": 2}
@@ -109,9 +112,9 @@ def test_start_worker_says_its_worker_runs_them_once_defined(
     handle = fresh.start_worker()
     try:
         [line] = said(record, JobsWithoutHandler)
-        assert "4 jobs queued for entrypoint with no handler" in line
+        assert line.startswith("4 queued jobs cannot run: no handler in this process")
         assert "'score' (4)" in line and "@q.entrypoint('score')" in line
-        assert "this worker runs their jobs as soon as they are defined" in line
+        assert line.endswith("and this worker runs their jobs as soon as it is defined")
     finally:
         handle.stop(timeout=60)
     # a worker of given entrypoints= serves only those: start one for the rest
@@ -171,17 +174,17 @@ def test_a_background_worker_says_its_failures(
     handle = q.start_worker()
     try:
         q.enqueue(["score", "score"])
+        # said while it works (a second after a failure), not only when it stops
         wait_until(lambda: said(record, JobsFailed), 60, "the background worker's line")
         wait_until(lambda: handle.stats.failed == 2, 60, "both jobs to fail")
-        time.sleep(1.5)  # a second for a second line, if it were to come
     finally:
-        handle.stop(timeout=60)
+        handle.stop(timeout=60)  # says what is not said yet
     lines = said(record, JobsFailed)
     assert all(line.startswith("the background worker: ") for line in lines)
     assert all(
         "of 'score' failed for good (ZeroDivisionError: division by zero)" in x for x in lines
     )
-    # every failure told once: one line for both, or one each
+    # every failure told, once: one line for both, or one each
     assert sum(int(line.split()[3]) for line in lines) == 2
 
 
@@ -198,3 +201,62 @@ def test_the_failure_line_of_several_entrypoints() -> None:
     assert "…), 2 of 'd' (OSError: gone), 1 of 'a' (KeyError: 'x'), and 1 more; see q.failed()" in (
         line
     )
+
+
+# -- in a real kernel --------------------------------------------------------------------------
+
+KERNEL_CELLS = (
+    """
+import pgq_nb
+q = pgq_nb.connect({dsn!r}, schema={schema!r})
+
+@q.entrypoint("score", retry=pgq_nb.RetryPolicy(max_attempts=2, base_delay=0.05))
+def score(job):
+    raise ValueError("bad amount")
+
+q.entrypoint("load")(lambda job: None)
+q.enqueue(["score", "score"])
+""",
+    "q.run_until_idle()",
+    "q.enqueue(['score', 'score']); q.run_until_idle()",  # the same line again, in another cell
+    """
+q.enqueue("load")
+restarted = pgq_nb.connect({dsn!r}, schema={schema!r})
+restarted.entrypoint("other")(lambda job: None)
+restarted.run_until_idle(wait_for_scheduled=0)
+""",
+)
+
+
+def test_a_notebook_shows_each_line_under_the_cell_that_ran_the_worker(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3", startup_timeout=60)
+    shown: list[str] = []
+    try:
+        for code in KERNEL_CELLS:
+            msg_id = client.execute(code.format(dsn=installed, schema=SCHEMA))
+            text = ""
+            while True:
+                msg = client.get_iopub_msg(timeout=60)
+                kind, content = msg["msg_type"], msg["content"]
+                mine = msg["parent_header"].get("msg_id") == msg_id
+                if kind == "error":
+                    raise AssertionError("\n".join(content["traceback"]))
+                if kind == "stream" and content["name"] == "stderr" and mine:
+                    text += content["text"]
+                if kind == "status" and content["execution_state"] == "idle" and mine:
+                    break
+            shown.append(text)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    failed = "2 jobs of 'score' failed for good (ValueError: bad amount); see q.failed('score')"
+    assert shown[0] == ""
+    assert shown[1].count(failed) == 1 and "no handler" not in shown[1]
+    assert shown[2].count(failed) == 1
+    assert "failed for good" not in shown[3]
+    assert shown[3].count("1 queued job cannot run: no handler in this process") == 1
+    assert "'load' (1)" in shown[3] and "@q.entrypoint('load')" in shown[3]
