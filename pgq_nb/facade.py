@@ -121,12 +121,12 @@ class Queue:
             self.aio, concurrency=concurrency, entrypoints=entrypoints, grace_period=grace_period
         )
         notices.tell_failed_in_background(worker.failures)
-        runtime.run_sync(
-            notices.tell_unserved(
-                self.aio.store, self.aio.registry, None, serves_new=entrypoints is None
-            ),
-            "start_worker()",
-        )
+        if not runtime.in_loop_thread():  # (from the loop, waiting for the count would deadlock)
+            runtime.run_sync(
+                notices.tell_unserved(
+                    self.aio.store, self.aio.registry, None, serves_new=entrypoints is None
+                )
+            )
         future = asyncio.run_coroutine_threadsafe(worker.run(), runtime.loop())
         return WorkerHandle(worker, future)
 
