@@ -13,7 +13,8 @@ silences them):
   it starts (counting every queued one);
 - :class:`JobsFailed`: jobs this worker failed for good, with the first error of each
   entrypoint, and where to look (``q.failed()``). ``run_until_idle`` says it when it stops;
-  a background worker a second after a failure (the failures of that second together).
+  a background worker a second after a failure (the failures of that second together), and
+  its ``stop()`` what is left.
 
 Each is said once per call, every call: they bypass the warnings registry, which would
 otherwise show the same text only once per place. ``pgq-nb worker`` processes say neither:
