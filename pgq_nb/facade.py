@@ -14,6 +14,7 @@ import html
 from typing import Any
 
 from pgq_nb import db, runtime, schema_install
+from pgq_nb import worker_notices as notices
 from pgq_nb.config import Settings
 from pgq_nb.errors import PgqError
 from pgq_nb.queue import AsyncQueue
@@ -44,6 +45,7 @@ class WorkerHandle:
         """Stop claiming, let running jobs finish (within the grace period), and wait."""
         runtime.loop().call_soon_threadsafe(self.worker.request_stop)
         stats: WorkerStats = self._future.result(timeout=timeout)
+        runtime.run_sync(notices.tell_rest(self.worker.failures), "stop()")
         return stats
 
     def __repr__(self) -> str:
@@ -110,11 +112,21 @@ class Queue:
     ) -> WorkerHandle:
         """Run a worker in the background of this process; returns a handle with ``.stop()``.
 
-        Cells keep running while it works; it stops when the kernel does.
+        Cells keep running while it works; it stops when the kernel does. It warns, in one
+        line (see :mod:`pgq_nb.worker_notices`), of queued jobs no handler here and no live
+        worker serves (``JobsWithoutHandler``, when it starts), and of jobs that failed for
+        good (``JobsFailed``, a second after a failure).
         """
         worker = Worker(
             self.aio, concurrency=concurrency, entrypoints=entrypoints, grace_period=grace_period
         )
+        notices.tell_failed_in_background(worker.failures)
+        if not runtime.in_loop_thread():  # (from the loop, waiting for the count would deadlock)
+            runtime.run_sync(
+                notices.tell_unserved(
+                    self.aio.store, self.aio.registry, None, serves_new=entrypoints is None
+                )
+            )
         future = asyncio.run_coroutine_threadsafe(worker.run(), runtime.loop())
         return WorkerHandle(worker, future)
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar, overload
 import asyncpg
 
 from pgq_nb import enqueue, runtime, schema_install
+from pgq_nb import worker_notices as notices
 from pgq_nb.config import Settings
 from pgq_nb.enqueue import ANALYZE_AFTER_ROWS as ANALYZE_AFTER_ROWS
 from pgq_nb.enqueue import Dedupe
@@ -226,6 +227,11 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
 
         ``timeout`` stops it earlier (running jobs still get to finish). An interrupt (the
         notebook's Stop button) stops it too: unfinished jobs go back to the queue.
+
+        When it stops it warns, in one line each (see :mod:`pgq_nb.worker_notices`), of jobs
+        that failed for good here (``JobsFailed``), and of queued jobs due within
+        ``wait_for_scheduled`` that it left because no handler here and no live worker serves
+        their entrypoint (``JobsWithoutHandler``).
         """
         worker = Worker(
             self,
@@ -236,7 +242,10 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
         )
         if timeout is not None:
             asyncio.get_running_loop().call_later(timeout, worker.request_stop)
-        return await worker.run()
+        stats = await worker.run()
+        notices.tell_failed(worker.failures)
+        await notices.tell_unserved(self.store, self.registry, wait_for_scheduled, serves_new=None)
+        return stats
 
     @runtime.bridged
     async def run_worker(

@@ -27,7 +27,7 @@ from pgq_nb.completion import (
     record,
     run_transactional,
 )
-from pgq_nb.errors import InvalidInputError, UnstorableResultError
+from pgq_nb.errors import InvalidInputError
 from pgq_nb.handler_runs import (
     ALREADY_RECORDED,
     Encoded,
@@ -38,9 +38,9 @@ from pgq_nb.handler_runs import (
 )
 from pgq_nb.models import Job
 from pgq_nb.registry import EntrypointSpec
-from pgq_nb.retry import GiveUp, decide
 from pgq_nb.schedule.runner import run_scheduler
 from pgq_nb.store import Backend
+from pgq_nb.worker_notices import Failures
 from pgq_nb.worker_stop import Stopping, _wait
 from pgq_nb.worker_upkeep import Upkeep
 
@@ -93,6 +93,7 @@ class Worker(Claiming, Upkeep, Stopping):
         self.wait_for_scheduled = wait_for_scheduled
         self.process_exits = process_exits  # see pgq_nb.worker_stop
         self.stats = WorkerStats()
+        self.failures = Failures()  # told by notebook workers (see pgq_nb.worker_notices)
         self.worker_id: int | None = None
         self._q = self.store.queries
         self._running: dict[int, tuple[Job, asyncio.Future[Any]]] = {}
@@ -320,12 +321,8 @@ class Worker(Claiming, Upkeep, Stopping):
                 self.stats.succeeded += 1
                 return
             exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
-        # the same value would come back, and so would the same exit: no retry
-        final = isinstance(exc, UnstorableResultError)
         error, trace = describe_error(exc)
-        decision = decide(
-            self.specs[job.entrypoint].retry, GiveUp() if final else exc, job.attempts
-        )
+        decision = decisions.after_failure(self.specs[job.entrypoint].retry, exc, job.attempts)
         outcome = "retry" if decision.retry else "failed"
         self._finished.append(
             Finished(job.id, outcome, None, error, trace, started, finished, decision.delay)
@@ -334,6 +331,7 @@ class Worker(Claiming, Upkeep, Stopping):
             self.stats.retried += 1
         else:
             self.stats.failed += 1
+            self.failures.add(job.entrypoint, error)
         logger.log(
             logging.INFO if decision.retry else logging.WARNING,
             "job will be retried" if decision.retry else "job failed",

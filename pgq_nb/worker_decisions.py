@@ -1,14 +1,18 @@
 """What a worker decides, as pure functions (no database, no event loop): which claim
 statements to run and how many jobs each may take, when a claim waits for more room (the
 low-water mark), which finished attempts ride in the claim's transaction and which in the
-flush, and when the flush runs. :class:`pgq_nb.worker.Worker` calls them;
-tests/test_worker_decisions.py tables them.
+flush, when the flush runs, and whether a failed attempt is retried.
+:class:`pgq_nb.worker.Worker` calls them; tests/test_worker_decisions.py tables them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import random
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
+
+from pgq_nb.errors import BlockingCallError, UnstorableResultError
+from pgq_nb.retry import Decision, GiveUp, RetryPolicy, decide
 
 if TYPE_CHECKING:
     from pgq_nb.completion import Finished
@@ -126,3 +130,22 @@ class FlushPlan(NamedTuple):
 def flush_plan(ids: Sequence[int], steps: Collection[int], slotted: Collection[int]) -> FlushPlan:
     """The :class:`FlushPlan` of a batch of finished job ids."""
     return FlushPlan(any(i in steps for i in ids), [i for i in ids if i in slotted])
+
+
+#: Errors that running the handler again cannot mend: the same result would be refused again
+#: (UnstorableResultError), the same blocking call made from the loop again (BlockingCallError,
+#: a programming error: ``q.method()`` inside an ``async def`` handler). Their job fails at
+#: once, whatever its retry policy.
+FINAL_ERRORS: tuple[type[BaseException], ...] = (UnstorableResultError, BlockingCallError)
+
+
+def after_failure(
+    policy: RetryPolicy,
+    error: BaseException,
+    attempt: int,
+    rand: Callable[[], float] = random.random,
+) -> Decision:
+    """Retry or fail for good, after attempt number ``attempt`` failed with ``error``: as the
+    policy says (:func:`pgq_nb.retry.decide`), except that FINAL_ERRORS are never retried."""
+    final = isinstance(error, FINAL_ERRORS)
+    return decide(policy, GiveUp() if final else error, attempt, rand)

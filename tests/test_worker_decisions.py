@@ -9,8 +9,14 @@ import pytest
 
 from pgq_nb import worker_decisions as decisions
 from pgq_nb.completion import Finished
+from pgq_nb.errors import (
+    BlockingCallError,
+    HandlerExitError,
+    JobTimeoutError,
+    UnstorableResultError,
+)
 from pgq_nb.registry import EntrypointSpec
-from pgq_nb.retry import RetryPolicy
+from pgq_nb.retry import GiveUp, RetryLater, RetryPolicy
 from pgq_nb.worker_decisions import ClaimGroup
 
 
@@ -226,3 +232,32 @@ def test_flush_plan(
     plan = decisions.flush_plan(ids, steps, slotted)
     assert tuple(plan) == expected
     assert plan.in_transaction is in_transaction
+
+
+THREE = RetryPolicy(max_attempts=3, base_delay=1.0, jitter=0.0)
+
+
+@pytest.mark.parametrize(
+    ("error", "policy", "attempt", "retry"),
+    [
+        (ValueError("bad amount"), THREE, 1, True),  # an error of the job's data: retried
+        (ValueError("bad amount"), THREE, 3, False),  # ... until no attempts are left
+        (JobTimeoutError("slow"), THREE, 1, True),
+        (HandlerExitError("sys.exit()"), THREE, 1, True),
+        (GiveUp("no"), THREE, 1, False),
+        (RetryLater(5.0), THREE, 1, True),
+        # a programming error cannot succeed on retry: q.method() inside an async handler
+        (BlockingCallError("enqueue() blocks"), THREE, 1, False),
+        (BlockingCallError("enqueue() blocks"), RetryPolicy(max_attempts=9), 1, False),
+        (BlockingCallError("x"), RetryPolicy(retry_on=BlockingCallError), 1, False),
+        # the same result would be refused again
+        (UnstorableResultError("not JSON"), THREE, 1, False),
+    ],
+)
+def test_after_failure(
+    error: BaseException, policy: RetryPolicy, attempt: int, retry: bool
+) -> None:
+    decision = decisions.after_failure(policy, error, attempt, rand=lambda: 0.5)
+    assert decision.retry is retry
+    if not retry:
+        assert decision.delay == 0.0

@@ -26,6 +26,7 @@ import datetime as dt
 import io
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from pgq_nb import db
 from pgq_nb.cli_admin import text_table
 from pgq_nb.errors import ConfigurationError
 from pgq_nb.notebook import demo_data
+from pgq_nb.worker_notices import WorkerWarning
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
 DEFAULT_SCHEMA = "pgq_nb_demo"
@@ -157,13 +159,16 @@ def register(q: pgq_nb.Queue, fx_rates: pd.DataFrame) -> None:
 
 @contextlib.contextmanager
 def _quiet(*names: str) -> Iterator[None]:
-    """Keep the worker's per-job warnings (one per retry) out of the demo's output."""
+    """Keep the worker's per-job warnings (one per retry) out of the demo's output, and the
+    line run_until_idle says of failed jobs (the demo's summary counts them)."""
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", WorkerWarning)
+            yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
