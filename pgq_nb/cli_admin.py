@@ -154,7 +154,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(text_table(["entrypoint", *order], rows))
     else:
         print("no jobs yet")
-    workers = q.workers()
+    workers = q.worker_list()
     print()
     if workers:
         rows = [
