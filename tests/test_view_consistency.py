@@ -13,8 +13,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -33,7 +36,9 @@ from pgq_nb.view_limits import (
     is_default,
     truncated_message,
 )
-from tests.conftest import SCHEMA, wait_until
+from tests.conftest import SCHEMA, wait_until, worker_env
+
+REPO = Path(__file__).resolve().parent.parent
 
 TIME = "datetime64[us, UTC]"
 #: What a column of a notebook view holds, by its name, wherever it appears.
@@ -329,7 +334,7 @@ def test_stats_since_counts_the_jobs_that_finished_in_a_span(q: pgq_nb.Queue) ->
         q.stats(dt.timedelta(minutes=5), since="1h")
     with pytest.raises(pgq_nb.InvalidInputError, match="until='soon' is neither"):
         q.stats(since="1h", until="soon")
-    with pytest.raises(pgq_nb.InvalidInputError, match="until=.* has no time zone"):
+    with pytest.raises(pgq_nb.InvalidInputError, match=r"until=.* has no time zone"):
         q.history(until=dt.datetime(2024, 1, 1))
     assert len(q.history(since=tick - dt.timedelta(hours=1.5), until=tick)) == 4
 
@@ -343,7 +348,7 @@ def test_run_schedule_now_shows_as_the_last_run_with_its_status(q: pgq_nb.Queue)
         return "done"
 
     listed = q.schedules()
-    assert listed.loc[0, "last_run"] is pd.NaT and pd.isna(listed.loc[0, "last_status"])
+    assert listed["last_run"].isna().all() and listed["last_status"].isna().all()
     job_id = q.run_schedule_now("hourly_report")
     q.run_until_idle()
     fired = q.get_job(job_id).fire_time
@@ -379,3 +384,25 @@ def test_dashboard_titles_count_every_row_not_the_capped_lists(q: pgq_nb.Queue) 
         assert board.tabs.titles[2:] == ("Schedules (3)", "Workflows (12 running)")
     finally:
         board.close()
+
+
+def test_the_cli_says_when_its_failed_list_is_cut(q: pgq_nb.Queue, installed: str) -> None:
+    q.entrypoint("bad", retry=pgq_nb.RetryPolicy.none())(lambda job: 1 / 0)
+    q.enqueue(["bad"] * 3)
+    q.run_until_idle()
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "pgq_nb.cli", *args],
+            env=worker_env(installed),
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    assert "the newest 2 of 3 failed jobs; --limit N shows more" in cli("failed", "--limit", "2")
+    assert "--limit" not in cli("failed")
+    assert "no workers alive" in cli("status")  # the records form, q.worker_list()
