@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import warnings
@@ -20,8 +21,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pandas as pd
 import pytest
+from nbclient import NotebookClient
 
 import pgq_nb
 from pgq_nb import runtime
@@ -406,3 +409,26 @@ def test_the_cli_says_when_its_failed_list_is_cut(q: pgq_nb.Queue, installed: st
     assert "the newest 2 of 3 failed jobs; --limit N shows more" in cli("failed", "--limit", "2")
     assert "--limit" not in cli("failed")
     assert "no workers alive" in cli("status")  # the records form, q.worker_list()
+
+
+def test_the_warning_shows_in_the_notebook_cell_every_time(q: pgq_nb.Queue, installed: str) -> None:
+    """The view runs on pgq_nb's loop thread; its warning still reaches the cell that asked,
+    in a real kernel, on every run of the cell."""
+    nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
+    setup = (
+        "import datetime as dt\nimport pgq_nb\nq = pgq_nb.connect()\n"
+        "q.entrypoint('later')(lambda job: None)\n"
+        "q.enqueue(['later'] * 1_001, execute_after=dt.timedelta(hours=1));"
+    )
+    look = "len(q.jobs())"
+    nb.cells = [nbformat.v4.new_code_cell(code) for code in (setup, look, look)]  # type: ignore[no-untyped-call]
+    env = dict(os.environ, PGQ_NB_DSN=installed, PGQ_NB_SCHEMA=SCHEMA)
+    env.pop("PGQ_NB_HOME", None)
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute(env=env)
+    for cell in nb.cells[1:]:
+        shown = [o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"]
+        assert any(
+            "ViewTruncated: q.jobs() shows the oldest 1,000 of 1,001 live jobs" in t for t in shown
+        ), cell.outputs
+        (value,) = [o for o in cell.outputs if o.output_type == "execute_result"]
+        assert value.data["text/plain"] == "1000"
