@@ -140,7 +140,8 @@ def register(q: pgq_nb.Queue, fx_rates: pd.DataFrame) -> None:
     async def hourly_report(schedule: pgq_nb.Schedule) -> dict[str, Any]:
         start, end = schedule.fire_time - dt.timedelta(hours=1), schedule.fire_time
         # count with the aggregate; list every job of the hour (limit=None), never a capped list
-        counted = (await q.aio.stats(since=start, until=end)).loc["convert_order"]
+        counts = await q.aio.stats(since=start, until=end)
+        counted = counts.to_dict("index").get("convert_order", {})
         ok = await q.aio.history(
             since=start, until=end, entrypoint="convert_order", status="succeeded", limit=None
         )
@@ -149,8 +150,8 @@ def register(q: pgq_nb.Queue, fx_rates: pd.DataFrame) -> None:
         return {
             "from": start.isoformat(timespec="seconds"),
             "to": end.isoformat(timespec="seconds"),
-            "orders_converted": int(counted["succeeded"]),
-            "orders_failed": int(counted["failed"]),
+            "orders_converted": int(counted.get("succeeded", 0)),
+            "orders_failed": int(counted.get("failed", 0)),
             "paid_eur": round(float(revenue), 2),
         }
 
