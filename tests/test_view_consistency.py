@@ -432,3 +432,21 @@ def test_the_warning_shows_in_the_notebook_cell_every_time(q: pgq_nb.Queue, inst
         ), cell.outputs
         (value,) = [o for o in cell.outputs if o.output_type == "execute_result"]
         assert value.data["text/plain"] == "1000"
+
+
+def test_a_range_count_past_its_cap_says_more_than(
+    q: pgq_nb.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q.entrypoint("ok")(lambda job: None)
+    q.enqueue(["ok"] * 5)
+    q.run_until_idle()
+    monkeypatch.setattr(frames, "COUNT_CAP", 4)  # the range count stops after 4 (+1) rows
+    with pytest.warns(ViewTruncated) as caught:
+        runtime.run_sync(frames.history(q.aio, since="1h", limit=DefaultLimit(2)))
+    (warning,) = [w.message for w in caught]
+    assert isinstance(warning, ViewTruncated)
+    assert (warning.total, warning.exact) == (4, False)
+    assert "the newest 2 of more than 4 finished jobs (more than 2 left out)" in str(warning)
+    monkeypatch.setattr(frames, "COUNT_CAP", 5)  # exactly at the cap: still exact
+    with pytest.warns(ViewTruncated, match="the newest 2 of 5 finished jobs"):
+        runtime.run_sync(frames.history(q.aio, since="1h", limit=DefaultLimit(2)))

@@ -213,8 +213,9 @@ async def history(
     async def count(conn: Any) -> tuple[int, bool]:
         if start is None and end is None:
             return int(await conn.fetchval(q["finished_total"], wanted, name)), True
-        n = await conn.fetchval(q["history_count_between"], start, end, wanted, name, COUNT_CAP)
-        return int(n), n < COUNT_CAP
+        seen = COUNT_CAP + 1  # one more than the cap: the cap itself is still exact
+        n = int(await conn.fetchval(q["history_count_between"], start, end, wanted, name, seen))
+        return min(n, COUNT_CAP), n <= COUNT_CAP
 
     rows, matched = await fetch_capped(aq, _limit(limit), fetch, count)
     if matched is not None:
