@@ -35,6 +35,7 @@ from pgq_nb.models import Job, JobInfo, JobStatus
 from pgq_nb.queue import AsyncQueue
 from pgq_nb.retry import GiveUp, RetryLater, RetryPolicy
 from pgq_nb.schedule.cron import Schedule
+from pgq_nb.view_limits import ViewTruncated
 from pgq_nb.worker import Worker, WorkerStats
 
 __version__ = "0.1.0"
@@ -68,6 +69,7 @@ __all__ = [
     "Settings",
     "UnknownEntrypointError",
     "UnstorableResultError",
+    "ViewTruncated",
     "Worker",
     "WorkerHandle",
     "WorkerStats",

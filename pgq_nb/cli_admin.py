@@ -154,7 +154,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(text_table(["entrypoint", *order], rows))
     else:
         print("no jobs yet")
-    workers = q.workers()
+    workers = q.worker_list()
     print()
     if workers:
         rows = [
@@ -199,10 +199,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_failed(args: argparse.Namespace) -> int:
-    jobs = queue_for(args, install=False).failed_jobs(args.entrypoint, args.limit)
+    q = queue_for(args, install=False)
+    jobs = q.failed_jobs(args.entrypoint, args.limit)
     if not jobs:
         print("no failed jobs")
         return 0
+    total = sum(
+        n
+        for entrypoint, status, n in q.counts()
+        if status == "failed" and args.entrypoint in (None, entrypoint)
+    )
     rows = [
         [
             j.id,
@@ -214,6 +220,8 @@ def cmd_failed(args: argparse.Namespace) -> int:
         for j in jobs
     ]
     print(text_table(["job", "entrypoint", "attempts", "finished (UTC)", "error"], rows))
+    if total > len(jobs):  # never cut the list silently
+        print(f"\nthe newest {len(jobs):,} of {total:,} failed jobs; --limit N shows more")
     return 0
 
 

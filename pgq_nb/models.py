@@ -37,6 +37,8 @@ class JobStatus(enum.StrEnum):
 STATUSES: tuple[str, ...] = tuple(status.value for status in JobStatus)
 LIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus if not s.is_final)
 FINAL_STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus if s.is_final)
+#: Every status of a workflow run (the CHECK of table ``workflows``), running first.
+WORKFLOW_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed", "cancelled")
 
 
 _UNSET: Any = object()

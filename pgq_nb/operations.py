@@ -123,8 +123,9 @@ class Operations:
         return [(r["entrypoint"], r["status"], r["n"]) for r in [*live, *done]]
 
     @runtime.bridged
-    async def workers(self) -> list[dict[str, Any]]:
-        """Worker processes with a recent heartbeat."""
+    async def worker_list(self) -> list[dict[str, Any]]:
+        """Worker processes with a recent heartbeat, as dicts: id, host, pid, entrypoints,
+        concurrency, started, heartbeat (``q.workers()`` has them as a DataFrame)."""
         rows = await self.pool.fetch(self.queries["list_workers"], self.settings.heartbeat_timeout)
         return [dict(r) for r in rows]
 

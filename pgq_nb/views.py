@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 from pgq_nb import runtime
 from pgq_nb.enqueue import MAX_DELAY
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.models import check_int, check_text
+from pgq_nb.view_limits import (
+    FAILED_LIMIT,
+    HISTORY_LIMIT,
+    JOBS_LIMIT,
+    WORKFLOWS_LIMIT,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,6 +38,7 @@ class Views:
     store: Store
     registry: Registry
     analyze: Callable[[], Awaitable[None]]  # AsyncQueue.analyze
+    worker_list: Callable[[], Awaitable[list[dict[str, Any]]]]  # Operations.worker_list
 
     async def enqueue_df(
         self,
@@ -77,13 +83,15 @@ class Views:
         self,
         status: str | None = None,
         entrypoint: str | None = None,
-        limit: int = 1000,
+        limit: int | None = JOBS_LIMIT,
         *,
         payloads: bool = False,
     ) -> pd.DataFrame:
-        """The live queue (queued, blocked and running jobs) as a DataFrame. A payload longer
-        than 1,000 bytes shows as a preview (its first bytes and a marker; only those are
-        read), unless ``payloads=True``; ``q.get_job(id)`` has any one whole."""
+        """The live queue (queued, blocked and running jobs), oldest first, as a DataFrame. A
+        payload longer than 1,000 bytes shows as a preview (its first bytes and a marker; only
+        those are read), unless ``payloads=True``; ``q.get_job(id)`` has any one whole. At
+        most ``limit`` jobs (``None``: all); when the default cap leaves jobs out, a
+        :class:`~pgq_nb.view_limits.ViewTruncated` warning says how many."""
         from pgq_nb.notebook import frames
 
         frame: pd.DataFrame = await frames.jobs(
@@ -92,12 +100,23 @@ class Views:
         return frame
 
     @runtime.bridged
-    async def stats(self, window: dt.timedelta = dt.timedelta(minutes=15)) -> pd.DataFrame:
+    async def stats(
+        self,
+        window: dt.timedelta | None = None,
+        *,
+        since: dt.datetime | dt.timedelta | str | None = None,
+        until: dt.datetime | dt.timedelta | str | None = None,
+    ) -> pd.DataFrame:
         """Jobs per entrypoint and status (every status a column), with jobs per minute and
-        mean duration over the last ``window``."""
+        mean duration: of every finished job and over the last ``window`` (15 minutes) by
+        default; with ``since`` (and ``until``, exclusive), of the jobs that finished in that
+        span (``q.stats(since="1h").loc["to_eur", "succeeded"]``: converted in the last hour).
+        Live columns are the queue now. Counts come from counters and indexes, never capped."""
         from pgq_nb.notebook import frames
 
-        frame: pd.DataFrame = await frames.stats(self.store, window=window)
+        frame: pd.DataFrame = await frames.stats(
+            self.store, window=window, since=since, until=until
+        )
         return frame
 
     @runtime.bridged
@@ -106,13 +125,24 @@ class Views:
         since: dt.datetime | dt.timedelta | str | None = None,
         entrypoint: str | None = None,
         status: str | None = None,
-        limit: int = 10_000,
+        limit: int | None = HISTORY_LIMIT,
+        *,
+        until: dt.datetime | dt.timedelta | str | None = None,
     ) -> pd.DataFrame:
-        """Finished jobs, newest first, with attempts, queue wait, run time and error."""
+        """Finished jobs, newest first, with attempts, queue wait, run time and error; those
+        that finished from ``since`` to before ``until``, when given. At most ``limit`` jobs
+        (``None``: all); when the default cap leaves jobs out, a
+        :class:`~pgq_nb.view_limits.ViewTruncated` warning says how many. To count finished
+        jobs, use :meth:`stats` (``since=``), not ``len()`` of this."""
         from pgq_nb.notebook import frames
 
         frame: pd.DataFrame = await frames.history(
-            self.store, since=since, entrypoint=entrypoint, status=status, limit=limit
+            self.store,
+            since=since,
+            until=until,
+            entrypoint=entrypoint,
+            status=status,
+            limit=limit,
         )
         return frame
 
@@ -129,10 +159,15 @@ class Views:
 
     @runtime.bridged
     async def failed(
-        self, entrypoint: str | None = None, limit: int = 1000, *, payloads: bool = False
+        self,
+        entrypoint: str | None = None,
+        limit: int | None = FAILED_LIMIT,
+        *,
+        payloads: bool = False,
     ) -> pd.DataFrame:
         """Jobs that failed for good (after their retries), newest first, with their errors.
-        Payloads as in :meth:`jobs`: a preview of long ones unless ``payloads=True``."""
+        Payloads as in :meth:`jobs`: a preview of long ones unless ``payloads=True``. At most
+        ``limit`` jobs (``None``: all), with a ViewTruncated warning as in :meth:`history`."""
         from pgq_nb.notebook import frames
 
         frame: pd.DataFrame = await frames.failed(
@@ -156,16 +191,24 @@ class Views:
         return n
 
     @runtime.bridged
-    async def workflows(self, limit: int = 50, name: str | None = None) -> pd.DataFrame:
-        """The newest workflow runs, with their steps per status and the share done."""
+    async def workflows(
+        self, limit: int | None = WORKFLOWS_LIMIT, name: str | None = None
+    ) -> pd.DataFrame:
+        """The newest workflow runs, with their steps per status and the share done. At most
+        ``limit`` runs (``None``: all), with a ViewTruncated warning as in :meth:`history`."""
         from pgq_nb.notebook import overview
 
-        if check_int("limit", limit, bits=64) < 0:
-            raise InvalidInputError("limit must be 0 or more")
-        if name is not None:
-            check_text("name", name)
-        rows = await self.pool.fetch(self.queries["list_workflows"], limit, name)
-        frame: pd.DataFrame = overview.workflows_frame(rows)
+        frame: pd.DataFrame = await overview.workflows(self.store, limit=limit, name=name)
+        return frame
+
+    @runtime.bridged
+    async def workers(self) -> pd.DataFrame:
+        """Worker processes with a recent heartbeat, one row each: ``worker_id`` (the
+        ``worker_id`` of the jobs it runs), host, pid, entrypoints, concurrency, started and
+        heartbeat. :meth:`worker_list` has them as dicts."""
+        from pgq_nb.notebook import overview
+
+        frame: pd.DataFrame = overview.workers_frame(await self.worker_list())
         return frame
 
     @runtime.bridged

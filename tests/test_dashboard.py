@@ -143,9 +143,9 @@ def test_workers_show_with_their_heartbeat(q: pgq_nb.Queue, dash: Dashboard) -> 
 
     worker = q.start_worker(concurrency=2)
     try:
-        wait_until(lambda: len(q.workers()) == 1)
+        wait_until(lambda: len(q.worker_list()) == 1)
         dash.refresh_now()
-        (alive,) = q.workers()
+        (alive,) = q.worker_list()
         assert f'data-worker-heartbeat="{alive["id"]}">' in dash.overview.workers.value
         assert re.search(r"data-worker-heartbeat=\"\d+\">\d+ s ago<", dash.overview.workers.value)
         assert "1 worker ·" in dash.header.value

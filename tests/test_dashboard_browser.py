@@ -145,7 +145,7 @@ def test_dashboard_renders_in_headless_chromium(
     pages = {}
     try:
         deadline = time.monotonic() + 10
-        while not q.workers() and time.monotonic() < deadline:
+        while not q.worker_list() and time.monotonic() < deadline:
             time.sleep(0.05)
         dash.refresh_now()
         dash.stop()

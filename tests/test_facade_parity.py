@@ -111,6 +111,7 @@ QUEUE_CALLS: Table = {
     "run_schedule_now": lambda c: a("tick"),
     "run_until_idle": lambda c: a(concurrency=4, timeout=60),
     "wait": lambda c: a([c.done["enqueue"], *c.done["enqueue_df"]], timeout=30),
+    "worker_list": lambda c: a(),
     "workers": lambda c: a(),
     "stats": lambda c: a(dt.timedelta(hours=1)),
     "history": lambda c: a(since="1h", entrypoint="noop"),
@@ -183,7 +184,7 @@ async def _await_table(
         worker.cancel()
         with pytest.raises(asyncio.CancelledError):
             await worker
-        assert await ctx.aq.workers() == []  # the cancel waited for the worker to stop
+        assert await ctx.aq.worker_list() == []  # the cancel waited for the worker to stop
         done[name] = None
     return done
 

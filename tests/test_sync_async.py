@@ -116,7 +116,7 @@ def test_keyboard_interrupt_during_run_until_idle_requeues_running_jobs(
         q.run_until_idle()
     info = q.get_job(job_id)
     assert info.status is pgq_nb.JobStatus.QUEUED
-    assert q.workers() == []
+    assert q.worker_list() == []
 
 
 def test_unreachable_dsn_names_host_and_port_not_password(

@@ -138,8 +138,8 @@ def test_a_claim_whose_reply_was_lost_is_put_back(q: pgq_nb.Queue, installed: st
     own.entrypoint("later")(lambda job: "ran")
     worker = own.start_worker(concurrency=2)
     try:
-        wait_until(lambda: bool(q.workers()), 10, "the worker to register")
-        worker_id = q.workers()[0]["id"]
+        wait_until(lambda: bool(q.worker_list()), 10, "the worker to register")
+        worker_id = q.worker_list()[0]["id"]
         job_id = own.enqueue("later", execute_after=dt.timedelta(hours=1))
         _fetch(
             installed,

@@ -106,12 +106,12 @@ def test_start_worker_runs_in_the_background_and_stops(q: pgq_nb.Queue) -> None:
         assert set(q.wait(ids, timeout=30).values()) == {"succeeded"}
         assert q.get_job(ids[3]).result == 30
         assert handle.running
-        assert len(q.workers()) == 1
+        assert len(q.worker_list()) == 1
     finally:
         stats = handle.stop(timeout=30)
     assert not handle.running
     assert stats.succeeded == 20
-    assert q.workers() == []
+    assert q.worker_list() == []
 
 
 def test_stopping_interrupts_long_jobs_after_the_grace_period_and_requeues_them(

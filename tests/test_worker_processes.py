@@ -102,7 +102,7 @@ def test_sigterm_lets_running_jobs_finish(q: pgq_nb.Queue, installed: str, tmp_p
     info = q.get_job(job_id)
     assert info.status is pgq_nb.JobStatus.SUCCEEDED
     assert info.result == {"pid": proc.pid, "attempt": 1}
-    assert q.workers() == []
+    assert q.worker_list() == []
 
 
 def test_sigterm_after_grace_period_returns_the_job_to_the_queue(

@@ -3,18 +3,19 @@
 A view declares its columns as ``{name: kind}``; :func:`frame` builds the DataFrame with those
 dtypes even when there are no rows or every value is NULL:
 
-==========  ===============================================================
-kind        dtype
-==========  ===============================================================
-``int``     ``Int64`` (nullable)
-``count``   ``int64`` (never missing)
-``float``   ``float64`` (NaN when missing)
-``str``     pandas ``str``
-``time``    ``datetime64[us, UTC]``
-``status``  :data:`STATUS_DTYPE`, a categorical of the seven job statuses
-``json``    ``object``: jsonb decoded to dicts, lists, str, numbers, bools, None
-``payload`` ``object``: the payload bytes decoded from JSON (raw bytes kept)
-==========  ===============================================================
+===================  ====================================================================
+kind                 dtype
+===================  ====================================================================
+``int``              ``Int64`` (nullable)
+``count``            ``int64`` (never missing)
+``float``            ``float64`` (NaN when missing)
+``str``              pandas ``str``
+``time``             ``datetime64[us, UTC]``
+``status``           :data:`STATUS_DTYPE`, a categorical of the seven job statuses
+``workflow_status``  :data:`WORKFLOW_STATUS_DTYPE`, of the four run statuses
+``json``             ``object``: jsonb decoded to dicts, lists, str, numbers, bools, None
+``payload``          ``object``: the payload bytes decoded from JSON (raw bytes kept)
+===================  ====================================================================
 
 Columns expanded from JSON (``q.results``) get a dtype inferred from their values by
 :func:`inferred`. ``q.jobs()`` and ``q.failed()`` show a payload longer than
@@ -33,12 +34,16 @@ import numpy as np
 import pandas as pd
 
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.models import STATUSES
+from pgq_nb.models import STATUSES, WORKFLOW_STATUSES
 
-Kind = Literal["int", "count", "float", "str", "time", "status", "json", "payload"]
+Kind = Literal[
+    "int", "count", "float", "str", "time", "status", "workflow_status", "json", "payload"
+]
 
 #: Every job status, live then final, in lifecycle order (unordered: no status is "less").
 STATUS_DTYPE = pd.CategoricalDtype(list(STATUSES), ordered=False)
+#: Every status of a workflow run: running, succeeded, failed, cancelled.
+WORKFLOW_STATUS_DTYPE = pd.CategoricalDtype(list(WORKFLOW_STATUSES), ordered=False)
 TIMESTAMP_DTYPE = pd.DatetimeTZDtype(unit="us", tz="UTC")
 
 
@@ -73,6 +78,8 @@ def typed(values: Sequence[Any], kind: Kind) -> pd.Series:
         return pd.Series(pd.array(list(values), dtype=TIMESTAMP_DTYPE))
     if kind == "status":
         return pd.Series(pd.Categorical(list(values), dtype=STATUS_DTYPE))
+    if kind == "workflow_status":
+        return pd.Series(pd.Categorical(list(values), dtype=WORKFLOW_STATUS_DTYPE))
     if kind == "payload":
         return _objects([decode_payload(v) for v in values])
     return _objects(values)
@@ -105,31 +112,41 @@ def inferred(values: Sequence[Any]) -> pd.Series:
     return _objects(values)
 
 
-def check_since(since: object) -> dt.timedelta | dt.datetime:
-    """The one check of a ``since=`` (``q.history``, ``q.plot_throughput``): a positive
-    timedelta or a duration string ("15min", "1h", "2d") means that long before now, returned
-    as a timedelta; a timezone-aware datetime or ISO 8601 string a fixed start, returned as a
-    datetime. InvalidInputError, with one message for each mistake, otherwise."""
+def check_since(since: object, name: str = "since") -> dt.timedelta | dt.datetime:
+    """The one check of a ``since=`` (``q.history``, ``q.stats``, ``q.plot_throughput``; also
+    their ``until=``, named by ``name``): a positive timedelta or a duration string ("15min",
+    "1h", "2d") means that long before now, returned as a timedelta; a timezone-aware datetime
+    or ISO 8601 string a fixed time, returned as a datetime. InvalidInputError, with one
+    message for each mistake, otherwise."""
     if isinstance(since, str):
-        since = parse_time_text(since)
+        since = parse_time_text(since, name)
     if isinstance(since, dt.timedelta):
         if since <= dt.timedelta(0):
-            raise InvalidInputError(f"since={since} must be a positive duration")
+            raise InvalidInputError(f"{name}={since} must be a positive duration")
         return since
     if isinstance(since, dt.datetime):
         if since.tzinfo is None:
             raise InvalidInputError(
-                f"since={since.isoformat()!r} has no time zone; add one (e.g. '+00:00' or "
+                f"{name}={since.isoformat()!r} has no time zone; add one (e.g. '+00:00' or "
                 "tzinfo=timezone.utc) or give a duration ('1h') or a timedelta"
             )
         return since
     raise InvalidInputError(
-        "since must be a duration string ('1h'), a timedelta, a timezone-aware datetime or an "
-        f"ISO 8601 string with a zone, not {type(since).__name__}"
+        f"{name} must be a duration string ('1h'), a timedelta, a timezone-aware datetime or "
+        f"an ISO 8601 string with a zone, not {type(since).__name__}"
     )
 
 
-def parse_time_text(text: str) -> dt.timedelta | dt.datetime:
+def since_time(since: object, name: str = "since") -> dt.datetime | None:
+    """``since`` (or an ``until``, named by ``name``) as an aware datetime: None stays None,
+    a duration counts back from now (this machine's clock); see :func:`check_since`."""
+    if since is None:
+        return None
+    start = check_since(since, name)
+    return dt.datetime.now(dt.UTC) - start if isinstance(start, dt.timedelta) else start
+
+
+def parse_time_text(text: str, name: str = "since") -> dt.timedelta | dt.datetime:
     """A duration ("15min", "1h", "2d") or an ISO 8601 time, as ``since=`` takes them;
     InvalidInputError otherwise. (A time without a zone is returned as is: see
     :func:`check_since`.)"""
@@ -143,6 +160,6 @@ def parse_time_text(text: str) -> dt.timedelta | dt.datetime:
         return dt.datetime.fromisoformat(text)
     except ValueError:
         raise InvalidInputError(
-            f"since={text!r} is neither a duration ('15min', '1h', '2d') nor an ISO 8601 "
+            f"{name}={text!r} is neither a duration ('15min', '1h', '2d') nor an ISO 8601 "
             "time with a zone ('2026-06-01T09:00+00:00')"
         ) from None

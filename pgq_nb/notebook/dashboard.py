@@ -209,11 +209,11 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
         self.schedules.update(snap)
         self.workflows.update(snap)
         failed = sum(snap.failed_by_entrypoint().values())
-        running = sum(1 for w in snap.workflows if w.status == "running")
+        running = snap.workflows_running  # all of them, not only the newest listed
         self.tabs.titles = (
             "Overview",
             f"Failures ({failed:,})" if failed else "Failures",
-            f"Schedules ({len(snap.schedules)})" if snap.schedules else "Schedules",
+            f"Schedules ({snap.schedules_total:,})" if snap.schedules_total else "Schedules",
             f"Workflows ({running} running)" if running else "Workflows",
         )
 

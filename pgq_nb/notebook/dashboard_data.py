@@ -3,7 +3,8 @@
 Every read is cheap enough to repeat every second or two: counts come from the live table
 (small) and the finished_counts counters, the throughput from a capped range of
 history_finished_idx, failures, schedules and workflows from indexed look-ups with a LIMIT
-(see ``sql/queries/dashboard.sql``). Step counts of a workflow run that has finished are
+(see ``sql/queries/dashboard.sql``). What a title counts is counted over every row, never
+over a capped list (``dashboard_totals``). Step counts of a workflow run that has finished are
 cached for a minute, so a big finished run is not counted again on every refresh.
 """
 
@@ -83,6 +84,9 @@ class Snapshot:
     workflows: list[WorkflowRow]
     #: entrypoints with a global limit or a pause (``q.flow()``)
     limits: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: every schedule and every running workflow run, counted (the lists above are capped)
+    schedules_total: int = 0
+    workflows_running: int = 0
 
     def total(self, status: str) -> int:
         return sum(by_status.get(status, 0) for by_status in self.counts.values())
@@ -121,7 +125,7 @@ class SnapshotReader:
         for entrypoint, status, n in await aio.counts():
             if n:
                 counts.setdefault(entrypoint, {})[status] = int(n)
-        workers = await aio.workers()
+        workers = await aio.worker_list()
         async with aio.pool.acquire() as conn:
             throughput = await fetch_throughput(
                 aio,
@@ -134,6 +138,7 @@ class SnapshotReader:
             runs = await conn.fetch(queries["dashboard_workflows"], self.workflows_limit)
             workflows = await self._workflows(conn, runs)
             limits = [dict(r) for r in await conn.fetch(queries["flow_overview"])]
+            totals = await conn.fetchrow(queries["dashboard_totals"])
         return Snapshot(
             now=throughput.now,
             counts=counts,
@@ -143,6 +148,8 @@ class SnapshotReader:
             schedules=[ScheduleRow(**dict(r)) for r in schedules],
             workflows=workflows,
             limits=limits,
+            schedules_total=int(totals["schedules"]),
+            workflows_running=int(totals["workflows_running"]),
         )
 
     async def _workflows(self, conn: Any, runs: list[Any]) -> list[WorkflowRow]:

@@ -140,16 +140,20 @@ def register(q: pgq_nb.Queue, fx_rates: pd.DataFrame) -> None:
 
     @q.schedule("hourly_report", "0 * * * *")
     async def hourly_report(schedule: pgq_nb.Schedule) -> dict[str, Any]:
-        start = schedule.fire_time - dt.timedelta(hours=1)
-        done = await q.aio.history(since=start, entrypoint="convert_order")
-        ok = done[done["status"] == "succeeded"]
+        start, end = schedule.fire_time - dt.timedelta(hours=1), schedule.fire_time
+        # count with the aggregate; list every job of the hour (limit=None), never a capped list
+        counts = await q.aio.stats(since=start, until=end)
+        counted = counts.to_dict("index").get("convert_order", {})
+        ok = await q.aio.history(
+            since=start, until=end, entrypoint="convert_order", status="succeeded", limit=None
+        )
         converted = await q.aio.results("convert_order", ids=ok["job_id"].tolist())
         revenue = converted.loc[converted["status"] == "paid", "amount_eur"].sum()
         return {
             "from": start.isoformat(timespec="seconds"),
-            "to": schedule.fire_time.isoformat(timespec="seconds"),
-            "orders_converted": len(ok),
-            "orders_failed": int((done["status"] == "failed").sum()),
+            "to": end.isoformat(timespec="seconds"),
+            "orders_converted": int(counted.get("succeeded", 0)),
+            "orders_failed": int(counted.get("failed", 0)),
             "paid_eur": round(float(revenue), 2),
         }
 

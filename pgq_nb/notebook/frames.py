@@ -26,13 +26,16 @@ from pgq_nb.notebook import dtypes
 from pgq_nb.notebook.columns import (
     STATUS_DTYPE,
     Kind,
-    check_since,
     decode_payload,
     frame,
     inferred,
+    since_time,
     typed,
 )
+from pgq_nb.notebook.counting import stats
 from pgq_nb.notebook.enqueue import enqueue_df
+from pgq_nb.notebook.truncation import fetch_capped, warn_truncated
+from pgq_nb.view_limits import COUNT_CAP, FAILED_LIMIT, HISTORY_LIMIT, JOBS_LIMIT
 
 if TYPE_CHECKING:
     from pgq_nb.store import SqlTarget
@@ -41,8 +44,6 @@ __all__ = ["STATUS_DTYPE", "enqueue_df", "failed", "history", "jobs", "purge_his
 __all__ += ["results", "stats"]
 
 
-#: stats() looks at no more than this many recent jobs for its rates and mean durations.
-STATS_SAMPLE = 50_000
 #: purge_history() deletes this many rows per statement.
 PURGE_BATCH = 100_000
 #: jobs() and failed() show a payload longer than this many bytes as a str: its first bytes,
@@ -148,108 +149,124 @@ def _with_payloads(
     return result
 
 
-def _since(since: dt.datetime | dt.timedelta | str | None) -> dt.datetime | None:
-    if since is None:
-        return None
-    start = check_since(since)
-    return dt.datetime.now(dt.UTC) - start if isinstance(start, dt.timedelta) else start
-
-
 async def jobs(
     aq: SqlTarget,
     *,
     status: str | None = None,
     entrypoint: str | None = None,
-    limit: int = 1000,
+    limit: int | None = JOBS_LIMIT,
     payloads: bool = False,
 ) -> pd.DataFrame:
     """The live queue (queued, blocked and picked jobs), oldest first, one row per job.
-    Payloads longer than PAYLOAD_PREVIEW bytes come as a preview unless ``payloads``."""
+    Payloads longer than PAYLOAD_PREVIEW bytes come as a preview unless ``payloads``. The
+    default ``limit`` warns ViewTruncated when it leaves jobs out."""
     live = "q.jobs() (the live queue; finished jobs are in q.history())"
     wanted = _status(status, LIVE_STATUSES, live)
-    rows = await aq.pool.fetch(
-        aq.queries["live_jobs"],
-        wanted,
-        _text(entrypoint, "entrypoint"),
+    name = _text(entrypoint, "entrypoint")
+    preview = _preview(payloads)
+    rows, matched = await fetch_capped(
+        aq,
         _limit(limit),
-        _preview(payloads),
+        lambda conn, n: conn.fetch(aq.queries["live_jobs"], wanted, name, n, preview),
+        lambda conn: _exact(conn.fetchval(aq.queries["live_jobs_count"], wanted, name)),
     )
+    if matched is not None:
+        warn_truncated(
+            "q.jobs()",
+            len(rows),
+            matched,
+            what="live jobs",
+            which="oldest",
+            narrower="status= or entrypoint=",
+            count_with="q.stats()",
+        )
     return _with_payloads(rows, JOBS, "q.jobs(payloads=True)")
 
 
-async def stats(aq: SqlTarget, *, window: dt.timedelta = dt.timedelta(minutes=15)) -> pd.DataFrame:
-    """One row per entrypoint (the index): a column per status with its count (zeros
-    included), ``jobs_per_minute`` finished and ``mean_duration_s`` over the last ``window``.
-
-    Live counts come from ``jobs``, finished ones from the ``finished_counts`` counters, read in
-    one snapshot. The rates look at the most recent :data:`STATS_SAMPLE` finished jobs at most
-    (over the time they span, when there are more in the window).
-    """
-    if not isinstance(window, dt.timedelta) or window <= dt.timedelta(0):
-        raise InvalidInputError("window must be a positive timedelta")
-    async with (
-        aq.pool.acquire() as conn,
-        conn.transaction(isolation="repeatable_read", readonly=True),
-    ):
-        live = await conn.fetch(aq.queries["job_counts"])
-        done = await conn.fetch(aq.queries["history_counts"])
-        known = await conn.fetch(aq.queries["known_entrypoints"])
-        recent = await conn.fetch(
-            aq.queries["recent_throughput"], window.total_seconds(), STATS_SAMPLE
-        )
-    counts: dict[str, dict[str, int]] = {r["name"]: {} for r in known}
-    for row in [*live, *done]:
-        per_status = counts.setdefault(row["entrypoint"], {})
-        per_status[row["status"]] = per_status.get(row["status"], 0) + int(row["n"])
-    rates = {r["entrypoint"]: r for r in recent}
-    for name in rates:
-        counts.setdefault(name, {})
-    names = sorted(counts)
-    data: dict[str, Any] = {
-        status: np.array([counts[n].get(status, 0) for n in names], dtype="int64")
-        for status in STATUS_DTYPE.categories
-    }
-    data["jobs_per_minute"] = np.array(
-        [rates[n]["n"] * 60.0 / rates[n]["span_s"] if n in rates else 0.0 for n in names],
-        dtype="float64",
-    )
-    data["mean_duration_s"] = np.array(
-        [rates[n]["mean_s"] if n in rates else None for n in names], dtype="float64"
-    )
-    index = pd.Index(pd.array(names, dtype="str"), name="entrypoint")
-    return pd.DataFrame(data, index=index)
+async def _exact(count: Any) -> tuple[int, bool]:
+    return int(await count), True
 
 
 async def history(
     aq: SqlTarget,
     *,
     since: dt.datetime | dt.timedelta | str | None = None,
+    until: dt.datetime | dt.timedelta | str | None = None,
     entrypoint: str | None = None,
     status: str | None = None,
-    limit: int = 10_000,
+    limit: int | None = HISTORY_LIMIT,
 ) -> pd.DataFrame:
     """Finished jobs, newest first: attempts, ``queue_wait_s`` (from due to last start),
-    ``run_s`` (last attempt) and error. ``since``: an aware datetime, ISO string, or timedelta
-    ago."""
-    args = (_since(since), _status(status, FINAL_STATUSES, "q.history()"), _limit(limit))
-    if _text(entrypoint, "entrypoint") is None:
-        rows = await aq.pool.fetch(aq.queries["recent_history"], *args)
-    else:
-        rows = await aq.pool.fetch(aq.queries["recent_history_of"], *args, entrypoint)
+    ``run_s`` (last attempt) and error. ``since`` (and ``until``, exclusive): an aware
+    datetime, ISO string, or timedelta ago. The default ``limit`` warns ViewTruncated when it
+    leaves jobs out, with how many (from the counters; over a ``since``/``until`` range
+    counted up to :data:`~pgq_nb.view_limits.COUNT_CAP`)."""
+    start, end = since_time(since), since_time(until, "until")
+    wanted = _status(status, FINAL_STATUSES, "q.history()")
+    name = _text(entrypoint, "entrypoint")
+    q = aq.queries
+
+    def fetch(conn: Any, n: int | None) -> Any:
+        if name is None:
+            return conn.fetch(q["recent_history"], start, end, wanted, n)
+        return conn.fetch(q["recent_history_of"], start, end, wanted, n, name)
+
+    async def count(conn: Any) -> tuple[int, bool]:
+        if start is None and end is None:
+            return int(await conn.fetchval(q["finished_total"], wanted, name)), True
+        seen = COUNT_CAP + 1  # one more than the cap: the cap itself is still exact
+        n = int(await conn.fetchval(q["history_count_between"], start, end, wanted, name, seen))
+        return min(n, COUNT_CAP), n <= COUNT_CAP
+
+    rows, matched = await fetch_capped(aq, _limit(limit), fetch, count)
+    if matched is not None:
+        ranged = since is not None or until is not None
+        warn_truncated(
+            "q.history()",
+            len(rows),
+            matched,
+            what="finished jobs",
+            narrower="a shorter since=/until=" if ranged else "since=... (or entrypoint=, status=)",
+            count_with="q.stats(since=..., until=...)" if ranged else "q.stats()",
+        )
     return frame(rows, HISTORY)
 
 
 async def failed(
-    aq: SqlTarget, *, entrypoint: str | None = None, limit: int = 1000, payloads: bool = False
+    aq: SqlTarget,
+    *,
+    entrypoint: str | None = None,
+    limit: int | None = FAILED_LIMIT,
+    payloads: bool = False,
 ) -> pd.DataFrame:
     """Jobs that failed for good, newest first: the last error, every attempt's error
     (``errors``, a list of ``{attempt, error, at}``), the traceback and the decoded payload
-    (a preview of one longer than PAYLOAD_PREVIEW bytes, unless ``payloads``)."""
+    (a preview of one longer than PAYLOAD_PREVIEW bytes, unless ``payloads``). The default
+    ``limit`` warns ViewTruncated when it leaves jobs out (counted by the counters)."""
     preview = _preview(payloads)
-    if _text(entrypoint, "entrypoint") is None:
-        rows = await aq.pool.fetch(aq.queries["failed_view"], _limit(limit), preview)
-    else:
-        rows = await aq.pool.fetch(aq.queries["failed_view_of"], _limit(limit), entrypoint, preview)
+    name = _text(entrypoint, "entrypoint")
+    q = aq.queries
+
+    def fetch(conn: Any, n: int | None) -> Any:
+        if name is None:
+            return conn.fetch(q["failed_view"], n, preview)
+        return conn.fetch(q["failed_view_of"], n, name, preview)
+
+    rows, matched = await fetch_capped(
+        aq,
+        _limit(limit),
+        fetch,
+        lambda conn: _exact(conn.fetchval(q["finished_total"], "failed", name)),
+    )
+    if matched is not None:
+        warn_truncated(
+            "q.failed()",
+            len(rows),
+            matched,
+            what="failed jobs",
+            narrower="entrypoint=" if name is None else "",
+            count_with="q.stats()",
+        )
     result = _with_payloads(rows, FAILED, "q.failed(payloads=True)")
     result["errors"] = typed([e if e is not None else [] for e in result["errors"]], "json")
     return result

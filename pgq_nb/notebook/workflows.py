@@ -18,7 +18,7 @@ STEP_COLUMNS: dict[str, Any] = {
     "attempts": "Int64",
     "started": "datetime64[us, UTC]",
     "finished": "datetime64[us, UTC]",
-    "duration_s": "Float64",
+    "duration_s": "float64",
     "error": "str",
 }
 

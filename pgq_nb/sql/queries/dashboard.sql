@@ -51,10 +51,12 @@ ORDER BY f.finished DESC, f.id DESC
 LIMIT $1;
 
 -- name: dashboard_schedules
--- Schedules by name (at most $1), each with the status of the job its last tick enqueued:
--- from history once that job finished, else from jobs (primary-key look-ups).
+-- Schedules by name (at most $1), each with the status of its newest job (a tick's or one
+-- q.run_schedule_now queued) and that job's fire time as last_run (as list_schedules): from
+-- history once that job finished, else from jobs (primary-key look-ups).
 -- params: $1 limit
-SELECT s.name, s.expression, s.tz, s.enabled, s.next_run, s.last_run, s.last_job_id,
+SELECT s.name, s.expression, s.tz, s.enabled, s.next_run,
+    coalesce(h.fire_time, j.fire_time, s.last_run) AS last_run, s.last_job_id,
     coalesce(h.status, j.status) AS last_status, h.finished AS last_finished,
     left(h.error, 500) AS last_error
 FROM {schema}.schedules AS s
@@ -62,6 +64,13 @@ LEFT JOIN {schema}.history AS h ON h.id = s.last_job_id
 LEFT JOIN {schema}.jobs AS j ON j.id = s.last_job_id
 ORDER BY s.name
 LIMIT $1;
+
+-- name: dashboard_totals
+-- What the tab titles count, over every row rather than over the capped lists: schedules, and
+-- workflow runs still running (the workflows table has a row per run, not per step).
+-- params: none
+SELECT (SELECT count(*) FROM {schema}.schedules) AS schedules,
+    (SELECT count(*) FROM {schema}.workflows WHERE status = 'running') AS workflows_running;
 
 -- name: dashboard_workflows
 -- The $1 most recent workflow runs, newest first (the primary key, backwards).

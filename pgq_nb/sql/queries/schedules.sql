@@ -124,10 +124,14 @@ UPDATE {schema}.schedules SET enabled = true, next_run = $2 WHERE name = $1;
 SELECT name FROM {schema}.schedules ORDER BY name;
 
 -- name: list_schedules
--- Every schedule, with the status of its newest job (live or finished) and how many live
--- workers (a heartbeat within $1 seconds) have registered its handler.
+-- Every schedule, with its newest job (live or finished): last_run is that job's fire time
+-- and last_status its status, so the two always describe the same run, a tick's or one that
+-- q.run_schedule_now queued (schedules.last_run is the newest cron tick, which catch-up reads;
+-- it is shown only when the job is gone, purged). And how many live workers (a heartbeat
+-- within $1 seconds) have registered its handler.
 -- params: $1 heartbeat timeout in seconds (float)
-SELECT s.name, s.expression, s.tz, s.catch_up, s.enabled, s.next_run, s.last_run,
+SELECT s.name, s.expression, s.tz, s.catch_up, s.enabled, s.next_run,
+    coalesce(last_job.fire_time, s.last_run) AS last_run,
     s.last_job_id, last_job.status AS last_status,
     (SELECT count(*) FROM {schema}.workers AS w
      WHERE s.name = ANY(w.entrypoints)
@@ -135,9 +139,9 @@ SELECT s.name, s.expression, s.tz, s.catch_up, s.enabled, s.next_run, s.last_run
     s.created, s.last_registered
 FROM {schema}.schedules AS s
 LEFT JOIN LATERAL (
-    SELECT j.status FROM {schema}.jobs AS j WHERE j.id = s.last_job_id
+    SELECT j.status, j.fire_time FROM {schema}.jobs AS j WHERE j.id = s.last_job_id
     UNION ALL
-    SELECT h.status FROM {schema}.history AS h WHERE h.id = s.last_job_id
+    SELECT h.status, h.fire_time FROM {schema}.history AS h WHERE h.id = s.last_job_id
     LIMIT 1
 ) AS last_job ON true
 ORDER BY s.name;

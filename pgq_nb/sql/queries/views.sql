@@ -84,30 +84,77 @@ GROUP BY r.entrypoint;
 
 -- name: recent_history
 -- Finished jobs, newest first, walking history_finished_idx backwards.
--- params: $1 finished since (NULL = ever), $2 status (NULL = all), $3 limit
+-- params: $1 finished since (NULL = ever), $2 finished before (NULL = now and after),
+--   $3 status (NULL = all), $4 limit (NULL = all)
 SELECT id AS job_id, entrypoint, status, attempts, priority, created, execute_after, started,
     finished,
     extract(epoch FROM started - greatest(created, execute_after))::float8 AS queue_wait_s,
     extract(epoch FROM finished - started)::float8 AS run_s,
     error, worker_id, dedupe_key, workflow_id, step_name, schedule_name
 FROM {schema}.history
-WHERE finished >= coalesce($1::timestamptz, '-infinity') AND ($2::text IS NULL OR status = $2)
+WHERE finished >= coalesce($1::timestamptz, '-infinity')
+  AND finished < coalesce($2::timestamptz, 'infinity')
+  AND ($3::text IS NULL OR status = $3)
 ORDER BY finished DESC
-LIMIT $3;
+LIMIT $4;
 
 -- name: recent_history_of
 -- One entrypoint's finished jobs, newest first, through history_entrypoint_finished_idx.
--- params: $1 finished since (NULL = ever), $2 status (NULL = all), $3 limit, $4 entrypoint
+-- params: $1 finished since (NULL = ever), $2 finished before (NULL = now and after),
+--   $3 status (NULL = all), $4 limit (NULL = all), $5 entrypoint
 SELECT id AS job_id, entrypoint, status, attempts, priority, created, execute_after, started,
     finished,
     extract(epoch FROM started - greatest(created, execute_after))::float8 AS queue_wait_s,
     extract(epoch FROM finished - started)::float8 AS run_s,
     error, worker_id, dedupe_key, workflow_id, step_name, schedule_name
 FROM {schema}.history
-WHERE entrypoint = $4 AND finished >= coalesce($1::timestamptz, '-infinity')
-  AND ($2::text IS NULL OR status = $2)
+WHERE entrypoint = $5 AND finished >= coalesce($1::timestamptz, '-infinity')
+  AND finished < coalesce($2::timestamptz, 'infinity')
+  AND ($3::text IS NULL OR status = $3)
 ORDER BY finished DESC
-LIMIT $3;
+LIMIT $4;
+
+-- name: history_count_between
+-- How many finished jobs a q.history() with a since= or until= range matched, when its default cap left
+-- some out: a range of history_finished_idx (or one entrypoint's), counted up to $5 rows only.
+-- params: $1 finished since (NULL = ever), $2 finished before (NULL = now and after),
+--   $3 status (NULL = all), $4 entrypoint (NULL = all), $5 most rows to count
+SELECT count(*) FROM (
+    SELECT 1
+    FROM {schema}.history
+    WHERE finished >= coalesce($1::timestamptz, '-infinity') AND finished < coalesce($2::timestamptz, 'infinity')
+      AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR entrypoint = $4)
+    LIMIT $5
+) AS matched;
+
+-- name: finished_total
+-- How many finished jobs there are (of a status, of an entrypoint), from the finished_counts
+-- counters (never a count over history): what a capped q.history() or q.failed() left out.
+-- params: $1 status (NULL = all), $2 entrypoint (NULL = all)
+SELECT coalesce(sum(n), 0)::bigint
+FROM {schema}.finished_counts
+WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR entrypoint = $2);
+
+-- name: live_jobs_count
+-- How many live jobs a capped q.jobs() matched (the live table is small; stats counts it too).
+-- params: $1 status (NULL = all), $2 entrypoint (NULL = all)
+SELECT count(*)
+FROM {schema}.jobs
+WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR entrypoint = $2);
+
+-- name: finished_between
+-- Jobs per entrypoint and status that finished in [$1, $2), with the sum and number of their
+-- run times, and the span in seconds (to $2, or to now): q.stats(since=...). One range of
+-- history_finished_idx, read in full: its cost grows with the span, not with all of history.
+-- params: $1 finished since, $2 finished before (NULL = now and after)
+SELECT entrypoint, status, count(*) AS n,
+    coalesce(sum(extract(epoch FROM finished - started)), 0)::float8 AS run_s,
+    count(started) AS timed,
+    greatest(extract(epoch FROM coalesce($2::timestamptz, now()) - $1::timestamptz), 0)::float8
+        AS span_s
+FROM {schema}.history
+WHERE finished >= $1::timestamptz AND finished < coalesce($2::timestamptz, 'infinity')
+GROUP BY entrypoint, status;
 
 -- name: succeeded_results
 -- Payload and result of every succeeded job of an entrypoint, in id (enqueue) order.

@@ -141,7 +141,7 @@ SELECT count(*)::integer FROM moved;
 
 -- name: list_workflows
 -- The newest runs with their steps counted per status (through the workflow_id indexes).
--- params: $1 limit, $2 name (NULL = any)
+-- params: $1 limit (NULL = all), $2 name (NULL = any)
 WITH runs AS (
     SELECT id, name, status, steps, created, finished FROM {schema}.workflows
     WHERE $2::text IS NULL OR name = $2
@@ -160,3 +160,8 @@ SELECT r.id, r.name, r.status, r.steps, r.created, r.finished,
 FROM runs AS r LEFT JOIN counts AS c ON c.workflow_id = r.id
 GROUP BY r.id, r.name, r.status, r.steps, r.created, r.finished
 ORDER BY r.id DESC;
+
+-- name: count_workflows
+-- How many runs there are (of one name): what a capped q.workflows() left out.
+-- params: $1 name (NULL = any)
+SELECT count(*) FROM {schema}.workflows WHERE $1::text IS NULL OR name = $1;
