@@ -170,7 +170,8 @@ def test_stored_widgets_are_numbered_and_complete(runs: Runs) -> None:
     changes only what changed, and every widget an output or another widget refers to has its
     state stored (it renders on nbviewer and in JupyterLab without a kernel)."""
     ran = runs.first["04_monitoring"]
-    text = notebook_runs.storable(nbformat.from_dict(json.loads(json.dumps(ran.nb))))  # type: ignore[no-untyped-call]
+    copy = nbformat.from_dict(json.loads(json.dumps(ran.nb)))  # type: ignore[no-untyped-call]
+    text = notebook_runs.storable(copy)
     nb = nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
     state = nb.metadata["widgets"][WIDGET_STATE]["state"]
     assert list(state) == [f"{n:032x}" for n in range(1, len(state) + 1)]
