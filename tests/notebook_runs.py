@@ -34,6 +34,7 @@ SCHEMAS = {
 }
 VARIES = "varies"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+LAYOUT = ("@jupyter-widgets/base", "LayoutModel")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
@@ -112,9 +113,12 @@ def storable(nb: Any) -> str:
     """The executed notebook as it is stored: nothing that changes between identical runs
     besides the outputs themselves (no timings, no interpreter version), and the widget model
     ids numbered in order of appearance, so a refresh changes only what it must."""
-    models = list(nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {}))
+    states = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    models = list(states)
     if not models:
         nb.metadata.pop("widgets", None)
+    for model in states.values():
+        model["state"] = _without_defaults(model)
     nb.metadata["language_info"] = {"name": "python"}
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
@@ -127,10 +131,16 @@ def storable(nb: Any) -> str:
     return text
 
 
+def _without_defaults(model: dict[str, Any]) -> dict[str, Any]:
+    """A widget model's state, minus a layout's unset attributes: most of a dashboard's models
+    are layouts with every attribute unset (None), which is also what the front end assumes for
+    an attribute left out, as ipywidgets' own embedding does (``drop_defaults``). Other models
+    keep every value (some defaults differ between Python and the front end)."""
+    state: dict[str, Any] = model["state"]
+    if (model.get("model_module"), model.get("model_name")) != LAYOUT:
+        return state
+    return {k: v for k, v in state.items() if v is not None}
+
+
 def write(name: str, nb: Any) -> None:
     path(name).write_text(storable(nb), encoding="utf-8")
-
-
-def dumps(value: Any) -> str:
-    """For assertion messages."""
-    return json.dumps(value, indent=1, default=str)

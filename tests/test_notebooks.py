@@ -167,8 +167,9 @@ def test_the_notebooks_are_stored_with_the_outputs_of_a_run(runs: Runs) -> None:
 
 def test_stored_widgets_are_numbered_and_complete(runs: Runs) -> None:
     """Widget model ids (random per run) are renumbered in order, so refreshing the outputs
-    changes only what changed, and every widget an output or another widget refers to has its
-    state stored (it renders on nbviewer and in JupyterLab without a kernel)."""
+    changes only what changed; layouts leave out their unset attributes (most of the state);
+    every widget an output or another widget refers to has its state stored (it renders on
+    nbviewer and in JupyterLab without a kernel)."""
     ran = runs.first["04_monitoring"]
     copy = nbformat.from_dict(json.loads(json.dumps(ran.nb)))  # type: ignore[no-untyped-call]
     text = notebook_runs.storable(copy)
@@ -184,6 +185,9 @@ def test_stored_widgets_are_numbered_and_complete(runs: Runs) -> None:
     assert shown
     referred = set(re.findall(r"IPY_MODEL_([0-9a-f]{32})", json.dumps(state)))
     assert set(shown) | referred <= set(state)
+    layouts = [m["state"] for m in state.values() if m["model_name"] == "LayoutModel"]
+    assert layouts
+    assert all(None not in layout.values() for layout in layouts)  # unset: left out
     assert notebook_runs.shape(nb) == notebook_runs.shape(ran.nb)
     assert notebook_runs.numbers(nb) == notebook_runs.numbers(ran.nb)
 
