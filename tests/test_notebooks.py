@@ -1,36 +1,44 @@
 """Every notebook runs top to bottom in a real kernel (nbclient), against the test server, and
-shows what its text says it shows.
+shows what its text says it shows, the same on every run, as it is stored.
 
-The kernel gets PGQ_NB_DSN and PGQ_NB_SCHEMA, so the notebooks' own ``pgq_nb.connect()`` (no
-arguments: the embedded server for a new user) reaches the test server, in a schema reset
-before each notebook. Cells whose output is checked carry a ``check-...`` tag.
+The kernel gets PGQ_NB_DSN, so each notebook's ``pgq_nb.connect(schema=...)`` reaches the test
+server, in the schema the notebook names for itself and resets. PGQ_NB_SCHEMA names a sentinel
+schema the notebooks must leave alone (a user's own queue). All four run in order, then all
+four again, with nothing reset in between: the second runs must show the numbers of the first
+(a notebook that counted an earlier run's jobs would not). The content checks read the first
+runs. Cells whose output is checked carry a ``check-...`` tag; cells tagged ``varies`` show
+clock times, durations or rates, and only the kinds of their outputs are compared.
+
+The notebooks are stored with the outputs of a run; ``python -m tests.store_notebook_outputs``
+refreshes them (README, "The notebooks").
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import os
+import json
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import nbformat
 import pandas as pd
 import pytest
-from nbclient import NotebookClient
 
-from pgq_nb import db, runtime, schema_install
+import pgq_nb
+from tests import notebook_runs
 from tests.conftest import REPO
+from tests.notebook_runs import NAMES, SCHEMAS, WIDGET_STATE
 
-NOTEBOOKS = REPO / "notebooks"
 SAMPLE = REPO / "sample_data"
-NB_SCHEMA = "pgq_nb_nb_test"
-NAMES = ("01_quickstart", "02_scheduled_reports", "03_workflows", "04_monitoring")
+SENTINEL_SCHEMA = "pgq_nb_nb_sentinel"
 #: "about a minute or less" each, kernel start included
 BUDGET_S = 60.0
 WIDGET = "application/vnd.jupyter.widget-view+json"
+
+#: eight notebook runs (a few seconds each when the machine is idle) in one fixture
+pytestmark = pytest.mark.timeout(900)
 
 
 @dataclasses.dataclass
@@ -48,13 +56,8 @@ class Executed:
 
     def text(self, tag: str) -> str:
         """The tagged cell's printed text and the text/plain of what it displayed."""
-        parts = []
-        for out in self.outputs(tag):
-            if out.output_type == "stream" and out.name == "stdout":
-                parts.append(out.text)
-            elif out.output_type in ("execute_result", "display_data"):
-                parts.append(out.data.get("text/plain", ""))
-        return "\n".join(parts)
+        (cell,) = [c for c in self.nb.cells if tag in c.get("metadata", {}).get("tags", [])]
+        return notebook_runs.shown_text(cell)
 
     def result(self, tag: str) -> str:
         """The text/plain of the tagged cell's value (its last expression)."""
@@ -64,44 +67,32 @@ class Executed:
         return text
 
 
-def _reset_schema(dsn: str) -> None:
-    async def reset() -> None:
-        pool = await db.get_pool(dsn)
-        await schema_install.uninstall(pool, NB_SCHEMA)
-        await schema_install.install(pool, NB_SCHEMA)
+@dataclasses.dataclass
+class Runs:
+    """Each notebook's two runs, and the sentinel schema's job counts after them."""
 
-    runtime.run_sync(reset())
-
-
-def execute(name: str, dsn: str) -> Executed:
-    _reset_schema(dsn)
-    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)  # type: ignore[no-untyped-call]
-    client = NotebookClient(
-        nb,
-        timeout=120,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOKS)}},  # cwd notebooks/, as in Jupyter
-    )
-    env = dict(os.environ, PGQ_NB_DSN=dsn, PGQ_NB_SCHEMA=NB_SCHEMA)
-    env.pop("PGQ_NB_HOME", None)
-    start = time.perf_counter()
-    client.execute(env=env)  # raises CellExecutionError, with the cell, if any cell raised
-    return Executed(name, nb, time.perf_counter() - start)
+    first: dict[str, Executed]
+    second: dict[str, Executed]
+    sentinel_counts: list[tuple[str, str, int]]
 
 
 @pytest.fixture(scope="module")
-def run_notebook(installed: str) -> Iterator[Callable[[str], Executed]]:
-    """Runs a notebook (once per module) and reports every run's time at the end."""
-    done: dict[str, Executed] = {}
-
-    def run(name: str) -> Executed:
-        if name not in done:
-            done[name] = execute(name, installed)
-        return done[name]
-
-    yield run
-    for ran in done.values():
-        print(f"\n{ran.name}: {ran.seconds:.1f} s")
+def runs(installed: str) -> Iterator[Runs]:
+    """01 to 04, then 01 to 04 again, each in a fresh kernel, nothing reset in between."""
+    sentinel = pgq_nb.connect(installed, schema=SENTINEL_SCHEMA)
+    sentinel.uninstall()
+    sentinel.install()
+    sentinel.entrypoint("to_eur")(lambda job: None)
+    sentinel.enqueue("to_eur", {"mine": True})
+    env = {"PGQ_NB_SCHEMA": SENTINEL_SCHEMA}
+    done: list[dict[str, Executed]] = [{}, {}]
+    for ran in done:
+        for name in NAMES:
+            nb, seconds = notebook_runs.execute(name, installed, env)
+            ran[name] = Executed(name, nb, seconds)
+    yield Runs(done[0], done[1], sorted(sentinel.counts()))
+    for executed in [*done[0].values(), *done[1].values()]:
+        print(f"\n{executed.name}: {executed.seconds:.1f} s")
 
 
 @pytest.fixture(scope="module")
@@ -114,22 +105,95 @@ def fx() -> pd.DataFrame:
     return pd.read_csv(SAMPLE / "fx_rates.csv")
 
 
-def test_every_notebook_is_tested_and_stored_without_outputs() -> None:
-    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(NAMES)
+def test_every_notebook_is_tested_and_keeps_to_a_schema_of_its_own() -> None:
+    assert sorted(p.stem for p in notebook_runs.NOTEBOOKS.glob("*.ipynb")) == sorted(NAMES)
+    assert len(set(SCHEMAS.values())) == len(NAMES)
     for name in NAMES:
-        nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)  # type: ignore[no-untyped-call]
+        nb = notebook_runs.read(name)
         nbformat.validate(nb)
-        code = [c for c in nb.cells if c.cell_type == "code"]
-        assert code
-        assert all(c.outputs == [] and c.execution_count is None for c in code), name
-        assert "pgq_nb.connect()" in "".join(c.source for c in code), name
         assert nb.cells[0].cell_type == "markdown"
+        code = notebook_runs.code_cells(nb)
+        assert code
+        # connect() with its own schema, so PGQ_NB_SCHEMA (a user's own queue) cannot be the
+        # schema it resets; the reset comes right after, before anything else uses the queue
+        first = code[0].source
+        connect = f'q = pgq_nb.connect(schema="{SCHEMAS[name]}")'
+        assert first.count("pgq_nb.connect(") == 1, name
+        assert connect in first, name
+        reset = first[first.index(connect) :].splitlines()
+        assert [line.split("#")[0].strip() for line in reset[1:3]] == [
+            "q.uninstall()",
+            "q.install()",
+        ], name
+        assert "pgq_nb.connect(" not in "".join(c.source for c in code[1:]), name
 
 
-def test_01_quickstart_joins_results_to_the_input(
-    run_notebook: Callable[[str], Executed], orders: pd.DataFrame
-) -> None:
-    ran = run_notebook("01_quickstart")
+def test_the_notebooks_leave_the_configured_schema_alone(runs: Runs) -> None:
+    """PGQ_NB_SCHEMA named the sentinel (think: the user's own queue) in every run; its one
+    job is still there, and nothing was added to it."""
+    assert runs.sentinel_counts == [("to_eur", "queued", 1)]
+
+
+def test_every_notebook_shows_the_same_numbers_on_every_run(runs: Runs) -> None:
+    with_numbers = 0
+    for name in NAMES:
+        first, second = runs.first[name].nb, runs.second[name].nb
+        assert notebook_runs.shape(second) == notebook_runs.shape(first), name
+        compared = notebook_runs.numbers(first)
+        assert notebook_runs.numbers(second) == compared, name
+        assert any(compared.values()), name
+        with_numbers += sum(1 for found in compared.values() if found)
+    assert with_numbers >= 15  # most cells are compared, not waved through as "varies"
+
+
+def test_the_notebooks_are_stored_with_the_outputs_of_a_run(runs: Runs) -> None:
+    stale = "stored outputs differ from a fresh run: python -m tests.store_notebook_outputs"
+    for name in NAMES:
+        stored = notebook_runs.read(name)
+        fresh = runs.first[name].nb
+        code = notebook_runs.code_cells(stored)
+        # one clean run, top to bottom: every code cell ran once, in order, without an error
+        assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), name
+        assert not [o for c in code for o in c.outputs if o.output_type == "error"], name
+        assert notebook_runs.shape(stored) == notebook_runs.shape(fresh), f"{name}: {stale}"
+        assert notebook_runs.numbers(stored) == notebook_runs.numbers(fresh), f"{name}: {stale}"
+        # nothing volatile besides the outputs
+        assert all("execution" not in c.metadata for c in stored.cells), name
+        assert stored.metadata["language_info"] == {"name": "python"}, name
+        assert notebook_runs.path(name).read_text(encoding="utf-8") == notebook_runs.storable(
+            stored
+        ), f"{name} was not written by tests.store_notebook_outputs"
+
+
+def test_stored_widgets_are_numbered_and_complete(runs: Runs) -> None:
+    """Widget model ids (random per run) are renumbered in order, so refreshing the outputs
+    changes only what changed; layouts leave out their unset attributes (most of the state);
+    every widget an output or another widget refers to has its state stored (it renders on
+    nbviewer and in JupyterLab without a kernel)."""
+    ran = runs.first["04_monitoring"]
+    copy = nbformat.from_dict(json.loads(json.dumps(ran.nb)))  # type: ignore[no-untyped-call]
+    text = notebook_runs.storable(copy)
+    nb = nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
+    state = nb.metadata["widgets"][WIDGET_STATE]["state"]
+    assert list(state) == [f"{n:032x}" for n in range(1, len(state) + 1)]
+    shown = [
+        out.data[WIDGET]["model_id"]
+        for cell in notebook_runs.code_cells(nb)
+        for out in cell.outputs
+        if WIDGET in out.get("data", {})
+    ]
+    assert shown
+    referred = set(re.findall(r"IPY_MODEL_([0-9a-f]{32})", json.dumps(state)))
+    assert set(shown) | referred <= set(state)
+    layouts = [m["state"] for m in state.values() if m["model_name"] == "LayoutModel"]
+    assert layouts
+    assert all(None not in layout.values() for layout in layouts)  # unset: left out
+    assert notebook_runs.shape(nb) == notebook_runs.shape(ran.nb)
+    assert notebook_runs.numbers(nb) == notebook_runs.numbers(ran.nb)
+
+
+def test_01_quickstart_joins_results_to_the_input(runs: Runs, orders: pd.DataFrame) -> None:
+    ran = runs.first["01_quickstart"]
     info = ran.text("check-results")  # joined.info()
     assert f"RangeIndex: {len(orders)} entries" in info
     columns = {
@@ -146,18 +210,29 @@ def test_01_quickstart_joins_results_to_the_input(
 
 
 def test_02_scheduled_report_runs_now_and_has_history(
-    run_notebook: Callable[[str], Executed], orders: pd.DataFrame
+    runs: Runs, orders: pd.DataFrame, fx: pd.DataFrame
 ) -> None:
-    ran = run_notebook("02_scheduled_reports")
+    ran = runs.first["02_scheduled_reports"]
     schedules = ran.result("check-schedules")
     assert "hourly_report" in schedules
     assert "0 * * * *" in schedules
-    first_day = int((orders["ordered_at"] < pd.Timestamp("2026-10-02", tz="UTC")).sum())
+    first_day = orders[orders["ordered_at"] < pd.Timestamp("2026-10-02", tz="UTC")]
+    day = first_day["ordered_at"].dt.strftime("%Y-%m-%d")
+    rates = {(r.date, r.currency): r.eur_per_unit for r in fx.itertuples()}
+    eur = pd.Series(
+        [rates.get((d, c)) for d, c in zip(day, first_day["currency"], strict=True)],
+        index=first_day.index,
+        dtype="float64",
+    )
+    eur = (first_day["amount"] * eur).round(2)[first_day["status"] == "paid"]
+    by_region = eur.groupby(first_day["region"]).sum()
     report = ran.text("check-report")
-    match = re.search(r"(\d+) orders converted, ([\d,.]+) EUR paid", report)
+    match = re.search(r"^(\d+) orders converted, ([\d,.]+) EUR paid$", report, re.M)
     assert match is not None, report
-    assert int(match[1]) == first_day
-    assert all(region in report for region in orders["region"].unique())
+    assert int(match[1]) == len(first_day)  # counted by SQL, every one of them
+    assert float(match[2].replace(",", "")) == pytest.approx(float(eur.sum()), abs=0.01)
+    for region, total in by_region.items():
+        assert re.search(rf"^{re.escape(str(region))} +{total:.2f}$", report, re.M), report
     history = ran.result("check-history")
     assert "succeeded" in history
     assert "hourly_report" in history
@@ -165,9 +240,9 @@ def test_02_scheduled_report_runs_now_and_has_history(
 
 
 def test_03_workflow_fails_then_succeeds_after_retry(
-    run_notebook: Callable[[str], Executed], orders: pd.DataFrame, fx: pd.DataFrame
+    runs: Runs, orders: pd.DataFrame, fx: pd.DataFrame
 ) -> None:
-    ran = run_notebook("03_workflows")
+    ran = runs.first["03_workflows"]
     assert ran.result("check-first-state") == "'failed'"
     failed_steps = ran.result("check-failed-steps")
     assert "GiveUp: no EUR rate for CHF" in failed_steps
@@ -203,10 +278,8 @@ def _counts_by_status_and_attempts(text: str) -> dict[tuple[str, int], int]:
     return counts
 
 
-def test_04_monitoring_retries_fails_and_requeues(
-    run_notebook: Callable[[str], Executed], orders: pd.DataFrame
-) -> None:
-    ran = run_notebook("04_monitoring")
+def test_04_monitoring_retries_fails_and_requeues(runs: Runs, orders: pd.DataFrame) -> None:
+    ran = runs.first["04_monitoring"]
     assert any(WIDGET in out.get("data", {}) for out in ran.outputs("check-dashboard"))
 
     batch = orders.head(500)
