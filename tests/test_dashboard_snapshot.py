@@ -27,9 +27,12 @@ import pytest
 from nbclient import NotebookClient
 
 import pgq_nb
+from pgq_nb import runtime
+from pgq_nb.notebook import dashboard as dashboard_module
+from pgq_nb.notebook.dashboard import dashboard
 from tests import test_dashboard_browser as browser
 from tests.conftest import SCHEMA
-from tests.test_dashboard import database_counts
+from tests.test_dashboard import database_counts, wait_until
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -171,3 +174,61 @@ def test_a_saved_notebook_holds_the_dashboard_as_displayed(
         assert dom.count(expect) == len(DISPLAYED), expect
     assert len(re.findall(r"1 queued · 0 running · 3 failed · 0 workers", dom)) == len(DISPLAYED)
     assert "Failures (3)" in dom and "nightly_etl" in dom
+
+
+def test_displaying_waits_a_bounded_time_for_a_slow_database(
+    q: pgq_nb.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the jobs table is locked (every read waits), displaying returns after
+    DISPLAY_WAIT_S with "loading…"; the refresh task fills the dashboard in once it can."""
+    monkeypatch.setattr(dashboard_module, "DISPLAY_WAIT_S", 0.5)
+
+    @q.entrypoint("add")
+    def add(job: pgq_nb.Job) -> None:
+        pass
+
+    q.enqueue("add", {"a": 1})
+
+    async def acquire() -> Any:
+        return await q.aio.pool.acquire()
+
+    locker = runtime.run_sync(acquire())
+    transaction = locker.transaction()
+    runtime.run_sync(transaction.start())
+    runtime.run_sync(locker.execute(f"LOCK TABLE {SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE"))
+    dash = dashboard(q, refresh=3600)
+    try:
+        bundle = dash._repr_mimebundle_()
+        assert WIDGET_VIEW in bundle
+        assert "loading…" in bundle["text/html"] and "data-entrypoint" not in bundle["text/html"]
+        assert "loading…" in dash.header.value and dash.snapshot is None
+    finally:
+        runtime.run_sync(transaction.rollback())
+        runtime.run_sync(q.aio.pool.release(locker))
+    try:
+        wait_until(lambda: dash.snapshot is not None, timeout=30)
+        assert (
+            'data-entrypoint="add" data-status="queued">1<' in dash._repr_mimebundle_()["text/html"]
+        )
+        assert "loading…" not in dash.header.value
+    finally:
+        dash.close()
+
+
+def test_displaying_on_the_loop_thread_does_not_block(q: pgq_nb.Queue) -> None:
+    """From the pgq_nb loop thread (an async handler) displaying reads nothing and shows
+    what the dashboard has."""
+    dash = dashboard(q, refresh=3600)
+    try:
+        dash.refresh_now()
+
+        async def display_here() -> dict[str, Any]:
+            assert runtime.in_loop_thread()
+            return dash._repr_mimebundle_()
+
+        refreshes = dash.refreshes
+        bundle = runtime.run_sync(display_here())
+        assert dash.refreshes == refreshes
+        assert "no jobs yet" in bundle["text/html"]
+    finally:
+        dash.close()
