@@ -246,7 +246,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
         if snap is not None:
             parts += totals(snap)
             parts.append(muted(f"updated {clock(snap.now, snap.now)}"))
-        elif self.last_error is None and not self._stopped.is_set():
+        elif self.last_error is None and self.running:
             parts.append(muted("loading…"))
         if self._stopped.is_set():
             parts.append(muted("stopped (dash.start() resumes)"))
