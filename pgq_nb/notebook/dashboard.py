@@ -14,6 +14,11 @@ accepts from any thread.
   been removed (its output cleared, the notebook closed), it stays idle and reads nothing.
 - Button actions run on the loop too, so a click never blocks the kernel; ``dash.last_action``
   is the concurrent future of the latest one.
+- Displaying it refreshes once first (waiting at most ``DISPLAY_WAIT_S``, never on the loop
+  thread), from the displaying cell, so the widget state a notebook saves (nbclient,
+  nbconvert, papermill, JupyterLab's "save widget state") holds the tables as displayed; the
+  bundle displayed also carries them as static ``text/html`` (dashboard_static) for frontends
+  that render no widgets, like GitHub's.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pgq_nb.errors import InvalidInputError
 from pgq_nb.notebook.charts import async_queue
 from pgq_nb.notebook.dashboard_data import Snapshot, SnapshotReader
 from pgq_nb.notebook.dashboard_html import clock, esc, muted
+from pgq_nb.notebook.dashboard_static import snapshot_html, totals
 from pgq_nb.notebook.dashboard_tabs import FailuresTab, OverviewTab, SchedulesTab, WorkflowsTab
 
 if TYPE_CHECKING:
@@ -45,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 TAB_TITLES = ("Overview", "Failures", "Schedules", "Workflows")
 WORKFLOW_ROWS = 10
+#: How long displaying a dashboard waits for its first data before showing "loading…"
+DISPLAY_WAIT_S = 5.0
 
 
 class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type information
@@ -236,11 +244,10 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
         snap = self.snapshot
         parts = [f"<b>pgq_nb</b> {muted('schema')} {esc(self.queue.schema)}"]
         if snap is not None:
-            for status, title in (("queued", "queued"), ("picked", "running")):
-                parts.append(f"{snap.total(status):,} {title}")
-            parts.append(f"{snap.total('failed'):,} failed")
-            parts.append(f"{len(snap.workers)} worker{'s' if len(snap.workers) != 1 else ''}")
+            parts += totals(snap)
             parts.append(muted(f"updated {clock(snap.now, snap.now)}"))
+        elif self.last_error is None and self.running:
+            parts.append(muted("loading…"))
         if self._stopped.is_set():
             parts.append(muted("stopped (dash.start() resumes)"))
         elif self._idle():
@@ -248,6 +255,38 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets has no type i
         else:
             parts.append(muted(f"refresh every {self.refresh_s:g} s"))
         self.header.value = '<div class="pgq-header">' + " · ".join(parts) + "</div>"
+
+    # -- displaying ----------------------------------------------------------------------
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """The widget view, and the data as static HTML for frontends that show no widgets
+        (refreshed first: see the module's docstring)."""
+        if self.running and not runtime.in_loop_thread():
+            runtime.run_sync(self._refresh_for_display(), "displaying the dashboard")
+        else:
+            self._send_all_state()
+        bundle: dict[str, Any] = super()._repr_mimebundle_(**kwargs)
+        bundle["text/html"] = snapshot_html(self.queue.schema, self.snapshot, error=self.last_error)
+        return bundle
+
+    async def _refresh_for_display(self) -> None:
+        """Refresh now, then send the state of every widget in the dashboard again.
+
+        This runs in a copy of the displaying thread's context, so what it sends belongs to
+        the displaying cell: a notebook runner such as nbclient keeps a cell's widget messages
+        only. The refresh task's own messages belong to the cell that started it, and a value
+        that has not changed since would not be sent again: hence the full state.
+        """
+        with contextlib.suppress(TimeoutError):  # slow: the header says loading…
+            async with asyncio.timeout(min(DISPLAY_WAIT_S, self.timeout_s)):
+                await self._refresh()
+        self._send_all_state()
+
+    def _send_all_state(self) -> None:
+        for widget in [self, *_descendants(self)]:
+            widget.send_state()
+            if isinstance(getattr(widget, "layout", None), widgets.Layout):
+                widget.layout.send_state()
 
     # -- actions --------------------------------------------------------------------------
 

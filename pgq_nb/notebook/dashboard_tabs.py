@@ -50,6 +50,19 @@ def keep_choice(dropdown: Any, choices: tuple[tuple[str, str], ...]) -> None:
         dropdown.value = previous if previous in values else (values[0] if values else None)
 
 
+def throughput_html(snap: Snapshot) -> str:
+    """The chart of jobs finished per minute (last 15) with a line of totals under it."""
+    totals = snap.throughput.totals()
+    note = ", ".join(f"{totals[s]} {s}" for s in FINAL_STATUSES if totals.get(s))
+    capped = " (newest jobs only)" if snap.throughput.capped else ""
+    minutes = snap.throughput.minutes(last=15)
+    return (
+        throughput_svg(snap.throughput, minutes=15)
+        + "<br>"
+        + muted(f"last {len(minutes)} min{capped}: {note or 'nothing finished'}")
+    )
+
+
 class OverviewTab:
     """Jobs per entrypoint and status, throughput of the last minutes, live workers."""
 
@@ -76,15 +89,7 @@ class OverviewTab:
 
     def update(self, snap: Snapshot) -> None:
         self.counts.value = counts_table(snap.counts)
-        totals = snap.throughput.totals()
-        note = ", ".join(f"{totals[s]} {s}" for s in FINAL_STATUSES if totals.get(s))
-        capped = " (newest jobs only)" if snap.throughput.capped else ""
-        minutes = snap.throughput.minutes(last=15)
-        self.chart.value = (
-            throughput_svg(snap.throughput, minutes=15)
-            + "<br>"
-            + muted(f"last {len(minutes)} min{capped}: {note or 'nothing finished'}")
-        )
+        self.chart.value = throughput_html(snap)
         self.workers.value = workers_table(snap)
         self.limits.value = limits_table(snap)
 
