@@ -236,7 +236,9 @@ def test_02_scheduled_report_runs_now_and_has_history(
     history = ran.result("check-history")
     assert "succeeded" in history
     assert "hourly_report" in history
-    assert ran.seconds < BUDGET_S
+    # a run in the minute before the top of the hour also waits for the real tick and runs it
+    # (run_until_idle returns once nothing is due within a minute): up to a minute more
+    assert ran.seconds < BUDGET_S + 60
 
 
 def test_03_workflow_fails_then_succeeds_after_retry(
