@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pgq_nb import db
 from pgq_nb import worker_decisions as decisions
 from pgq_nb.completion import Finished, is_refusal, record
 from pgq_nb.models import Job
@@ -51,6 +52,8 @@ class Claiming:
     _paused: set[str]
     _per_entrypoint: Counter[str]
     _rate_timer: asyncio.TimerHandle | None
+    _due_timer: asyncio.TimerHandle | None = None  # wakes the claim loop when a job is due
+    _due_at: float | None = None  # (loop time) when it fires
     _wake: asyncio.Event
     _claiming: bool
     _suspects: set[int]
@@ -125,6 +128,7 @@ class Claiming:
         except BaseException:
             await self.store.pool.release(conn)
             raise
+        self._wake_for_retries(done)
         if not jobs:
             await self.store.pool.release(conn)
             return jobs
@@ -185,6 +189,44 @@ class Claiming:
         if orphans:
             self._suspects -= orphans
             await self._return_orphans(conn, orphans)
+
+    def _wake_in(self, seconds: float | None) -> None:
+        """Wake the claim loop in ``seconds``, when a job becomes due (one retried here, or
+        announced by ``next_due`` or a ``due:`` NOTIFY), unless it wakes sooner anyway (see
+        :func:`pgq_nb.worker_decisions.wake_at`)."""
+        loop = asyncio.get_running_loop()
+        poll = self.store.settings.poll_interval
+        at = decisions.wake_at(loop.time(), self._due_at, seconds, poll)
+        if at is None:
+            return
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+        self._due_at = at
+        self._due_timer = loop.call_at(at, self._due)
+
+    def _wake_for_retries(self, recorded: Sequence[Finished]) -> None:
+        """Once ``recorded`` are written: wake when the soonest retry among them is due (no
+        round trip; a timer set before the write could fire before the job is due, and the
+        claim it wakes would find nothing)."""
+        delays = [f.retry_delay_s for f in recorded if f.outcome == "retry"]
+        if delays:
+            self._wake_in(min(delays))
+
+    def _due(self) -> None:
+        self._due_timer = self._due_at = None
+        self._wake.set()
+
+    async def _look_ahead(self) -> None:
+        """After a claim that found nothing: wake when the soonest job this worker could take
+        becomes due, not at the next poll (``next_due``, one query, asked only when the worker
+        is about to sleep)."""
+        names = [n for n in self.specs if n not in self._paused]
+        if not names:
+            return
+        try:
+            self._wake_in(await self.store.pool.fetchval(self._q["next_due"], names))
+        except db.TRANSIENT_ERRORS as exc:  # the poll is the fallback
+            logger.warning("could not ask when the next job is due", extra={"error": str(exc)})
 
     def _after_limited_claim(self, name: str, *, asked: int, got: int) -> None:
         """A rate-limited claim that got less than it asked for may have run out of tokens:

@@ -58,6 +58,10 @@ class Registry:
         self.unsynced_schedules: set[str] = set()
         self._known_remote: set[str] = set()
         self._unsynced: set[str] = set()
+        #: Counts registrations (entrypoints, and so schedules, whose handlers are entrypoints):
+        #: a worker serving the whole registry compares it to see that a handler was added or
+        #: re-defined (see :mod:`pgq_nb.worker_follow`).
+        self.generation = 0
 
     def entrypoint(
         self,
@@ -104,6 +108,7 @@ class Registry:
                 rate_per_s=per_s,
             )
             self._unsynced.add(name)
+            self.generation += 1
             return handler
 
         return register

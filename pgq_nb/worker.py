@@ -40,6 +40,7 @@ from pgq_nb.models import Job
 from pgq_nb.registry import EntrypointSpec
 from pgq_nb.schedule.runner import run_scheduler
 from pgq_nb.store import Backend
+from pgq_nb.worker_follow import Following
 from pgq_nb.worker_notices import Failures
 from pgq_nb.worker_stop import Stopping, _wait
 from pgq_nb.worker_upkeep import Upkeep
@@ -63,8 +64,11 @@ class WorkerStats:
         return self.succeeded + self.failed + self.retried + self.cancelled
 
 
-class Worker(Claiming, Upkeep, Stopping):
-    """Runs the handlers of one queue. Use :meth:`run`; stop with :meth:`request_stop`."""
+class Worker(Claiming, Upkeep, Following, Stopping):
+    """Runs the handlers of one queue. Use :meth:`run`; stop with :meth:`request_stop`.
+
+    Without ``entrypoints`` it serves every handler of the queue's registry, those registered
+    after it started too (see :mod:`pgq_nb.worker_follow`)."""
 
     def __init__(
         self,
@@ -82,6 +86,8 @@ class Worker(Claiming, Upkeep, Stopping):
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError("concurrency must be a positive int")
         registry = queue.registry
+        self._generation = registry.generation  # read first: a later change is seen
+        self._follows = entrypoints is None
         self.specs: dict[str, EntrypointSpec] = registry.worker_specs(entrypoints)
         self.store = queue.store
         self.registry = registry
@@ -134,9 +140,9 @@ class Worker(Claiming, Upkeep, Stopping):
             "flush": asyncio.create_task(self._flush_loop(), name="pgq_nb-flush"),
             "heartbeat": asyncio.create_task(self._heartbeat_loop(), name="pgq_nb-heartbeat"),
         }
-        if self._schedules:
+        if self._schedules or self._follows:
             background["scheduler"] = asyncio.create_task(
-                run_scheduler(self.store, [s.name for s in self._schedules]),
+                run_scheduler(self.store, lambda: [s.name for s in self._schedules]),
                 name="pgq_nb-scheduler",
             )
         tasks = [*background.values()]
@@ -164,6 +170,9 @@ class Worker(Claiming, Upkeep, Stopping):
         low_water = decisions.low_water(self.batch_size, self.concurrency)
         backlog = False
         while not self._stopping.is_set():
+            if self._registry_changed() and not await self._follow_registry():
+                await asyncio.sleep(poll)  # the database could not be reached: again later
+                continue
             if self._orphans_possible:
                 try:
                     async with self.store.pool.acquire() as conn:
@@ -188,8 +197,12 @@ class Worker(Claiming, Upkeep, Stopping):
                 room, backlog=backlog, low_water=low_water, most_room=self._most_room()
             ):
                 self._finished[:0] = done
-                self._slot_free.clear()
-                await self._slot_free.wait()
+                if self._running or self._finished:  # wait for a slot
+                    self._slot_free.clear()
+                    await self._slot_free.wait()
+                else:  # all paused: wait for a resume (or a new handler, or the stop)
+                    self._wake.clear()
+                    await _wait(self._wake, poll)
                 continue
             self._wake.clear()
             self._claiming = True
@@ -218,6 +231,7 @@ class Worker(Claiming, Upkeep, Stopping):
             busy = bool(self._running or self._finished)
             if self.stop_when_idle and not busy and await self._idle():
                 return
+            await self._look_ahead()  # wake when the next job is due, not at the next poll
             await _wait(self._wake, poll)
 
     def _known_ids(self) -> list[int]:
@@ -383,6 +397,7 @@ class Worker(Claiming, Upkeep, Stopping):
             raise
         finally:
             self._flushing.difference_update(ids)
+        self._wake_for_retries(batch)
         self._steps.difference_update(ids)
         self._slotted.difference_update(ids)
         self._slot_free.set()  # their slots are free now

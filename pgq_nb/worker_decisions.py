@@ -1,12 +1,13 @@
 """What a worker decides, as pure functions (no database, no event loop): which claim
 statements to run and how many jobs each may take, when a claim waits for more room (the
 low-water mark), which finished attempts ride in the claim's transaction and which in the
-flush, when the flush runs, and whether a failed attempt is retried.
-:class:`pgq_nb.worker.Worker` calls them; tests/test_worker_decisions.py tables them.
+flush, when the flush runs, whether a failed attempt is retried, and when to wake for a job due
+later. :class:`pgq_nb.worker.Worker` calls them; tests/test_worker_decisions.py tables them.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -149,3 +150,31 @@ def after_failure(
     policy says (:func:`pgq_nb.retry.decide`), except that FINAL_ERRORS are never retried."""
     final = isinstance(error, FINAL_ERRORS)
     return decide(policy, GiveUp() if final else error, attempt, rand)
+
+
+def wake_at(now: float, current: float | None, due_in: float | None, poll: float) -> float | None:
+    """When to wake for a job due in ``due_in`` seconds (loop clock ``now``), with a wake-up
+    set for ``current`` already (None: none): the new time, or None to keep what is set. A
+    wake-up only replaces a later one; one after the next poll is not needed (the poll comes
+    first, and asks again). ``due_in`` is None when nothing is due later."""
+    if due_in is None or not 0.0 <= due_in <= poll:
+        return None
+    at = now + due_in
+    if current is not None and current <= at:
+        return None
+    return at
+
+
+def parse_due(text: str) -> float | None:
+    """The seconds of a ``due:SECONDS`` notification (a job retried or delayed that is due
+    then), or None when they are not a finite number of seconds; a negative one is due now.
+    Anyone may NOTIFY: the worst a forged one does is wake a worker for a claim."""
+    if len(text) > 40:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)

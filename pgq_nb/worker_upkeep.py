@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from pgq_nb import db
+from pgq_nb import worker_decisions as decisions
 from pgq_nb.errors import DatabaseUnavailableError, PgqError
 from pgq_nb.schedule import database
 from pgq_nb.workflow_state import settle_steps
@@ -50,6 +51,7 @@ class Upkeep:
     _schedules: list[ScheduleSpec]
     _executor: Any
     _sweep_orphans: Callable[[Any], Awaitable[None]]
+    _wake_in: Callable[[float | None], None]
     _beating_since: float | None  # loop time since when its heartbeats have gone through
     _rereading: asyncio.Task[None] | None = None
     _reread_again = False
@@ -122,6 +124,9 @@ class Upkeep:
         (the safe side: jobs enqueued right after ``q.pause()`` must not slip through), and
         the read-back lifts it again within a round trip if the tables say otherwise."""
         kind, _, rest = payload.partition(":")
+        if kind == "due":  # a job retried somewhere, due in `rest` seconds
+            self._wake_in(decisions.parse_due(rest))
+            return
         if kind == "pause":
             self._paused.add(rest)
         if kind in ("cancel", "pause", "resume"):

@@ -261,3 +261,52 @@ def test_after_failure(
     assert decision.retry is retry
     if not retry:
         assert decision.delay == 0.0
+
+
+@pytest.mark.parametrize(
+    ("now", "current", "due_in", "poll", "expected"),
+    [
+        # nothing due later: keep what is set (or nothing)
+        (100.0, None, None, 1.0, None),
+        (100.0, 100.4, None, 1.0, None),
+        # due within the poll: wake then
+        (100.0, None, 0.5, 1.0, 100.5),
+        (100.0, None, 0.0, 1.0, 100.0),
+        (100.0, None, 1.0, 1.0, 101.0),
+        # after the next poll: the poll comes first, and asks again
+        (100.0, None, 1.5, 1.0, None),
+        (100.0, None, 30.0, 1.0, None),
+        # sooner than the wake-up set: replace it; later or the same: keep it
+        (100.0, 100.8, 0.3, 1.0, 100.3),
+        (100.0, 100.3, 0.8, 1.0, None),
+        (100.0, 100.3, 0.3, 1.0, None),
+        # nonsense from a NOTIFY or a clock: ignored
+        (100.0, None, -0.5, 1.0, None),
+        (100.0, None, float("nan"), 1.0, None),
+        (100.0, None, float("inf"), 1.0, None),
+    ],
+)
+def test_wake_at(
+    now: float, current: float | None, due_in: float | None, poll: float, expected: float | None
+) -> None:
+    assert decisions.wake_at(now, current, due_in, poll) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.5", 0.5),
+        ("1", 1.0),
+        ("1e-05", 1e-05),
+        ("0", 0.0),
+        ("-3", 0.0),  # due already: now
+        ("", None),
+        ("soon", None),
+        ("nan", None),
+        ("inf", None),
+        ("-inf", None),
+        ("1" * 41, None),  # longer than any number of seconds Postgres writes
+    ],
+)
+def test_parse_due(text: str, expected: float | None) -> None:
+    assert decisions.parse_due(text) == expected

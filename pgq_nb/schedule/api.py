@@ -74,6 +74,10 @@ class ScheduleMethods:
             if not callable(handler):
                 raise InvalidInputError(f"@schedule({name!r}) must decorate a function")
             queries, pool = self.queries, self.pool
+            # the options are checked first; the schedule is recorded before its handler, whose
+            # registration is what a worker serving the whole registry notices
+            add_handler = self.entrypoint(name, retry=retry, timeout=timeout)
+            run: Callable[[Job], Any]
 
             if inspect.iscoroutinefunction(handler):
 
@@ -81,7 +85,7 @@ class ScheduleMethods:
                     tick = await database.schedule_for_tick(pool, queries, name, _fire(job))
                     return await handler(tick)
 
-                self.entrypoint(name, retry=retry, timeout=timeout)(run_tick)
+                run = run_tick
             else:
 
                 def run_tick_sync(job: Job) -> Any:
@@ -90,9 +94,10 @@ class ScheduleMethods:
                     )
                     return handler(tick)
 
-                self.entrypoint(name, retry=retry, timeout=timeout)(run_tick_sync)
+                run = run_tick_sync
             self.schedule_specs[name] = spec
             self._unsynced_schedules.add(name)
+            add_handler(run)
             return handler
 
         return register

@@ -1,7 +1,8 @@
 """The scheduler loop every worker runs for the schedules it has handlers for.
 
 It fires due ticks (exactly once, whichever worker gets there first), then sleeps until the
-next tick is due, waking at least every second so that a resumed or changed schedule is seen.
+next tick is due, waking at least every second so that a resumed or changed schedule is seen,
+and so is a schedule the worker took on after it started (its names are asked for each time).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from pgq_nb import db
@@ -25,11 +27,16 @@ MAX_SLEEP = 1.0
 PRUNE_EVERY = dt.timedelta(hours=1)
 
 
-async def run_scheduler(store: Store, names: list[str]) -> None:
-    """Fire due ticks of ``names`` until cancelled."""
+async def run_scheduler(store: Store, schedules: Callable[[], Sequence[str]]) -> None:
+    """Fire due ticks of the schedules named by ``schedules()`` (asked each time: a worker
+    serving its whole registry takes on new ones) until cancelled."""
     pruned = dt.datetime.now(dt.UTC)
     while True:
         delay = MAX_SLEEP
+        names = list(schedules())
+        if not names:
+            await asyncio.sleep(delay)
+            continue
         try:
             fired = await database.fire_due(store.pool, store.queries, names)
             if fired:

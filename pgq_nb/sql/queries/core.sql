@@ -67,6 +67,9 @@ RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
 -- children's pending_deps (under each child's row lock; a child at zero becomes claimable,
 -- and workers are woken). Only jobs this worker still holds are touched: a
 -- job reclaimed from it in the meantime is left alone. Returns the jobs moved to history.
+-- Retries tell the workers when the soonest of them is due, `due:SECONDS`, so an idle worker
+-- wakes then rather than at its next poll: one NOTIFY per statement (every retried row sends
+-- the same payload, and Postgres delivers identical notifications of a transaction once).
 -- (worker_id is set exactly while a job is picked. It is compared with IS NOT DISTINCT FROM,
 -- which no index serves, so that the planner finds the batch's rows by primary key: with
 -- `worker_id = $1 AND status = 'picked'` it drove the join from jobs_picked_idx whenever its
@@ -79,6 +82,8 @@ WITH d AS (
     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::timestamptz[], $8::timestamptz[], $9::float8[])
         AS d(id, outcome, result, error, traceback, started, finished, delay)
+), soonest AS (
+    SELECT 'due:' || min(delay) AS payload FROM d WHERE outcome = 'retry'
 ), retried AS (
     UPDATE {schema}.jobs AS j
     SET status = 'queued', worker_id = NULL, cancel_requested = false,
@@ -88,7 +93,7 @@ WITH d AS (
             'attempt', j.attempts, 'error', d.error, 'at', d.finished))
     FROM d
     WHERE j.id = d.id AND d.outcome = 'retry' AND j.worker_id IS NOT DISTINCT FROM $1
-    RETURNING j.id
+    RETURNING j.id, pg_notify('{channel}', (SELECT payload FROM soonest))
 ), finishing AS (
     SELECT array_agg(id) AS ids, array_agg(outcome) AS outcomes, array_agg(result) AS results,
         array_agg(error) AS errors, array_agg(traceback) AS tracebacks,
@@ -243,6 +248,22 @@ WITH dead AS (
 SELECT id, true AS requeued, NULL::bigint AS workflow_id FROM requeued
 UNION ALL
 SELECT id, false, workflow_id FROM failed;
+
+-- name: next_due
+-- Seconds until the soonest queued job of these entrypoints that is not due yet becomes due
+-- (NULL: none). A worker asks after a claim that found nothing, and wakes then (see
+-- worker_decisions.wake_at). Jobs due already are left out: a claim could not take them
+-- (locked by another worker, no free slot or token), and waking for them would spin.
+-- params: $1 entrypoints text[]
+SELECT extract(epoch FROM min(execute_after) - now())::float8
+FROM {schema}.jobs
+WHERE status = 'queued' AND entrypoint = ANY($1::text[]) AND execute_after > now();
+
+-- name: set_worker_entrypoints
+-- A worker that serves its queue's whole registry took on handlers registered after it
+-- started: record them with the worker (q.workers(), a schedule's live workers).
+-- params: $1 worker id, $2 entrypoints text[]
+UPDATE {schema}.workers SET entrypoints = $2 WHERE id = $1;
 
 -- name: notify_jobs
 -- Wake listening workers (after requeueing rows, which the INSERT trigger does not see).
