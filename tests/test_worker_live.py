@@ -38,7 +38,7 @@ def test_a_background_worker_serves_handlers_registered_after_it_started(
         # limit, and the worker's row names it
         (row,) = [f for f in q.flow() if f["entrypoint"] == "later"]
         assert row["max_running"] == 1
-        (worker,) = q.workers()
+        (worker,) = q.worker_list()
         assert set(worker["entrypoints"]) == {"first", "later"}
         limit = runtime.run_sync(
             q.aio.pool.fetchval(
@@ -135,7 +135,7 @@ def test_a_worker_with_named_entrypoints_keeps_its_set(q: pgq_nb.Queue) -> None:
         assert q.get_job(mine).result == "new body"
         time.sleep(1.0)
         assert q.get_job(theirs).status is pgq_nb.JobStatus.QUEUED
-        (worker,) = q.workers()
+        (worker,) = q.worker_list()
         assert worker["entrypoints"] == ["mine"]
     finally:
         handle.stop(timeout=30)
