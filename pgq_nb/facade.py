@@ -113,7 +113,10 @@ class Queue:
     ) -> WorkerHandle:
         """Run a worker in the background of this process; returns a handle with ``.stop()``.
 
-        Cells keep running while it works; it stops when the kernel does. It warns, in one
+        Cells keep running while it works; it stops when the kernel does. Without
+        ``entrypoints=`` it serves the registry as it grows: a handler or schedule defined in a
+        later cell is registered and served within a second, and a re-defined handler's new
+        body is used (with ``entrypoints=``: those only). It warns, in one
         line (see :mod:`pgq_nb.worker_notices`), of queued jobs no handler here and no live
         worker serves (``JobsWithoutHandler``, when it starts), and of jobs that failed for
         good (``JobsFailed``, a second after a failure).
