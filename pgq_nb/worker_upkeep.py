@@ -95,6 +95,10 @@ class Upkeep:
                 max_workers=self.concurrency, thread_name_prefix="pgq_nb-job"
             )
         await self._listen()
+        if self._listener is not None:
+            # Registering read the pauses and cancel requests before LISTEN began: one sent in
+            # between went unheard, and would hold only from the next heartbeat. Read again.
+            await self._reread()
         # a worker that just registered has just been heard from
         self._beating_since = (
             asyncio.get_running_loop().time() - self.store.settings.heartbeat_timeout

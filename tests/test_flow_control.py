@@ -44,6 +44,11 @@ def _register(q: pgq_nb.Queue) -> None:
         q.entrypoint(name)(lambda job: None)
 
 
+def _wait_for_workers(q: pgq_nb.Queue) -> None:
+    """Until the four worker processes have registered (a loaded machine starts them slowly)."""
+    wait_until(lambda: len(q.worker_list()) == 4, 90, "the four worker processes to register")
+
+
 def _max_overlap(runs: list[tuple[float, float, int]]) -> int:
     events = sorted([(s, 1) for s, _, _ in runs] + [(e, -1) for _, e, _ in runs])
     running = peak = 0
@@ -95,7 +100,7 @@ def test_rate_limit_holds_across_four_processes(
     q: pgq_nb.Queue, workers: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     _register(q)
-    time.sleep(1.0)  # let the workers register the limit before the jobs arrive
+    _wait_for_workers(q)  # they register the limit before the jobs arrive
     ids = q.enqueue(["rated"] * 200)
     assert set(q.wait(ids, timeout=120).values()) == {"succeeded"}
     starts = [s for s, _, _ in _runs(tmp_path, "rated")]
@@ -110,7 +115,7 @@ def test_pause_then_resume_across_processes(
     q: pgq_nb.Queue, workers: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     _register(q)
-    time.sleep(1.0)  # workers up
+    _wait_for_workers(q)
     q.pause("pausable")
     ids = q.enqueue(["pausable"] * 20)
     time.sleep(2.0)
