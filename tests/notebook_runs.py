@@ -109,10 +109,16 @@ def shape(nb: Any) -> dict[str, list[str]]:
     return kinds
 
 
-def storable(nb: Any) -> str:
+#: What the throw-away server's home is shown as in stored outputs: the default home of a user
+#: (a stored notebook names no directory of the machine that ran it)
+SHOWN_HOME = "~/.local/share/pgq_nb"
+
+
+def storable(nb: Any, home: Path | None = None) -> str:
     """The executed notebook as it is stored: nothing that changes between identical runs
     besides the outputs themselves (no timings, no interpreter version), and the widget model
-    ids numbered in order of appearance, so a refresh changes only what it must."""
+    ids numbered in order of appearance, so a refresh changes only what it must. The server's
+    ``home``, where an output names it (the queue's address), is shown as SHOWN_HOME."""
     states = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     models = list(states)
     if not models:
@@ -123,6 +129,8 @@ def storable(nb: Any) -> str:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
     raw = json.dumps(nb)
+    if home is not None:
+        raw = raw.replace(json.dumps(str(home))[1:-1], SHOWN_HOME)
     for number, model in enumerate(models, start=1):  # uuid4 hex: nothing else looks like one
         raw = raw.replace(model, f"{number:032x}")
     renumbered = nbformat.reads(raw, as_version=4)  # type: ignore[no-untyped-call]
@@ -142,5 +150,5 @@ def _without_defaults(model: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in state.items() if v is not None}
 
 
-def write(name: str, nb: Any) -> None:
-    path(name).write_text(storable(nb), encoding="utf-8")
+def write(name: str, nb: Any, home: Path | None = None) -> None:
+    path(name).write_text(storable(nb, home), encoding="utf-8")

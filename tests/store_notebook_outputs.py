@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for name in names:
                 nb, seconds = notebook_runs.execute(name, dsn)
-                notebook_runs.write(name, nb)
+                notebook_runs.write(name, nb, home)
                 print(f"{notebook_runs.path(name)}: stored ({seconds:.1f} s)", flush=True)
         finally:
             server.terminate()

@@ -19,6 +19,7 @@ import ast
 import dataclasses
 import json
 import re
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -163,6 +164,9 @@ def test_the_notebooks_are_stored_with_the_outputs_of_a_run(runs: Runs) -> None:
         assert notebook_runs.path(name).read_text(encoding="utf-8") == notebook_runs.storable(
             stored
         ), f"{name} was not written by tests.store_notebook_outputs"
+        # the throw-away server's address is shown as a user's default home, not a temp dir
+        text = notebook_runs.path(name).read_text(encoding="utf-8")
+        assert tempfile.gettempdir() not in text, f"{name} names a temporary directory"
 
 
 def test_stored_widgets_are_numbered_and_complete(runs: Runs) -> None:
