@@ -12,6 +12,7 @@ q.run_until_idle()
 """
 
 import logging
+from typing import Any
 
 from pgq_nb.config import Settings
 from pgq_nb.errors import (
@@ -24,6 +25,7 @@ from pgq_nb.errors import (
     InvalidInputError,
     JobNotFoundError,
     JobTimeoutError,
+    NotebookCellError,
     PayloadError,
     PgqError,
     SchemaError,
@@ -32,6 +34,7 @@ from pgq_nb.errors import (
 )
 from pgq_nb.facade import Queue, WorkerHandle, aconnect, connect
 from pgq_nb.models import Job, JobInfo, JobStatus
+from pgq_nb.nbjobs.output import NotebookOutput
 from pgq_nb.queue import AsyncQueue
 from pgq_nb.retry import GiveUp, RetryLater, RetryPolicy
 from pgq_nb.schedule.cron import Schedule
@@ -39,6 +42,16 @@ from pgq_nb.view_limits import ViewTruncated
 from pgq_nb.worker import Worker, WorkerStats
 
 __version__ = "0.1.0"
+
+
+def record(name: str, value: Any) -> Any:
+    """In a notebook run as a job (``q.enqueue_notebook``): record ``value`` under ``name``,
+    for ``q.notebook_runs()``. JSON values, or a pandas DataFrame or Series. Returns
+    ``value``. Outside a kernel it only checks the value."""
+    from pgq_nb.notebook.record import record as record_value
+
+    return record_value(name, value)
+
 
 # A library logs, the application decides where to: without this, Python's last-resort handler
 # would print every retry warning into notebook cells. `pgq-nb` configures a handler itself.
@@ -59,6 +72,8 @@ __all__ = [
     "JobNotFoundError",
     "JobStatus",
     "JobTimeoutError",
+    "NotebookCellError",
+    "NotebookOutput",
     "PayloadError",
     "PgqError",
     "Queue",
@@ -76,4 +91,5 @@ __all__ = [
     "__version__",
     "aconnect",
     "connect",
+    "record",
 ]

@@ -93,6 +93,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.schema:
         os.environ["PGQ_NB_SCHEMA"] = args.schema
     queue = load_queue(args.target)
+    if args.notebooks:  # opt in: whoever can enqueue can then run code here
+        queue.serve_notebooks(timeout=args.notebook_timeout)
     entrypoints = args.entrypoints.split(",") if args.entrypoints else None
     worker = Worker(
         queue,
@@ -238,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="seconds running jobs get to finish on SIGINT/SIGTERM (default 30)",
+    )
+    worker.add_argument(
+        "--notebooks",
+        action="store_true",
+        help="also run notebook jobs (q.enqueue_notebook): runs their code here; needs "
+        "pip install 'pgq_nb[notebooks]'",
+    )
+    worker.add_argument(
+        "--notebook-timeout",
+        type=float,
+        help="seconds a notebook job enqueued without timeout= may run (default: no limit)",
     )
     worker.set_defaults(func=cmd_worker)
     return parser

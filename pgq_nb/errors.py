@@ -13,6 +13,7 @@
     ├── BlockingCallError         a blocking (sync) method called from the pgq_nb event-loop thread
     ├── HandlerExitError          a handler raised SystemExit or KeyboardInterrupt (fails its job)
     ├── JobTimeoutError           an attempt ran past its entrypoint's timeout; also a TimeoutError
+    ├── NotebookCellError         a cell of a notebook job raised (fails its attempt)
     └── JobNotFoundError          no job with that id
 
 Every message says what went wrong and what to do about it. Failures to connect are translated
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 #: Words that start with a vowel letter but a consonant sound: "a UUID", "a uint8", "a Unicode".
 _CONSONANT_SOUNDS = ("uu", "uni", "uint", "use", "usu", "uti", "eu", "one")
@@ -100,6 +102,25 @@ class HandlerExitError(PgqError, RuntimeError):
 
 class JobTimeoutError(PgqError, TimeoutError):
     """An attempt ran longer than its entrypoint's timeout (a failure like any other)."""
+
+
+class NotebookCellError(PgqError, RuntimeError):
+    """A cell of a notebook run as a job raised (or its kernel died): the attempt fails, and is
+    retried per the runner's RetryPolicy. ``cell`` is its 1-based number in the notebook as
+    enqueued; the kernel's traceback is attached as a note."""
+
+    def __init__(self, message: str, *, cell: int, ename: str, evalue: str) -> None:
+        super().__init__(message)
+        self.cell = cell
+        self.ename = ename
+        self.evalue = evalue
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_cell_error, (str(self), self.cell, self.ename, self.evalue)
+
+
+def _rebuild_cell_error(message: str, cell: int, ename: str, evalue: str) -> NotebookCellError:
+    return NotebookCellError(message, cell=cell, ename=ename, evalue=evalue)
 
 
 class BlockingCallError(PgqError, RuntimeError):

@@ -103,6 +103,10 @@ class Queue:
     run_until_idle = runtime.blocking(AsyncQueue.run_until_idle)
     run_worker = runtime.blocking(AsyncQueue.run_worker)
     workflow_run = runtime.blocking(AsyncQueue.workflow_run, WorkflowRun)
+    enqueue_notebook = runtime.blocking(AsyncQueue.enqueue_notebook)
+    serve_notebooks = runtime.forwarded(AsyncQueue.serve_notebooks)
+    notebook_output = runtime.blocking(AsyncQueue.notebook_output)
+    notebook_runs = runtime.blocking(AsyncQueue.notebook_runs)
 
     def start_worker(
         self,

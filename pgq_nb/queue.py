@@ -17,6 +17,7 @@ from pgq_nb.enqueue import ANALYZE_AFTER_ROWS as ANALYZE_AFTER_ROWS
 from pgq_nb.enqueue import Dedupe
 from pgq_nb.errors import JobNotFoundError
 from pgq_nb.models import check_int
+from pgq_nb.nbjobs.api import NotebookMethods
 from pgq_nb.operations import Operations
 from pgq_nb.registry import EntrypointSpec as EntrypointSpec
 from pgq_nb.registry import H, Handler, Registry
@@ -34,7 +35,7 @@ __all__ = ["ANALYZE_AFTER_ROWS", "AsyncQueue", "EntrypointSpec", "Handler"]
 F = TypeVar("F", bound=Callable[[], Any])
 
 
-class AsyncQueue(Operations, Views, ScheduleMethods):
+class AsyncQueue(Operations, Views, ScheduleMethods, NotebookMethods):
     """The async API of a queue. Every coroutine runs on the pgq_nb loop whatever loop awaits
     it, except with your own connection (``connection=``): then on that connection's loop."""
 

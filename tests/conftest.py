@@ -63,7 +63,8 @@ def _truncate(q: pgq_nb.Queue) -> None:
             f"{SCHEMA}.entrypoints, {SCHEMA}.finished_counts, {SCHEMA}.job_deps, "
             f"{SCHEMA}.workflows, {SCHEMA}.schedules, {SCHEMA}.schedule_ticks, "
             f"{SCHEMA}.entrypoint_slots, {SCHEMA}.rate_buckets, {SCHEMA}.dedupe_windows, "
-            f"{SCHEMA}.payload_dtypes "
+            f"{SCHEMA}.payload_dtypes, "
+            f"{SCHEMA}.notebooks, {SCHEMA}.notebook_outputs "
             "RESTART IDENTITY"
         )
 

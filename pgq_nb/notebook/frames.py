@@ -366,7 +366,8 @@ async def purge_history(
 ) -> int:
     """Retention: delete every job that finished more than ``older_than`` ago (by the server's
     clock), oldest first, in statements of ``batch_size`` rows, each of which also subtracts its
-    rows from ``finished_counts``; then the recorded dtypes of batches no job is left of.
+    rows from ``finished_counts``; then the recorded dtypes of batches no job is left of, and
+    the outputs of notebook jobs no longer kept.
     Returns how many jobs were deleted."""
     if not isinstance(older_than, dt.timedelta) or older_than < dt.timedelta(0):
         raise InvalidInputError("older_than must be a timedelta of 0 or more")
@@ -380,4 +381,5 @@ async def purge_history(
             total += deleted
             if deleted < batch_size:
                 await conn.execute(aq.queries["purge_payload_dtypes"])
+                await conn.execute(aq.queries["purge_notebook_outputs"])
                 return total

@@ -1,0 +1,269 @@
+"""The handler of :data:`~pgq_nb.nbjobs.content.ENTRYPOINT`: run a stored notebook in a Jupyter
+kernel with nbclient, keep what it did, fail the attempt on a failing cell.
+
+One attempt: the notebook's stored content (by the sha256 in the payload) gets its parameters
+injected (:mod:`pgq_nb.nbjobs.parameters`) and runs cell by cell in a new kernel of the named
+kernel spec, started in a private temporary directory (``mkdtemp``: mode 0700, removed after
+the run) unless the job names a ``cwd``. The executed notebook (partial when a cell failed or
+the run timed out), its HTML (nbconvert) and the values recorded with ``pgq_nb.record`` are
+saved in ``notebook_outputs`` by job id; the job's result is a small summary. A failing cell
+raises :class:`~pgq_nb.errors.NotebookCellError` ("cell 7 of x.ipynb raised KeyError: 'x'"),
+retried per the runner's RetryPolicy. At the job's timeout (the enqueue's ``timeout=``, else
+the one given to ``serve_notebooks``) the kernel is killed (SIGKILL to its process group, which
+takes the processes it started with it) and the attempt fails with JobTimeoutError. However
+the attempt ends (a cancel, a worker stopping), the kernel is killed before it returns.
+
+nbclient, nbformat, nbconvert and ipykernel (the ``pgq_nb[notebooks]`` extra) are imported when
+a worker opts in (:func:`check_installed`), never by ``import pgq_nb``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from importlib.util import find_spec
+from typing import Any
+
+from pgq_nb.errors import ConfigurationError, JobTimeoutError, NotebookCellError
+from pgq_nb.models import Job, storable_text
+from pgq_nb.nbjobs import parameters as params
+from pgq_nb.nbjobs import records
+from pgq_nb.retry import GiveUp
+
+logger = logging.getLogger("pgq_nb.worker")
+
+#: What running notebooks needs on a worker (the ``pgq_nb[notebooks]`` extra).
+REQUIRED = ("nbclient", "nbformat", "nbconvert", "ipykernel")
+#: Seconds past a notebook's timeout before the run is cancelled from outside (only a kernel
+#: that hangs outside a cell gets there; cells end at the timeout itself).
+STARTUP_GRACE = 30.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def check_installed() -> None:
+    """ConfigurationError naming what is missing to run notebooks here."""
+    missing = [name for name in REQUIRED if find_spec(name) is None]
+    if missing:
+        raise ConfigurationError(
+            f"running notebooks needs {', '.join(missing)} on this worker: install them with "
+            "pip install 'pgq_nb[notebooks]'"
+        )
+
+
+def handler(
+    queries: dict[str, str], pool: Any, default_timeout: float | None
+) -> Callable[[Job], Awaitable[dict[str, Any]]]:
+    """The runner's handler, over the queue's pool and queries."""
+
+    async def run_notebook(job: Job) -> dict[str, Any]:
+        return await run(queries, pool, job, default_timeout)
+
+    return run_notebook
+
+
+def _spec(job: Job) -> dict[str, Any]:
+    data = job.data
+    keys = ("notebook", "path", "name", "parameters", "kernel")
+    if not isinstance(data, dict) or not all(k in data for k in keys):
+        raise GiveUp(
+            f"job {job.id} is not a notebook job (its payload has no {keys}); enqueue "
+            "notebooks with q.enqueue_notebook(path)"
+        )
+    return data
+
+
+def cell_label(index: int, injected_at: int, replaced: bool, path: str) -> tuple[int, str]:
+    """The cell's number in the notebook as enqueued, and how an error names it."""
+    number = params.user_cell_number(index, injected_at, replaced)
+    if index == injected_at:
+        return number, f"the injected parameters cell of {path}"
+    return number, f"cell {number} of {path}"
+
+
+async def _kill(km: Any) -> None:
+    """Kill the kernel (its process group) if it still runs, and reap it."""
+    try:
+        if km.has_kernel:
+            await km.shutdown_kernel(now=True)
+    except Exception:  # already gone, or never started
+        logger.debug("kernel shutdown", exc_info=True)
+
+
+async def run(
+    queries: dict[str, str], pool: Any, job: Job, default_timeout: float | None
+) -> dict[str, Any]:
+    """One attempt of a notebook job (see the module's docstring)."""
+    spec = _spec(job)
+    path, sha = str(spec["path"]), str(spec["notebook"])
+    content = await pool.fetchval(queries["notebook_content"], sha)
+    if content is None:
+        raise GiveUp(
+            f"the content of notebook {path!r} (sha256 {sha[:12]}...) is not stored in this "
+            "queue; enqueue it again with q.enqueue_notebook()"
+        )
+    import nbformat
+    from jupyter_client.kernelspec import NoSuchKernel
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    from nbclient.util import ensure_async
+
+    nb = nbformat.reads(content, as_version=4)  # type: ignore[no-untyped-call]
+    total = len(nb.cells)
+    replaced = params.first_tagged(nb.cells, params.INJECTED_TAG) is not None
+    cells, injected_at = params.inject(list(nb.cells), spec["parameters"])
+    nb.cells = [nbformat.from_dict(cell) for cell in cells]  # type: ignore[no-untyped-call]
+    nb.metadata["pgq_nb"] = {"job_id": job.id, "path": path, "parameters": spec["parameters"]}
+    seconds = spec.get("timeout") or default_timeout
+    private = spec.get("cwd") is None
+    workdir = tempfile.mkdtemp(prefix="pgq_nb-notebook-") if private else str(spec["cwd"])
+    if not await asyncio.to_thread(os.path.isdir, workdir):
+        raise NotADirectoryError(
+            f"cwd {workdir!r} of notebook {path!r} is not a directory on this worker; create "
+            "it, or enqueue without cwd= to run in a private temporary directory"
+        )
+    client = NotebookClient(
+        nb,
+        kernel_name=spec["kernel"],
+        timeout=None,
+        allow_errors=False,
+        shutdown_kernel="immediate",
+        resources={"metadata": {"path": workdir}},
+    )
+    km = client.create_kernel_manager()
+    started = dt.datetime.now(dt.UTC)
+    began = time.monotonic()
+    run = Progress()
+    # nbclient's own cell timeout (the time left) ends a cell cleanly; this outer deadline
+    # only catches a kernel that hangs on the way (its start is nbclient's startup_timeout)
+    deadline = asyncio.timeout(None if seconds is None else seconds + STARTUP_GRACE)
+    failure: Exception | None = None
+    try:
+        async with deadline, client.async_setup_kernel():
+            await _execute(client, nb, seconds, began, run, ensure_async)
+    except (CellExecutionError, DeadKernelError, TimeoutError, NoSuchKernel) as exc:
+        if isinstance(exc, TimeoutError) and not (
+            deadline.expired() or isinstance(exc, CellTimeoutError | TimeUp)
+        ):
+            raise
+        failure = _failure(exc, run.cell, seconds, (injected_at, replaced, path), spec["kernel"])
+    finally:
+        await asyncio.shield(_kill(km))
+        if private:
+            shutil.rmtree(workdir, ignore_errors=True)
+    duration = time.monotonic() - began
+    at = (injected_at, replaced, path)
+    found = records.collect(nb.cells)
+    # the cells that ran to the end: all, or those before the one that failed
+    done = total if failure is None else max(0, cell_label(max(run.cell, 0), *at)[0] - 1)
+    executed: str = nbformat.writes(nb)  # type: ignore[no-untyped-call]
+    html = await asyncio.to_thread(render_html, nb)
+    await pool.execute(
+        queries["save_notebook_output"],
+        job.id,
+        sha,
+        path,
+        str(spec["name"]),
+        job.attempts,
+        failure is None,
+        None if failure is None else storable_text(str(failure)),
+        json.dumps(spec["parameters"]),
+        json.dumps(found),
+        total,
+        done,
+        started,
+        duration,
+        executed,
+        html,
+    )
+    if failure is not None:
+        raise failure
+    return {
+        "notebook": path,
+        "sha256": sha,
+        "cells": total,
+        "duration_s": round(duration, 3),
+        "recorded": {name: records.summary_value(value) for name, value in found.items()},
+    }
+
+
+class TimeUp(TimeoutError):
+    """The notebook's time ran out between two cells."""
+
+
+class Progress:
+    """Where a run is: the index of the cell running (-1: none yet, or all done)."""
+
+    cell = -1
+
+
+async def _execute(
+    client: Any, nb: Any, seconds: float | None, began: float, run: Progress, ensure_async: Any
+) -> None:
+    """Run every cell in order, each within what is left of ``seconds``."""
+    assert client.kc is not None
+    reply = await client.async_wait_for_reply(await ensure_async(client.kc.kernel_info()))
+    if reply is not None and "language_info" in reply["content"]:
+        nb.metadata["language_info"] = reply["content"]["language_info"]
+    for index, cell in enumerate(nb.cells):
+        run.cell = index
+        if seconds is not None:
+            left = seconds - (time.monotonic() - began)
+            if left <= 0:
+                raise TimeUp("the notebook's time is up")
+            client.timeout = max(1, math.ceil(left))
+        await client.async_execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+    run.cell = -1
+
+
+def _failure(
+    exc: Exception, running: int, seconds: float | None, at: tuple[int, bool, str], kernel: str
+) -> Exception:
+    """The error that fails the attempt, for what nbclient raised."""
+    path = at[2]
+    if isinstance(exc, TimeoutError):
+        where = f"while {cell_label(running, *at)[1]} ran" if running >= 0 else "at its start"
+        return JobTimeoutError(
+            f"notebook {path!r} ran longer than its timeout of {seconds:g} s ({where}); its "
+            "kernel was killed"
+        )
+    if exc.__class__.__name__ == "NoSuchKernel":
+        return RuntimeError(
+            f"no Jupyter kernel named {kernel!r} is installed on this worker; install it here, "
+            "or enqueue with kernel_name= a kernel the workers have"
+        )
+    number, label = cell_label(max(running, 0), *at)
+    if exc.__class__.__name__ == "DeadKernelError":
+        return NotebookCellError(
+            f"the kernel died while {label} ran ({exc}); the cell may use too much memory or "
+            "end the process",
+            cell=number,
+            ename="DeadKernelError",
+            evalue=str(exc),
+        )
+    ename, evalue = str(getattr(exc, "ename", "")), str(getattr(exc, "evalue", ""))
+    failure = NotebookCellError(
+        f"{label} raised {ename}: {evalue}", cell=number, ename=ename, evalue=evalue
+    )
+    failure.add_note(_ANSI.sub("", str(getattr(exc, "traceback", "")))[-20_000:])
+    return failure
+
+
+def render_html(nb: Any) -> str | None:
+    """The executed notebook as HTML (nbconvert's lab template); None if it cannot be."""
+    try:
+        from nbconvert import HTMLExporter
+
+        body, _ = HTMLExporter().from_notebook_node(nb)  # type: ignore[no-untyped-call]
+    except Exception:
+        logger.warning("could not render a notebook as HTML", exc_info=True)
+        return None
+    return str(body)

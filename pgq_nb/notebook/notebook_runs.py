@@ -1,0 +1,64 @@
+"""``q.notebook_runs()``: the runs of notebook jobs as one DataFrame, a column per value the
+notebooks recorded with ``pgq_nb.record`` (see :mod:`pgq_nb.nbjobs.records`)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pandas as pd
+
+from pgq_nb.errors import InvalidInputError
+from pgq_nb.models import check_int
+from pgq_nb.nbjobs.records import KIND
+from pgq_nb.notebook.columns import Kind, _objects, frame, inferred
+from pgq_nb.store import SqlTarget
+
+#: The columns every run has, before the recorded values.
+SCHEMA: dict[str, Kind] = {
+    "job_id": "int",
+    "notebook": "str",
+    "path": "str",
+    "status": "status",
+    "attempt": "int",
+    "ok": "json",
+    "error": "str",
+    "started": "time",
+    "duration_s": "float",
+    "schedule_name": "str",
+    "fire_time": "time",
+    "parameters": "json",
+}
+
+
+def decode_value(value: Any) -> Any:
+    """A recorded value as it was recorded: a DataFrame or Series from its table JSON."""
+    if isinstance(value, dict) and value.get(KIND) in ("dataframe", "series"):
+        table = pd.read_json(io.StringIO(json.dumps(value["table"])), orient="table")
+        return table.iloc[:, 0] if value[KIND] == "series" else table
+    return value
+
+
+async def notebook_runs(aq: SqlTarget, path_or_name: str | None, limit: int) -> pd.DataFrame:
+    if path_or_name is not None and not isinstance(path_or_name, str):
+        raise InvalidInputError(
+            f"path_or_name must be a str (a notebook's path or name) or None, not "
+            f"{type(path_or_name).__name__}"
+        )
+    if check_int("limit", limit) < 1:
+        raise InvalidInputError("limit must be at least 1")
+    rows = await aq.pool.fetch(aq.queries["notebook_runs"], path_or_name, limit)
+    base = [
+        {**dict(r), "notebook": r["name"], "parameters": json.loads(r["parameters"])} for r in rows
+    ]
+    out = frame(base, SCHEMA)
+    out["ok"] = pd.Series(pd.array([r["ok"] for r in rows], dtype="boolean"))
+    recorded = [json.loads(r["recorded"]) for r in rows]
+    names = list(dict.fromkeys(name for values in recorded for name in values))
+    for name in names:
+        values = [decode_value(values.get(name)) for values in recorded]
+        is_frame = any(isinstance(v, pd.DataFrame | pd.Series) for v in values)
+        column = _objects(values) if is_frame else inferred(values)
+        out[name if name not in out.columns else f"recorded_{name}"] = column
+    return out

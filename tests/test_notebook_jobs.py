@@ -1,0 +1,369 @@
+"""Notebooks as jobs (issue #18, item 4): q.enqueue_notebook runs a notebook in a real Jupyter
+kernel on a worker that opted in (``pgq-nb worker app:q --notebooks``, ``q.serve_notebooks()``).
+
+* A parameterised notebook runs in a worker process: the parameters are injected after the cell
+  tagged ``parameters``, the version that was enqueued is the one that runs (the file changed
+  on disk afterwards), in a private temporary directory; its executed notebook, HTML and the
+  values it recorded (a DataFrame included) come back through ``q.notebook_runs()`` and
+  ``q.notebook_output()``.
+* A failing cell fails the attempt with the cell's number and error, keeps the partial output,
+  and is retried per the policy.
+* At the job's timeout the kernel is killed, with the process it started: none survives.
+* Bad input (no such path, not a notebook, parameters that are not JSON, no kernel named or
+  none of that name, nobody serving notebooks): a clear error, nothing written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import pgq_nb
+from pgq_nb import runtime
+from pgq_nb.nbjobs import parameters as params
+from pgq_nb.nbjobs import records
+from pgq_nb.nbjobs.content import ENTRYPOINT
+from pgq_nb.worker_notices import JobsFailed
+from tests.conftest import SCHEMA, start_worker_process, stop_processes, wait_until
+
+
+def notebook(path: Path, *cells: tuple[str, str, list[str]], kernel: bool = True) -> Path:
+    """Write a notebook (format 4.5) of ``(cell_type, source, tags)`` cells to ``path``; a
+    source of several lines is stored as a list of lines, as Jupyter saves it."""
+    nb: dict[str, Any] = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    for i, (kind, source, tags) in enumerate(cells):
+        cell: dict[str, Any] = {
+            "cell_type": kind,
+            "id": f"cell-{i}",
+            "metadata": {"tags": tags} if tags else {},
+            "source": source.splitlines(keepends=True),
+        }
+        if kind == "code":
+            cell.update(execution_count=None, outputs=[])
+        nb["cells"].append(cell)
+    if kernel:
+        nb["metadata"]["kernelspec"] = {
+            "name": "python3",
+            "language": "python",
+            "display_name": "P",
+        }
+    path.write_text(json.dumps(nb, indent=1))
+    return path
+
+
+REPORT_CELLS: list[tuple[str, str, list[str]]] = [
+    ("markdown", "# An hourly report", []),
+    ("code", "region = 'all'\nscale = 1", ["parameters"]),
+    (
+        "code",
+        "import os\nimport pandas as pd\nimport pgq_nb\n"
+        "table = pd.DataFrame({'hour': pd.to_datetime(['2026-11-30T01:00Z', '2026-11-30T02:00Z']),"
+        " 'orders': pd.array([3 * scale, 4 * scale], dtype='int64')})\n"
+        "pgq_nb.record('total', int(table['orders'].sum()))\n"
+        "pgq_nb.record('region', region)\n"
+        "pgq_nb.record('table', table)\n"
+        "pgq_nb.record('cwd', os.getcwd())\n"
+        "print(f'report for {region}: {table.orders.sum()} orders')",
+        [],
+    ),
+]
+
+
+def _count(q: pgq_nb.Queue, table: str) -> int:
+    return int(runtime.run_sync(q.aio.pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.{table}")))
+
+
+def _wait_final(q: pgq_nb.Queue, ids: list[int], timeout: float = 180) -> dict[int, str]:
+    statuses = q.wait(ids, timeout=timeout)
+    return {i: str(s) for i, s in statuses.items()}
+
+
+@pytest.fixture
+def worker(q: pgq_nb.Queue, installed: str) -> Iterator[Any]:
+    """One `pgq-nb worker notebook_app:q --notebooks` process, registered."""
+
+    def start(**env: str) -> None:
+        procs.append(start_worker_process(installed, "notebook_app:q", "--notebooks", **env))
+        wait_until(lambda: len(q.worker_list()) == len(procs), 60, "the worker to register")
+
+    procs: list[Any] = []
+    yield start
+    stop_processes(procs)
+
+
+def test_a_parameterised_notebook_runs_in_a_worker_process(
+    q: pgq_nb.Queue, worker: Any, tmp_path: Path
+) -> None:
+    worker()
+    path = notebook(tmp_path / "report.ipynb", *REPORT_CELLS)
+    north = q.enqueue_notebook(path, parameters={"region": "north", "scale": 10})
+    south = q.enqueue_notebook(str(path), parameters={"region": "south"})
+    assert _count(q, "notebooks") == 1  # the same content, stored once
+    # the file changes after the enqueue: the jobs run the version that was enqueued
+    notebook(path, ("code", "raise RuntimeError('the edited notebook ran')", []))
+    assert _wait_final(q, [north, south]) == {north: "succeeded", south: "succeeded"}
+
+    runs = q.notebook_runs("report")
+    assert list(runs["job_id"]) == [south, north]  # newest first
+    assert list(runs["region"]) == ["south", "north"]
+    assert list(runs["total"]) == [7, 70]
+    assert str(runs["total"].dtype) == "Int64"
+    assert list(runs["status"].astype(str)) == ["succeeded", "succeeded"]
+    assert runs["parameters"].iloc[1] == {"region": "north", "scale": 10}
+    table = runs["table"].iloc[1]
+    assert isinstance(table, pd.DataFrame)
+    assert list(table["orders"]) == [30, 40] and str(table["orders"].dtype) == "int64"
+    assert str(table["hour"].dtype).startswith("datetime64")
+    # each run had a private working directory of its own, removed after the run
+    cwds = list(runs["cwd"])
+    assert cwds[0] != cwds[1] and all("pgq_nb-notebook-" in c for c in cwds)
+    assert not any(Path(c).exists() for c in cwds)
+    assert list(q.notebook_runs(str(path))["job_id"]) == [south, north]  # by path as enqueued
+
+    out = q.notebook_output(north)
+    assert out.ok and out.status == "succeeded" and out.cells == out.cells_run == 3
+    executed = out.notebook()
+    assert executed is not None
+    tags = [c["metadata"].get("tags", []) for c in executed["cells"]]
+    assert tags[1] == ["parameters"] and tags[2] == [params.INJECTED_TAG]
+    assert "region = 'north'" in "".join(executed["cells"][2]["source"])
+    assert out.html is not None and "report for north: 70 orders" in out.html
+    shown = out._repr_html_()
+    assert '<iframe sandbox="allow-scripts" srcdoc="' in shown and "allow-same-origin" not in shown
+    result = q.get_job(north).result
+    assert result["cells"] == 3 and result["recorded"]["total"] == 70
+    assert result["recorded"]["table"] == "<dataframe: 2 rows, 3 columns>"
+
+
+def test_a_failing_cell_fails_with_its_number_keeps_partial_output_and_retries(
+    q: pgq_nb.Queue, worker: Any, tmp_path: Path
+) -> None:
+    worker(NB_MAX_ATTEMPTS="2")
+    path = notebook(
+        tmp_path / "broken.ipynb",
+        ("markdown", "# Broken", []),
+        ("code", "key = 'x'", ["parameters"]),
+        ("code", "import pgq_nb\npgq_nb.record('before', 1)\nprint('partial output')", []),
+        ("code", "{}[key]", []),
+        ("code", "print('never ' + 'printed')", []),
+    )
+    job = q.enqueue_notebook(path, parameters={"key": "missing"})
+    assert _wait_final(q, [job]) == {job: "failed"}
+    info = q.get_job(job)
+    assert info.attempts == 2 and len(info.errors or []) == 2  # retried per the policy
+    assert info.error == f"NotebookCellError: cell 4 of {path} raised KeyError: 'missing'"
+    assert "KeyError" in (info.traceback or "")  # the kernel's traceback, as a note
+
+    out = q.notebook_output(job)
+    assert out.ok is False and out.attempt == 2 and out.cells == 5 and out.cells_run == 3
+    assert out.recorded == {"before": 1}
+    assert out.html is not None and "partial output" in out.html and "never printed" not in out.html
+    runs = q.notebook_runs("broken")
+    assert list(runs["status"].astype(str)) == ["failed"] and list(runs["before"]) == [1]
+    assert runs["error"].iloc[0].startswith("cell 4 of")
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or one that is only waiting to be reaped (a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def test_the_timeout_kills_the_kernel_and_what_it_started(q: pgq_nb.Queue, tmp_path: Path) -> None:
+    q.serve_notebooks(retry=pgq_nb.RetryPolicy(max_attempts=1))
+    pids = tmp_path / "pids.json"
+    path = notebook(
+        tmp_path / "slow.ipynb",
+        ("code", "out = ''", ["parameters"]),
+        (
+            "code",
+            "import json, os, subprocess\n"
+            "child = subprocess.Popen(['sleep', '600'])\n"
+            "with open(out, 'w') as f:\n    json.dump([os.getpid(), child.pid], f)",
+            [],
+        ),
+        ("code", "import time\ntime.sleep(600)", []),
+    )
+    job = q.enqueue_notebook(path, parameters={"out": str(pids)}, timeout=12)
+    with pytest.warns(JobsFailed, match="JobTimeoutError"):
+        q.run_until_idle(concurrency=1, timeout=120)
+    info = q.get_job(job)
+    assert info.status == "failed", info.error
+    assert info.error is not None and info.error.startswith("JobTimeoutError: notebook ")
+    assert "timeout of 12 s (while cell 3 of" in info.error and "kernel was killed" in info.error
+    kernel, child = json.loads(pids.read_text())
+    wait_until(lambda: _gone(kernel) and _gone(child), 30, "the kernel and its child to end")
+    out = q.notebook_output(job)
+    assert out.ok is False and out.cells_run == 2
+
+
+@pytest.fixture
+def served(q: pgq_nb.Queue) -> pgq_nb.Queue:
+    q.serve_notebooks()
+    return q
+
+
+def _nothing_written(q: pgq_nb.Queue) -> None:
+    assert (_count(q, "jobs"), _count(q, "notebooks")) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs", "message"),
+    [
+        (lambda d: d / "nope.ipynb", {}, "notebook '{path}' does not exist (looked for "),
+        (lambda d: d, {}, "is not a file"),
+        (lambda d: _write(d / "x.ipynb", "hello"), {}, "is not a notebook: it is not JSON"),
+        (lambda d: _write(d / "x.ipynb", '{"a": 1}'), {}, "is not a notebook: it has no list"),
+        (
+            lambda d: _write(d / "x.ipynb", '{"cells": [], "nbformat": 3}'),
+            {},
+            "is a notebook of format 3",
+        ),
+        (
+            lambda d: notebook(d / "x.ipynb", ("code", "1", []), kernel=False),
+            {},
+            "names no kernel (its metadata has no kernelspec); pass kernel_name='python3'",
+        ),
+        (
+            lambda d: notebook(d / "x.ipynb", ("code", "1", [])),
+            {"kernel_name": "no-such-kernel"},
+            "no Jupyter kernel named 'no-such-kernel' is installed (installed: [",
+        ),
+        (
+            lambda d: notebook(d / "x.ipynb", ("code", "1", [])),
+            {"parameters": {"when": dt.datetime(2026, 1, 1)}},
+            "parameter 'when' is a datetime, which is not JSON: pass JSON values",
+        ),
+        (
+            lambda d: notebook(d / "x.ipynb", ("code", "1", [])),
+            {"parameters": {"x": float("nan")}},
+            "parameter 'x' holds NaN or an infinity",
+        ),
+        (
+            lambda d: notebook(d / "x.ipynb", ("code", "1", [])),
+            {"parameters": {"not a name": 1}},
+            "parameter name 'not a name' is not a Python variable name",
+        ),
+        (
+            lambda d: notebook(d / "x.ipynb", ("code", "1", [])),
+            {"timeout": -1},
+            "timeout must be a positive number of seconds",
+        ),
+        (
+            lambda d: notebook(d / "x.ipynb", ("code", "1", [])),
+            {"cwd": "relative/dir"},
+            "cwd must be an absolute directory path on the workers",
+        ),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_writes_nothing(
+    served: pgq_nb.Queue, tmp_path: Path, make: Any, kwargs: dict[str, Any], message: str
+) -> None:
+    path = make(tmp_path)
+    with pytest.raises(pgq_nb.InvalidInputError) as caught:
+        served.enqueue_notebook(path, **kwargs)
+    assert message.format(path=path) in str(caught.value)
+    _nothing_written(served)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_enqueue_without_a_worker_serving_notebooks_says_how_to_opt_in(
+    q: pgq_nb.Queue, tmp_path: Path
+) -> None:
+    path = notebook(tmp_path / "x.ipynb", ("code", "1", []))
+    with pytest.raises(pgq_nb.UnknownEntrypointError, match=r"q\.serve_notebooks\(\)"):
+        q.enqueue_notebook(path)
+    _nothing_written(q)
+
+
+def test_content_is_stored_once_per_hash_and_a_rolled_back_enqueue_stores_none(
+    served: pgq_nb.Queue, tmp_path: Path
+) -> None:
+    q = served
+    later = dt.timedelta(days=1)
+    path = notebook(tmp_path / "x.ipynb", ("code", "1", []))
+    first = q.enqueue_notebook(path, execute_after=later)
+    # outputs do not count: the same code with stale outputs is the same content
+    nb = json.loads(path.read_text())
+    nb["cells"][0]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "old\n"}]
+    nb["cells"][0]["execution_count"] = 7
+    path.write_text(json.dumps(nb))
+    q.enqueue_notebook(path, execute_after=later)
+    assert _count(q, "notebooks") == 1
+    notebook(path, ("code", "2", []))
+    q.enqueue_notebook(path, execute_after=later)
+    assert _count(q, "notebooks") == 2
+    q.enqueue_notebook(path, dedupe_key="k", execute_after=later)
+    notebook(path, ("code", "3", []))
+    with pytest.raises(pgq_nb.DuplicateJobError):  # content checked and stored, job refused
+        q.enqueue_notebook(path, dedupe_key="k", execute_after=later)
+    assert _count(q, "notebooks") == 2  # the refused job's new content was rolled back with it
+    payload = q.get_job(first).data
+    assert payload["path"] == str(path) and payload["name"] == "x"
+    assert set(payload) == {"notebook", "path", "name", "parameters", "kernel", "timeout", "cwd"}
+    assert q.get_job(first).entrypoint == ENTRYPOINT
+    out = q.notebook_output(first)
+    assert not out.ran and "not run yet" in out._repr_html_()
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected_order", "at"),
+    [
+        ([[], ["parameters"], []], ["a", "parameters", "injected", "c"], 2),
+        ([[], [], []], ["injected", "a", "b", "c"], 0),
+        ([[], ["parameters"], ["injected-parameters"]], ["a", "parameters", "injected"], 2),
+        ([["parameters"], ["parameters"], []], ["parameters", "injected", "parameters", "c"], 1),
+    ],
+)
+def test_parameters_are_injected_where_papermill_puts_them(
+    tags: list[list[str]], expected_order: list[str], at: int
+) -> None:
+    cells = [
+        {"cell_type": "code", "source": name, "metadata": {"tags": t}}
+        for name, t in zip("abc", tags, strict=True)
+    ]
+    out, index = params.inject(cells, {"region": "north", "n": [1, None, True]})
+    assert index == at
+    names = [
+        "injected"
+        if params.INJECTED_TAG in c["metadata"]["tags"] and c["source"].startswith("#")
+        else ("parameters" if "parameters" in c["metadata"]["tags"] else c["source"])
+        for c in out
+    ]
+    assert names == expected_order
+    assert out[index]["source"] == "# Parameters\nregion = 'north'\nn = [1, None, True]\n"
+    assert params.inject(cells, {}) == (cells, -1)
+
+
+def test_records_round_trip_and_refuse_what_is_not_json() -> None:
+    frame = pd.DataFrame({"a": [1, 2]})
+    cells = [
+        {"cell_type": "code", "outputs": [{"output_type": "display_data", "data": data}]}
+        for data in (
+            records.bundle("n", 1),
+            records.bundle("n", 2),
+            records.bundle("f", frame),
+            records.bundle("nan", float("nan")),
+        )
+    ]
+    found = records.collect(cells)
+    assert found["n"] == 2 and found["nan"] is None
+    from pgq_nb.notebook.notebook_runs import decode_value
+
+    pd.testing.assert_frame_equal(decode_value(found["f"]), frame)
+    with pytest.raises(pgq_nb.InvalidInputError, match="got an object, which is not JSON"):
+        records.encode("x", object())
+    assert records.bundle("n", 3)["text/plain"] == "recorded n = 3"
