@@ -21,7 +21,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 import inspect
+import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -85,6 +87,7 @@ class Ctx:
     boom_id: int
     run_id: int
     done: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notebook: str = ""  # a notebook file, for enqueue_notebook
 
 
 Table = dict[str, Callable[[Ctx], Args]]
@@ -95,6 +98,9 @@ QUEUE_CALLS: Table = {
     "upgrade": lambda c: a(),
     "enqueue": lambda c: a("noop", {"n": 1}, 5, dedupe_key="parity"),
     "enqueue_df": lambda c: a("noop", c.frame, priority="p"),
+    "enqueue_notebook": lambda c: a(c.notebook, {"n": 1}, execute_after=dt.timedelta(days=1)),
+    "notebook_output": lambda c: a(c.done["enqueue_notebook"]),
+    "notebook_runs": lambda c: a("parity"),
     "analyze": lambda c: a(),
     "get_job": lambda c: a(c.done["enqueue"]),
     "statuses": lambda c: a([c.done["enqueue"], c.boom_id]),
@@ -157,6 +163,7 @@ TRANSACTION_CALLS: Table = {
 CONNECTION_CALLS: Table = {
     "enqueue": lambda c: a(["noop", "noop"], [{"n": "own"}, {"n": "own"}], [0, 1]),
     "enqueue_df": lambda c: a("noop", c.frame, dedupe_key="key"),
+    "enqueue_notebook": lambda c: a(c.notebook, execute_after=dt.timedelta(days=1)),
 }
 
 TABLES: list[tuple[type, Table]] = [
@@ -194,8 +201,12 @@ def _job_ids(result: Any) -> list[int]:
 
 
 @pytest.fixture
-def ctx(q: pgq_nb.Queue, installed: str) -> Iterator[Ctx]:
+def ctx(q: pgq_nb.Queue, installed: str, tmp_path: Path) -> Iterator[Ctx]:
     q.entrypoint("noop")(lambda job: job.data)
+    q.serve_notebooks()
+    notebook = tmp_path / "parity.ipynb"
+    kernel = {"kernelspec": {"name": "python3", "language": "python"}}
+    notebook.write_text(json.dumps({"cells": [], "metadata": kernel, "nbformat": 4}))
 
     @q.entrypoint("boom", retry=pgq_nb.RetryPolicy(max_attempts=1))
     def boom(job: pgq_nb.Job) -> None:
@@ -212,7 +223,7 @@ def ctx(q: pgq_nb.Queue, installed: str) -> Iterator[Ctx]:
     create = f"{drop}; CREATE SCHEMA {APP}; CREATE TABLE {TABLE} (id int PRIMARY KEY, note text)"
     runtime.run_sync(q.aio.pool.execute(create))
     frame = pd.DataFrame({"n": [1, 2, 3], "p": [0, 1, 2], "key": ["k1", "k2", "k3"]})
-    yield Ctx(q.aio, scratch.aio, installed, frame, boom_id, run.id)
+    yield Ctx(q.aio, scratch.aio, installed, frame, boom_id, run.id, notebook=str(notebook))
     runtime.run_sync(q.aio.pool.execute(drop))
     scratch.uninstall()
 
