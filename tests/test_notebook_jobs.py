@@ -29,6 +29,8 @@ from pgq_nb import runtime
 from pgq_nb.nbjobs import parameters as params
 from pgq_nb.nbjobs import records
 from pgq_nb.nbjobs.content import ENTRYPOINT
+from pgq_nb.notebook.dashboard_data import SnapshotReader
+from pgq_nb.notebook.dashboard_static import failures_html
 from pgq_nb.worker_notices import JobsFailed
 from tests.conftest import SCHEMA, start_worker_process, stop_processes, wait_until
 
@@ -167,6 +169,9 @@ def test_a_failing_cell_fails_with_its_number_keeps_partial_output_and_retries(
     runs = q.notebook_runs("broken")
     assert list(runs["status"].astype(str)) == ["failed"] and list(runs["before"]) == [1]
     assert runs["error"].iloc[0].startswith("cell 4 of")
+    # the dashboard's failures say where the executed notebook is
+    snapshot = runtime.run_sync(SnapshotReader(q.aio).read())
+    assert f"<code>q.notebook_output({job})</code>" in failures_html(snapshot)
 
 
 def _gone(pid: int) -> bool:

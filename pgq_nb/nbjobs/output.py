@@ -14,6 +14,8 @@ import html
 import json
 from typing import Any
 
+from pgq_nb.nbjobs.content import ENTRYPOINT
+
 
 @dataclasses.dataclass(frozen=True)
 class NotebookOutput:
@@ -79,6 +81,16 @@ class NotebookOutput:
 
     def __repr__(self) -> str:
         return f"<NotebookOutput job {self.job_id} {self.path!r} status={self.status}>"
+
+
+def output_hint(entrypoint: str, job_id: int) -> str:
+    """For the dashboard: where a notebook job's executed notebook is ("" for other jobs)."""
+    if entrypoint != ENTRYPOINT:
+        return ""
+    return (
+        f'<span style="color:#666" data-notebook-job="{int(job_id)}">executed notebook: '
+        f"<code>q.notebook_output({int(job_id)})</code></span>"
+    )
 
 
 def from_row(job_id: int, status: str | None, path: str, row: Any) -> NotebookOutput:

@@ -11,6 +11,7 @@ under the other), so a saved notebook shows them as they were.
 from __future__ import annotations
 
 from pgq_nb.models import STATUSES
+from pgq_nb.nbjobs.output import output_hint
 from pgq_nb.notebook.dashboard_data import Snapshot
 from pgq_nb.notebook.dashboard_html import (
     STATUS_TITLES,
@@ -84,7 +85,8 @@ def failures_html(snap: Snapshot) -> str:
                 esc(job.entrypoint),
                 esc(job.attempts),
                 esc(clock(job.finished, snap.now)),
-                esc(error if len(error) <= 120 else error[:119] + "…"),
+                esc(error if len(error) <= 120 else error[:119] + "…")
+                + output_hint(job.entrypoint, job.id),
             ]
         )
     summary = f'<b data-failed-total="{total}">{total:,} failed</b>{muted(listed)}'

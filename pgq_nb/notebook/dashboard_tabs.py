@@ -11,6 +11,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from pgq_nb.models import FINAL_STATUSES, STATUSES
+from pgq_nb.nbjobs.output import output_hint
 from pgq_nb.notebook.charts import throughput_svg
 from pgq_nb.notebook.dashboard_data import (
     FailedJob,
@@ -182,7 +183,7 @@ class FailuresTab:
         self.detail.value = "".join(
             f"<div><b>job {job.id}</b> {esc(job.entrypoint)}, attempt {job.attempts}, "
             f"{esc(clock(job.finished, self._now))}<pre style='white-space:pre-wrap;margin:2px 0 "
-            f"6px;font-size:11px'>{esc(job.error)}</pre></div>"
+            f"6px;font-size:11px'>{esc(job.error)}</pre>{output_hint(job.entrypoint, job.id)}</div>"
             for job in chosen
         )
         self.sync_buttons()
