@@ -31,7 +31,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import asyncpg
 
@@ -41,6 +41,8 @@ from pgq_nb.errors import DatabaseUnavailableError
 logger = logging.getLogger("pgq_nb")
 
 C = TypeVar("C", bound=type)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 #: Public coroutines that may run twice: they only read, or a second run changes nothing more
 #: (pause, install, ...). Any other is a write, run again only if none of it reached the server.
@@ -196,6 +198,20 @@ async def _start_embedded(dsn: str, exc: BaseException, what: str) -> None:
 
 
 Method = Callable[..., Coroutine[Any, Any, Any]]
+
+
+def guarded(
+    name: str,
+) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T]]]:
+    """The guard of :func:`guard_public_calls` for one coroutine method (named ``name`` in
+    messages and in :data:`RETRY_SAFE`), such as the ``_submit`` behind both ``wf.submit()``s."""
+
+    def decorate(
+        method: Callable[P, Coroutine[Any, Any, T]],
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
+        return cast("Callable[P, Coroutine[Any, Any, T]]", _guarded(name, method))
+
+    return decorate
 
 
 def _guarded(name: str, method: Method) -> Method:

@@ -97,6 +97,20 @@ def test_the_embedded_server_stopped_between_two_calls_is_started_again(home: Pa
     assert q.counts() == [("score", "queued", 2)]
 
 
+def test_a_workflow_after_a_stop_starts_the_embedded_server_again(home: Path) -> None:
+    q = _queue()
+    server = EmbeddedServer(home)
+    assert server.stop()
+    wf = q.workflow("etl")
+    wf.step("score", {"n": 1})
+    run = wf.submit()  # nothing of it reached a server: started again, submitted once
+    assert server.status().running
+    assert server.stop()
+    assert run.state() == "running"
+    assert run.counts()["queued"] == 1
+    assert q.counts() == [("score", "queued", 1)]
+
+
 def test_a_queue_on_a_dsn_whose_server_stopped_says_what_to_do(home: Path) -> None:
     pgq_nb.connect()  # starts the server in the temporary home
     server = EmbeddedServer(home)
