@@ -3,8 +3,8 @@
 A call that meets a server gone since ``connect()`` (``pgq-nb db stop``, a restart, a crash)
 used to raise the driver's error: FileNotFoundError (the unix socket is gone),
 ConnectionRefusedError, asyncpg's ConnectionDoesNotExistError or InterfaceError. Every public
-coroutine of AsyncQueue and AsyncWorkflowRun now runs under :func:`guard_public_calls`, which
-on such a failure (the exception path only):
+coroutine of AsyncQueue and AsyncWorkflowRun now runs under :func:`guard_public_calls` (and
+``wf.submit()`` under :func:`guarded`), which on such a failure (the exception path only):
 
 - with the embedded server (a queue opened without a DSN), starts it again as ``connect()``
   does and runs the call once more, when that is safe: no connection could be opened and the
