@@ -185,7 +185,7 @@ async def _start_embedded(dsn: str, exc: BaseException, what: str) -> None:
 
     logger.warning(
         f"{what}: the embedded Postgres at {db.describe_dsn(dsn)} is not reachable "
-        f"({exc.__class__.__name__}: {exc}); starting it and trying once more",
+        f"({exc.__class__.__name__}: {exc}); starting it if needed and trying once more",
         extra={"error": exc.__class__.__name__},
     )
     now = await asyncio.to_thread(EmbeddedServer().ensure_running)

@@ -161,9 +161,23 @@ def test_a_wait_across_a_restart_of_the_embedded_server(home: Path) -> None:
         assert waiting.result(WAIT) == {job: "cancelled"}
 
 
-def _lock_waits(conn: asyncpg.Connection) -> int:
-    n: int = runtime.run_sync(conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+def _count(conn: asyncpg.Connection, query: str) -> int:
+    n: int = runtime.run_sync(conn.fetchval(query))
     return n
+
+
+#: A trigger that holds every insert into jobs under way (with the table locked, so reads of it
+#: wait too) until the server ends it: an enqueue that cannot commit before the stop.
+_STALL = """
+CREATE FUNCTION {schema}.stall() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    LOCK TABLE {schema}.jobs IN ACCESS EXCLUSIVE MODE;
+    PERFORM pg_sleep(600);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER stall BEFORE INSERT ON {schema}.jobs
+    FOR EACH ROW EXECUTE FUNCTION {schema}.stall();
+"""
 
 
 def test_calls_in_flight_when_the_embedded_server_stops(home: Path) -> None:
@@ -172,21 +186,22 @@ def test_calls_in_flight_when_the_embedded_server_stops(home: Path) -> None:
     q = _queue()
     server = EmbeddedServer(home)
     q.enqueue("score", {"n": 1})
-    locker: asyncpg.Connection = runtime.run_sync(asyncpg.connect(server.dsn()))
+    watcher: asyncpg.Connection = runtime.run_sync(asyncpg.connect(server.dsn()))
     try:
-        runtime.run_sync(
-            locker.execute(f"BEGIN; LOCK TABLE {q.schema}.jobs IN ACCESS EXCLUSIVE MODE")
-        )
+        runtime.run_sync(watcher.execute(_STALL.format(schema=q.schema)))
         with ThreadPoolExecutor(2) as threads:
-            read = threads.submit(q.counts)
             write = threads.submit(q.enqueue, "score", {"n": 2})
-            wait_until(lambda: _lock_waits(locker) >= 2, WAIT, "both calls to wait for the lock")
+            stalled = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            wait_until(lambda: _count(watcher, stalled) == 1, WAIT, "the enqueue to stall")
+            read = threads.submit(q.counts)
+            waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+            wait_until(lambda: _count(watcher, waiting) >= 1, WAIT, "the read to wait")
             assert server.stop()
             assert read.result(WAIT) == [("score", "queued", 1)]
             with pytest.raises(pgq_nb.DatabaseUnavailableError) as lost:
                 write.result(WAIT)
     finally:
-        runtime.run_sync(locker.close(timeout=5))
+        runtime.run_sync(watcher.close(timeout=5))
     assert "may or may not have been done" in str(lost.value)
     assert "during enqueue()" in str(lost.value)
     assert server.status().running
