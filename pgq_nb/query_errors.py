@@ -50,12 +50,25 @@ RETRY_SAFE = frozenset(
     {
         # AsyncQueue: reads
         "counts", "failed", "failed_jobs", "flow", "get_job", "history", "jobs", "limits",
-        "results", "schedule_list", "schedules", "stats", "statuses", "wait", "workers",
-        "workflow_run", "workflows",
+        "results", "schedule_list", "schedules", "stats", "statuses", "wait", "worker_list",
+        "workers", "workflow_run", "workflows",
         # AsyncQueue: writes that end in the same state however often they run
         "analyze", "install", "pause", "pause_schedule", "resume", "resume_schedule", "upgrade",
         # AsyncWorkflowRun: reads (its retry() and cancel() are writes)
         "state", "steps", "status",
+    }
+)  # fmt: skip
+
+#: Public coroutines that write and may not be run twice: a lost reply leaves them undecided
+#: (an enqueue may have committed). Every public coroutine is in RETRY_SAFE, WRITES or
+#: UNGUARDED (tests/test_query_errors.py), so a new one gets a decision, not a default.
+WRITES = frozenset(
+    {
+        # AsyncQueue
+        "cancel", "enqueue", "enqueue_df", "purge_history", "requeue_failed", "run_schedule_now",
+        "uninstall",
+        # AsyncWorkflowRun
+        "retry",
     }
 )  # fmt: skip
 

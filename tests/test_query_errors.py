@@ -301,4 +301,8 @@ def test_every_public_call_is_guarded_and_the_retry_table_names_real_calls() -> 
             guarded = member.__code__ is guarded_code
             assert guarded is (name not in query_errors.UNGUARDED), f"{cls.__name__}.{name}"
     assert not query_errors.RETRY_SAFE - names, "names no public call"
+    assert not query_errors.WRITES - names, "names no public call"
+    decided = query_errors.RETRY_SAFE | query_errors.WRITES | query_errors.UNGUARDED
+    assert not names - decided, "say whether these may run twice: RETRY_SAFE or WRITES"
+    assert not query_errors.RETRY_SAFE & query_errors.WRITES
     assert not query_errors.UNGUARDED - names, "names no public call"
