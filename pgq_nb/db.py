@@ -217,6 +217,34 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(SESSION_SETUP)
 
 
+async def _open_pool(dsn: str, max_size: int) -> asyncpg.Pool:
+    """A new pool for ``dsn``, its server's version checked. ``min_size=0``: asyncpg keeps no
+    floor of connections, so while the server is down it does not log a traceback every few
+    seconds from a background task trying to restore one (asyncpg 0.32); the connection the
+    check opens stays in the pool for the first call."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=max_size,
+        timeout=10,
+        init=_init_connection,
+        setup=_note_acquire,
+        connection_class=PoolConnection,
+    )
+    try:
+        version = await pool.fetchval("SELECT current_setting('server_version_num')::int")
+    except BaseException:
+        await pool.close()
+        raise
+    if version < MIN_SERVER_VERSION:
+        await pool.close()
+        raise DatabaseUnavailableError(
+            f"Postgres at {describe_dsn(dsn)} is version {version // 10000}; pgq_nb needs "
+            "14 or newer"
+        )
+    return pool
+
+
 async def get_pool(dsn: str, *, max_size: int = 10, retry_for: float | None = None) -> asyncpg.Pool:
     """The shared pool for ``dsn``, created on the pgq_nb loop on first use. While the server
     has no free connection slot or is (re)starting, opening it is retried for ``retry_for``
@@ -230,27 +258,8 @@ async def get_pool(dsn: str, *, max_size: int = 10, retry_for: float | None = No
         if pool is not None and not pool.is_closing():
             return pool
         pool = await _connecting(
-            dsn,
-            lambda: asyncpg.create_pool(
-                dsn,
-                min_size=1,
-                max_size=max_size,
-                timeout=10,
-                init=_init_connection,
-                setup=_note_acquire,
-                connection_class=PoolConnection,
-            ),
-            "opening the connection pool",
-            retry_for,
+            dsn, lambda: _open_pool(dsn, max_size), "opening the connection pool", retry_for
         )
-        assert pool is not None
-        version = await pool.fetchval("SELECT current_setting('server_version_num')::int")
-        if version < MIN_SERVER_VERSION:
-            await pool.close()
-            raise DatabaseUnavailableError(
-                f"Postgres at {describe_dsn(dsn)} is version {version // 10000}; pgq_nb needs "
-                "14 or newer"
-            )
         _pools[dsn] = pool
         return pool
 

@@ -8,9 +8,11 @@ FileNotFoundError (the socket was gone), ConnectionRefusedError, AdminShutdownEr
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -130,6 +132,25 @@ def test_a_queue_on_a_dsn_whose_server_stopped_says_what_to_do(home: Path) -> No
     assert not server.status().running  # a DSN's server is not pgq_nb's to start
     server.start()
     # the pool reconnects by itself; the refused write left nothing behind
+    assert q.counts() == [("score", "queued", 1)]
+
+
+def test_a_pool_whose_server_stopped_logs_nothing_while_idle(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncpg 0.32 keeps a pool's floor of connections (min_size) with a background task that,
+    while the server is down, logged "Failed to restore the pool connection floor" and a
+    traceback every few seconds, for ever: in a notebook after `pgq-nb db stop`, under
+    whichever cell ran next. pgq_nb's pools keep no floor."""
+    pgq_nb.connect()
+    server = EmbeddedServer(home)
+    q = _queue(server.dsn(tcp=True))
+    q.enqueue("score", {"n": 1})
+    assert server.stop()
+    caplog.set_level(logging.DEBUG, logger="asyncpg")
+    time.sleep(4.0)  # asyncpg retried the floor after 1 s, then 2 s, ...
+    assert not [r for r in caplog.records if r.name.startswith("asyncpg")], caplog.text
+    server.start()
     assert q.counts() == [("score", "queued", 1)]
 
 
