@@ -174,6 +174,15 @@ def test_a_failing_cell_fails_with_its_number_keeps_partial_output_and_retries(
     assert f"<code>q.notebook_output({job})</code>" in failures_html(snapshot)
 
 
+#: A cell that starts a child process and writes the kernel's and the child's pids to ``out``.
+SPAWN = (
+    "import json, os, subprocess\n"
+    "child = subprocess.Popen(['sleep', '600'])\n"
+    "with open(out + '.tmp', 'w') as f:\n    json.dump([os.getpid(), child.pid], f)\n"
+    "os.replace(out + '.tmp', out)"
+)
+
+
 def _gone(pid: int) -> bool:
     """No such process, or one that is only waiting to be reaped (a zombie)."""
     try:
@@ -189,13 +198,7 @@ def test_the_timeout_kills_the_kernel_and_what_it_started(q: pgq_nb.Queue, tmp_p
     path = notebook(
         tmp_path / "slow.ipynb",
         ("code", "out = ''", ["parameters"]),
-        (
-            "code",
-            "import json, os, subprocess\n"
-            "child = subprocess.Popen(['sleep', '600'])\n"
-            "with open(out, 'w') as f:\n    json.dump([os.getpid(), child.pid], f)",
-            [],
-        ),
+        ("code", SPAWN, []),
         ("code", "import time\ntime.sleep(600)", []),
     )
     job = q.enqueue_notebook(path, parameters={"out": str(pids)}, timeout=12)
@@ -209,6 +212,29 @@ def test_the_timeout_kills_the_kernel_and_what_it_started(q: pgq_nb.Queue, tmp_p
     wait_until(lambda: _gone(kernel) and _gone(child), 30, "the kernel and its child to end")
     out = q.notebook_output(job)
     assert out.ok is False and out.cells_run == 2
+
+
+def test_a_cancelled_run_kills_its_kernel_and_ends_cancelled(
+    q: pgq_nb.Queue, tmp_path: Path
+) -> None:
+    q.serve_notebooks()
+    pids = tmp_path / "pids.json"
+    path = notebook(
+        tmp_path / "slow.ipynb",
+        ("code", "out = ''", ["parameters"]),
+        ("code", SPAWN, []),
+        ("code", "import time\ntime.sleep(600)", []),
+    )
+    job = q.enqueue_notebook(path, parameters={"out": str(pids)})
+    w = q.start_worker(concurrency=1)
+    try:
+        wait_until(pids.exists, 120, "the notebook to start its child")
+        assert q.cancel(job) == {job: "cancelling"}
+        assert _wait_final(q, [job], timeout=60) == {job: "cancelled"}
+    finally:
+        w.stop(timeout=60)
+    kernel, child = json.loads(pids.read_text())
+    wait_until(lambda: _gone(kernel) and _gone(child), 30, "the kernel and its child to end")
 
 
 @pytest.fixture

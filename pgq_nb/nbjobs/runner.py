@@ -89,6 +89,17 @@ def cell_label(index: int, injected_at: int, replaced: bool, path: str) -> tuple
     return number, f"cell {number} of {path}"
 
 
+def _cancel_leftovers(client: Any) -> None:
+    """Cancel the tasks nbclient started for ``client`` and left running: a cancelled cell
+    leaves its kernel-alive poll behind, which would fail later with an AssertionError that
+    asyncio logs as "Task exception was never retrieved"."""
+    current = asyncio.current_task()
+    for task in asyncio.all_tasks():
+        frame = getattr(task.get_coro(), "cr_frame", None)
+        if task is not current and frame is not None and frame.f_locals.get("self") is client:
+            task.cancel()
+
+
 async def _kill(km: Any) -> None:
     """Kill the kernel (its process group) if it still runs, and reap it."""
     try:
@@ -150,12 +161,18 @@ async def run(
         async with deadline, client.async_setup_kernel():
             await _execute(client, nb, seconds, began, run, ensure_async)
     except (CellExecutionError, DeadKernelError, TimeoutError, NoSuchKernel) as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling() and not deadline.expired():
+            # cancelled from outside (a cancel request, a worker stopping), which nbclient
+            # may turn into DeadKernelError: the attempt is cancelled, not failed
+            raise asyncio.CancelledError from exc
         if isinstance(exc, TimeoutError) and not (
             deadline.expired() or isinstance(exc, CellTimeoutError | TimeUp)
         ):
             raise
         failure = _failure(exc, run.cell, seconds, (injected_at, replaced, path), spec["kernel"])
     finally:
+        _cancel_leftovers(client)
         await asyncio.shield(_kill(km))
         if private:
             shutil.rmtree(workdir, ignore_errors=True)
