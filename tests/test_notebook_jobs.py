@@ -31,8 +31,10 @@ from pgq_nb.nbjobs import records
 from pgq_nb.nbjobs.content import ENTRYPOINT
 from pgq_nb.notebook.dashboard_data import SnapshotReader
 from pgq_nb.notebook.dashboard_static import failures_html
+from pgq_nb.view_limits import DefaultLimit, ViewTruncated
 from pgq_nb.worker_notices import JobsFailed
 from tests.conftest import SCHEMA, start_worker_process, stop_processes, wait_until
+from tests.test_view_consistency import dtype_name, expected_dtype
 
 
 def notebook(path: Path, *cells: tuple[str, str, list[str]], kernel: bool = True) -> Path:
@@ -127,6 +129,9 @@ def test_a_parameterised_notebook_runs_in_a_worker_process(
     assert cwds[0] != cwds[1] and all("pgq_nb-notebook-" in c for c in cwds)
     assert not any(Path(c).exists() for c in cwds)
     assert list(q.notebook_runs(str(path))["job_id"]) == [south, north]  # by path as enqueued
+    _check_dtypes(runs)
+    with pytest.warns(ViewTruncated, match=r"q\.notebook_runs\(\) shows the newest 1 of 2 runs"):
+        assert list(q.notebook_runs(limit=DefaultLimit(1))["job_id"]) == [south]
 
     out = q.notebook_output(north)
     assert out.ok and out.status == "succeeded" and out.cells == out.cells_run == 3
@@ -141,6 +146,18 @@ def test_a_parameterised_notebook_runs_in_a_worker_process(
     result = q.get_job(north).result
     assert result["cells"] == 3 and result["recorded"]["total"] == 70
     assert result["recorded"]["table"] == "<dataframe: 2 rows, 3 columns>"
+
+
+def _check_dtypes(runs: pd.DataFrame) -> None:
+    """The columns every notebook view shares have their one dtype (test_view_consistency)."""
+    wrong = {
+        column: (dtype_name(runs[column]), expected)
+        for column in runs.columns
+        if (expected := expected_dtype("notebook_runs", column)) is not None
+        and dtype_name(runs[column]) != expected
+    }
+    assert wrong == {}
+    assert str(runs["fire_time"].dtype) == "datetime64[us, UTC]"
 
 
 def test_a_failing_cell_fails_with_its_number_keeps_partial_output_and_retries(
@@ -348,6 +365,9 @@ def test_content_is_stored_once_per_hash_and_a_rolled_back_enqueue_stores_none(
     assert q.get_job(first).entrypoint == ENTRYPOINT
     out = q.notebook_output(first)
     assert not out.ran and "not run yet" in out._repr_html_()
+    empty = q.notebook_runs()
+    assert len(empty) == 0 and list(empty.columns)[:3] == ["job_id", "notebook", "path"]
+    _check_dtypes(empty)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from pgq_nb.models import check_int
 from pgq_nb.nbjobs.content import ENTRYPOINT, notebook_job_payload
 from pgq_nb.nbjobs.output import NotebookOutput, from_row
 from pgq_nb.retry import RetryPolicy
+from pgq_nb.view_limits import DefaultLimit
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,8 +24,9 @@ if TYPE_CHECKING:
     from pgq_nb.registry import Registry
     from pgq_nb.store import Store
 
-#: ``q.notebook_runs()`` returns at most this many runs unless ``limit=`` says otherwise.
-RUNS_LIMIT = 1_000
+#: ``q.notebook_runs()`` returns at most this many runs unless ``limit=`` says otherwise (and
+#: warns ViewTruncated when that leaves runs out).
+RUNS_LIMIT = DefaultLimit(1_000)
 
 NOT_SERVED = (
     "no worker serves notebooks: call q.serve_notebooks() in this process (then "
@@ -144,13 +146,14 @@ class NotebookMethods:
 
     @runtime.bridged
     async def notebook_runs(
-        self, path_or_name: str | None = None, *, limit: int = RUNS_LIMIT
+        self, path_or_name: str | None = None, *, limit: int | None = RUNS_LIMIT
     ) -> pd.DataFrame:
         """The runs of notebook jobs, newest first, one row per job (its last attempt): job_id,
         notebook, path, status, attempt, ok, error, started, duration_s, schedule_name,
         fire_time, parameters, then one column per value recorded with ``pgq_nb.record``
         (DataFrames come back as DataFrames). ``path_or_name``: only the notebook enqueued
-        with that path, or of that name (file name without ``.ipynb``)."""
+        with that path, or of that name (file name without ``.ipynb``). At most ``limit``
+        runs (the default warns ViewTruncated when it leaves runs out; None: all)."""
         from pgq_nb.notebook.notebook_runs import notebook_runs
 
         return await notebook_runs(self, path_or_name, limit)

@@ -13,6 +13,7 @@ from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import check_int
 from pgq_nb.nbjobs.records import KIND
 from pgq_nb.notebook.columns import Kind, _objects, frame, inferred
+from pgq_nb.notebook.truncation import fetch_capped, warn_truncated
 from pgq_nb.store import SqlTarget
 
 #: The columns every run has, before the recorded values.
@@ -40,15 +41,30 @@ def decode_value(value: Any) -> Any:
     return value
 
 
-async def notebook_runs(aq: SqlTarget, path_or_name: str | None, limit: int) -> pd.DataFrame:
+async def notebook_runs(aq: SqlTarget, path_or_name: str | None, limit: int | None) -> pd.DataFrame:
     if path_or_name is not None and not isinstance(path_or_name, str):
         raise InvalidInputError(
             f"path_or_name must be a str (a notebook's path or name) or None, not "
             f"{type(path_or_name).__name__}"
         )
-    if check_int("limit", limit) < 1:
-        raise InvalidInputError("limit must be at least 1")
-    rows = await aq.pool.fetch(aq.queries["notebook_runs"], path_or_name, limit)
+    if limit is not None and check_int("limit", limit, bits=64) < 0:
+        raise InvalidInputError("limit must be 0 or more (or None for no limit)")
+    q = aq.queries
+
+    async def count(conn: Any) -> tuple[int, bool]:
+        return int(await conn.fetchval(q["notebook_runs_count"], path_or_name)), True
+
+    rows, matched = await fetch_capped(
+        aq, limit, lambda conn, n: conn.fetch(q["notebook_runs"], path_or_name, n), count
+    )
+    if matched is not None:
+        warn_truncated(
+            "q.notebook_runs()",
+            len(rows),
+            matched,
+            what="runs",
+            narrower="path_or_name=" if path_or_name is None else "",
+        )
     base = [
         {**dict(r), "notebook": r["name"], "parameters": json.loads(r["parameters"])} for r in rows
     ]

@@ -41,7 +41,7 @@ WHERE o.job_id = $1;
 -- name: notebook_runs
 -- The runs of notebooks (one row per job: its last attempt), newest first, optionally only
 -- those whose path or name is $1; at most $2 rows. Large columns (executed, html) are left out.
--- params: $1 path or name text (NULL: every notebook), $2 limit bigint
+-- params: $1 path or name text (NULL: every notebook), $2 limit bigint (NULL: no limit)
 SELECT o.job_id, o.path, o.name, coalesce(h.status, j.status) AS status, o.attempt, o.ok,
     o.error, o.parameters::text AS parameters, o.recorded::text AS recorded, o.cells,
     o.cells_run, o.started, o.duration_s, coalesce(h.schedule_name, j.schedule_name)
@@ -52,6 +52,12 @@ LEFT JOIN {schema}.jobs AS j ON j.id = o.job_id
 WHERE $1::text IS NULL OR o.path = $1 OR o.name = $1
 ORDER BY o.job_id DESC
 LIMIT $2;
+
+-- name: notebook_runs_count
+-- How many runs q.notebook_runs($1) matches (when its default cap left some out).
+-- params: $1 path or name text (NULL: every notebook)
+SELECT count(*) FROM {schema}.notebook_outputs AS o
+WHERE $1::text IS NULL OR o.path = $1 OR o.name = $1;
 
 -- name: purge_notebook_outputs
 -- Retention (q.purge_history): forget the outputs of jobs no longer in jobs or history.
