@@ -26,8 +26,8 @@ import pytest
 
 import pgq_nb
 from pgq_nb import runtime
+from pgq_nb.nbjobs import content, records, runner
 from pgq_nb.nbjobs import parameters as params
-from pgq_nb.nbjobs import records
 from pgq_nb.nbjobs.content import ENTRYPOINT
 from pgq_nb.notebook.dashboard_data import SnapshotReader
 from pgq_nb.notebook.dashboard_static import failures_html
@@ -252,6 +252,57 @@ def test_a_cancelled_run_kills_its_kernel_and_ends_cancelled(
         w.stop(timeout=60)
     kernel, child = json.loads(pids.read_text())
     wait_until(lambda: _gone(kernel) and _gone(child), 30, "the kernel and its child to end")
+
+
+def test_a_cell_that_ends_the_kernel_fails_with_its_number(q: pgq_nb.Queue, tmp_path: Path) -> None:
+    q.serve_notebooks(retry=pgq_nb.RetryPolicy(max_attempts=1))
+    path = notebook(
+        tmp_path / "exit.ipynb", ("code", "x = 1", []), ("code", "import os\nos._exit(3)", [])
+    )
+    job = q.enqueue_notebook(path)
+    with pytest.warns(JobsFailed):
+        q.run_until_idle(concurrency=1, timeout=120)
+    error = q.get_job(job).error or ""
+    assert error.startswith(f"NotebookCellError: the kernel died while cell 2 of {path} ran"), error
+
+
+def test_what_a_worker_cannot_run_fails_saying_why(q: pgq_nb.Queue, tmp_path: Path) -> None:
+    """Jobs of the runner made by hand (as a scheduler or another version might): a kernel this
+    worker lacks, content that is not stored, a payload that is not a notebook job."""
+    q.serve_notebooks(retry=pgq_nb.RetryPolicy(max_attempts=1))
+    prepared = content.prepare(notebook(tmp_path / "x.ipynb", ("code", "1", [])))
+    runtime.run_sync(
+        q.aio.pool.execute(
+            q.aio.queries["store_notebook"], prepared.sha256, prepared.path, prepared.content
+        )
+    )
+    no_kernel = q.enqueue(ENTRYPOINT, {**prepared.payload, "kernel": "no-such-kernel"})
+    no_content = q.enqueue(ENTRYPOINT, {**prepared.payload, "notebook": "0" * 64})
+    not_a_notebook_job = q.enqueue(ENTRYPOINT, {"x": 1})
+    with pytest.warns(JobsFailed):
+        q.run_until_idle(concurrency=3, timeout=120)
+    errors = {i: q.get_job(i).error for i in (no_kernel, no_content, not_a_notebook_job)}
+    assert errors[no_kernel] == (
+        "RuntimeError: no Jupyter kernel named 'no-such-kernel' is installed on this worker; "
+        "install it here, or enqueue with kernel_name= a kernel the workers have"
+    )
+    assert f"the content of notebook {prepared.path!r} (sha256 000000000000...) is not" in (
+        errors[no_content] or ""
+    )
+    assert "is not a notebook job" in (errors[not_a_notebook_job] or "")
+
+
+def test_serving_notebooks_without_the_extra_says_what_to_install(
+    q: pgq_nb.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "REQUIRED", ("nbclient", "pgq_nb_no_such_module"))
+    with pytest.raises(pgq_nb.ConfigurationError) as caught:
+        q.serve_notebooks()
+    assert str(caught.value) == (
+        "running notebooks needs pgq_nb_no_such_module on this worker: install them with "
+        "pip install 'pgq_nb[notebooks]'"
+    )
+    assert ENTRYPOINT not in q.aio.registry.handlers
 
 
 @pytest.fixture
