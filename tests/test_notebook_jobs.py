@@ -267,8 +267,8 @@ def test_a_cell_that_ends_the_kernel_fails_with_its_number(q: pgq_nb.Queue, tmp_
 
 
 def test_what_a_worker_cannot_run_fails_saying_why(q: pgq_nb.Queue, tmp_path: Path) -> None:
-    """Jobs of the runner made by hand (as a scheduler or another version might): a kernel this
-    worker lacks, content that is not stored, a payload that is not a notebook job."""
+    """A kernel this worker lacks, and jobs of the runner made by hand (as another version
+    might): content that is not stored, a payload that is not a notebook job."""
     q.serve_notebooks(retry=pgq_nb.RetryPolicy(max_attempts=1))
     prepared = content.prepare(notebook(tmp_path / "x.ipynb", ("code", "1", [])))
     runtime.run_sync(
@@ -276,7 +276,8 @@ def test_what_a_worker_cannot_run_fails_saying_why(q: pgq_nb.Queue, tmp_path: Pa
             q.aio.queries["store_notebook"], prepared.sha256, prepared.path, prepared.content
         )
     )
-    no_kernel = q.enqueue(ENTRYPOINT, {**prepared.payload, "kernel": "no-such-kernel"})
+    # (check_kernel=False: for a kernel only the workers have, which this one lacks)
+    no_kernel = q.enqueue_notebook(prepared.path, kernel_name="no-such-kernel", check_kernel=False)
     no_content = q.enqueue(ENTRYPOINT, {**prepared.payload, "notebook": "0" * 64})
     not_a_notebook_job = q.enqueue(ENTRYPOINT, {"x": 1})
     with pytest.warns(JobsFailed):

@@ -54,6 +54,7 @@ class NotebookMethods:
         kernel_name: str | None = None,
         timeout: float | dt.timedelta | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        check_kernel: bool = True,
         priority: int = 0,
         execute_after: dt.datetime | dt.timedelta | None = None,
         dedupe_key: str | None = None,
@@ -69,6 +70,8 @@ class NotebookMethods:
         ``kernel_name`` overrides the notebook's kernel; ``timeout`` kills the kernel and fails
         the attempt when the run takes longer; ``cwd`` is the directory on the worker the
         kernel runs in (default: a private temporary directory, removed after the run).
+        ``check_kernel=False`` skips the check that this machine has the kernel (when only
+        the workers have it).
         The other options are ``q.enqueue``'s. Errors (a path that does not exist, a file that
         is not a notebook, parameters that are not JSON, a kernel not installed here) are
         raised before anything is written.
@@ -88,6 +91,7 @@ class NotebookMethods:
                     kernel_name=kernel_name,
                     timeout=timeout,
                     cwd=cwd,
+                    check_kernel=check_kernel,
                 )
                 return await enqueue.enqueue_one(
                     self.store,

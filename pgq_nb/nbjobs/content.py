@@ -120,7 +120,7 @@ def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def kernel_of(nb: dict[str, Any], kernel_name: str | None, shown: str) -> str:
+def kernel_of(nb: dict[str, Any], kernel_name: str | None, shown: str, check: bool = True) -> str:
     """The kernel to run ``nb`` with: ``kernel_name``, else the notebook's own; it must be a
     Python kernel (parameters are injected as Python)."""
     meta = _dict(nb.get("metadata"))
@@ -139,7 +139,8 @@ def kernel_of(nb: dict[str, Any], kernel_name: str | None, shown: str) -> str:
             f"notebook {shown!r} is written in {language}; pgq_nb runs Python notebooks only "
             "(its parameters are injected as Python)"
         )
-    check_kernel_installed(name)
+    if check:
+        check_kernel_installed(name)
     return name
 
 
@@ -155,7 +156,7 @@ def check_kernel_installed(name: str) -> None:
         raise InvalidInputError(
             f"no Jupyter kernel named {name!r} is installed (installed: {sorted(known)}); pass "
             "kernel_name= one of them, or install it (`python -m ipykernel install --user "
-            f"--name {name}`)"
+            f"--name {name}`); if only the workers have it, enqueue with check_kernel=False"
         )
 
 
@@ -206,15 +207,18 @@ def prepare(
     kernel_name: str | None = None,
     timeout: float | dt.timedelta | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    check_kernel: bool = True,
 ) -> PreparedNotebook:
-    """Read and check a notebook and its options; nothing is written. Blocking (reads a file)."""
+    """Read and check a notebook and its options; nothing is written. Blocking (reads a file).
+    ``check_kernel=False`` skips the check that this machine has the kernel (when only the
+    workers have it)."""
     values = check_parameters(parameters)
     if kernel_name is not None and not isinstance(kernel_name, str):
         raise InvalidInputError(f"kernel_name must be a str, not {type(kernel_name).__name__}")
     seconds = check_timeout(timeout)
     directory = check_cwd(cwd)
     shown, nb = _read(path)
-    kernel = kernel_of(nb, kernel_name, shown)
+    kernel = kernel_of(nb, kernel_name, shown, check_kernel)
     content = stored_form(nb)
     data = content.encode("utf-8")
     if len(data) > NOTEBOOK_LIMIT:
@@ -249,13 +253,20 @@ async def notebook_job_payload(
     kernel_name: str | None = None,
     timeout: float | dt.timedelta | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    check_kernel: bool = True,
 ) -> tuple[str, dict[str, Any]]:
     """Check the notebook, store its content on ``conn`` and return ``(entrypoint, payload)``
     to enqueue (or to schedule): the payload names the content by its sha256, so every run of
     it, on any worker, runs exactly that version. Run it inside the transaction that writes the
     job, so that both are written or neither."""
     prepared = await asyncio.to_thread(
-        prepare, path, parameters, kernel_name=kernel_name, timeout=timeout, cwd=cwd
+        prepare,
+        path,
+        parameters,
+        kernel_name=kernel_name,
+        timeout=timeout,
+        cwd=cwd,
+        check_kernel=check_kernel,
     )
     await store(conn, queries, prepared)
     return ENTRYPOINT, prepared.payload

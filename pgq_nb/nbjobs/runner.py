@@ -247,7 +247,12 @@ def _failure(
     """The error that fails the attempt, for what nbclient raised."""
     path = at[2]
     if isinstance(exc, TimeoutError):
-        where = f"while {cell_label(running, *at)[1]} ran" if running >= 0 else "at its start"
+        if running < 0:
+            where = "at its start"
+        elif isinstance(exc, TimeUp):
+            where = f"before {cell_label(running, *at)[1]} started"
+        else:
+            where = f"while {cell_label(running, *at)[1]} ran"
         return JobTimeoutError(
             f"notebook {path!r} ran longer than its timeout of {seconds:g} s ({where}); its "
             "kernel was killed"
