@@ -146,6 +146,9 @@ def test_a_parameterised_notebook_runs_in_a_worker_process(
     result = q.get_job(north).result
     assert result["cells"] == 3 and result["recorded"]["total"] == 70
     assert result["recorded"]["table"] == "<dataframe: 2 rows, 3 columns>"
+    # retention: purge_history takes the outputs of the jobs it deletes; the content stays
+    assert q.purge_history(dt.timedelta(0)) == 2
+    assert (_count(q, "notebook_outputs"), _count(q, "notebooks")) == (0, 1)
 
 
 def _check_dtypes(runs: pd.DataFrame) -> None:
