@@ -73,6 +73,7 @@ REPORT_CELLS: list[tuple[str, str, list[str]]] = [
         "pgq_nb.record('region', region)\n"
         "pgq_nb.record('table', table)\n"
         "pgq_nb.record('cwd', os.getcwd())\n"
+        "pgq_nb.record('odd', 'nul\\x00here')\n"
         "print(f'report for {region}: {table.orders.sum()} orders')",
         [],
     ),
@@ -117,6 +118,7 @@ def test_a_parameterised_notebook_runs_in_a_worker_process(
     assert list(runs["job_id"]) == [south, north]  # newest first
     assert list(runs["region"]) == ["south", "north"]
     assert list(runs["total"]) == [7, 70]
+    assert list(runs["odd"]) == ["nul\\x00here"] * 2  # a NUL, stored visibly
     assert str(runs["total"].dtype) == "Int64"
     assert list(runs["status"].astype(str)) == ["succeeded", "succeeded"]
     assert runs["parameters"].iloc[1] == {"region": "north", "scale": 10}
@@ -324,6 +326,7 @@ def _nothing_written(q: pgq_nb.Queue) -> None:
     [
         (lambda d: d / "nope.ipynb", {}, "notebook '{path}' does not exist (looked for "),
         (lambda d: d, {}, "is not a file"),
+        (lambda d: f"{d}/x\x00.ipynb", {}, "holds a NUL character"),
         (lambda d: _write(d / "x.ipynb", "hello"), {}, "is not a notebook: it is not JSON"),
         (lambda d: _write(d / "x.ipynb", '{"a": 1}'), {}, "is not a notebook: it has no list"),
         (

@@ -49,6 +49,10 @@ def _read(path: object) -> tuple[str, dict[str, Any]]:
         )
     file = Path(path)
     shown = os.fspath(path)
+    if "\x00" in shown:
+        raise InvalidInputError(
+            f"the notebook path {shown!r} holds a NUL character; give a file path"
+        )
     where = file if file.is_absolute() else Path.cwd() / file
     if not file.exists():
         raise InvalidInputError(

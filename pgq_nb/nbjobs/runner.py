@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -87,6 +88,18 @@ def cell_label(index: int, injected_at: int, replaced: bool, path: str) -> tuple
     if index == injected_at:
         return number, f"the injected parameters cell of {path}"
     return number, f"cell {number} of {path}"
+
+
+def _storable(value: Any) -> Any:
+    """``value`` with every string made storable in text and jsonb (a NUL shown as ``\\x00``,
+    a lone surrogate as U+FFFD): what a notebook prints or records is not ours to refuse."""
+    if isinstance(value, str):
+        return storable_text(value, sys.maxsize)
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
 
 
 def _cancel_leftovers(client: Any) -> None:
@@ -178,10 +191,10 @@ async def run(
             shutil.rmtree(workdir, ignore_errors=True)
     duration = time.monotonic() - began
     at = (injected_at, replaced, path)
-    found = records.collect(nb.cells)
+    found = _storable(records.collect(nb.cells))
     # the cells that ran to the end: all, or those before the one that failed
     done = total if failure is None else max(0, cell_label(max(run.cell, 0), *at)[0] - 1)
-    executed: str = nbformat.writes(nb)  # type: ignore[no-untyped-call]
+    executed = _storable(nbformat.writes(nb))  # type: ignore[no-untyped-call]
     html = await asyncio.to_thread(render_html, nb)
     await pool.execute(
         queries["save_notebook_output"],
@@ -192,7 +205,7 @@ async def run(
         job.attempts,
         failure is None,
         None if failure is None else storable_text(str(failure)),
-        json.dumps(spec["parameters"]),
+        json.dumps(_storable(spec["parameters"])),
         json.dumps(found),
         total,
         done,
@@ -288,4 +301,4 @@ def render_html(nb: Any) -> str | None:
     except Exception:
         logger.warning("could not render a notebook as HTML", exc_info=True)
         return None
-    return str(body)
+    return str(_storable(str(body)))
