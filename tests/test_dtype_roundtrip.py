@@ -359,3 +359,46 @@ def _through_json(series: pd.Series) -> pd.Series:
 )
 def test_each_dtype_through_json(series: pd.Series) -> None:
     pd.testing.assert_series_equal(_through_json(series), series)
+
+
+def test_a_payload_key_job_id_never_hides_the_job_id(q: pgq_nb.Queue) -> None:
+    """``job_id`` is always the job's id (a payload column ``job_id`` used to overwrite it, and
+    rows of other batches lost theirs): the payload's is ``job_id_payload``, typed as sent."""
+
+    @q.entrypoint("ids_in_payload")
+    def handler(job: pgq_nb.Job) -> dict[str, Any]:
+        return {"ok": 1, "job_id": -1}
+
+    other = q.enqueue("ids_in_payload", {"status": "theirs"})
+    df = pd.DataFrame({"job_id": [-7], "ok": [5], "status": ["mine"]})
+    ids = q.enqueue_df("ids_in_payload", df)
+    q.run_until_idle()
+
+    mine = q.results("ids_in_payload", ids=list(ids))
+    assert list(mine.columns) == [
+        "job_id", "job_id_payload", "ok", "status", "ok_result", "job_id_result"
+    ]  # fmt: skip
+    assert mine["job_id"].tolist() == [int(ids[0])]
+    assert mine["job_id_payload"].dtype == "int64" and mine["job_id_payload"].tolist() == [-7]
+    assert mine["job_id_result"].tolist() == [-1]
+
+    both = q.results("ids_in_payload")
+    assert both["job_id"].tolist() == [other, int(ids[0])]
+    assert both["job_id_payload"].isna().tolist() == [True, False]
+    assert both["status"].tolist() == ["theirs", "mine"]
+    # the README's join back to the enqueued frame
+    joined = df.assign(job_id=ids).merge(both[["job_id", "ok_result"]], on="job_id")
+    assert joined[["ok", "ok_result"]].values.tolist() == [[5, 1]]
+
+    raw = q.results("ids_in_payload", ids=list(ids), expand=False)
+    assert raw["job_id"].tolist() == [int(ids[0])]
+    assert raw.loc[0, "payload"] == {"job_id": -7, "ok": 5, "status": "mine"}
+
+
+def test_a_payload_key_named_like_the_renamed_job_id_is_kept_too(q: pgq_nb.Queue) -> None:
+    _echo(q)
+    ids = q.enqueue_df(ECHO, pd.DataFrame({"job_id": [1], "job_id_payload": [2]}))
+    q.run_until_idle()
+    back = q.results(ECHO, ids=list(ids))
+    assert back["job_id_payload_payload"].tolist() == [1] and back["job_id_payload"].tolist() == [2]
+    assert back.loc[0, "job_id"] == ids[0]
