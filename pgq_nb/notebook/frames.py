@@ -46,6 +46,8 @@ __all__ += ["results", "stats"]
 
 #: purge_history() deletes this many rows per statement.
 PURGE_BATCH = 100_000
+#: ... and looks this many recorded dtypes (payload_dtypes rows) over per statement.
+PURGE_DTYPES_BATCH = 1_000
 #: jobs() and failed() show a payload longer than this many bytes as a str: its first bytes,
 #: decoded, and a marker saying how long it is and where the whole one is.
 PAYLOAD_PREVIEW = 1_000
@@ -386,5 +388,13 @@ async def purge_history(
             deleted = int(await conn.fetchval(aq.queries["purge_history"], cutoff, batch_size))
             total += deleted
             if deleted < batch_size:
-                await conn.execute(aq.queries["purge_payload_dtypes"])
+                await _purge_dtypes(aq, conn)
                 return total
+
+
+async def _purge_dtypes(aq: SqlTarget, conn: Any) -> None:
+    """Forget the dtypes of batches no job is left of: below the lowest id left, then the rest."""
+    await conn.execute(aq.queries["purge_payload_dtypes"])
+    after, walk = 0, aq.queries["purge_unreferenced_dtypes"]
+    while after is not None:
+        after = await conn.fetchval(walk, after, PURGE_DTYPES_BATCH)
