@@ -199,7 +199,7 @@ CREATE TABLE {schema}.finished_counts (
 -- One row per q.enqueue_df call (or wf.map over a DataFrame): the entrypoint, the ids it drew
 -- (as ranges: one range unless a concurrent call interleaved) and, per payload column, a small
 -- JSON description of its dtype (pgq_nb.notebook.dtypes). Read by q.results() for the ids it
--- returns; rows whose every id is below the oldest job left are deleted by q.purge_history().
+-- returns; rows none of whose ids is left in jobs or history are deleted by q.purge_history().
 CREATE TABLE {schema}.payload_dtypes (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     entrypoint text NOT NULL,
