@@ -109,6 +109,7 @@ class DataScheduleMethods:
         rest kept (``payload=None`` stores no payload). A new expression or zone fires from its
         first tick after now; paused stays paused. Workers follow within a second. Returns
         the next run."""
+        await self._sync_schedules()
         new_entrypoint = None if entrypoint is None else _entrypoint(entrypoint)
         encoded = KEEP if payload is KEEP else _payload(name, payload)
         if new_entrypoint is not None:
@@ -133,6 +134,7 @@ class DataScheduleMethods:
     async def remove_schedule(self, name: str) -> None:
         """Drop a schedule added with :meth:`add_schedule`: no tick of it fires after this
         returns (jobs already queued stay queued); its jobs' history stays."""
+        await self._sync_schedules()
         await data.remove(self.pool, self.queries, name)
 
     @runtime.bridged
