@@ -183,7 +183,7 @@ def backfill_ticks(
     upto = min(end, now + dt.timedelta(microseconds=1))
     ticks = fire_times(spec, start, upto)
     wanted = list(ticks if force else itertools.islice(ticks, BACKFILL_LIMIT + 1))
-    if len(wanted) > BACKFILL_LIMIT:
+    if not force and len(wanted) > BACKFILL_LIMIT:
         raise InvalidInputError(
             f"backfill of {name!r} from {start.isoformat()} to {end.isoformat()} covers more "
             f"than {BACKFILL_LIMIT:,} ticks of {spec.expression!r}; narrow the range, or pass "
