@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import pgq_nb
-from pgq_nb import runtime
+from pgq_nb import db, runtime, schema_install, sql
 from pgq_nb.errors import InvalidInputError, PayloadError, UnknownEntrypointError
 from tests.conftest import REPO, SCHEMA, start_worker_process, stop_processes, wait_until
 
@@ -257,3 +257,33 @@ def test_the_cli_adds_updates_and_removes_schedules(q: pgq_nb.Queue, installed: 
     again = _cli(installed, "schedules", "remove", "eu")
     assert again.returncode == 2
     assert "no schedule named 'eu'" in again.stderr
+
+
+def test_migration_5_keeps_existing_schedules_as_decorator_ones(installed: str) -> None:
+    schema = "mig_sched_data"
+    pool = runtime.run_sync(db.get_pool(installed))
+    q = sql.queries(schema)
+
+    async def at_version_4_with_a_schedule_then_migrate() -> dict[str, Any]:
+        await schema_install.uninstall(pool, schema)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(q["lock_install"], schema)
+            for migration in sql.migrations(schema)[:4]:
+                await conn.execute(migration.sql)
+            await conn.execute(q["set_schema_version"], 4)
+            await conn.execute(
+                f"INSERT INTO {schema}.schedules (name, expression, tz, catch_up, next_run) "
+                "VALUES ('hourly', '0 * * * *', 'UTC', 'latest', now())"
+            )
+            await schema_install._migrate(conn, schema, 4)
+            row = await conn.fetchrow(f"SELECT * FROM {schema}.schedules")
+        await schema_install.uninstall(pool, schema)
+        return dict(row)
+
+    row = runtime.run_sync(at_version_4_with_a_schedule_then_migrate())
+    assert (row["name"], row["entrypoint"], row["source"], row["payload"]) == (
+        "hourly",
+        "hourly",
+        "code",
+        None,
+    )

@@ -33,7 +33,7 @@ from typing import Any
 
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.schedule.cron import CronSpec, fire_times, next_fire
-from pgq_nb.schedule.database import ScheduleSpec, _unknown
+from pgq_nb.schedule.database import ScheduleSpec, unknown_schedule
 from pgq_nb.store import acquired
 
 #: A backfill of more ticks than this needs ``force=True``.
@@ -107,7 +107,7 @@ async def lock(conn: Any, queries: dict[str, str], name: str, doing: str) -> Any
         raise InvalidInputError(f"a schedule name is a str, not {name!r}")
     row = await conn.fetchrow(queries["lock_schedule"], name)
     if row is None:
-        raise await _unknown(conn, queries, name)
+        raise await unknown_schedule(conn, queries, name)
     if row["source"] == "code":
         raise _code_owned(name, doing)
     return row
@@ -154,7 +154,7 @@ async def _row(conn: Any, queries: dict[str, str], name: str) -> Any:
         raise InvalidInputError(f"a schedule name is a str, not {name!r}")
     row = await conn.fetchrow(queries["get_schedule"], name)
     if row is None:
-        raise await _unknown(conn, queries, name)
+        raise await unknown_schedule(conn, queries, name)
     return row
 
 

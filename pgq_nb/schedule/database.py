@@ -99,7 +99,7 @@ def _check_names(names: Collection[str]) -> list[str]:
     return sorted({_check_name(n) for n in names})
 
 
-async def _unknown(conn: Any, queries: dict[str, str], name: str) -> InvalidInputError:
+async def unknown_schedule(conn: Any, queries: dict[str, str], name: str) -> InvalidInputError:
     known = [r["name"] for r in await conn.fetch(queries["schedule_names"])]
     if not known:
         return InvalidInputError(
@@ -225,7 +225,7 @@ async def run_now(db: Any, queries: dict[str, str], name: str) -> int:
     async with acquired(db) as conn:
         job_id = await conn.fetchval(queries["run_schedule_now"], name)
         if job_id is None:
-            raise await _unknown(conn, queries, name)
+            raise await unknown_schedule(conn, queries, name)
     return int(job_id)
 
 
@@ -234,7 +234,7 @@ async def pause(db: Any, queries: dict[str, str], name: str) -> None:
     _check_name(name)
     async with acquired(db) as conn:
         if await conn.fetchval(queries["pause_schedule"], name) is None:
-            raise await _unknown(conn, queries, name)
+            raise await unknown_schedule(conn, queries, name)
 
 
 async def resume(db: Any, queries: dict[str, str], name: str) -> dt.datetime:
@@ -245,7 +245,7 @@ async def resume(db: Any, queries: dict[str, str], name: str) -> dt.datetime:
     async with acquired(db) as conn, conn.transaction():
         row = await conn.fetchrow(queries["lock_schedule"], name)
         if row is None:
-            raise await _unknown(conn, queries, name)
+            raise await unknown_schedule(conn, queries, name)
         if row["enabled"]:
             next_run: dt.datetime = row["next_run"]
             return next_run
@@ -309,7 +309,7 @@ async def schedule_for_tick(
     async with acquired(db) as conn:
         row = await conn.fetchrow(queries["schedule_for_tick"], name, fire_time)
         if row is None:
-            raise await _unknown(conn, queries, name)
+            raise await unknown_schedule(conn, queries, name)
     return Schedule(
         name=row["name"],
         expression=row["expression"],
