@@ -161,6 +161,8 @@ def test_a_worker_fires_a_schedule_added_after_it_started(q: pgq_nb.Queue) -> No
         ({"entrypoint": "report", "tz": "Europe/Olso"}, InvalidInputError, "Europe/Oslo"),
         ({"entrypoint": "report", "catch_up": "some"}, InvalidInputError, "catch_up must be"),
         ({"entrypoint": "report", "name": " padded"}, InvalidInputError, "surrounding spaces"),
+        ({"entrypoint": "report", "name": "a\x00b"}, InvalidInputError, "NUL"),
+        ({"entrypoint": "report", "name": "n" * 5000}, InvalidInputError, "schedule name"),
         ({"entrypoint": "report", "name": "taken"}, InvalidInputError, "already exists"),
         ({"entrypoint": "report", "name": "hourly"}, InvalidInputError, "@q.schedule"),
         ({"entrypoint": "hourly"}, InvalidInputError, "takes a Schedule, not a Job"),

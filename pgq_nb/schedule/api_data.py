@@ -87,6 +87,7 @@ class DataScheduleMethods:
                 f"a schedule named {name!r} is declared here with @q.schedule; give this one "
                 "another name"
             )
+        check_text("schedule name", name)
         spec = ScheduleSpec(name=name, expression=cron, tz=tz, catch_up=catch_up)
         schedule = data.DataSchedule(
             spec=spec, entrypoint=_entrypoint(entrypoint), payload=_payload(name, payload)
