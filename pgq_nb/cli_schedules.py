@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 from typing import Any
 
 from pgq_nb import runtime
@@ -82,9 +83,32 @@ def cmd_schedule_remove(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     start, end = _when("START", args.start), _when("END", args.end)
     q = queue_for(args, install=False)
+    done, total = 0, 0
+
+    def started(n: int) -> None:
+        nonlocal total
+        total = n
+
+    def batch(n: int) -> None:  # a line that counts up, on a terminal
+        nonlocal done
+        done += n
+        if sys.stderr.isatty():
+            print(f"\rbackfill {args.name}: {done:,} / {total:,} ticks", end="", file=sys.stderr)
+
     rows = runtime.run_sync(
-        data.backfill(q.aio.pool, q.aio.queries, args.name, start, end, force=args.force)
+        data.backfill(
+            q.aio.pool,
+            q.aio.queries,
+            args.name,
+            start,
+            end,
+            force=args.force,
+            on_start=started,
+            on_batch=batch,
+        )
     )
+    if total and sys.stderr.isatty():
+        print(file=sys.stderr)
     enqueued = sum(1 for r in rows if r["enqueued"])
     print(
         f"backfill {args.name!r}: enqueued {enqueued:,} of {len(rows):,} ticks "
