@@ -18,6 +18,7 @@ from pgq_nb.enqueue import Dedupe
 from pgq_nb.errors import JobNotFoundError
 from pgq_nb.models import check_int
 from pgq_nb.operations import Operations
+from pgq_nb.query_errors import guard_public_calls
 from pgq_nb.registry import EntrypointSpec as EntrypointSpec
 from pgq_nb.registry import H, Handler, Registry
 from pgq_nb.retry import RetryPolicy
@@ -35,9 +36,12 @@ __all__ = ["ANALYZE_AFTER_ROWS", "AsyncQueue", "EntrypointSpec", "Handler"]
 F = TypeVar("F", bound=Callable[[], Any])
 
 
+@guard_public_calls
 class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods):
     """The async API of a queue. Every coroutine runs on the pgq_nb loop whatever loop awaits
-    it, except with your own connection (``connection=``): then on that connection's loop."""
+    it, except with your own connection (``connection=``): then on that connection's loop.
+    A server gone since connect() raises DatabaseUnavailableError (the embedded one is started
+    again, and the call run once more when that is safe): see :mod:`pgq_nb.query_errors`."""
 
     def __init__(
         self, pool: asyncpg.Pool, dsn: str, settings: Settings, retry: RetryPolicy | None = None

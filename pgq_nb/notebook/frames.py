@@ -29,7 +29,7 @@ from pgq_nb.notebook.columns import (
     decode_payload,
     frame,
     inferred,
-    since_time,
+    time_span,
     typed,
 )
 from pgq_nb.notebook.counting import stats
@@ -201,7 +201,7 @@ async def history(
     datetime, ISO string, or timedelta ago. The default ``limit`` warns ViewTruncated when it
     leaves jobs out, with how many (from the counters; over a ``since``/``until`` range
     counted up to :data:`~pgq_nb.view_limits.COUNT_CAP`)."""
-    start, end = since_time(since), since_time(until, "until")
+    start, end = time_span(since, until)
     wanted = _status(status, FINAL_STATUSES, "q.history()")
     name = _text(entrypoint, "entrypoint")
     q = aq.queries

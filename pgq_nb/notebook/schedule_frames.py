@@ -24,6 +24,7 @@ class BackfillBar:
         self.bar: bars.Bar | None = None
 
     def start(self, total: int) -> None:
+        self.__exit__()  # a call run again (see pgq_nb.query_errors) starts a new bar
         self.bar = bars.bar(
             self.progress, total, f"backfill {self.name}", "ticks", BACKFILL_MIN_TICKS
         )
@@ -38,6 +39,7 @@ class BackfillBar:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def _local(values: Sequence[dt.datetime], tz: str) -> pd.Series:
