@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from pgq_nb import runtime
+from pgq_nb import cli_schedules, runtime
 from pgq_nb.cli_admin import (
     cmd_cancel,
     cmd_db,
@@ -21,7 +21,6 @@ from pgq_nb.cli_admin import (
     cmd_install,
     cmd_pause,
     cmd_requeue,
-    cmd_schedules,
     cmd_status,
     cmd_uninstall,
     cmd_upgrade,
@@ -210,9 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("--entrypoint", help="every failed job of this entrypoint")
     requeue.add_argument("--all", action="store_true", help="every failed job")
     requeue.set_defaults(func=cmd_requeue)
-    sub.add_parser("schedules", help="cron schedules: next and last run, status").set_defaults(
-        func=cmd_schedules
-    )
+    cli_schedules.add_parsers(sub)
     cancel = sub.add_parser("cancel", help="cancel jobs (queued at once, running ones asked)")
     cancel.add_argument("ids", nargs="+", type=int, help="job ids")
     cancel.set_defaults(func=cmd_cancel)

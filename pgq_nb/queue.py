@@ -23,6 +23,7 @@ from pgq_nb.registry import EntrypointSpec as EntrypointSpec
 from pgq_nb.registry import H, Handler, Registry
 from pgq_nb.retry import RetryPolicy
 from pgq_nb.schedule.api import ScheduleMethods
+from pgq_nb.schedule.api_data import DataScheduleMethods
 from pgq_nb.store import Store
 from pgq_nb.transaction import AsyncTransaction
 from pgq_nb.views import Views
@@ -36,7 +37,7 @@ F = TypeVar("F", bound=Callable[[], Any])
 
 
 @guard_public_calls
-class AsyncQueue(Operations, Views, ScheduleMethods):
+class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods):
     """The async API of a queue. Every coroutine runs on the pgq_nb loop whatever loop awaits
     it, except with your own connection (``connection=``): then on that connection's loop.
     A server gone since connect() raises DatabaseUnavailableError (the embedded one is started

@@ -140,11 +140,11 @@ class Worker(Claiming, Upkeep, Following, Stopping):
             "flush": asyncio.create_task(self._flush_loop(), name="pgq_nb-flush"),
             "heartbeat": asyncio.create_task(self._heartbeat_loop(), name="pgq_nb-heartbeat"),
         }
-        if self._schedules or self._follows:
-            background["scheduler"] = asyncio.create_task(
-                run_scheduler(self.store, lambda: [s.name for s in self._schedules]),
-                name="pgq_nb-scheduler",
-            )
+        # every worker fires the schedules of the entrypoints it serves: @q.schedule ones and
+        # those added with q.add_schedule, at any time, from anywhere
+        background["scheduler"] = asyncio.create_task(
+            run_scheduler(self.store, lambda: list(self.specs)), name="pgq_nb-scheduler"
+        )
         tasks = [*background.values()]
         claiming = asyncio.create_task(self._claim_loop(), name="pgq_nb-claim")
         cancelled = False

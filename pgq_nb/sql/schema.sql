@@ -210,9 +210,15 @@ CREATE TABLE {schema}.payload_dtypes (
 
 CREATE INDEX payload_dtypes_ids_idx ON {schema}.payload_dtypes (entrypoint, upper(job_ids));
 
--- Cron schedules, stored so that any worker can fire them and views can list them.
+-- Cron schedules, stored so that any worker can fire them and views can list them. A tick is
+-- a job of `entrypoint` carrying `payload`; `source` says who owns the row: 'code' (declared by
+-- @q.schedule, entrypoint = name, re-registered by the workers that have it) or 'data' (added
+-- with q.add_schedule, changed and removed only through the queue's calls).
 CREATE TABLE {schema}.schedules (
     name text PRIMARY KEY,
+    entrypoint text NOT NULL,
+    payload bytea,
+    source text NOT NULL DEFAULT 'code' CHECK (source IN ('code', 'data')),
     expression text NOT NULL,
     tz text NOT NULL,
     catch_up text NOT NULL CHECK (catch_up IN ('latest', 'all', 'skip')),
