@@ -114,15 +114,21 @@ class Queue:
         """Run a worker in the background of this process; returns a handle with ``.stop()``.
 
         Cells keep running while it works; it stops when the kernel does. Without
-        ``entrypoints=`` it serves the registry as it grows: a handler or schedule defined in a
-        later cell is registered and served within a second, and a re-defined handler's new
-        body is used (with ``entrypoints=``: those only). It warns, in one
-        line (see :mod:`pgq_nb.worker_notices`), of queued jobs no handler here and no live
-        worker serves (``JobsWithoutHandler``, when it starts), and of jobs that failed for
-        good (``JobsFailed``, a second after a failure).
+        ``entrypoints=`` it serves the registry as it grows, and may start before the first
+        handler is defined: a handler or schedule defined in a later cell is registered and
+        served within a second, and a re-defined handler's new body is used (with
+        ``entrypoints=``: those only, which must be defined already).
+
+        It warns, in one line (see :mod:`pgq_nb.worker_notices`), of queued jobs no handler
+        here and no live worker serves (``JobsWithoutHandler``, when it starts), and of jobs
+        that failed for good (``JobsFailed``, a second after a failure).
         """
         worker = Worker(
-            self.aio, concurrency=concurrency, entrypoints=entrypoints, grace_period=grace_period
+            self.aio,
+            concurrency=concurrency,
+            entrypoints=entrypoints,
+            grace_period=grace_period,
+            waits_for_handlers=True,
         )
         notices.tell_failed_in_background(worker.failures)
         if not runtime.in_loop_thread():  # (from the loop, waiting for the count would deadlock)

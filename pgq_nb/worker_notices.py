@@ -206,3 +206,22 @@ async def tell_rest(failures: Failures) -> None:
     """At a background worker's stop: say the failures not told yet (on the loop, so never
     twice with the timer of :func:`tell_failed_in_background`)."""
     tell_failed(failures, background=True)
+
+
+# -- no handler at all -------------------------------------------------------------------------
+
+
+def no_handlers_message(waiting: Mapping[str, int]) -> str:
+    """The UnknownEntrypointError of run_until_idle() without any handler here: the queued
+    jobs that wait for one, if any."""
+    base = "this queue has no handlers in this process"
+    if not waiting:
+        return f"{base}; register one with @q.entrypoint('name') before starting a worker"
+    names = sorted(waiting)
+    listed = ", ".join(f"{n!r} ({waiting[n]})" for n in names[:NAMED]) + _more(len(names))
+    handler = "the handler" if len(names) == 1 else "the handlers"
+    return (
+        f"{base}, and {_jobs(sum(waiting.values()))} wait for one: {listed}; define {handler} "
+        f"with @q.entrypoint({names[0]!r}) here (in a notebook: run the cell that defines it), "
+        "then call run_until_idle() again"
+    )
