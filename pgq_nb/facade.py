@@ -29,9 +29,11 @@ from pgq_nb.workflow_run import WorkflowRun
 class WorkerHandle:
     """A worker running in the background of this process (see ``Queue.start_worker``)."""
 
-    def __init__(self, worker: Worker, future: Any) -> None:
+    def __init__(self, worker: Worker, future: Any, arguments: tuple[Any, ...] = ()) -> None:
         self.worker = worker
         self._future = future
+        self.arguments = arguments  # what start_worker was given (see Queue.start_worker)
+        self.started = dt.datetime.now(dt.UTC)
 
     @property
     def running(self) -> bool:
@@ -61,6 +63,7 @@ class Queue:
 
     def __init__(self, aio: AsyncQueue) -> None:
         self.aio = aio
+        self._background: list[WorkerHandle] = []  # started by start_worker, oldest first
 
     @property
     def schema(self) -> str:
@@ -119,17 +122,38 @@ class Queue:
         """Run a worker in the background of this process; returns a handle with ``.stop()``.
 
         Cells keep running while it works; it stops when the kernel does. Without
-        ``entrypoints=`` it serves the registry as it grows: a handler or schedule defined in a
-        later cell is registered and served within a second, and a re-defined handler's new
-        body is used (with ``entrypoints=``: those only). It warns, in one
-        line (see :mod:`pgq_nb.worker_notices`), of queued jobs no handler here and no live
-        worker serves (``JobsWithoutHandler``, when it starts), and of jobs that failed for
-        good (``JobsFailed``, a second after a failure).
+        ``entrypoints=`` it serves the registry as it grows, and may start before the first
+        handler is defined: a handler or schedule defined in a later cell is registered and
+        served within a second, and a re-defined handler's new body is used (with
+        ``entrypoints=``: those only, which must be defined already).
+
+        Called again while a background worker it started with the same arguments runs (a
+        re-run cell), it returns that worker rather than start a second, which would never be
+        needed: the running one already serves what was defined since. With other arguments
+        it starts one more. Either way it says so in one line (``WorkerAlreadyRunning``);
+        :meth:`background_workers` lists the running ones, to stop one whose handle is lost.
+
+        It warns, in one line (see :mod:`pgq_nb.worker_notices`), of queued jobs no handler
+        here and no live worker serves (``JobsWithoutHandler``, when it starts), and of jobs
+        that failed for good (``JobsFailed``, a second after a failure).
         """
+        arguments = (concurrency, None if entrypoints is None else [*entrypoints], grace_period)
+        running = self.background_workers()
+        for handle in running:
+            if handle.arguments == arguments:
+                notices.say(notices.WorkerAlreadyRunning(_already(handle, returned=True)))
+                return handle
         worker = Worker(
-            self.aio, concurrency=concurrency, entrypoints=entrypoints, grace_period=grace_period
+            self.aio,
+            concurrency=concurrency,
+            entrypoints=entrypoints,
+            grace_period=grace_period,
+            waits_for_handlers=True,
         )
         notices.tell_failed_in_background(worker.failures)
+        if running:
+            line = _already(running[0], returned=False, others=len(running))
+            notices.say(notices.WorkerAlreadyRunning(line))
         if not runtime.in_loop_thread():  # (from the loop, waiting for the count would deadlock)
             runtime.run_sync(
                 notices.tell_unserved(
@@ -137,7 +161,15 @@ class Queue:
                 )
             )
         future = asyncio.run_coroutine_threadsafe(worker.run(), runtime.loop())
-        return WorkerHandle(worker, future)
+        handle = WorkerHandle(worker, future, arguments)
+        self._background.append(handle)
+        return handle
+
+    def background_workers(self) -> list[WorkerHandle]:
+        """The workers :meth:`start_worker` started from this queue that still run, oldest
+        first: ``q.background_workers()[0].stop()`` stops one whose handle is lost."""
+        self._background = [h for h in self._background if h.running]
+        return list(self._background)
 
     @property
     def resources(self) -> Resources:
@@ -184,6 +216,14 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<pgq_nb.Queue {db.describe_dsn(self.aio.dsn)} schema={self.schema!r}>"
+
+
+def _already(handle: WorkerHandle, *, returned: bool, others: int = 1) -> str:
+    """The WorkerAlreadyRunning line about the running ``handle``."""
+    concurrency, entrypoints, _ = handle.arguments
+    settings = notices.worker_settings(concurrency, entrypoints)
+    started = handle.started.strftime("%H:%M:%S UTC")
+    return notices.already_running_message(settings, started, returned=returned, others=others)
 
 
 async def resolve_dsn(settings: Settings) -> str:

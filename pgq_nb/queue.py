@@ -15,7 +15,7 @@ from pgq_nb import worker_notices as notices
 from pgq_nb.config import Settings
 from pgq_nb.enqueue import ANALYZE_AFTER_ROWS as ANALYZE_AFTER_ROWS
 from pgq_nb.enqueue import Dedupe
-from pgq_nb.errors import JobNotFoundError
+from pgq_nb.errors import JobNotFoundError, UnknownEntrypointError
 from pgq_nb.models import check_int
 from pgq_nb.operations import Operations
 from pgq_nb.query_errors import guard_public_calls
@@ -238,6 +238,9 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods):
         ``wait_for_scheduled`` that it left because no handler here and no live worker serves
         their entrypoint (``JobsWithoutHandler``).
         """
+        if entrypoints is None and not self.registry.handlers:  # nothing could run
+            waiting = await notices.unserved(self.store, self.registry, wait_for_scheduled)
+            raise UnknownEntrypointError(notices.no_handlers_message(waiting))
         worker = Worker(
             self,
             concurrency=concurrency,
