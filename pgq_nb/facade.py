@@ -55,6 +55,10 @@ class WorkerHandle:
         return f"<WorkerHandle {state} {self.worker.stats}>"
 
 
+#: Every background worker start_worker() started in this process (of any Queue), oldest first.
+_BACKGROUND: list[WorkerHandle] = []
+
+
 class Queue:
     """A pgq_nb queue, for notebooks and scripts: every method blocks until it is done.
 
@@ -138,6 +142,7 @@ class Queue:
         that failed for good (``JobsFailed``, a second after a failure).
         """
         arguments = (concurrency, None if entrypoints is None else [*entrypoints], grace_period)
+        self._replace_earlier_queues_workers()
         running = self.background_workers()
         for handle in running:
             if handle.arguments == arguments:
@@ -163,7 +168,33 @@ class Queue:
         future = asyncio.run_coroutine_threadsafe(worker.run(), runtime.loop())
         handle = WorkerHandle(worker, future, arguments)
         self._background.append(handle)
+        _BACKGROUND.append(handle)
         return handle
+
+    def _replace_earlier_queues_workers(self) -> None:
+        """Stop (without waiting) the background workers that an earlier Queue of this DSN and
+        schema started in this process and that serve some of the same handlers, or any when
+        this queue has none yet: ``pgq_nb.connect()`` was run again (a re-run notebook), and
+        that worker would go on running the old bodies next to this one. A worker of another
+        queue with other handlers is someone's deliberate second queue, and is left alone."""
+        _BACKGROUND[:] = [h for h in _BACKGROUND if h.running]
+        mine = set(self.aio.registry.handlers)
+        for handle in list(_BACKGROUND):
+            worker = handle.worker
+            if (
+                worker.registry is self.aio.registry
+                or worker.store.dsn != self.aio.dsn
+                or worker.store.settings.schema != self.schema
+                or (mine and not mine & set(worker.registry.handlers))
+            ):
+                continue
+            runtime.loop().call_soon_threadsafe(worker.request_stop)
+            settings = notices.worker_settings(*handle.arguments[:2])
+            started = handle.started.strftime("%H:%M:%S UTC")
+            running = len(worker._running)  # read from this thread: a count, a moment old
+            notices.say(
+                notices.WorkerAlreadyRunning(notices.replaced_message(started, settings, running))
+            )
 
     def background_workers(self) -> list[WorkerHandle]:
         """The workers :meth:`start_worker` started from this queue that still run, oldest

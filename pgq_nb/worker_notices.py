@@ -244,6 +244,17 @@ def already_running_message(settings: str, started: str, *, returned: bool, othe
     )
 
 
+def replaced_message(started: str, settings: str, running: int) -> str:
+    """The line of :class:`WorkerAlreadyRunning` when start_worker() stopped a background
+    worker of an earlier queue of this schema (``pgq_nb.connect()`` run again)."""
+    jobs = "" if not running else f"; it finishes its {_jobs(running)} running first"
+    return (
+        f"stopped the background worker started {started} ({settings}) from an earlier "
+        "pgq_nb.connect() to this schema: it ran that queue's handlers, with the bodies they "
+        f"had then, and this worker runs this queue's{jobs}"
+    )
+
+
 def no_handlers_message(waiting: Mapping[str, int]) -> str:
     """The UnknownEntrypointError of run_until_idle() without any handler here: the queued
     jobs that wait for one, if any."""

@@ -185,3 +185,49 @@ def test_a_process_with_background_workers_running_exits(q: pgq_nb.Queue, instal
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+# -- trap 3: pgq_nb.connect() run again (a re-run notebook) --------------------------------------
+
+
+def _again(installed: str) -> pgq_nb.Queue:
+    return pgq_nb.connect(installed, schema=SCHEMA, heartbeat_interval=0.5, poll_interval=0.2)
+
+
+def test_a_queue_connected_again_replaces_the_earlier_queues_worker(
+    q: pgq_nb.Queue, installed: str, record: list[warnings.WarningMessage]
+) -> None:
+    """Run All on a notebook: connect, define the handler, start a worker, twice. The first
+    run's worker would go on running the first run's handler body next to the second's."""
+    q.entrypoint("h")(lambda job: "old body")
+    old = q.start_worker()
+    again = _again(installed)
+    again.entrypoint("h")(lambda job: "new body")
+    new = again.start_worker()
+    try:
+        (line,) = said(record, WorkerAlreadyRunning)
+        assert "from an earlier pgq_nb.connect() to this schema" in line
+        wait_until(lambda: not old.running, 30, "the earlier queue's worker to stop")
+        ids = again.enqueue(["h"] * 20)
+        assert set(again.wait(ids, timeout=30).values()) == {"succeeded"}
+        assert {again.get_job(i).result for i in ids} == {"new body"}
+    finally:
+        new.stop(timeout=30)
+        old.stop(timeout=30)
+
+
+def test_a_second_queue_with_other_handlers_keeps_its_worker(
+    q: pgq_nb.Queue, installed: str, record: list[warnings.WarningMessage]
+) -> None:
+    q.entrypoint("a")(lambda job: "a")
+    first = q.start_worker()
+    other = _again(installed)
+    other.entrypoint("b")(lambda job: "b")
+    second = other.start_worker()
+    try:
+        assert said(record, WorkerAlreadyRunning) == []
+        registered(q, 2)
+        assert first.running and second.running
+    finally:
+        second.stop(timeout=30)
+        first.stop(timeout=30)
