@@ -112,6 +112,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     }
     loop = runtime.loop()
     worker: Worker
+    server = None
     if args.metrics_port is None:
         worker = Worker(queue, **options)
     else:
@@ -151,6 +152,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             break
         except concurrent.futures.TimeoutError:
             continue
+    if server is not None:
+        loop.call_soon_threadsafe(server.close)
     summary = (
         f"{stats.succeeded} succeeded, {stats.failed} failed, {stats.interrupted} went back to "
         "the queue"

@@ -32,8 +32,13 @@ logger = logging.getLogger("pgq_nb.metrics")
 
 #: Seconds a client gets to send its request, and the longest request line and header line.
 REQUEST_TIMEOUT_S = 10.0
+#: Seconds one connection may last in all (a scrape waits for the one before it).
+CONNECTION_TIMEOUT_S = 60.0
 LINE_LIMIT = 8192
 MAX_HEADERS = 100
+#: Connections served at once; one more is closed at once (a scraper and a health check need
+#: a few; a client that opens hundreds must not take the worker's file descriptors).
+MAX_CONNECTIONS = 16
 
 _REASONS = {
     200: "OK",
@@ -73,6 +78,7 @@ class MetricsServer:
         self.queue = QueueCollector(worker.store)
         self.registry.register(self.queue)
         self._scrape = asyncio.Lock()  # one scrape reads the database at a time
+        self._open = 0
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -99,6 +105,22 @@ class MetricsServer:
             self.server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._open += 1
+        try:
+            async with asyncio.timeout(CONNECTION_TIMEOUT_S):
+                await self._answer(reader, writer)
+        except TimeoutError:
+            pass  # a client that does not read its answer
+        finally:
+            self._open -= 1
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
@@ -127,10 +149,6 @@ class MetricsServer:
                 await _respond(writer, 404, "not found: this server has /metrics and /healthz\n")
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client left
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
 
 
 class _BadRequest(Exception):

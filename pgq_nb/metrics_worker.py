@@ -35,6 +35,16 @@ WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 2
 _OUTCOMES = ("succeeded", "failed", "retried", "cancelled")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Series:
+    """One entrypoint's children of the labelled metrics (a labels() look-up costs a lock and
+    a dict look-up per call; these are looked up once)."""
+
+    attempts: dict[str, Any]
+    duration: Any
+    wait: Any
+
+
 class WorkerMetrics:
     """This process's own metrics, in ``registry``."""
 
@@ -68,11 +78,23 @@ class WorkerMetrics:
             "Jobs this worker process runs now",
             registry=registry,
         )
+        self._series: dict[str, _Series] = {}
         self.heartbeat_age = Gauge(
             "pgq_nb_worker_heartbeat_age_seconds",
             "Seconds since this worker process's last heartbeat went through (-1: none yet)",
             registry=registry,
         )
+
+    def of(self, entrypoint: str) -> _Series:
+        """The series of ``entrypoint``."""
+        series = self._series.get(entrypoint)
+        if series is None:
+            series = self._series[entrypoint] = _Series(
+                attempts={o: self.attempts.labels(entrypoint, o) for o in _OUTCOMES},
+                duration=self.duration.labels(entrypoint),
+                wait=self.wait.labels(entrypoint),
+            )
+        return series
 
 
 class MeteredWorker(Worker):
@@ -102,18 +124,20 @@ class MeteredWorker(Worker):
     def _start(self, job: Job) -> None:
         due = max(job.created, job.execute_after)
         waited = (dt.datetime.now(dt.UTC) - due).total_seconds()
-        self.metrics.wait.labels(job.entrypoint).observe(max(0.0, waited))
+        self.metrics.of(job.entrypoint).wait.observe(max(0.0, waited))
         super()._start(job)
 
     def _done(self, job: Job, started: dt.datetime, future: asyncio.Future[Any]) -> None:
-        before = dataclasses.asdict(self.stats)
+        stats = self.stats
+        before = (stats.succeeded, stats.failed, stats.retried, stats.cancelled)
         super()._done(job, started, future)
-        after = dataclasses.asdict(self.stats)
-        for outcome in _OUTCOMES:
-            if after[outcome] != before[outcome]:
-                self.metrics.attempts.labels(job.entrypoint, outcome).inc()
+        after = (stats.succeeded, stats.failed, stats.retried, stats.cancelled)
+        for outcome, was, now in zip(_OUTCOMES, before, after, strict=True):
+            if now != was:
+                series = self.metrics.of(job.entrypoint)
+                series.attempts[outcome].inc()
                 ran = (dt.datetime.now(dt.UTC) - started).total_seconds()
-                self.metrics.duration.labels(job.entrypoint).observe(max(0.0, ran))
+                series.duration.observe(max(0.0, ran))
                 return
         # nothing counted: the stop interrupted it (it goes back to the queue), not an attempt
 

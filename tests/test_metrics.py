@@ -9,6 +9,7 @@ import datetime as dt
 import http.client
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +24,14 @@ import pgq_nb
 from pgq_nb import metrics, runtime
 from pgq_nb.models import FINAL_STATUSES, LIVE_STATUSES
 from pgq_nb.worker_notices import JobsFailed
-from tests.conftest import REPO, SCHEMA, execute_sql, start_worker_process, wait_until
+from tests.conftest import (
+    REPO,
+    SCHEMA,
+    execute_sql,
+    start_worker_process,
+    wait_until,
+    worker_env,
+)
 from tests.db_proxy import DbProxy
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -149,9 +157,28 @@ def test_a_worker_serves_metrics_while_it_runs_jobs_with_the_counts_of_q_stats(
         assert _get(port, "/nothing")[0] == 404
         status, _, body = _get(port, "/metrics", "POST")
         assert status == 405 and b"GET" in body
+        assert _raw(port, b"hello\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        too_long = b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n"
+        assert _raw(port, too_long).startswith(b"HTTP/1.1 431 ")
+        # stopping: unhealthy while running jobs get their grace period
+        q.enqueue("slow", 30)
+        wait_until(
+            lambda: _value(_scrape(port), "pgq_nb_worker_running_jobs") == 1,
+            60,
+            "the worker to run the long job",
+        )
+        worker.send_signal(signal.SIGTERM)
+        wait_until(lambda: _health(port) == 503, 60, "/healthz to answer 503 while stopping")
+        assert _get(port, "/healthz")[2] == b"stopping\n"
     finally:
         worker.kill()
         worker.wait()
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        return s.recv(65536)
 
 
 def test_healthz_turns_503_and_metrics_say_down_when_the_database_is_cut_off(
@@ -358,9 +385,18 @@ def test_a_port_in_use_is_a_clear_error(installed: str) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        worker = start_worker_process(installed, "metrics_app:q", "--metrics-port", str(port))
-        worker.wait(timeout=120)
-    assert worker.returncode == 2
+        command = ["worker", "metrics_app:q", "--metrics-port", str(port)]
+        done = subprocess.run(
+            [sys.executable, "-m", "pgq_nb.cli", *command],
+            env=worker_env(installed),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "pick a free port with --metrics-port" in done.stderr
 
 
 # -- the example alert rules ------------------------------------------------------------------
