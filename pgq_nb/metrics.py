@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from pgq_nb import runtime
 from pgq_nb.errors import ConfigurationError, PgqError
 from pgq_nb.models import FINAL_STATUSES, LIVE_STATUSES
 
@@ -60,7 +61,12 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (
 async def render(store: Store, *, timeout: float = SCRAPE_TIMEOUT_S) -> tuple[bytes, str]:
     """The queue's metrics in Prometheus' text format, and its content type: for an HTTP
     handler of ``GET /metrics``. Reads the database now (at most ``timeout`` seconds); never
-    raises for a database that cannot be read (``pgq_nb_up 0`` says so)."""
+    raises for a database that cannot be read (``pgq_nb_up 0`` says so). May be awaited on
+    any event loop (a web server's): it runs on pgq_nb's, where the store's pool lives."""
+    return await runtime.run_here(_render(store, timeout))
+
+
+async def _render(store: Store, timeout: float) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     collector = QueueCollector(store, timeout=timeout)
     registry.register(collector)

@@ -5,6 +5,7 @@ errors, and the example alert rules."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import http.client
 import json
@@ -286,6 +287,16 @@ def test_render_parses_with_help_on_every_family_and_matches_q_stats(q: pgq_nb.Q
     assert 3600 <= late < 7200
     assert _value(samples, "pgq_nb_schedule_lateness_seconds", schedule="paused_report") == 0
     assert _value(samples, "pgq_nb_schedule_enabled", schedule="paused_report") == 0
+
+
+def test_render_can_be_awaited_on_another_event_loop(q: pgq_nb.Queue) -> None:
+    """As a web server's handler awaits it: on its own loop, not pgq_nb's (where the pool is)."""
+    q.entrypoint("ok")(lambda job: None)
+    q.enqueue(["ok"] * 2)
+    body, _ = asyncio.run(metrics.render(q.aio.store))
+    samples = _samples(body.decode())
+    assert _value(samples, "pgq_nb_up") == 1
+    assert _value(samples, "pgq_nb_jobs", entrypoint="ok", status="queued") == 2
 
 
 # -- what a scrape reads ----------------------------------------------------------------------
