@@ -95,10 +95,12 @@ class QueueCollector(Collector):
         query = asyncio.ensure_future(self._query())
         try:
             done, _ = await asyncio.wait({query}, timeout=self.timeout)
+        except asyncio.CancelledError:  # the scraper left
+            _abandon(query)
+            raise
+        try:
             if not done:
-                query.cancel()
-                _pending.add(query)
-                query.add_done_callback(_forget)
+                _abandon(query)
                 raise TimeoutError(f"no answer within {self.timeout:g} s")
             rows = query.result()
         except _READ_ERRORS as exc:
@@ -151,6 +153,13 @@ class QueueCollector(Collector):
 
 #: Scrapes that timed out, until their cancelled queries have ended.
 _pending: set[asyncio.Future[Any]] = set()
+
+
+def _abandon(task: asyncio.Future[Any]) -> None:
+    """Cancel a scrape's queries and let them end in the background."""
+    task.cancel()
+    _pending.add(task)
+    task.add_done_callback(_forget)
 
 
 def _forget(task: asyncio.Future[Any]) -> None:
