@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from pgq_nb import cli_schedules, runtime
 from pgq_nb.cli_admin import (
@@ -91,17 +92,33 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.environ["PGQ_NB_DSN"] = args.dsn
     if args.schema:
         os.environ["PGQ_NB_SCHEMA"] = args.schema
+    if args.metrics_host is not None and args.metrics_port is None:
+        raise ConfigurationError(
+            "--metrics-host needs --metrics-port: give the port to serve /metrics and /healthz on"
+        )
+    if args.metrics_port is not None:
+        # prometheus_client only now, and before the user's module; pgq_nb.metrics first:
+        # without the package it raises a ConfigurationError naming the extra
+        from pgq_nb import metrics, metrics_http  # noqa: F401
     queue = load_queue(args.target)
     entrypoints = args.entrypoints.split(",") if args.entrypoints else None
-    worker = Worker(
-        queue,
-        concurrency=args.concurrency,
-        entrypoints=entrypoints,
-        batch_size=args.batch_size,
-        grace_period=args.grace_period,
-        process_exits=True,
-    )
+    options: dict[str, Any] = {
+        "concurrency": args.concurrency,
+        "entrypoints": entrypoints,
+        "batch_size": args.batch_size,
+        "grace_period": args.grace_period,
+        "process_exits": True,
+    }
     loop = runtime.loop()
+    worker: Worker
+    server = None
+    if args.metrics_port is None:
+        worker = Worker(queue, **options)
+    else:
+        worker = metrics_http.metered_worker(queue, **options)
+        server = metrics_http.MetricsServer(worker)
+        host = args.metrics_host or "127.0.0.1"
+        asyncio.run_coroutine_threadsafe(server.start(host, args.metrics_port), loop).result()
     future = asyncio.run_coroutine_threadsafe(worker.run(), loop)
     signals = 0
 
@@ -134,6 +151,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             break
         except concurrent.futures.TimeoutError:
             continue
+    if server is not None:
+        loop.call_soon_threadsafe(server.close)
     summary = (
         f"{stats.succeeded} succeeded, {stats.failed} failed, {stats.interrupted} went back to "
         "the queue"
@@ -161,6 +180,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     summary = demo.run_demo(args.dsn, schema=args.schema or "pgq_nb_demo")
     return 0 if summary.ok else 1
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port; give a number 1-65535")
+    return port
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -235,6 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="seconds running jobs get to finish on SIGINT/SIGTERM (default 30)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus /metrics and /healthz on this port (needs pgq_nb[metrics])",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        metavar="ADDRESS",
+        help="address to serve them on (default 127.0.0.1; any other lets whoever reaches it "
+        "read entrypoint names and job counts)",
     )
     worker.set_defaults(func=cmd_worker)
     return parser
