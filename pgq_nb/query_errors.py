@@ -50,10 +50,13 @@ RETRY_SAFE = frozenset(
     {
         # AsyncQueue: reads
         "counts", "failed", "failed_jobs", "flow", "get_job", "history", "jobs", "limits",
-        "results", "schedule_list", "schedules", "stats", "statuses", "wait", "worker_list",
-        "workers", "workflow_run", "workflows", "notebook_output", "notebook_runs",
+        "results", "schedule_list", "schedule_preview", "schedules", "stats", "statuses",
+        "wait", "worker_list", "workers", "workflow_run", "workflows", "notebook_output",
+        "notebook_runs",
         # AsyncQueue: writes that end in the same state however often they run
         "analyze", "install", "pause", "pause_schedule", "resume", "resume_schedule", "upgrade",
+        # (a backfill fires only ticks not fired yet; an update sets the same values again)
+        "backfill", "update_schedule",
         # AsyncWorkflowRun: reads (its retry() and cancel() are writes)
         "state", "steps", "status",
     }
@@ -65,8 +68,8 @@ RETRY_SAFE = frozenset(
 WRITES = frozenset(
     {
         # AsyncQueue
-        "cancel", "enqueue", "enqueue_df", "purge_history", "requeue_failed", "run_schedule_now",
-        "uninstall", "enqueue_notebook",
+        "add_schedule", "cancel", "enqueue", "enqueue_df", "enqueue_notebook", "purge_history",
+        "remove_schedule", "requeue_failed", "run_schedule_now", "uninstall",
         # AsyncWorkflowRun
         "retry",
     }

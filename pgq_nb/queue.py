@@ -15,7 +15,7 @@ from pgq_nb import worker_notices as notices
 from pgq_nb.config import Settings
 from pgq_nb.enqueue import ANALYZE_AFTER_ROWS as ANALYZE_AFTER_ROWS
 from pgq_nb.enqueue import Dedupe
-from pgq_nb.errors import JobNotFoundError
+from pgq_nb.errors import JobNotFoundError, UnknownEntrypointError
 from pgq_nb.models import check_int
 from pgq_nb.nbjobs.api import NotebookMethods
 from pgq_nb.operations import Operations
@@ -24,6 +24,7 @@ from pgq_nb.registry import EntrypointSpec as EntrypointSpec
 from pgq_nb.registry import H, Handler, Registry
 from pgq_nb.retry import RetryPolicy
 from pgq_nb.schedule.api import ScheduleMethods
+from pgq_nb.schedule.api_data import DataScheduleMethods
 from pgq_nb.store import Store
 from pgq_nb.transaction import AsyncTransaction
 from pgq_nb.views import Views
@@ -37,7 +38,7 @@ F = TypeVar("F", bound=Callable[[], Any])
 
 
 @guard_public_calls
-class AsyncQueue(Operations, Views, ScheduleMethods, NotebookMethods):
+class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, NotebookMethods):
     """The async API of a queue. Every coroutine runs on the pgq_nb loop whatever loop awaits
     it, except with your own connection (``connection=``): then on that connection's loop.
     A server gone since connect() raises DatabaseUnavailableError (the embedded one is started
@@ -238,6 +239,9 @@ class AsyncQueue(Operations, Views, ScheduleMethods, NotebookMethods):
         ``wait_for_scheduled`` that it left because no handler here and no live worker serves
         their entrypoint (``JobsWithoutHandler``).
         """
+        if entrypoints is None and not self.registry.handlers:  # nothing could run
+            waiting = await notices.unserved(self.store, self.registry, wait_for_scheduled)
+            raise UnknownEntrypointError(notices.no_handlers_message(waiting))
         worker = Worker(
             self,
             concurrency=concurrency,
