@@ -153,6 +153,50 @@ def test_a_parameterised_notebook_runs_in_a_worker_process(
     assert (_count(q, "notebook_outputs"), _count(q, "notebooks")) == (0, 1)
 
 
+def test_a_notebook_schedule_backfilled_runs_each_tick_with_its_fire_time(
+    q: pgq_nb.Queue, tmp_path: Path
+) -> None:
+    q.serve_notebooks()
+    path = notebook(
+        tmp_path / "hourly.ipynb",
+        ("code", "region = 'all'\nfire_time = None", ["parameters"]),
+        (
+            "code",
+            "import pgq_nb\npgq_nb.record('hour', fire_time)\npgq_nb.record('region', region)",
+            [],
+        ),
+    )
+    q.add_schedule("hourly_north", "0 * * * *", notebook=path, parameters={"region": "north"})
+    notebook(path, ("code", "raise RuntimeError('the edited notebook ran')", []))
+    end = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    ticks = q.backfill("hourly_north", end - dt.timedelta(hours=2), end)
+    assert len(ticks) == 2 and ticks["enqueued"].all()
+    q.run_until_idle(concurrency=2, timeout=120)
+    runs = q.notebook_runs("hourly").sort_values("fire_time")
+    assert list(runs["status"].astype(str)) == ["succeeded", "succeeded"]
+    assert list(runs["schedule_name"]) == ["hourly_north"] * 2
+    assert list(runs["region"]) == ["north", "north"]
+    # each run got its own tick's time as the parameter fire_time
+    assert [pd.Timestamp(h) for h in runs["hour"]] == list(runs["fire_time"])
+    assert runs["parameters"].iloc[0]["region"] == "north"
+
+
+def test_a_notebook_schedule_with_bad_input_writes_nothing(
+    served: pgq_nb.Queue, tmp_path: Path
+) -> None:
+    q = served
+    with pytest.raises(pgq_nb.InvalidInputError, match="does not exist"):
+        q.add_schedule("nb", "0 * * * *", notebook=tmp_path / "nope.ipynb")
+    path = notebook(tmp_path / "x.ipynb", ("code", "1", []))
+    with pytest.raises(pgq_nb.InvalidInputError, match="not both"):
+        q.add_schedule("nb", "0 * * * *", notebook=path, entrypoint=ENTRYPOINT)
+    with pytest.raises(pgq_nb.InvalidInputError, match="parameters= goes with notebook="):
+        q.add_schedule("nb", "0 * * * *", entrypoint=ENTRYPOINT, parameters={"a": 1})
+    with pytest.raises(pgq_nb.PayloadError, match="parameter 'd' is a date"):
+        q.add_schedule("nb", "0 * * * *", notebook=path, parameters={"d": dt.date(2026, 1, 1)})
+    assert (_count(q, "schedules"), _count(q, "notebooks")) == (0, 0)
+
+
 def _check_dtypes(runs: pd.DataFrame) -> None:
     """The columns every notebook view shares have their one dtype (test_view_consistency)."""
     wrong = {

@@ -36,6 +36,15 @@ NOT_SERVED = (
 )
 
 
+async def check_served(registry: Registry, conn: Any) -> None:
+    """UnknownEntrypointError saying how to opt in, unless some worker (or this process) serves
+    notebooks."""
+    try:
+        await registry.prepare({ENTRYPOINT}, conn)
+    except UnknownEntrypointError:
+        raise UnknownEntrypointError(NOT_SERVED) from None
+
+
 class NotebookMethods:
     """Notebooks as jobs (a mixin of AsyncQueue; see :mod:`pgq_nb.nbjobs`)."""
 
@@ -79,10 +88,7 @@ class NotebookMethods:
 
         async def call() -> int:
             async with self.store.connection(connection) as conn, conn.transaction():
-                try:
-                    await self.registry.prepare({ENTRYPOINT}, conn)
-                except UnknownEntrypointError:
-                    raise UnknownEntrypointError(NOT_SERVED) from None
+                await check_served(self.registry, conn)
                 entrypoint, payload = await notebook_job_payload(
                     conn,
                     self.queries,

@@ -143,9 +143,12 @@ async def run(
     nb = nbformat.reads(content, as_version=4)  # type: ignore[no-untyped-call]
     total = len(nb.cells)
     replaced = params.first_tagged(nb.cells, params.INJECTED_TAG) is not None
-    cells, injected_at = params.inject(list(nb.cells), spec["parameters"])
+    values = dict(spec["parameters"])
+    if job.fire_time is not None:  # a schedule's tick: the notebook covers its own time
+        values["fire_time"] = job.fire_time.isoformat()
+    cells, injected_at = params.inject(list(nb.cells), values)
     nb.cells = [nbformat.from_dict(cell) for cell in cells]  # type: ignore[no-untyped-call]
-    nb.metadata["pgq_nb"] = {"job_id": job.id, "path": path, "parameters": spec["parameters"]}
+    nb.metadata["pgq_nb"] = {"job_id": job.id, "path": path, "parameters": values}
     seconds = spec.get("timeout") or default_timeout
     private = spec.get("cwd") is None
     workdir = tempfile.mkdtemp(prefix="pgq_nb-notebook-") if private else str(spec["cwd"])
@@ -205,7 +208,7 @@ async def run(
         job.attempts,
         failure is None,
         None if failure is None else storable_text(str(failure)),
-        json.dumps(_storable(spec["parameters"])),
+        json.dumps(_storable(values)),
         json.dumps(found),
         total,
         done,

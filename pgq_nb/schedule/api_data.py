@@ -13,6 +13,7 @@ schedules (at most a second later).
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from pgq_nb import runtime
 from pgq_nb.enqueue import check_payload_size
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import check_text, encode_payload, refuse_frame
+from pgq_nb.nbjobs.scheduling import add_notebook_schedule
 from pgq_nb.schedule import data
 from pgq_nb.schedule.database import ScheduleSpec
 
@@ -74,6 +76,8 @@ class DataScheduleMethods:
         payload: Any = None,
         tz: str = "UTC",
         catch_up: str = "latest",
+        notebook: str | os.PathLike[str] | None = None,
+        parameters: dict[str, Any] | None = None,
     ) -> dt.datetime:
         """Schedule a registered entrypoint: each tick of ``cron`` (read in the IANA zone
         ``tz``) queues a job of ``entrypoint`` with ``payload`` (its ``job.data``; the job
@@ -81,7 +85,11 @@ class DataScheduleMethods:
         the entrypoint fires it, exactly once per tick, within a second, without a restart.
         Many schedules may run one entrypoint. ``catch_up`` as for ``@q.schedule``. Returns
         the first tick. A bad name, expression, zone, payload, an unknown entrypoint or a
-        name already taken is refused with nothing written."""
+        name already taken is refused with nothing written.
+
+        ``notebook=`` (with ``parameters=``, instead of an entrypoint and payload): each tick
+        runs that notebook as ``q.enqueue_notebook`` does, the version stored now, with the
+        tick's time as the parameter ``fire_time`` (see :mod:`pgq_nb.nbjobs`)."""
         if name in self.schedule_specs:
             raise InvalidInputError(
                 f"a schedule named {name!r} is declared here with @q.schedule; give this one "
@@ -89,6 +97,17 @@ class DataScheduleMethods:
             )
         check_text("schedule name", name)
         spec = ScheduleSpec(name=name, expression=cron, tz=tz, catch_up=catch_up)
+        if notebook is not None or parameters is not None:
+            return await add_notebook_schedule(
+                self.pool,
+                self.queries,
+                self.registry,
+                spec,
+                notebook,
+                parameters,
+                entrypoint,
+                payload,
+            )
         schedule = data.DataSchedule(
             spec=spec, entrypoint=_entrypoint(entrypoint), payload=_payload(name, payload)
         )
