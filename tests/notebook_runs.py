@@ -24,13 +24,20 @@ from nbclient import NotebookClient
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
-NAMES = ("01_quickstart", "02_scheduled_reports", "03_workflows", "04_monitoring")
+NAMES = (
+    "01_quickstart",
+    "02_scheduled_reports",
+    "03_workflows",
+    "04_monitoring",
+    "05_schedule_a_report",
+)
 #: The schema each notebook keeps its jobs in (and resets): never the default queue's
 SCHEMAS = {
     "01_quickstart": "pgq_nb_quickstart",
     "02_scheduled_reports": "pgq_nb_reports",
     "03_workflows": "pgq_nb_workflows",
     "04_monitoring": "pgq_nb_monitoring",
+    "05_schedule_a_report": "pgq_nb_report_notebooks",
 }
 VARIES = "varies"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"

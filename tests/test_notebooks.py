@@ -3,8 +3,8 @@ shows what its text says it shows, the same on every run, as it is stored.
 
 The kernel gets PGQ_NB_DSN, so each notebook's ``pgq_nb.connect(schema=...)`` reaches the test
 server, in the schema the notebook names for itself and resets. PGQ_NB_SCHEMA names a sentinel
-schema the notebooks must leave alone (a user's own queue). All four run in order, then all
-four again, with nothing reset in between: the second runs must show the numbers of the first
+schema the notebooks must leave alone (a user's own queue). All five run in order, then all
+five again, with nothing reset in between: the second runs must show the numbers of the first
 (a notebook that counted an earlier run's jobs would not). The content checks read the first
 runs. Cells whose output is checked carry a ``check-...`` tag; cells tagged ``varies`` show
 clock times, durations or rates, and only the kinds of their outputs are compared.
@@ -79,7 +79,7 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(installed: str) -> Iterator[Runs]:
-    """01 to 04, then 01 to 04 again, each in a fresh kernel, nothing reset in between."""
+    """01 to 05, then 01 to 05 again, each in a fresh kernel, nothing reset in between."""
     sentinel = pgq_nb.connect(installed, schema=SENTINEL_SCHEMA)
     sentinel.uninstall()
     sentinel.install()
@@ -304,4 +304,37 @@ def test_04_monitoring_retries_fails_and_requeues(runs: Runs, orders: pd.DataFra
     after = ran.text("check-after-requeue")
     assert f"{chf} of {chf} requeued jobs succeeded" in after
     assert "0 enrich_order jobs still failed" in after
+    assert ran.seconds < BUDGET_S
+
+
+def test_05_schedules_a_notebook_per_region_backfills_and_reads_back(
+    runs: Runs, orders: pd.DataFrame
+) -> None:
+    """A notebook report scheduled per region (q.add_schedule(..., notebook=...)), backfilled
+    over a morning, run in kernels of its own, its recorded numbers read back as a DataFrame
+    that matches the sample data (#18, item 5)."""
+    ran = runs.first["05_schedule_a_report"]
+    schedules = ran.result("check-schedules")
+    assert "orders_europe" in schedules and "orders_north_america" in schedules
+    assert schedules.count("pgq_nb.notebook") == 2
+    backfill = ran.text("check-backfill")
+    assert backfill.count("4 runs queued, ticks 09:00, 10:00, 11:00, 12:00") == 2
+    shown = ran.text("check-runs")
+    assert "8 of 8 runs succeeded" in shown
+    for hour in range(9, 13):
+        tick = pd.Timestamp(f"2026-10-01 {hour:02d}:00", tz="UTC")
+        counts = [
+            int(
+                (
+                    (orders["region"] == region)
+                    & (orders["ordered_at"] >= tick - pd.Timedelta(hours=1))
+                    & (orders["ordered_at"] < tick)
+                ).sum()
+            )
+            for region in ("Europe", "North America")
+        ]
+        row = rf"^{re.escape(str(tick))} +{counts[0]} +{counts[1]}$"
+        assert re.search(row, shown, re.M), (row, shown)
+    assert "status  orders" in ran.result("check-by-status")  # a recorded DataFrame
+    assert ran.text("check-output").startswith("succeeded 5 of 5 cells;")
     assert ran.seconds < BUDGET_S

@@ -163,6 +163,9 @@ async def run(
         timeout=None,
         allow_errors=False,
         shutdown_kernel="immediate",
+        # the kernel's own warnings ("running over TCP without encryption", on loopback with
+        # signed messages) would land in the worker's log, or the cell that runs the worker
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
         resources={"metadata": {"path": workdir}},
     )
     km = client.create_kernel_manager()
