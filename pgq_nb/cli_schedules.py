@@ -18,15 +18,15 @@ from pgq_nb.schedule.api_data import KEEP
 from pgq_nb.schedule.cron import CATCH_UP_POLICIES
 
 
-def _payload(text: str | None) -> Any:
+def _payload(text: str | None, flag: str = "--payload") -> Any:
     if text is None:
         return None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInputError(
-            f"--payload {text!r} is not JSON ({exc.msg} at character {exc.pos}); quote it for "
-            """the shell, e.g. --payload '{"region": "eu"}'"""
+            f"{flag} {text!r} is not JSON ({exc.msg} at character {exc.pos}); quote it for "
+            f"""the shell, e.g. {flag} '{{"region": "eu"}}'"""
         ) from None
 
 
@@ -45,6 +45,12 @@ def _when(what: str, text: str) -> dt.datetime:
 
 def cmd_schedule_add(args: argparse.Namespace) -> int:
     q = queue_for(args, install=False)
+    notebook = {}  # a notebook's schedule (the runner's entrypoint with its stored content)
+    if args.notebook is not None or args.parameters is not None:
+        notebook = {
+            "notebook": args.notebook,
+            "parameters": _payload(args.parameters, "--parameters"),
+        }
     first = q.add_schedule(
         args.name,
         args.cron,
@@ -52,8 +58,10 @@ def cmd_schedule_add(args: argparse.Namespace) -> int:
         payload=_payload(args.payload),
         tz=args.tz,
         catch_up=args.catch_up,
+        **notebook,
     )
-    print(f"schedule {args.name!r} added: runs {args.entrypoint!r}; first tick {first:%c %Z}")
+    runs = f"notebook {args.notebook!r}" if notebook else repr(args.entrypoint)
+    print(f"schedule {args.name!r} added: runs {runs}; first tick {first:%c %Z}")
     return 0
 
 
@@ -124,10 +132,15 @@ def add_parsers(sub: Any) -> None:
     schedules.set_defaults(func=cmd_schedules)
     verbs = schedules.add_subparsers(dest="schedules_command", title="commands", metavar="COMMAND")
     verbs.add_parser("list", help="next and last run, status (the default)")
-    add = verbs.add_parser("add", help="schedule an entrypoint with a payload")
+    add = verbs.add_parser("add", help="schedule an entrypoint with a payload, or a notebook")
     add.add_argument("name", help="the schedule's name")
     add.add_argument("cron", help="cron expression, e.g. '0 * * * *' (quote it)")
-    add.add_argument("--entrypoint", required=True, help="the entrypoint each tick runs")
+    runs = add.add_mutually_exclusive_group(required=True)
+    runs.add_argument("--entrypoint", help="the entrypoint each tick runs")
+    runs.add_argument(
+        "--notebook", help="a notebook each tick runs (its content is stored now; see README)"
+    )
+    add.add_argument("--parameters", help="the notebook's parameters, as JSON")
     update = verbs.add_parser("update", help="change a schedule added with `schedules add`")
     update.add_argument("name", help="the schedule's name")
     update.add_argument("--cron", help="a new cron expression")

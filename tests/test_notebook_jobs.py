@@ -34,6 +34,7 @@ from pgq_nb.notebook.dashboard_static import failures_html
 from pgq_nb.view_limits import DefaultLimit, ViewTruncated
 from pgq_nb.worker_notices import JobsFailed
 from tests.conftest import SCHEMA, start_worker_process, stop_processes, wait_until
+from tests.test_schedule_data import _cli
 from tests.test_view_consistency import dtype_name, expected_dtype
 
 
@@ -195,6 +196,27 @@ def test_a_notebook_schedule_with_bad_input_writes_nothing(
     with pytest.raises(pgq_nb.PayloadError, match="parameter 'd' is a date"):
         q.add_schedule("nb", "0 * * * *", notebook=path, parameters={"d": dt.date(2026, 1, 1)})
     assert (_count(q, "schedules"), _count(q, "notebooks")) == (0, 0)
+
+
+def test_the_cli_schedules_a_notebook(served: pgq_nb.Queue, installed: str, tmp_path: Path) -> None:
+    q = served
+    path = notebook(tmp_path / "x.ipynb", ("code", "region = 'all'", ["parameters"]))
+    q.enqueue_notebook(
+        path, execute_after=dt.timedelta(days=1)
+    )  # records the runner, as a worker would
+    done = _cli(installed, "schedules", "add", "nb_eu", "0 * * * *", "--notebook", str(path),
+                "--parameters", '{"region": "eu"}')  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"schedule 'nb_eu' added: runs notebook {str(path)!r}" in done.stdout
+    (row,) = q.schedule_list()
+    assert row["entrypoint"] == ENTRYPOINT
+    bad = _cli(installed, "schedules", "add", "nb_x", "0 * * * *", "--notebook", str(path),
+               "--parameters", "{region: eu}")  # fmt: skip
+    assert bad.returncode != 0 and "--parameters '{region: eu}' is not JSON" in bad.stderr
+    both = _cli(installed, "schedules", "add", "nb_y", "0 * * * *", "--notebook", str(path),
+                "--entrypoint", "x")  # fmt: skip
+    assert both.returncode != 0 and "not allowed with argument" in both.stderr
+    assert _count(q, "schedules") == 1
 
 
 def _check_dtypes(runs: pd.DataFrame) -> None:
