@@ -15,6 +15,7 @@ from benchmarks import (
     scenario_latency,
     scenario_stats,
     scenario_sustained,
+    scenario_web,
     scenario_workflow,
 )
 from benchmarks.common import Context, Row
@@ -64,6 +65,12 @@ SCENARIOS: dict[str, Scenario] = {
             "the claim statement with a big backlog against 10,000 queued",
         ),
         Scenario("stats", scenario_stats.run, False, "q.stats() over a long history"),
+        Scenario(
+            "web",
+            scenario_web.run,
+            False,
+            "pgq-nb web: each page's response time over a long history",
+        ),
         Scenario(
             "workflow",
             scenario_workflow.run,

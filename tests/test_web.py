@@ -397,3 +397,25 @@ def test_pgq_nb_web_refuses_a_public_address_without_a_secret() -> None:
     assert done.returncode == 2
     assert "will not listen on 0.0.0.0 without a secret" in done.stderr
     assert "PGQ_NB_WEB_TOKEN" in done.stderr and "--token-file" in done.stderr
+
+
+def test_the_web_layer_is_lean_and_the_core_does_not_load_it() -> None:
+    """`pgq_nb.web` needs no pandas or widgets; `import pgq_nb` and the CLI load no Starlette."""
+    probe = (
+        "import json, sys\n"
+        "import pgq_nb, pgq_nb.cli\n"
+        "core = [m for m in ('starlette', 'uvicorn', 'pgq_nb.web') if m in sys.modules]\n"
+        "import pgq_nb.web.app, pgq_nb.web.server\n"
+        "heavy = [m for m in ('pandas', 'ipywidgets', 'IPython', 'tqdm', 'matplotlib',\n"
+        "         'pgq_nb.notebook') if m in sys.modules]\n"
+        "print(json.dumps([core, heavy]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[[], []]"
