@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError, JobNotFoundError
 from pgq_nb.web import data, html, pages
 from pgq_nb.web.auth import (
@@ -296,7 +297,8 @@ class Web:
         try:
             if metrics is None:
                 raise ImportError("pgq_nb.metrics")
-            body, content_type = await metrics.render(self.aio.store)
+            # on the pgq_nb loop, which owns the store's pool (the contract: render(store))
+            body, content_type = await runtime.run_here(metrics.render(self.aio.store))
         except ImportError as exc:
             raise Refused(
                 404,

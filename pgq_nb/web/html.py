@@ -79,7 +79,8 @@ def layout(ctx: Context, title: str, body: str, *, status_line: str = "") -> str
         '<script src="/static/live.js" defer></script></head>'
         f'<body data-refresh-ms="{ctx.refresh_ms}"><header><b>pgq_nb</b>{mode}{nav}{search}'
         f"{logout}</header><main><h1>{esc(title)}</h1>{flash}"
-        f'<div data-live="status" id="status-line">{status_line}</div>{body}</main></body></html>'
+        f'<div data-live="status" id="status-line">{status_line}</div>{body}'
+        '<p class="muted">Times are UTC.</p></main></body></html>'
     )
 
 
@@ -133,8 +134,8 @@ def when(value: dt.datetime | None, now: dt.datetime) -> str:
     if value is None:
         return muted("—")
     return (
-        f'<time datetime="{value.isoformat()}">{value.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}'
-        f"</time> {muted(ago(value, now))}"
+        f'<time datetime="{value.isoformat()}" title="UTC">'
+        f"{value.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}</time> {muted(ago(value, now))}"
     )
 
 
