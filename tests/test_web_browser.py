@@ -136,9 +136,18 @@ def text_of(driver: Any, css: str) -> str:
 
 
 def click(driver: Any, css: str) -> None:
+    """Click the element; again if the page's live update replaced it in between."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    driver.find_element(By.CSS_SELECTOR, css).click()
+    def clicked(d: Any) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, css).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait_for(driver, clicked, f"a click on {css}", timeout=30)
 
 
 def test_the_dashboard_in_chromium(

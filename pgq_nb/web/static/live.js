@@ -5,6 +5,10 @@
   "use strict";
   var every = parseInt(document.body.getAttribute("data-refresh-ms"), 10) || 2000;
   var note = null;
+  var touched = 0; // when the user last pressed a button or a key: no swap under a click
+  ["mousedown", "touchstart", "keydown"].forEach(function (kind) {
+    document.addEventListener(kind, function () { touched = Date.now(); }, true);
+  });
 
   function say(text) {
     if (!note) {
@@ -37,6 +41,7 @@
   }
 
   function swap(fresh) {
+    if (Date.now() - touched < 1000) return;
     document.querySelectorAll("[data-live]").forEach(function (region) {
       var name = region.getAttribute("data-live");
       var next = fresh.querySelector('[data-live="' + name + '"]');
