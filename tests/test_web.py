@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,9 @@ def test_the_pages_show_the_queue(
     found = web.get("/search", params={"id": str(done)}, follow_redirects=False)
     assert found.status_code == 303 and found.headers["location"] == f"/jobs/{done}"
     assert web.get("/static/live.js").headers["content-type"].startswith("text/javascript")
+    policy = overview.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
+    assert overview.headers["x-frame-options"] == "DENY"
 
 
 def test_schedules_and_workflow_runs(q: pgq_nb.Queue, web: TestClient) -> None:
@@ -122,6 +126,16 @@ def test_schedules_and_workflow_runs(q: pgq_nb.Queue, web: TestClient) -> None:
     assert q.stats().loc["hourly_report", "queued"] == 1
     retried = web.post(f"/workflows/{run.id}/retry", data={"csrf": token})
     assert "1 steps requeued" in retried.text and run.state() == "running"
+    cancelled = web.post(f"/workflows/{run.id}/cancel", data={"csrf": token})
+    assert "1 steps cancelled or told to stop" in cancelled.text
+    assert run.state() == "cancelled"
+    unknown = web.post("/schedules/pause", data={"csrf": token, "name": "no_such_schedule"})
+    assert unknown.status_code == 400 and "no schedule named 'no_such_schedule'" in unescape(
+        unknown.text
+    )
+    missing = web.post("/entrypoints/pause", data={"csrf": token, "entrypoint": ""})
+    assert missing.status_code == 400 and "lacks its 'entrypoint' field" in unescape(missing.text)
+    assert web.post("/workflows/4242/retry", data={"csrf": token}).status_code == 404
 
 
 def test_requeue_one_selected_and_all_of_an_entrypoint(
@@ -191,6 +205,7 @@ def test_bad_input_gets_a_clear_4xx_page(q: pgq_nb.Queue, web: TestClient) -> No
     for path, status, words in (
         ("/jobs/987654", 404, "no job with id 987654"),
         ("/jobs/abc", 400, "a job id is a whole number"),
+        ("/jobs/%C2%B2", 400, "a job id is a whole number"),  # a digit to str.isdigit()
         ("/jobs/99999999999999999999", 400, "a job id is a whole number"),
         ("/failures?limit=ten", 400, "limit must be a whole number from 1 to 500"),
         ("/failures?limit=0", 400, "limit must be a whole number"),
@@ -362,6 +377,8 @@ def test_a_non_loopback_address_needs_a_secret() -> None:
     with pytest.raises(ConfigurationError, match="at least 16"):
         build_config(environ={"PGQ_NB_WEB_TOKEN": "short"})
     assert build_config(environ={}).token is None
+    with pytest.raises(ConfigurationError, match="not a TCP port"):
+        build_config(port=0, environ={})
 
 
 def test_the_token_file_must_be_private_and_not_a_symlink(tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ def build_config(
     environ: Mapping[str, str] | None = None,
 ) -> WebConfig:
     """The checked configuration: a non-loopback ``host`` without a secret is refused."""
-    if not 0 <= port <= 65535:
+    if not 1 <= port <= 65535:
         raise ConfigurationError(f"--port {port} is not a TCP port; use 1 to 65535 (default 8080)")
     token = resolve_token(token_file, os.environ if environ is None else environ)
     if token is None and not is_loopback(host):
