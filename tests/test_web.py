@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 import pgq_nb
 from pgq_nb.errors import ConfigurationError
 from pgq_nb.web.app import create_app
+from pgq_nb.web.auth import local_path
 from pgq_nb.web.config import WebConfig, build_config, is_loopback, read_token_file
 from tests.conftest import REPO
 from tests.test_dashboard import make_jobs
@@ -436,3 +437,56 @@ def test_the_web_layer_is_lean_and_the_core_does_not_load_it() -> None:
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert done.stdout.strip().splitlines()[-1] == "[[], []]"
+
+
+@pytest.mark.parametrize(
+    ("target", "kept"),
+    [
+        ("/failures?limit=5", "/failures?limit=5"),
+        ("/", "/"),
+        ("//evil.example/x", "/"),
+        ("/\\evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("/a\\b", "/"),
+        ("/x\r\nSet-Cookie: a=b", "/"),
+        ("", "/"),
+        (None, "/"),
+        ("failures", "/"),
+    ],
+)
+def test_after_the_login_only_local_paths(target: str | None, kept: str) -> None:
+    assert local_path(target) == kept
+
+
+def test_the_login_never_sends_the_browser_elsewhere(q: pgq_nb.Queue) -> None:
+    with client(q, host="0.0.0.0", token=TOKEN) as web:
+        answer = web.post(
+            "/login", data={"token": TOKEN, "next": "/\\evil.example"}, follow_redirects=False
+        )
+        assert answer.status_code == 303 and answer.headers["location"] == "/"
+
+
+def test_a_reverse_proxys_basic_login_is_not_taken_for_a_wrong_token(q: pgq_nb.Queue) -> None:
+    basic = {"authorization": "Basic dXNlcjpwYXNz"}
+    with client(q) as web:
+        assert web.get("/", headers=basic).status_code == 200
+    with client(q, host="0.0.0.0", token=TOKEN) as web:
+        assert web.get("/", headers=basic, follow_redirects=False).status_code == 303
+
+
+def test_pgq_nb_web_without_the_extra_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['starlette'] = None\n"  # as if pgq_nb[web] were not installed
+        "from pgq_nb.cli import main; sys.exit(main(['web']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "pip install 'pgq_nb[web]'" in done.stderr and "starlette" in done.stderr

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from pgq_nb import runtime
 from pgq_nb.web import data, html, pages
-from pgq_nb.web.auth import SESSION_COOKIE, Session
+from pgq_nb.web.auth import SESSION_COOKIE, Session, local_path
 from pgq_nb.web.config import WebConfig
 from pgq_nb.web.guard import Guarded, Refused, SecurityHeaders, int_param, job_id, problem
 
@@ -165,7 +165,7 @@ class Web(Guarded):
     async def login_form(self, request: Request) -> Response:
         if not self.auth.login_required:
             return RedirectResponse("/", status_code=303)
-        next_path = request.query_params.get("next", "/")
+        next_path = local_path(request.query_params.get("next"))
         return HTMLResponse(html.login_page(None, next_path))
 
     async def login(self, request: Request) -> Response:
@@ -175,9 +175,7 @@ class Web(Guarded):
             form = await self.form(request)
         except Refused as refused:
             return problem(refused.status, refused.title, refused.message)
-        next_path = form.get("next", ["/"])[0]
-        if not next_path.startswith("/") or next_path.startswith("//"):
-            next_path = "/"
+        next_path = local_path(form.get("next", ["/"])[0])
         if not self.auth.token_matches(form.get("token", [""])[0]):
             log.warning("a login with a wrong token", extra={"client": request.client})
             return HTMLResponse(

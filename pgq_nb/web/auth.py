@@ -112,11 +112,15 @@ class Auth:
         return hmac.compare_digest(digest, self._token_digest)
 
     def bearer(self, authorization: str | None) -> bool | None:
-        """None without an ``Authorization`` header; else whether it carries the secret."""
-        if authorization is None:
+        """Whether an ``Authorization: Bearer`` header carries the secret; None without one,
+        or without a secret (another scheme, such as a reverse proxy's Basic login, is not
+        ours to judge)."""
+        if authorization is None or self._token_digest is None:
             return None
-        scheme, _, credentials = authorization.partition(" ")
-        return scheme.lower() == "bearer" and self.token_matches(credentials)
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return self.token_matches(credentials)
 
     # -- CSRF -------------------------------------------------------------------------------
 
@@ -140,6 +144,21 @@ def host_allowed(config: WebConfig, host_header: str | None) -> bool:
         return False
     host = urlsplit(f"//{host_header}").hostname
     return host is not None and is_loopback(host)
+
+
+def local_path(target: str | None) -> str:
+    """``target`` if it is a path on this site ("/failures?limit=5"), else "/": never another
+    site (``//evil.example``, ``/\\evil.example``, which browsers read as ``//``), so a link
+    to the login cannot send the browser elsewhere after it."""
+    if (
+        not target
+        or not target.startswith("/")
+        or target[1:2] in ("/", "\\")
+        or "\\" in target
+        or any(ord(c) < 32 or ord(c) == 127 for c in target)
+    ):
+        return "/"
+    return target
 
 
 def same_origin(origin: str | None, scheme: str, host_header: str | None) -> bool:

@@ -26,6 +26,7 @@ from pgq_nb.web.auth import (
     Auth,
     Session,
     host_allowed,
+    local_path,
     same_origin,
 )
 from pgq_nb.web.config import WebConfig
@@ -256,9 +257,7 @@ class Guarded:
 
     def done(self, request: Request, message: str, back: str) -> Response:
         """After an action: back to the page it came from, with what happened."""
-        response = RedirectResponse(
-            back if back.startswith("/") and not back.startswith("//") else "/", status_code=303
-        )
+        response = RedirectResponse(local_path(back), status_code=303)
         response.set_cookie(
             FLASH_COOKIE,
             self.auth.sign(message),
