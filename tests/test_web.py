@@ -175,6 +175,12 @@ def test_pause_resume_and_cancel(
     assert gone.status_code == 404
 
 
+def test_an_entrypoint_without_jobs_can_be_paused(q: pgq_nb.Queue, web: TestClient) -> None:
+    q.entrypoint("idle")(lambda job: None)
+    q.run_until_idle()  # registers it, as a worker does
+    assert 'data-action="pause:idle"' in web.get("/").text
+
+
 def test_forged_and_tampered_posts_change_nothing(
     q: pgq_nb.Queue, jobs: dict[str, list[int]], web: TestClient
 ) -> None:

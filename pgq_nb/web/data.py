@@ -41,6 +41,8 @@ class Overview:
     #: {minute: {status: jobs}} over the last THROUGHPUT_MINUTES, and whether the cap was hit
     per_minute: dict[dt.datetime, dict[str, int]]
     capped: bool
+    #: every entrypoint some queue or worker registered (the ``entrypoints`` table, small)
+    known: list[str] = dataclasses.field(default_factory=list)
 
     def total(self, status: str) -> int:
         return sum(by_status.get(status, 0) for by_status in self.counts.values())
@@ -51,7 +53,7 @@ class Overview:
 
     @property
     def entrypoints(self) -> list[str]:
-        return sorted(set(self.counts) | {f["entrypoint"] for f in self.limits})
+        return sorted(set(self.counts) | {f["entrypoint"] for f in self.limits} | set(self.known))
 
 
 async def _here(coro: Coroutine[Any, Any, T]) -> T:
@@ -83,6 +85,7 @@ async def overview(aio: AsyncQueue) -> Overview:
         limits=await aio.flow(),
         per_minute=per_minute,
         capped=rows[0]["seen"] >= THROUGHPUT_CAP,
+        known=[r["name"] for r in await fetch(aio, "known_entrypoints")],
     )
 
 
