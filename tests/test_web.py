@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 import pgq_nb
 from pgq_nb.errors import ConfigurationError
 from pgq_nb.web.app import create_app
-from pgq_nb.web.auth import local_path
+from pgq_nb.web.auth import local_path, same_origin
 from pgq_nb.web.config import WebConfig, build_config, is_loopback, read_token_file
 from tests.conftest import REPO
 from tests.test_dashboard import make_jobs
@@ -443,6 +443,22 @@ def test_the_web_layer_is_lean_and_the_core_does_not_load_it() -> None:
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert done.stdout.strip().splitlines()[-1] == "[[], []]"
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "same"),
+    [
+        (None, "127.0.0.1:8080", True),
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", True),
+        ("https://dash.example", "dash.example", True),
+        ("https://evil.example", "dash.example", False),
+        ("http://127.0.0.1:9999", "127.0.0.1:8080", False),
+        ("null", "127.0.0.1:8080", False),
+        ("http://127.0.0.1:8080", None, False),
+    ],
+)
+def test_same_origin(origin: str | None, host: str | None, same: bool) -> None:
+    assert same_origin(origin, host) is same
 
 
 @pytest.mark.parametrize(

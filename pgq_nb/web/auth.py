@@ -161,8 +161,12 @@ def local_path(target: str | None) -> str:
     return target
 
 
-def same_origin(origin: str | None, scheme: str, host_header: str | None) -> bool:
-    """Whether a browser's ``Origin`` header (when it sent one) is this site."""
+def same_origin(origin: str | None, host_header: str | None) -> bool:
+    """Whether a browser's ``Origin`` header (when it sent one) names this site's host and
+    port. The scheme is not compared: behind a proxy that ends TLS, the browser's https is
+    plain http here."""
     if origin is None:
         return True
-    return origin == f"{scheme}://{host_header}"
+    if not host_header:
+        return False
+    return urlsplit(origin).netloc.lower() == host_header.lower()

@@ -169,7 +169,7 @@ class Guarded:
             session = self.auth.new_session(authed=bool(bearer) or not self.auth.login_required)
         if post:
             if not bearer and not same_origin(
-                request.headers.get("origin"), request.url.scheme, request.headers.get("host")
+                request.headers.get("origin"), request.headers.get("host")
             ):
                 raise Refused(
                     403,
