@@ -13,6 +13,7 @@ from benchmarks import (
     scenario_enqueue,
     scenario_flow,
     scenario_latency,
+    scenario_metrics,
     scenario_stats,
     scenario_sustained,
     scenario_web,
@@ -65,6 +66,12 @@ SCENARIOS: dict[str, Scenario] = {
             "the claim statement with a big backlog against 10,000 queued",
         ),
         Scenario("stats", scenario_stats.run, False, "q.stats() over a long history"),
+        Scenario(
+            "metrics",
+            scenario_metrics.run,
+            False,
+            "one Prometheus scrape (pgq_nb.metrics.render) over a long history",
+        ),
         Scenario(
             "web",
             scenario_web.run,

@@ -12,8 +12,9 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
-from pgq_nb import runtime
+from pgq_nb import cli_schedules, runtime
 from pgq_nb.cli_admin import (
     cmd_cancel,
     cmd_db,
@@ -21,7 +22,6 @@ from pgq_nb.cli_admin import (
     cmd_install,
     cmd_pause,
     cmd_requeue,
-    cmd_schedules,
     cmd_status,
     cmd_uninstall,
     cmd_upgrade,
@@ -93,17 +93,33 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.environ["PGQ_NB_DSN"] = args.dsn
     if args.schema:
         os.environ["PGQ_NB_SCHEMA"] = args.schema
+    if args.metrics_host is not None and args.metrics_port is None:
+        raise ConfigurationError(
+            "--metrics-host needs --metrics-port: give the port to serve /metrics and /healthz on"
+        )
+    if args.metrics_port is not None:
+        # prometheus_client only now, and before the user's module; pgq_nb.metrics first:
+        # without the package it raises a ConfigurationError naming the extra
+        from pgq_nb import metrics, metrics_http  # noqa: F401
     queue = load_queue(args.target)
     entrypoints = args.entrypoints.split(",") if args.entrypoints else None
-    worker = Worker(
-        queue,
-        concurrency=args.concurrency,
-        entrypoints=entrypoints,
-        batch_size=args.batch_size,
-        grace_period=args.grace_period,
-        process_exits=True,
-    )
+    options: dict[str, Any] = {
+        "concurrency": args.concurrency,
+        "entrypoints": entrypoints,
+        "batch_size": args.batch_size,
+        "grace_period": args.grace_period,
+        "process_exits": True,
+    }
     loop = runtime.loop()
+    worker: Worker
+    server = None
+    if args.metrics_port is None:
+        worker = Worker(queue, **options)
+    else:
+        worker = metrics_http.metered_worker(queue, **options)
+        server = metrics_http.MetricsServer(worker)
+        host = args.metrics_host or "127.0.0.1"
+        asyncio.run_coroutine_threadsafe(server.start(host, args.metrics_port), loop).result()
     future = asyncio.run_coroutine_threadsafe(worker.run(), loop)
     signals = 0
 
@@ -136,6 +152,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             break
         except concurrent.futures.TimeoutError:
             continue
+    if server is not None:
+        loop.call_soon_threadsafe(server.close)
     summary = (
         f"{stats.succeeded} succeeded, {stats.failed} failed, {stats.interrupted} went back to "
         "the queue"
@@ -163,6 +181,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     summary = demo.run_demo(args.dsn, schema=args.schema or "pgq_nb_demo")
     return 0 if summary.ok else 1
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port; give a number 1-65535")
+    return port
 
 
 def cmd_web(args: argparse.Namespace) -> int:
@@ -229,9 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("--entrypoint", help="every failed job of this entrypoint")
     requeue.add_argument("--all", action="store_true", help="every failed job")
     requeue.set_defaults(func=cmd_requeue)
-    sub.add_parser("schedules", help="cron schedules: next and last run, status").set_defaults(
-        func=cmd_schedules
-    )
+    cli_schedules.add_parsers(sub)
     cancel = sub.add_parser("cancel", help="cancel jobs (queued at once, running ones asked)")
     cancel.add_argument("ids", nargs="+", type=int, help="job ids")
     cancel.set_defaults(func=cmd_cancel)
@@ -258,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds running jobs get to finish on SIGINT/SIGTERM (default 30)",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus /metrics and /healthz on this port (needs pgq_nb[metrics])",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        metavar="ADDRESS",
+        help="address to serve them on (default 127.0.0.1; any other lets whoever reaches it "
+        "read entrypoint names and job counts)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     web = sub.add_parser("web", help="the dashboard in a browser (pip install 'pgq_nb[web]')")
@@ -267,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default "
         "127.0.0.1; any other needs PGQ_NB_WEB_TOKEN or --token-file)",
     )
-    web.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
+    web.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080)")
     web.add_argument(
         "--read-only", action="store_true", help="no actions: no requeue, pause, cancel or run-now"
     )

@@ -255,7 +255,10 @@ def cmd_pause(args: argparse.Namespace) -> int:
 def cmd_schedules(args: argparse.Namespace) -> int:
     listed = queue_for(args, install=False).schedule_list()
     if not listed:
-        print("no schedules yet (they are stored when a worker with @q.schedule handlers starts)")
+        print(
+            "no schedules yet: `pgq-nb schedules add NAME CRON --entrypoint E` adds one (an "
+            "@q.schedule one is stored when a worker that has it starts)"
+        )
         return 0
 
     def when(value: Any) -> str:
@@ -264,6 +267,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     rows = [
         [
             s["name"],
+            s["entrypoint"],
             s["expression"],
             s["tz"],
             when(s["next_run"]),
@@ -278,6 +282,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         text_table(
             [
                 "schedule",
+                "entrypoint",
                 "expression",
                 "tz",
                 "next run (UTC)",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import dataclasses
 import json
 import logging
 import random
@@ -104,17 +106,22 @@ def translate_errors(dsn: str) -> Iterator[None]:
         ) from None
 
 
+#: What to do about a server with no free connection slot (at connect and at query time).
+NO_FREE_SLOT_ADVICE = (
+    "If this persists: raise max_connections on the server (PGQ_NB_MAX_CONNECTIONS for the "
+    "embedded one) or the role's CONNECTION LIMIT, lower the pool sizes and worker "
+    "concurrency (pgq-nb worker --concurrency, fewer worker processes), or stop idle "
+    "clients (see pg_stat_activity)"
+)
+
+
 def _gave_up(dsn: str, exc: BaseException, attempts: int, seconds: float) -> str:
     where = describe_dsn(dsn)
     tried = f"{attempts} attempt{'s' if attempts != 1 else ''} in {seconds:.0f} s"
     error = f"{exc.__class__.__name__}: {exc}"
     if isinstance(exc, asyncpg.exceptions.InsufficientResourcesError):
-        return (
-            f"Postgres at {where} has no free connection slot ({error}; {tried}). If this "
-            "persists: raise max_connections on the server (PGQ_NB_MAX_CONNECTIONS for the "
-            "embedded one) or the role's CONNECTION LIMIT, lower the pool sizes and worker "
-            "concurrency (pgq-nb worker --concurrency, fewer worker processes), or stop idle "
-            "clients (see pg_stat_activity)"
+        return f"Postgres at {where} has no free connection slot ({error}; {tried}). " + (
+            NO_FREE_SLOT_ADVICE
         )
     if isinstance(exc, asyncpg.exceptions.OperatorInterventionError):
         return (
@@ -184,10 +191,58 @@ async def reset_session(conn: asyncpg.Connection) -> None:
     await conn.execute(f"{default}\n{SESSION_SETUP}")
 
 
+@dataclasses.dataclass
+class Call:
+    """A public call under way (see :mod:`pgq_nb.query_errors`): whether it has taken a
+    connection from a pool yet, that is, whether anything of it may have reached the server."""
+
+    acquired: bool = False
+
+
+#: The public call this task works for, if any; every task it starts shares the record.
+CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar("pgq_nb_call", default=None)
+
+
+async def _note_acquire(conn: asyncpg.Connection) -> None:
+    """The pools' ``setup``, run at each acquire: the call under way has reached the server
+    (one context-variable look-up; no round trip)."""
+    call = CALL.get()
+    if call is not None:
+        call.acquired = True
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # Results (jsonb) come back decoded.
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     await conn.execute(SESSION_SETUP)
+
+
+async def _open_pool(dsn: str, max_size: int) -> asyncpg.Pool:
+    """A new pool for ``dsn``, its server's version checked. ``min_size=0``: asyncpg keeps no
+    floor of connections, so while the server is down it does not log a traceback every few
+    seconds from a background task trying to restore one (asyncpg 0.32); the connection the
+    check opens stays in the pool for the first call."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=max_size,
+        timeout=10,
+        init=_init_connection,
+        setup=_note_acquire,
+        connection_class=PoolConnection,
+    )
+    try:
+        version = await pool.fetchval("SELECT current_setting('server_version_num')::int")
+    except BaseException:
+        await pool.close()
+        raise
+    if version < MIN_SERVER_VERSION:
+        await pool.close()
+        raise DatabaseUnavailableError(
+            f"Postgres at {describe_dsn(dsn)} is version {version // 10000}; pgq_nb needs "
+            "14 or newer"
+        )
+    return pool
 
 
 async def get_pool(dsn: str, *, max_size: int = 10, retry_for: float | None = None) -> asyncpg.Pool:
@@ -203,26 +258,8 @@ async def get_pool(dsn: str, *, max_size: int = 10, retry_for: float | None = No
         if pool is not None and not pool.is_closing():
             return pool
         pool = await _connecting(
-            dsn,
-            lambda: asyncpg.create_pool(
-                dsn,
-                min_size=1,
-                max_size=max_size,
-                timeout=10,
-                init=_init_connection,
-                connection_class=PoolConnection,
-            ),
-            "opening the connection pool",
-            retry_for,
+            dsn, lambda: _open_pool(dsn, max_size), "opening the connection pool", retry_for
         )
-        assert pool is not None
-        version = await pool.fetchval("SELECT current_setting('server_version_num')::int")
-        if version < MIN_SERVER_VERSION:
-            await pool.close()
-            raise DatabaseUnavailableError(
-                f"Postgres at {describe_dsn(dsn)} is version {version // 10000}; pgq_nb needs "
-                "14 or newer"
-            )
         _pools[dsn] = pool
         return pool
 

@@ -16,8 +16,9 @@
     └── JobNotFoundError          no job with that id
 
 Every message says what went wrong and what to do about it. Failures to connect are translated
-in :mod:`pgq_nb.db` (``translate_errors``, and the retrying connect); errors a worker meets later
-are sorted there too, into transient ones (``db.TRANSIENT_ERRORS``, retried) and the rest.
+in :mod:`pgq_nb.db` (``translate_errors``, and the retrying connect); connection failures of a
+public call later, in :mod:`pgq_nb.query_errors`; errors a worker meets later are sorted in
+:mod:`pgq_nb.db`, into transient ones (``db.TRANSIENT_ERRORS``, retried) and the rest.
 Two helpers build parts of messages: :func:`article` ("an Interval") and :func:`did_you_mean`.
 """
 

@@ -29,9 +29,11 @@ from pgq_nb.workflow_run import WorkflowRun
 class WorkerHandle:
     """A worker running in the background of this process (see ``Queue.start_worker``)."""
 
-    def __init__(self, worker: Worker, future: Any) -> None:
+    def __init__(self, worker: Worker, future: Any, arguments: tuple[Any, ...] = ()) -> None:
         self.worker = worker
         self._future = future
+        self.arguments = arguments  # what start_worker was given (see Queue.start_worker)
+        self.started = dt.datetime.now(dt.UTC)
 
     @property
     def running(self) -> bool:
@@ -53,6 +55,10 @@ class WorkerHandle:
         return f"<WorkerHandle {state} {self.worker.stats}>"
 
 
+#: Every background worker start_worker() started in this process (of any Queue), oldest first.
+_BACKGROUND: list[WorkerHandle] = []
+
+
 class Queue:
     """A pgq_nb queue, for notebooks and scripts: every method blocks until it is done.
 
@@ -61,6 +67,7 @@ class Queue:
 
     def __init__(self, aio: AsyncQueue) -> None:
         self.aio = aio
+        self._background: list[WorkerHandle] = []  # started by start_worker, oldest first
 
     @property
     def schema(self) -> str:
@@ -92,6 +99,11 @@ class Queue:
     pause_schedule = runtime.blocking(AsyncQueue.pause_schedule)
     resume_schedule = runtime.blocking(AsyncQueue.resume_schedule)
     run_schedule_now = runtime.blocking(AsyncQueue.run_schedule_now)
+    add_schedule = runtime.blocking(AsyncQueue.add_schedule)
+    update_schedule = runtime.blocking(AsyncQueue.update_schedule)
+    remove_schedule = runtime.blocking(AsyncQueue.remove_schedule)
+    backfill = runtime.blocking(AsyncQueue.backfill)
+    schedule_preview = runtime.blocking(AsyncQueue.schedule_preview)
     requeue_failed = runtime.blocking(AsyncQueue.requeue_failed)
     pause = runtime.blocking(AsyncQueue.pause)
     resume = runtime.blocking(AsyncQueue.resume)
@@ -114,17 +126,39 @@ class Queue:
         """Run a worker in the background of this process; returns a handle with ``.stop()``.
 
         Cells keep running while it works; it stops when the kernel does. Without
-        ``entrypoints=`` it serves the registry as it grows: a handler or schedule defined in a
-        later cell is registered and served within a second, and a re-defined handler's new
-        body is used (with ``entrypoints=``: those only). It warns, in one
-        line (see :mod:`pgq_nb.worker_notices`), of queued jobs no handler here and no live
-        worker serves (``JobsWithoutHandler``, when it starts), and of jobs that failed for
-        good (``JobsFailed``, a second after a failure).
+        ``entrypoints=`` it serves the registry as it grows, and may start before the first
+        handler is defined: a handler or schedule defined in a later cell is registered and
+        served within a second, and a re-defined handler's new body is used (with
+        ``entrypoints=``: those only, which must be defined already).
+
+        Called again while a background worker it started with the same arguments runs (a
+        re-run cell), it returns that worker rather than start a second, which would never be
+        needed: the running one already serves what was defined since. With other arguments
+        it starts one more. Either way it says so in one line (``WorkerAlreadyRunning``);
+        :meth:`background_workers` lists the running ones, to stop one whose handle is lost.
+
+        It warns, in one line (see :mod:`pgq_nb.worker_notices`), of queued jobs no handler
+        here and no live worker serves (``JobsWithoutHandler``, when it starts), and of jobs
+        that failed for good (``JobsFailed``, a second after a failure).
         """
+        arguments = (concurrency, None if entrypoints is None else [*entrypoints], grace_period)
+        self._replace_earlier_queues_workers()
+        running = self.background_workers()
+        for handle in running:
+            if handle.arguments == arguments:
+                notices.say(notices.WorkerAlreadyRunning(_already(handle, returned=True)))
+                return handle
         worker = Worker(
-            self.aio, concurrency=concurrency, entrypoints=entrypoints, grace_period=grace_period
+            self.aio,
+            concurrency=concurrency,
+            entrypoints=entrypoints,
+            grace_period=grace_period,
+            waits_for_handlers=True,
         )
         notices.tell_failed_in_background(worker.failures)
+        if running:
+            line = _already(running[0], returned=False, others=len(running))
+            notices.say(notices.WorkerAlreadyRunning(line))
         if not runtime.in_loop_thread():  # (from the loop, waiting for the count would deadlock)
             runtime.run_sync(
                 notices.tell_unserved(
@@ -132,7 +166,41 @@ class Queue:
                 )
             )
         future = asyncio.run_coroutine_threadsafe(worker.run(), runtime.loop())
-        return WorkerHandle(worker, future)
+        handle = WorkerHandle(worker, future, arguments)
+        self._background.append(handle)
+        _BACKGROUND.append(handle)
+        return handle
+
+    def _replace_earlier_queues_workers(self) -> None:
+        """Stop (without waiting) the background workers that an earlier Queue of this DSN and
+        schema started in this process and that serve some of the same handlers, or any when
+        this queue has none yet: ``pgq_nb.connect()`` was run again (a re-run notebook), and
+        that worker would go on running the old bodies next to this one. A worker of another
+        queue with other handlers is someone's deliberate second queue, and is left alone."""
+        _BACKGROUND[:] = [h for h in _BACKGROUND if h.running]
+        mine = set(self.aio.registry.handlers)
+        for handle in list(_BACKGROUND):
+            worker = handle.worker
+            if (
+                worker.registry is self.aio.registry
+                or worker.store.dsn != self.aio.dsn
+                or worker.store.settings.schema != self.schema
+                or (mine and not mine & set(worker.registry.handlers))
+            ):
+                continue
+            runtime.loop().call_soon_threadsafe(worker.request_stop)
+            settings = notices.worker_settings(*handle.arguments[:2])
+            started = handle.started.strftime("%H:%M:%S UTC")
+            running = len(worker._running)  # read from this thread: a count, a moment old
+            notices.say(
+                notices.WorkerAlreadyRunning(notices.replaced_message(started, settings, running))
+            )
+
+    def background_workers(self) -> list[WorkerHandle]:
+        """The workers :meth:`start_worker` started from this queue that still run, oldest
+        first: ``q.background_workers()[0].stop()`` stops one whose handle is lost."""
+        self._background = [h for h in self._background if h.running]
+        return list(self._background)
 
     @property
     def resources(self) -> Resources:
@@ -179,6 +247,14 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<pgq_nb.Queue {db.describe_dsn(self.aio.dsn)} schema={self.schema!r}>"
+
+
+def _already(handle: WorkerHandle, *, returned: bool, others: int = 1) -> str:
+    """The WorkerAlreadyRunning line about the running ``handle``."""
+    concurrency, entrypoints, _ = handle.arguments
+    settings = notices.worker_settings(concurrency, entrypoints)
+    started = handle.started.strftime("%H:%M:%S UTC")
+    return notices.already_running_message(settings, started, returned=returned, others=others)
 
 
 async def resolve_dsn(settings: Settings) -> str:

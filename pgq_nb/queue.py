@@ -15,13 +15,15 @@ from pgq_nb import worker_notices as notices
 from pgq_nb.config import Settings
 from pgq_nb.enqueue import ANALYZE_AFTER_ROWS as ANALYZE_AFTER_ROWS
 from pgq_nb.enqueue import Dedupe
-from pgq_nb.errors import JobNotFoundError
+from pgq_nb.errors import JobNotFoundError, UnknownEntrypointError
 from pgq_nb.models import check_int
 from pgq_nb.operations import Operations
+from pgq_nb.query_errors import guard_public_calls
 from pgq_nb.registry import EntrypointSpec as EntrypointSpec
 from pgq_nb.registry import H, Handler, Registry
 from pgq_nb.retry import RetryPolicy
 from pgq_nb.schedule.api import ScheduleMethods
+from pgq_nb.schedule.api_data import DataScheduleMethods
 from pgq_nb.store import Store
 from pgq_nb.transaction import AsyncTransaction
 from pgq_nb.views import Views
@@ -34,9 +36,12 @@ __all__ = ["ANALYZE_AFTER_ROWS", "AsyncQueue", "EntrypointSpec", "Handler"]
 F = TypeVar("F", bound=Callable[[], Any])
 
 
-class AsyncQueue(Operations, Views, ScheduleMethods):
+@guard_public_calls
+class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods):
     """The async API of a queue. Every coroutine runs on the pgq_nb loop whatever loop awaits
-    it, except with your own connection (``connection=``): then on that connection's loop."""
+    it, except with your own connection (``connection=``): then on that connection's loop.
+    A server gone since connect() raises DatabaseUnavailableError (the embedded one is started
+    again, and the call run once more when that is safe): see :mod:`pgq_nb.query_errors`."""
 
     def __init__(
         self, pool: asyncpg.Pool, dsn: str, settings: Settings, retry: RetryPolicy | None = None
@@ -233,6 +238,9 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
         ``wait_for_scheduled`` that it left because no handler here and no live worker serves
         their entrypoint (``JobsWithoutHandler``).
         """
+        if entrypoints is None and not self.registry.handlers:  # nothing could run
+            waiting = await notices.unserved(self.store, self.registry, wait_for_scheduled)
+            raise UnknownEntrypointError(notices.no_handlers_message(waiting))
         worker = Worker(
             self,
             concurrency=concurrency,

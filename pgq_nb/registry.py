@@ -113,10 +113,14 @@ class Registry:
 
         return register
 
-    def worker_specs(self, entrypoints: list[str] | None) -> dict[str, EntrypointSpec]:
-        """The specs a worker of ``entrypoints`` (None: every registered one) runs."""
+    def worker_specs(
+        self, entrypoints: list[str] | None, *, may_wait: bool = False
+    ) -> dict[str, EntrypointSpec]:
+        """The specs a worker of ``entrypoints`` (None: every registered one) runs.
+        ``may_wait``: a worker of every handler may start before there is one (it serves
+        them as they are registered); otherwise none is an error."""
         names = list(self.handlers) if entrypoints is None else list(entrypoints)
-        if not names:
+        if not names and not (may_wait and entrypoints is None):
             raise UnknownEntrypointError(
                 "this queue has no handlers; register one with @q.entrypoint('name') before "
                 "starting a worker"

@@ -180,7 +180,10 @@ class Views:
         """Delete finished jobs older than ``older_than`` (by their finish time), in bulk, and
         take them off the counters; returns how many went. Retention for long-lived queues."""
         if not isinstance(older_than, dt.timedelta) or older_than.total_seconds() < 0:
-            raise InvalidInputError("older_than must be a non-negative timedelta")
+            raise InvalidInputError(
+                "older_than must be a non-negative timedelta, for example "
+                f"q.purge_history(datetime.timedelta(days=30)) (got {older_than!r})"
+            )
         if older_than > MAX_DELAY:
             raise InvalidInputError(
                 "older_than is more than 1,000 years; nothing is that old (use a shorter span)"

@@ -68,7 +68,8 @@ class Worker(Claiming, Upkeep, Following, Stopping):
     """Runs the handlers of one queue. Use :meth:`run`; stop with :meth:`request_stop`.
 
     Without ``entrypoints`` it serves every handler of the queue's registry, those registered
-    after it started too (see :mod:`pgq_nb.worker_follow`)."""
+    after it started too (see :mod:`pgq_nb.worker_follow`), and ``waits_for_handlers`` lets
+    it start before the first one (it claims nothing until then)."""
 
     def __init__(
         self,
@@ -82,13 +83,15 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         stop_when_idle: bool = False,
         wait_for_scheduled: float = 60.0,
         process_exits: bool = False,
+        waits_for_handlers: bool = False,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError("concurrency must be a positive int")
         registry = queue.registry
         self._generation = registry.generation  # read first: a later change is seen
         self._follows = entrypoints is None
-        self.specs: dict[str, EntrypointSpec] = registry.worker_specs(entrypoints)
+        self.specs: dict[str, EntrypointSpec]
+        self.specs = registry.worker_specs(entrypoints, may_wait=waits_for_handlers)
         self.store = queue.store
         self.registry = registry
         self.concurrency = concurrency
@@ -140,11 +143,11 @@ class Worker(Claiming, Upkeep, Following, Stopping):
             "flush": asyncio.create_task(self._flush_loop(), name="pgq_nb-flush"),
             "heartbeat": asyncio.create_task(self._heartbeat_loop(), name="pgq_nb-heartbeat"),
         }
-        if self._schedules or self._follows:
-            background["scheduler"] = asyncio.create_task(
-                run_scheduler(self.store, lambda: [s.name for s in self._schedules]),
-                name="pgq_nb-scheduler",
-            )
+        # every worker fires the schedules of the entrypoints it serves: @q.schedule ones and
+        # those added with q.add_schedule, at any time, from anywhere
+        background["scheduler"] = asyncio.create_task(
+            run_scheduler(self.store, lambda: list(self.specs)), name="pgq_nb-scheduler"
+        )
         tasks = [*background.values()]
         claiming = asyncio.create_task(self._claim_loop(), name="pgq_nb-claim")
         cancelled = False

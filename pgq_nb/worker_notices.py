@@ -14,7 +14,10 @@ silences them):
 - :class:`JobsFailed`: jobs this worker failed for good, with the first error of each
   entrypoint, and where to look (``q.failed()``). ``run_until_idle`` says it when it stops;
   a background worker a second after a failure (the failures of that second together), and
-  its ``stop()`` what is left.
+  its ``stop()`` what is left;
+- :class:`WorkerAlreadyRunning`: ``start_worker`` was called while a background worker it
+  started from the same queue still runs (a re-run cell): with the same arguments it returns
+  that worker, otherwise it starts one more, and says how to stop the other.
 
 Each is said once per call, every call: they bypass the warnings registry, which would
 otherwise show the same text only once per place. ``pgq-nb worker`` processes say neither:
@@ -65,6 +68,10 @@ class JobsFailed(WorkerWarning):
         super().__init__(message)
         #: entrypoint -> (jobs that failed for good, the first one's error)
         self.failed = failed
+
+
+class WorkerAlreadyRunning(WorkerWarning):
+    """start_worker() while a background worker started from the same queue still runs."""
 
 
 def say(warning: WorkerWarning) -> None:
@@ -206,3 +213,59 @@ async def tell_rest(failures: Failures) -> None:
     """At a background worker's stop: say the failures not told yet (on the loop, so never
     twice with the timer of :func:`tell_failed_in_background`)."""
     tell_failed(failures, background=True)
+
+
+# -- a background worker already running -----------------------------------------------------
+
+
+def worker_settings(concurrency: int, entrypoints: list[str] | None) -> str:
+    """How a line names a background worker: its concurrency and what it serves."""
+    serves = "every handler" if entrypoints is None else f"entrypoints={entrypoints!r}"
+    return f"concurrency={concurrency}, {serves}"
+
+
+def already_running_message(settings: str, started: str, *, returned: bool, others: int) -> str:
+    """The line of :class:`WorkerAlreadyRunning` about a running worker (the oldest, if
+    several). ``returned``: start_worker returned it (same arguments); else it started one
+    more, next to ``others`` running."""
+    if returned:
+        return (
+            f"a background worker of this queue is already running (started {started}, "
+            f"{settings}); start_worker() returned it rather than start a second: it already "
+            "runs handlers defined since, and their new bodies; to restart it, call its "
+            ".stop() first"
+        )
+    running = "1 other background worker" if others == 1 else f"{others} other background workers"
+    oldest = "" if others == 1 else "the oldest "
+    return (
+        f"{running} of this queue still running ({oldest}started {started}, {settings}), "
+        "next to the one just started; if the new one replaces it, stop it: "
+        "q.background_workers()[0].stop() (they are listed oldest first)"
+    )
+
+
+def replaced_message(started: str, settings: str, running: int) -> str:
+    """The line of :class:`WorkerAlreadyRunning` when start_worker() stopped a background
+    worker of an earlier queue of this schema (``pgq_nb.connect()`` run again)."""
+    jobs = "" if not running else f"; it finishes its {_jobs(running)} running first"
+    return (
+        f"stopped the background worker started {started} ({settings}) from an earlier "
+        "pgq_nb.connect() to this schema: it ran that queue's handlers, with the bodies they "
+        f"had then, and this worker runs this queue's{jobs}"
+    )
+
+
+def no_handlers_message(waiting: Mapping[str, int]) -> str:
+    """The UnknownEntrypointError of run_until_idle() without any handler here: the queued
+    jobs that wait for one, if any."""
+    base = "this queue has no handlers in this process"
+    if not waiting:
+        return f"{base}; register one with @q.entrypoint('name') before starting a worker"
+    names = sorted(waiting)
+    listed = ", ".join(f"{n!r} ({waiting[n]})" for n in names[:NAMED]) + _more(len(names))
+    handler = "the handler" if len(names) == 1 else "the handlers"
+    return (
+        f"{base}, and {_jobs(sum(waiting.values()))} wait for one: {listed}; define {handler} "
+        f"with @q.entrypoint({names[0]!r}) here (in a notebook: run the cell that defines it), "
+        "then call run_until_idle() again"
+    )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError, did_you_mean
 from pgq_nb.models import check_int, check_text, encode_payload, refuse_frame
+from pgq_nb.query_errors import guarded
 
 if TYPE_CHECKING:
     from pgq_nb.registry import Registry
@@ -220,6 +221,7 @@ class WorkflowBuilder:
             ) from None
         return sorted(edges)
 
+    @guarded("submit")
     async def _submit(self, connection: Any = None) -> int:
         """Validate and write the whole workflow in one transaction; return its id."""
         if not self._nodes:

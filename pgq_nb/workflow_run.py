@@ -9,6 +9,7 @@ from pgq_nb import runtime
 from pgq_nb.errors import JobNotFoundError
 from pgq_nb.models import FINAL_STATUSES, STATUSES
 from pgq_nb.operations import cancel_jobs
+from pgq_nb.query_errors import guard_public_calls
 from pgq_nb.waiting import wait_until
 from pgq_nb.workflow_state import group_results
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from pgq_nb.store import Store
 
 
+@guard_public_calls
 class AsyncWorkflowRun:
     """A workflow run, for async code. Get one from ``await wf.submit()`` or
     ``await q.aio.workflow_run(id)``."""

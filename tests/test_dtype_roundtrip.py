@@ -18,6 +18,7 @@ import pytest
 import pgq_nb
 from pgq_nb import runtime
 from pgq_nb.enqueue import DuplicatesSkipped
+from pgq_nb.notebook import frames
 from tests.conftest import REPO, SCHEMA
 
 ECHO = "dtype_echo"
@@ -359,3 +360,119 @@ def _through_json(series: pd.Series) -> pd.Series:
 )
 def test_each_dtype_through_json(series: pd.Series) -> None:
     pd.testing.assert_series_equal(_through_json(series), series)
+
+
+def test_a_payload_key_job_id_never_hides_the_job_id(q: pgq_nb.Queue) -> None:
+    """``job_id`` is always the job's id (a payload column ``job_id`` used to overwrite it, and
+    rows of other batches lost theirs): the payload's is ``job_id_payload``, typed as sent."""
+
+    @q.entrypoint("ids_in_payload")
+    def handler(job: pgq_nb.Job) -> dict[str, Any]:
+        return {"ok": 1, "job_id": -1}
+
+    other = q.enqueue("ids_in_payload", {"status": "theirs"})
+    df = pd.DataFrame({"job_id": [-7], "ok": [5], "status": ["mine"]})
+    ids = q.enqueue_df("ids_in_payload", df)
+    q.run_until_idle()
+
+    mine = q.results("ids_in_payload", ids=list(ids))
+    assert list(mine.columns) == [
+        "job_id", "job_id_payload", "ok", "status", "ok_result", "job_id_result"
+    ]  # fmt: skip
+    assert mine["job_id"].tolist() == [int(ids[0])]
+    assert mine["job_id_payload"].dtype == "int64" and mine["job_id_payload"].tolist() == [-7]
+    assert mine["job_id_result"].tolist() == [-1]
+
+    both = q.results("ids_in_payload")
+    assert both["job_id"].tolist() == [other, int(ids[0])]
+    assert both["job_id_payload"].isna().tolist() == [True, False]
+    assert both["status"].tolist() == ["theirs", "mine"]
+    # the README's join back to the enqueued frame
+    joined = df.assign(job_id=ids).merge(both[["job_id", "ok_result"]], on="job_id")
+    assert joined[["ok", "ok_result"]].values.tolist() == [[5, 1]]
+
+    raw = q.results("ids_in_payload", ids=list(ids), expand=False)
+    assert raw["job_id"].tolist() == [int(ids[0])]
+    assert raw.loc[0, "payload"] == {"job_id": -7, "ok": 5, "status": "mine"}
+
+
+def test_a_payload_key_named_like_the_renamed_job_id_is_kept_too(q: pgq_nb.Queue) -> None:
+    _echo(q)
+    ids = q.enqueue_df(ECHO, pd.DataFrame({"job_id": [1], "job_id_payload": [2]}))
+    q.run_until_idle()
+    back = q.results(ECHO, ids=list(ids))
+    assert back["job_id_payload_payload"].tolist() == [1] and back["job_id_payload"].tolist() == [2]
+    assert back.loc[0, "job_id"] == ids[0]
+
+
+def _recorded(q: pgq_nb.Queue) -> int:
+    async def run() -> int:
+        n: int = await q.aio.pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.payload_dtypes")
+        return n
+
+    return runtime.run_sync(run())
+
+
+def test_purge_forgets_dtypes_of_emptied_batches_behind_a_waiting_job(q: pgq_nb.Queue) -> None:
+    """One job waiting (a future execute_after) used to keep every later batch's dtypes for
+    ever: only batches below the lowest id left were forgotten."""
+    _echo(q)
+    q.enqueue(ECHO, {"v": 0}, execute_after=dt.timedelta(days=30))
+    for i in range(200):
+        q.enqueue_df(ECHO, pd.DataFrame({"v": [i, i + 1]}), progress=False)
+    q.run_until_idle(wait_for_scheduled=1)
+    kept = q.enqueue_df(ECHO, pd.DataFrame({"v": [Decimal("2.50")]}), progress=False)
+    assert _recorded(q) == 201
+    assert q.purge_history(dt.timedelta(0)) == 400
+    assert _recorded(q) == 1  # the batch whose job is still queued keeps its dtypes
+    q.run_until_idle(wait_for_scheduled=1)
+    assert q.results(ECHO, ids=kept.tolist())["v"].tolist() == [Decimal("2.50")]
+
+
+def test_purge_keeps_a_batch_while_any_of_its_ranges_has_a_job_left(
+    q: pgq_nb.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch one of whose jobs is purged and one still queued keeps its dtypes, and so does a
+    batch of several id ranges whose only job left is in its last range; the walk goes one
+    batch per statement here, so that it has to go on from where a statement stopped."""
+    monkeypatch.setattr(frames, "PURGE_DTYPES_BATCH", 1, raising=False)
+    _echo(q)
+    q.enqueue(ECHO, {"v": 0}, execute_after=dt.timedelta(days=30))
+    q.enqueue_df(ECHO, pd.DataFrame({"v": [Decimal("1")] * 3}), progress=False)  # all gone
+    later = pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=30)
+    partly = q.enqueue_df(
+        ECHO,
+        pd.DataFrame({"v": [Decimal("3"), Decimal("4")], "at": [pd.NaT, later]}),
+        execute_after="at",
+        columns=["v"],
+        progress=False,
+    )
+    alone = q.enqueue_df(ECHO, pd.DataFrame({"v": [Decimal("5")]}), progress=False)
+    q.run_until_idle(wait_for_scheduled=1)
+    last = int(partly.iloc[-1])
+
+    async def sql(statement: str, *args: Any) -> Any:
+        return await q.aio.pool.fetch(statement, *args)
+
+    # a record of two ranges, the first of ids no job ever had, the second holding `last`
+    runtime.run_sync(
+        sql(
+            f"INSERT INTO {SCHEMA}.payload_dtypes (entrypoint, job_ids, dtypes) "
+            "SELECT $1, int8multirange(int8range(-10, -5), int8range($2::bigint, $2::bigint + 1)), "
+            "dtypes "
+            f"FROM {SCHEMA}.payload_dtypes WHERE job_ids @> $3::bigint",
+            ECHO,
+            last,
+            int(alone.iloc[0]),
+        )
+    )
+    assert _recorded(q) == 4
+    assert q.purge_history(dt.timedelta(0)) == 5  # three, one of `partly`, `alone`
+    left = runtime.run_sync(sql(f"SELECT job_ids::text AS r FROM {SCHEMA}.payload_dtypes"))
+    assert sorted(row["r"] for row in left) == sorted(
+        [f"{{[{int(partly.iloc[0])},{last + 1})}}", f"{{[-10,-5),[{last},{last + 1})}}"]
+    )
+    runtime.run_sync(sql(f"UPDATE {SCHEMA}.jobs SET execute_after = now() WHERE id = $1", last))
+    q.run_until_idle(wait_for_scheduled=1)
+    back = q.results(ECHO, ids=[last])
+    assert back["v"].tolist() == [Decimal("4")] and back["v"].dtype == object

@@ -89,6 +89,9 @@ class Ctx:
 
 Table = dict[str, Callable[[Ctx], Args]]
 
+#: The range the parity table backfills: two ticks of a yearly schedule.
+YEARS = (dt.datetime(2024, 1, 1, tzinfo=dt.UTC), dt.datetime(2025, 6, 1, tzinfo=dt.UTC))
+
 #: Every public coroutine of AsyncQueue, in the order they are awaited.
 QUEUE_CALLS: Table = {
     "install": lambda c: a(),
@@ -109,6 +112,11 @@ QUEUE_CALLS: Table = {
     "pause_schedule": lambda c: a("tick"),
     "resume_schedule": lambda c: a("tick"),
     "run_schedule_now": lambda c: a("tick"),
+    "add_schedule": lambda c: a("yearly", "0 0 1 1 *", entrypoint="noop", payload={"n": 1}),
+    "update_schedule": lambda c: a("yearly", payload={"n": "yearly"}),
+    "schedule_preview": lambda c: a("yearly", days=366),
+    "backfill": lambda c: a("yearly", YEARS[0], YEARS[1], progress=False),
+    "remove_schedule": lambda c: a("yearly"),
     "run_until_idle": lambda c: a(concurrency=4, timeout=60),
     "wait": lambda c: a([c.done["enqueue"], *c.done["enqueue_df"]], timeout=30),
     "worker_list": lambda c: a(),
@@ -315,6 +323,8 @@ def test_every_coroutine_awaits_from_a_foreign_loop(ctx: Ctx, q: pgq_nb.Queue) -
     assert done["cancel"] == {ctx.boom_id: "cancelled"}
     assert len(done["enqueue_df"]) == len(ctx.frame)
     assert isinstance(done["run_schedule_now"], int)
+    assert len(done["schedule_preview"]) >= 1  # a yearly tick in any 366 days
+    assert list(done["backfill"]["enqueued"]) == [True, True]
     assert run_done["wait"] == run_done["state"] == "succeeded"
     assert run_done["results"] == {"noop": {"n": "wf"}}
     assert (run_done["retry"], run_done["cancel"]) == (0, 0)

@@ -16,6 +16,8 @@ import pgq_nb
 from tests.conftest import APPS, REPO, start_worker_process
 
 NOTEBOOK_STACK = ["pandas", "ipywidgets", "IPython", "tqdm", "matplotlib", "pgq_nb.notebook"]
+#: the metrics extra: loaded by `pgq-nb worker --metrics-port` only (and by pgq-nb web)
+METRICS = ["prometheus_client", "pgq_nb.metrics"]
 
 PROBE_APP = '''
 """Writes the worker process's sys.modules to LEAN_PROBE_OUT when its job runs."""
@@ -41,7 +43,7 @@ def _loaded_after(code: str) -> list[str]:
     """The notebook-stack modules in sys.modules after running ``code`` in a new interpreter."""
     probe = (
         f"{code}\nimport json, sys\n"
-        f"print(json.dumps([m for m in {NOTEBOOK_STACK!r} if m in sys.modules]))"
+        f"print(json.dumps([m for m in {[*NOTEBOOK_STACK, *METRICS]!r} if m in sys.modules]))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
@@ -89,4 +91,4 @@ def test_a_worker_process_loads_no_notebook_stack(
             process.wait()
     modules = set(json.loads(out.read_text()))
     assert "pgq_nb.worker" in modules  # it is the worker's own sys.modules
-    assert [m for m in NOTEBOOK_STACK if m in modules] == []
+    assert [m for m in [*NOTEBOOK_STACK, *METRICS] if m in modules] == []

@@ -58,7 +58,13 @@ def test_did_you_mean_names_the_close_known_names(
 
 @pytest.mark.parametrize(
     ("value", "said"),
-    [(object(), "an object has no JSON form"), (pd.Interval(0, 1), "an Interval has no JSON form")],
+    [
+        (object(), "an object has no JSON form"),
+        (pd.Interval(0, 1), "an Interval has no JSON form"),
+        (object(), "df['c'].astype(str)"),
+        # astype(str) would store "b'ab'": bytes are decoded (or base64-encoded)
+        (b"ab", "df['c'].str.decode('utf-8') for text, or base64 for binary data"),
+    ],
 )
 def test_a_column_value_without_json_form_is_named_with_its_article(
     value: object, said: str

@@ -457,6 +457,9 @@ def test_prune_ticks_keeps_each_schedules_newest(q: pgq_nb.Queue) -> None:
     set_next_run(q, "report", at("2020-01-01T11:00Z"))
     fire(q, "report", now=at("2020-01-01T11:35Z"))
     assert len(ticks(q)) == 4
+    # a tick is forgotten by when it was fired (a backfilled old tick is remembered a week too)
+    assert run(database.prune_ticks(q.aio.pool, q.aio.queries, dt.timedelta(days=1))) == 0
+    execute(q, f"UPDATE {SCHEMA}.schedule_ticks SET fired = fire_time")
     assert run(database.prune_ticks(q.aio.pool, q.aio.queries, dt.timedelta(days=1))) == 3
     assert [t["fire_time"] for t in ticks(q)] == [at("2020-01-01T11:30Z")]
     assert run(database.prune_ticks(q.aio.pool, q.aio.queries)) == 0

@@ -218,6 +218,9 @@ def test_history_beyond_its_default_cap_warns_how_many_it_left_out(q: pgq_nb.Que
     )
     message = str(warning)
     assert "the newest 10,000 of 15,174 finished jobs (5,174 left out)" in message
+    # said as from pgq_nb, not from a library file and line (one line under the cell)
+    (record,) = caught.list
+    assert (record.filename, record.lineno) == ("pgq_nb", 0)
     assert "limit=None" in message and "q.stats()" in message
     with pytest.warns(ViewTruncated, match="5,174 left out"):
         q.history()  # again: a second call leaves them out too, and says so again
@@ -233,6 +236,22 @@ def test_history_beyond_its_default_cap_warns_how_many_it_left_out(q: pgq_nb.Que
         assert len(q.jobs()) == 0
     assert q.stats(since="1h").loc["convert", "cancelled"] == 15_174
     assert q.stats().loc["convert", "cancelled"] == 15_174
+
+
+@pytest.mark.parametrize("view", ["stats", "history"])
+def test_an_empty_span_is_refused_not_counted_as_zero(q: pgq_nb.Queue, view: str) -> None:
+    q.entrypoint("convert")(lambda job: None)
+    q.enqueue("convert")
+    q.run_until_idle()
+    call = getattr(q, view)
+    with pytest.raises(
+        pgq_nb.InvalidInputError, match=r'is not after since=.*since="2h", until="1h"'
+    ):
+        call(since="1h", until="2h")  # an hour that ends before it starts
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    with pytest.raises(pgq_nb.InvalidInputError, match="the span is empty"):
+        call(since=start, until=start)
+    assert len(call(since="2h", until=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1))) == 1
 
 
 def test_failed_and_workflows_warn_when_their_default_cap_leaves_rows_out(

@@ -146,6 +146,20 @@ def since_time(since: object, name: str = "since") -> dt.datetime | None:
     return dt.datetime.now(dt.UTC) - start if isinstance(start, dt.timedelta) else start
 
 
+def time_span(since: object, until: object) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """``since`` and ``until`` as :func:`since_time` reads them; InvalidInputError when the
+    span is empty (``until`` at or before ``since``): a duration counts back from now, so
+    ``since="1h", until="2h"`` is an hour that ends before it starts."""
+    start, end = since_time(since), since_time(until, "until")
+    if start is not None and end is not None and end <= start:
+        raise InvalidInputError(
+            f"until= ({end:%Y-%m-%d %H:%M:%S %Z}) is not after since= "
+            f"({start:%Y-%m-%d %H:%M:%S %Z}): the span is empty; a duration counts back from "
+            'now, so the last hour but one is since="2h", until="1h"'
+        )
+    return start, end
+
+
 def parse_time_text(text: str, name: str = "since") -> dt.timedelta | dt.datetime:
     """A duration ("15min", "1h", "2d") or an ISO 8601 time, as ``since=`` takes them;
     InvalidInputError otherwise. (A time without a zone is returned as is: see

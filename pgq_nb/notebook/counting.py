@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.notebook.columns import STATUS_DTYPE, since_time
+from pgq_nb.notebook.columns import STATUS_DTYPE, time_span
 
 if TYPE_CHECKING:
     from pgq_nb.store import SqlTarget
@@ -48,7 +48,7 @@ async def stats(
     an hour is cheap and a year is not. Live counts are always the queue now, from ``jobs``.
     Everything is read in one snapshot.
     """
-    start, end = since_time(since), since_time(until, "until")
+    start, end = time_span(since, until)
     if end is not None and start is None:
         raise InvalidInputError(
             "until= needs since= too (q.stats(since=..., until=...)): without since=, "

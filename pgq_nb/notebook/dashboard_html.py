@@ -11,8 +11,10 @@ import datetime as dt
 import html
 from collections.abc import Iterable, Sequence
 
+from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import STATUSES
 from pgq_nb.notebook.dashboard_data import FailedJob, ScheduleRow, Snapshot
+from pgq_nb.schedule.cron import CronSpec, next_fire
 
 STATUS_TITLES = {"picked": "running", "upstream_failed": "upstream failed"}
 #: Columns the counts table always has; the other statuses appear when some job has them.
@@ -149,6 +151,24 @@ def failure_label(job: FailedJob, now: dt.datetime) -> str:
     return f"#{job.id}  {job.entrypoint}  ×{job.attempts}  {clock(job.finished, now)}  {error}"
 
 
+#: How many ticks after the next one the schedules table lists.
+FOLLOWING_TICKS = 2
+
+
+def following_ticks(s: ScheduleRow, now: dt.datetime) -> str:
+    """'then 12:00:00, 13:00:00': the ticks after the next run (daylight saving applied), or
+    "" if this machine cannot compute them (a time zone it does not know)."""
+    try:
+        spec = CronSpec(expression=s.expression, tz=s.tz)
+        after, ticks = s.next_run, []
+        for _ in range(FOLLOWING_TICKS):
+            after = next_fire(spec, after)
+            ticks.append(clock(after, now))
+    except InvalidInputError:
+        return ""
+    return "then " + ", ".join(ticks)
+
+
 def schedules_table(schedules: list[ScheduleRow], now: dt.datetime) -> str:
     if not schedules:
         return muted('no schedules: @q.schedule("name", "0 * * * *") adds one')
@@ -164,6 +184,7 @@ def schedules_table(schedules: list[ScheduleRow], now: dt.datetime) -> str:
                 f"<code>{esc(s.expression)}</code> {muted(s.tz)}",
                 state,
                 f"{esc(clock(s.next_run, now))} {muted(ago(s.next_run, now))}"
+                f"<br>{muted(following_ticks(s, now))}"
                 if s.enabled
                 else muted("—"),
                 f"{esc(clock(s.last_run, now))} {muted(ago(s.last_run, now))}"

@@ -313,9 +313,15 @@ def payloads(frame: pd.DataFrame, columns: Sequence[str]) -> list[bytes]:
             texts.append(column_texts(frame[name]))
         except Unstorable as exc:
             label = frame.index[exc.position]
+            convert = (
+                # astype(str) would store "b'...'": text is decoded, binary base64-encoded
+                f"df[{name!r}].str.decode('utf-8') for text, or base64 for binary data"
+                if isinstance(exc.value, (bytes, bytearray, memoryview))
+                else f"df[{name!r}].astype(str)"
+            )
             reason = exc.reason or (
                 f"{article(type(exc.value).__name__)} has no JSON form; convert the column first "
-                f"(for example df[{name!r}].astype(str)) or leave it out with columns=[...]"
+                f"(for example {convert}) or leave it out with columns=[...]"
             )
             shown = repr(exc.value)
             shown = shown if len(shown) <= 80 else shown[:77] + "..."

@@ -29,7 +29,7 @@ from pgq_nb.notebook.columns import (
     decode_payload,
     frame,
     inferred,
-    since_time,
+    time_span,
     typed,
 )
 from pgq_nb.notebook.counting import stats
@@ -46,6 +46,8 @@ __all__ += ["results", "stats"]
 
 #: purge_history() deletes this many rows per statement.
 PURGE_BATCH = 100_000
+#: ... and looks this many recorded dtypes (payload_dtypes rows) over per statement.
+PURGE_DTYPES_BATCH = 1_000
 #: jobs() and failed() show a payload longer than this many bytes as a str: its first bytes,
 #: decoded, and a marker saying how long it is and where the whole one is.
 PAYLOAD_PREVIEW = 1_000
@@ -201,7 +203,7 @@ async def history(
     datetime, ISO string, or timedelta ago. The default ``limit`` warns ViewTruncated when it
     leaves jobs out, with how many (from the counters; over a ``since``/``until`` range
     counted up to :data:`~pgq_nb.view_limits.COUNT_CAP`)."""
-    start, end = since_time(since), since_time(until, "until")
+    start, end = time_span(since, until)
     wanted = _status(status, FINAL_STATUSES, "q.history()")
     name = _text(entrypoint, "entrypoint")
     q = aq.queries
@@ -272,9 +274,9 @@ async def failed(
     return result
 
 
-def _unique(name: str, taken: set[str]) -> str:
+def _unique(name: str, taken: set[str], suffix: str = "_result") -> str:
     while name in taken:
-        name += "_result"
+        name += suffix
     return name
 
 
@@ -310,13 +312,18 @@ def _expand(
             outputs.append(out)
     input_names = list(dict.fromkeys(k for p in inputs for k in p))
     output_names = list(dict.fromkeys(k for o in outputs for k in o))
+    # job_id is always the job's id: a payload key job_id is shown as job_id_payload
     taken = {"job_id", *input_names}
+    shown = {
+        name: _unique(name, taken, "_payload") if name == "job_id" else name for name in input_names
+    }
+    taken.update(shown.values())
     renamed = {name: _unique(name, taken) for name in output_names}
     columns: dict[str, pd.Series] = {"job_id": typed([rows[p]["job_id"] for p in positions], "int")}
     for name in input_names:
         per_job = [payload.get(name) for payload in inputs]
         column = dtypes.restored(per_job, owners, [d.get(name) for d in described])
-        columns[name] = column.take(positions).reset_index(drop=True)
+        columns[shown[name]] = column.take(positions).reset_index(drop=True)
     for name in output_names:
         columns[renamed[name]] = inferred([o.get(name) for o in outputs])
     return pd.DataFrame(columns)
@@ -332,7 +339,9 @@ async def results(
     a JSON object is one column ``payload``), then a column per result key. A handler that
     returned a dict gives one row; a list of dicts (a returned DataFrame is stored as its
     records) gives one row per dict, each with the job's id and payload; any other value is a
-    column ``result``. Result columns named like a payload column get the suffix ``_result``.
+    column ``result``. ``job_id`` is always the job's id: a payload key ``job_id`` is the column
+    ``job_id_payload``, and result columns named like ``job_id`` or a payload column get the
+    suffix ``_result`` (repeated while the name is taken).
     Payload columns of jobs enqueued with ``enqueue_df`` get back the dtypes of the frame they
     came from (recorded per call: :mod:`pgq_nb.notebook.dtypes`; rows of calls with different
     dtypes are put together as ``pd.concat`` would); other columns, and every result column,
@@ -379,5 +388,13 @@ async def purge_history(
             deleted = int(await conn.fetchval(aq.queries["purge_history"], cutoff, batch_size))
             total += deleted
             if deleted < batch_size:
-                await conn.execute(aq.queries["purge_payload_dtypes"])
+                await _purge_dtypes(aq, conn)
                 return total
+
+
+async def _purge_dtypes(aq: SqlTarget, conn: Any) -> None:
+    """Forget the dtypes of batches no job is left of: below the lowest id left, then the rest."""
+    await conn.execute(aq.queries["purge_payload_dtypes"])
+    after, walk = 0, aq.queries["purge_unreferenced_dtypes"]
+    while after is not None:
+        after = await conn.fetchval(walk, after, PURGE_DTYPES_BATCH)

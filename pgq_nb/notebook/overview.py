@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 SCHEDULES: dict[str, Kind] = {
     "name": "str",
+    "entrypoint": "str",
+    "source": "str",
     "expression": "str",
     "tz": "str",
     "catch_up": "str",

@@ -9,7 +9,6 @@ warning.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -59,12 +58,8 @@ def warn_truncated(view: str, shown: int, matched: tuple[int, bool], **words: st
         total=total,
         exact=exact,
     )
-    caller = sys._getframe(1)
-    warnings.warn_explicit(
-        warning,
-        ViewTruncated,
-        caller.f_code.co_filename,
-        caller.f_lineno,
-        module=caller.f_globals.get("__name__", "pgq_nb"),
-        registry=None,
-    )
+    # Said as from "pgq_nb", not from the line of pgq_nb that warns: a view runs on pgq_nb's
+    # loop thread, so no frame of the caller's is there to point at, and a path into the
+    # library and its source line would only add noise under the cell (as the worker's
+    # notices do: pgq_nb.worker_notices.say).
+    warnings.warn_explicit(warning, ViewTruncated, "pgq_nb", 0, module="pgq_nb", registry=None)

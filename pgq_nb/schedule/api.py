@@ -42,10 +42,16 @@ class ScheduleMethods:
         or run them before any worker started)."""
         if self._unsynced_schedules:
             names = sorted(self._unsynced_schedules)
-            await database.register(
+            taken = await database.register(
                 self.pool, self.queries, [self.schedule_specs[n] for n in names]
             )
             self._unsynced_schedules.difference_update(names)
+            if taken:
+                raise InvalidInputError(
+                    f"@q.schedule({taken[0]!r}, ...): a schedule of that name was added with "
+                    f"q.add_schedule, so this one is not stored and will not fire; rename it, "
+                    f"or drop the other with q.remove_schedule({taken[0]!r})"
+                )
 
     def schedule(
         self,
@@ -109,14 +115,15 @@ class ScheduleMethods:
         return await database.list_schedules(
             self.pool,
             self.queries,
-            set(self.schedule_specs),
+            set(self.handlers),
             heartbeat_timeout_s=self.settings.heartbeat_timeout,
         )
 
     @runtime.bridged
     async def schedules(self) -> pd.DataFrame:
-        """Schedules as a DataFrame: name, expression, tz, next_run, last_run, last_status,
-        enabled, and whether any live worker (or this process) has its handler."""
+        """Schedules as a DataFrame: name, entrypoint, source (``code``: ``@q.schedule``;
+        ``data``: ``q.add_schedule``), expression, tz, next_run, last_run, last_status, enabled,
+        and whether any live worker (or this process) has its entrypoint's handler."""
         from pgq_nb.notebook import overview
 
         frame: pd.DataFrame = overview.schedules_frame(await self.schedule_list())

@@ -237,6 +237,16 @@ def next_fire(spec: CronSpec, after: dt.datetime) -> dt.datetime:
     )
 
 
+def fire_times(spec: CronSpec, start: dt.datetime, end: dt.datetime) -> Iterator[dt.datetime]:
+    """The fire times in [start, end), ascending, in UTC, with the daylight-saving rules above
+    (what a backfill of that range fires, and what a preview shows). Lazy: stop when enough."""
+    start, end = _aware("start", start), _aware("end", end)
+    for instant in _forward(parse_expression(spec.expression), zone_info(spec.tz), start - _TINY):
+        if instant >= end:
+            return
+        yield instant
+
+
 def due_ticks(
     spec: CronSpec,
     last_fire: dt.datetime | None,

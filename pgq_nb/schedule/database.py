@@ -9,7 +9,11 @@ handlers for. It locks the due schedule rows ``FOR UPDATE SKIP LOCKED`` (so one 
 computes a schedule's ticks and the others skip it instead of waiting), then writes each tick's
 ``schedule_ticks`` row and its job in one statement: the primary key (schedule, fire_time) makes
 a second fire of a tick write nothing, whoever tries it and however stale their view. A tick's
-job has entrypoint = the schedule's name, no payload, and the schedule's name and fire time.
+job is a job of the schedule's entrypoint with the schedule's payload, carrying the schedule's
+name and the tick's fire time. A worker fires the schedules of the entrypoints it serves: an
+``@q.schedule`` one (entrypoint = its name, no payload) and any added with ``q.add_schedule``
+(:mod:`pgq_nb.schedule.data`), read from the table at every look, so a schedule added, changed or
+removed from another process needs no restart.
 
 Decisions:
 
@@ -21,7 +25,7 @@ Decisions:
   worker ran, not for ticks someone chose to pause).
 * :func:`register` on an existing schedule keeps its enabled flag and last run; a changed
   expression or time zone moves next_run to the first new tick after now (missed ticks of the
-  old expression are not fired).
+  old expression are not fired). It never overwrites a schedule added with ``q.add_schedule``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from pgq_nb.errors import InvalidInputError, article
+from pgq_nb.errors import InvalidInputError, article, did_you_mean
 from pgq_nb.schedule.cron import (
     CATCH_UP_POLICIES,
     MAX_CATCH_UP,
@@ -95,21 +99,24 @@ def _check_names(names: Collection[str]) -> list[str]:
     return sorted({_check_name(n) for n in names})
 
 
-async def _unknown(conn: Any, queries: dict[str, str], name: str) -> InvalidInputError:
+async def unknown_schedule(conn: Any, queries: dict[str, str], name: str) -> InvalidInputError:
     known = [r["name"] for r in await conn.fetch(queries["schedule_names"])]
     if not known:
         return InvalidInputError(
-            f"no schedule named {name!r}: no schedules are stored yet; declare one with "
-            "@q.schedule(name, expression) and start a worker (or register it)"
+            f"no schedule named {name!r}: no schedules are stored yet; add one with "
+            "q.add_schedule(name, cron, entrypoint=...) or declare one with "
+            "@q.schedule(name, expression)"
         )
     return InvalidInputError(
-        f"no schedule named {name!r}; the known schedules are {', '.join(map(repr, known))}"
+        f"no schedule named {name!r}{did_you_mean(name, known)}; the known schedules are "
+        f"{', '.join(map(repr, known))}"
     )
 
 
-async def register(db: Any, queries: dict[str, str], specs: Sequence[ScheduleSpec]) -> None:
-    """Create or update the schedules in ``specs`` (see the module docstring for what an update
-    keeps). Each new or changed schedule's next_run is its first tick after now."""
+async def register(db: Any, queries: dict[str, str], specs: Sequence[ScheduleSpec]) -> list[str]:
+    """Create or update the ``@q.schedule`` schedules in ``specs`` (see the module docstring
+    for what an update keeps). Each new or changed schedule's next_run is its first tick after
+    now. Returns the names it left alone because a ``q.add_schedule`` schedule has them."""
     specs = list(specs)
     for i, spec in enumerate(specs):
         if not isinstance(spec, ScheduleSpec):
@@ -124,11 +131,11 @@ async def register(db: Any, queries: dict[str, str], specs: Sequence[ScheduleSpe
             f"schedule {twice[0]!r} is given twice; give each schedule one expression"
         )
     if not specs:
-        return
+        return []
     specs.sort(key=lambda spec: spec.name)
     async with acquired(db) as conn, conn.transaction():
         now = await conn.fetchval(queries["schedules_now"])
-        await conn.execute(
+        stored = await conn.fetch(
             queries["upsert_schedules"],
             [spec.name for spec in specs],
             [spec.expression for spec in specs],
@@ -136,6 +143,13 @@ async def register(db: Any, queries: dict[str, str], specs: Sequence[ScheduleSpe
             [spec.catch_up for spec in specs],
             [next_fire(spec.cron, now) for spec in specs],
         )
+    taken = sorted(set(names) - {row["name"] for row in stored})
+    if taken:
+        logger.warning(
+            "@q.schedule names taken by schedules added with q.add_schedule; not registered",
+            extra={"schedules": taken},
+        )
+    return taken
 
 
 async def fire_due(
@@ -146,7 +160,8 @@ async def fire_due(
     *,
     max_catch_up: int = MAX_CATCH_UP,
 ) -> list[int]:
-    """Fire every due tick of the enabled schedules in ``names``; return the new jobs' ids.
+    """Fire every due tick of the enabled schedules of the entrypoints ``names`` (those a
+    worker serves); return the new jobs' ids.
 
     Due ticks are chosen by each schedule's ``catch_up`` policy
     (:func:`pgq_nb.schedule.cron.due_ticks`) against ``now`` (default: the database clock).
@@ -210,7 +225,7 @@ async def run_now(db: Any, queries: dict[str, str], name: str) -> int:
     async with acquired(db) as conn:
         job_id = await conn.fetchval(queries["run_schedule_now"], name)
         if job_id is None:
-            raise await _unknown(conn, queries, name)
+            raise await unknown_schedule(conn, queries, name)
     return int(job_id)
 
 
@@ -219,7 +234,7 @@ async def pause(db: Any, queries: dict[str, str], name: str) -> None:
     _check_name(name)
     async with acquired(db) as conn:
         if await conn.fetchval(queries["pause_schedule"], name) is None:
-            raise await _unknown(conn, queries, name)
+            raise await unknown_schedule(conn, queries, name)
 
 
 async def resume(db: Any, queries: dict[str, str], name: str) -> dt.datetime:
@@ -230,7 +245,7 @@ async def resume(db: Any, queries: dict[str, str], name: str) -> dt.datetime:
     async with acquired(db) as conn, conn.transaction():
         row = await conn.fetchrow(queries["lock_schedule"], name)
         if row is None:
-            raise await _unknown(conn, queries, name)
+            raise await unknown_schedule(conn, queries, name)
         if row["enabled"]:
             next_run: dt.datetime = row["next_run"]
             return next_run
@@ -246,11 +261,13 @@ async def list_schedules(
     *,
     heartbeat_timeout_s: float = 30.0,
 ) -> list[dict[str, Any]]:
-    """Every stored schedule, by name, as dicts: name, expression, tz, catch_up, enabled,
+    """Every stored schedule, by name, as dicts: name, entrypoint, source (``code`` for
+    ``@q.schedule``, ``data`` for ``q.add_schedule``), expression, tz, catch_up, enabled,
     next_run, last_run, last_job_id, last_status (of that job, live or finished; None if it
     never ran), created, last_registered, and who can run it:
 
-    * ``registered_here``: its name is in ``registered_names`` (this process has the handler);
+    * ``registered_here``: its entrypoint is in ``registered_names`` (this process has the
+      handler);
     * ``live_workers``: workers with a heartbeat within ``heartbeat_timeout_s`` that registered
       it;
     * ``handler_registered``: either of those. False means nothing will run its ticks: its
@@ -262,7 +279,7 @@ async def list_schedules(
     listed = []
     for row in rows:
         entry = dict(row)
-        entry["registered_here"] = entry["name"] in here
+        entry["registered_here"] = entry["entrypoint"] in here
         entry["handler_registered"] = entry["registered_here"] or entry["live_workers"] > 0
         listed.append(entry)
     return listed
@@ -271,7 +288,8 @@ async def list_schedules(
 async def next_wakeup(
     db: Any, queries: dict[str, str], names: Collection[str]
 ) -> dt.datetime | None:
-    """The earliest next_run among the enabled schedules in ``names`` (None if there is none):
+    """The earliest next_run among the enabled schedules of the entrypoints ``names`` (None if
+    there is none):
     a worker need not call :func:`fire_due` before then, unless schedules change."""
     wanted = _check_names(names)
     if not wanted:
@@ -291,7 +309,7 @@ async def schedule_for_tick(
     async with acquired(db) as conn:
         row = await conn.fetchrow(queries["schedule_for_tick"], name, fire_time)
         if row is None:
-            raise await _unknown(conn, queries, name)
+            raise await unknown_schedule(conn, queries, name)
     return Schedule(
         name=row["name"],
         expression=row["expression"],

@@ -1,8 +1,10 @@
-"""The scheduler loop every worker runs for the schedules it has handlers for.
+"""The scheduler loop every worker runs for the schedules of the entrypoints it serves.
 
 It fires due ticks (exactly once, whichever worker gets there first), then sleeps until the
-next tick is due, waking at least every second so that a resumed or changed schedule is seen,
-and so is a schedule the worker took on after it started (its names are asked for each time).
+next tick is due, waking at least every second so that a resumed, changed, added or removed
+schedule is seen (the schedules are read from the table at every look, so one added with
+``q.add_schedule`` in another process fires without a restart), and so is an entrypoint the
+worker took on after it started (its names are asked for each time).
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ MAX_SLEEP = 1.0
 PRUNE_EVERY = dt.timedelta(hours=1)
 
 
-async def run_scheduler(store: Store, schedules: Callable[[], Sequence[str]]) -> None:
-    """Fire due ticks of the schedules named by ``schedules()`` (asked each time: a worker
-    serving its whole registry takes on new ones) until cancelled."""
+async def run_scheduler(store: Store, entrypoints: Callable[[], Sequence[str]]) -> None:
+    """Fire due ticks of the schedules of the entrypoints ``entrypoints()`` (asked each time:
+    a worker serving its whole registry takes on new ones) until cancelled."""
     pruned = dt.datetime.now(dt.UTC)
     while True:
         delay = MAX_SLEEP
-        names = list(schedules())
+        names = list(entrypoints())
         if not names:
             await asyncio.sleep(delay)
             continue

@@ -199,7 +199,7 @@ CREATE TABLE {schema}.finished_counts (
 -- One row per q.enqueue_df call (or wf.map over a DataFrame): the entrypoint, the ids it drew
 -- (as ranges: one range unless a concurrent call interleaved) and, per payload column, a small
 -- JSON description of its dtype (pgq_nb.notebook.dtypes). Read by q.results() for the ids it
--- returns; rows whose every id is below the oldest job left are deleted by q.purge_history().
+-- returns; rows none of whose ids is left in jobs or history are deleted by q.purge_history().
 CREATE TABLE {schema}.payload_dtypes (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     entrypoint text NOT NULL,
@@ -210,9 +210,15 @@ CREATE TABLE {schema}.payload_dtypes (
 
 CREATE INDEX payload_dtypes_ids_idx ON {schema}.payload_dtypes (entrypoint, upper(job_ids));
 
--- Cron schedules, stored so that any worker can fire them and views can list them.
+-- Cron schedules, stored so that any worker can fire them and views can list them. A tick is
+-- a job of `entrypoint` carrying `payload`; `source` says who owns the row: 'code' (declared by
+-- @q.schedule, entrypoint = name, re-registered by the workers that have it) or 'data' (added
+-- with q.add_schedule, changed and removed only through the queue's calls).
 CREATE TABLE {schema}.schedules (
     name text PRIMARY KEY,
+    entrypoint text NOT NULL,
+    payload bytea,
+    source text NOT NULL DEFAULT 'code' CHECK (source IN ('code', 'data')),
     expression text NOT NULL,
     tz text NOT NULL,
     catch_up text NOT NULL CHECK (catch_up IN ('latest', 'all', 'skip')),

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from pgq_nb import runtime
+from pgq_nb.errors import ConfigurationError
 from pgq_nb.web import data, html, pages
 from pgq_nb.web.auth import SESSION_COOKIE, Session, local_path
 from pgq_nb.web.config import WebConfig
@@ -81,20 +81,16 @@ class Web(Guarded):
 
     async def metrics(self, request: Request, session: Session) -> Response:
         try:
-            from pgq_nb import metrics  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:
-            metrics = None
-        try:
-            if metrics is None:
-                raise ImportError("pgq_nb.metrics")
-            # on the pgq_nb loop, which owns the store's pool (the contract: render(store))
-            body, content_type = await runtime.run_here(metrics.render(self.aio.store))
-        except ImportError as exc:
+            from pgq_nb.metrics import render
+        except (ImportError, ConfigurationError):  # pgq_nb.metrics says which
             raise Refused(
                 404,
                 "No metrics",
-                f"the Prometheus metrics need prometheus_client ({exc}): install pgq_nb[metrics]",
+                "the Prometheus metrics need the prometheus_client package, which is not "
+                "installed: install pgq_nb[metrics] (pip install 'pgq_nb[metrics]')",
             ) from None
+        # render awaits its queries on the pgq_nb loop, which owns the store's pool
+        body, content_type = await render(self.aio.store)
         return Response(body, media_type=content_type)
 
     # -- actions (POST; not routed in read-only mode) ---------------------------------------

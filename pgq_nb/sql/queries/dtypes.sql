@@ -27,11 +27,37 @@ FROM {schema}.payload_dtypes AS d
 WHERE d.entrypoint = $1 AND upper(d.job_ids) > $2 AND lower(d.job_ids) <= $3;
 
 -- name: purge_payload_dtypes
--- Retention (q.purge_history): forget the batches whose every id is below the lowest id left in
--- jobs and history (ids only grow and a requeued job keeps its id, so none of them can be
--- asked for again). A batch not yet committed is invisible here and stays.
+-- Retention (q.purge_history), the fast path: forget the batches whose every id is below the
+-- lowest id left in jobs and history (ids only grow and a requeued job keeps its id, so none of
+-- them can be asked for again). A batch not yet committed is invisible here and stays.
 -- params: none
 DELETE FROM {schema}.payload_dtypes
 WHERE upper(job_ids) <= coalesce(
     least((SELECT min(id) FROM {schema}.jobs), (SELECT min(id) FROM {schema}.history)),
     9223372036854775807);
+
+-- name: purge_unreferenced_dtypes
+-- Retention (q.purge_history), the rest: of the next $2 batches after batch id $1 (in id order),
+-- forget those none of whose ids is left in jobs or history, so that one long-waiting job (a
+-- future execute_after, a paused entrypoint) does not keep every later batch. Each range of a
+-- batch is looked up as an id range of the two primary keys (`id >= lower AND id < upper`: a
+-- btree range probe; `id <@ multirange` would scan), so a statement costs at most 2 probes per
+-- range of $2 batches and never scans history. A batch not yet committed is invisible and stays;
+-- one committed has its jobs committed with it (one transaction).
+-- Returns the last batch id looked at (NULL: none left; call again with it until then).
+-- params: $1 after this batch id bigint, $2 how many batches to look at
+WITH chunk AS (
+    SELECT id, job_ids FROM {schema}.payload_dtypes WHERE id > $1 ORDER BY id LIMIT $2
+), unused AS (
+    SELECT c.id FROM chunk AS c
+    WHERE NOT EXISTS (
+        SELECT FROM unnest(c.job_ids) AS r
+        WHERE EXISTS (
+                SELECT FROM {schema}.jobs AS j WHERE j.id >= lower(r) AND j.id < upper(r))
+            OR EXISTS (
+                SELECT FROM {schema}.history AS h WHERE h.id >= lower(r) AND h.id < upper(r)))
+), gone AS (
+    DELETE FROM {schema}.payload_dtypes
+    WHERE id = ANY (ARRAY(SELECT id FROM unused))
+)
+SELECT max(id) AS last FROM chunk;

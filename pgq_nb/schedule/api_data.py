@@ -1,0 +1,195 @@
+"""Schedules as data on the queue: ``q.add_schedule``, ``q.update_schedule``,
+``q.remove_schedule``, ``q.backfill`` and ``q.schedule_preview`` (a mixin of AsyncQueue; the
+database side is :mod:`pgq_nb.schedule.data`).
+
+A schedule is an entrypoint and a payload on a cron expression: each tick is a job of that
+entrypoint whose ``job.data`` is the payload, with ``job.schedule_name`` and ``job.fire_time``
+set. So one handler can be scheduled many times with different arguments (a report per
+region), from a notebook cell or a shell, without deploying anything: every worker that has
+the entrypoint fires the schedule's ticks, exactly once each, from its next look at the
+schedules (at most a second later).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from pgq_nb import runtime
+from pgq_nb.enqueue import check_payload_size
+from pgq_nb.errors import InvalidInputError
+from pgq_nb.models import check_text, encode_payload, refuse_frame
+from pgq_nb.schedule import data
+from pgq_nb.schedule.database import ScheduleSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pgq_nb.registry import Registry
+
+#: update_schedule's default for ``payload``: keep the stored one (None is a payload).
+KEEP: Any = object()
+
+
+def _payload(name: str, payload: object) -> bytes | None:
+    refuse_frame(payload, f"one schedule per row (q.add_schedule({name!r}, ...) in a loop)")
+    return check_payload_size(f"the payload of schedule {name!r}", encode_payload(payload))
+
+
+def _entrypoint(entrypoint: object) -> str:
+    if entrypoint is None:
+        raise InvalidInputError(
+            "a schedule needs the entrypoint its ticks run: q.add_schedule(name, cron, "
+            "entrypoint='report', payload={...})"
+        )
+    if not isinstance(entrypoint, str) or not entrypoint.strip():
+        raise InvalidInputError(f"entrypoint must be an entrypoint's name, not {entrypoint!r}")
+    check_text("entrypoint name", entrypoint)
+    return entrypoint
+
+
+class DataScheduleMethods:
+    """Schedules as data (a mixin of AsyncQueue)."""
+
+    pool: Any
+    queries: dict[str, str]
+    registry: Registry
+    schedule_specs: dict[str, ScheduleSpec]
+    _sync_schedules: Callable[[], Awaitable[None]]  # ScheduleMethods
+
+    async def _check_registered(self, entrypoint: str) -> None:
+        """UnknownEntrypointError unless a handler of ``entrypoint`` is registered here or by
+        some worker (the rule of enqueue)."""
+        async with self.pool.acquire() as conn:
+            await self.registry.prepare({entrypoint}, conn)
+
+    @runtime.bridged
+    async def add_schedule(
+        self,
+        name: str,
+        cron: str,
+        *,
+        entrypoint: str | None = None,
+        payload: Any = None,
+        tz: str = "UTC",
+        catch_up: str = "latest",
+    ) -> dt.datetime:
+        """Schedule a registered entrypoint: each tick of ``cron`` (read in the IANA zone
+        ``tz``) queues a job of ``entrypoint`` with ``payload`` (its ``job.data``; the job
+        also has ``schedule_name`` and ``fire_time``). Stored in Postgres: any worker that has
+        the entrypoint fires it, exactly once per tick, within a second, without a restart.
+        Many schedules may run one entrypoint. ``catch_up`` as for ``@q.schedule``. Returns
+        the first tick. A bad name, expression, zone, payload, an unknown entrypoint or a
+        name already taken is refused with nothing written."""
+        if name in self.schedule_specs:
+            raise InvalidInputError(
+                f"a schedule named {name!r} is declared here with @q.schedule; give this one "
+                "another name"
+            )
+        check_text("schedule name", name)
+        spec = ScheduleSpec(name=name, expression=cron, tz=tz, catch_up=catch_up)
+        schedule = data.DataSchedule(
+            spec=spec, entrypoint=_entrypoint(entrypoint), payload=_payload(name, payload)
+        )
+        await self._check_registered(schedule.entrypoint)
+        return await data.add(self.pool, self.queries, schedule)
+
+    @runtime.bridged
+    async def update_schedule(
+        self,
+        name: str,
+        *,
+        cron: str | None = None,
+        entrypoint: str | None = None,
+        payload: Any = KEEP,
+        tz: str | None = None,
+        catch_up: str | None = None,
+    ) -> dt.datetime:
+        """Change a schedule added with :meth:`add_schedule`: what is given is replaced, the
+        rest kept (``payload=None`` stores no payload). A new expression or zone fires from its
+        first tick after now; paused stays paused. Workers follow within a second. Returns
+        the next run."""
+        await self._sync_schedules()
+        new_entrypoint = None if entrypoint is None else _entrypoint(entrypoint)
+        encoded = KEEP if payload is KEEP else _payload(name, payload)
+        if new_entrypoint is not None:
+            await self._check_registered(new_entrypoint)
+
+        def change(row: Any) -> data.DataSchedule:
+            spec = ScheduleSpec(
+                name=name,
+                expression=row["expression"] if cron is None else cron,
+                tz=row["tz"] if tz is None else tz,
+                catch_up=row["catch_up"] if catch_up is None else catch_up,
+            )
+            return data.DataSchedule(
+                spec=spec,
+                entrypoint=new_entrypoint or row["entrypoint"],
+                payload=row["payload"] if encoded is KEEP else encoded,
+            )
+
+        return await data.update(self.pool, self.queries, name, change)
+
+    @runtime.bridged
+    async def remove_schedule(self, name: str) -> None:
+        """Drop a schedule added with :meth:`add_schedule`: no tick of it fires after this
+        returns (jobs already queued stay queued); its jobs' history stays."""
+        await self._sync_schedules()
+        await data.remove(self.pool, self.queries, name)
+
+    @runtime.bridged
+    async def backfill(
+        self,
+        name: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        *,
+        force: bool = False,
+        progress: bool | None = None,
+    ) -> pd.DataFrame:
+        """Queue every tick of schedule ``name`` in [start, end) (aware datetimes) that has
+        not fired, oldest first, exactly once even if two processes backfill at once (ticks
+        after now are left to the workers). Returns a DataFrame, one row per tick up to now:
+        ``fire_time`` (in the schedule's zone), ``job_id`` and ``enqueued`` (False: it had
+        fired already). Over 100,000 ticks needs ``force=True``. ``progress`` shows a bar
+        (default: in a notebook, for 100 ticks or more)."""
+        await self._sync_schedules()
+        from pgq_nb.notebook import schedule_frames
+
+        with schedule_frames.BackfillBar(progress, name) as bar:
+            rows = await data.backfill(
+                self.pool,
+                self.queries,
+                name,
+                start,
+                end,
+                force=force,
+                on_start=bar.start,
+                on_batch=bar.update,
+            )
+        tz = await self._schedule_tz(name)
+        return schedule_frames.backfill_frame(rows, tz)
+
+    async def _schedule_tz(self, name: str) -> str:
+        row = await self.pool.fetchrow(self.queries["get_schedule"], name)
+        return "UTC" if row is None else str(row["tz"])
+
+    @runtime.bridged
+    async def schedule_preview(
+        self,
+        name: str,
+        start: dt.datetime | None = None,
+        days: float = 7,
+        *,
+        limit: int = data.PREVIEW_LIMIT,
+    ) -> pd.DataFrame:
+        """The ticks schedule ``name`` fires from ``start`` (default now) for ``days`` days,
+        at most ``limit``, daylight saving applied: a DataFrame with ``fire_time`` in the
+        schedule's zone, ``fire_time_utc`` and ``utc_offset``. A paused schedule fires none of
+        them until resumed (the ``enabled`` attribute of the frame says so)."""
+        await self._sync_schedules()
+        from pgq_nb.notebook import schedule_frames
+
+        row, ticks = await data.preview(self.pool, self.queries, name, start, days, limit)
+        return schedule_frames.preview_frame(row, ticks)

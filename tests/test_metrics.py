@@ -1,0 +1,453 @@
+"""Prometheus metrics (issue #19, item 3) and the worker's /healthz (item 4): a real worker
+process serving /metrics while it runs jobs, the counts it shows against q.stats(), health and
+scrapes with the database cut off or hanging, the plans of the scrape's queries, the CLI's
+errors, and the example alert rules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import http.client
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+import pgq_nb
+from pgq_nb import metrics, runtime
+from pgq_nb.models import FINAL_STATUSES, LIVE_STATUSES
+from pgq_nb.worker_notices import JobsFailed
+from tests.conftest import (
+    REPO,
+    SCHEMA,
+    execute_sql,
+    start_worker_process,
+    wait_until,
+    worker_env,
+)
+from tests.db_proxy import DbProxy
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+ALERTS = REPO / "docs" / "prometheus-alerts.yml"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _get(port: int, path: str, method: str = "GET") -> tuple[int, str, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Type") or "", response.read()
+    finally:
+        conn.close()
+
+
+def _health(port: int) -> int | None:
+    try:
+        return _get(port, "/healthz")[0]
+    except OSError:
+        return None  # not listening yet
+
+
+def _samples(text: str) -> Samples:
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def _value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def _scrape(port: int) -> Samples:
+    status, content_type, body = _get(port, "/metrics")
+    assert status == 200, body
+    assert content_type.startswith("text/plain"), content_type
+    return _samples(body.decode())
+
+
+def _render(q: pgq_nb.Queue, timeout: float = metrics.SCRAPE_TIMEOUT_S) -> tuple[str, str]:
+    body, content_type = runtime.run_sync(metrics.render(q.aio.store, timeout=timeout))
+    return body.decode(), content_type
+
+
+def _assert_matches_stats(samples: Samples, q: pgq_nb.Queue, names: list[str]) -> None:
+    stats = q.stats()
+    for name in names:
+        for status in LIVE_STATUSES:
+            seen = _value(samples, "pgq_nb_jobs", entrypoint=name, status=status)
+            assert seen == stats.loc[name, status], (name, status)
+        for status in FINAL_STATUSES:
+            seen = _value(samples, "pgq_nb_finished_jobs", entrypoint=name, outcome=status)
+            assert seen == stats.loc[name, status], (name, status)
+
+
+# -- a real worker process --------------------------------------------------------------------
+
+
+def test_a_worker_serves_metrics_while_it_runs_jobs_with_the_counts_of_q_stats(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    port = _free_port()
+    worker = start_worker_process(
+        installed, "metrics_app:q", "--concurrency", "4", "--metrics-port", str(port)
+    )
+    try:
+        wait_until(lambda: _health(port) == 200, 60, "the worker's /healthz to answer 200")
+        slow = q.enqueue(["slow"] * 24, [0.1] * 24)
+        boom = q.enqueue(["boom"] * 3)
+        running: list[Samples] = []
+
+        def scraped_while_running() -> bool:
+            samples = _scrape(port)
+            # one snapshot: every job is live or finished, whatever the worker is doing
+            total = sum(
+                _value(samples, "pgq_nb_jobs", entrypoint="slow", status=s) for s in LIVE_STATUSES
+            ) + sum(
+                _value(samples, "pgq_nb_finished_jobs", entrypoint="slow", outcome=s)
+                for s in FINAL_STATUSES
+            )
+            assert total == len(slow)
+            if _value(samples, "pgq_nb_jobs", entrypoint="slow", status="picked") > 0:
+                running.append(samples)
+            return bool(running)
+
+        wait_until(scraped_while_running, 60, "a scrape that sees slow jobs running")
+        assert _value(running[0], "pgq_nb_up") == 1
+        assert _value(running[0], "pgq_nb_workers_alive") == 1
+        assert _value(running[0], "pgq_nb_worker_slots") == 4
+        assert q.wait([*slow, *boom], timeout=120) == {
+            **dict.fromkeys(slow, "succeeded"),
+            **dict.fromkeys(boom, "failed"),
+        }
+        samples = _scrape(port)
+        _assert_matches_stats(samples, q, ["slow", "boom"])
+        assert _value(samples, "pgq_nb_finished_jobs", entrypoint="slow", outcome="succeeded") == 24
+        # the worker's own observations of the attempts it ran
+        attempts = "pgq_nb_worker_attempts_total"
+        assert _value(samples, attempts, entrypoint="slow", outcome="succeeded") == 24
+        assert _value(samples, attempts, entrypoint="boom", outcome="retried") == 3
+        assert _value(samples, attempts, entrypoint="boom", outcome="failed") == 3
+        duration = "pgq_nb_worker_attempt_duration_seconds"
+        assert _value(samples, f"{duration}_count", entrypoint="slow") == 24
+        assert _value(samples, f"{duration}_sum", entrypoint="slow") >= 24 * 0.1
+        assert _value(samples, f"{duration}_bucket", entrypoint="slow", le="+Inf") == 24
+        assert _value(samples, "pgq_nb_worker_queue_wait_seconds_count", entrypoint="boom") == 6
+        assert _value(samples, "pgq_nb_worker_running_jobs") == 0
+        assert 0 <= _value(samples, "pgq_nb_worker_heartbeat_age_seconds") < 3
+        assert ("process_cpu_seconds_total", frozenset()) in samples
+        # HEAD, other paths, other methods
+        assert _get(port, "/metrics", "HEAD")[2] == b""
+        assert _get(port, "/nothing")[0] == 404
+        status, _, body = _get(port, "/metrics", "POST")
+        assert status == 405 and b"GET" in body
+        assert _raw(port, b"hello\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        too_long = b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n"
+        assert _raw(port, too_long).startswith(b"HTTP/1.1 431 ")
+        # stopping: unhealthy while running jobs get their grace period
+        q.enqueue("slow", 30)
+        wait_until(
+            lambda: _value(_scrape(port), "pgq_nb_worker_running_jobs") == 1,
+            60,
+            "the worker to run the long job",
+        )
+        worker.send_signal(signal.SIGTERM)
+        wait_until(lambda: _health(port) == 503, 60, "/healthz to answer 503 while stopping")
+        assert _get(port, "/healthz")[2] == b"stopping\n"
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        return s.recv(65536)
+
+
+def test_healthz_turns_503_and_metrics_say_down_when_the_database_is_cut_off(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    proxy = DbProxy(installed)
+    port = _free_port()
+    worker = start_worker_process(proxy.dsn, "metrics_app:q", "--metrics-port", str(port))
+    try:
+        wait_until(lambda: _health(port) == 200, 60, "the worker's /healthz to answer 200")
+        status, _, body = _get(port, "/healthz")
+        assert body.startswith(b"ok: worker ") and body.endswith(b"\n") and body.count(b"\n") == 1
+        assert _value(_scrape(port), "pgq_nb_up") == 1
+        proxy.cut()
+        # heartbeats fail; after the heartbeat timeout (3 s here) the worker is unhealthy
+        wait_until(lambda: _health(port) == 503, 60, "/healthz to answer 503")
+        status, _, body = _get(port, "/healthz")
+        assert status == 503 and b"no heartbeat went through" in body, body
+        samples = _scrape(port)  # answers, within the client's 30 s
+        assert _value(samples, "pgq_nb_up") == 0
+        assert ("pgq_nb_jobs", frozenset({("entrypoint", "slow"), ("status", "queued")})) not in (
+            samples
+        )
+        assert worker.poll() is None  # the worker waits for the database; it did not exit
+    finally:
+        worker.kill()
+        worker.wait()
+        proxy.close()
+
+
+def test_a_scrape_of_a_hanging_database_answers_up_0_after_its_timeout(installed: str) -> None:
+    proxy = DbProxy(installed)
+    try:
+        q = pgq_nb.connect(proxy.dsn, schema=SCHEMA)
+        pool = q.aio.store.pool
+
+        def connections_back() -> bool:
+            return not metrics._pending and pool.get_size() == pool.get_idle_size()
+
+        text, _ = _render(q, timeout=1.0)
+        assert _value(_samples(text), "pgq_nb_up") == 1
+        proxy.stall()  # the pool's connection stays open; nothing passes any more
+
+        async def leave_early() -> None:  # a scraper that gives up before the timeout
+            scrape = asyncio.ensure_future(metrics.render(q.aio.store, timeout=60))
+            await asyncio.sleep(0.5)
+            scrape.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scrape
+
+        asyncio.run(leave_early())
+        # its query, waiting on the server, closed its connection rather than hold it for ever
+        wait_until(connections_back, 30, "the abandoned query to give its connection back")
+        began = time.monotonic()
+        text, content_type = _render(q, timeout=1.0)
+        took = time.monotonic() - began
+        assert _value(_samples(text), "pgq_nb_up") == 0
+        assert content_type == metrics.CONTENT_TYPE
+        # without the timeout it would wait for the database for ever; 1 s, with a wide margin
+        assert took < 30, took
+        wait_until(connections_back, 30, "the timed-out query to end")
+    finally:
+        proxy.close()
+
+
+# -- what render() says -----------------------------------------------------------------------
+
+
+def test_render_parses_with_help_on_every_family_and_matches_q_stats(q: pgq_nb.Queue) -> None:
+    q.entrypoint("ok")(lambda job: None)
+
+    @q.entrypoint("bad", retry=pgq_nb.RetryPolicy(max_attempts=1))
+    def bad(job: pgq_nb.Job) -> None:
+        raise ValueError("bad")
+
+    q.entrypoint("idle")(lambda job: None)
+    q.enqueue(["ok"] * 5)
+    q.enqueue(["bad"] * 2)
+    with pytest.warns(JobsFailed):
+        q.run_until_idle()
+    q.enqueue(["ok"] * 3)  # left queued
+    q.enqueue("ok", execute_after=dt.timedelta(hours=1))  # not due: not a backlog
+    execute_sql(
+        q.aio.store.dsn,
+        f"UPDATE {SCHEMA}.jobs SET execute_after = now() - interval '90 seconds', "
+        "attempts = 1 WHERE id = (SELECT min(id) FROM "
+        f"{SCHEMA}.jobs WHERE execute_after <= now())",
+        f"INSERT INTO {SCHEMA}.schedules (name, expression, tz, catch_up, next_run, enabled) "
+        "VALUES ('late_report', '0 * * * *', 'UTC', 'latest', now() - interval '1 hour', true), "
+        "('paused_report', '0 * * * *', 'UTC', 'latest', now() - interval '1 hour', false)",
+    )
+    q.pause("idle")
+    text, content_type = _render(q)
+    assert content_type == metrics.CONTENT_TYPE
+    families = list(text_string_to_metric_families(text))
+    assert {f.name for f in families} >= {
+        "pgq_nb_up",
+        "pgq_nb_jobs",
+        "pgq_nb_finished_jobs",
+        "pgq_nb_oldest_queued_job_age_seconds",
+        "pgq_nb_jobs_awaiting_retry",
+        "pgq_nb_workers_alive",
+        "pgq_nb_schedule_lateness_seconds",
+    }
+    for family in families:
+        assert family.name.startswith("pgq_nb_") and family.documentation, family.name
+    samples = _samples(text)
+    _assert_matches_stats(samples, q, ["ok", "bad", "idle"])
+    assert _value(samples, "pgq_nb_up") == 1
+    assert _value(samples, "pgq_nb_jobs", entrypoint="ok", status="queued") == 4
+    assert _value(samples, "pgq_nb_finished_jobs", entrypoint="bad", outcome="failed") == 2
+    assert _value(samples, "pgq_nb_jobs", entrypoint="idle", status="queued") == 0  # zeros too
+    assert _value(samples, "pgq_nb_jobs_awaiting_retry", entrypoint="ok") == 1
+    assert 90 <= _value(samples, "pgq_nb_oldest_queued_job_age_seconds", entrypoint="ok") < 3600
+    assert _value(samples, "pgq_nb_oldest_queued_job_age_seconds", entrypoint="idle") == 0
+    assert _value(samples, "pgq_nb_entrypoint_paused", entrypoint="idle") == 1
+    assert _value(samples, "pgq_nb_entrypoint_paused", entrypoint="ok") == 0
+    assert _value(samples, "pgq_nb_workers_alive") == 0
+    late = _value(samples, "pgq_nb_schedule_lateness_seconds", schedule="late_report")
+    assert 3600 <= late < 7200
+    assert _value(samples, "pgq_nb_schedule_lateness_seconds", schedule="paused_report") == 0
+    assert _value(samples, "pgq_nb_schedule_enabled", schedule="paused_report") == 0
+
+
+def test_render_can_be_awaited_on_another_event_loop(q: pgq_nb.Queue) -> None:
+    """As a web server's handler awaits it: on its own loop, not pgq_nb's (where the pool is)."""
+    q.entrypoint("ok")(lambda job: None)
+    q.enqueue(["ok"] * 2)
+    body, _ = asyncio.run(metrics.render(q.aio.store))
+    samples = _samples(body.decode())
+    assert _value(samples, "pgq_nb_up") == 1
+    assert _value(samples, "pgq_nb_jobs", entrypoint="ok", status="queued") == 2
+
+
+# -- what a scrape reads ----------------------------------------------------------------------
+
+
+def _relations(plan: dict[str, Any]) -> list[tuple[str, str]]:
+    found = [(plan["Node Type"], plan["Relation Name"])] if "Relation Name" in plan else []
+    for child in plan.get("Plans", []):
+        found += _relations(child)
+    return found
+
+
+def test_a_scrape_never_reads_history_and_reads_jobs_once(q: pgq_nb.Queue) -> None:
+    """The scrape's queries, on a history of 50,000 rows with fresh statistics: none reads
+    history (finished jobs come from finished_counts), and only metrics_live_jobs reads the live
+    set, once (as q.stats() does). The benchmark `python -m benchmarks --only metrics` times a
+    scrape over 1,000,000 history rows."""
+    execute_sql(
+        q.aio.store.dsn,
+        f"INSERT INTO {SCHEMA}.history (id, entrypoint, priority, status, attempts, created, "
+        "finished) SELECT g, 'ep' || (g % 8), 0, 'succeeded', 1, now(), now() "
+        "FROM generate_series(1, 50000) AS g",
+        f"INSERT INTO {SCHEMA}.finished_counts SELECT entrypoint, status, 0, count(*) "
+        f"FROM {SCHEMA}.history GROUP BY 1, 2",
+        f"INSERT INTO {SCHEMA}.jobs (entrypoint) SELECT 'ep' || (g % 8) "
+        "FROM generate_series(1, 1000) AS g",
+        f"ANALYZE {SCHEMA}.history",
+        f"ANALYZE {SCHEMA}.jobs",
+    )
+    queries = q.aio.store.queries
+    scrape = {
+        "metrics_live_jobs": (),
+        "history_counts": (),
+        "metrics_workers": (30.0,),
+        "metrics_entrypoints": (),
+        "metrics_schedules": (),
+    }
+
+    async def plans() -> dict[str, list[tuple[str, str]]]:
+        found = {}
+        async with q.aio.store.pool.acquire() as conn:
+            for name, args in scrape.items():
+                raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {queries[name]}", *args)
+                found[name] = _relations(json.loads(raw)[0]["Plan"])
+        return found
+
+    read = runtime.run_sync(plans())
+    for name, relations in read.items():
+        assert "history" not in {r for _, r in relations}, (name, relations)
+        jobs = [node for node, r in relations if r == "jobs"]
+        assert jobs == (["Seq Scan"] if name == "metrics_live_jobs" else []), (name, relations)
+    # and the code runs exactly these
+    source = (REPO / "pgq_nb" / "metrics.py").read_text()
+    assert set(re.findall(r'q\["(\w+)"\]', source)) == set(scrape)
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def _cli(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    code = f"{prelude}\nimport sys\nfrom pgq_nb.cli import main\nsys.exit(main({list(args)!r}))"
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_metrics_port_without_prometheus_client_is_a_clear_error() -> None:
+    done = _cli(
+        "worker",
+        "no_such_module:q",
+        "--metrics-port",
+        "9",
+        prelude="import sys\nsys.modules['prometheus_client'] = None",
+    )
+    assert done.returncode == 2
+    assert "pip install 'pgq_nb[metrics]'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--metrics-port", "http"], "'http' is not a TCP port; give a number 1-65535"),
+        (["--metrics-port", "70000"], "'70000' is not a TCP port"),
+        (["--metrics-host", "0.0.0.0"], "--metrics-host needs --metrics-port"),
+    ],
+)
+def test_bad_metrics_options_are_clear_errors(args: list[str], message: str) -> None:
+    done = _cli("worker", "metrics_app:q", *args)
+    assert done.returncode == 2
+    assert message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_port_in_use_is_a_clear_error(installed: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = ["worker", "metrics_app:q", "--metrics-port", str(port)]
+        done = subprocess.run(
+            [sys.executable, "-m", "pgq_nb.cli", *command],
+            env=worker_env(installed),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "pick a free port with --metrics-port" in done.stderr
+
+
+# -- the example alert rules ------------------------------------------------------------------
+
+
+def test_the_example_alert_rules_parse_and_name_only_metrics_that_exist() -> None:
+    text = ALERTS.read_text()
+    rules = yaml.safe_load(text)
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    assert {"PgqNbBacklogOld", "PgqNbFailureRate", "PgqNbNoWorkers", "PgqNbScheduleLate"} <= {
+        rule["alert"] for rule in alerts
+    }
+    for rule in alerts:
+        assert rule["expr"] and rule["annotations"]["summary"], rule
+    exported = set(re.findall(r"\b(pgq_nb_\w+)", (REPO / "pgq_nb" / "metrics.py").read_text()))
+    exported |= {
+        f"{name}{suffix}"
+        for name in re.findall(
+            r'"(pgq_nb_worker_\w+)"', (REPO / "pgq_nb" / "metrics_worker.py").read_text()
+        )
+        for suffix in ("", "_total", "_bucket", "_sum", "_count")
+    }
+    used = set(re.findall(r"\b(pgq_nb_\w+)", " ".join(rule["expr"] for rule in alerts)))
+    assert used <= exported, used - exported
+    # the README shows the same rules
+    readme = (REPO / "README.md").read_text()
+    assert text.strip() in readme
