@@ -348,11 +348,13 @@ def test_metrics_without_prometheus_client_say_what_to_install(
 
 
 def test_metrics_are_served(q: pgq_nb.Queue, jobs: dict[str, list[int]]) -> None:
-    pytest.importorskip("pgq_nb.metrics", reason="pgq_nb.metrics is built on another branch")
     pytest.importorskip("prometheus_client")
-    with client(q) as web:
-        answer = web.get("/metrics")
+    with client(q, host="0.0.0.0", token=TOKEN) as web:
+        assert web.get("/metrics", follow_redirects=False).status_code == 303  # needs the token
+        answer = web.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"})
         assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/")
+        assert "pgq_nb_up 1.0" in answer.text
+        assert 'pgq_nb_finished_jobs{entrypoint="explode",outcome="failed"} 2.0' in answer.text
 
 
 # -- configuration: pure decisions, and the token file ------------------------------------
