@@ -16,6 +16,7 @@ from benchmarks import (
     scenario_metrics,
     scenario_stats,
     scenario_sustained,
+    scenario_web,
     scenario_workflow,
 )
 from benchmarks.common import Context, Row
@@ -70,6 +71,12 @@ SCENARIOS: dict[str, Scenario] = {
             scenario_metrics.run,
             False,
             "one Prometheus scrape (pgq_nb.metrics.render) over a long history",
+        ),
+        Scenario(
+            "web",
+            scenario_web.run,
+            False,
+            "pgq-nb web: each page's response time over a long history",
         ),
         Scenario(
             "workflow",

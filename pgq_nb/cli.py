@@ -25,6 +25,7 @@ from pgq_nb.cli_admin import (
     cmd_status,
     cmd_uninstall,
     cmd_upgrade,
+    queue_for,
 )
 from pgq_nb.errors import ConfigurationError, PgqError
 from pgq_nb.facade import Queue
@@ -194,6 +195,24 @@ def _port(text: str) -> int:
     return port
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    # Starlette and uvicorn are the optional extra pgq_nb[web]; load them only when asked for
+    import importlib.util
+
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigurationError(
+            f"pgq-nb web needs {' and '.join(missing)}, which pgq_nb installs only with its web "
+            "extra: pip install 'pgq_nb[web]'"
+        )
+    from pgq_nb.web import server
+
+    config = server.config_from_args(args)  # refuses a bad host or secret before connecting
+    queue = queue_for(args)
+    server.serve(queue.aio, config, log_level=args.log_level or "info")
+    return 0
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -291,6 +310,26 @@ def build_parser() -> argparse.ArgumentParser:
         "read entrypoint names and job counts)",
     )
     worker.set_defaults(func=cmd_worker)
+
+    web = sub.add_parser("web", help="the dashboard in a browser (pip install 'pgq_nb[web]')")
+    web.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default "
+        "127.0.0.1; any other needs PGQ_NB_WEB_TOKEN or --token-file)",
+    )
+    web.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080)")
+    web.add_argument(
+        "--read-only", action="store_true", help="no actions: no requeue, pause, cancel or run-now"
+    )
+    web.add_argument("--hide-payloads", action="store_true", help="never show payloads or results")
+    web.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="file holding the login secret "
+        "(yours, mode 0600, not a symlink); default: PGQ_NB_WEB_TOKEN",
+    )
+    web.set_defaults(func=cmd_web)
     return parser
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
@@ -233,12 +233,16 @@ async def run_transactional(
     *,
     slotted: bool = False,
     cancel_requested: Callable[[], bool] = lambda: False,
+    marked: Callable[[], Awaitable[None]] | None = None,
 ) -> AlreadyRecorded:
     """Run a ``transactional=True`` handler with ``job.tx`` open, and record its success in
     that same transaction. If the handler raises, everything it wrote is rolled back and the
     exception propagates (the attempt then fails like any other). A ``def`` handler's
     transaction stays open until its thread returns, timeout or not (see
-    :func:`pgq_nb.handler_runs.run_in_thread`); the caller applies an async one's timeout."""
+    :func:`pgq_nb.handler_runs.run_in_thread`); the caller applies an async one's timeout.
+    ``marked`` is awaited before the success is recorded: the attempt's start mark, sent on
+    another connection, must land first, or it would find the job gone and leave the attempt
+    uncounted (as the worker's own completions wait for it)."""
     async with store.pool.acquire() as conn, conn.transaction():
         tx = AsyncTransaction(store, registry, conn, already_open=True)
 
@@ -259,6 +263,8 @@ async def run_transactional(
         row = Finished(job.id, "succeeded", encoded.json, None, None, started, finished, 0.0)
         slots = [job.id] if slotted else []
         steps = job.workflow_id is not None
+        if marked is not None:
+            await marked()
         try:  # all or nothing: a completion the server refuses rolls the handler's writes back
             done = await record(
                 conn, store.queries, worker_id, [row], steps=steps, slots=slots, isolate=False

@@ -276,6 +276,7 @@ class Worker(Claiming, Upkeep, Following, Stopping):
                 self._executor,
                 slotted=spec.max_running is not None,
                 cancel_requested=lambda: job.id in self._cancelling,
+                marked=self._marked,
             )
             if spec.is_async:
                 call = run_async(call, spec.timeout)

@@ -73,6 +73,10 @@ def _index_names(plan: dict[str, Any]) -> set[str]:
 
 
 def _node_types(plan: dict[str, Any]) -> set[str]:
+    """The plan's node types, but for the scan of ``entrypoints`` (a row per entrypoint) in
+    the InitPlan that reads the paused ones: a sequential scan is the right plan there."""
+    if plan.get("Relation Name") == "entrypoints":
+        return set()
     found = {plan["Node Type"]}
     for child in plan.get("Plans", []):
         found |= _node_types(child)

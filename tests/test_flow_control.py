@@ -14,7 +14,7 @@ import pytest
 
 import pgq_nb
 from pgq_nb.enqueue import DuplicatesSkipped, parse_rate, rate_burst
-from tests.conftest import start_worker_process, stop_processes, wait_until
+from tests.conftest import SCHEMA, execute_sql, start_worker_process, stop_processes, wait_until
 
 
 def _runs(log_dir: Path, entrypoint: str) -> list[tuple[float, float, int]]:
@@ -198,3 +198,33 @@ def test_parse_rate(rate: object, per_s: float) -> None:
 def test_bad_rates_are_refused(q: pgq_nb.Queue, rate: object) -> None:
     with pytest.raises(pgq_nb.InvalidInputError, match="'100/s'"):
         q.entrypoint("x", rate_limit=rate)  # type: ignore[arg-type]
+
+
+def test_a_pause_holds_before_the_worker_has_heard_of_it(q: pgq_nb.Queue, installed: str) -> None:
+    """A worker learns of a pause from its NOTIFY (or its next heartbeat); on a loaded machine
+    it claimed, in between, jobs enqueued right after q.pause() returned (seen in CI). The
+    claim statement itself leaves out paused entrypoints. Here the pause is written with no
+    NOTIFY, and heartbeats are a minute apart: only the claim can hold it."""
+    del q  # (an empty schema)
+    q = pgq_nb.connect(
+        installed,
+        schema=SCHEMA,
+        heartbeat_interval=60.0,
+        heartbeat_timeout=300.0,
+        poll_interval=0.2,
+    )
+    q.entrypoint("held")(lambda job: None)
+    q.entrypoint("free")(lambda job: None)
+    handle = q.start_worker()
+    try:
+        wait_until(lambda: len(q.worker_list()) == 1, 30, "the worker to register")
+        execute_sql(installed, f"UPDATE {SCHEMA}.entrypoints SET paused = true WHERE name = 'held'")
+        held = q.enqueue(["held"] * 5)
+        free = q.enqueue(["free"] * 5)
+        assert set(q.wait(free, timeout=30).values()) == {"succeeded"}
+        time.sleep(1.0)  # several polls and claims
+        assert set(q.statuses(held).values()) == {pgq_nb.JobStatus.QUEUED}
+        q.resume("held")
+        assert set(q.wait(held, timeout=30).values()) == {"succeeded"}
+    finally:
+        handle.stop(timeout=30)

@@ -268,9 +268,12 @@ def test_render_parses_with_help_on_every_family_and_matches_q_stats(q: pgq_nb.Q
         f"UPDATE {SCHEMA}.jobs SET execute_after = now() - interval '90 seconds', "
         "attempts = 1 WHERE id = (SELECT min(id) FROM "
         f"{SCHEMA}.jobs WHERE execute_after <= now())",
-        f"INSERT INTO {SCHEMA}.schedules (name, expression, tz, catch_up, next_run, enabled) "
-        "VALUES ('late_report', '0 * * * *', 'UTC', 'latest', now() - interval '1 hour', true), "
-        "('paused_report', '0 * * * *', 'UTC', 'latest', now() - interval '1 hour', false)",
+        f"INSERT INTO {SCHEMA}.schedules "
+        "(name, entrypoint, expression, tz, catch_up, next_run, enabled) VALUES "
+        "('late_report', 'late_report', '0 * * * *', 'UTC', 'latest', "
+        "now() - interval '1 hour', true), "
+        "('paused_report', 'paused_report', '0 * * * *', 'UTC', 'latest', "
+        "now() - interval '1 hour', false)",
     )
     q.pause("idle")
     text, content_type = _render(q)

@@ -182,3 +182,33 @@ def test_resources_are_made_once_per_process_and_closed_on_shutdown(q: pgq_nb.Qu
         q.resources["missing"]
     with pytest.raises(KeyError, match="has not run yet"):
         q.resources["client"]
+
+
+def test_a_transactional_success_waits_for_its_start_mark(
+    orders: pgq_nb.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start mark (attempts + 1) goes on the claim's connection in the background; the
+    transactional handler records its success on another. Under load the success committed
+    first, the mark then found the job gone, and history said 0 attempts (1 after a retry:
+    seen in CI). The mark is slowed here, as a loaded machine does."""
+    from pgq_nb.claiming import Claiming
+
+    send = Claiming._send_mark
+
+    async def late(self: Claiming, conn: object, statement: str) -> None:
+        await asyncio.sleep(0.5)
+        await send(self, conn, statement)
+
+    monkeypatch.setattr(Claiming, "_send_mark", late)
+    q = orders
+
+    @q.entrypoint("quick", transactional=True)
+    async def quick(job: pgq_nb.Job) -> int:
+        await job.tx.execute(f"INSERT INTO {TABLE} VALUES ($1, 'x')", job.attempts)
+        return job.attempts
+
+    job_id = q.enqueue("quick")
+    q.run_until_idle()
+    info = q.get_job(job_id)
+    assert info.status is pgq_nb.JobStatus.SUCCEEDED
+    assert (info.attempts, info.result) == (1, 1)

@@ -38,8 +38,11 @@ WHERE dedupe_key = $1 AND dedupe_scope <> 'window'
 -- UPDATE then marks exactly those rows picked. Returned rows come in no particular order.
 -- The attempt is not counted here but by mark_started, when the worker starts the handlers: a
 -- worker that dies between the two has not run the job, and its loss costs no attempt.
--- (Paused entrypoints are left out of $1 by the worker: a filter on them here would skew the
--- planner's row estimate towards a sequential scan and sort.)
+-- Paused entrypoints are left out of $1 by the worker (a filter on them in the CTE would skew
+-- the planner's row estimate towards a sequential scan and sort); the UPDATE leaves out those
+-- paused since the worker last heard (its pause NOTIFY not read yet, a loaded machine): one
+-- InitPlan per statement, so a pause holds from the moment q.pause() returns. Rows it leaves
+-- out were only locked, until this claim's COMMIT.
 -- params: $1 entrypoints text[], $2 batch size, $3 worker id
 WITH next_jobs AS (
     SELECT id
@@ -55,6 +58,7 @@ UPDATE {schema}.jobs AS j
 SET status = 'picked', worker_id = $3, started = NULL
 FROM next_jobs
 WHERE j.id = next_jobs.id
+  AND j.entrypoint <> ALL (ARRAY(SELECT name FROM {schema}.entrypoints WHERE paused))
 RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
     j.execute_after, j.dedupe_key, j.workflow_id, j.step_name, j.step_index, j.schedule_name,
     j.fire_time;
