@@ -171,14 +171,14 @@ async def run(
     km = client.create_kernel_manager()
     started = dt.datetime.now(dt.UTC)
     began = time.monotonic()
-    run = Progress()
+    progress = Progress()
     # nbclient's own cell timeout (the time left) ends a cell cleanly; this outer deadline
     # only catches a kernel that hangs on the way (its start is nbclient's startup_timeout)
     deadline = asyncio.timeout(None if seconds is None else seconds + STARTUP_GRACE)
     failure: Exception | None = None
     try:
         async with deadline, client.async_setup_kernel():
-            await _execute(client, nb, seconds, began, run, ensure_async)
+            await _execute(client, nb, seconds, began, progress, ensure_async)
     except (CellExecutionError, DeadKernelError, TimeoutError, NoSuchKernel) as exc:
         task = asyncio.current_task()
         if task is not None and task.cancelling() and not deadline.expired():
@@ -189,7 +189,9 @@ async def run(
             deadline.expired() or isinstance(exc, CellTimeoutError | TimeUp)
         ):
             raise
-        failure = _failure(exc, run.cell, seconds, (injected_at, replaced, path), spec["kernel"])
+        failure = _failure(
+            exc, progress.cell, seconds, (injected_at, replaced, path), spec["kernel"]
+        )
     finally:
         _cancel_leftovers(client)
         await asyncio.shield(_kill(km))
@@ -199,7 +201,7 @@ async def run(
     at = (injected_at, replaced, path)
     found = _storable(records.collect(nb.cells))
     # the cells that ran to the end: all, or those before the one that failed
-    done = total if failure is None else max(0, cell_label(max(run.cell, 0), *at)[0] - 1)
+    done = total if failure is None else max(0, cell_label(max(progress.cell, 0), *at)[0] - 1)
     executed = _storable(nbformat.writes(nb))  # type: ignore[no-untyped-call]
     html = await asyncio.to_thread(render_html, nb)
     await pool.execute(
