@@ -92,7 +92,10 @@ def storable_rows(batch: Sequence[Finished]) -> list[Finished]:
 
 
 def _parts(rows: list[Finished]) -> list[list[Finished]]:
-    """``rows`` in parts of at most STATEMENT_TEXT_LIMIT characters of text (usually one)."""
+    """``rows`` in parts of at most STATEMENT_TEXT_LIMIT characters of text (usually one;
+    none for no rows: ``finish_jobs`` with no arrays at all is an error, not a no-op)."""
+    if not rows:
+        return []
     parts: list[list[Finished]] = [[]]
     total = 0
     for row in rows:

@@ -226,6 +226,23 @@ def test_record_without_isolation_raises_the_refusal(q: pgq_nb.Queue) -> None:
     runtime.run_sync(scenario())
 
 
+@pytest.mark.parametrize("isolate", [True, False])
+def test_an_empty_batch_records_nothing_and_raises_nothing(q: pgq_nb.Queue, isolate: bool) -> None:
+    """Seen on a worker serving 10,000 entrypoints: "completion failed; retrying: the server
+    expects 9 arguments for this query, 1 was passed" (finish_jobs sent with no arrays)."""
+
+    async def scenario() -> None:
+        worker_id, _ = await _claimed(q, 1)
+        async with q.aio.pool.acquire() as conn, conn.transaction():
+            done = await completion.record(
+                conn, q.aio.queries, worker_id, [], steps=True, isolate=isolate
+            )
+        assert done == []
+        assert await completion.record(q.aio.pool, q.aio.queries, worker_id, [], steps=False) == []
+
+    runtime.run_sync(scenario())
+
+
 def test_a_batch_with_too_much_text_is_split(
     q: pgq_nb.Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
