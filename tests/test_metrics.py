@@ -372,6 +372,17 @@ def test_a_scrape_never_reads_history_and_reads_jobs_once(q: pgq_nb.Queue) -> No
     assert set(re.findall(r'q\["(\w+)"\]', source)) == set(scrape)
 
 
+def test_the_metrics_benchmark_fills_a_schema_the_scrape_reads(q: pgq_nb.Queue) -> None:
+    # `python -m benchmarks --only metrics` failed on its schedules insert (#19, item 8)
+    from benchmarks import scenario_metrics
+
+    runtime.run_sync(scenario_metrics._extras(q.aio))
+    samples = _samples(_render(q)[0])
+    assert _value(samples, "pgq_nb_up") == 1
+    assert _value(samples, "pgq_nb_schedule_enabled", schedule="bench_schedule_20") == 1
+    assert _value(samples, "pgq_nb_workers_alive") == 50
+
+
 # -- the command line -------------------------------------------------------------------------
 
 
