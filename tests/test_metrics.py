@@ -11,10 +11,12 @@ import datetime as dt
 import http.client
 import json
 import re
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -181,6 +183,67 @@ def _raw(port: int, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(request)
         return s.recv(65536)
+
+
+class _SlowClients(threading.Thread):
+    """An attacker at ``source``: keeps ``n`` connections open that send one request line and
+    stall, and opens a new one whenever the server closes one (#19, item 2)."""
+
+    def __init__(self, port: int, source: str, n: int = 20) -> None:
+        super().__init__(daemon=True)
+        self.port, self.source, self.n = port, source, n
+        self.stop = threading.Event()
+        self.closed_by_server = 0
+
+    def _open(self) -> socket.socket | None:
+        try:
+            s = socket.create_connection(
+                ("127.0.0.1", self.port), timeout=5, source_address=(self.source, 0)
+            )
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")
+        except OSError:
+            return None
+        return s
+
+    def run(self) -> None:
+        socks: list[socket.socket] = []
+        try:
+            while not self.stop.is_set():
+                while len(socks) < self.n and (s := self._open()) is not None:
+                    socks.append(s)
+                for s in select.select(socks, [], [], 0.05)[0]:  # answered or closed
+                    self.closed_by_server += 1
+                    socks.remove(s)
+                    s.close()
+        finally:
+            for s in socks:
+                s.close()
+
+
+def test_slow_clients_do_not_starve_healthz_and_metrics(installed: str) -> None:
+    port = _free_port()
+    worker = start_worker_process(installed, "metrics_app:q", "--metrics-port", str(port))
+    attacker = _SlowClients(port, "127.0.0.2")
+    try:
+        wait_until(lambda: _health(port) == 200, 60, "the worker's /healthz to answer 200")
+        attacker.start()
+        # the server is at its limit for that client: it closes the new ones at once
+        wait_until(lambda: attacker.closed_by_server >= 10, 60, "the server to refuse some")
+        # while 20 stall (and come back as fast as they are closed), another client is served
+        assert _get(port, "/healthz")[0] == 200
+        assert _value(_scrape(port), "pgq_nb_up") == 1
+        assert _get(port, "/healthz")[0] == 200
+        # one that stalls is answered 408 and closed after the 2 s the request head may take
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            began = time.monotonic()
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 408 ")
+            assert time.monotonic() - began < 8  # 2 s, with a wide margin (it was 10 s)
+    finally:
+        attacker.stop.set()
+        attacker.join(30)
+        worker.kill()
+        worker.wait()
 
 
 def test_healthz_turns_503_and_metrics_say_down_when_the_database_is_cut_off(
