@@ -19,8 +19,10 @@ through within the heartbeat timeout; 503 otherwise. The body is one line saying
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import socket
 
 from prometheus_client import ProcessCollector
 from prometheus_client.exposition import generate_latest
@@ -95,7 +97,19 @@ class MetricsServer:
         """Listen on ``host:port``; a port in use is a ConfigurationError."""
         try:
             self.server = await asyncio.start_server(self._serve, host, port, limit=LINE_LIMIT)
+        except socket.gaierror as exc:
+            raise ConfigurationError(
+                f"cannot serve metrics on {host}:{port}: the host {host!r} cannot be resolved "
+                f"({exc.strerror or exc}); give --metrics-host an address of this machine, e.g. "
+                "127.0.0.1 (the default) or 0.0.0.0 for every interface"
+            ) from None
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ConfigurationError(
+                    f"cannot serve metrics on {host}:{port}: {host!r} is not an address of this "
+                    "machine; give --metrics-host an address of this machine, e.g. 127.0.0.1 "
+                    "(the default) or 0.0.0.0 for every interface"
+                ) from None
             raise ConfigurationError(
                 f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; pick a free "
                 "port with --metrics-port, or stop what listens there"

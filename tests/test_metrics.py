@@ -503,6 +503,33 @@ def test_a_port_in_use_is_a_clear_error(installed: str) -> None:
     assert "pick a free port with --metrics-port" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("nosuch.invalid", "the host 'nosuch.invalid' cannot be resolved"),
+        ("192.0.2.1", "'192.0.2.1' is not an address of this machine"),
+    ],
+)
+def test_a_metrics_host_that_is_not_ours_is_a_clear_error(
+    installed: str, host: str, message: str
+) -> None:
+    # it said "Name or service not known; pick a free port" (#19, item 15)
+    command = ["worker", "metrics_app:q", "--metrics-port", str(_free_port())]
+    done = subprocess.run(
+        [sys.executable, "-m", "pgq_nb.cli", *command, "--metrics-host", host],
+        env=worker_env(installed),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr, done.stderr
+    assert "give --metrics-host an address of this machine, e.g. 127.0.0.1" in done.stderr
+    assert "pick a free port" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # -- the example alert rules ------------------------------------------------------------------
 
 
