@@ -9,7 +9,7 @@ counts, which the worker says in its log when it starts.
 
 Slow clients cannot starve it: a client has 2 s to send its whole request head (then 408 and
 closed), one client address holds at most 4 connections at once (more are closed at once), 16
-in all.
+in all. A scrape's text is formatted in a thread, off the worker's loop.
 
 ``/healthz`` answers 200 while the worker's loop runs (it is answered on that loop: a blocked
 loop does not answer at all), it is registered and not stopping, and its last heartbeat went
@@ -175,7 +175,9 @@ class MetricsServer:
             if path == "/metrics":
                 async with self._scrape:
                     await self.queue.read()
-                    body = generate_latest(self.registry)
+                    # formatted in a thread: a big exposition (thousands of series) must not
+                    # stall the worker's claims, heartbeats and /healthz on this loop
+                    body = await asyncio.to_thread(generate_latest, self.registry)
                 await _respond(writer, 200, body, content_type=CONTENT_TYPE, head=head)
             elif path == "/healthz":
                 healthy, why = self.worker.health()

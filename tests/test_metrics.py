@@ -246,6 +246,80 @@ def test_slow_clients_do_not_starve_healthz_and_metrics(installed: str) -> None:
         worker.wait()
 
 
+def test_thousands_of_entrypoints_are_capped_and_the_rest_summed_as_other(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    # 3,000 entrypoints (user data) made 30,000 series; beyond 1,000 they are summed (#19, 3)
+    ep = "'many_' || lpad(g::text, 4, '0')"
+    execute_sql(
+        installed,
+        f"INSERT INTO {SCHEMA}.entrypoints (name, paused) "
+        f"SELECT {ep}, g % 100 = 0 FROM generate_series(1, 3000) AS g",
+        f"INSERT INTO {SCHEMA}.jobs (entrypoint, execute_after) "
+        f"SELECT {ep}, now() - interval '1 hour' FROM generate_series(1, 3000) AS g",
+        f"INSERT INTO {SCHEMA}.jobs (entrypoint) SELECT 'many_2999' FROM generate_series(1, 50)",
+    )
+    port = _free_port()
+    worker = start_worker_process(installed, "metrics_app:q", "--metrics-port", str(port))
+    try:
+        wait_until(lambda: _health(port) == 200, 60, "the worker's /healthz to answer 200")
+        samples = _scrape(port)
+    finally:
+        worker.kill()
+        worker.wait()
+    labels = {dict(k[1])["entrypoint"] for k in samples if k[0] == "pgq_nb_jobs"}
+    assert len(labels) == 1001 and "_other" in labels
+    assert len(samples) < 15_000, len(samples)  # 10 series an entrypoint, and a few more
+    # the most active one keeps its series, then the others by name; the rest are summed
+    assert _value(samples, "pgq_nb_jobs", entrypoint="many_2999", status="queued") == 51
+    assert {"many_0001", "many_0999"} <= labels and "many_1000" not in labels
+    queued = [
+        v
+        for (name, lb), v in samples.items()
+        if name == "pgq_nb_jobs" and ("status", "queued") in lb
+    ]
+    assert sum(queued) == 3050
+    assert _value(samples, "pgq_nb_jobs", entrypoint="_other", status="queued") == 2000
+    assert _value(samples, "pgq_nb_oldest_queued_job_age_seconds", entrypoint="_other") > 3000
+    assert _value(samples, "pgq_nb_entrypoint_paused", entrypoint="_other") == 21  # 1000..3000
+    assert _value(samples, "pgq_nb_entrypoint_paused", entrypoint="many_0100") == 1
+
+
+def test_a_workers_own_series_beyond_the_limit_are_other(q: pgq_nb.Queue, installed: str) -> None:
+    port = _free_port()
+    worker = start_worker_process(
+        installed,
+        "metrics_app:q",
+        "--metrics-port",
+        str(port),
+        PGQ_NB_METRICS_MAX_ENTRYPOINTS="1",
+    )
+    try:
+        wait_until(lambda: _health(port) == 200, 60, "the worker's /healthz to answer 200")
+        assert q.wait(q.enqueue(["slow"]), timeout=60) == {1: "succeeded"}
+        [boom] = q.enqueue(["boom"])
+        assert q.wait([boom], timeout=60) == {boom: "failed"}
+        samples = _scrape(port)
+    finally:
+        worker.kill()
+        worker.wait()
+    attempts = "pgq_nb_worker_attempts_total"
+    assert _value(samples, attempts, entrypoint="slow", outcome="succeeded") == 1
+    assert _value(samples, attempts, entrypoint="_other", outcome="failed") == 1
+    assert _value(samples, "pgq_nb_worker_queue_wait_seconds_count", entrypoint="_other") == 2
+    own = {
+        v
+        for (n, lb) in samples
+        if n.startswith("pgq_nb_worker_")
+        for k, v in lb
+        if k == "entrypoint"
+    }
+    assert "boom" not in own and {"slow", "_other"} <= own
+    # the queue-wide ones too: one entrypoint of its own and _other
+    labels = {dict(k[1])["entrypoint"] for k in samples if k[0] == "pgq_nb_jobs"}
+    assert len(labels) == 2 and "_other" in labels, labels
+
+
 def test_healthz_turns_503_and_metrics_say_down_when_the_database_is_cut_off(
     q: pgq_nb.Queue, installed: str
 ) -> None:
@@ -475,10 +549,20 @@ def test_metrics_port_without_prometheus_client_is_a_clear_error() -> None:
         (["--metrics-port", "http"], "'http' is not a TCP port; give a number 1-65535"),
         (["--metrics-port", "70000"], "'70000' is not a TCP port"),
         (["--metrics-host", "0.0.0.0"], "--metrics-host needs --metrics-port"),
+        (
+            ["--metrics-port", "9", "PGQ_NB_METRICS_MAX_ENTRYPOINTS=lots"],
+            "PGQ_NB_METRICS_MAX_ENTRYPOINTS='lots' is not a number of entrypoints; give a whole "
+            "number of at least 1",
+        ),
+        (["--metrics-port", "9", "PGQ_NB_METRICS_MAX_ENTRYPOINTS=0"], "at least 1"),
     ],
 )
 def test_bad_metrics_options_are_clear_errors(args: list[str], message: str) -> None:
-    done = _cli("worker", "metrics_app:q", *args)
+    env = [a for a in args if "=" in a]
+    prelude = "".join(
+        f"import os; os.environ[{k!r}] = {v!r}\n" for k, v in (a.split("=") for a in env)
+    )
+    done = _cli("worker", "metrics_app:q", *[a for a in args if a not in env], prelude=prelude)
     assert done.returncode == 2
     assert message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
