@@ -25,8 +25,10 @@ async def _extras(q: pgq_nb.AsyncQueue) -> None:
     s = q.schema
     async with q.pool.acquire() as conn:
         await conn.execute(
-            f'INSERT INTO "{s}".schedules (name, expression, tz, catch_up, next_run) '
-            "SELECT 'bench_schedule_' || g, '0 * * * *', 'UTC', 'latest', now() "
+            f'INSERT INTO "{s}".schedules '
+            "(name, entrypoint, expression, tz, catch_up, next_run) "
+            "SELECT 'bench_schedule_' || g, 'bench_ep_' || (g % 8), '0 * * * *', 'UTC', "
+            "'latest', now() "
             "FROM generate_series(1, 20) AS g"
         )
         await conn.execute(

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -43,6 +44,31 @@ logger = logging.getLogger("pgq_nb.metrics")
 #: Seconds one scrape may spend in the database before it answers ``pgq_nb_up 0``: below
 #: Prometheus's default scrape timeout (10 s), so that the scrape itself never times out.
 SCRAPE_TIMEOUT_S = 5.0
+
+#: The environment variable that sets :data:`MAX_ENTRYPOINTS` (read when this module loads).
+MAX_ENTRYPOINTS_ENV = "PGQ_NB_METRICS_MAX_ENTRYPOINTS"
+#: The label that stands for every entrypoint beyond :data:`MAX_ENTRYPOINTS`.
+OTHER = "_other"
+DEFAULT_MAX_ENTRYPOINTS = 1000
+
+
+def max_entrypoints_from_env() -> int:
+    """:data:`MAX_ENTRYPOINTS` from ``PGQ_NB_METRICS_MAX_ENTRYPOINTS`` (default 1,000)."""
+    raw = os.environ.get(MAX_ENTRYPOINTS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_ENTRYPOINTS
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ConfigurationError(
+            f"{MAX_ENTRYPOINTS_ENV}={raw!r} is not a number of entrypoints; give a whole number "
+            f"of at least 1 (the default is {DEFAULT_MAX_ENTRYPOINTS:,}), or unset it"
+        )
+    return int(raw)
+
+
+#: Entrypoints that get series of their own: the entrypoint label is user data, and 10,000
+#: entrypoints would make a scrape of hundreds of thousands of series. Beyond it, the most
+#: active ones keep theirs and the rest are summed into ``entrypoint="_other"``.
+MAX_ENTRYPOINTS: int = max_entrypoints_from_env()
 
 #: The content type of :func:`render`'s body (Prometheus' text format).
 CONTENT_TYPE: str = CONTENT_TYPE_LATEST
@@ -71,16 +97,24 @@ async def _render(store: Store, timeout: float) -> tuple[bytes, str]:
     collector = QueueCollector(store, timeout=timeout)
     registry.register(collector)
     await collector.read()
-    return generate_latest(registry), CONTENT_TYPE
+    # formatted off the loop: a big exposition does not stall what else runs on it
+    return await asyncio.to_thread(generate_latest, registry), CONTENT_TYPE
 
 
 class QueueCollector(Collector):
     """The queue-wide metrics, from the database. ``await read()`` queries it (at scrape time);
     ``collect()``, which prometheus_client calls, yields what the last read found."""
 
-    def __init__(self, store: Store, *, timeout: float = SCRAPE_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        timeout: float = SCRAPE_TIMEOUT_S,
+        max_entrypoints: int | None = None,
+    ) -> None:
         self.store = store
         self.timeout = timeout
+        self.max_entrypoints = MAX_ENTRYPOINTS if max_entrypoints is None else max_entrypoints
         self._families: list[Metric] = []
 
     def collect(self) -> Iterator[Metric]:
@@ -109,7 +143,11 @@ class QueueCollector(Collector):
                 extra={"error": f"{type(exc).__name__}: {exc}"},
             )
             rows = None
-        families = [] if rows is None else queue_families(**rows)
+        families = []
+        if rows is not None:  # built off the loop: thousands of entrypoints take a while
+            families = await asyncio.to_thread(
+                queue_families, **rows, max_entrypoints=self.max_entrypoints
+            )
         up = GaugeMetricFamily(
             "pgq_nb_up", "1 if the last scrape read the queue's database, else 0"
         )
@@ -175,15 +213,27 @@ def queue_families(
     workers: list[Any],
     entrypoints: list[Any],
     schedules: list[Any],
+    max_entrypoints: int = DEFAULT_MAX_ENTRYPOINTS,
 ) -> list[Metric]:
     """The metric families of what the scrape queries returned (rows as mappings). Every known
     entrypoint gets every status, zeros included, so that a series never vanishes when its
-    count falls to nothing (an alert on it would go quiet instead of resolving)."""
-    names = sorted(
-        {r["name"] for r in entrypoints}
-        | {r["entrypoint"] for r in live}
-        | {r["entrypoint"] for r in finished}
-    )
+    count falls to nothing (an alert on it would go quiet instead of resolving). Beyond
+    ``max_entrypoints`` entrypoints, the most active ones (most jobs live and finished) keep
+    series of their own and the rest are summed into ``entrypoint="_other"`` (the oldest age is
+    their oldest, paused the number of them paused)."""
+    activity: dict[str, int] = {r["name"]: 0 for r in entrypoints}
+    for r in (*live, *finished):
+        activity[r["entrypoint"]] = activity.get(r["entrypoint"], 0) + r["n"]
+    label = _labeller(activity, max_entrypoints)
+    names = sorted({label(name) for name in activity})
+    n: dict[tuple[str, str], int] = {}
+    awaiting: dict[str, int] = {}
+    age: dict[str, float] = {}
+    for r in live:
+        name = label(r["entrypoint"])
+        n[name, r["status"]] = n.get((name, r["status"]), 0) + r["n"]
+        awaiting[name] = awaiting.get(name, 0) + (r["awaiting_retry"] or 0)
+        age[name] = max(age.get(name, 0.0), r["oldest_due_s"] or 0.0)
     jobs = GaugeMetricFamily(
         "pgq_nb_jobs",
         "Live jobs by entrypoint and status (queued, blocked, picked), as q.stats() counts them",
@@ -199,18 +249,11 @@ def queue_families(
         "Seconds since the longest-waiting queued job became due, by entrypoint (0: none due)",
         labels=["entrypoint"],
     )
-    counts = {(r["entrypoint"], r["status"]): r for r in live}
     for name in names:
-        age = 0.0
-        awaiting = 0
         for status in LIVE_STATUSES:
-            row = counts.get((name, status))
-            jobs.add_metric([name, status], row["n"] if row else 0)
-            if row is not None and status == "queued":
-                age = max(0.0, row["oldest_due_s"] or 0.0)
-                awaiting = row["awaiting_retry"]
-        retrying.add_metric([name], awaiting)
-        oldest.add_metric([name], age)
+            jobs.add_metric([name, status], n.get((name, status), 0))
+        retrying.add_metric([name], awaiting.get(name, 0))
+        oldest.add_metric([name], max(0.0, age.get(name, 0.0)))
     done = GaugeMetricFamily(
         "pgq_nb_finished_jobs",
         "Finished jobs in history by entrypoint and outcome, from the counters the queue keeps "
@@ -218,17 +261,25 @@ def queue_families(
         "failed jobs are requeued; for rates use pgq_nb_worker_attempts_total",
         labels=["entrypoint", "outcome"],
     )
-    totals = {(r["entrypoint"], r["status"]): r["n"] for r in finished}
+    totals: dict[tuple[str, str], int] = {}
+    for r in finished:
+        key = (label(r["entrypoint"]), r["status"])
+        totals[key] = totals.get(key, 0) + r["n"]
     for name in names:
         for status in FINAL_STATUSES:
             done.add_metric([name, status], totals.get((name, status), 0))
     paused = GaugeMetricFamily(
         "pgq_nb_entrypoint_paused",
-        "1 while the entrypoint is paused (no worker claims its jobs), else 0",
+        "1 while the entrypoint is paused (no worker claims its jobs), else 0 (for "
+        'entrypoint="_other": how many of the entrypoints it sums are paused)',
         labels=["entrypoint"],
     )
+    pauses: dict[str, int] = {}
     for row in entrypoints:
-        paused.add_metric([row["name"]], 1 if row["paused"] else 0)
+        name = label(row["name"])
+        pauses[name] = pauses.get(name, 0) + (1 if row["paused"] else 0)
+    for name, count in sorted(pauses.items()):
+        paused.add_metric([name], count)
     alive = GaugeMetricFamily(
         "pgq_nb_workers_alive", "Worker processes with a heartbeat younger than the timeout"
     )
@@ -239,6 +290,15 @@ def queue_families(
         alive.add_metric([], row["alive"])
         slots.add_metric([], row["slots"])
     return [jobs, retrying, oldest, done, paused, alive, slots, *schedule_families(schedules)]
+
+
+def _labeller(activity: dict[str, int], limit: int) -> Callable[[str], str]:
+    """The label of each entrypoint: its name for the ``limit`` most active (ties by name), and
+    ``_other`` for the rest."""
+    if len(activity) <= limit:
+        return lambda name: name
+    keep = set(sorted(activity, key=lambda name: (-activity[name], name))[:limit])
+    return lambda name: name if name in keep else OTHER
 
 
 def schedule_families(schedules: list[Any]) -> list[Metric]:

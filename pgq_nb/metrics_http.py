@@ -7,6 +7,10 @@ are no actions, and nothing it shows is a payload or a result, only names and co
 machine); then anyone who can reach the port can read entrypoint and schedule names and the
 counts, which the worker says in its log when it starts.
 
+Slow clients cannot starve it: a client has 2 s to send its whole request head (then 408 and
+closed), one client address holds at most 4 connections at once (more are closed at once), 16
+in all. A scrape's text is formatted in a thread, off the worker's loop.
+
 ``/healthz`` answers 200 while the worker's loop runs (it is answered on that loop: a blocked
 loop does not answer at all), it is registered and not stopping, and its last heartbeat went
 through within the heartbeat timeout; 503 otherwise. The body is one line saying which.
@@ -15,9 +19,10 @@ through within the heartbeat timeout; 503 otherwise. The body is one line saying
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import ipaddress
 import logging
+import socket
 
 from prometheus_client import ProcessCollector
 from prometheus_client.exposition import generate_latest
@@ -30,15 +35,21 @@ from pgq_nb.store import Backend
 
 logger = logging.getLogger("pgq_nb.metrics")
 
-#: Seconds a client gets to send its request, and the longest request line and header line.
-REQUEST_TIMEOUT_S = 10.0
+#: Seconds a client gets to send its whole request head (request line and headers); then it
+#: is answered 408 and closed. Prometheus and a health check send theirs at once: a client
+#: that trickles it holds a connection for no longer than this.
+REQUEST_TIMEOUT_S = 2.0
 #: Seconds one connection may last in all (a scrape waits for the one before it).
 CONNECTION_TIMEOUT_S = 60.0
+#: The longest request line and header line.
 LINE_LIMIT = 8192
 MAX_HEADERS = 100
 #: Connections served at once; one more is closed at once (a scraper and a health check need
 #: a few; a client that opens hundreds must not take the worker's file descriptors).
 MAX_CONNECTIONS = 16
+#: Connections served at once to one client address; one more from it is closed at once, so
+#: that one client cannot take every connection and leave none for /healthz and the scrapes.
+MAX_PER_CLIENT = 4
 
 _REASONS = {
     200: "OK",
@@ -79,13 +90,26 @@ class MetricsServer:
         self.registry.register(self.queue)
         self._scrape = asyncio.Lock()  # one scrape reads the database at a time
         self._open = 0
+        self._clients: dict[str, int] = {}  # connections open per client address
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port``; a port in use is a ConfigurationError."""
         try:
             self.server = await asyncio.start_server(self._serve, host, port, limit=LINE_LIMIT)
+        except socket.gaierror as exc:
+            raise ConfigurationError(
+                f"cannot serve metrics on {host}:{port}: the host {host!r} cannot be resolved "
+                f"({exc.strerror or exc}); give --metrics-host an address of this machine, e.g. "
+                "127.0.0.1 (the default) or 0.0.0.0 for every interface"
+            ) from None
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ConfigurationError(
+                    f"cannot serve metrics on {host}:{port}: {host!r} is not an address of this "
+                    "machine; give --metrics-host an address of this machine, e.g. 127.0.0.1 "
+                    "(the default) or 0.0.0.0 for every interface"
+                ) from None
             raise ConfigurationError(
                 f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; pick a free "
                 "port with --metrics-port, or stop what listens there"
@@ -105,10 +129,13 @@ class MetricsServer:
             self.server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._open >= MAX_CONNECTIONS:
-            writer.close()
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if self._open >= MAX_CONNECTIONS or self._clients.get(client, 0) >= MAX_PER_CLIENT:
+            writer.transport.abort()  # at once: nothing buffered waits for a reader
             return
         self._open += 1
+        self._clients[client] = self._clients.get(client, 0) + 1
         try:
             async with asyncio.timeout(CONNECTION_TIMEOUT_S):
                 await self._answer(reader, writer)
@@ -116,9 +143,17 @@ class MetricsServer:
             pass  # a client that does not read its answer
         finally:
             self._open -= 1
+            self._clients[client] -= 1
+            if not self._clients[client]:
+                del self._clients[client]
             writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    await writer.wait_closed()
+            except TimeoutError:
+                writer.transport.abort()  # a client that does not read what is left
+            except (ConnectionError, OSError):
+                pass
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -140,7 +175,9 @@ class MetricsServer:
             if path == "/metrics":
                 async with self._scrape:
                     await self.queue.read()
-                    body = generate_latest(self.registry)
+                    # formatted in a thread: a big exposition (thousands of series) must not
+                    # stall the worker's claims, heartbeats and /healthz on this loop
+                    body = await asyncio.to_thread(generate_latest, self.registry)
                 await _respond(writer, 200, body, content_type=CONTENT_TYPE, head=head)
             elif path == "/healthz":
                 healthy, why = self.worker.health()

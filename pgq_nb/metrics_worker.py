@@ -24,6 +24,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.registry import CollectorRegistry
 
+from pgq_nb.metrics import MAX_ENTRYPOINTS, OTHER
 from pgq_nb.models import Job
 from pgq_nb.worker import Worker
 
@@ -46,10 +47,12 @@ class _Series:
 
 
 class WorkerMetrics:
-    """This process's own metrics, in ``registry``."""
+    """This process's own metrics, in ``registry``. The first ``max_entrypoints`` entrypoints
+    it runs get series of their own; the ones after them share ``entrypoint="_other"``."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, max_entrypoints: int | None = None) -> None:
         self.registry = registry
+        self.max_entrypoints = MAX_ENTRYPOINTS if max_entrypoints is None else max_entrypoints
         self.attempts = Counter(
             "pgq_nb_worker_attempts",
             "Attempts this worker process ran to their end, by entrypoint and outcome "
@@ -86,9 +89,14 @@ class WorkerMetrics:
         )
 
     def of(self, entrypoint: str) -> _Series:
-        """The series of ``entrypoint``."""
+        """The series of ``entrypoint`` (``_other``'s beyond the limit)."""
         series = self._series.get(entrypoint)
         if series is None:
+            if len(self._series) - (OTHER in self._series) >= self.max_entrypoints:
+                entrypoint = OTHER
+                series = self._series.get(OTHER)
+                if series is not None:
+                    return series
             series = self._series[entrypoint] = _Series(
                 attempts={o: self.attempts.labels(entrypoint, o) for o in _OUTCOMES},
                 duration=self.duration.labels(entrypoint),

@@ -11,10 +11,12 @@ import datetime as dt
 import http.client
 import json
 import re
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -181,6 +183,141 @@ def _raw(port: int, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(request)
         return s.recv(65536)
+
+
+class _SlowClients(threading.Thread):
+    """An attacker at ``source``: keeps ``n`` connections open that send one request line and
+    stall, and opens a new one whenever the server closes one (#19, item 2)."""
+
+    def __init__(self, port: int, source: str, n: int = 20) -> None:
+        super().__init__(daemon=True)
+        self.port, self.source, self.n = port, source, n
+        self.stop = threading.Event()
+        self.closed_by_server = 0
+
+    def _open(self) -> socket.socket | None:
+        try:
+            s = socket.create_connection(
+                ("127.0.0.1", self.port), timeout=5, source_address=(self.source, 0)
+            )
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")
+        except OSError:
+            return None
+        return s
+
+    def run(self) -> None:
+        socks: list[socket.socket] = []
+        try:
+            while not self.stop.is_set():
+                while len(socks) < self.n and (s := self._open()) is not None:
+                    socks.append(s)
+                for s in select.select(socks, [], [], 0.05)[0]:  # answered or closed
+                    self.closed_by_server += 1
+                    socks.remove(s)
+                    s.close()
+        finally:
+            for s in socks:
+                s.close()
+
+
+def test_slow_clients_do_not_starve_healthz_and_metrics(installed: str) -> None:
+    port = _free_port()
+    worker = start_worker_process(installed, "metrics_app:q", "--metrics-port", str(port))
+    attacker = _SlowClients(port, "127.0.0.2")
+    try:
+        wait_until(lambda: _health(port) == 200, 60, "the worker's /healthz to answer 200")
+        attacker.start()
+        # the server is at its limit for that client: it closes the new ones at once
+        wait_until(lambda: attacker.closed_by_server >= 10, 60, "the server to refuse some")
+        # while 20 stall (and come back as fast as they are closed), another client is served
+        assert _get(port, "/healthz")[0] == 200
+        assert _value(_scrape(port), "pgq_nb_up") == 1
+        assert _get(port, "/healthz")[0] == 200
+        # one that stalls is answered 408 and closed after the 2 s the request head may take
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            began = time.monotonic()
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 408 ")
+            assert time.monotonic() - began < 8  # 2 s, with a wide margin (it was 10 s)
+    finally:
+        attacker.stop.set()
+        attacker.join(30)
+        worker.kill()
+        worker.wait()
+
+
+def test_thousands_of_entrypoints_are_capped_and_the_rest_summed_as_other(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    # 3,000 entrypoints (user data) made 30,000 series; beyond 1,000 they are summed (#19, 3)
+    ep = "'many_' || lpad(g::text, 4, '0')"
+    execute_sql(
+        installed,
+        f"INSERT INTO {SCHEMA}.entrypoints (name, paused) "
+        f"SELECT {ep}, g % 100 = 0 FROM generate_series(1, 3000) AS g",
+        f"INSERT INTO {SCHEMA}.jobs (entrypoint, execute_after) "
+        f"SELECT {ep}, now() - interval '1 hour' FROM generate_series(1, 3000) AS g",
+        f"INSERT INTO {SCHEMA}.jobs (entrypoint) SELECT 'many_2999' FROM generate_series(1, 50)",
+    )
+    port = _free_port()
+    worker = start_worker_process(installed, "metrics_app:q", "--metrics-port", str(port))
+    try:
+        wait_until(lambda: _health(port) == 200, 60, "the worker's /healthz to answer 200")
+        samples = _scrape(port)
+    finally:
+        worker.kill()
+        worker.wait()
+    labels = {dict(k[1])["entrypoint"] for k in samples if k[0] == "pgq_nb_jobs"}
+    assert len(labels) == 1001 and "_other" in labels
+    assert len(samples) < 15_000, len(samples)  # 10 series an entrypoint, and a few more
+    # the most active one keeps its series, then the others by name; the rest are summed
+    assert _value(samples, "pgq_nb_jobs", entrypoint="many_2999", status="queued") == 51
+    assert {"many_0001", "many_0999"} <= labels and "many_1000" not in labels
+    queued = [
+        v
+        for (name, lb), v in samples.items()
+        if name == "pgq_nb_jobs" and ("status", "queued") in lb
+    ]
+    assert sum(queued) == 3050
+    assert _value(samples, "pgq_nb_jobs", entrypoint="_other", status="queued") == 2000
+    assert _value(samples, "pgq_nb_oldest_queued_job_age_seconds", entrypoint="_other") > 3000
+    assert _value(samples, "pgq_nb_entrypoint_paused", entrypoint="_other") == 21  # 1000..3000
+    assert _value(samples, "pgq_nb_entrypoint_paused", entrypoint="many_0100") == 1
+
+
+def test_a_workers_own_series_beyond_the_limit_are_other(q: pgq_nb.Queue, installed: str) -> None:
+    port = _free_port()
+    worker = start_worker_process(
+        installed,
+        "metrics_app:q",
+        "--metrics-port",
+        str(port),
+        PGQ_NB_METRICS_MAX_ENTRYPOINTS="1",
+    )
+    try:
+        wait_until(lambda: _health(port) == 200, 60, "the worker's /healthz to answer 200")
+        assert q.wait(q.enqueue(["slow"]), timeout=60) == {1: "succeeded"}
+        [boom] = q.enqueue(["boom"])
+        assert q.wait([boom], timeout=60) == {boom: "failed"}
+        samples = _scrape(port)
+    finally:
+        worker.kill()
+        worker.wait()
+    attempts = "pgq_nb_worker_attempts_total"
+    assert _value(samples, attempts, entrypoint="slow", outcome="succeeded") == 1
+    assert _value(samples, attempts, entrypoint="_other", outcome="failed") == 1
+    assert _value(samples, "pgq_nb_worker_queue_wait_seconds_count", entrypoint="_other") == 2
+    own = {
+        v
+        for (n, lb) in samples
+        if n.startswith("pgq_nb_worker_")
+        for k, v in lb
+        if k == "entrypoint"
+    }
+    assert "boom" not in own and {"slow", "_other"} <= own
+    # the queue-wide ones too: one entrypoint of its own and _other
+    labels = {dict(k[1])["entrypoint"] for k in samples if k[0] == "pgq_nb_jobs"}
+    assert len(labels) == 2 and "_other" in labels, labels
 
 
 def test_healthz_turns_503_and_metrics_say_down_when_the_database_is_cut_off(
@@ -372,6 +509,17 @@ def test_a_scrape_never_reads_history_and_reads_jobs_once(q: pgq_nb.Queue) -> No
     assert set(re.findall(r'q\["(\w+)"\]', source)) == set(scrape)
 
 
+def test_the_metrics_benchmark_fills_a_schema_the_scrape_reads(q: pgq_nb.Queue) -> None:
+    # `python -m benchmarks --only metrics` failed on its schedules insert (#19, item 8)
+    from benchmarks import scenario_metrics
+
+    runtime.run_sync(scenario_metrics._extras(q.aio))
+    samples = _samples(_render(q)[0])
+    assert _value(samples, "pgq_nb_up") == 1
+    assert _value(samples, "pgq_nb_schedule_enabled", schedule="bench_schedule_20") == 1
+    assert _value(samples, "pgq_nb_workers_alive") == 50
+
+
 # -- the command line -------------------------------------------------------------------------
 
 
@@ -401,10 +549,20 @@ def test_metrics_port_without_prometheus_client_is_a_clear_error() -> None:
         (["--metrics-port", "http"], "'http' is not a TCP port; give a number 1-65535"),
         (["--metrics-port", "70000"], "'70000' is not a TCP port"),
         (["--metrics-host", "0.0.0.0"], "--metrics-host needs --metrics-port"),
+        (
+            ["--metrics-port", "9", "PGQ_NB_METRICS_MAX_ENTRYPOINTS=lots"],
+            "PGQ_NB_METRICS_MAX_ENTRYPOINTS='lots' is not a number of entrypoints; give a whole "
+            "number of at least 1",
+        ),
+        (["--metrics-port", "9", "PGQ_NB_METRICS_MAX_ENTRYPOINTS=0"], "at least 1"),
     ],
 )
 def test_bad_metrics_options_are_clear_errors(args: list[str], message: str) -> None:
-    done = _cli("worker", "metrics_app:q", *args)
+    env = [a for a in args if "=" in a]
+    prelude = "".join(
+        f"import os; os.environ[{k!r}] = {v!r}\n" for k, v in (a.split("=") for a in env)
+    )
+    done = _cli("worker", "metrics_app:q", *[a for a in args if a not in env], prelude=prelude)
     assert done.returncode == 2
     assert message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
@@ -427,6 +585,33 @@ def test_a_port_in_use_is_a_clear_error(installed: str) -> None:
     assert done.returncode == 2
     assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr, done.stderr
     assert "pick a free port with --metrics-port" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("nosuch.invalid", "the host 'nosuch.invalid' cannot be resolved"),
+        ("192.0.2.1", "'192.0.2.1' is not an address of this machine"),
+    ],
+)
+def test_a_metrics_host_that_is_not_ours_is_a_clear_error(
+    installed: str, host: str, message: str
+) -> None:
+    # it said "Name or service not known; pick a free port" (#19, item 15)
+    command = ["worker", "metrics_app:q", "--metrics-port", str(_free_port())]
+    done = subprocess.run(
+        [sys.executable, "-m", "pgq_nb.cli", *command, "--metrics-host", host],
+        env=worker_env(installed),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr, done.stderr
+    assert "give --metrics-host an address of this machine, e.g. 127.0.0.1" in done.stderr
+    assert "pick a free port" not in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # -- the example alert rules ------------------------------------------------------------------
