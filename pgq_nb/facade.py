@@ -107,9 +107,10 @@ class Queue:
     def start_worker(
         self,
         *,
-        concurrency: int = 32,
+        concurrency: int | None = None,
         entrypoints: list[str] | None = None,
         grace_period: float = 30.0,
+        processes: int | bool | None = None,
     ) -> WorkerHandle:
         """Run a worker in the background of this process; returns a handle with ``.stop()``.
 
@@ -119,10 +120,15 @@ class Queue:
         body is used (with ``entrypoints=``: those only). It warns, in one
         line (see :mod:`pgq_nb.worker_notices`), of queued jobs no handler here and no live
         worker serves (``JobsWithoutHandler``, when it starts), and of jobs that failed for
-        good (``JobsFailed``, a second after a failure).
+        good (``JobsFailed``, a second after a failure). ``processes=N`` (``True``: one per
+        core) runs plain ``def`` handlers in N processes, as for ``run_until_idle``.
         """
         worker = Worker(
-            self.aio, concurrency=concurrency, entrypoints=entrypoints, grace_period=grace_period
+            self.aio,
+            concurrency=concurrency,
+            entrypoints=entrypoints,
+            grace_period=grace_period,
+            processes=processes,
         )
         notices.tell_failed_in_background(worker.failures)
         if not runtime.in_loop_thread():  # (from the loop, waiting for the count would deadlock)

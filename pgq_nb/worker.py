@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from pgq_nb import db
+from pgq_nb import db, executors
 from pgq_nb import worker_decisions as decisions
 from pgq_nb.claiming import Claiming
 from pgq_nb.completion import (
@@ -74,7 +74,7 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         self,
         queue: Backend,
         *,
-        concurrency: int = 32,
+        concurrency: int | None = None,
         entrypoints: list[str] | None = None,
         batch_size: int | None = None,
         flush_interval: float = 0.005,
@@ -82,7 +82,11 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         stop_when_idle: bool = False,
         wait_for_scheduled: float = 60.0,
         process_exits: bool = False,
+        processes: int | bool | None = None,
     ) -> None:
+        self.processes = executors.check_processes(processes)
+        if concurrency is None:  # with processes, as many jobs at once as there are processes
+            concurrency = self.processes or 32
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError("concurrency must be a positive int")
         registry = queue.registry
@@ -126,6 +130,8 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         self._hard_stop = asyncio.Event()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._listener: asyncpg.Connection | None = None
+        # handlers that run outside the worker (processes): checked before anything is claimed
+        self._pool = executors.open_pool(self.specs.values(), self.processes, concurrency)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -276,6 +282,8 @@ class Worker(Claiming, Upkeep, Following, Stopping):
             )
             if spec.is_async:
                 call = run_async(call, spec.timeout)
+        elif self._pool is not None and executors.runs_outside(spec, self.processes):
+            call = self._pool.run(spec, job, timeout=spec.timeout)
         elif spec.is_async:
             call = run_async(spec.handler(job), spec.timeout)
         else:

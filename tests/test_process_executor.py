@@ -1,0 +1,206 @@
+"""Handlers in processes (issue #17, items 1 and 2): ``processes=N`` and ``executor="process"``.
+
+Real processes, real signals, the real Postgres of the fixtures; one test drives a real kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import pgq_nb
+from pgq_nb import runtime
+from tests.conftest import SCHEMA
+
+QUICK_RETRY = pgq_nb.RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.1)
+
+
+def _picked(q: pgq_nb.Queue) -> int:
+    async def run() -> int:
+        n: int = await q.aio.pool.fetchval(
+            f"SELECT count(*) FROM {SCHEMA}.jobs WHERE status = 'picked'"
+        )
+        return n
+
+    return runtime.run_sync(run())
+
+
+def test_closures_and_lambdas_run_in_other_processes(q: pgq_nb.Queue) -> None:
+    factor = 3
+
+    def times(job: pgq_nb.Job) -> dict[str, int]:  # a closure, as a cell would define
+        return {"pid": os.getpid(), "value": job.data["x"] * factor}
+
+    q.entrypoint("times")(times)
+    q.entrypoint("pid")(lambda job: os.getpid())
+    ids = q.enqueue(["times"] * 6, [{"x": i} for i in range(6)])
+    lam = q.enqueue(["pid"] * 4)
+    stats = q.run_until_idle(processes=2)
+    assert stats.succeeded == 10 and stats.failed == 0
+    results = [q.get_job(i).result for i in ids]
+    assert [r["value"] for r in results] == [i * 3 for i in range(6)]
+    pids = {r["pid"] for r in results} | {q.get_job(i).result for i in lam}
+    assert os.getpid() not in pids
+    assert 1 <= len(pids) <= 2
+    assert _picked(q) == 0
+
+
+def test_a_timeout_ends_the_process_so_later_side_effects_never_happen(
+    q: pgq_nb.Queue, tmp_path: Path
+) -> None:
+    marker = tmp_path / "written-after-the-timeout"
+
+    @q.entrypoint(
+        "slow", executor="process", timeout=0.5, retry=pgq_nb.RetryPolicy(max_attempts=1)
+    )
+    def slow(job: pgq_nb.Job) -> None:
+        time.sleep(3)
+        marker.write_text(str(os.getpid()))
+
+    q.entrypoint("quick", executor="process")(lambda job: "ok")
+    bad = q.enqueue("slow")
+    good = q.enqueue(["quick"] * 4)
+    began = time.monotonic()
+    q.run_until_idle()
+    info = q.get_job(bad)
+    assert info.status is pgq_nb.JobStatus.FAILED
+    assert info.error is not None and info.error.startswith("JobTimeoutError"), info.error
+    assert "its process was ended" in info.error
+    assert set(q.statuses(good).values()) == {pgq_nb.JobStatus.SUCCEEDED}
+    time.sleep(max(0.0, 5 - (time.monotonic() - began)))  # well past when it would write
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("crash", ["os._exit", "segfault"])
+def test_a_handler_that_kills_its_process_loses_only_its_attempt(
+    q: pgq_nb.Queue, crash: str
+) -> None:
+    @q.entrypoint("crashy", retry=QUICK_RETRY)
+    def crashy(job: pgq_nb.Job) -> str:
+        if job.attempts == 1:
+            if crash == "os._exit":
+                os._exit(7)
+            ctypes.string_at(0)  # SIGSEGV
+        return "second time lucky"
+
+    @q.entrypoint("steady")
+    def steady(job: pgq_nb.Job) -> int:
+        time.sleep(0.2)
+        return os.getpid()
+
+    bad = q.enqueue("crashy")
+    good = q.enqueue(["steady"] * 6)
+    stats = q.run_until_idle(processes=2, timeout=120)
+    assert stats.succeeded == 7 and stats.retried == 1 and stats.failed == 0
+    info = q.get_job(bad)
+    assert info.status is pgq_nb.JobStatus.SUCCEEDED and info.attempts == 2
+    assert info.result == "second time lucky"
+    assert info.errors and info.errors[0]["error"].startswith("HandlerProcessDied"), info.errors
+    code = "EXIT(7)" if crash == "os._exit" else "SIGSEGV"
+    assert code in info.errors[0]["error"]
+    assert set(q.statuses(good).values()) == {pgq_nb.JobStatus.SUCCEEDED}
+    assert _picked(q) == 0
+
+
+def test_memory_limit_fails_one_job_clearly_and_the_others_succeed(q: pgq_nb.Queue) -> None:
+    @q.entrypoint(
+        "hungry",
+        executor="process",
+        memory_limit="1GB",
+        retry=pgq_nb.RetryPolicy(max_attempts=1),
+    )
+    def hungry(job: pgq_nb.Job) -> int:
+        return len(bytearray(3 * 10**9))
+
+    @q.entrypoint("modest", executor="process", memory_limit="1GB")
+    def modest(job: pgq_nb.Job) -> int:
+        return len(bytearray(50 * 10**6))
+
+    bad = q.enqueue("hungry")
+    good = q.enqueue(["modest"] * 4)
+    stats = q.run_until_idle()
+    assert stats.failed == 1 and stats.succeeded == 4
+    info = q.get_job(bad)
+    assert info.status is pgq_nb.JobStatus.FAILED
+    assert info.error is not None and info.error.startswith("MemoryLimitExceeded"), info.error
+    assert "memory_limit of 1 GB" in info.error and "peak resident memory" in info.error
+    assert [q.get_job(i).result for i in good] == [50 * 10**6] * 4
+
+
+def test_cancel_ends_a_handler_running_in_a_process(q: pgq_nb.Queue, tmp_path: Path) -> None:
+    marker = tmp_path / "written-after-the-cancel"
+
+    @q.entrypoint("long", executor="process")
+    def long(job: pgq_nb.Job) -> None:
+        (tmp_path / "started").write_text("")
+        time.sleep(4)
+        marker.write_text("")
+
+    job_id = q.enqueue("long")
+    w = q.start_worker()
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline, "the handler did not start in 60 s"
+            time.sleep(0.05)
+        began = time.monotonic()
+        q.cancel(job_id)
+        assert q.wait(job_id, timeout=60) == {job_id: "cancelled"}
+    finally:
+        w.stop(timeout=60)
+    time.sleep(max(0.0, 6 - (time.monotonic() - began)))
+    assert not marker.exists()
+
+
+def test_a_handler_that_cannot_be_pickled_is_refused_before_anything_is_claimed(
+    q: pgq_nb.Queue,
+) -> None:
+    lock = threading.Lock()
+
+    def locked(job: pgq_nb.Job) -> None:
+        with lock:
+            pass
+
+    with pytest.raises(pgq_nb.UnpicklableHandlerError) as refused:
+        q.entrypoint("locked", executor="process")(locked)
+    message = str(refused.value)
+    assert "'lock'" in message and "lock" in message.lower() and "module" in message
+    assert "locked" not in q.aio.registry.handlers
+
+    q.entrypoint("locked")(locked)  # fine for threads; refused by a worker of processes
+    job_id = q.enqueue("locked")
+    with pytest.raises(pgq_nb.UnpicklableHandlerError, match="entrypoint 'locked'"):
+        q.run_until_idle(processes=2)
+    assert q.get_job(job_id).status is pgq_nb.JobStatus.QUEUED
+    assert _picked(q) == 0
+
+
+@pytest.mark.parametrize("processes", [0, -2, 1.5, "2"])
+def test_processes_must_be_a_positive_int(q: pgq_nb.Queue, processes: object) -> None:
+    q.entrypoint("noop")(lambda job: None)
+    q.enqueue("noop")
+    with pytest.raises(pgq_nb.InvalidInputError, match="processes must be a positive int"):
+        q.run_until_idle(processes=processes)  # type: ignore[arg-type]
+    with pytest.raises(pgq_nb.InvalidInputError, match="processes must be a positive int"):
+        q.start_worker(processes=processes)  # type: ignore[arg-type]
+    assert _picked(q) == 0
+
+
+@pytest.mark.parametrize("limit", [-1, 0, "-2GB", "lots", "2 parsecs", True])
+def test_memory_limit_must_be_a_size(q: pgq_nb.Queue, limit: object) -> None:
+    with pytest.raises(pgq_nb.InvalidInputError, match="is not a memory size"):
+        q.entrypoint("x", executor="process", memory_limit=limit)  # type: ignore[arg-type]
+
+
+def test_options_that_need_a_process_say_so(q: pgq_nb.Queue) -> None:
+    with pytest.raises(pgq_nb.InvalidInputError, match="memory_limit needs executor='process'"):
+        q.entrypoint("x", memory_limit="2GB")
+    with pytest.raises(pgq_nb.InvalidInputError, match="transactional"):
+        q.entrypoint("x", executor="process", transactional=True)
+    with pytest.raises(pgq_nb.InvalidInputError, match="executor must be one of"):
+        q.entrypoint("x", executor="processes")
