@@ -50,8 +50,8 @@ class JobExecutor(Protocol):
 
 def check_executor(value: object) -> str | None:
     """An entrypoint's ``executor=``: None (the worker decides), "thread" or "process"."""
-    if value is None or value in EXECUTORS:
-        return value  # type: ignore[return-value]
+    if value is None or (isinstance(value, str) and value in EXECUTORS):
+        return value
     raise InvalidInputError(
         f"executor must be one of {', '.join(map(repr, EXECUTORS))} or None (the worker's "
         f"choice), not {value!r}"

@@ -15,7 +15,7 @@ import pytest
 
 import pgq_nb
 from pgq_nb import runtime
-from tests.conftest import SCHEMA
+from tests.conftest import SCHEMA, start_worker_process, stop_processes
 
 QUICK_RETRY = pgq_nb.RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.1)
 
@@ -55,9 +55,7 @@ def test_a_timeout_ends_the_process_so_later_side_effects_never_happen(
 ) -> None:
     marker = tmp_path / "written-after-the-timeout"
 
-    @q.entrypoint(
-        "slow", executor="process", timeout=0.5, retry=pgq_nb.RetryPolicy(max_attempts=1)
-    )
+    @q.entrypoint("slow", executor="process", timeout=0.5, retry=pgq_nb.RetryPolicy(max_attempts=1))
     def slow(job: pgq_nb.Job) -> None:
         time.sleep(3)
         marker.write_text(str(os.getpid()))
@@ -204,3 +202,147 @@ def test_options_that_need_a_process_say_so(q: pgq_nb.Queue) -> None:
         q.entrypoint("x", executor="process", transactional=True)
     with pytest.raises(pgq_nb.InvalidInputError, match="executor must be one of"):
         q.entrypoint("x", executor="processes")
+
+
+# -- in a real kernel ----------------------------------------------------------------------
+
+KERNEL_SETUP = """
+import os, time, pgq_nb
+q = pgq_nb.connect()
+factor = 10
+
+def scaled(job):            # a function of the cell, reading a global of the notebook
+    return {"pid": os.getpid(), "value": job.data * factor}
+
+def make(offset):
+    return lambda job: {"pid": os.getpid(), "value": job.data + offset}
+
+q.entrypoint("scaled")(scaled)
+q.entrypoint("shifted")(make(100))   # a closure made in a cell
+
+@q.entrypoint("sleepy")
+def sleepy(job):
+    with open(os.path.join(OUT, f"{job.id}.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(60)
+    with open(os.path.join(OUT, f"{job.id}.done"), "w") as f:
+        f.write("")
+"""
+
+
+class Kernel:
+    """A real IPython kernel, driven as a notebook front end drives it."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        from jupyter_client.manager import KernelManager
+
+        self.manager = KernelManager(kernel_name="python3")
+        self.manager.start_kernel(env=env)
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=120)
+
+    def send(self, code: str) -> str:
+        msg_id: str = self.client.execute(code)
+        return msg_id
+
+    def reply(self, msg_id: str, timeout: float = 180) -> tuple[str, str]:
+        """The cell's status and what it printed (stream text, results, error names)."""
+        shown: list[str] = []
+        while True:
+            msg = self.client.get_iopub_msg(timeout=timeout)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                shown.append(content["text"])
+            elif kind == "execute_result":
+                shown.append(content["data"].get("text/plain", ""))
+            elif kind == "error":
+                shown.append(f"{content['ename']}: {content['evalue']}")
+            elif kind == "status" and content["execution_state"] == "idle":
+                break
+        reply = self.client.get_shell_msg(timeout=timeout)
+        return reply["content"]["status"], "".join(shown)
+
+    def run(self, code: str, timeout: float = 180) -> str:
+        status, shown = self.reply(self.send(code), timeout)
+        assert status == "ok", shown
+        return shown
+
+    def close(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_notebook_runs_its_cells_handlers_in_processes_and_stop_stops_them(
+    q: pgq_nb.Queue, installed: str, tmp_path: Path
+) -> None:
+    q.entrypoint("scaled")(lambda job: None)  # so that this side may enqueue them
+    q.entrypoint("shifted")(lambda job: None)
+    q.entrypoint("sleepy")(lambda job: None)
+    env = dict(os.environ, PGQ_NB_DSN=installed, PGQ_NB_SCHEMA=SCHEMA)
+    env.pop("PGQ_NB_HOME", None)
+    kernel = Kernel(env)
+    try:
+        kernel.run(f"OUT = {str(tmp_path)!r}\n{KERNEL_SETUP}")
+        kernel_pid = int(kernel.run("print(os.getpid())"))
+        scaled = q.enqueue(["scaled"] * 4, [1, 2, 3, 4])
+        shifted = q.enqueue(["shifted"] * 4, [1, 2, 3, 4])
+        shown = kernel.run(
+            "print(q.run_until_idle(processes=2, entrypoints=['scaled', 'shifted']))"
+        )
+        assert "succeeded=8" in shown, shown
+        results = [q.get_job(i).result for i in [*scaled, *shifted]]
+        assert [r["value"] for r in results] == [10, 20, 30, 40, 101, 102, 103, 104]
+        pids = {r["pid"] for r in results}
+        assert kernel_pid not in pids and 1 <= len(pids) <= 2
+
+        # the Stop button while two handlers run in processes
+        sleepers = q.enqueue(["sleepy"] * 3)
+        cell = kernel.send("q.run_until_idle(processes=2)")
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("*.pid"))) < 2:
+            assert time.monotonic() < deadline, "two handlers did not start in 120 s"
+            time.sleep(0.1)
+        running = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+        assert kernel_pid not in running
+        kernel.manager.interrupt_kernel()
+        status, shown = kernel.reply(cell)
+        assert status == "error" and "KeyboardInterrupt" in shown, shown
+        assert set(q.statuses(sleepers).values()) == {pgq_nb.JobStatus.QUEUED}
+        assert _picked(q) == 0
+        assert all(q.get_job(i).attempts == 0 for i in sleepers)  # returned, not counted
+        for pid in running:
+            deadline = time.monotonic() + 30
+            while _alive(pid):
+                assert time.monotonic() < deadline, f"process {pid} outlived the stop"
+                time.sleep(0.1)
+        assert kernel.run("print(1 + 1)").strip() == "2"  # the kernel goes on
+        assert not list(tmp_path.glob("*.done"))
+    finally:
+        kernel.close()
+
+
+def test_pgq_nb_worker_runs_handlers_in_its_processes(q: pgq_nb.Queue, installed: str) -> None:
+    q.entrypoint("whoami")(lambda job: None)
+    ids = q.enqueue(["whoami"] * 8)
+    process = start_worker_process(installed, "process_app:q", "--processes", "2")
+    try:
+        assert set(q.wait(ids, timeout=120).values()) == {"succeeded"}
+    finally:
+        stop_processes([process])
+    assert process.returncode == 0
+    results = [q.get_job(i).result for i in ids]
+    pids = {r["pid"] for r in results}
+    assert process.pid not in pids and 1 <= len(pids) <= 2
+    assert {r["ppid"] for r in results} == {process.pid}  # the worker's own processes
+    assert _picked(q) == 0
