@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--concurrency",
         type=int,
-        help="jobs at once (default 32; with --processes, the number of processes)",
+        help="jobs at once (default 32; with --processes N, 2N)",
     )
     worker.add_argument(
         "--processes",

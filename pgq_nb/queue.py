@@ -246,7 +246,8 @@ class AsyncQueue(Operations, Views, ScheduleMethods):
         this machine instead of threads, so CPU-bound pandas code uses every core; handlers
         defined in cells work (see :mod:`pgq_nb.process_pool`). ``async def`` and
         transactional handlers, and entrypoints with ``executor="thread"``, still run here.
-        ``concurrency`` (jobs at once) defaults to 32, or to N with processes.
+        ``concurrency`` (jobs claimed at once) defaults to 32, or to 2N with processes (one
+        running and one ready per process; the timeout counts from the handler's start).
 
         When it stops it warns, in one line each (see :mod:`pgq_nb.worker_notices`), of jobs
         that failed for good here (``JobsFailed``), and of queued jobs due within

@@ -85,8 +85,8 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         processes: int | bool | None = None,
     ) -> None:
         self.processes = executors.check_processes(processes)
-        if concurrency is None:  # with processes, as many jobs at once as there are processes
-            concurrency = self.processes or 32
+        if concurrency is None:  # with processes: a job running and one ready, per process
+            concurrency = 2 * self.processes if self.processes else 32
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError("concurrency must be a positive int")
         registry = queue.registry
