@@ -19,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import pickle
 import resource
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -53,6 +56,19 @@ class NoResources(Mapping[str, Any]):
 
 
 NO_RESOURCES = NoResources()
+
+
+def watch_parent() -> None:
+    """The pool's initializer: end this process soon after the worker's process is gone (a
+    killed kernel), instead of waiting idle forever as an orphan."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pgq_nb-parent-watch", daemon=True).start()
 
 
 def job_fields(job: Job) -> dict[str, Any]:

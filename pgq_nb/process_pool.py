@@ -31,7 +31,7 @@ from loky import ProcessPoolExecutor
 from loky.process_executor import TerminatedWorkerError
 
 from pgq_nb.errors import HandlerProcessDied, JobTimeoutError, UnpicklableHandlerError, article
-from pgq_nb.process_child import job_fields, run_job
+from pgq_nb.process_child import job_fields, run_job, watch_parent
 
 if TYPE_CHECKING:
     from pgq_nb.models import Job
@@ -48,7 +48,7 @@ class _Slot:
 
     def start(self) -> None:
         if self.executor is None:
-            self.executor = ProcessPoolExecutor(max_workers=1)
+            self.executor = ProcessPoolExecutor(max_workers=1, initializer=watch_parent)
 
     def pid(self) -> int | None:
         processes = getattr(self.executor, "_processes", None) or {}

@@ -346,3 +346,20 @@ def test_pgq_nb_worker_runs_handlers_in_its_processes(q: pgq_nb.Queue, installed
     assert process.pid not in pids and 1 <= len(pids) <= 2
     assert {r["ppid"] for r in results} == {process.pid}  # the worker's own processes
     assert _picked(q) == 0
+
+
+def test_the_processes_end_when_their_worker_is_killed(q: pgq_nb.Queue, installed: str) -> None:
+    q.entrypoint("whoami")(lambda job: None)
+    ids = q.enqueue(["whoami"] * 4)
+    process = start_worker_process(installed, "process_app:q", "--processes", "2")
+    try:
+        assert set(q.wait(ids, timeout=120).values()) == {"succeeded"}
+        pids = {q.get_job(i).result["pid"] for i in ids}
+        assert pids and all(_alive(pid) for pid in pids)
+    finally:
+        process.kill()  # as a kernel that dies: no clean-up runs
+        process.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a process outlived its worker by 30 s"
+        time.sleep(0.2)
