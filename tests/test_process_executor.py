@@ -320,7 +320,8 @@ def test_a_notebook_runs_its_cells_handlers_in_processes_and_stop_stops_them(
         assert status == "error" and "KeyboardInterrupt" in shown, shown
         assert set(q.statuses(sleepers).values()) == {pgq_nb.JobStatus.QUEUED}
         assert _picked(q) == 0
-        assert all(q.get_job(i).attempts == 0 for i in sleepers)  # returned, not counted
+        attempts = [q.get_job(i).attempts for i in sleepers]
+        assert attempts == [0, 0, 0], attempts  # returned, not counted
         for pid in running:
             deadline = time.monotonic() + 30
             while _alive(pid):
@@ -363,3 +364,36 @@ def test_the_processes_end_when_their_worker_is_killed(q: pgq_nb.Queue, installe
     while any(_alive(pid) for pid in pids):
         assert time.monotonic() < deadline, "a process outlived its worker by 30 s"
         time.sleep(0.2)
+
+
+def test_workers_say_where_they_run_handlers(q: pgq_nb.Queue) -> None:
+    from pgq_nb.notebook.dashboard_html import runs_in
+
+    q.entrypoint("noop")(lambda job: None)
+    q.entrypoint("apart", executor="process")(lambda job: None)
+    in_processes = q.start_worker(processes=2, entrypoints=["noop"])
+    threads = q.start_worker(entrypoints=["noop"])
+    mixed = q.start_worker()
+    try:
+        deadline = time.monotonic() + 60
+        while len(q.worker_list()) < 3:
+            assert time.monotonic() < deadline, "three workers did not register in 60 s"
+            time.sleep(0.1)
+        rows = {w["id"]: w for w in q.worker_list()}
+        frame = q.workers().set_index("worker_id")
+    finally:
+        for w in (in_processes, threads, mixed):
+            w.stop(timeout=60)
+    seen = {
+        h: (rows[h.worker.worker_id]["executor"], rows[h.worker.worker_id]["processes"])
+        for h in (in_processes, threads, mixed)
+    }
+    cores = os.cpu_count() or 1
+    assert seen[in_processes] == ("process", 2)
+    assert seen[threads] == ("thread", None)
+    assert seen[mixed] == ("thread", min(cores, 32))
+    assert frame.loc[in_processes.worker.worker_id, "processes"] == 2
+    assert [runs_in(rows[h.worker.worker_id]) for h in (in_processes, threads)] == [
+        "2 processes",
+        "threads",
+    ]
