@@ -97,14 +97,6 @@ def parse_memory(value: object) -> int | None:
     return int(size)
 
 
-def format_bytes(size: float) -> str:
-    """``2.0 GB``, ``512 MB``: sizes in messages, in the units memory_limit is written in."""
-    for unit, base in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if size >= base:
-            return f"{size / base:.3g} {unit}"
-    return f"{int(size)} B"
-
-
 def runs_outside(spec: EntrypointSpec, processes: int | None) -> bool:
     """Does an attempt of ``spec`` run in the worker's process pool? Those of entrypoints with
     ``executor="process"``, and, in a worker with ``processes=N``, plain ``def`` handlers that

@@ -139,8 +139,6 @@ def peak_resident() -> int:
 
 
 def _over_limit(limit: int) -> MemoryLimitExceeded:
-    from pgq_nb.executors import format_bytes
-
     peak = peak_resident()
     return MemoryLimitExceeded(
         f"the handler needed more memory than its memory_limit of {format_bytes(limit)}: an "
@@ -150,6 +148,14 @@ def _over_limit(limit: int) -> MemoryLimitExceeded:
         limit=limit,
         peak=peak,
     )
+
+
+def format_bytes(size: float) -> str:
+    """``2.0 GB``, ``512 MB``: sizes in messages, in the units memory_limit is written in."""
+    for unit, base in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= base:
+            return f"{size / base:.3g} {unit}"
+    return f"{int(size)} B"
 
 
 def _sendable(exc: BaseException) -> BaseException:

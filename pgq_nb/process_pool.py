@@ -31,7 +31,7 @@ from loky import ProcessPoolExecutor
 from loky.process_executor import TerminatedWorkerError
 
 from pgq_nb.errors import HandlerProcessDied, JobTimeoutError, UnpicklableHandlerError, article
-from pgq_nb.process_child import job_fields, run_job, watch_parent
+from pgq_nb.process_child import format_bytes, job_fields, run_job, watch_parent
 
 if TYPE_CHECKING:
     from pgq_nb.models import Job
@@ -150,8 +150,8 @@ def _died(exc: TerminatedWorkerError, spec: EntrypointSpec) -> str:
     codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(exc))
     how = f" ({codes.group(1)})" if codes else ""
     hint = (
-        f" (its memory_limit is {spec.memory_limit} bytes: a library may end the process when "
-        "an allocation fails)"
+        f" (its memory_limit is {format_bytes(spec.memory_limit)}: a library may end the "
+        "process when an allocation fails)"
         if spec.memory_limit
         else ""
     )

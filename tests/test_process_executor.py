@@ -392,7 +392,7 @@ def test_workers_say_where_they_run_handlers(q: pgq_nb.Queue) -> None:
     assert seen[in_processes] == ("process", 2)
     assert seen[threads] == ("thread", None)
     assert seen[mixed] == ("thread", min(cores, 32))
-    assert frame.loc[in_processes.worker.worker_id, "processes"] == 2
+    assert frame["processes"].get(in_processes.worker.worker_id) == 2
     assert [runs_in(rows[h.worker.worker_id]) for h in (in_processes, threads)] == [
         "2 processes",
         "threads",
