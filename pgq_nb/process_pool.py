@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 from loky import ProcessPoolExecutor
-from loky.process_executor import TerminatedWorkerError
+from loky.process_executor import BrokenProcessPool
 
 from pgq_nb.errors import HandlerProcessDied, JobTimeoutError, UnpicklableHandlerError, article
 from pgq_nb.process_child import format_bytes, job_fields, run_job, watch_parent
@@ -90,10 +90,19 @@ class ProcessPool:
     async def _run_on(
         self, slot: _Slot, spec: EntrypointSpec, job: Job, timeout: float | None
     ) -> Any:
-        if slot.executor is None:
-            await _unstoppable(asyncio.to_thread(slot.start))
-        assert slot.executor is not None
-        submitted = slot.executor.submit(run_job, spec.handler, job_fields(job), spec.memory_limit)
+        args = (run_job, spec.handler, job_fields(job), spec.memory_limit)
+        for fresh in (False, True):
+            if fresh:  # its process died while idle (killed from outside): start a new one
+                await _unstoppable(asyncio.to_thread(slot.kill))
+            if slot.executor is None:
+                await _unstoppable(asyncio.to_thread(slot.start))
+            assert slot.executor is not None
+            try:
+                submitted = slot.executor.submit(*args)
+                break
+            except (BrokenProcessPool, RuntimeError):  # broken, or shut down by its manager
+                if fresh:
+                    raise
         future = asyncio.wrap_future(submitted)
         future.add_done_callback(_retrieve)  # a killed run's error is nobody's to read
         began = time.monotonic()
@@ -114,7 +123,7 @@ class ProcessPool:
             )
         try:
             return future.result()
-        except TerminatedWorkerError as exc:
+        except BrokenProcessPool as exc:  # TerminatedWorkerError: the process died
             await _unstoppable(asyncio.to_thread(slot.kill))
             raise HandlerProcessDied(_died(exc, spec)) from None
         except pickle.PicklingError as exc:
@@ -146,7 +155,7 @@ async def _unstoppable(call: Any) -> None:
         raise asyncio.CancelledError
 
 
-def _died(exc: TerminatedWorkerError, spec: EntrypointSpec) -> str:
+def _died(exc: BrokenProcessPool, spec: EntrypointSpec) -> str:
     codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(exc))
     how = f" ({codes.group(1)})" if codes else ""
     hint = (

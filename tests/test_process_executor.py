@@ -5,8 +5,10 @@ Real processes, real signals, the real Postgres of the fixtures; one test drives
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -397,3 +399,30 @@ def test_workers_say_where_they_run_handlers(q: pgq_nb.Queue) -> None:
         "2 processes",
         "threads",
     ]
+
+
+def test_a_process_killed_while_idle_is_replaced_and_async_handlers_run_under_asyncio_run(
+    q: pgq_nb.Queue,
+) -> None:
+    @q.entrypoint("pid", executor="process")
+    async def pid(job: pgq_nb.Job) -> int:  # an async handler, in a process of its own
+        await asyncio.sleep(0)
+        return os.getpid()
+
+    w = q.start_worker()
+    try:
+        first = q.enqueue("pid")
+        assert q.wait(first, timeout=60) == {first: "succeeded"}
+        before = q.get_job(first).result
+        os.kill(before, signal.SIGKILL)  # from outside, between jobs
+        deadline = time.monotonic() + 30
+        while _alive(before):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # the pool's manager notices the death
+        later = q.enqueue(["pid"] * 3)
+        assert set(q.wait(later, timeout=60).values()) == {"succeeded"}
+    finally:
+        w.stop(timeout=60)
+    assert before != os.getpid() and before not in {q.get_job(i).result for i in later}
+    assert all(q.get_job(i).attempts == 1 for i in later)
