@@ -126,9 +126,8 @@ class ProcessPool:
         except BrokenProcessPool as exc:  # TerminatedWorkerError: the process died
             await _unstoppable(asyncio.to_thread(slot.kill))
             raise HandlerProcessDied(_died(exc, spec)) from None
-        except pickle.PicklingError as exc:
-            if isinstance(exc.__cause__, BaseException) and "pickle" in str(exc).lower():
-                raise _unpicklable(spec.name, spec.handler, exc.__cause__) from None
+        except pickle.PicklingError:  # loky could not send the task: say which object
+            check_sendable(spec.name, spec.handler)  # (a handler taken on after the start)
             raise
 
     async def close(self) -> None:

@@ -426,3 +426,28 @@ def test_a_process_killed_while_idle_is_replaced_and_async_handlers_run_under_as
         w.stop(timeout=60)
     assert before != os.getpid() and before not in {q.get_job(i).result for i in later}
     assert all(q.get_job(i).attempts == 1 for i in later)
+
+
+def test_a_handler_defined_after_the_start_that_cannot_be_pickled_fails_its_jobs_clearly(
+    q: pgq_nb.Queue,
+) -> None:
+    q.entrypoint("fine")(lambda job: os.getpid())
+    w = q.start_worker(processes=2)
+    try:
+        lock = threading.Lock()
+
+        @q.entrypoint("later", retry=pgq_nb.RetryPolicy(max_attempts=1))
+        def later(job: pgq_nb.Job) -> None:  # defined in a later cell, after the start
+            with lock:
+                pass
+
+        bad = q.enqueue("later")
+        good = q.enqueue(["fine"] * 3)
+        assert q.wait(bad, timeout=60) == {bad: "failed"}
+        assert set(q.wait(good, timeout=60).values()) == {"succeeded"}
+    finally:
+        w.stop(timeout=60)
+    error = q.get_job(bad).error
+    assert error is not None and error.startswith("UnpicklableHandlerError"), error
+    assert "the variable 'lock' it uses" in error and "module" in error
+    assert _picked(q) == 0
