@@ -60,12 +60,14 @@ NO_RESOURCES = NoResources()
 
 
 def watch_parent() -> None:
-    """The pool's initializer. Ignore SIGINT: the notebook's Stop button signals the kernel's
-    whole process group, and Ctrl-C a terminal's, and the worker decides what becomes of the
-    attempt (a graceful stop lets it finish; a hard one ends this process and returns the job
-    uncounted). And end this process soon after the worker's process is gone (a killed
-    kernel), instead of waiting idle forever as an orphan."""
+    """The pool's initializer. Ignore SIGINT and SIGTERM: the notebook's Stop button signals
+    the kernel's whole process group, Ctrl-C a terminal's, and systemd every process of a
+    unit; the worker decides what becomes of the attempt (a graceful stop lets it finish; a
+    hard one ends this process with SIGKILL and returns the job uncounted). And end this
+    process soon after the worker's process is gone (a killed kernel), instead of waiting
+    idle forever as an orphan."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
 
     def watch() -> None:

@@ -9,6 +9,8 @@ import asyncio
 import ctypes
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 
 import pgq_nb
 from pgq_nb import runtime
-from tests.conftest import SCHEMA, start_worker_process, stop_processes
+from tests.conftest import REPO, SCHEMA, start_worker_process, stop_processes, worker_env
 
 QUICK_RETRY = pgq_nb.RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.1)
 
@@ -451,3 +453,43 @@ def test_a_handler_defined_after_the_start_that_cannot_be_pickled_fails_its_jobs
     assert error is not None and error.startswith("UnpicklableHandlerError"), error
     assert "the variable 'lock' it uses" in error and "module" in error
     assert _picked(q) == 0
+
+
+def test_a_signal_to_the_whole_process_group_stops_gracefully(
+    q: pgq_nb.Queue, installed: str, tmp_path: Path
+) -> None:
+    """Ctrl-C in a terminal and systemd's stop signal every process of the group: the handlers'
+    processes leave the decision to the worker, whose grace period lets the job finish."""
+    q.entrypoint("nap")(lambda job: None)
+    started = tmp_path / "started"
+    job_id = q.enqueue("nap", {"started": str(started), "seconds": 2})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgq_nb.cli",
+            "--log-level",
+            "WARNING",
+            "worker",
+            "process_app:q",
+            "--processes",
+            "1",
+        ],
+        env=worker_env(installed),
+        cwd=str(REPO),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    info = q.get_job(job_id)
+    assert info.status is pgq_nb.JobStatus.SUCCEEDED and info.attempts == 1, info.error
+    assert info.result == int(started.read_text())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pgq_nb
 
@@ -17,3 +18,12 @@ q = pgq_nb.connect()
 def whoami(job: pgq_nb.Job) -> dict[str, object]:
     """Which process ran the job, its parent, and whether loky was loaded there."""
     return {"pid": os.getpid(), "ppid": os.getppid(), "loky": "loky" in sys.modules}
+
+
+@q.entrypoint("nap")
+def nap(job: pgq_nb.Job) -> int:
+    """Sleeps job.data seconds (after saying it started, in the file job.data names)."""
+    with open(job.data["started"], "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(job.data["seconds"])
+    return os.getpid()
