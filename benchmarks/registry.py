@@ -14,6 +14,7 @@ from benchmarks import (
     scenario_flow,
     scenario_latency,
     scenario_metrics,
+    scenario_processes,
     scenario_stats,
     scenario_sustained,
     scenario_web,
@@ -101,6 +102,13 @@ SCENARIOS: dict[str, Scenario] = {
             scenario_core.run,
             False,
             "enqueue (q.enqueue per 10,000) and drain (run_until_idle) rates of no-op jobs",
+        ),
+        Scenario(
+            "processes",
+            scenario_processes.run,
+            False,
+            "CPU-bound handlers (pandas, pure Python): processes=2 vs the thread pool; no-op "
+            "overhead; the kernel's memory",
         ),
     )
 }

@@ -111,6 +111,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "grace_period": args.grace_period,
         "process_exits": True,
+        "processes": args.processes,
     }
     loop = runtime.loop()
     worker: Worker
@@ -277,7 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a worker process")
     worker.add_argument("target", help="MODULE:ATTR naming the Queue, e.g. mypipeline:q")
-    worker.add_argument("--concurrency", type=int, default=32, help="jobs at once (default 32)")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        help="jobs at once (default 32; with --processes N, 2N)",
+    )
+    worker.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="run plain def handlers in N processes (pip install 'pgq_nb[processes]')",
+    )
     worker.add_argument("--entrypoints", help="comma-separated subset of entrypoints to run")
     worker.add_argument("--batch-size", type=int, help="jobs per claim (default: concurrency)")
     worker.add_argument(

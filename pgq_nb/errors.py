@@ -9,11 +9,14 @@
     │   ├── UnknownEntrypointError    no handler is registered for an entrypoint
     │   ├── PayloadError              a payload that is neither bytes nor JSON-serialisable
     │   ├── DuplicateJobError         a dedupe_key that matches a queued or running job
-    │   └── UnstorableResultError     a handler's result that cannot be stored (fails its job)
+    │   ├── UnstorableResultError     a handler's result that cannot be stored (fails its job)
+    │   └── UnpicklableHandlerError   a handler that cannot be sent to a process
     ├── BlockingCallError         a blocking (sync) method called from the pgq_nb event-loop thread
     ├── HandlerExitError          a handler raised SystemExit or KeyboardInterrupt (fails its job)
     ├── JobTimeoutError           an attempt ran past its entrypoint's timeout; also a TimeoutError
     ├── NotebookCellError         a cell of a notebook job raised (fails its attempt)
+    ├── MemoryLimitExceeded       an attempt in a process went over its memory_limit; a MemoryError
+    ├── HandlerProcessDied        the process running an attempt ended (a segfault, os._exit)
     └── JobNotFoundError          no job with that id
 
 Every message says what went wrong and what to do about it. Failures to connect are translated
@@ -122,6 +125,30 @@ class NotebookCellError(PgqError, RuntimeError):
 
 def _rebuild_cell_error(message: str, cell: int, ename: str, evalue: str) -> NotebookCellError:
     return NotebookCellError(message, cell=cell, ename=ename, evalue=evalue)
+class UnpicklableHandlerError(InvalidInputError):
+    """A handler to run in a process (``executor="process"``, ``processes=N``) that cannot be
+    pickled to be sent there; nothing was claimed."""
+
+
+class MemoryLimitExceeded(PgqError, MemoryError):
+    """An attempt run in a process needed more memory than its entrypoint's ``memory_limit``;
+    the attempt fails (retried per the policy), the worker and the other jobs go on.
+
+    ``limit`` and ``peak`` are in bytes (``peak``: the attempt's peak resident memory)."""
+
+    def __init__(self, message: str, *, limit: int | None = None, peak: int | None = None):
+        super().__init__(message)
+        self.limit = limit
+        self.peak = peak
+
+    def __reduce__(self) -> tuple[object, ...]:  # crosses from the process that ran the job
+        return (type(self), self.args, self.__dict__)
+
+
+class HandlerProcessDied(PgqError, RuntimeError):
+    """The process running an attempt ended before the handler returned (a segfault, os._exit,
+    killed from outside): that attempt is lost and retried per the policy; a new process takes
+    its place."""
 
 
 class BlockingCallError(PgqError, RuntimeError):

@@ -123,9 +123,10 @@ class Queue:
     def start_worker(
         self,
         *,
-        concurrency: int = 32,
+        concurrency: int | None = None,
         entrypoints: list[str] | None = None,
         grace_period: float = 30.0,
+        processes: int | bool | None = None,
     ) -> WorkerHandle:
         """Run a worker in the background of this process; returns a handle with ``.stop()``.
 
@@ -144,8 +145,11 @@ class Queue:
         It warns, in one line (see :mod:`pgq_nb.worker_notices`), of queued jobs no handler
         here and no live worker serves (``JobsWithoutHandler``, when it starts), and of jobs
         that failed for good (``JobsFailed``, a second after a failure).
+        ``processes=N`` (``True``: one per core) runs plain ``def`` handlers in N processes,
+        as for ``run_until_idle``.
         """
-        arguments = (concurrency, None if entrypoints is None else [*entrypoints], grace_period)
+        chosen = None if entrypoints is None else [*entrypoints]
+        arguments = (concurrency, chosen, grace_period, processes)
         self._replace_earlier_queues_workers()
         running = self.background_workers()
         for handle in running:
@@ -158,6 +162,7 @@ class Queue:
             entrypoints=entrypoints,
             grace_period=grace_period,
             waits_for_handlers=True,
+            processes=processes,
         )
         notices.tell_failed_in_background(worker.failures)
         if running:
@@ -255,7 +260,7 @@ class Queue:
 
 def _already(handle: WorkerHandle, *, returned: bool, others: int = 1) -> str:
     """The WorkerAlreadyRunning line about the running ``handle``."""
-    concurrency, entrypoints, _ = handle.arguments
+    concurrency, entrypoints = handle.arguments[:2]
     settings = notices.worker_settings(concurrency, entrypoints)
     started = handle.started.strftime("%H:%M:%S UTC")
     return notices.already_running_message(settings, started, returned=returned, others=others)

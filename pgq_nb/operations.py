@@ -125,7 +125,8 @@ class Operations:
     @runtime.bridged
     async def worker_list(self) -> list[dict[str, Any]]:
         """Worker processes with a recent heartbeat, as dicts: id, host, pid, entrypoints,
-        concurrency, started, heartbeat (``q.workers()`` has them as a DataFrame)."""
+        concurrency, executor, processes, started, heartbeat (``q.workers()`` has them as a
+        DataFrame)."""
         rows = await self.pool.fetch(self.queries["list_workers"], self.settings.heartbeat_timeout)
         return [dict(r) for r in rows]
 

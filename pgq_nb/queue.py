@@ -74,6 +74,8 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, Notebo
         transactional: bool = False,
         max_running: int | None = None,
         rate_limit: str | float | None = None,
+        executor: str | None = None,
+        memory_limit: str | int | None = None,
     ) -> Callable[[H], H]:
         """Register a handler for jobs of ``name``: ``async def`` or plain ``def`` (run in a
         thread), taking a :class:`Job`. Its return value is stored as the job's result.
@@ -94,6 +96,15 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, Notebo
         attempt that runs longer, counted from the handler's start: an async handler is
         cancelled; a plain ``def`` handler's thread cannot be stopped, so the attempt ends
         (failed) when it returns, and the job is not run again until then.
+
+        ``executor="process"`` runs each attempt in a process of the worker's pool (see
+        ``processes=`` of :meth:`run_until_idle`; a worker of threads keeps one per core for
+        such entrypoints): ``timeout`` and a cancel then end the process (it is replaced), and
+        ``memory_limit`` (``"2GB"``, or bytes) fails an attempt that needs more with
+        MemoryLimitExceeded, the worker and other jobs unharmed. The handler must pickle
+        (cell-defined functions, closures and lambdas do; it is checked here), gets no
+        ``job.resources`` and cannot be transactional. ``executor="thread"`` keeps it in the
+        worker even when the worker runs processes. See :mod:`pgq_nb.process_pool`.
         """
         return self.registry.entrypoint(
             name,
@@ -103,6 +114,8 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, Notebo
             transactional=transactional,
             max_running=max_running,
             rate_limit=rate_limit,
+            executor=executor,
+            memory_limit=memory_limit,
         )
 
     # -- enqueue ----------------------------------------------------------------------------
@@ -223,16 +236,24 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, Notebo
     async def run_until_idle(
         self,
         *,
-        concurrency: int = 32,
+        concurrency: int | None = None,
         entrypoints: list[str] | None = None,
         wait_for_scheduled: float = 60.0,
         timeout: float | None = None,
+        processes: int | bool | None = None,
     ) -> WorkerStats:
         """Process jobs here until none is due now or within ``wait_for_scheduled`` seconds
         and none is running; return what was done.
 
         ``timeout`` stops it earlier (running jobs still get to finish). An interrupt (the
         notebook's Stop button) stops it too: unfinished jobs go back to the queue.
+
+        ``processes=N`` (``True``: one per core) runs plain ``def`` handlers in N processes of
+        this machine instead of threads, so CPU-bound pandas code uses every core; handlers
+        defined in cells work (see :mod:`pgq_nb.process_pool`). ``async def`` and
+        transactional handlers, and entrypoints with ``executor="thread"``, still run here.
+        ``concurrency`` (jobs claimed at once) defaults to 32, or to 2N with processes (one
+        running and one ready per process; the timeout counts from the handler's start).
 
         When it stops it warns, in one line each (see :mod:`pgq_nb.worker_notices`), of jobs
         that failed for good here (``JobsFailed``), and of queued jobs due within
@@ -248,6 +269,7 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, Notebo
             entrypoints=entrypoints,
             stop_when_idle=True,
             wait_for_scheduled=wait_for_scheduled,
+            processes=processes,
         )
         if timeout is not None:
             asyncio.get_running_loop().call_later(timeout, worker.request_stop)
@@ -260,13 +282,19 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, Notebo
     async def run_worker(
         self,
         *,
-        concurrency: int = 32,
+        concurrency: int | None = None,
         entrypoints: list[str] | None = None,
         grace_period: float = 30.0,
+        processes: int | bool | None = None,
     ) -> WorkerStats:
-        """Work until cancelled or interrupted (what ``pgq-nb worker`` runs)."""
+        """Work until cancelled or interrupted (what ``pgq-nb worker`` runs); ``processes``
+        as for :meth:`run_until_idle`."""
         worker = Worker(
-            self, concurrency=concurrency, entrypoints=entrypoints, grace_period=grace_period
+            self,
+            concurrency=concurrency,
+            entrypoints=entrypoints,
+            grace_period=grace_period,
+            processes=processes,
         )
         return await worker.run()
 

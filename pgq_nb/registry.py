@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pgq_nb import executors
 from pgq_nb.errors import InvalidInputError, UnknownEntrypointError, did_you_mean
 from pgq_nb.models import Job, check_int, check_text
 from pgq_nb.retry import RetryPolicy
@@ -40,6 +41,10 @@ class EntrypointSpec:
     transactional: bool = False
     max_running: int | None = None
     rate_per_s: float | None = None
+    #: where attempts run: None (the worker's choice), "thread" or "process" (pgq_nb.executors)
+    executor: str | None = None
+    #: bytes an attempt in a process may use (its address space); None: no limit
+    memory_limit: int | None = None
 
     @property
     def limited(self) -> bool:
@@ -73,6 +78,8 @@ class Registry:
         transactional: bool = False,
         max_running: int | None = None,
         rate_limit: str | float | None = None,
+        executor: str | None = None,
+        memory_limit: str | int | None = None,
     ) -> Callable[[H], H]:
         """Validate the options now; the returned decorator registers the handler (see
         :meth:`pgq_nb.queue.AsyncQueue.entrypoint`)."""
@@ -89,10 +96,24 @@ class Registry:
         seconds = timeout.total_seconds() if isinstance(timeout, dt.timedelta) else timeout
         if seconds is not None and (not isinstance(seconds, int | float) or seconds <= 0):
             raise InvalidInputError("timeout must be a positive number of seconds or None")
+        executor = executors.check_executor(executor)
+        memory = executors.parse_memory(memory_limit)
+        if memory is not None and executor != "process":
+            raise InvalidInputError(
+                "memory_limit needs executor='process': a handler in a thread shares the "
+                "worker's memory, so only a process of its own can be held to a limit"
+            )
+        if executor == "process" and transactional:
+            raise InvalidInputError(
+                "a transactional handler runs on the worker's connection, so it cannot run in "
+                "a process: drop executor='process' or transactional=True"
+            )
 
         def register(handler: H) -> H:
             if not callable(handler):
                 raise InvalidInputError(f"@entrypoint({name!r}) must decorate a function")
+            if executor == "process":
+                executors.check_sendable(name, handler)  # in the cell, before any job runs
             is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
                 getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
             )
@@ -106,6 +127,8 @@ class Registry:
                 transactional=bool(transactional),
                 max_running=max_running,
                 rate_per_s=per_s,
+                executor=executor,
+                memory_limit=memory,
             )
             self._unsynced.add(name)
             self.generation += 1

@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from pgq_nb import db
+from pgq_nb import db, executors
 from pgq_nb import worker_decisions as decisions
 from pgq_nb.claiming import Claiming
 from pgq_nb.completion import (
@@ -75,7 +75,7 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         self,
         queue: Backend,
         *,
-        concurrency: int = 32,
+        concurrency: int | None = None,
         entrypoints: list[str] | None = None,
         batch_size: int | None = None,
         flush_interval: float = 0.005,
@@ -84,7 +84,11 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         wait_for_scheduled: float = 60.0,
         process_exits: bool = False,
         waits_for_handlers: bool = False,
+        processes: int | bool | None = None,
     ) -> None:
+        self.processes = executors.check_processes(processes)
+        if concurrency is None:  # with processes: a job running and one ready, per process
+            concurrency = 2 * self.processes if self.processes else 32
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError("concurrency must be a positive int")
         registry = queue.registry
@@ -129,6 +133,8 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         self._hard_stop = asyncio.Event()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._listener: asyncpg.Connection | None = None
+        # handlers that run outside the worker (processes): checked before anything is claimed
+        self._pool = executors.open_pool(self.specs.values(), self.processes, concurrency)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -280,6 +286,8 @@ class Worker(Claiming, Upkeep, Following, Stopping):
             )
             if spec.is_async:
                 call = run_async(call, spec.timeout)
+        elif self._pool is not None and executors.runs_outside(spec, self.processes):
+            call = self._pool.run(spec, job, timeout=spec.timeout)
         elif spec.is_async:
             call = run_async(spec.handler(job), spec.timeout)
         else:

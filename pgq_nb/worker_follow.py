@@ -22,6 +22,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import db
+from pgq_nb.executors import JobExecutor, open_pool
 from pgq_nb.schedule import database
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class Following:
     _q: dict[str, str]
     _schedules: list[ScheduleSpec]
     _executor: Any
+    _pool: JobExecutor | None
+    processes: int | None
     _follows: bool  # started without entrypoints=: serves every registered handler
     _generation: int  # the registry's generation this worker has taken on
 
@@ -85,6 +88,8 @@ class Following:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self.concurrency, thread_name_prefix="pgq_nb-job"
                 )
+            if self._pool is None:  # (a handler that cannot be pickled fails its jobs, saying so)
+                self._pool = open_pool(changed.values(), self.processes, self.concurrency, False)
             logger.info(
                 "worker took on handlers registered after it started",
                 extra={

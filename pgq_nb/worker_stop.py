@@ -27,6 +27,7 @@ import asyncpg
 
 if TYPE_CHECKING:
     from pgq_nb.completion import Finished
+    from pgq_nb.executors import JobExecutor
     from pgq_nb.models import Job
     from pgq_nb.store import Store
     from pgq_nb.worker import WorkerStats
@@ -67,6 +68,7 @@ class Stopping:
     _wake: asyncio.Event
     _listener: asyncpg.Connection | None
     _executor: Any
+    _pool: JobExecutor | None
 
     _flush: Callable[[], Awaitable[None]]
     _known_ids: Callable[[], list[int]]
@@ -172,6 +174,8 @@ class Stopping:
                 "heartbeat timeout",
                 extra={"error": str(exc)},
             )
+        if self._pool is not None:  # its processes end (none runs a job by now)
+            await self._pool.close()
         if abandoning:
             logger.info("worker stopped at once", extra={"worker_id": self.worker_id})
             return

@@ -22,6 +22,7 @@ from pgq_nb.schedule import database
 from pgq_nb.workflow_state import settle_steps
 
 if TYPE_CHECKING:
+    from pgq_nb.executors import JobExecutor
     from pgq_nb.models import Job
     from pgq_nb.registry import EntrypointSpec, Registry
     from pgq_nb.schedule.database import ScheduleSpec
@@ -50,6 +51,8 @@ class Upkeep:
     _paused: set[str]
     _schedules: list[ScheduleSpec]
     _executor: Any
+    _pool: JobExecutor | None
+    processes: int | None
     _sweep_orphans: Callable[[Any], Awaitable[None]]
     _wake_in: Callable[[float | None], None]
     _beating_since: float | None  # loop time since when its heartbeats have gone through
@@ -64,6 +67,8 @@ class Upkeep:
             os.getpid(),
             list(self.specs),
             self.concurrency,
+            "process" if self.processes else "thread",
+            self._pool.size if self._pool is not None else None,
         )
         return worker_id
 

@@ -18,6 +18,8 @@ from tests.conftest import APPS, REPO, start_worker_process
 NOTEBOOK_STACK = ["pandas", "ipywidgets", "IPython", "tqdm", "matplotlib", "pgq_nb.notebook"]
 #: the metrics extra: loaded by `pgq-nb worker --metrics-port` only (and by pgq-nb web)
 METRICS = ["prometheus_client", "pgq_nb.metrics"]
+#: loaded only by a worker that runs handlers in processes (processes=N, executor="process")
+PROCESS_STACK = ["loky", "cloudpickle", "pgq_nb.process_pool"]
 
 PROBE_APP = '''
 """Writes the worker process's sys.modules to LEAN_PROBE_OUT when its job runs."""
@@ -91,4 +93,4 @@ def test_a_worker_process_loads_no_notebook_stack(
             process.wait()
     modules = set(json.loads(out.read_text()))
     assert "pgq_nb.worker" in modules  # it is the worker's own sys.modules
-    assert [m for m in [*NOTEBOOK_STACK, *METRICS] if m in modules] == []
+    assert [m for m in [*NOTEBOOK_STACK, *METRICS, *PROCESS_STACK] if m in modules] == []

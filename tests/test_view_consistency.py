@@ -163,12 +163,15 @@ def test_workers_is_a_frame_and_worker_list_the_records(
         "pid",
         "entrypoints",
         "concurrency",
+        "executor",
+        "processes",
         "started",
         "heartbeat",
     ]
     row = workers.iloc[0]
     assert row["worker_id"] == listed["id"] and row["entrypoints"] == ["ok"]
     assert str(workers["concurrency"].dtype) == "Int64"
+    assert row["executor"] == "thread" and pd.isna(row["processes"])
     empty = overview.workers_frame([])
     assert empty.dtypes.equals(workers.dtypes)  # the same schema with no worker alive
 

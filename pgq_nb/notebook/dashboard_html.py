@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import STATUSES
@@ -113,6 +114,7 @@ def workers_table(snap: Snapshot) -> str:
             esc(w["host"]),
             esc(w["pid"]),
             esc(w["concurrency"]),
+            esc(runs_in(w)),
             esc(", ".join(w["entrypoints"] or []) or "all"),
             esc(ago(w["started"], snap.now)),
             f'<span data-worker-heartbeat="{esc(w["id"])}">{esc(ago(w["heartbeat"], snap.now))}'
@@ -120,8 +122,26 @@ def workers_table(snap: Snapshot) -> str:
         ]
         for w in snap.workers
     ]
-    headers = ["id", "host", "pid", "concurrency", "entrypoints", "started", "last heartbeat"]
-    return table(headers, rows, name="workers", left=7)
+    headers = [
+        "id",
+        "host",
+        "pid",
+        "concurrency",
+        "runs handlers in",
+        "entrypoints",
+        "started",
+        "last heartbeat",
+    ]
+    return table(headers, rows, name="workers", left=8)
+
+
+def runs_in(worker: Mapping[str, Any]) -> str:
+    """``threads``, ``4 processes``, or ``threads (+2 processes)`` for a worker of threads
+    with a pool for executor="process" entrypoints."""
+    size = worker.get("processes")
+    if worker.get("executor") == "process":
+        return f"{size} process{'es' if size != 1 else ''}"
+    return f"threads (+{size} process{'es' if size != 1 else ''})" if size else "threads"
 
 
 def limits_table(snap: Snapshot) -> str:

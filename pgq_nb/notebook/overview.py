@@ -46,6 +46,8 @@ WORKERS: dict[str, Kind] = {
     "pid": "int",
     "entrypoints": "json",
     "concurrency": "int",
+    "executor": "str",
+    "processes": "int",
     "started": "time",
     "heartbeat": "time",
 }

@@ -27,7 +27,10 @@ CREATE TABLE {schema}.workers (
     entrypoints text[] NOT NULL DEFAULT '{}',
     concurrency integer NOT NULL,
     started timestamptz NOT NULL DEFAULT now(),
-    heartbeat timestamptz NOT NULL DEFAULT now()
+    heartbeat timestamptz NOT NULL DEFAULT now(),
+    -- where it runs handlers: 'thread', or 'process' with processes=N (migration 5)
+    executor text NOT NULL DEFAULT 'thread',
+    processes integer
 );
 
 -- Every entrypoint some Queue has registered a handler for, with the settings that must hold

@@ -178,9 +178,9 @@ RETURNING id;
 
 -- name: register_worker
 -- Record a starting worker process; its id tags the jobs it claims.
--- params: $1 host, $2 pid, $3 entrypoints text[], $4 concurrency
-INSERT INTO {schema}.workers (host, pid, entrypoints, concurrency)
-VALUES ($1, $2, $3, $4)
+-- params: $1 host, $2 pid, $3 entrypoints text[], $4 concurrency, $5 executor, $6 processes
+INSERT INTO {schema}.workers (host, pid, entrypoints, concurrency, executor, processes)
+VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING id;
 
 -- name: heartbeat_worker
@@ -313,7 +313,7 @@ ORDER BY entrypoint, status;
 -- name: list_workers
 -- Workers with a recent heartbeat.
 -- params: $1 heartbeat timeout in seconds (float)
-SELECT id, host, pid, entrypoints, concurrency, started, heartbeat
+SELECT id, host, pid, entrypoints, concurrency, executor, processes, started, heartbeat
 FROM {schema}.workers
 WHERE heartbeat >= now() - make_interval(secs => $1)
 ORDER BY id;

@@ -1,0 +1,149 @@
+"""Where a handler runs: the executor seam of the worker.
+
+A worker runs ``async def`` handlers on its loop and plain ``def`` handlers in its thread pool
+(:mod:`pgq_nb.handler_runs`). A :class:`JobExecutor` runs them somewhere else: today a pool of
+processes of this machine (:mod:`pgq_nb.process_pool`, loky with cloudpickle); a Dask cluster
+is one more module with the same two coroutines. Which handler goes where is decided here
+(:func:`runs_outside`), from the entrypoint's ``executor=`` and the worker's ``processes=``.
+
+This module imports nothing optional: :func:`open_pool` imports the process pool (and loky)
+only when a worker needs one, so ``import pgq_nb`` and a plain ``pgq-nb worker`` stay lean.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pgq_nb.errors import ConfigurationError, InvalidInputError
+
+if TYPE_CHECKING:
+    from pgq_nb.models import Job
+    from pgq_nb.registry import EntrypointSpec
+
+#: What ``@q.entrypoint(executor=...)`` accepts: ``"thread"`` (the worker's loop or thread
+#: pool, whatever the worker's ``processes=``), ``"process"`` (a process of the worker's pool).
+EXECUTORS = ("thread", "process")
+
+_EXTRA_HINT = "pip install 'pgq_nb[processes]' (loky and cloudpickle)"
+
+
+class JobExecutor(Protocol):
+    """Runs attempts outside the worker's loop and threads.
+
+    ``run`` returns what :func:`pgq_nb.handler_runs.run_in_thread` returns (an ``Encoded``
+    result) or raises the attempt's error; past ``timeout`` (counted from the handler's start)
+    it ends the run and raises JobTimeoutError; cancelled, it ends the run before it raises
+    CancelledError, so a job is never run twice at once."""
+
+    kind: str
+    size: int
+
+    async def run(self, spec: EntrypointSpec, job: Job, *, timeout: float | None) -> Any: ...
+
+    async def close(self) -> None: ...
+
+    def pids(self) -> list[int]: ...
+
+
+def check_executor(value: object) -> str | None:
+    """An entrypoint's ``executor=``: None (the worker decides), "thread" or "process"."""
+    if value is None or (isinstance(value, str) and value in EXECUTORS):
+        return value
+    raise InvalidInputError(
+        f"executor must be one of {', '.join(map(repr, EXECUTORS))} or None (the worker's "
+        f"choice), not {value!r}"
+    )
+
+
+def check_processes(value: object) -> int | None:
+    """A worker's ``processes=``: None or False (threads), True (one per core) or an int >= 1."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return os.cpu_count() or 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(
+            f"processes must be a positive int (or True for one per core, {os.cpu_count()} "
+            f"here; None for threads), not {value!r}"
+        )
+    return value
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_memory(value: object) -> int | None:
+    """``memory_limit=``: bytes (an int) or a size like ``"2GB"``, ``"512MB"``, ``"1.5GiB"``."""
+    if value is None:
+        return None
+    size: float = -1.0
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        size = float(value)
+    elif isinstance(value, str) and (match := _SIZE.match(value)):
+        unit = match.group(2).lower()
+        base = _UNITS[unit[:1] if unit[:1] != "b" else ""]
+        if "i" in unit:  # KiB, MiB, GiB, TiB
+            base = 1024 ** {"k": 1, "m": 2, "g": 3, "t": 4}[unit[0]]
+        size = float(match.group(1)) * base
+    if not size >= 1024**2:
+        raise InvalidInputError(
+            f"memory_limit {value!r} is not a memory size of at least 1 MiB: write it like "
+            "'2GB', '512MB' or '1.5GiB', or give bytes as an int"
+        )
+    return int(size)
+
+
+def runs_outside(spec: EntrypointSpec, processes: int | None) -> bool:
+    """Does an attempt of ``spec`` run in the worker's process pool? Those of entrypoints with
+    ``executor="process"``, and, in a worker with ``processes=N``, plain ``def`` handlers that
+    name no executor. ``async def`` handlers run on the loop unless they ask for a process
+    (they wait on I/O: a process gains them nothing); transactional handlers always run in
+    the worker, on its connection."""
+    if spec.transactional or spec.executor == "thread":
+        return False
+    if spec.executor == "process":
+        return True
+    return processes is not None and not spec.is_async
+
+
+def pool_size(processes: int | None, concurrency: int) -> int:
+    """Processes of a worker's pool: ``processes=``, or for a worker of threads serving
+    ``executor="process"`` entrypoints one per core, at most its concurrency."""
+    if processes is not None:
+        return processes
+    return max(1, min(os.cpu_count() or 1, concurrency))
+
+
+def open_pool(
+    specs: Iterable[EntrypointSpec], processes: int | None, concurrency: int, check: bool = True
+) -> JobExecutor | None:
+    """The pool a worker needs for ``specs`` (None when every one runs in the worker). Checks
+    first (unless not ``check``) that each of their handlers can be sent to a process
+    (UnpicklableHandlerError). Starts no process yet."""
+    outside = [s for s in specs if runs_outside(s, processes)]
+    if processes is None and not outside:
+        return None
+    module = _process_pool()
+    for spec in outside if check else ():
+        module.check_sendable(spec.name, spec.handler)
+    pool: JobExecutor = module.ProcessPool(pool_size(processes, concurrency))
+    return pool
+
+
+def check_sendable(name: str, handler: Callable[..., Any]) -> None:
+    """UnpicklableHandlerError unless ``handler`` can be pickled for a process."""
+    _process_pool().check_sendable(name, handler)
+
+
+def _process_pool() -> Any:
+    try:
+        from pgq_nb import process_pool
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"running handlers in processes needs loky and cloudpickle ({exc}): {_EXTRA_HINT}"
+        ) from None
+    return process_pool
