@@ -5,8 +5,10 @@ Chromium."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,11 +23,13 @@ pytest.importorskip("starlette", reason="pgq_nb[web] is not installed (pip insta
 from starlette.testclient import TestClient
 
 import pgq_nb
+from pgq_nb import runtime
 from pgq_nb.errors import ConfigurationError
+from pgq_nb.queue import AsyncQueue
 from pgq_nb.web.app import create_app
 from pgq_nb.web.auth import local_path, same_origin
 from pgq_nb.web.config import WebConfig, build_config, is_loopback, read_token_file
-from tests.conftest import REPO
+from tests.conftest import REPO, SCHEMA
 from tests.test_dashboard import make_jobs
 
 TOKEN = "correct-horse-battery-staple-42"
@@ -514,3 +518,58 @@ def test_pgq_nb_web_without_the_extra_says_what_to_install() -> None:
     )
     assert done.returncode == 2
     assert "pip install 'pgq_nb[web]'" in done.stderr and "starlette" in done.stderr
+
+
+# -- the attack review of issue #19 --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def locked(q: pgq_nb.Queue, *tables: str) -> Iterator[None]:
+    """``tables`` locked ACCESS EXCLUSIVE by another connection for the block."""
+
+    async def acquire() -> Any:
+        return await q.aio.pool.acquire()
+
+    locker = runtime.run_sync(acquire())
+    transaction = locker.transaction()
+    runtime.run_sync(transaction.start())
+    try:
+        for table in tables:
+            runtime.run_sync(
+                locker.execute(f"LOCK TABLE {SCHEMA}.{table} IN ACCESS EXCLUSIVE MODE")
+            )
+        yield
+    finally:
+        runtime.run_sync(transaction.rollback())
+        runtime.run_sync(q.aio.pool.release(locker))
+
+
+def test_a_locked_table_gives_a_503_page_not_a_hung_one(
+    q: pgq_nb.Queue, jobs: dict[str, list[int]]
+) -> None:
+    with client(q, read_timeout_s=1.0) as web, locked(q, "jobs", "history"):
+        for path in ("/", "/failures", f"/jobs/{jobs['queued'][0]}"):
+            answer = web.get(path)
+            assert answer.status_code == 503, (path, answer.text)
+            assert "the database is not answering" in answer.text, path
+            assert answer.headers["x-frame-options"] == "DENY"
+        # /healthz has a connection of its own: the server answers, so it is healthy
+        assert web.get("/healthz").json() == {"status": "ok", "database": "ok"}
+    with client(q, read_timeout_s=1.0) as web:
+        assert web.get("/").status_code == 200  # the pool's connections came back
+
+
+def test_healthz_answers_503_in_time_when_the_database_does_not_answer(q: pgq_nb.Queue) -> None:
+    with socket.socket() as silent:  # accepts connections and never answers: a frozen server
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        frozen = AsyncQueue(q.aio.pool, f"postgresql://pgq@127.0.0.1:{port}/pgq", q.aio.settings)
+        with TestClient(create_app(frozen, WebConfig()), base_url="http://127.0.0.1:8080") as web:
+            for _ in range(2):
+                answer = web.get("/healthz")
+                assert answer.status_code == 503
+                assert answer.json() == {
+                    "status": "unavailable",
+                    "database": "no answer within 2 s",
+                }

@@ -6,7 +6,9 @@ route but ``/healthz``, the login and the script is wrapped by :meth:`Guarded.pa
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -20,6 +22,7 @@ from pgq_nb.web import data, html, pages
 from pgq_nb.web.auth import SESSION_COOKIE, Session, local_path
 from pgq_nb.web.config import WebConfig
 from pgq_nb.web.guard import Guarded, Refused, SecurityHeaders, int_param, job_id, problem
+from pgq_nb.web.health import HealthCheck
 
 if TYPE_CHECKING:
     from pgq_nb.queue import AsyncQueue
@@ -30,6 +33,10 @@ MAX_LIMIT = 500
 
 class Web(Guarded):
     """The routes of one dashboard."""
+
+    def __init__(self, aio: AsyncQueue, config: WebConfig) -> None:
+        super().__init__(aio, config)
+        self.health = HealthCheck(aio.store.dsn)
 
     # -- pages ------------------------------------------------------------------------------
 
@@ -192,12 +199,9 @@ class Web(Guarded):
     # -- unguarded --------------------------------------------------------------------------
 
     async def healthz(self, request: Request) -> Response:
-        try:
-            await data.ping(self.aio)
-        except Exception as exc:  # any failure is unhealthy
-            return JSONResponse(
-                {"status": "unavailable", "database": type(exc).__name__}, status_code=503
-            )
+        trouble = await self.health.problem()
+        if trouble is not None:
+            return JSONResponse({"status": "unavailable", "database": trouble}, status_code=503)
         return JSONResponse({"status": "ok", "database": "ok"})
 
     async def live_js(self, request: Request) -> Response:
@@ -222,7 +226,7 @@ def create_app(aio: AsyncQueue, config: WebConfig) -> Starlette:
         Route("/workflows/{run}", web.page(web.workflow_run)),
         Route("/jobs/{job}", web.page(web.job)),
         Route("/search", web.page(web.search)),
-        Route("/metrics", web.page(web.metrics)),
+        Route("/metrics", web.page(web.metrics, bounded=False)),  # bounded by its own timeout
     ]
     if not config.read_only:
         routes += [
@@ -248,8 +252,14 @@ def create_app(aio: AsyncQueue, config: WebConfig) -> Starlette:
             )
         return problem(404, "Not found", f"nothing at {request.url.path}; start from /")
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        web.health.close()
+
     return Starlette(
         routes=routes,
         exception_handlers={404: not_found, 405: not_found},
         middleware=[Middleware(SecurityHeaders)],
+        lifespan=lifespan,
     )

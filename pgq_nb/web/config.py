@@ -35,6 +35,8 @@ class WebConfig:
     token: str | None = None
     #: seconds between the pages' live updates
     refresh_s: float = 2.0
+    #: seconds a page's reads may take before it answers 503 "the database is not answering"
+    read_timeout_s: float = 5.0
 
     @property
     def loopback(self) -> bool:

@@ -7,6 +7,7 @@ changes nothing and gets a page saying why and what to do (:class:`Refused`).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pgq_nb.errors import InvalidInputError, JobNotFoundError
+from pgq_nb.errors import DatabaseUnavailableError, InvalidInputError, JobNotFoundError
 from pgq_nb.web import html
 from pgq_nb.web.auth import (
     FLASH_COOKIE,
@@ -122,21 +123,52 @@ class Guarded:
     # -- the guard --------------------------------------------------------------------------
 
     def page(
-        self, handler: Handler, *, post: bool = False
+        self, handler: Handler, *, post: bool = False, bounded: bool = True
     ) -> Callable[[Request], Awaitable[Response]]:
+        """The route of ``handler`` behind the guard; with ``bounded``, its reads get
+        ``config.read_timeout_s`` (an action three times that) and a 503 page after it."""
+
         async def endpoint(request: Request) -> Response:
             try:
-                return await self.guard(request, handler, post=post)
+                return await self.guard(request, handler, post=post, bounded=bounded)
             except Refused as refused:
                 return problem(refused.status, refused.title, refused.message)
             except JobNotFoundError as exc:
                 return problem(404, "Not found", str(exc))
             except InvalidInputError as exc:
                 return problem(400, "Bad request", str(exc))
+            except DatabaseUnavailableError as exc:
+                return problem(
+                    503, "Database not answering", f"the database is not answering: {exc}"
+                )
 
         return endpoint
 
-    async def guard(self, request: Request, handler: Handler, *, post: bool) -> Response:
+    async def bounded(
+        self, handler: Handler, request: Request, session: Session, *, post: bool
+    ) -> Response:
+        """``handler``'s answer, or a 503 page when the database does not answer in time."""
+        limit = self.config.read_timeout_s * (3 if post else 1)
+        try:
+            async with asyncio.timeout(limit):
+                return await handler(request, session)
+        except TimeoutError:
+            raise Refused(
+                503,
+                "Database not answering",
+                f"the database is not answering: no answer within {limit:g} s (a long lock on "
+                "a pgq_nb table, or an overloaded or stopped server). "
+                + (
+                    "The action may or may not have been done: reload the page to see."
+                    if post
+                    else "Reload the page in a while; /healthz says whether the database "
+                    "answers at all."
+                ),
+            ) from None
+
+    async def guard(
+        self, request: Request, handler: Handler, *, post: bool, bounded: bool = True
+    ) -> Response:
         if not host_allowed(self.config, request.headers.get("host")):
             raise Refused(
                 400,
@@ -187,7 +219,10 @@ class Guarded:
                     "before a restart or a new login): reload the page and try again. Nothing "
                     "was changed.",
                 )
-        response = await handler(request, session)
+        if bounded:
+            response = await self.bounded(handler, request, session, post=post)
+        else:
+            response = await handler(request, session)
         if fresh and not bearer:
             self.set_session(request, response, session)
         return response
