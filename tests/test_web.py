@@ -6,6 +6,7 @@ Chromium."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import socket
@@ -573,3 +574,25 @@ def test_healthz_answers_503_in_time_when_the_database_does_not_answer(q: pgq_nb
                     "status": "unavailable",
                     "database": "no answer within 2 s",
                 }
+
+
+def test_a_nul_byte_gets_a_400_page_and_errors_have_the_security_headers(
+    q: pgq_nb.Queue, jobs: dict[str, list[int]], web: TestClient
+) -> None:
+    token = csrf(web.get("/failures").text)
+    for answer in (
+        web.get("/failures", params={"entrypoint": "\x00"}),
+        web.post("/schedules/pause", data={"csrf": token, "name": "a\x00b"}),
+        web.post("/schedules/run", data={"csrf": token, "name": "a\x00b"}),
+    ):
+        assert answer.status_code == 400, answer.text
+        assert "holds a NUL character" in answer.text and 'id="problem"' in answer.text
+        assert answer.headers["x-frame-options"] == "DENY"
+    # a server error (here: a schema that is not installed) is a page with the headers too
+    nowhere = dataclasses.replace(q.aio.settings, schema="pgq_nb_not_installed")
+    broken = AsyncQueue(q.aio.pool, q.aio.dsn, nowhere)
+    app = create_app(broken, WebConfig())
+    with TestClient(app, base_url="http://127.0.0.1:8080", raise_server_exceptions=False) as web2:
+        answer = web2.get("/failures")
+        assert answer.status_code == 500 and "the pgq-nb web log has the error" in answer.text
+        assert "content-security-policy" in answer.headers

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from pgq_nb.errors import ConfigurationError
 from pgq_nb.web import data, html, pages
@@ -210,7 +210,7 @@ class Web(Guarded):
         )
 
 
-def create_app(aio: AsyncQueue, config: WebConfig) -> Starlette:
+def create_app(aio: AsyncQueue, config: WebConfig) -> ASGIApp:
     """The dashboard of ``aio`` as an ASGI application."""
     web = Web(aio, config)
     routes = [
@@ -252,14 +252,23 @@ def create_app(aio: AsyncQueue, config: WebConfig) -> Starlette:
             )
         return problem(404, "Not found", f"nothing at {request.url.path}; start from /")
 
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return problem(
+            500,
+            "Server error",
+            "the dashboard failed on this request; nothing more is known here: the "
+            "pgq-nb web log has the error. Reload the page; if it fails again, report it",
+        )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         web.health.close()
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        exception_handlers={404: not_found, 405: not_found},
-        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={404: not_found, 405: not_found, 500: server_error},
         lifespan=lifespan,
     )
+    # outside Starlette's error middleware, so that a 500 answer has the headers too
+    return SecurityHeaders(app)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote
 
@@ -101,6 +101,18 @@ def int_param(value: str | None, name: str, *, default: int, low: int, high: int
     return number
 
 
+def refuse_nul(pairs: Iterable[tuple[str, str]]) -> None:
+    """Refuses a query or form with a NUL character, which no text in Postgres may hold."""
+    for key, value in pairs:
+        if "\x00" in key or "\x00" in value:
+            raise Refused(
+                400,
+                "Bad request",
+                f"{key[:40]!r} holds a NUL character (%00), which no name or value here may "
+                "contain; remove it",
+            )
+
+
 def job_id(value: str) -> int:
     value = value.strip()
     if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) > 2**63 - 1:
@@ -169,6 +181,7 @@ class Guarded:
     async def guard(
         self, request: Request, handler: Handler, *, post: bool, bounded: bool = True
     ) -> Response:
+        refuse_nul(request.query_params.multi_items())
         if not host_allowed(self.config, request.headers.get("host")):
             raise Refused(
                 400,
@@ -253,6 +266,7 @@ class Guarded:
             )
         except (UnicodeDecodeError, ValueError):
             raise Refused(400, "Bad form", "the form could not be read; reload the page") from None
+        refuse_nul(pairs)
         out: dict[str, list[str]] = {}
         for key, value in pairs:
             out.setdefault(key, []).append(value)
