@@ -596,3 +596,20 @@ def test_a_nul_byte_gets_a_400_page_and_errors_have_the_security_headers(
         answer = web2.get("/failures")
         assert answer.status_code == 500 and "the pgq-nb web log has the error" in answer.text
         assert "content-security-policy" in answer.headers
+
+
+def test_only_known_entrypoints_can_be_paused_and_names_are_capped(
+    q: pgq_nb.Queue, jobs: dict[str, list[int]], web: TestClient
+) -> None:
+    token = csrf(web.get("/").text)
+    for path in ("/entrypoints/pause", "/entrypoints/resume"):
+        answer = web.post(path, data={"csrf": token, "entrypoint": "nonexistent-ep"})
+        assert answer.status_code == 404, answer.text
+        assert "no entrypoint named 'nonexistent-ep'" in unescape(answer.text)
+    long = web.post("/entrypoints/pause", data={"csrf": token, "entrypoint": "x" * 201})
+    assert long.status_code == 400 and "at most 200" in long.text
+    long = web.post("/schedules/pause", data={"csrf": token, "name": "s" * 5000})
+    assert long.status_code == 400 and "at most 200" in long.text
+    assert q.flow() == [] and "nonexistent-ep" not in web.get("/").text
+    typo = web.post("/entrypoints/pause", data={"csrf": token, "entrypoint": "ad"})
+    assert typo.status_code == 404 and "did you mean 'add'" in unescape(typo.text)

@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from pgq_nb.errors import ConfigurationError
+from pgq_nb.errors import ConfigurationError, did_you_mean
 from pgq_nb.web import data, html, pages
 from pgq_nb.web.auth import SESSION_COOKIE, Session, local_path
 from pgq_nb.web.config import WebConfig
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgq_nb.web")
 MAX_LIMIT = 500
+#: The longest entrypoint or schedule name a form may carry.
+MAX_NAME = 200
 
 
 class Web(Guarded):
@@ -106,6 +108,13 @@ class Web(Guarded):
         values: list[str] = request.state.form.get(name, [])
         if len(values) != 1 or not values[0]:
             raise Refused(400, "Bad form", f"the form lacks its {name!r} field; reload the page")
+        if len(values[0]) > MAX_NAME:
+            raise Refused(
+                400,
+                "Bad form",
+                f"the form's {name!r} is {len(values[0]):,} characters; the dashboard's names "
+                f"are at most {MAX_NAME}: reload the page",
+            )
         return values[0]
 
     async def requeue(self, request: Request, session: Session) -> Response:
@@ -127,6 +136,15 @@ class Web(Guarded):
 
     async def pause(self, request: Request, session: Session) -> Response:
         entrypoint = self.field(request, "entrypoint")
+        known = await data.entrypoints(self.aio)
+        if entrypoint not in known:
+            raise Refused(
+                404,
+                "Not found",
+                f"no entrypoint named {entrypoint!r}{did_you_mean(entrypoint, known)}: only "
+                "entrypoints a queue or a worker registered, or that have jobs, can be paused "
+                "or resumed. Nothing was changed; reload the page",
+            )
         paused = request.url.path.endswith("/pause")
         await (self.aio.pause if paused else self.aio.resume)(entrypoint)
         return self.done(request, f"{'paused' if paused else 'resumed'} {entrypoint}", "/")

@@ -99,6 +99,13 @@ async def fetch(aio: AsyncQueue, name: str, *args: Any) -> list[dict[str, Any]]:
     return await _here(run())
 
 
+async def entrypoints(aio: AsyncQueue) -> set[str]:
+    """Every entrypoint the ``entrypoints`` table knows (registered, paused or limited) or that
+    has jobs: those the overview lists, the only ones its forms may pause or resume."""
+    known = {r["name"] for r in await fetch(aio, "known_entrypoints")}
+    return known | {ep for ep, _, n in await aio.counts() if n}
+
+
 async def failures(aio: AsyncQueue, entrypoint: str | None, limit: int) -> list[dict[str, Any]]:
     return await fetch(aio, "web_failures", limit, entrypoint, FAILURE_TEXT)
 
