@@ -30,6 +30,7 @@ from pgq_nb.queue import AsyncQueue
 from pgq_nb.web.app import create_app
 from pgq_nb.web.auth import local_path, same_origin
 from pgq_nb.web.config import WebConfig, build_config, is_loopback, read_token_file
+from pgq_nb.web.html import error_type
 from tests.conftest import REPO, SCHEMA
 from tests.test_dashboard import make_jobs
 
@@ -613,3 +614,46 @@ def test_only_known_entrypoints_can_be_paused_and_names_are_capped(
     assert q.flow() == [] and "nonexistent-ep" not in web.get("/").text
     typo = web.post("/entrypoints/pause", data={"csrf": token, "entrypoint": "ad"})
     assert typo.status_code == 404 and "did you mean 'add'" in unescape(typo.text)
+
+
+def test_hide_payloads_hides_error_texts_and_tracebacks(q: pgq_nb.Queue) -> None:
+    @q.entrypoint("leaky", retry=pgq_nb.RetryPolicy.none())
+    def leaky(job: pgq_nb.Job) -> None:
+        raise ValueError("bad card " + job.data["card"])
+
+    @q.schedule("leaky_report", "0 * * * *")
+    def report(schedule: Any) -> None:
+        raise RuntimeError("SECRET-SCHEDULE-66 in the report")
+
+    job_id = q.enqueue("leaky", {"card": "SECRET-CARD-55"})
+    q.schedule_list()
+    q.run_schedule_now("leaky_report")
+    wf = q.workflow("leaks")
+    wf.step("leaky", {"card": "SECRET-STEP-77"})
+    run = wf.submit()
+    q.run_until_idle()
+    pages = ["/failures", f"/jobs/{job_id}", "/schedules", f"/workflows/{run.id}"]
+    with client(q) as web:
+        shown = "".join(web.get(path).text for path in pages)
+        assert all(s in shown for s in ("SECRET-CARD-55", "SECRET-SCHEDULE-66", "SECRET-STEP-77"))
+    with client(q, hide_payloads=True) as web:
+        for path in pages:
+            text = web.get(path).text
+            assert "SECRET-" not in text, path
+            assert "Error" in text and "hidden: pgq-nb web --hide-payloads" in text, path
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("ValueError: boom", "ValueError"),
+        ("pgq_nb.errors.JobTimeoutError: ran 5 s", "pgq_nb.errors.JobTimeoutError"),
+        ("KeyboardInterrupt", "KeyboardInterrupt"),
+        ("the card 4111 was declined", "error"),
+        ("4111: declined", "error"),
+        ("", "error"),
+        (None, "error"),
+    ],
+)
+def test_the_error_type_never_takes_the_text(text: str | None, kind: str) -> None:
+    assert error_type(text) == kind
