@@ -657,3 +657,22 @@ def test_hide_payloads_hides_error_texts_and_tracebacks(q: pgq_nb.Queue) -> None
 )
 def test_the_error_type_never_takes_the_text(text: str | None, kind: str) -> None:
     assert error_type(text) == kind
+
+
+def test_a_logout_ends_the_session_on_the_server(
+    q: pgq_nb.Queue, jobs: dict[str, list[int]]
+) -> None:
+    with client(q, host="0.0.0.0", token=TOKEN) as web:
+        web.post("/login", data={"token": TOKEN, "next": "/"})
+        page = web.get("/failures")
+        assert page.status_code == 200
+        stolen, token = web.cookies["pgq_nb_session"], csrf(page.text)
+        web.post("/logout", data={"csrf": token})
+        web.cookies.set("pgq_nb_session", stolen)  # the cookie kept (copied, or not deleted)
+        assert web.get("/", follow_redirects=False).status_code == 303
+        before = failed_ids(q)
+        answer = web.post("/failures/requeue", data={"csrf": token, "entrypoint": "explode"})
+        assert answer.status_code == 401 and failed_ids(q) == before
+        web.cookies.clear()
+        web.post("/login", data={"token": TOKEN, "next": "/"})  # a new login works
+        assert web.get("/", follow_redirects=False).status_code == 200

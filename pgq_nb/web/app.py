@@ -210,6 +210,7 @@ class Web(Guarded):
         return response
 
     async def logout(self, request: Request, session: Session) -> Response:
+        self.auth.revoke(session)
         response = RedirectResponse("/login" if self.auth.login_required else "/", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
