@@ -676,3 +676,23 @@ def test_a_logout_ends_the_session_on_the_server(
         web.cookies.clear()
         web.post("/login", data={"token": TOKEN, "next": "/"})  # a new login works
         assert web.get("/", follow_redirects=False).status_code == 200
+
+
+@pytest.mark.parametrize("argv", [["--token", TOKEN], [f"--token={TOKEN}"], ["--tok", TOKEN]])
+def test_a_secret_on_the_command_line_is_refused_and_not_echoed(argv: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pgq_nb.cli", "web", *argv],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    if argv[0].startswith("--token"):
+        assert "secrets are never taken on the command line" in done.stderr
+        assert "PGQ_NB_WEB_TOKEN or --token-file" in done.stderr
+        assert TOKEN not in done.stderr + done.stdout
+    else:  # not an abbreviation of --token-file: an unknown option
+        assert "--token-file" not in done.stderr.splitlines()[-1]
