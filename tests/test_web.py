@@ -38,9 +38,20 @@ TOKEN = "correct-horse-battery-staple-42"
 XSS = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
 
 
+#: What Prometheus sends as Accept
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
 def client(q: pgq_nb.Queue, **options: Any) -> TestClient:
+    """The dashboard of ``q`` with ``options``, as a browser reaches it (accepting HTML)."""
     config = WebConfig(**options)
-    return TestClient(create_app(q.aio, config), base_url="http://127.0.0.1:8080")
+    return TestClient(
+        create_app(q.aio, config),
+        base_url="http://127.0.0.1:8080",
+        headers={"accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
+    )
 
 
 def csrf(page: str) -> str:
@@ -356,7 +367,13 @@ def test_metrics_without_prometheus_client_say_what_to_install(
 def test_metrics_are_served(q: pgq_nb.Queue, jobs: dict[str, list[int]]) -> None:
     pytest.importorskip("prometheus_client")
     with client(q, host="0.0.0.0", token=TOKEN) as web:
-        assert web.get("/metrics", follow_redirects=False).status_code == 303  # needs the token
+        assert web.get("/metrics", follow_redirects=False).status_code == 303  # a browser
+        # Prometheus (or curl) without the token: a 401 that says how to send it, not the login
+        scrape = web.get("/metrics", headers={"accept": PROMETHEUS_ACCEPT}, follow_redirects=False)
+        assert scrape.status_code == 401 and scrape.headers["www-authenticate"].startswith("Bearer")
+        assert "credentials_file" in scrape.text
+        wrong = web.get("/metrics", headers={"authorization": "Bearer not-the-token-at-all"})
+        assert wrong.status_code == 401 and "invalid_token" in wrong.headers["www-authenticate"]
         answer = web.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"})
         assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/")
         assert "pgq_nb_up 1.0" in answer.text

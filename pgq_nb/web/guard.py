@@ -76,13 +76,20 @@ class SecurityHeaders:
 class Refused(Exception):
     """A request refused with ``status`` and a message saying what to do."""
 
-    def __init__(self, status: int, title: str, message: str) -> None:
+    def __init__(
+        self, status: int, title: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.title, self.message = status, title, message
+        self.headers = headers
 
 
-def problem(status: int, title: str, message: str) -> HTMLResponse:
-    return HTMLResponse(html.problem_page(status, title, message), status_code=status)
+def problem(
+    status: int, title: str, message: str, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    return HTMLResponse(
+        html.problem_page(status, title, message), status_code=status, headers=headers
+    )
 
 
 def int_param(value: str | None, name: str, *, default: int, low: int, high: int) -> int:
@@ -99,6 +106,12 @@ def int_param(value: str | None, name: str, *, default: int, low: int, high: int
             f"{name} must be a whole number from {low} to {high}, not {value[:40]!r}",
         )
     return number
+
+
+def wants_html(request: Request) -> bool:
+    """Whether a request comes from a browser (which is sent to the login form): one that
+    accepts HTML, or the pages' own live updates. Others (Prometheus, curl) get a 401."""
+    return "text/html" in request.headers.get("accept", "") or "x-pgq-live" in request.headers
 
 
 def refuse_nul(pairs: Iterable[tuple[str, str]]) -> None:
@@ -144,7 +157,7 @@ class Guarded:
             try:
                 return await self.guard(request, handler, post=post, bounded=bounded)
             except Refused as refused:
-                return problem(refused.status, refused.title, refused.message)
+                return problem(refused.status, refused.title, refused.message, refused.headers)
             except JobNotFoundError as exc:
                 return problem(404, "Not found", str(exc))
             except InvalidInputError as exc:
@@ -197,15 +210,18 @@ class Guarded:
                 "Wrong token",
                 "the Authorization header does not carry this "
                 "dashboard's token; send `Authorization: Bearer <token>`",
+                {"www-authenticate": 'Bearer realm="pgq_nb", error="invalid_token"'},
             )
         session = self.auth.session(request.cookies)
         if self.auth.login_required and not bearer and not (session and session.authed):
-            if post or request.method != "GET":
+            if post or request.method != "GET" or not wants_html(request):
                 raise Refused(
                     401,
                     "Log in first",
-                    "this action needs the dashboard's token: "
-                    "log in at /login, or send `Authorization: Bearer <token>`",
+                    f"{'this action' if post else 'this page'} needs the dashboard's token: "
+                    "log in at /login, or send `Authorization: Bearer <token>` (Prometheus: "
+                    "authorization: {credentials_file: PATH} in its scrape config)",
+                    {"www-authenticate": 'Bearer realm="pgq_nb"'},
                 )
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
