@@ -12,6 +12,8 @@ import re
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
@@ -31,8 +33,9 @@ from pgq_nb.web.app import create_app
 from pgq_nb.web.auth import local_path, same_origin
 from pgq_nb.web.config import WebConfig, build_config, is_loopback, read_token_file
 from pgq_nb.web.html import error_type
-from tests.conftest import REPO, SCHEMA
+from tests.conftest import REPO, SCHEMA, stop_processes
 from tests.test_dashboard import make_jobs
+from tests.test_web_browser import free_port, start_web
 
 TOKEN = "correct-horse-battery-staple-42"
 XSS = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
@@ -713,3 +716,27 @@ def test_a_secret_on_the_command_line_is_refused_and_not_echoed(argv: list[str])
         assert TOKEN not in done.stderr + done.stdout
     else:  # not an abbreviation of --token-file: an unknown option
         assert "--token-file" not in done.stderr.splitlines()[-1]
+
+
+def test_a_client_slow_to_send_its_request_head_is_disconnected(installed: str) -> None:
+    port = free_port()
+    web = start_web(installed, port)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as slow:
+            slow.sendall(b"GET /metrics HTTP/1.1\r\n")
+            started = time.monotonic()
+            closed = False
+            while time.monotonic() - started < 60 and not closed:
+                try:
+                    slow.sendall(b"X-Trickle: 1\r\n")  # one header line a second, never the end
+                    slow.settimeout(1)
+                    closed = slow.recv(1024) == b""
+                except TimeoutError:
+                    continue
+                except OSError:  # reset by the server
+                    closed = True
+            assert closed, "a client trickling header lines kept its connection for 60 s"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as answer:
+            assert answer.status == 200  # and the server serves the others
+    finally:
+        stop_processes([web])
