@@ -740,3 +740,28 @@ def test_a_client_slow_to_send_its_request_head_is_disconnected(installed: str) 
             assert answer.status == 200  # and the server serves the others
     finally:
         stop_processes([web])
+
+
+def test_without_a_token_requests_through_a_proxy_are_refused(
+    q: pgq_nb.Queue, jobs: dict[str, list[int]]
+) -> None:
+    proxied = [
+        {"x-forwarded-for": "203.0.113.5"},
+        {"x-forwarded-host": "dash.example"},
+        {"forwarded": "for=203.0.113.5;host=dash.example"},
+        {"x-real-ip": "203.0.113.5"},
+    ]
+    with client(q) as web:  # the proxy connects from 127.0.0.1 with Host: 127.0.0.1:8080
+        token = csrf(web.get("/failures").text)
+        for headers in proxied:
+            answer = web.get("/", headers=headers)
+            assert answer.status_code == 403 and "a proxy needs a token" in answer.text.lower()
+            assert "proxy_set_header Host $host" in answer.text
+            refused = web.post(
+                "/entrypoints/pause", data={"csrf": token, "entrypoint": "add"}, headers=headers
+            )
+            assert refused.status_code == 403
+        assert q.flow() == []
+    with client(q, host="0.0.0.0", token=TOKEN) as web:  # with a token a proxy is fine
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        assert web.get("/", headers={**proxied[0], **bearer}).status_code == 200

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgq_nb.web")
 Handler = Callable[[Request, Session], Awaitable[Response]]
 MAX_FORM_BYTES = 256 * 1024
+#: Headers a reverse proxy adds: without a token, such a request is refused (the proxy's own
+#: Host, often 127.0.0.1, would pass the loopback check and open the dashboard to everyone).
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
 
 
 #: Sent with every answer: no framing (clickjacking), scripts only from this site (an
@@ -202,6 +205,16 @@ class Guarded:
                 "this dashboard runs without a token, so it answers only "
                 "requests for localhost or a loopback address; open it as http://127.0.0.1:PORT/"
                 " (or start it with PGQ_NB_WEB_TOKEN to serve other names)",
+            )
+        if self.config.token is None and any(h in request.headers for h in PROXY_HEADERS):
+            raise Refused(
+                403,
+                "A proxy needs a token",
+                "this dashboard runs without a token (for this machine only), but the request "
+                "came through a proxy (it has a Forwarded or X-Forwarded-* header), so anyone "
+                "who reaches the proxy would get in: start pgq-nb web with PGQ_NB_WEB_TOKEN or "
+                "--token-file, and have the proxy pass the browser's Host (nginx: "
+                "proxy_set_header Host $host)",
             )
         bearer = self.auth.bearer(request.headers.get("authorization"))
         if bearer is False:
