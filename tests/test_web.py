@@ -33,6 +33,7 @@ from pgq_nb.web.app import create_app
 from pgq_nb.web.auth import local_path, same_origin
 from pgq_nb.web.config import WebConfig, build_config, is_loopback, read_token_file
 from pgq_nb.web.html import error_type
+from pgq_nb.web.throttle import LoginThrottle
 from tests.conftest import REPO, SCHEMA, stop_processes
 from tests.test_dashboard import make_jobs
 from tests.test_web_browser import free_port, start_web
@@ -411,6 +412,9 @@ def test_a_non_loopback_address_needs_a_secret() -> None:
     assert build_config(host="0.0.0.0", environ={"PGQ_NB_WEB_TOKEN": TOKEN}).token == TOKEN
     with pytest.raises(ConfigurationError, match="at least 16"):
         build_config(environ={"PGQ_NB_WEB_TOKEN": "short"})
+    for weak in ("a" * 20, "ab" * 10, "1234512345123451234"):
+        with pytest.raises(ConfigurationError, match="must be random"):
+            build_config(environ={"PGQ_NB_WEB_TOKEN": weak})
     assert build_config(environ={}).token is None
     with pytest.raises(ConfigurationError, match="not a TCP port"):
         build_config(port=0, environ={})
@@ -765,3 +769,35 @@ def test_without_a_token_requests_through_a_proxy_are_refused(
     with client(q, host="0.0.0.0", token=TOKEN) as web:  # with a token a proxy is fine
         bearer = {"authorization": f"Bearer {TOKEN}"}
         assert web.get("/", headers={**proxied[0], **bearer}).status_code == 200
+
+
+def test_the_login_throttle_waits_doubling_and_logs_once_a_minute() -> None:
+    brake = LoginThrottle()
+    logged = [brake.failed("10.0.0.1", now=float(t)) for t in range(5)]
+    assert logged == [1, None, None, None, None]  # one warning a minute
+    assert brake.wait_s("10.0.0.1", now=4.0) == 1.0 and brake.wait_s("10.0.0.2", 4.0) == 0
+    waits, logs = [], []
+    now = 4.0
+    for _ in range(8):
+        now += brake.wait_s("10.0.0.1", now)
+        logs.append(brake.failed("10.0.0.1", now))
+        waits.append(brake.wait_s("10.0.0.1", now))
+    assert waits == [2, 4, 8, 16, 30, 30, 30, 30]
+    # at t=65, the first failure a minute after the warning: the 10 since; at t=125 the 2 since
+    assert logs == [None, None, None, None, None, 10, None, 2]
+    brake.succeeded("10.0.0.1")
+    assert brake.wait_s("10.0.0.1", now=now) == 0
+
+
+def test_wrong_logins_are_braked_per_client(
+    q: pgq_nb.Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    with client(q, host="0.0.0.0", token=TOKEN) as web:
+        for _ in range(5):
+            assert web.post("/login", data={"token": "guess-guess-guess-1"}).status_code == 401
+        braked = web.post("/login", data={"token": TOKEN}, follow_redirects=False)
+        assert braked.status_code == 429 and braked.headers["retry-after"] == "1"
+        assert "too many wrong tokens" in braked.text and "try again in 1 s" in braked.text
+        assert web.get("/", follow_redirects=False).status_code == 303  # not logged in
+    warnings = [r for r in caplog.records if "wrong token" in r.getMessage()]
+    assert len(warnings) == 1

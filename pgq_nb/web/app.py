@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,7 @@ from pgq_nb.web.auth import SESSION_COOKIE, Session, local_path
 from pgq_nb.web.config import WebConfig
 from pgq_nb.web.guard import Guarded, Refused, SecurityHeaders, int_param, job_id, problem
 from pgq_nb.web.health import HealthCheck
+from pgq_nb.web.throttle import LoginThrottle
 
 if TYPE_CHECKING:
     from pgq_nb.queue import AsyncQueue
@@ -39,6 +42,7 @@ class Web(Guarded):
     def __init__(self, aio: AsyncQueue, config: WebConfig) -> None:
         super().__init__(aio, config)
         self.health = HealthCheck(aio.store.dsn)
+        self.throttle = LoginThrottle()
 
     # -- pages ------------------------------------------------------------------------------
 
@@ -197,14 +201,32 @@ class Web(Guarded):
         except Refused as refused:
             return problem(refused.status, refused.title, refused.message)
         next_path = local_path(form.get("next", ["/"])[0])
+        client = request.client.host if request.client else "unknown"
+        wait = self.throttle.wait_s(client, time.monotonic())
+        if wait > 0:
+            return HTMLResponse(
+                html.login_page(
+                    f"too many wrong tokens from {client}: try again in {math.ceil(wait)} s",
+                    next_path,
+                ),
+                status_code=429,
+                headers={"retry-after": str(math.ceil(wait))},
+            )
         if not self.auth.token_matches(form.get("token", [""])[0]):
-            log.warning("a login with a wrong token", extra={"client": request.client})
+            logged = self.throttle.failed(client, time.monotonic())
+            if logged is not None:
+                log.warning(
+                    "%d login(s) with a wrong token from %s (logged at most once a minute)",
+                    logged,
+                    client,
+                )
             return HTMLResponse(
                 html.login_page(
                     "wrong token: use the secret this dashboard was started with", next_path
                 ),
                 status_code=401,
             )
+        self.throttle.succeeded(client)
         response = RedirectResponse(next_path, status_code=303)
         self.set_session(request, response, self.auth.new_session(authed=True))
         return response
