@@ -239,6 +239,9 @@ def test_bad_input_gets_a_clear_4xx_page(q: pgq_nb.Queue, web: TestClient) -> No
         ("/failures?limit=0", 400, "limit must be a whole number"),
         ("/workflows?limit=-3", 400, "limit must be a whole number"),
         ("/workflows/4242", 404, "no workflow run with id 4242"),
+        ("/workflows/x", 400, "a workflow run id is a whole number"),
+        ("/failures?limit=5_0", 400, "limit must be a whole number"),
+        ("/failures?limit=%EF%BC%95", 400, "limit must be a whole number"),  # a wide 5
         ("/search?id=12x", 400, "a job id is a whole number"),
         ("/search?id=", 400, "a job id is a whole number"),
         ("/nowhere", 404, "nothing at /nowhere"),

@@ -41,7 +41,7 @@ class Web(Guarded):
 
     def __init__(self, aio: AsyncQueue, config: WebConfig) -> None:
         super().__init__(aio, config)
-        self.health = HealthCheck(aio.store.dsn)
+        self.health = HealthCheck(aio.store.dsn, aio.queries["web_ping"])
         self.throttle = LoginThrottle()
 
     # -- pages ------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ class Web(Guarded):
         return self.render(request, pages.workflows(self.context(request, session), runs, now))
 
     async def workflow_run(self, request: Request, session: Session) -> Response:
-        run_id = job_id(request.path_params["run"])
+        run_id = job_id(request.path_params["run"], "a workflow run id")
         run = await data.workflow_run(self.aio, run_id)
         if run is None:
             raise Refused(404, "Not found", f"no workflow run with id {run_id}")
@@ -175,7 +175,7 @@ class Web(Guarded):
         return self.done(request, message, "/schedules")
 
     async def run_action(self, request: Request, session: Session) -> Response:
-        run_id = job_id(request.path_params["run"])
+        run_id = job_id(request.path_params["run"], "a workflow run id")
         run = await self.aio.workflow_run(run_id)
         if request.url.path.endswith("/cancel"):
             n = await run.cancel()

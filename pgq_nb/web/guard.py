@@ -98,10 +98,8 @@ def problem(
 def int_param(value: str | None, name: str, *, default: int, low: int, high: int) -> int:
     if value is None or value == "":
         return default
-    try:
-        number = int(value)
-    except ValueError:
-        number = None
+    digits = value.strip().removeprefix("-")
+    number = int(value) if digits.isascii() and digits.isdigit() and len(digits) < 10 else None
     if number is None or not low <= number <= high:
         raise Refused(
             400,
@@ -129,10 +127,10 @@ def refuse_nul(pairs: Iterable[tuple[str, str]]) -> None:
             )
 
 
-def job_id(value: str) -> int:
+def job_id(value: str, what: str = "a job id") -> int:
     value = value.strip()
     if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) > 2**63 - 1:
-        raise Refused(400, "Bad request", f"a job id is a whole number, not {value[:40]!r}")
+        raise Refused(400, "Bad request", f"{what} is a whole number, not {value[:40]!r}")
     return int(value)
 
 

@@ -24,8 +24,8 @@ SHARED_FOR_S = 1.0
 class HealthCheck:
     """The database check of one dashboard (``dsn``)."""
 
-    def __init__(self, dsn: str, *, timeout: float = HEALTH_TIMEOUT_S) -> None:
-        self.dsn = dsn
+    def __init__(self, dsn: str, query: str, *, timeout: float = HEALTH_TIMEOUT_S) -> None:
+        self.dsn, self.query = dsn, query
         self.timeout = timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
@@ -33,7 +33,7 @@ class HealthCheck:
         self._answer: tuple[float, str | None] = (-SHARED_FOR_S, None)
 
     async def problem(self) -> str | None:
-        """None when the database answered ``SELECT 1`` within the timeout; else what went wrong
+        """None when the database answered ``web_ping`` within the timeout; else what went wrong
         (the error's type, never its text: /healthz needs no login)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a connection and a lock serve only the loop they began on
@@ -61,7 +61,7 @@ class HealthCheck:
                         "statement_timeout": str(int(self.timeout * 1000)),
                     },
                 )
-            await self._conn.fetchval("SELECT 1")
+            await self._conn.fetchval(self.query)
         except BaseException as exc:  # a timeout's cancel too: the connection is not reused
             conn, self._conn = self._conn, None
             if conn is not None:
