@@ -196,6 +196,17 @@ def _port(text: str) -> int:
     return port
 
 
+class _SecretRefused(argparse.Action):
+    """``pgq-nb web --token X``: refused without echoing X (every local user sees a command
+    line in ``ps``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        parser.error(
+            "secrets are never taken on the command line (every user on this machine can read "
+            "it): set PGQ_NB_WEB_TOKEN or --token-file PATH"
+        )
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     # Starlette and uvicorn are the optional extra pgq_nb[web]; load them only when asked for
     import importlib.util
@@ -322,7 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(func=cmd_worker)
 
-    web = sub.add_parser("web", help="the dashboard in a browser (pip install 'pgq_nb[web]')")
+    # allow_abbrev=False: `--token SECRET` must not be taken for --token-file (and echoed)
+    web = sub.add_parser(
+        "web", help="the dashboard in a browser (pip install 'pgq_nb[web]')", allow_abbrev=False
+    )
     web.add_argument(
         "--host",
         default="127.0.0.1",
@@ -340,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the login secret "
         "(yours, mode 0600, not a symlink); default: PGQ_NB_WEB_TOKEN",
     )
+    web.add_argument("--token", nargs="?", action=_SecretRefused, help=argparse.SUPPRESS)
     web.set_defaults(func=cmd_web)
     return parser
 

@@ -5,10 +5,15 @@ Chromium."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
@@ -21,20 +26,36 @@ pytest.importorskip("starlette", reason="pgq_nb[web] is not installed (pip insta
 from starlette.testclient import TestClient
 
 import pgq_nb
+from pgq_nb import runtime
 from pgq_nb.errors import ConfigurationError
+from pgq_nb.queue import AsyncQueue
 from pgq_nb.web.app import create_app
 from pgq_nb.web.auth import local_path, same_origin
 from pgq_nb.web.config import WebConfig, build_config, is_loopback, read_token_file
-from tests.conftest import REPO
+from pgq_nb.web.html import error_type
+from pgq_nb.web.throttle import LoginThrottle
+from tests.conftest import REPO, SCHEMA, stop_processes
 from tests.test_dashboard import make_jobs
+from tests.test_web_browser import free_port, start_web
 
 TOKEN = "correct-horse-battery-staple-42"
 XSS = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
 
 
+#: What Prometheus sends as Accept
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
 def client(q: pgq_nb.Queue, **options: Any) -> TestClient:
+    """The dashboard of ``q`` with ``options``, as a browser reaches it (accepting HTML)."""
     config = WebConfig(**options)
-    return TestClient(create_app(q.aio, config), base_url="http://127.0.0.1:8080")
+    return TestClient(
+        create_app(q.aio, config),
+        base_url="http://127.0.0.1:8080",
+        headers={"accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
+    )
 
 
 def csrf(page: str) -> str:
@@ -218,6 +239,9 @@ def test_bad_input_gets_a_clear_4xx_page(q: pgq_nb.Queue, web: TestClient) -> No
         ("/failures?limit=0", 400, "limit must be a whole number"),
         ("/workflows?limit=-3", 400, "limit must be a whole number"),
         ("/workflows/4242", 404, "no workflow run with id 4242"),
+        ("/workflows/x", 400, "a workflow run id is a whole number"),
+        ("/failures?limit=5_0", 400, "limit must be a whole number"),
+        ("/failures?limit=%EF%BC%95", 400, "limit must be a whole number"),  # a wide 5
         ("/search?id=12x", 400, "a job id is a whole number"),
         ("/search?id=", 400, "a job id is a whole number"),
         ("/nowhere", 404, "nothing at /nowhere"),
@@ -350,7 +374,13 @@ def test_metrics_without_prometheus_client_say_what_to_install(
 def test_metrics_are_served(q: pgq_nb.Queue, jobs: dict[str, list[int]]) -> None:
     pytest.importorskip("prometheus_client")
     with client(q, host="0.0.0.0", token=TOKEN) as web:
-        assert web.get("/metrics", follow_redirects=False).status_code == 303  # needs the token
+        assert web.get("/metrics", follow_redirects=False).status_code == 303  # a browser
+        # Prometheus (or curl) without the token: a 401 that says how to send it, not the login
+        scrape = web.get("/metrics", headers={"accept": PROMETHEUS_ACCEPT}, follow_redirects=False)
+        assert scrape.status_code == 401 and scrape.headers["www-authenticate"].startswith("Bearer")
+        assert "credentials_file" in scrape.text
+        wrong = web.get("/metrics", headers={"authorization": "Bearer not-the-token-at-all"})
+        assert wrong.status_code == 401 and "invalid_token" in wrong.headers["www-authenticate"]
         answer = web.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"})
         assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/")
         assert "pgq_nb_up 1.0" in answer.text
@@ -385,6 +415,9 @@ def test_a_non_loopback_address_needs_a_secret() -> None:
     assert build_config(host="0.0.0.0", environ={"PGQ_NB_WEB_TOKEN": TOKEN}).token == TOKEN
     with pytest.raises(ConfigurationError, match="at least 16"):
         build_config(environ={"PGQ_NB_WEB_TOKEN": "short"})
+    for weak in ("a" * 20, "ab" * 10, "1234512345123451234"):
+        with pytest.raises(ConfigurationError, match="must be random"):
+            build_config(environ={"PGQ_NB_WEB_TOKEN": weak})
     assert build_config(environ={}).token is None
     with pytest.raises(ConfigurationError, match="not a TCP port"):
         build_config(port=0, environ={})
@@ -514,3 +547,260 @@ def test_pgq_nb_web_without_the_extra_says_what_to_install() -> None:
     )
     assert done.returncode == 2
     assert "pip install 'pgq_nb[web]'" in done.stderr and "starlette" in done.stderr
+
+
+# -- the attack review of issue #19 --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def locked(q: pgq_nb.Queue, *tables: str) -> Iterator[None]:
+    """``tables`` locked ACCESS EXCLUSIVE by another connection for the block."""
+
+    async def acquire() -> Any:
+        return await q.aio.pool.acquire()
+
+    locker = runtime.run_sync(acquire())
+    transaction = locker.transaction()
+    runtime.run_sync(transaction.start())
+    try:
+        for table in tables:
+            runtime.run_sync(
+                locker.execute(f"LOCK TABLE {SCHEMA}.{table} IN ACCESS EXCLUSIVE MODE")
+            )
+        yield
+    finally:
+        runtime.run_sync(transaction.rollback())
+        runtime.run_sync(q.aio.pool.release(locker))
+
+
+def test_a_locked_table_gives_a_503_page_not_a_hung_one(
+    q: pgq_nb.Queue, jobs: dict[str, list[int]]
+) -> None:
+    with client(q, read_timeout_s=1.0) as web, locked(q, "jobs", "history"):
+        for path in ("/", "/failures", f"/jobs/{jobs['queued'][0]}"):
+            answer = web.get(path)
+            assert answer.status_code == 503, (path, answer.text)
+            assert "the database is not answering" in answer.text, path
+            assert answer.headers["x-frame-options"] == "DENY"
+        # /healthz has a connection of its own: the server answers, so it is healthy
+        assert web.get("/healthz").json() == {"status": "ok", "database": "ok"}
+    with client(q, read_timeout_s=1.0) as web:
+        assert web.get("/").status_code == 200  # the pool's connections came back
+
+
+def test_healthz_answers_503_in_time_when_the_database_does_not_answer(q: pgq_nb.Queue) -> None:
+    with socket.socket() as silent:  # accepts connections and never answers: a frozen server
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        frozen = AsyncQueue(q.aio.pool, f"postgresql://pgq@127.0.0.1:{port}/pgq", q.aio.settings)
+        with TestClient(create_app(frozen, WebConfig()), base_url="http://127.0.0.1:8080") as web:
+            for _ in range(2):
+                answer = web.get("/healthz")
+                assert answer.status_code == 503
+                assert answer.json() == {
+                    "status": "unavailable",
+                    "database": "no answer within 2 s",
+                }
+
+
+def test_a_nul_byte_gets_a_400_page_and_errors_have_the_security_headers(
+    q: pgq_nb.Queue, jobs: dict[str, list[int]], web: TestClient
+) -> None:
+    token = csrf(web.get("/failures").text)
+    for answer in (
+        web.get("/failures", params={"entrypoint": "\x00"}),
+        web.post("/schedules/pause", data={"csrf": token, "name": "a\x00b"}),
+        web.post("/schedules/run", data={"csrf": token, "name": "a\x00b"}),
+    ):
+        assert answer.status_code == 400, answer.text
+        assert "holds a NUL character" in answer.text and 'id="problem"' in answer.text
+        assert answer.headers["x-frame-options"] == "DENY"
+    # a server error (here: a schema that is not installed) is a page with the headers too
+    nowhere = dataclasses.replace(q.aio.settings, schema="pgq_nb_not_installed")
+    broken = AsyncQueue(q.aio.pool, q.aio.dsn, nowhere)
+    app = create_app(broken, WebConfig())
+    with TestClient(app, base_url="http://127.0.0.1:8080", raise_server_exceptions=False) as web2:
+        answer = web2.get("/failures")
+        assert answer.status_code == 500 and "the pgq-nb web log has the error" in answer.text
+        assert "content-security-policy" in answer.headers
+
+
+def test_only_known_entrypoints_can_be_paused_and_names_are_capped(
+    q: pgq_nb.Queue, jobs: dict[str, list[int]], web: TestClient
+) -> None:
+    token = csrf(web.get("/").text)
+    for path in ("/entrypoints/pause", "/entrypoints/resume"):
+        answer = web.post(path, data={"csrf": token, "entrypoint": "nonexistent-ep"})
+        assert answer.status_code == 404, answer.text
+        assert "no entrypoint named 'nonexistent-ep'" in unescape(answer.text)
+    long = web.post("/entrypoints/pause", data={"csrf": token, "entrypoint": "x" * 201})
+    assert long.status_code == 400 and "at most 200" in long.text
+    long = web.post("/schedules/pause", data={"csrf": token, "name": "s" * 5000})
+    assert long.status_code == 400 and "at most 200" in long.text
+    assert q.flow() == [] and "nonexistent-ep" not in web.get("/").text
+    typo = web.post("/entrypoints/pause", data={"csrf": token, "entrypoint": "ad"})
+    assert typo.status_code == 404 and "did you mean 'add'" in unescape(typo.text)
+
+
+def test_hide_payloads_hides_error_texts_and_tracebacks(q: pgq_nb.Queue) -> None:
+    @q.entrypoint("leaky", retry=pgq_nb.RetryPolicy.none())
+    def leaky(job: pgq_nb.Job) -> None:
+        raise ValueError("bad card " + job.data["card"])
+
+    @q.schedule("leaky_report", "0 * * * *")
+    def report(schedule: Any) -> None:
+        raise RuntimeError("SECRET-SCHEDULE-66 in the report")
+
+    job_id = q.enqueue("leaky", {"card": "SECRET-CARD-55"})
+    q.schedule_list()
+    q.run_schedule_now("leaky_report")
+    wf = q.workflow("leaks")
+    wf.step("leaky", {"card": "SECRET-STEP-77"})
+    run = wf.submit()
+    q.run_until_idle()
+    pages = ["/failures", f"/jobs/{job_id}", "/schedules", f"/workflows/{run.id}"]
+    with client(q) as web:
+        shown = "".join(web.get(path).text for path in pages)
+        assert all(s in shown for s in ("SECRET-CARD-55", "SECRET-SCHEDULE-66", "SECRET-STEP-77"))
+    with client(q, hide_payloads=True) as web:
+        for path in pages:
+            text = web.get(path).text
+            assert "SECRET-" not in text, path
+            assert "Error" in text and "hidden: pgq-nb web --hide-payloads" in text, path
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("ValueError: boom", "ValueError"),
+        ("pgq_nb.errors.JobTimeoutError: ran 5 s", "pgq_nb.errors.JobTimeoutError"),
+        ("KeyboardInterrupt", "KeyboardInterrupt"),
+        ("the card 4111 was declined", "error"),
+        ("4111: declined", "error"),
+        ("", "error"),
+        (None, "error"),
+    ],
+)
+def test_the_error_type_never_takes_the_text(text: str | None, kind: str) -> None:
+    assert error_type(text) == kind
+
+
+def test_a_logout_ends_the_session_on_the_server(
+    q: pgq_nb.Queue, jobs: dict[str, list[int]]
+) -> None:
+    with client(q, host="0.0.0.0", token=TOKEN) as web:
+        web.post("/login", data={"token": TOKEN, "next": "/"})
+        page = web.get("/failures")
+        assert page.status_code == 200
+        stolen, token = web.cookies["pgq_nb_session"], csrf(page.text)
+        web.post("/logout", data={"csrf": token})
+        web.cookies.set("pgq_nb_session", stolen)  # the cookie kept (copied, or not deleted)
+        assert web.get("/", follow_redirects=False).status_code == 303
+        before = failed_ids(q)
+        answer = web.post("/failures/requeue", data={"csrf": token, "entrypoint": "explode"})
+        assert answer.status_code == 401 and failed_ids(q) == before
+        web.cookies.clear()
+        web.post("/login", data={"token": TOKEN, "next": "/"})  # a new login works
+        assert web.get("/", follow_redirects=False).status_code == 200
+
+
+@pytest.mark.parametrize("argv", [["--token", TOKEN], [f"--token={TOKEN}"], ["--tok", TOKEN]])
+def test_a_secret_on_the_command_line_is_refused_and_not_echoed(argv: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pgq_nb.cli", "web", *argv],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    if argv[0].startswith("--token"):
+        assert "secrets are never taken on the command line" in done.stderr
+        assert "PGQ_NB_WEB_TOKEN or --token-file" in done.stderr
+        assert TOKEN not in done.stderr + done.stdout
+    else:  # not an abbreviation of --token-file: an unknown option
+        assert "--token-file" not in done.stderr.splitlines()[-1]
+
+
+def test_a_client_slow_to_send_its_request_head_is_disconnected(installed: str) -> None:
+    port = free_port()
+    web = start_web(installed, port)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as slow:
+            slow.sendall(b"GET /metrics HTTP/1.1\r\n")
+            started = time.monotonic()
+            closed = False
+            while time.monotonic() - started < 60 and not closed:
+                try:
+                    slow.sendall(b"X-Trickle: 1\r\n")  # one header line a second, never the end
+                    slow.settimeout(1)
+                    closed = slow.recv(1024) == b""
+                except TimeoutError:
+                    continue
+                except OSError:  # reset by the server
+                    closed = True
+            assert closed, "a client trickling header lines kept its connection for 60 s"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as answer:
+            assert answer.status == 200  # and the server serves the others
+    finally:
+        stop_processes([web])
+
+
+def test_without_a_token_requests_through_a_proxy_are_refused(
+    q: pgq_nb.Queue, jobs: dict[str, list[int]]
+) -> None:
+    proxied = [
+        {"x-forwarded-for": "203.0.113.5"},
+        {"x-forwarded-host": "dash.example"},
+        {"forwarded": "for=203.0.113.5;host=dash.example"},
+        {"x-real-ip": "203.0.113.5"},
+    ]
+    with client(q) as web:  # the proxy connects from 127.0.0.1 with Host: 127.0.0.1:8080
+        token = csrf(web.get("/failures").text)
+        for headers in proxied:
+            answer = web.get("/", headers=headers)
+            assert answer.status_code == 403 and "a proxy needs a token" in answer.text.lower()
+            assert "proxy_set_header Host $host" in answer.text
+            refused = web.post(
+                "/entrypoints/pause", data={"csrf": token, "entrypoint": "add"}, headers=headers
+            )
+            assert refused.status_code == 403
+        assert q.flow() == []
+    with client(q, host="0.0.0.0", token=TOKEN) as web:  # with a token a proxy is fine
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        assert web.get("/", headers={**proxied[0], **bearer}).status_code == 200
+
+
+def test_the_login_throttle_waits_doubling_and_logs_once_a_minute() -> None:
+    brake = LoginThrottle()
+    logged = [brake.failed("10.0.0.1", now=float(t)) for t in range(5)]
+    assert logged == [1, None, None, None, None]  # one warning a minute
+    assert brake.wait_s("10.0.0.1", now=4.0) == 1.0 and brake.wait_s("10.0.0.2", 4.0) == 0
+    waits, logs = [], []
+    now = 4.0
+    for _ in range(8):
+        now += brake.wait_s("10.0.0.1", now)
+        logs.append(brake.failed("10.0.0.1", now))
+        waits.append(brake.wait_s("10.0.0.1", now))
+    assert waits == [2, 4, 8, 16, 30, 30, 30, 30]
+    # at t=65, the first failure a minute after the warning: the 10 since; at t=125 the 2 since
+    assert logs == [None, None, None, None, None, 10, None, 2]
+    brake.succeeded("10.0.0.1")
+    assert brake.wait_s("10.0.0.1", now=now) == 0
+
+
+def test_wrong_logins_are_braked_per_client(
+    q: pgq_nb.Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    with client(q, host="0.0.0.0", token=TOKEN) as web:
+        for _ in range(5):
+            assert web.post("/login", data={"token": "guess-guess-guess-1"}).status_code == 401
+        braked = web.post("/login", data={"token": TOKEN}, follow_redirects=False)
+        assert braked.status_code == 429 and braked.headers["retry-after"] == "1"
+        assert "too many wrong tokens" in braked.text and "try again in 1 s" in braked.text
+        assert web.get("/", follow_redirects=False).status_code == 303  # not logged in
+    warnings = [r for r in caplog.records if "wrong token" in r.getMessage()]
+    assert len(warnings) == 1

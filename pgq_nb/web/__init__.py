@@ -5,10 +5,13 @@
   the rule that only a loopback address may go without one;
 - ``auth``: signed session cookies, the login, CSRF tokens, the Host check;
 - ``data``: what the pages read, through the queue and named queries (``sql/queries/web.sql``),
-  every read bounded (counters, indexed ranges, LIMITs);
+  every read bounded (counters, indexed ranges, LIMITs) and timed (5 s);
 - ``html`` and ``pages``: the pages as escaped HTML strings, no template engine;
 - ``app``: the Starlette routes (actions are POSTs, absent in ``--read-only`` mode);
-- ``server``: uvicorn, for ``pgq-nb web``.
+- ``health``: ``/healthz`` on a connection of its own, 2 s at most;
+- ``throttle``: the login's brake on guessing;
+- ``server`` and ``protocol``: uvicorn, for ``pgq-nb web``, with bounded connections and a
+  deadline for each request's head.
 
 The core never imports this package (an import-linter contract); the CLI imports it inside
 ``pgq-nb web``.

@@ -6,30 +6,43 @@ route but ``/healthz``, the login and the script is wrapped by :meth:`Guarded.pa
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
-from pgq_nb.errors import ConfigurationError
+from pgq_nb.errors import ConfigurationError, did_you_mean
 from pgq_nb.web import data, html, pages
 from pgq_nb.web.auth import SESSION_COOKIE, Session, local_path
 from pgq_nb.web.config import WebConfig
 from pgq_nb.web.guard import Guarded, Refused, SecurityHeaders, int_param, job_id, problem
+from pgq_nb.web.health import HealthCheck
+from pgq_nb.web.throttle import LoginThrottle
 
 if TYPE_CHECKING:
     from pgq_nb.queue import AsyncQueue
 
 log = logging.getLogger("pgq_nb.web")
 MAX_LIMIT = 500
+#: The longest entrypoint or schedule name a form may carry.
+MAX_NAME = 200
 
 
 class Web(Guarded):
     """The routes of one dashboard."""
+
+    def __init__(self, aio: AsyncQueue, config: WebConfig) -> None:
+        super().__init__(aio, config)
+        self.health = HealthCheck(aio.store.dsn, aio.queries["web_ping"])
+        self.throttle = LoginThrottle()
 
     # -- pages ------------------------------------------------------------------------------
 
@@ -62,7 +75,7 @@ class Web(Guarded):
         return self.render(request, pages.workflows(self.context(request, session), runs, now))
 
     async def workflow_run(self, request: Request, session: Session) -> Response:
-        run_id = job_id(request.path_params["run"])
+        run_id = job_id(request.path_params["run"], "a workflow run id")
         run = await data.workflow_run(self.aio, run_id)
         if run is None:
             raise Refused(404, "Not found", f"no workflow run with id {run_id}")
@@ -99,6 +112,13 @@ class Web(Guarded):
         values: list[str] = request.state.form.get(name, [])
         if len(values) != 1 or not values[0]:
             raise Refused(400, "Bad form", f"the form lacks its {name!r} field; reload the page")
+        if len(values[0]) > MAX_NAME:
+            raise Refused(
+                400,
+                "Bad form",
+                f"the form's {name!r} is {len(values[0]):,} characters; the dashboard's names "
+                f"are at most {MAX_NAME}: reload the page",
+            )
         return values[0]
 
     async def requeue(self, request: Request, session: Session) -> Response:
@@ -120,6 +140,15 @@ class Web(Guarded):
 
     async def pause(self, request: Request, session: Session) -> Response:
         entrypoint = self.field(request, "entrypoint")
+        known = await data.entrypoints(self.aio)
+        if entrypoint not in known:
+            raise Refused(
+                404,
+                "Not found",
+                f"no entrypoint named {entrypoint!r}{did_you_mean(entrypoint, known)}: only "
+                "entrypoints a queue or a worker registered, or that have jobs, can be paused "
+                "or resumed. Nothing was changed; reload the page",
+            )
         paused = request.url.path.endswith("/pause")
         await (self.aio.pause if paused else self.aio.resume)(entrypoint)
         return self.done(request, f"{'paused' if paused else 'resumed'} {entrypoint}", "/")
@@ -146,7 +175,7 @@ class Web(Guarded):
         return self.done(request, message, "/schedules")
 
     async def run_action(self, request: Request, session: Session) -> Response:
-        run_id = job_id(request.path_params["run"])
+        run_id = job_id(request.path_params["run"], "a workflow run id")
         run = await self.aio.workflow_run(run_id)
         if request.url.path.endswith("/cancel"):
             n = await run.cancel()
@@ -172,19 +201,38 @@ class Web(Guarded):
         except Refused as refused:
             return problem(refused.status, refused.title, refused.message)
         next_path = local_path(form.get("next", ["/"])[0])
+        client = request.client.host if request.client else "unknown"
+        wait = self.throttle.wait_s(client, time.monotonic())
+        if wait > 0:
+            return HTMLResponse(
+                html.login_page(
+                    f"too many wrong tokens from {client}: try again in {math.ceil(wait)} s",
+                    next_path,
+                ),
+                status_code=429,
+                headers={"retry-after": str(math.ceil(wait))},
+            )
         if not self.auth.token_matches(form.get("token", [""])[0]):
-            log.warning("a login with a wrong token", extra={"client": request.client})
+            logged = self.throttle.failed(client, time.monotonic())
+            if logged is not None:
+                log.warning(
+                    "%d login(s) with a wrong token from %s (logged at most once a minute)",
+                    logged,
+                    client,
+                )
             return HTMLResponse(
                 html.login_page(
                     "wrong token: use the secret this dashboard was started with", next_path
                 ),
                 status_code=401,
             )
+        self.throttle.succeeded(client)
         response = RedirectResponse(next_path, status_code=303)
         self.set_session(request, response, self.auth.new_session(authed=True))
         return response
 
     async def logout(self, request: Request, session: Session) -> Response:
+        self.auth.revoke(session)
         response = RedirectResponse("/login" if self.auth.login_required else "/", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
@@ -192,12 +240,9 @@ class Web(Guarded):
     # -- unguarded --------------------------------------------------------------------------
 
     async def healthz(self, request: Request) -> Response:
-        try:
-            await data.ping(self.aio)
-        except Exception as exc:  # any failure is unhealthy
-            return JSONResponse(
-                {"status": "unavailable", "database": type(exc).__name__}, status_code=503
-            )
+        trouble = await self.health.problem()
+        if trouble is not None:
+            return JSONResponse({"status": "unavailable", "database": trouble}, status_code=503)
         return JSONResponse({"status": "ok", "database": "ok"})
 
     async def live_js(self, request: Request) -> Response:
@@ -206,7 +251,7 @@ class Web(Guarded):
         )
 
 
-def create_app(aio: AsyncQueue, config: WebConfig) -> Starlette:
+def create_app(aio: AsyncQueue, config: WebConfig) -> ASGIApp:
     """The dashboard of ``aio`` as an ASGI application."""
     web = Web(aio, config)
     routes = [
@@ -222,7 +267,7 @@ def create_app(aio: AsyncQueue, config: WebConfig) -> Starlette:
         Route("/workflows/{run}", web.page(web.workflow_run)),
         Route("/jobs/{job}", web.page(web.job)),
         Route("/search", web.page(web.search)),
-        Route("/metrics", web.page(web.metrics)),
+        Route("/metrics", web.page(web.metrics, bounded=False)),  # bounded by its own timeout
     ]
     if not config.read_only:
         routes += [
@@ -248,8 +293,23 @@ def create_app(aio: AsyncQueue, config: WebConfig) -> Starlette:
             )
         return problem(404, "Not found", f"nothing at {request.url.path}; start from /")
 
-    return Starlette(
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return problem(
+            500,
+            "Server error",
+            "the dashboard failed on this request; nothing more is known here: the "
+            "pgq-nb web log has the error. Reload the page; if it fails again, report it",
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        web.health.close()
+
+    app = Starlette(
         routes=routes,
-        exception_handlers={404: not_found, 405: not_found},
-        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={404: not_found, 405: not_found, 500: server_error},
+        lifespan=lifespan,
     )
+    # outside Starlette's error middleware, so that a 500 answer has the headers too
+    return SecurityHeaders(app)

@@ -57,6 +57,8 @@ class Auth:
             else hmac.new(token.encode(), b"pgq_nb web session key", hashlib.sha256).digest()
         )
         self._token_digest = None if token is None else hashlib.sha256(token.encode()).digest()
+        #: sessions logged out, by id, with when they were issued (kept until they expire)
+        self._revoked: dict[str, int] = {}
 
     @property
     def login_required(self) -> bool:
@@ -97,10 +99,19 @@ class Auth:
             issued = int(parts[2])
         except ValueError:
             return None
-        if not 0 <= time.time() - issued <= SESSION_MAX_AGE_S:
+        if not 0 <= time.time() - issued <= SESSION_MAX_AGE_S or parts[1] in self._revoked:
             return None
         authed = parts[3] == "1" or not self.login_required
         return Session(sid=parts[1], issued=issued, authed=authed)
+
+    def revoke(self, session: Session) -> None:
+        """Ends ``session`` in this process (a logout): its cookie opens nothing any more.
+        Revocations are kept until the session would have expired anyway."""
+        now = time.time()
+        for sid, issued in list(self._revoked.items()):
+            if now - issued > SESSION_MAX_AGE_S:
+                del self._revoked[sid]
+        self._revoked[session.sid] = session.issued
 
     # -- the secret -------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ TOKEN_ENV = "PGQ_NB_WEB_TOKEN"
 #: The shortest secret accepted: guessing it must be hopeless.
 MIN_TOKEN_LENGTH = 16
 MAX_TOKEN_FILE_BYTES = 4096
+#: Fewer different characters than this is no secret ("aaaaaaaaaaaaaaaa", "abababab...").
+MIN_DISTINCT_CHARACTERS = 6
 _MAKE_ONE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
@@ -35,6 +37,8 @@ class WebConfig:
     token: str | None = None
     #: seconds between the pages' live updates
     refresh_s: float = 2.0
+    #: seconds a page's reads may take before it answers 503 "the database is not answering"
+    read_timeout_s: float = 5.0
 
     @property
     def loopback(self) -> bool:
@@ -60,6 +64,11 @@ def check_token(token: str, source: str) -> str:
         raise ConfigurationError(
             f"the secret in {source} is {len(token)} characters; use at least "
             f"{MIN_TOKEN_LENGTH} printable characters without spaces (for example {_MAKE_ONE})"
+        )
+    if len(set(token)) < MIN_DISTINCT_CHARACTERS:
+        raise ConfigurationError(
+            f"the secret in {source} has only {len(set(token))} different characters; a secret "
+            f"must be random: make one (for example {_MAKE_ONE})"
         )
     return token
 

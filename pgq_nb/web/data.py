@@ -29,6 +29,9 @@ FAILURE_TEXT = 4000
 SCHEDULES_SHOWN = 200
 STEPS_SHOWN = 500
 NEXT_TICKS = 3
+#: The longest a page's read may take (its pool slot, its statement): a lock held on the jobs
+#: table or a stuck server gives a "database not answering" page, not a hung one.
+READ_TIMEOUT_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -66,14 +69,7 @@ async def overview(aio: AsyncQueue) -> Overview:
         if n:
             counts.setdefault(entrypoint, {})[status] = int(n)
 
-    async def throughput() -> list[Any]:
-        query = aio.queries["dashboard_throughput"]
-        rows: list[Any] = await aio.pool.fetch(
-            query, None, THROUGHPUT_MINUTES * 60.0, THROUGHPUT_CAP
-        )
-        return rows
-
-    rows = await _here(throughput())
+    rows = await fetch(aio, "dashboard_throughput", None, THROUGHPUT_MINUTES * 60.0, THROUGHPUT_CAP)
     per_minute: dict[dt.datetime, dict[str, int]] = {}
     for r in rows:
         if r["minute"] is not None:
@@ -90,12 +86,24 @@ async def overview(aio: AsyncQueue) -> Overview:
 
 
 async def fetch(aio: AsyncQueue, name: str, *args: Any) -> list[dict[str, Any]]:
-    """Rows of the named query ``name`` as dicts."""
+    """Rows of the named query ``name`` as dicts, read within READ_TIMEOUT_S: a pool slot
+    waited for at most that long, the query under that ``statement_timeout`` (a lock or a
+    stuck server cannot keep the page, or the pool slot, forever)."""
 
     async def run() -> list[dict[str, Any]]:
-        return [dict(r) for r in await aio.pool.fetch(aio.queries[name], *args)]
+        async with aio.pool.acquire(timeout=READ_TIMEOUT_S) as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL statement_timeout = {int(READ_TIMEOUT_S * 1000)}")
+            rows = await conn.fetch(aio.queries[name], *args, timeout=READ_TIMEOUT_S + 1)
+        return [dict(r) for r in rows]
 
     return await _here(run())
+
+
+async def entrypoints(aio: AsyncQueue) -> set[str]:
+    """Every entrypoint the ``entrypoints`` table knows (registered, paused or limited) or that
+    has jobs: those the overview lists, the only ones its forms may pause or resume."""
+    known = {r["name"] for r in await fetch(aio, "known_entrypoints")}
+    return known | {ep for ep, _, n in await aio.counts() if n}
 
 
 async def failures(aio: AsyncQueue, entrypoint: str | None, limit: int) -> list[dict[str, Any]]:
@@ -157,8 +165,3 @@ async def workflow_run(aio: AsyncQueue, run_id: int) -> dict[str, Any] | None:
         run["counts"][r["status"]] = run["counts"].get(r["status"], 0) + int(r["n"])
     run["step_rows"] = await fetch(aio, "web_workflow_steps", run_id, STEPS_SHOWN)
     return run
-
-
-async def ping(aio: AsyncQueue) -> None:
-    """Raises unless the database answers."""
-    await fetch(aio, "web_ping")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import html
+import re
 from collections.abc import Iterable, Sequence
 
 STATUS_TITLES = {"picked": "running", "upstream_failed": "upstream failed"}
@@ -155,6 +156,36 @@ def first_line(text: str | None, limit: int = 160) -> str:
     lines = (text or "").strip().splitlines()
     line = lines[0] if lines else "(no error text)"
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+#: What an error's first line may start with to be taken for its exception's type.
+_ERROR_TYPE = re.compile(r"[A-Za-z_][\w.]{0,99}(?=:|$)")
+HIDDEN_TEXT = "(its text is hidden: pgq-nb web --hide-payloads)"
+
+
+def error_type(text: str | None) -> str:
+    """The exception type an error text starts with ("ValueError: ..." gives "ValueError"), or
+    "error" when it starts otherwise: never any of the text after it."""
+    found = _ERROR_TYPE.match((text or "").strip())
+    return found.group(0) if found else "error"
+
+
+def error_html(ctx: Context, text: str | None, *, whole: bool = False) -> str:
+    """An error text (its first line, or ``whole`` in a <pre>), escaped; with --hide-payloads
+    only its exception type, as an error's text often quotes the payload."""
+    if ctx.hide_payloads:
+        return f"{esc(error_type(text))} {muted(HIDDEN_TEXT)}"
+    return f"<pre>{esc(text)}</pre>" if whole else esc(first_line(text))
+
+
+def traceback_html(ctx: Context, text: str | None) -> str:
+    """A traceback in a <pre>; "" without one; with --hide-payloads a note (its lines quote
+    local values and source)."""
+    if not text:
+        return ""
+    if ctx.hide_payloads:
+        return muted("the traceback is hidden (pgq-nb web --hide-payloads)")
+    return f"<pre>{esc(text)}</pre>"
 
 
 def throughput_svg(

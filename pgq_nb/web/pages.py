@@ -14,12 +14,13 @@ from pgq_nb.web.html import (
     Context,
     action,
     csrf_field,
+    error_html,
     esc,
-    first_line,
     layout,
     muted,
     table,
     throughput_svg,
+    traceback_html,
     when,
 )
 
@@ -153,9 +154,9 @@ def failures(
             ctx, "/failures/requeue", "Requeue", {"ids": r["id"]}, name=f"requeue:{r['id']}"
         )
         details = (
-            f"<details><summary>{esc(first_line(r['error']))}</summary>"
-            f"<pre>{esc(r['error'])}</pre>"
-            + (f"<pre>{esc(r['traceback'])}</pre>" if r["traceback"] else "")
+            f"<details><summary>{error_html(ctx, r['error'])}</summary>"
+            + error_html(ctx, r["error"], whole=True)
+            + traceback_html(ctx, r["traceback"])
             + "</details>"
         )
         items.append(
@@ -214,7 +215,7 @@ def schedules(ctx: Context, rows: list[dict[str, Any]], total: int, now: dt.date
             if s["last_job_id"] is not None
             else muted("never")
         )
-        error = f"<br>{esc(first_line(s['last_error']))}" if s["last_error"] else ""
+        error = f"<br>{error_html(ctx, s['last_error'])}" if s["last_error"] else ""
         items.append(
             [
                 f'<span data-schedule="{esc(name)}">{esc(name)}</span>',
@@ -272,7 +273,7 @@ def workflow_run(ctx: Context, run: dict[str, Any], now: dt.datetime) -> str:
             f"{s['attempts']}",
             when(s["started"], now),
             when(s["finished"], now),
-            esc(first_line(s["error"])) if s["error"] else "",
+            error_html(ctx, s["error"]) if s["error"] else "",
         ]
         for s in steps
     ]
@@ -353,7 +354,7 @@ def job(ctx: Context, info: JobInfo, now: dt.datetime) -> str:
         actions = action(ctx, f"/jobs/{info.id}/cancel", "Cancel", name="cancel")
     result = None if info.result is None else json.dumps(info.result, ensure_ascii=False).encode()
     attempts = [
-        [esc(e.get("attempt")), esc(e.get("at")), f"<pre>{esc(e.get('error'))}</pre>"]
+        [esc(e.get("attempt")), esc(e.get("at")), error_html(ctx, e.get("error"), whole=True)]
         for e in (info.errors or [])
     ]
     errors = (
@@ -361,8 +362,8 @@ def job(ctx: Context, info: JobInfo, now: dt.datetime) -> str:
         if attempts
         else muted("no failed attempts")
     )
-    final = f"<h2>Error</h2><pre>{esc(info.error)}</pre>" if info.error else ""
-    trace = f"<h2>Traceback</h2><pre>{esc(info.traceback)}</pre>" if info.traceback else ""
+    final = f"<h2>Error</h2>{error_html(ctx, info.error, whole=True)}" if info.error else ""
+    trace = f"<h2>Traceback</h2>{traceback_html(ctx, info.traceback)}" if info.traceback else ""
     body = (
         f'<div data-live="job">{table(["", ""], facts, name="job")}{actions}</div>'
         f"<h2>Payload</h2>{_shown(info.payload, ctx.hide_payloads, 'payload')}"

@@ -14,6 +14,11 @@ from pgq_nb.web.config import WebConfig, build_config
 if TYPE_CHECKING:
     from pgq_nb.queue import AsyncQueue
 
+#: Connections and requests served at once; beyond, a new request gets 503 at once.
+LIMIT_CONCURRENCY = 200
+#: Seconds an idle keep-alive connection stays open.
+KEEP_ALIVE_S = 5
+
 
 def config_from_args(args: argparse.Namespace) -> WebConfig:
     """The checked configuration of ``pgq-nb web``'s options and the environment."""
@@ -34,6 +39,7 @@ def serve(aio: AsyncQueue, config: WebConfig, *, log_level: str = "info") -> Non
     except ImportError:  # starlette came, uvicorn did not
         raise ConfigurationError("pgq-nb web needs uvicorn: pip install 'pgq_nb[web]'") from None
     from pgq_nb.web.app import create_app
+    from pgq_nb.web.protocol import HeaderTimeoutProtocol
 
     app = create_app(aio, config)
     mode = ", read-only" if config.read_only else ""
@@ -49,6 +55,13 @@ def serve(aio: AsyncQueue, config: WebConfig, *, log_level: str = "info") -> Non
         log_level=log_level.lower(),
         access_log=False,
         server_header=False,
+        # bounded: past LIMIT_CONCURRENCY open connections new requests get a quick 503, an
+        # idle connection closes after KEEP_ALIVE_S, a slow request head after
+        # HEADER_TIMEOUT_S (protocol.py); a reverse proxy in front is still the guard beyond
+        # a LAN
+        http=HeaderTimeoutProtocol,
+        limit_concurrency=LIMIT_CONCURRENCY,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 
