@@ -125,6 +125,8 @@ class NotebookCellError(PgqError, RuntimeError):
 
 def _rebuild_cell_error(message: str, cell: int, ename: str, evalue: str) -> NotebookCellError:
     return NotebookCellError(message, cell=cell, ename=ename, evalue=evalue)
+
+
 class UnpicklableHandlerError(InvalidInputError):
     """A handler to run in a process (``executor="process"``, ``processes=N``) that cannot be
     pickled to be sent there; nothing was claimed."""

@@ -198,7 +198,7 @@ class Queue:
             ):
                 continue
             runtime.loop().call_soon_threadsafe(worker.request_stop)
-            settings = notices.worker_settings(*handle.arguments[:2])
+            settings = notices.worker_settings(handle.worker.concurrency, handle.arguments[1])
             started = handle.started.strftime("%H:%M:%S UTC")
             running = len(worker._running)  # read from this thread: a count, a moment old
             notices.say(
@@ -260,8 +260,7 @@ class Queue:
 
 def _already(handle: WorkerHandle, *, returned: bool, others: int = 1) -> str:
     """The WorkerAlreadyRunning line about the running ``handle``."""
-    concurrency, entrypoints = handle.arguments[:2]
-    settings = notices.worker_settings(concurrency, entrypoints)
+    settings = notices.worker_settings(handle.worker.concurrency, handle.arguments[1])
     started = handle.started.strftime("%H:%M:%S UTC")
     return notices.already_running_message(settings, started, returned=returned, others=others)
 
