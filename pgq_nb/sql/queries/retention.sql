@@ -42,8 +42,10 @@ SELECT pg_try_advisory_xact_lock($1);
 -- more than $3 ago (by the server's clock), oldest first (a range of
 -- history_entrypoint_finished_idx), keeping the $4 newest of them whatever their age and every
 -- job of a workflow run still running; and take them off finished_counts in the same statement
--- (count_finished, as purge_history does), so the counters always match history. Rows another
--- transaction holds are skipped (left for the next batch), so it never waits on a lock.
+-- (count_finished, as purge_history does), so the counters always match history: in shard 16,
+-- which no worker's completions use (they use 0-15), so none waits on this transaction's
+-- counter rows. Rows another transaction holds are skipped (left for the next batch), so it
+-- never waits on a row lock.
 -- Returns how many were deleted.
 -- params: $1 entrypoint text, $2 status text, $3 period interval, $4 keep_last integer (NULL:
 --   none), $5 batch size
@@ -73,7 +75,7 @@ WITH kept AS (
     WHERE h.id = doomed.id
     RETURNING h.entrypoint, h.status
 ), uncounted AS (
-    SELECT {schema}.count_finished(array_agg(entrypoint), array_agg(status), 0::smallint, -1)
+    SELECT {schema}.count_finished(array_agg(entrypoint), array_agg(status), 16::smallint, -1)
     FROM gone
 )
 -- (a plain SELECT in WITH runs only when read: the join reads `uncounted`, one row)
