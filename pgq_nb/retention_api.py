@@ -74,6 +74,10 @@ class RetentionMethods:
         (``entrypoint`` <NA> is the default policy; periods in seconds, NaN: kept for ever).
         :meth:`retention_list` has them as dicts."""
         key = DEFAULT_KEY if entrypoint is None else check_text("entrypoint", entrypoint)
+        if entrypoint is not None and not key.strip():
+            raise InvalidInputError(
+                "entrypoint must name an entrypoint; leave it out (None) for the default policy"
+            )
         given = {"succeeded": succeeded, "failed": failed, "cancelled": cancelled}
         setting = keep_last is not UNSET or any(v is not UNSET for v in given.values())
         if remove:

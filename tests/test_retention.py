@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 import pgq_nb
-from pgq_nb import retention, runtime
+from pgq_nb import retention, runtime, storage
 from pgq_nb.notebook.columns import STATUS_DTYPE
 from pgq_nb.retention import parse_period
 from tests.conftest import REPO, SCHEMA, wait_until
@@ -117,6 +117,45 @@ def test_period_none_keeps_for_ever() -> None:
     assert parse_period("failed", None) is None
 
 
+@pytest.mark.parametrize(
+    ("rows", "sample", "shares"),
+    [
+        # widths from the sample: 3 rows of 100 bytes against 1 of 300 bytes share evenly
+        (
+            {("a", "succeeded"): 3, ("b", "failed"): 1},
+            [
+                {"entrypoint": "a", "status": "succeeded", "rows": 3, "bytes": 300},
+                {"entrypoint": "b", "status": "failed", "rows": 1, "bytes": 300},
+            ],
+            {("a", "succeeded"): 500, ("b", "failed"): 500},
+        ),
+        # a group the sample missed gets the whole sample's width
+        (
+            {("a", "succeeded"): 1, ("b", "failed"): 1},
+            [{"entrypoint": "a", "status": "succeeded", "rows": 1, "bytes": 100}],
+            {("a", "succeeded"): 500, ("b", "failed"): 500},
+        ),
+        # no sample: by rows alone
+        ({("a", None): 1, ("b", None): 3}, [], {("a", None): 250, ("b", None): 750}),
+        ({}, [], {}),
+    ],
+)
+def test_storage_shares_a_tables_bytes_by_rows_times_width(
+    rows: dict[Any, int], sample: list[dict[str, Any]], shares: dict[Any, int]
+) -> None:
+    assert storage.share_bytes(1000, rows, sample) == shares
+
+
+def test_an_entrypoints_own_policy_wins_over_the_default() -> None:
+    default = retention.Policy(None, dt.timedelta(days=1), None, None, None)
+    own = retention.Policy("a", None, dt.timedelta(days=2), None, 5)
+    assert retention.pick([default, own], "a") is own
+    assert retention.pick([default, own], "b") is default
+    assert retention.pick([own], "b") is None
+    assert own.period("upstream_failed") == dt.timedelta(days=2)
+    assert own.period("succeeded") is None
+
+
 # -- policies --------------------------------------------------------------------------------
 
 
@@ -169,6 +208,7 @@ def test_policies_are_stored_shown_and_removed(rq: pgq_nb.Queue) -> None:
         ({"keep_last": True}, "keep_last must be a positive int"),
         ({"keep_last": 2.5}, "keep_last must be a positive int"),
         ({"entrypoint": 3, "succeeded": "1d"}, "entrypoint must be a str"),
+        ({"entrypoint": "", "succeeded": "1d"}, "entrypoint must name an entrypoint"),
         ({"entrypoint": "x", "succeeded": "1d", "remove": True}, "remove=True takes only"),
     ],
 )
