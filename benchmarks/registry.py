@@ -15,6 +15,7 @@ from benchmarks import (
     scenario_latency,
     scenario_metrics,
     scenario_processes,
+    scenario_retention,
     scenario_stats,
     scenario_sustained,
     scenario_web,
@@ -102,6 +103,12 @@ SCENARIOS: dict[str, Scenario] = {
             scenario_core.run,
             False,
             "enqueue (q.enqueue per 10,000) and drain (run_until_idle) rates of no-op jobs",
+        ),
+        Scenario(
+            "retention",
+            scenario_retention.run,
+            False,
+            "claim p99 while a worker drains N jobs, before and during retention purges",
         ),
         Scenario(
             "processes",

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from pgq_nb import cli_schedules, runtime
+from pgq_nb import cli_retention, cli_schedules, runtime
 from pgq_nb.cli_admin import (
     cmd_cancel,
     cmd_db,
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("--all", action="store_true", help="every failed job")
     requeue.set_defaults(func=cmd_requeue)
     cli_schedules.add_parsers(sub)
+    cli_retention.add_parsers(sub)
     cancel = sub.add_parser("cancel", help="cancel jobs (queued at once, running ones asked)")
     cancel.add_argument("ids", nargs="+", type=int, help="job ids")
     cancel.set_defaults(func=cmd_cancel)

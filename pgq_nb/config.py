@@ -8,6 +8,8 @@ PGQ_NB_MAX_CONNECTIONS     the embedded server's max_connections, read at each s
 PGQ_NB_HEARTBEAT_INTERVAL  seconds between a worker's heartbeats (default: 5)
 PGQ_NB_HEARTBEAT_TIMEOUT   seconds without a heartbeat before a worker's jobs are reclaimed (30)
 PGQ_NB_POLL_INTERVAL       seconds between polls when no NOTIFY arrives (default: 1)
+PGQ_NB_RETENTION_INTERVAL  seconds between a worker's retention turns (default: 60; read by
+                           pgq_nb.retention)
 """
 
 from __future__ import annotations

@@ -57,6 +57,8 @@ RETRY_SAFE = frozenset(
         "analyze", "install", "pause", "pause_schedule", "resume", "resume_schedule", "upgrade",
         # (a backfill fires only ticks not fired yet; an update sets the same values again)
         "backfill", "update_schedule",
+        # (a retention policy is set to the same values again; retention_list, storage: reads)
+        "retention", "retention_list", "storage",
         # AsyncWorkflowRun: reads (its retry() and cancel() are writes)
         "state", "steps", "status",
     }

@@ -22,6 +22,7 @@ from pgq_nb.operations import Operations
 from pgq_nb.query_errors import guard_public_calls
 from pgq_nb.registry import EntrypointSpec as EntrypointSpec
 from pgq_nb.registry import H, Handler, Registry
+from pgq_nb.retention_api import RetentionMethods
 from pgq_nb.retry import RetryPolicy
 from pgq_nb.schedule.api import ScheduleMethods
 from pgq_nb.schedule.api_data import DataScheduleMethods
@@ -38,7 +39,9 @@ F = TypeVar("F", bound=Callable[[], Any])
 
 
 @guard_public_calls
-class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, NotebookMethods):
+class AsyncQueue(
+    Operations, Views, ScheduleMethods, DataScheduleMethods, NotebookMethods, RetentionMethods
+):
     """The async API of a queue. Every coroutine runs on the pgq_nb loop whatever loop awaits
     it, except with your own connection (``connection=``): then on that connection's loop.
     A server gone since connect() raises DatabaseUnavailableError (the embedded one is started

@@ -38,6 +38,7 @@ from pgq_nb.handler_runs import (
 )
 from pgq_nb.models import Job
 from pgq_nb.registry import EntrypointSpec
+from pgq_nb.retention import retention_loop
 from pgq_nb.schedule.runner import run_scheduler
 from pgq_nb.store import Backend
 from pgq_nb.worker_follow import Following
@@ -153,6 +154,10 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         # those added with q.add_schedule, at any time, from anywhere
         background["scheduler"] = asyncio.create_task(
             run_scheduler(self.store, lambda: list(self.specs)), name="pgq_nb-scheduler"
+        )
+        # every worker applies the retention policies; one at a time does (pgq_nb.retention)
+        background["retention"] = asyncio.create_task(
+            retention_loop(self.store), name="pgq_nb-retention"
         )
         tasks = [*background.values()]
         claiming = asyncio.create_task(self._claim_loop(), name="pgq_nb-claim")

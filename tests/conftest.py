@@ -64,6 +64,7 @@ def _truncate(q: pgq_nb.Queue) -> None:
             f"{SCHEMA}.workflows, {SCHEMA}.schedules, {SCHEMA}.schedule_ticks, "
             f"{SCHEMA}.entrypoint_slots, {SCHEMA}.rate_buckets, {SCHEMA}.dedupe_windows, "
             f"{SCHEMA}.payload_dtypes, "
+            f"{SCHEMA}.retention_policies, "
             f"{SCHEMA}.notebooks, {SCHEMA}.notebook_outputs "
             "RESTART IDENTITY"
         )

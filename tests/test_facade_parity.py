@@ -135,6 +135,9 @@ QUEUE_CALLS: Table = {
     "requeue_failed": lambda c: a([c.boom_id]),
     "cancel": lambda c: a(c.boom_id),
     "purge_history": lambda c: a(dt.timedelta(days=1)),
+    "retention": lambda c: a("parity_none", succeeded="30d", keep_last=5),
+    "retention_list": lambda c: a(),
+    "storage": lambda c: a(),
     "workflows": lambda c: a(limit=5, name="parity"),
     "workflow_run": lambda c: a(c.run_id),
     "run_worker": lambda c: a(concurrency=2),  # runs until cancelled: see _await_table

@@ -136,6 +136,8 @@ def test_every_notebook_view_is_a_frame_with_one_dtype_per_kind_of_column(
         "limits": q.limits,
         "workers": q.workers,
         "steps": populated["run"].status,
+        "retention": lambda: q.retention("ok", keep_last=5),
+        "storage": q.storage,
     }
     wrong = []
     for view, call in views.items():
