@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 
 import pgq_nb
-from pgq_nb import runtime
+from pgq_nb import enqueue, runtime
 from pgq_nb.nbjobs import content, records, runner
 from pgq_nb.nbjobs import parameters as params
 from pgq_nb.nbjobs.content import ENTRYPOINT
@@ -219,6 +219,70 @@ def test_the_cli_schedules_a_notebook(served: pgq_nb.Queue, installed: str, tmp_
     assert _count(q, "schedules") == 1
 
 
+def test_the_runner_entrypoint_takes_only_notebook_payloads(
+    served: pgq_nb.Queue, tmp_path: Path
+) -> None:
+    """Its jobs are made by enqueue_notebook / add_schedule(notebook=): a hand-made payload
+    would fail every run, so enqueue, enqueue_df and add_schedule refuse the entrypoint."""
+    q = served
+    calls: list[Callable[[], object]] = [
+        lambda: q.enqueue(ENTRYPOINT, {"x": 1}),
+        lambda: q.enqueue([ENTRYPOINT], [{"x": 1}]),
+        lambda: q.enqueue_df(ENTRYPOINT, pd.DataFrame({"x": [1]})),
+        lambda: q.add_schedule("raw", "0 * * * *", entrypoint=ENTRYPOINT, payload={"x": 1}),
+    ]
+    for call in calls:
+        with pytest.raises(pgq_nb.InvalidInputError, match=r"use q\.enqueue_notebook\(path"):
+            call()
+    assert (_count(q, "jobs"), _count(q, "schedules")) == (0, 0)
+
+
+def test_a_notebook_schedule_changes_its_parameters_and_notebook_not_its_payload(
+    q: pgq_nb.Queue, installed: str, tmp_path: Path
+) -> None:
+    q.serve_notebooks()
+    cells = ("code", "region = 'all'", ["parameters"])
+    path = notebook(tmp_path / "orders.ipynb", cells, ("code", RECORD_REGION, []))
+    q.add_schedule("orders_eu", "0 * * * *", notebook=path, parameters={"region": "eu"})
+    with pytest.raises(pgq_nb.InvalidInputError, match=r"parameters=\{\.\.\.\}\) \(or notebook="):
+        q.update_schedule("orders_eu", payload={"region": "X"})
+    with pytest.raises(pgq_nb.InvalidInputError, match="not both"):
+        q.update_schedule("orders_eu", payload={"region": "X"}, parameters={"region": "X"})
+    with pytest.raises(pgq_nb.InvalidInputError, match="nothing to change in schedule"):
+        q.update_schedule("orders_eu")
+    q.update_schedule("orders_eu", parameters={"region": "X"})
+    assert _run_one_tick(q, "orders_eu") == ("X", "first")
+    # another version of the notebook: stored now, the parameters kept
+    notebook(path, cells, ("code", RECORD_REGION.replace("'first'", "'second'"), []))
+    q.update_schedule("orders_eu", notebook=path)
+    assert _run_one_tick(q, "orders_eu") == ("X", "second")
+    # the same from a shell
+    done = _cli(installed, "schedules", "update", "orders_eu", "--parameters", '{"region": "Y"}')
+    assert done.returncode == 0, done.stderr
+    assert _run_one_tick(q, "orders_eu") == ("Y", "second")
+    nothing = _cli(installed, "schedules", "update", "orders_eu")
+    assert nothing.returncode == 2 and "nothing to change in schedule 'orders_eu'" in (
+        nothing.stderr
+    )
+    bad = _cli(installed, "schedules", "update", "orders_eu", "--payload", '{"region": "Z"}')
+    assert bad.returncode == 2 and "not payload=" in bad.stderr
+
+
+RECORD_REGION = "import pgq_nb\npgq_nb.record('region', region)\npgq_nb.record('v', 'first')"
+
+
+def _run_one_tick(q: pgq_nb.Queue, name: str) -> tuple[str, str]:
+    """Backfill the schedule's last tick (forgetting it fired before), run it: what it
+    recorded."""
+    runtime.run_sync(q.aio.pool.execute(f"DELETE FROM {SCHEMA}.schedule_ticks"))
+    end = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    (job,) = q.backfill(name, end - dt.timedelta(hours=1), end)["job_id"]
+    q.run_until_idle(concurrency=1, timeout=120)
+    row = q.notebook_runs(name.split("_")[0]).iloc[0]
+    assert row["job_id"] == job and row["status"] == "succeeded", row["error"]
+    return str(row["region"]), str(row["v"])
+
+
 def _check_dtypes(runs: pd.DataFrame) -> None:
     """The columns every notebook view shares have their one dtype (test_view_consistency)."""
     wrong = {
@@ -340,7 +404,7 @@ def test_a_cell_that_ends_the_kernel_fails_with_its_number(q: pgq_nb.Queue, tmp_
 def test_what_a_worker_cannot_run_fails_saying_why(q: pgq_nb.Queue, tmp_path: Path) -> None:
     """A kernel this worker lacks, and jobs of the runner made by hand (as another version
     might): content that is not stored, a payload that is not a notebook job."""
-    q.serve_notebooks(retry=pgq_nb.RetryPolicy(max_attempts=1))
+    q.serve_notebooks(retry=pgq_nb.RetryPolicy(max_attempts=3, base_delay=0.1, max_delay=0.2))
     prepared = content.prepare(notebook(tmp_path / "x.ipynb", ("code", "1", [])))
     runtime.run_sync(
         q.aio.pool.execute(
@@ -349,19 +413,35 @@ def test_what_a_worker_cannot_run_fails_saying_why(q: pgq_nb.Queue, tmp_path: Pa
     )
     # (check_kernel=False: for a kernel only the workers have, which this one lacks)
     no_kernel = q.enqueue_notebook(prepared.path, kernel_name="no-such-kernel", check_kernel=False)
-    no_content = q.enqueue(ENTRYPOINT, {**prepared.payload, "notebook": "0" * 64})
-    not_a_notebook_job = q.enqueue(ENTRYPOINT, {"x": 1})
+    no_content = _raw_enqueue(q, {**prepared.payload, "notebook": "0" * 64})
+    not_a_notebook_job = _raw_enqueue(q, {"x": 1})
     with pytest.warns(JobsFailed):
         q.run_until_idle(concurrency=3, timeout=120)
     errors = {i: q.get_job(i).error for i in (no_kernel, no_content, not_a_notebook_job)}
-    assert errors[no_kernel] == (
-        "RuntimeError: no Jupyter kernel named 'no-such-kernel' is installed on this worker; "
+    # a kernel this worker lacks fails for good: another attempt would fail the same way
+    assert q.get_job(no_kernel).attempts == 1
+    assert (errors[no_kernel] or "").endswith(
+        "no Jupyter kernel named 'no-such-kernel' is installed on this worker; "
         "install it here, or enqueue with kernel_name= a kernel the workers have"
     )
     assert f"the content of notebook {prepared.path!r} (sha256 000000000000...) is not" in (
         errors[no_content] or ""
     )
     assert "is not a notebook job" in (errors[not_a_notebook_job] or "")
+
+
+def _raw_enqueue(q: pgq_nb.Queue, payload: Any) -> int:
+    """A job of the runner made by hand (q.enqueue refuses its entrypoint), as another
+    version might have made it."""
+
+    async def call() -> int:
+        async with q.aio.pool.acquire() as conn:
+            job_id: int = await enqueue.enqueue_one(
+                q.aio.store, q.aio.registry, conn, ENTRYPOINT, payload, 0, None, None, "active"
+            )
+            return job_id
+
+    return int(runtime.run_sync(call()))
 
 
 def test_serving_notebooks_without_the_extra_says_what_to_install(

@@ -278,8 +278,8 @@ def _failure(
             f"notebook {path!r} ran longer than its timeout of {seconds:g} s ({where}); its "
             "kernel was killed"
         )
-    if exc.__class__.__name__ == "NoSuchKernel":
-        return RuntimeError(
+    if exc.__class__.__name__ == "NoSuchKernel":  # another attempt here would fail the same way
+        return GiveUp(
             f"no Jupyter kernel named {kernel!r} is installed on this worker; install it here, "
             "or enqueue with kernel_name= a kernel the workers have"
         )

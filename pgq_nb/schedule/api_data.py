@@ -18,10 +18,16 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
-from pgq_nb.enqueue import check_payload_size
+from pgq_nb.enqueue import check_payload_size, refuse_reserved
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import check_text, encode_payload, refuse_frame
-from pgq_nb.nbjobs.scheduling import add_notebook_schedule
+from pgq_nb.nbjobs.content import ENTRYPOINT as NOTEBOOK_ENTRYPOINT
+from pgq_nb.nbjobs.scheduling import (
+    BOTH,
+    add_notebook_schedule,
+    notebook_payload_refused,
+    update_notebook_schedule,
+)
 from pgq_nb.schedule import data
 from pgq_nb.schedule.database import ScheduleSpec
 
@@ -48,6 +54,7 @@ def _entrypoint(entrypoint: object) -> str:
     if not isinstance(entrypoint, str) or not entrypoint.strip():
         raise InvalidInputError(f"entrypoint must be an entrypoint's name, not {entrypoint!r}")
     check_text("entrypoint name", entrypoint)
+    refuse_reserved(entrypoint)
     return entrypoint
 
 
@@ -124,24 +131,51 @@ class DataScheduleMethods:
         payload: Any = KEEP,
         tz: str | None = None,
         catch_up: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        notebook: str | os.PathLike[str] | None = None,
     ) -> dt.datetime:
         """Change a schedule added with :meth:`add_schedule`: what is given is replaced, the
         rest kept (``payload=None`` stores no payload). A new expression or zone fires from its
         first tick after now; paused stays paused. Workers follow within a second. Returns
-        the next run."""
+        the next run.
+
+        A schedule that runs a notebook takes ``parameters=`` (replacing its parameters) and
+        ``notebook=`` (another notebook, or the same one edited: its content is stored now),
+        never ``payload=`` or ``entrypoint=``."""
+        if not any(
+            v is not None for v in (cron, entrypoint, tz, catch_up, parameters, notebook)
+        ) and (payload is KEEP):
+            raise InvalidInputError(
+                f"nothing to change in schedule {name!r}: give cron=, tz=, catch_up=, "
+                "entrypoint=, payload= (or parameters=, notebook= for a notebook's schedule)"
+            )
         await self._sync_schedules()
+
+        def spec_of(row: Any) -> ScheduleSpec:
+            return ScheduleSpec(
+                name=name,
+                expression=row["expression"] if cron is None else cron,
+                tz=row["tz"] if tz is None else tz,
+                catch_up=row["catch_up"] if catch_up is None else catch_up,
+            )
+
+        if parameters is not None or notebook is not None:
+            if entrypoint is not None or payload is not KEEP:
+                raise InvalidInputError(BOTH)
+            return await update_notebook_schedule(
+                self.pool, self.queries, name, notebook, parameters, spec_of
+            )
         new_entrypoint = None if entrypoint is None else _entrypoint(entrypoint)
         encoded = KEEP if payload is KEEP else _payload(name, payload)
         if new_entrypoint is not None:
             await self._check_registered(new_entrypoint)
 
         def change(row: Any) -> data.DataSchedule:
-            spec = ScheduleSpec(
-                name=name,
-                expression=row["expression"] if cron is None else cron,
-                tz=row["tz"] if tz is None else tz,
-                catch_up=row["catch_up"] if catch_up is None else catch_up,
-            )
+            if row["entrypoint"] == NOTEBOOK_ENTRYPOINT and (
+                encoded is not KEEP or new_entrypoint is not None
+            ):
+                raise notebook_payload_refused(name)
+            spec = spec_of(row)
             return data.DataSchedule(
                 spec=spec,
                 entrypoint=new_entrypoint or row["entrypoint"],
