@@ -94,9 +94,10 @@ def _wait_final(q: pgq_nb.Queue, ids: list[int], timeout: float = 180) -> dict[i
 def worker(q: pgq_nb.Queue, installed: str) -> Iterator[Any]:
     """One `pgq-nb worker notebook_app:q --notebooks` process, registered."""
 
-    def start(**env: str) -> None:
+    def start(**env: str) -> Any:
         procs.append(start_worker_process(installed, "notebook_app:q", "--notebooks", **env))
         wait_until(lambda: len(q.worker_list()) == len(procs), 60, "the worker to register")
+        return procs[-1]
 
     procs: list[Any] = []
     yield start
@@ -326,13 +327,26 @@ def test_a_failing_cell_fails_with_its_number_keeps_partial_output_and_retries(
     assert f"<code>q.notebook_output({job})</code>" in failures_html(snapshot)
 
 
-#: A cell that starts a child process and writes the kernel's and the child's pids to ``out``.
+#: A cell that starts processes and writes their pids to ``out`` (the kernel's first): a child
+#: in the kernel's process group, one in a session of its own, and an orphan (its parent, a
+#: shell, has ended) in a session of its own.
 SPAWN = (
     "import json, os, subprocess\n"
-    "child = subprocess.Popen(['sleep', '600'])\n"
-    "with open(out + '.tmp', 'w') as f:\n    json.dump([os.getpid(), child.pid], f)\n"
+    "same = subprocess.Popen(['sleep', '600'])\n"
+    "new_session = subprocess.Popen(['sleep', '601'], start_new_session=True)\n"
+    "orphan = subprocess.run(['sh', '-c', 'setsid sleep 602 >/dev/null 2>&1 & echo $!'],\n"
+    "    capture_output=True, text=True, check=True).stdout\n"
+    "with open(out + '.tmp', 'w') as f:\n"
+    "    json.dump([os.getpid(), same.pid, new_session.pid, int(orphan)], f)\n"
     "os.replace(out + '.tmp', out)"
 )
+
+
+def _all_gone(pids: Path) -> None:
+    """Wait for every process whose pid the notebook wrote to ``pids`` to end."""
+    found = json.loads(pids.read_text())
+    assert len(found) == 4
+    wait_until(lambda: all(_gone(pid) for pid in found), 30, f"the processes {found} to end")
 
 
 def _gone(pid: int) -> bool:
@@ -360,8 +374,7 @@ def test_the_timeout_kills_the_kernel_and_what_it_started(q: pgq_nb.Queue, tmp_p
     assert info.status == "failed", info.error
     assert info.error is not None and info.error.startswith("JobTimeoutError: notebook ")
     assert "timeout of 12 s (while cell 3 of" in info.error and "kernel was killed" in info.error
-    kernel, child = json.loads(pids.read_text())
-    wait_until(lambda: _gone(kernel) and _gone(child), 30, "the kernel and its child to end")
+    _all_gone(pids)
     out = q.notebook_output(job)
     assert out.ok is False and out.cells_run == 2
 
@@ -385,8 +398,37 @@ def test_a_cancelled_run_kills_its_kernel_and_ends_cancelled(
         assert _wait_final(q, [job], timeout=60) == {job: "cancelled"}
     finally:
         w.stop(timeout=60)
-    kernel, child = json.loads(pids.read_text())
-    wait_until(lambda: _gone(kernel) and _gone(child), 30, "the kernel and its child to end")
+    _all_gone(pids)
+
+
+def test_a_finished_run_leaves_no_process_behind(q: pgq_nb.Queue, tmp_path: Path) -> None:
+    q.serve_notebooks()
+    pids = tmp_path / "pids.json"
+    path = notebook(
+        tmp_path / "spawn.ipynb", ("code", "out = ''", ["parameters"]), ("code", SPAWN, [])
+    )
+    job = q.enqueue_notebook(path, parameters={"out": str(pids)})
+    q.run_until_idle(concurrency=1, timeout=120)
+    assert q.get_job(job).status == "succeeded"
+    _all_gone(pids)
+
+
+def test_a_killed_worker_takes_its_kernel_and_what_it_started_with_it(
+    q: pgq_nb.Queue, worker: Any, tmp_path: Path
+) -> None:
+    proc = worker()
+    pids = tmp_path / "pids.json"
+    path = notebook(
+        tmp_path / "slow.ipynb",
+        ("code", "out = ''", ["parameters"]),
+        ("code", SPAWN, []),
+        ("code", "import time\ntime.sleep(600)", []),
+    )
+    q.enqueue_notebook(path, parameters={"out": str(pids)})
+    wait_until(pids.exists, 120, "the notebook to start its processes")
+    proc.kill()
+    proc.wait(timeout=30)
+    _all_gone(pids)
 
 
 def test_a_cell_that_ends_the_kernel_fails_with_its_number(q: pgq_nb.Queue, tmp_path: Path) -> None:

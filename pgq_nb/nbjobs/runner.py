@@ -9,9 +9,11 @@ the run timed out), its HTML (nbconvert) and the values recorded with ``pgq_nb.r
 saved in ``notebook_outputs`` by job id; the job's result is a small summary. A failing cell
 raises :class:`~pgq_nb.errors.NotebookCellError` ("cell 7 of x.ipynb raised KeyError: 'x'"),
 retried per the runner's RetryPolicy. At the job's timeout (the enqueue's ``timeout=``, else
-the one given to ``serve_notebooks``) the kernel is killed (SIGKILL to its process group, which
-takes the processes it started with it) and the attempt fails with JobTimeoutError. However
-the attempt ends (a cancel, a worker stopping), the kernel is killed before it returns.
+the one given to ``serve_notebooks``) the kernel is killed with every process it started (see
+:mod:`~pgq_nb.nbjobs.kernel_tree`) and the attempt fails with JobTimeoutError. However the
+attempt ends (success, a failed cell, a cancel, a worker stopping), the kernel and what it
+started are killed before it returns; if the worker itself is killed, its kernels' launchers
+kill them.
 
 nbclient, nbformat, nbconvert and ipykernel (the ``pgq_nb[notebooks]`` extra) are imported when
 a worker opts in (:func:`check_installed`), never by ``import pgq_nb``.
@@ -36,8 +38,8 @@ from typing import Any
 
 from pgq_nb.errors import ConfigurationError, JobTimeoutError, NotebookCellError
 from pgq_nb.models import Job, storable_text
+from pgq_nb.nbjobs import kernel_tree, records
 from pgq_nb.nbjobs import parameters as params
-from pgq_nb.nbjobs import records
 from pgq_nb.retry import GiveUp
 
 logger = logging.getLogger("pgq_nb.worker")
@@ -113,9 +115,38 @@ def _cancel_leftovers(client: Any) -> None:
             task.cancel()
 
 
+def _launch_in_tree(km: Any) -> None:
+    """Start ``km``'s kernel under :mod:`~pgq_nb.nbjobs.kernel_tree`'s launcher (on Linux),
+    which keeps every process the kernel starts in its tree (and kills them when the worker
+    ends); shutting the kernel down (nbclient's, ours) kills that tree first."""
+    if not sys.platform.startswith("linux"):
+        return
+    command, shutdown = km.format_kernel_cmd, km.shutdown_kernel
+    launcher = [sys.executable, kernel_tree.__file__, str(os.getpid()), "--"]
+
+    def in_tree(extra_arguments: list[str] | None = None) -> list[str]:
+        return [*launcher, *command(extra_arguments=extra_arguments)]
+
+    async def shutdown_tree(now: bool = False, restart: bool = False) -> None:
+        await _kill_tree(km)
+        await shutdown(now=now, restart=restart)
+
+    km.format_kernel_cmd = in_tree
+    km.shutdown_kernel = shutdown_tree
+
+
+async def _kill_tree(km: Any) -> None:
+    """SIGKILL every process the kernel started (the launcher's descendants, the kernel
+    included), if the launcher still runs."""
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    if process is not None and process.poll() is None:
+        await asyncio.to_thread(kernel_tree.kill_tree, process.pid)
+
+
 async def _kill(km: Any) -> None:
-    """Kill the kernel (its process group) if it still runs, and reap it."""
+    """Kill the kernel, what it started and its process group, if it still runs; reap it."""
     try:
+        await _kill_tree(km)
         if km.has_kernel:
             await km.shutdown_kernel(now=True)
     except Exception:  # already gone, or never started
@@ -169,6 +200,7 @@ async def run(
         resources={"metadata": {"path": workdir}},
     )
     km = client.create_kernel_manager()
+    _launch_in_tree(km)
     started = dt.datetime.now(dt.UTC)
     began = time.monotonic()
     progress = Progress()
