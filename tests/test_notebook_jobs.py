@@ -15,8 +15,10 @@ kernel on a worker that opted in (``pgq-nb worker app:q --notebooks``, ``q.serve
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import pytest
 
 import pgq_nb
 from pgq_nb import enqueue, runtime
-from pgq_nb.nbjobs import content, records, runner
+from pgq_nb.nbjobs import content, limits, records, runner
 from pgq_nb.nbjobs import parameters as params
 from pgq_nb.nbjobs.content import ENTRYPOINT
 from pgq_nb.notebook.dashboard_data import SnapshotReader
@@ -282,6 +284,72 @@ def _run_one_tick(q: pgq_nb.Queue, name: str) -> tuple[str, str]:
     row = q.notebook_runs(name.split("_")[0]).iloc[0]
     assert row["job_id"] == job and row["status"] == "succeeded", row["error"]
     return str(row["region"]), str(row["v"])
+
+
+LOUD = (
+    "import sys, pgq_nb\n"
+    "from IPython.display import HTML, display\n"
+    "print('x' * 3_000_000)\n"  # one output over the cap of one output
+    "display(HTML('<b>' + 'h' * 2_000_000 + '</b>'))\n"  # over it, not text: dropped
+    "pgq_nb.record('small', [1, 2, 3])\n"
+    "try:\n"
+    "    pgq_nb.record('big', 'z' * 11_000_000)\n"
+    "except ValueError as exc:\n"
+    "    pgq_nb.record('refused', str(exc))\n"
+    "for i in range(14):\n"  # past the cap of the run's outputs
+    "    print(str(i) * 900_000, flush=True)\n"
+    "print('the ' + 'last line')"
+)
+
+
+def test_outputs_and_records_are_capped_and_records_kept_once(
+    q: pgq_nb.Queue, tmp_path: Path
+) -> None:
+    q.serve_notebooks()
+    path = notebook(tmp_path / "loud.ipynb", ("code", LOUD, []))
+    job = q.enqueue_notebook(path)
+    q.run_until_idle(concurrency=1, timeout=180)
+    out = q.notebook_output(job)
+    assert out.ok, out.error
+    assert out.recorded["small"] == [1, 2, 3]
+    assert (
+        "got a str of 11,000,002 characters as JSON; a recorded value may be at most "
+        in (out.recorded["refused"])
+    )
+    assert "big" not in out.recorded
+    assert out.ipynb is not None and out.html is not None
+    assert len(out.ipynb) < limits.OUTPUTS_LIMIT + 1_000_000
+    assert len(out.html) <= limits.HTML_LIMIT + 1_000
+    assert "[pgq_nb: output truncated: 3,000,001 characters, the first 1,000,000 kept]" in out.ipynb
+    assert "the text/html output of 2,000,007 characters was not kept" in out.ipynb
+    assert "this run's outputs reached 10,000,000 characters" in out.ipynb
+    assert "the last line" not in out.ipynb
+    # a record's value is kept once, in the recorded values; the notebook keeps a marker
+    (cell,) = json.loads(out.ipynb)["cells"]
+    marks = [o["data"][records.MIMETYPE] for o in cell["outputs"] if records.MIMETYPE in o.get(
+        "data", {})]  # fmt: skip
+    assert {m["name"] for m in marks} == {"small", "refused"}
+    assert all("value" not in m for m in marks)
+    # shown inline, a large HTML is not embedded
+    shown = dataclasses.replace(out, html="<p>" + "w" * 3_000_000)._repr_html_()
+    assert len(shown) < 5_000 and "too large to show inline" in shown
+
+
+def test_the_stored_html_needs_nothing_from_the_network(q: pgq_nb.Queue, tmp_path: Path) -> None:
+    q.serve_notebooks()
+    path = notebook(
+        tmp_path / "math.ipynb",
+        ("markdown", "# Sums\n$x^2$", []),
+        ("code", "import pandas as pd\npd.DataFrame({'a': [1, 2]})", []),
+        ("code", "print('plain')", []),
+    )
+    job = q.enqueue_notebook(path)
+    q.run_until_idle(concurrency=1, timeout=120)
+    html = q.notebook_output(job).html
+    assert html is not None and "plain" in html and "<table" in html
+    assert re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html) == []
+    assert "cdnjs" not in html and "<script src" not in html
+    assert len(html) < 60_000  # no 280 KB of inlined JupyterLab CSS
 
 
 def _check_dtypes(runs: pd.DataFrame) -> None:

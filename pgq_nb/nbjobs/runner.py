@@ -38,7 +38,7 @@ from typing import Any
 
 from pgq_nb.errors import ConfigurationError, JobTimeoutError, NotebookCellError
 from pgq_nb.models import Job, storable_text
-from pgq_nb.nbjobs import kernel_tree, records
+from pgq_nb.nbjobs import kernel_tree, limits, records, render
 from pgq_nb.nbjobs import parameters as params
 from pgq_nb.retry import GiveUp
 
@@ -199,6 +199,8 @@ async def run(
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
         resources={"metadata": {"path": workdir}},
     )
+    budget = limits.OutputBudget()
+    limits.cap_outputs(client, budget)
     km = client.create_kernel_manager()
     _launch_in_tree(km)
     started = dt.datetime.now(dt.UTC)
@@ -231,11 +233,11 @@ async def run(
             shutil.rmtree(workdir, ignore_errors=True)
     duration = time.monotonic() - began
     at = (injected_at, replaced, path)
-    found = _storable(records.collect(nb.cells))
+    found = _storable({**records.collect(nb.cells), **budget.records})
     # the cells that ran to the end: all, or those before the one that failed
     done = total if failure is None else max(0, cell_label(max(progress.cell, 0), *at)[0] - 1)
     executed = _storable(nbformat.writes(nb))  # type: ignore[no-untyped-call]
-    html = await asyncio.to_thread(render_html, nb)
+    html = limits.capped_html(await asyncio.to_thread(render.render_html, nb))
     await pool.execute(
         queries["save_notebook_output"],
         job.id,
@@ -330,15 +332,3 @@ def _failure(
     )
     failure.add_note(_ANSI.sub("", str(getattr(exc, "traceback", "")))[-20_000:])
     return failure
-
-
-def render_html(nb: Any) -> str | None:
-    """The executed notebook as HTML (nbconvert's lab template); None if it cannot be."""
-    try:
-        from nbconvert import HTMLExporter
-
-        body, _ = HTMLExporter().from_notebook_node(nb)  # type: ignore[no-untyped-call]
-    except Exception:
-        logger.warning("could not render a notebook as HTML", exc_info=True)
-        return None
-    return str(_storable(str(body)))
