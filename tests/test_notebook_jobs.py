@@ -135,6 +135,14 @@ def test_a_parameterised_notebook_runs_in_a_worker_process(
     assert cwds[0] != cwds[1] and all("pgq_nb-notebook-" in c for c in cwds)
     assert not any(Path(c).exists() for c in cwds)
     assert list(q.notebook_runs(str(path))["job_id"]) == [south, north]  # by path as enqueued
+    # only the values named are read out of the database, in that order
+    some = q.notebook_runs("report", values=["total", "region", "never_recorded"])
+    assert list(some.columns[-3:]) == ["total", "region", "never_recorded"]
+    assert "table" not in some.columns and list(some["total"]) == [7, 70]
+    assert some["never_recorded"].isna().all()
+    assert "total" not in q.notebook_runs("report", values=[]).columns
+    with pytest.raises(pgq_nb.InvalidInputError, match="values must be a list of recorded"):
+        q.notebook_runs(values="total")  # type: ignore[arg-type]
     _check_dtypes(runs)
     with pytest.warns(ViewTruncated, match=r"q\.notebook_runs\(\) shows the newest 1 of 2 runs"):
         assert list(q.notebook_runs(limit=DefaultLimit(1))["job_id"]) == [south]
