@@ -219,6 +219,8 @@ def test_the_cli_schedules_a_notebook(served: pgq_nb.Queue, installed: str, tmp_
                 "--parameters", '{"region": "eu"}')  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert f"schedule 'nb_eu' added: runs notebook {str(path)!r}" in done.stdout
+    assert "no live worker runs 'pgq_nb.notebook'" in done.stderr
+    assert "(q.serve_notebooks() here, or `pgq-nb worker app:q --notebooks`)" in done.stderr
     (row,) = q.schedule_list()
     assert row["entrypoint"] == ENTRYPOINT
     bad = _cli(installed, "schedules", "add", "nb_x", "0 * * * *", "--notebook", str(path),
@@ -308,6 +310,25 @@ LOUD = (
     "    print(str(i) * 900_000, flush=True)\n"
     "print('the ' + 'last line')"
 )
+
+
+def test_a_relative_path_failing_in_the_private_directory_says_why(
+    q: pgq_nb.Queue, tmp_path: Path
+) -> None:
+    q.serve_notebooks(retry=pgq_nb.RetryPolicy(max_attempts=1))
+    (tmp_path / "data.csv").write_text("a\n1\n")  # next to the notebook, not where it runs
+    path = notebook(tmp_path / "reads.ipynb", ("code", "open('data.csv').read()", []))
+    job = q.enqueue_notebook(path)
+    with pytest.warns(JobsFailed):
+        q.run_until_idle(concurrency=1, timeout=120)
+    error = q.get_job(job).error or ""
+    assert error.startswith(f"NotebookCellError: cell 1 of {path} raised FileNotFoundError: ")
+    assert "(the notebook ran in a private temporary directory (" in error
+    assert "or enqueue with cwd= the absolute path of a directory on the workers" in error
+    # with cwd= the same notebook finds its file
+    ok = q.enqueue_notebook(path, cwd=tmp_path)
+    q.run_until_idle(concurrency=1, timeout=120)
+    assert q.get_job(ok).status == "succeeded"
 
 
 def test_outputs_and_records_are_capped_and_records_kept_once(
@@ -631,7 +652,8 @@ def _nothing_written(q: pgq_nb.Queue) -> None:
         (
             lambda d: notebook(d / "x.ipynb", ("code", "1", [])),
             {"cwd": "relative/dir"},
-            "cwd must be an absolute directory path on the workers",
+            "not 'relative/dir': the notebook's path is read here, relative to this process's "
+            "directory, but cwd is where the kernel runs, on a worker",
         ),
     ],
 )

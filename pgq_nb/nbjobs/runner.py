@@ -226,6 +226,8 @@ async def run(
         failure = _failure(
             exc, progress.cell, seconds, (injected_at, replaced, path), spec["kernel"]
         )
+        if private and isinstance(failure, NotebookCellError):
+            _hint_private_dir(failure, workdir)
     finally:
         _cancel_leftovers(client)
         await asyncio.shield(_kill(km))
@@ -294,6 +296,23 @@ async def _execute(
             client.timeout = max(1, math.ceil(left))
         await client.async_execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
     run.cell = -1
+
+
+#: Errors of a relative path that may not be where the notebook's author thought.
+_PATH_ERRORS = ("FileNotFoundError", "NotADirectoryError", "OSError", "IsADirectoryError")
+
+
+def _hint_private_dir(failure: NotebookCellError, workdir: str) -> None:
+    """Add to a file-not-found failure where the notebook ran: a relative path there finds
+    nothing the notebook's author put next to it."""
+    if failure.ename not in _PATH_ERRORS:
+        return
+    hint = (
+        f"the notebook ran in a private temporary directory ({workdir}, removed after the "
+        "run), not next to its file: give absolute paths, or enqueue with cwd= the absolute "
+        "path of a directory on the workers to run it there"
+    )
+    failure.args = (f"{failure.args[0]} ({hint})", *failure.args[1:])
 
 
 def _failure(

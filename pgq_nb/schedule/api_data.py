@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pgq_nb.registry import Registry
+    from pgq_nb.store import Store
 
 #: update_schedule's default for ``payload``: keep the stored one (None is a payload).
 KEEP: Any = object()
@@ -58,12 +60,18 @@ def _entrypoint(entrypoint: object) -> str:
     return entrypoint
 
 
+class ScheduleWithoutWorker(UserWarning):
+    """A schedule added for an entrypoint that no handler here and no live worker runs: its
+    ticks will wait queued until one does."""
+
+
 class DataScheduleMethods:
     """Schedules as data (a mixin of AsyncQueue)."""
 
     pool: Any
     queries: dict[str, str]
     registry: Registry
+    store: Store
     schedule_specs: dict[str, ScheduleSpec]
     _sync_schedules: Callable[[], Awaitable[None]]  # ScheduleMethods
 
@@ -105,7 +113,7 @@ class DataScheduleMethods:
         check_text("schedule name", name)
         spec = ScheduleSpec(name=name, expression=cron, tz=tz, catch_up=catch_up)
         if notebook is not None or parameters is not None:
-            return await add_notebook_schedule(
+            first = await add_notebook_schedule(
                 self.pool,
                 self.queries,
                 self.registry,
@@ -115,11 +123,37 @@ class DataScheduleMethods:
                 entrypoint,
                 payload,
             )
+            await self._warn_unserved(name, NOTEBOOK_ENTRYPOINT)
+            return first
         schedule = data.DataSchedule(
             spec=spec, entrypoint=_entrypoint(entrypoint), payload=_payload(name, payload)
         )
         await self._check_registered(schedule.entrypoint)
-        return await data.add(self.pool, self.queries, schedule)
+        first = await data.add(self.pool, self.queries, schedule)
+        await self._warn_unserved(name, schedule.entrypoint)
+        return first
+
+    async def _warn_unserved(self, name: str, entrypoint: str) -> None:
+        """Say so (one line) when no handler here and no live worker runs ``entrypoint``."""
+        if entrypoint in self.registry.handlers:
+            return
+        live = await self.pool.fetchval(
+            self.queries["live_workers_serving"],
+            entrypoint,
+            self.store.settings.heartbeat_timeout,
+        )
+        if live:
+            return
+        how = (
+            "q.serve_notebooks() here, or `pgq-nb worker app:q --notebooks`"
+            if entrypoint == NOTEBOOK_ENTRYPOINT
+            else "a handler here (q.start_worker()), or `pgq-nb worker app:q`"
+        )
+        warning = ScheduleWithoutWorker(
+            f"schedule {name!r} added, but no live worker runs {entrypoint!r} and this "
+            f"process has no handler of it: its ticks will wait queued until one runs ({how})"
+        )
+        warnings.warn_explicit(warning, type(warning), "pgq_nb", 0, module="pgq_nb", registry={})
 
     @runtime.bridged
     async def update_schedule(
