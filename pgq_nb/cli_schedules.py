@@ -69,6 +69,13 @@ def cmd_schedule_update(args: argparse.Namespace) -> int:
     if args.payload is not None and args.no_payload:
         raise InvalidInputError("give --payload or --no-payload, not both")
     payload = None if args.no_payload else KEEP if args.payload is None else _payload(args.payload)
+    options = (args.cron, args.entrypoint, args.tz, args.catch_up, args.parameters, args.notebook)
+    if payload is KEEP and all(option is None for option in options):
+        raise InvalidInputError(
+            f"nothing to change in schedule {args.name!r}: give --cron, --tz, --catch-up, "
+            "--entrypoint, --payload or --no-payload (--parameters, --notebook for a notebook's "
+            "schedule)"
+        )
     q = queue_for(args, install=False)
     next_run = q.update_schedule(
         args.name,
@@ -77,6 +84,8 @@ def cmd_schedule_update(args: argparse.Namespace) -> int:
         payload=payload,
         tz=args.tz,
         catch_up=args.catch_up,
+        parameters=_payload(args.parameters, "--parameters"),
+        notebook=args.notebook,
     )
     print(f"schedule {args.name!r} updated; next tick {next_run:%c %Z}")
     return 0
@@ -146,6 +155,10 @@ def add_parsers(sub: Any) -> None:
     update.add_argument("--cron", help="a new cron expression")
     update.add_argument("--entrypoint", help="a new entrypoint")
     update.add_argument("--no-payload", action="store_true", help="store no payload")
+    update.add_argument(
+        "--notebook", help="a notebook's schedule: run this notebook (its content is stored now)"
+    )
+    update.add_argument("--parameters", help="a notebook's schedule: its new parameters, as JSON")
     for parser, tz, catch_up in ((add, "UTC", "latest"), (update, None, None)):
         parser.add_argument("--payload", help="the ticks' payload, as JSON")
         parser.add_argument(

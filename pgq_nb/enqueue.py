@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pgq_nb import runtime
 from pgq_nb.errors import DuplicateJobError, InvalidInputError, PayloadError
 from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, encode_payload, refuse_frame
+from pgq_nb.nbjobs.content import ENTRYPOINT as NOTEBOOK_ENTRYPOINT
 from pgq_nb.registry import parse_rate as parse_rate
 from pgq_nb.registry import rate_burst as rate_burst
 
@@ -308,6 +309,23 @@ async def enqueue_many(
     return result
 
 
+RESERVED_MESSAGE = (
+    "{entrypoint!r} is the built-in entrypoint that runs notebooks and takes only the payload "
+    "q.enqueue_notebook() makes (it names the notebook's stored content): use "
+    "q.enqueue_notebook(path, parameters={{...}}), or q.add_schedule(name, cron, "
+    "notebook=path, parameters={{...}}) for a schedule"
+)
+
+
+def refuse_reserved(entrypoint: object) -> None:
+    """InvalidInputError if ``entrypoint`` (a name or a list of names) is the notebook runner's:
+    its jobs are made by ``q.enqueue_notebook``, whose payload a hand-made one would not match
+    (the job would fail at run time)."""
+    names = entrypoint if isinstance(entrypoint, list | tuple) else [entrypoint]
+    if NOTEBOOK_ENTRYPOINT in names:
+        raise InvalidInputError(RESERVED_MESSAGE.format(entrypoint=NOTEBOOK_ENTRYPOINT))
+
+
 async def submit(
     store: Store,
     registry: Registry,
@@ -322,6 +340,7 @@ async def submit(
 ) -> Any:
     """``q.enqueue``: one job or a batch on ``connection`` (or a pooled one); a large batch
     on a pooled connection then calls ``analyze``."""
+    refuse_reserved(entrypoint)
     async with store.connection(connection) as conn:
         if isinstance(entrypoint, list | tuple):
             result: Any = await enqueue_many(

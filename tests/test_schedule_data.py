@@ -238,12 +238,22 @@ def test_the_cli_adds_updates_and_removes_schedules(q: pgq_nb.Queue, installed: 
                 "--payload", '{"region": "eu"}', "--tz", "Europe/Oslo")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "schedule 'eu' added" in done.stdout
+    # the handler is in this test's process, and no worker runs: the shell is told, in a line
+    (warned,) = [line for line in done.stderr.splitlines() if "ScheduleWithoutWorker" in line]
+    assert warned.endswith(
+        "schedule 'eu' added, but no live worker runs 'report' and this process has no handler "
+        "of it: its ticks will wait queued until one runs (a handler here (q.start_worker()), "
+        "or `pgq-nb worker app:q`)"
+    )
     row = stored(q)[0]
     assert (row["name"], row["entrypoint"], row["tz"]) == ("eu", "report", "Europe/Oslo")
     assert json.loads(row["payload"]) == {"region": "eu"}
     done = _cli(installed, "schedules", "update", "eu", "--cron", "15 * * * *", "--no-payload")
     assert done.returncode == 0, done.stderr
     assert (stored(q)[0]["expression"], stored(q)[0]["payload"]) == ("15 * * * *", None)
+    nothing = _cli(installed, "schedules", "update", "eu")
+    assert nothing.returncode == 2
+    assert "nothing to change in schedule 'eu': give --cron" in nothing.stderr
     listed = _cli(installed, "schedules")
     assert "eu" in listed.stdout and "report" in listed.stdout
     bad = _cli(installed, "schedules", "add", "x", "0 * * * *", "--entrypoint", "report",

@@ -156,14 +156,23 @@ class NotebookMethods:
 
     @runtime.bridged
     async def notebook_runs(
-        self, path_or_name: str | None = None, *, limit: int | None = RUNS_LIMIT
+        self,
+        path_or_name: str | None = None,
+        *,
+        limit: int | None = RUNS_LIMIT,
+        values: list[str] | None = None,
     ) -> pd.DataFrame:
         """The runs of notebook jobs, newest first, one row per job (its last attempt): job_id,
         notebook, path, status, attempt, ok, error, started, duration_s, schedule_name,
         fire_time, parameters, then one column per value recorded with ``pgq_nb.record``
         (DataFrames come back as DataFrames). ``path_or_name``: only the notebook enqueued
         with that path, or of that name (file name without ``.ipynb``). At most ``limit``
-        runs (the default warns ViewTruncated when it leaves runs out; None: all)."""
+        runs (the default warns ViewTruncated when it leaves runs out; None: all).
+
+        ``values``: only these recorded values (a column each, in that order; ``[]``: none).
+        By default every recorded value of every run is read and decoded, which costs what
+        they weigh (a recorded DataFrame of a million rows, times the runs): name the ones
+        you need, or narrow ``path_or_name`` and ``limit``."""
         from pgq_nb.notebook.notebook_runs import notebook_runs
 
-        return await notebook_runs(self, path_or_name, limit)
+        return await notebook_runs(self, path_or_name, limit, values)

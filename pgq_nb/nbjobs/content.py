@@ -181,10 +181,18 @@ def check_timeout(timeout: object) -> float | None:
 def check_cwd(cwd: object) -> str | None:
     if cwd is None:
         return None
-    if not isinstance(cwd, str | os.PathLike) or not Path(cwd).is_absolute():
+    if not isinstance(cwd, str | os.PathLike):
         raise InvalidInputError(
             f"cwd must be an absolute directory path on the workers (or None for a private "
             f"temporary directory), not {cwd!r}"
+        )
+    if not Path(cwd).is_absolute():
+        raise InvalidInputError(
+            f"cwd must be an absolute directory path on the workers (or None for a private "
+            f"temporary directory), not {os.fspath(cwd)!r}: the notebook's path is read here, "
+            "relative to this process's directory, but cwd is where the kernel runs, on a "
+            "worker that may be another machine or started elsewhere; if the workers have it "
+            f"at the same place, give cwd={str(Path(cwd).absolute())!r}"
         )
     return os.fspath(cwd)
 

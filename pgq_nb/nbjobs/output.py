@@ -16,6 +16,10 @@ from typing import Any
 
 from pgq_nb.nbjobs.content import ENTRYPOINT
 
+#: HTML longer than this is not embedded in the output shown (each display would copy it into
+#: the notebook showing it): it says how to save it instead.
+INLINE_LIMIT = 2_000_000
+
 
 @dataclasses.dataclass(frozen=True)
 class NotebookOutput:
@@ -72,6 +76,12 @@ class NotebookOutput:
         header = f"<div>{self._header()}</div>"
         if self.html is None:
             return header
+        if len(self.html) > INLINE_LIMIT:
+            return header + (
+                f"<p>The executed notebook's HTML is {len(self.html):,} characters, too large "
+                f"to show inline (over {INLINE_LIMIT:,}): <code>.save('run.html')</code> and "
+                "open that file, or <code>.save('run.ipynb')</code>.</p>"
+            )
         frame = (
             f'<iframe sandbox="allow-scripts" srcdoc="{html.escape(self.html, quote=True)}" '
             'style="width:100%;height:600px;border:1px solid #ccc" '

@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 from pgq_nb.errors import InvalidInputError, article
+from pgq_nb.nbjobs.limits import RECORD_LIMIT
 
 MIMETYPE = "application/vnd.pgq-nb.record+json"
 #: The marker of a recorded DataFrame or Series (``{KIND: "dataframe", "table": {...}}``).
@@ -36,13 +37,14 @@ def encode(name: str, value: Any) -> Any:
     if kind in ("DataFrame", "Series") and hasattr(value, "to_json"):
         frame = value.to_frame() if kind == "Series" else value
         try:
-            table = json.loads(frame.to_json(orient="table", date_format="iso"))
+            text = frame.to_json(orient="table", date_format="iso")
         except ValueError as exc:
             raise InvalidInputError(
                 f"pgq_nb.record({name!r}, ...): this {kind} cannot be written as a table "
                 f"({exc}); try value.reset_index() or simpler column names"
             ) from None
-        return {KIND: kind.lower(), "table": table}
+        _check_size(name, kind, len(text))
+        return {KIND: kind.lower(), "table": json.loads(text)}
     if _numpy_scalar(value):
         value = value.item()
     elif type(value).__module__ == "numpy" and hasattr(value, "tolist"):
@@ -50,14 +52,24 @@ def encode(name: str, value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None  # NaN (a mean of nothing) is recorded as missing
     try:
-        json.dumps(value, allow_nan=False)
+        size = len(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError):
         raise InvalidInputError(
             f"pgq_nb.record({name!r}, ...) got {article(kind)}, which is not JSON: record "
             "numbers, strings, booleans, None, lists and dicts of them, or a pandas DataFrame "
             "or Series (convert the value first, for example str(value))"
         ) from None
+    _check_size(name, kind, size)
     return value
+
+
+def _check_size(name: str, kind: str, size: int) -> None:
+    if size > RECORD_LIMIT:
+        raise InvalidInputError(
+            f"pgq_nb.record({name!r}, ...) got {article(kind)} of {size:,} characters as JSON; "
+            f"a recorded value may be at most {RECORD_LIMIT:,}: record a summary (a count, "
+            "df.describe(), df.head(1000)) and keep the data itself in a table or a file"
+        )
 
 
 def bundle(name: str, value: Any) -> dict[str, Any]:
@@ -81,8 +93,8 @@ def collect(cells: list[Any]) -> dict[str, Any]:
             data = output.get("data", {}).get(MIMETYPE)
             if isinstance(data, str):  # (an older nbformat may keep JSON as text)
                 data = json.loads(data)
-            if isinstance(data, dict) and isinstance(data.get("name"), str):
-                found[data["name"]] = data.get("value")
+            if isinstance(data, dict) and isinstance(data.get("name"), str) and "value" in data:
+                found[data["name"]] = data["value"]
     return found
 
 

@@ -9,9 +9,11 @@ the run timed out), its HTML (nbconvert) and the values recorded with ``pgq_nb.r
 saved in ``notebook_outputs`` by job id; the job's result is a small summary. A failing cell
 raises :class:`~pgq_nb.errors.NotebookCellError` ("cell 7 of x.ipynb raised KeyError: 'x'"),
 retried per the runner's RetryPolicy. At the job's timeout (the enqueue's ``timeout=``, else
-the one given to ``serve_notebooks``) the kernel is killed (SIGKILL to its process group, which
-takes the processes it started with it) and the attempt fails with JobTimeoutError. However
-the attempt ends (a cancel, a worker stopping), the kernel is killed before it returns.
+the one given to ``serve_notebooks``) the kernel is killed with every process it started (see
+:mod:`~pgq_nb.nbjobs.kernel_tree`) and the attempt fails with JobTimeoutError. However the
+attempt ends (success, a failed cell, a cancel, a worker stopping), the kernel and what it
+started are killed before it returns; if the worker itself is killed, its kernels' launchers
+kill them.
 
 nbclient, nbformat, nbconvert and ipykernel (the ``pgq_nb[notebooks]`` extra) are imported when
 a worker opts in (:func:`check_installed`), never by ``import pgq_nb``.
@@ -36,8 +38,8 @@ from typing import Any
 
 from pgq_nb.errors import ConfigurationError, JobTimeoutError, NotebookCellError
 from pgq_nb.models import Job, storable_text
+from pgq_nb.nbjobs import kernel_tree, limits, records, render
 from pgq_nb.nbjobs import parameters as params
-from pgq_nb.nbjobs import records
 from pgq_nb.retry import GiveUp
 
 logger = logging.getLogger("pgq_nb.worker")
@@ -113,9 +115,38 @@ def _cancel_leftovers(client: Any) -> None:
             task.cancel()
 
 
+def _launch_in_tree(km: Any) -> None:
+    """Start ``km``'s kernel under :mod:`~pgq_nb.nbjobs.kernel_tree`'s launcher (on Linux),
+    which keeps every process the kernel starts in its tree (and kills them when the worker
+    ends); shutting the kernel down (nbclient's, ours) kills that tree first."""
+    if not sys.platform.startswith("linux"):
+        return
+    command, shutdown = km.format_kernel_cmd, km.shutdown_kernel
+    launcher = [sys.executable, kernel_tree.__file__, str(os.getpid()), "--"]
+
+    def in_tree(extra_arguments: list[str] | None = None) -> list[str]:
+        return [*launcher, *command(extra_arguments=extra_arguments)]
+
+    async def shutdown_tree(now: bool = False, restart: bool = False) -> None:
+        await _kill_tree(km)
+        await shutdown(now=now, restart=restart)
+
+    km.format_kernel_cmd = in_tree
+    km.shutdown_kernel = shutdown_tree
+
+
+async def _kill_tree(km: Any) -> None:
+    """SIGKILL every process the kernel started (the launcher's descendants, the kernel
+    included), if the launcher still runs."""
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    if process is not None and process.poll() is None:
+        await asyncio.to_thread(kernel_tree.kill_tree, process.pid)
+
+
 async def _kill(km: Any) -> None:
-    """Kill the kernel (its process group) if it still runs, and reap it."""
+    """Kill the kernel, what it started and its process group, if it still runs; reap it."""
     try:
+        await _kill_tree(km)
         if km.has_kernel:
             await km.shutdown_kernel(now=True)
     except Exception:  # already gone, or never started
@@ -168,7 +199,10 @@ async def run(
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
         resources={"metadata": {"path": workdir}},
     )
+    budget = limits.OutputBudget()
+    limits.cap_outputs(client, budget)
     km = client.create_kernel_manager()
+    _launch_in_tree(km)
     started = dt.datetime.now(dt.UTC)
     began = time.monotonic()
     progress = Progress()
@@ -192,6 +226,8 @@ async def run(
         failure = _failure(
             exc, progress.cell, seconds, (injected_at, replaced, path), spec["kernel"]
         )
+        if private and isinstance(failure, NotebookCellError):
+            _hint_private_dir(failure, workdir)
     finally:
         _cancel_leftovers(client)
         await asyncio.shield(_kill(km))
@@ -199,11 +235,11 @@ async def run(
             shutil.rmtree(workdir, ignore_errors=True)
     duration = time.monotonic() - began
     at = (injected_at, replaced, path)
-    found = _storable(records.collect(nb.cells))
+    found = _storable({**records.collect(nb.cells), **budget.records})
     # the cells that ran to the end: all, or those before the one that failed
     done = total if failure is None else max(0, cell_label(max(progress.cell, 0), *at)[0] - 1)
     executed = _storable(nbformat.writes(nb))  # type: ignore[no-untyped-call]
-    html = await asyncio.to_thread(render_html, nb)
+    html = limits.capped_html(await asyncio.to_thread(render.render_html, nb))
     await pool.execute(
         queries["save_notebook_output"],
         job.id,
@@ -262,6 +298,23 @@ async def _execute(
     run.cell = -1
 
 
+#: Errors of a relative path that may not be where the notebook's author thought.
+_PATH_ERRORS = ("FileNotFoundError", "NotADirectoryError", "OSError", "IsADirectoryError")
+
+
+def _hint_private_dir(failure: NotebookCellError, workdir: str) -> None:
+    """Add to a file-not-found failure where the notebook ran: a relative path there finds
+    nothing the notebook's author put next to it."""
+    if failure.ename not in _PATH_ERRORS:
+        return
+    hint = (
+        f"the notebook ran in a private temporary directory ({workdir}, removed after the "
+        "run), not next to its file: give absolute paths, or enqueue with cwd= the absolute "
+        "path of a directory on the workers to run it there"
+    )
+    failure.args = (f"{failure.args[0]} ({hint})", *failure.args[1:])
+
+
 def _failure(
     exc: Exception, running: int, seconds: float | None, at: tuple[int, bool, str], kernel: str
 ) -> Exception:
@@ -278,8 +331,8 @@ def _failure(
             f"notebook {path!r} ran longer than its timeout of {seconds:g} s ({where}); its "
             "kernel was killed"
         )
-    if exc.__class__.__name__ == "NoSuchKernel":
-        return RuntimeError(
+    if exc.__class__.__name__ == "NoSuchKernel":  # another attempt here would fail the same way
+        return GiveUp(
             f"no Jupyter kernel named {kernel!r} is installed on this worker; install it here, "
             "or enqueue with kernel_name= a kernel the workers have"
         )
@@ -298,15 +351,3 @@ def _failure(
     )
     failure.add_note(_ANSI.sub("", str(getattr(exc, "traceback", "")))[-20_000:])
     return failure
-
-
-def render_html(nb: Any) -> str | None:
-    """The executed notebook as HTML (nbconvert's lab template); None if it cannot be."""
-    try:
-        from nbconvert import HTMLExporter
-
-        body, _ = HTMLExporter().from_notebook_node(nb)  # type: ignore[no-untyped-call]
-    except Exception:
-        logger.warning("could not render a notebook as HTML", exc_info=True)
-        return None
-    return str(_storable(str(body)))

@@ -37,6 +37,7 @@ from pgq_nb.enqueue import (
     check_key,
     check_payload_size,
     check_time,
+    refuse_reserved,
     warn_skipped,
 )
 from pgq_nb.errors import InvalidInputError
@@ -272,6 +273,7 @@ async def enqueue_df(
     with the ``job_id`` column of ``q.results()`` and ``q.history()``.
     """
     check_text("entrypoint", entrypoint)
+    refuse_reserved(entrypoint)
     if not isinstance(df, pd.DataFrame):
         raise InvalidInputError(f"df must be a pandas DataFrame, not {type(df).__name__}")
     if check_int("chunk_size", chunk_size) < 1:

@@ -41,7 +41,23 @@ def decode_value(value: Any) -> Any:
     return value
 
 
-async def notebook_runs(aq: SqlTarget, path_or_name: str | None, limit: int | None) -> pd.DataFrame:
+def _names(values: object) -> list[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str) or not isinstance(values, list | tuple):
+        raise InvalidInputError(
+            f"values must be a list of recorded names (or None for all), not {values!r}; "
+            "e.g. q.notebook_runs('report', values=['total'])"
+        )
+    for name in values:
+        if not isinstance(name, str):
+            raise InvalidInputError(f"values holds {name!r}: a recorded name is a str")
+    return list(dict.fromkeys(values))
+
+
+async def notebook_runs(
+    aq: SqlTarget, path_or_name: str | None, limit: int | None, values: object = None
+) -> pd.DataFrame:
     if path_or_name is not None and not isinstance(path_or_name, str):
         raise InvalidInputError(
             f"path_or_name must be a str (a notebook's path or name) or None, not "
@@ -49,13 +65,14 @@ async def notebook_runs(aq: SqlTarget, path_or_name: str | None, limit: int | No
         )
     if limit is not None and check_int("limit", limit, bits=64) < 0:
         raise InvalidInputError("limit must be 0 or more (or None for no limit)")
+    wanted = _names(values)
     q = aq.queries
 
     async def count(conn: Any) -> tuple[int, bool]:
         return int(await conn.fetchval(q["notebook_runs_count"], path_or_name)), True
 
     rows, matched = await fetch_capped(
-        aq, limit, lambda conn, n: conn.fetch(q["notebook_runs"], path_or_name, n), count
+        aq, limit, lambda conn, n: conn.fetch(q["notebook_runs"], path_or_name, n, wanted), count
     )
     if matched is not None:
         warn_truncated(
@@ -71,10 +88,10 @@ async def notebook_runs(aq: SqlTarget, path_or_name: str | None, limit: int | No
     out = frame(base, SCHEMA)
     out["ok"] = pd.Series(pd.array([r["ok"] for r in rows], dtype="boolean"))
     recorded = [json.loads(r["recorded"]) for r in rows]
-    names = list(dict.fromkeys(name for values in recorded for name in values))
+    names = wanted if wanted is not None else list(dict.fromkeys(n for f in recorded for n in f))
     for name in names:
-        values = [decode_value(values.get(name)) for values in recorded]
-        is_frame = any(isinstance(v, pd.DataFrame | pd.Series) for v in values)
-        column = _objects(values) if is_frame else inferred(values)
+        column_values = [decode_value(found.get(name)) for found in recorded]
+        is_frame = any(isinstance(v, pd.DataFrame | pd.Series) for v in column_values)
+        column = _objects(column_values) if is_frame else inferred(column_values)
         out[name if name not in out.columns else f"recorded_{name}"] = column
     return out

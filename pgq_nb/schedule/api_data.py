@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
-from pgq_nb.enqueue import check_payload_size
+from pgq_nb.enqueue import check_payload_size, refuse_reserved
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import check_text, encode_payload, refuse_frame
-from pgq_nb.nbjobs.scheduling import add_notebook_schedule
+from pgq_nb.nbjobs.content import ENTRYPOINT as NOTEBOOK_ENTRYPOINT
+from pgq_nb.nbjobs.scheduling import (
+    BOTH,
+    add_notebook_schedule,
+    notebook_payload_refused,
+    update_notebook_schedule,
+)
 from pgq_nb.schedule import data
 from pgq_nb.schedule.database import ScheduleSpec
 
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pgq_nb.registry import Registry
+    from pgq_nb.store import Store
 
 #: update_schedule's default for ``payload``: keep the stored one (None is a payload).
 KEEP: Any = object()
@@ -48,7 +56,13 @@ def _entrypoint(entrypoint: object) -> str:
     if not isinstance(entrypoint, str) or not entrypoint.strip():
         raise InvalidInputError(f"entrypoint must be an entrypoint's name, not {entrypoint!r}")
     check_text("entrypoint name", entrypoint)
+    refuse_reserved(entrypoint)
     return entrypoint
+
+
+class ScheduleWithoutWorker(UserWarning):
+    """A schedule added for an entrypoint that no handler here and no live worker runs: its
+    ticks will wait queued until one does."""
 
 
 class DataScheduleMethods:
@@ -57,6 +71,7 @@ class DataScheduleMethods:
     pool: Any
     queries: dict[str, str]
     registry: Registry
+    store: Store
     schedule_specs: dict[str, ScheduleSpec]
     _sync_schedules: Callable[[], Awaitable[None]]  # ScheduleMethods
 
@@ -98,7 +113,7 @@ class DataScheduleMethods:
         check_text("schedule name", name)
         spec = ScheduleSpec(name=name, expression=cron, tz=tz, catch_up=catch_up)
         if notebook is not None or parameters is not None:
-            return await add_notebook_schedule(
+            first = await add_notebook_schedule(
                 self.pool,
                 self.queries,
                 self.registry,
@@ -108,11 +123,37 @@ class DataScheduleMethods:
                 entrypoint,
                 payload,
             )
+            await self._warn_unserved(name, NOTEBOOK_ENTRYPOINT)
+            return first
         schedule = data.DataSchedule(
             spec=spec, entrypoint=_entrypoint(entrypoint), payload=_payload(name, payload)
         )
         await self._check_registered(schedule.entrypoint)
-        return await data.add(self.pool, self.queries, schedule)
+        first = await data.add(self.pool, self.queries, schedule)
+        await self._warn_unserved(name, schedule.entrypoint)
+        return first
+
+    async def _warn_unserved(self, name: str, entrypoint: str) -> None:
+        """Say so (one line) when no handler here and no live worker runs ``entrypoint``."""
+        if entrypoint in self.registry.handlers:
+            return
+        live = await self.pool.fetchval(
+            self.queries["live_workers_serving"],
+            entrypoint,
+            self.store.settings.heartbeat_timeout,
+        )
+        if live:
+            return
+        how = (
+            "q.serve_notebooks() here, or `pgq-nb worker app:q --notebooks`"
+            if entrypoint == NOTEBOOK_ENTRYPOINT
+            else "a handler here (q.start_worker()), or `pgq-nb worker app:q`"
+        )
+        warning = ScheduleWithoutWorker(
+            f"schedule {name!r} added, but no live worker runs {entrypoint!r} and this "
+            f"process has no handler of it: its ticks will wait queued until one runs ({how})"
+        )
+        warnings.warn_explicit(warning, type(warning), "pgq_nb", 0, module="pgq_nb", registry={})
 
     @runtime.bridged
     async def update_schedule(
@@ -124,24 +165,51 @@ class DataScheduleMethods:
         payload: Any = KEEP,
         tz: str | None = None,
         catch_up: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        notebook: str | os.PathLike[str] | None = None,
     ) -> dt.datetime:
         """Change a schedule added with :meth:`add_schedule`: what is given is replaced, the
         rest kept (``payload=None`` stores no payload). A new expression or zone fires from its
         first tick after now; paused stays paused. Workers follow within a second. Returns
-        the next run."""
+        the next run.
+
+        A schedule that runs a notebook takes ``parameters=`` (replacing its parameters) and
+        ``notebook=`` (another notebook, or the same one edited: its content is stored now),
+        never ``payload=`` or ``entrypoint=``."""
+        if not any(
+            v is not None for v in (cron, entrypoint, tz, catch_up, parameters, notebook)
+        ) and (payload is KEEP):
+            raise InvalidInputError(
+                f"nothing to change in schedule {name!r}: give cron=, tz=, catch_up=, "
+                "entrypoint=, payload= (or parameters=, notebook= for a notebook's schedule)"
+            )
         await self._sync_schedules()
+
+        def spec_of(row: Any) -> ScheduleSpec:
+            return ScheduleSpec(
+                name=name,
+                expression=row["expression"] if cron is None else cron,
+                tz=row["tz"] if tz is None else tz,
+                catch_up=row["catch_up"] if catch_up is None else catch_up,
+            )
+
+        if parameters is not None or notebook is not None:
+            if entrypoint is not None or payload is not KEEP:
+                raise InvalidInputError(BOTH)
+            return await update_notebook_schedule(
+                self.pool, self.queries, name, notebook, parameters, spec_of
+            )
         new_entrypoint = None if entrypoint is None else _entrypoint(entrypoint)
         encoded = KEEP if payload is KEEP else _payload(name, payload)
         if new_entrypoint is not None:
             await self._check_registered(new_entrypoint)
 
         def change(row: Any) -> data.DataSchedule:
-            spec = ScheduleSpec(
-                name=name,
-                expression=row["expression"] if cron is None else cron,
-                tz=row["tz"] if tz is None else tz,
-                catch_up=row["catch_up"] if catch_up is None else catch_up,
-            )
+            if row["entrypoint"] == NOTEBOOK_ENTRYPOINT and (
+                encoded is not KEEP or new_entrypoint is not None
+            ):
+                raise notebook_payload_refused(name)
+            spec = spec_of(row)
             return data.DataSchedule(
                 spec=spec,
                 entrypoint=new_entrypoint or row["entrypoint"],

@@ -40,10 +40,16 @@ WHERE o.job_id = $1;
 
 -- name: notebook_runs
 -- The runs of notebooks (one row per job: its last attempt), newest first, optionally only
--- those whose path or name is $1; at most $2 rows. Large columns (executed, html) are left out.
--- params: $1 path or name text (NULL: every notebook), $2 limit bigint (NULL: no limit)
+-- those whose path or name is $1; at most $2 rows. Large columns (executed, html) are left out;
+-- of the recorded values, only those named in $3 are read out (when it is not NULL).
+-- params: $1 path or name text (NULL: every notebook), $2 limit bigint (NULL: no limit),
+--   $3 recorded names text[] (NULL: all)
 SELECT o.job_id, o.path, o.name, coalesce(h.status, j.status) AS status, o.attempt, o.ok,
-    o.error, o.parameters::text AS parameters, o.recorded::text AS recorded, o.cells,
+    o.error, o.parameters::text AS parameters,
+    CASE WHEN $3::text[] IS NULL THEN o.recorded::text
+        ELSE (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}'::jsonb)::text
+              FROM jsonb_each(o.recorded) AS e WHERE e.key = ANY ($3::text[]))
+    END AS recorded, o.cells,
     o.cells_run, o.started, o.duration_s, coalesce(h.schedule_name, j.schedule_name)
     AS schedule_name, coalesce(h.fire_time, j.fire_time) AS fire_time
 FROM {schema}.notebook_outputs AS o
