@@ -71,11 +71,15 @@ def set_listening(store: Store, listening: bool) -> None:
 
 def sleep_for(wake: dt.datetime | None, now: dt.datetime, listening: bool) -> float:
     """Seconds to sleep before the next look: until ``wake`` (the earliest next run, None if
-    there is none), at most :data:`MAX_SLEEP`, or :data:`POLL` while not ``listening``."""
+    there is none), at most :data:`MAX_SLEEP`, or :data:`POLL` while not ``listening``. A
+    ``wake`` already past, just after firing what was due, is a schedule another worker is
+    firing (its row was locked) or one this one cannot (a time zone it lacks): :data:`POLL`,
+    not a busy loop."""
     longest = MAX_SLEEP if listening else POLL
     if wake is None:
         return longest
-    return min(longest, max((wake - now).total_seconds(), 0.001))
+    left = (wake - now).total_seconds()
+    return min(longest, left if left > 0 else POLL)
 
 
 async def run_scheduler(store: Store, entrypoints: Callable[[], Sequence[str]]) -> None:
