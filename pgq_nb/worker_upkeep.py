@@ -18,7 +18,7 @@ import asyncpg
 from pgq_nb import db
 from pgq_nb import worker_decisions as decisions
 from pgq_nb.errors import DatabaseUnavailableError, PgqError
-from pgq_nb.schedule import database
+from pgq_nb.schedule import database, runner
 from pgq_nb.workflow_state import settle_steps
 
 if TYPE_CHECKING:
@@ -122,9 +122,16 @@ class Upkeep:
             self._listener = await db.connect_one(self.store.dsn, retry_for=retry_for)
             await self._listener.execute(db.SESSION_SETUP)
             await self._listener.add_listener(self.store.channel, self._on_notify)
+            self._listener.add_termination_listener(self._listener_lost)
         except (PgqError, OSError, asyncpg.PostgresError) as exc:
             logger.warning("LISTEN failed; polling only", extra={"error": str(exc)})
             self._listener = None
+        # the scheduler sleeps long only while it would hear of schedule changes (and looks
+        # again now: one may have been missed while nobody listened)
+        runner.set_listening(self.store, self._listener is not None)
+
+    def _listener_lost(self, connection: Any) -> None:
+        runner.set_listening(self.store, False)
 
     def _on_notify(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         """A NOTIFY is a hint, never an order: anyone who may connect can send one on the
@@ -135,6 +142,9 @@ class Upkeep:
         kind, _, rest = payload.partition(":")
         if kind == "due":  # a job retried somewhere, due in `rest` seconds
             self._wake_in(decisions.parse_due(rest))
+            return
+        if kind == "schedules":  # a schedule added, changed, removed or resumed somewhere
+            runner.poke(self.store)
             return
         if kind == "pause":
             self._paused.add(rest)

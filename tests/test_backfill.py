@@ -12,12 +12,15 @@ import subprocess
 import sys
 from typing import Any
 
+import nbformat
 import pandas as pd
 import pytest
+from nbclient import NotebookClient
 
 import pgq_nb
 from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError
+from pgq_nb.notebook.schedule_frames import BackfillBar
 from pgq_nb.schedule import data
 from pgq_nb.schedule.cron import CronSpec
 from pgq_nb.schedule.data import BACKFILL_LIMIT, backfill_ticks
@@ -207,3 +210,78 @@ def test_backfill_ticks_limit(expression: str, hours: int, force: bool, count: i
     assert len(ticks) == count
     assert ticks[0] == start and ticks[-1] < end
     assert count <= BACKFILL_LIMIT or force
+
+
+def test_a_paused_schedule_is_not_backfilled_unless_asked(q: pgq_nb.Queue) -> None:
+    q.entrypoint("report")(lambda job: None)
+    q.add_schedule("hourly", "0 * * * *", entrypoint="report")
+    q.pause_schedule("hourly")
+    start = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    end = start + dt.timedelta(hours=6)
+    with pytest.raises(
+        InvalidInputError,
+        match=r"schedule 'hourly' is paused, so nothing was backfilled: resume it with "
+        r"q.resume_schedule\('hourly'\) first, or pass include_paused=True",
+    ):
+        q.backfill("hourly", start, end)
+    assert jobs(q) == []
+    rows = runtime.run_sync(
+        data.backfill(q.aio.pool, q.aio.queries, "hourly", start, end, include_paused=True)
+    )
+    assert [r["enqueued"] for r in rows] == [True] * 6
+    assert len(jobs(q)) == 6
+    assert not bool(q.schedules().set_index("name").loc["hourly", "enabled"])  # still paused
+    q.resume_schedule("hourly")
+    assert q.backfill("hourly", start, end)["enqueued"].sum() == 0
+
+
+def test_the_backfill_bar_sums_up_what_it_did(q: pgq_nb.Queue) -> None:
+    q.entrypoint("report")(lambda job: None)
+    q.add_schedule("every_5", "*/5 * * * *", entrypoint="report")
+    start = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    q.backfill("every_5", start, start + dt.timedelta(hours=1))
+    bar = BackfillBar(False, "every_5")
+    with bar:
+        runtime.run_sync(
+            data.backfill(
+                q.aio.pool,
+                q.aio.queries,
+                "every_5",
+                start,
+                start + dt.timedelta(hours=2),
+                on_start=bar.start,
+                on_batch=bar.update,
+                on_fired=bar.fired,
+            )
+        )
+    assert bar.summary() == "backfill of 'every_5': 24 ticks, 12 enqueued"
+    bar.start(5)
+    bar.update(2)
+    assert bar.summary(failed=True) == "backfill of 'every_5': stopped after 2 of 5 ticks"
+
+
+def test_a_saved_notebook_shows_how_the_backfill_ended(q: pgq_nb.Queue, installed: str) -> None:
+    """A widget's state is not in the saved notebook (nbclient here, as in papermill or
+    nbconvert): its text is the bar's first state. The line under it says how it ended."""
+    q.entrypoint("report")(lambda job: None)
+    q.add_schedule("every_5", "*/5 * * * *", entrypoint="report")
+    code = (
+        "import datetime as dt\n"
+        "import pgq_nb\n"
+        f"q = pgq_nb.connect({installed!r}, schema={SCHEMA!r})\n"
+        "start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)\n"
+        "ticks = q.backfill('every_5', start, start + dt.timedelta(days=1), progress=True)"
+    )
+    nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
+    nb.cells = [nbformat.v4.new_code_cell(code)]  # type: ignore[no-untyped-call]
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", record_timing=False)
+    client.execute(env=dict(os.environ, PYTHONPATH=str(REPO)))
+    shown = [
+        out.get("data", {}).get("text/plain", "")
+        for out in nb.cells[0].outputs
+        if out.output_type == "display_data"
+    ]
+    assert any(re.search(r"0/288 ", text) for text in shown), shown  # whole numbers
+    assert not any("0.00/" in text for text in shown), shown
+    assert any(text.startswith("backfill of 'every_5': 288 ticks") for text in shown), shown
+    assert len(jobs(q)) == 288

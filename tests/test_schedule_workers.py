@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 import pgq_nb
-from pgq_nb import Schedule
-from tests.conftest import start_worker_process
+from pgq_nb import Schedule, runtime
+from tests.conftest import SCHEMA, start_worker_process
 
 
 def test_the_seed_example_runs_as_written(q: pgq_nb.Queue) -> None:
@@ -150,3 +150,71 @@ def test_every_tick_fires_exactly_once_on_four_processes(
         f"tick lateness: median {statistics.median(lateness) * 1000:.1f} ms, "
         f"worst {max(lateness) * 1000:.1f} ms over {len(lateness)} ticks"
     )
+
+
+def _quiet(dsn: str) -> pgq_nb.Queue:
+    """A queue whose workers beat and poll once a minute: all else they do is the scheduler's."""
+    return pgq_nb.connect(
+        dsn, schema=SCHEMA, heartbeat_interval=60, heartbeat_timeout=300, poll_interval=60
+    )
+
+
+def _schedule_reads(q: pgq_nb.Queue) -> int:
+    """How often the server has scanned the schedules table (every look of a scheduler does)."""
+    value: int = runtime.run_sync(
+        q.aio.pool.fetchval(
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+            "WHERE schemaname = $1 AND relname = 'schedules'",
+            SCHEMA,
+        )
+    )
+    return value
+
+
+def _until(check: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not callable(check) or not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_an_idle_worker_with_no_schedules_leaves_the_schedules_table_alone(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    """The scheduler sleeps until a schedule is due (here: none), not a second at a time. The
+    count is the server's own (pg_stat_user_tables): a busy session reports its scans every
+    second, an idle one within 10 s (so the start's are left to be counted first)."""
+    quiet = _quiet(installed)
+    quiet.entrypoint("idle")(lambda job: None)
+    handle = quiet.start_worker()
+    try:
+        time.sleep(15)  # started, and the start's scans reported
+        before = _schedule_reads(q)
+        time.sleep(8)
+        after = _schedule_reads(q)
+    finally:
+        handle.stop(timeout=30)
+    # a scheduler looking every second made ~16 (two a look, each scanning the table)
+    assert after - before <= 2
+
+
+def test_a_schedule_added_or_resumed_while_the_worker_sleeps_fires_its_first_tick(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    """The NOTIFY of add_schedule and resume_schedule wakes the sleeping scheduler: the first
+    tick fires (with catch_up='latest', a look a minute later would fire a later one)."""
+    quiet = _quiet(installed)
+    fired: list[dt.datetime] = []
+    quiet.entrypoint("report")(lambda job: fired.append(job.fire_time))
+    handle = quiet.start_worker()
+    try:
+        time.sleep(2)  # the scheduler found no schedule: it sleeps a minute
+        first = q.add_schedule("soon", "*/2 * * * * *", entrypoint="report")
+        _until(lambda: fired, timeout=30)
+        assert fired[0] == first
+        q.pause_schedule("soon")
+        time.sleep(3)  # it woke at the paused schedule's next run, found none due: sleeps long
+        resumed = q.resume_schedule("soon")
+        _until(lambda: resumed in fired, timeout=30)
+    finally:
+        handle.stop(timeout=30)

@@ -14,7 +14,7 @@ import pytest
 import pgq_nb
 from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.schedule import database
+from pgq_nb.schedule import database, runner
 from pgq_nb.schedule.cron import CronSpec, next_fire
 from pgq_nb.schedule.database import ScheduleSpec
 from tests.conftest import SCHEMA
@@ -463,3 +463,25 @@ def test_prune_ticks_keeps_each_schedules_newest(q: pgq_nb.Queue) -> None:
     assert run(database.prune_ticks(q.aio.pool, q.aio.queries, dt.timedelta(days=1))) == 3
     assert [t["fire_time"] for t in ticks(q)] == [at("2020-01-01T11:30Z")]
     assert run(database.prune_ticks(q.aio.pool, q.aio.queries)) == 0
+
+
+_T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("wake_in_s", "listening", "sleep"),
+    [
+        (None, True, runner.MAX_SLEEP),  # no schedule: a NOTIFY wakes it when one is added
+        (None, False, runner.POLL),  # no LISTEN: it polls, to see changes within a second
+        (3600.0, True, runner.MAX_SLEEP),  # far off: bounded, in case a NOTIFY was missed
+        (5.0, True, 5.0),
+        (5.0, False, runner.POLL),
+        (0.25, True, 0.25),
+        (-10.0, True, runner.POLL),  # another worker is firing it, or this one cannot
+    ],
+)
+def test_the_scheduler_sleeps_until_the_next_run_bounded(
+    wake_in_s: float | None, listening: bool, sleep: float
+) -> None:
+    wake = None if wake_in_s is None else _T0 + dt.timedelta(seconds=wake_in_s)
+    assert runner.sleep_for(wake, _T0, listening) == pytest.approx(sleep)

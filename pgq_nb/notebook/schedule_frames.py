@@ -17,28 +17,54 @@ BACKFILL_MIN_TICKS = 100
 
 
 class BackfillBar:
-    """The bar of a backfill: made when the number of ticks is known, closed at the end."""
+    """The bar of a backfill: made when the number of ticks is known, closed at the end, in a
+    notebook with a line of plain text saying what was done (``backfill of 'x': 288 ticks,
+    288 enqueued``), which a saved notebook keeps."""
 
     def __init__(self, progress: bool | None, name: str) -> None:
         self.progress, self.name = progress, name
         self.bar: bars.Bar | None = None
+        self.total = self.done = self.enqueued = 0
+        self.counted = False  # told how many were enqueued
 
     def start(self, total: int) -> None:
         self.__exit__()  # a call run again (see pgq_nb.query_errors) starts a new bar
+        self.total, self.done, self.enqueued, self.counted = int(total), 0, 0, False
         self.bar = bars.bar(
-            self.progress, total, f"backfill {self.name}", "ticks", BACKFILL_MIN_TICKS
+            self.progress,
+            self.total,
+            f"backfill {self.name}",
+            "ticks",
+            BACKFILL_MIN_TICKS,
+            scaled=False,
+            noted=True,
         )
 
     def update(self, n: int) -> None:
+        self.done += n
         if self.bar is not None:
             self.bar.update(n)
+
+    def fired(self, n: int) -> None:
+        """``n`` more ticks were enqueued (the others had fired already)."""
+        self.enqueued += n
+        self.counted = True
+
+    def summary(self, failed: bool = False) -> str:
+        """What the backfill did, in a line."""
+        ticks = f"{self.total:,} tick{'' if self.total == 1 else 's'}"
+        if failed or self.done < self.total:
+            ticks = f"stopped after {self.done:,} of {ticks}"
+        if not self.counted:
+            return f"backfill of {self.name!r}: {ticks}"
+        return f"backfill of {self.name!r}: {ticks}, {self.enqueued:,} enqueued"
 
     def __enter__(self) -> BackfillBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
-            self.bar.close()
+            self.bar.close(self.summary(failed=bool(exc and exc[0] is not None)))
             self.bar = None
 
 

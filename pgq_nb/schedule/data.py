@@ -21,6 +21,8 @@ Decisions:
   batches of :data:`BACKFILL_BATCH` through the scheduler's own ``schedule_ticks`` rows, so two
   backfills of the same range at once, or a backfill and the workers, fire each tick once.
   Ticks after now are left to the workers. It neither moves next_run nor counts as a last run.
+  A paused schedule is refused (its ticks are not wanted now, by whoever paused it) unless
+  ``include_paused=True`` says the backfill is meant anyway; it stays paused.
 """
 
 from __future__ import annotations
@@ -200,18 +202,30 @@ async def backfill(
     end: object,
     *,
     force: bool = False,
+    include_paused: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_fired: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Fire the ticks of schedule ``name`` in [start, end) that have not fired, oldest first
     (see the module docstring). Returns one dict per tick of the range up to now, in time
     order: ``fire_time``, ``job_id`` (the job that tick fired, by this call or before; None if
     it fired so long ago that its record was pruned) and ``enqueued`` (this call fired it).
-    ``on_start(total)`` is told the number of ticks, ``on_batch(n)`` each batch done."""
+    ``on_start(total)`` is told the number of ticks, ``on_batch(n)`` each batch done (its
+    ticks) and ``on_fired(n)`` how many of them this call fired. A paused schedule is refused
+    unless ``include_paused``."""
     if not isinstance(force, bool):
         raise InvalidInputError(f"force must be True or False, not {force!r}")
+    if not isinstance(include_paused, bool):
+        raise InvalidInputError(f"include_paused must be True or False, not {include_paused!r}")
     async with acquired(db) as conn:
         row = await _row(conn, queries, name)
+        if not row["enabled"] and not include_paused:
+            raise InvalidInputError(
+                f"schedule {name!r} is paused, so nothing was backfilled: resume it with "
+                f"q.resume_schedule({name!r}) first, or pass include_paused=True "
+                "(--include-paused) to backfill it while it stays paused"
+            )
         cron = CronSpec(expression=row["expression"], tz=row["tz"])
         ticks = backfill_ticks(cron, name, start, end, row["now"], force)
         if on_start is not None:
@@ -241,6 +255,8 @@ async def backfill(
             ]
             if on_batch is not None:
                 on_batch(len(batch))
+            if on_fired is not None:
+                on_fired(len(new))
     return out
 
 

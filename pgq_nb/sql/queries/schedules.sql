@@ -13,7 +13,8 @@ SELECT now();
 -- Create or update @q.schedule schedules (source 'code': entrypoint = name, no payload), in
 -- name order (so concurrent registrations cannot deadlock). An existing row keeps enabled,
 -- last_run and last_job_id; its next_run is replaced only when the expression or time zone
--- changed. A name taken by a q.add_schedule schedule is left alone and not returned.
+-- changed. A name taken by a q.add_schedule schedule is left alone and not returned. Sends
+-- the 'schedules:' NOTIFY (on commit), so sleeping schedulers look at the table again.
 -- params: $1 names text[], $2 expressions text[], $3 time zones text[], $4 catch_up text[],
 --   $5 next runs timestamptz[] (each schedule's first tick after now)
 INSERT INTO {schema}.schedules AS s (name, entrypoint, expression, tz, catch_up, next_run)
@@ -32,7 +33,7 @@ ON CONFLICT (name) DO UPDATE SET
     catch_up = excluded.catch_up,
     last_registered = now()
 WHERE s.source = 'code'
-RETURNING name;
+RETURNING name, pg_notify('{channel}', 'schedules:');
 
 -- name: lock_due_schedules
 -- The enabled schedules of the entrypoints $1 that are due, locked until this transaction ends.
@@ -121,9 +122,11 @@ WHERE name = $1
 FOR UPDATE;
 
 -- name: resume_schedule
--- Fire a paused schedule again, from $2 (its first tick after now).
+-- Fire a paused schedule again, from $2 (its first tick after now). Sends the 'schedules:'
+-- NOTIFY (on commit), so sleeping schedulers look at the table again.
 -- params: $1 name, $2 next run
-UPDATE {schema}.schedules SET enabled = true, next_run = $2 WHERE name = $1;
+UPDATE {schema}.schedules SET enabled = true, next_run = $2 WHERE name = $1
+RETURNING pg_notify('{channel}', 'schedules:');
 
 -- name: schedule_names
 -- Every stored schedule's name (for messages about unknown ones).
@@ -183,30 +186,33 @@ SELECT count(*) FROM gone;
 
 -- name: add_schedule
 -- Store a schedule added with q.add_schedule (source 'data'). Returns nothing when the name is
--- taken (by any schedule), writing nothing.
+-- taken (by any schedule), writing nothing. Sends the 'schedules:' NOTIFY (on commit) so
+-- that sleeping schedulers look at the table again.
 -- params: $1 name, $2 entrypoint, $3 payload bytea, $4 expression, $5 time zone, $6 catch_up,
 --   $7 next run (the first tick after now)
 INSERT INTO {schema}.schedules (name, entrypoint, payload, source, expression, tz, catch_up,
     next_run)
 VALUES ($1, $2, $3, 'data', $4, $5, $6, $7)
 ON CONFLICT (name) DO NOTHING
-RETURNING name;
+RETURNING name, pg_notify('{channel}', 'schedules:');
 
 -- name: update_schedule
 -- Change a q.add_schedule schedule (locked by lock_schedule first). enabled, last_run and
--- last_job_id are kept.
+-- last_job_id are kept. Sends the 'schedules:' NOTIFY (on commit).
 -- params: $1 name, $2 entrypoint, $3 payload bytea, $4 expression, $5 time zone, $6 catch_up,
 --   $7 next run
 UPDATE {schema}.schedules
 SET entrypoint = $2, payload = $3, expression = $4, tz = $5, catch_up = $6, next_run = $7
-WHERE name = $1 AND source = 'data';
+WHERE name = $1 AND source = 'data'
+RETURNING pg_notify('{channel}', 'schedules:');
 
 -- name: remove_schedule
 -- Drop a q.add_schedule schedule: no worker fires it from the statement's commit on. Its jobs,
 -- their history and its fired ticks stay. Returns nothing for an unknown name or a
--- @q.schedule one.
+-- @q.schedule one. Sends the 'schedules:' NOTIFY (on commit).
 -- params: $1 name
-DELETE FROM {schema}.schedules WHERE name = $1 AND source = 'data' RETURNING name;
+DELETE FROM {schema}.schedules WHERE name = $1 AND source = 'data'
+RETURNING name, pg_notify('{channel}', 'schedules:');
 
 -- name: schedule_source
 -- Who owns a schedule ('code' or 'data'), NULL if there is none of that name.
