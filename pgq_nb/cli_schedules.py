@@ -120,6 +120,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             start,
             end,
             force=args.force,
+            include_paused=args.include_paused,
             on_start=started,
             on_batch=batch,
         )
@@ -182,4 +183,9 @@ def add_parsers(sub: Any) -> None:
     backfill.add_argument("start", help="ISO 8601 with offset, e.g. 2026-11-01T00:00Z")
     backfill.add_argument("end", help="ISO 8601 with offset (excluded)")
     backfill.add_argument("--force", action="store_true", help="allow over 100,000 ticks")
+    backfill.add_argument(
+        "--include-paused",
+        action="store_true",
+        help="backfill a paused schedule too (it stays paused)",
+    )
     backfill.set_defaults(func=cmd_backfill)

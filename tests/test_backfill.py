@@ -235,6 +235,30 @@ def test_a_paused_schedule_is_not_backfilled_unless_asked(q: pgq_nb.Queue) -> No
     assert q.backfill("hourly", start, end)["enqueued"].sum() == 0
 
 
+def test_include_paused_from_the_queue_and_the_cli(q: pgq_nb.Queue, installed: str) -> None:
+    q.entrypoint("report")(lambda job: None)
+    q.add_schedule("hourly", "0 * * * *", entrypoint="report")
+    q.pause_schedule("hourly")
+    start = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    frame = q.backfill("hourly", start, start + dt.timedelta(hours=3), include_paused=True)
+    assert frame["enqueued"].tolist() == [True] * 3
+    refused = _cli(installed, "backfill", "hourly", "2026-01-02T00:00Z", "2026-01-02T02:00Z")
+    out, err = refused.communicate(timeout=60)
+    assert refused.returncode != 0 and "is paused" in err, (out, err)
+    cli = _cli(
+        installed,
+        "backfill",
+        "hourly",
+        "2026-01-02T00:00Z",
+        "2026-01-02T02:00Z",
+        "--include-paused",
+    )
+    out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 0, err
+    assert "enqueued 2 of 2 ticks" in out
+    assert len(jobs(q)) == 5
+
+
 def test_the_backfill_bar_sums_up_what_it_did(q: pgq_nb.Queue) -> None:
     q.entrypoint("report")(lambda job: None)
     q.add_schedule("every_5", "*/5 * * * *", entrypoint="report")

@@ -233,14 +233,16 @@ class DataScheduleMethods:
         end: dt.datetime,
         *,
         force: bool = False,
+        include_paused: bool = False,
         progress: bool | None = None,
     ) -> pd.DataFrame:
         """Queue every tick of schedule ``name`` in [start, end) (aware datetimes) that has
         not fired, oldest first, exactly once even if two processes backfill at once (ticks
         after now are left to the workers). Returns a DataFrame, one row per tick up to now:
         ``fire_time`` (in the schedule's zone), ``job_id`` and ``enqueued`` (False: it had
-        fired already). Over 100,000 ticks needs ``force=True``. ``progress`` shows a bar
-        (default: in a notebook, for 100 ticks or more)."""
+        fired already). Over 100,000 ticks needs ``force=True``; a paused schedule is refused
+        unless ``include_paused=True`` (it stays paused). ``progress`` shows a bar (default:
+        in a notebook, for 100 ticks or more)."""
         await self._sync_schedules()
         from pgq_nb.notebook import schedule_frames
 
@@ -252,8 +254,10 @@ class DataScheduleMethods:
                 start,
                 end,
                 force=force,
+                include_paused=include_paused,
                 on_start=bar.start,
                 on_batch=bar.update,
+                on_fired=bar.fired,
             )
         tz = await self._schedule_tz(name)
         return schedule_frames.backfill_frame(rows, tz)
