@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
 from pgq_nb.errors import DuplicateJobError, InvalidInputError, PayloadError
+from pgq_nb.labels import check_meta, check_tags, label
 from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, encode_payload, refuse_frame
 from pgq_nb.registry import parse_rate as parse_rate
 from pgq_nb.registry import rate_burst as rate_burst
@@ -319,9 +320,44 @@ async def submit(
     dedupe: Dedupe,
     connection: Any,
     analyze: Callable[[], Awaitable[None]],
+    tags: Any = None,
+    meta: Any = None,
 ) -> Any:
     """``q.enqueue``: one job or a batch on ``connection`` (or a pooled one); a large batch
-    on a pooled connection then calls ``analyze``."""
+    on a pooled connection then calls ``analyze``. ``tags`` and ``meta`` label the job (every
+    job of a batch), written in the same transaction (:mod:`pgq_nb.labels`)."""
+    labels = (check_tags(tags), check_meta(meta))
+    if labels == (None, None):
+        result = await _submit(
+            store, registry, entrypoint, payload, priority, execute_after, dedupe_key, dedupe,
+            connection,
+        )
+    else:
+        async with store.connection(connection) as conn, conn.transaction():
+            result = await _submit(
+                store, registry, entrypoint, payload, priority, execute_after, dedupe_key,
+                dedupe, conn,
+            )
+            ids = result if isinstance(result, list) else [result]
+            await label(
+                store.queries, conn, ids, [labels[0]] * len(ids), [labels[1]] * len(ids)
+            )
+    if isinstance(result, list) and len(result) >= ANALYZE_AFTER_ROWS and connection is None:
+        await analyze()
+    return result
+
+
+async def _submit(
+    store: Store,
+    registry: Registry,
+    entrypoint: str | list[str],
+    payload: Any,
+    priority: Any,
+    execute_after: dt.datetime | dt.timedelta | None,
+    dedupe_key: Any,
+    dedupe: Dedupe,
+    connection: Any,
+) -> Any:
     async with store.connection(connection) as conn:
         if isinstance(entrypoint, list | tuple):
             result: Any = await enqueue_many(
@@ -347,8 +383,6 @@ async def submit(
                 dedupe_key,
                 dedupe,
             )
-    if isinstance(result, list) and len(result) >= ANALYZE_AFTER_ROWS and connection is None:
-        await analyze()
     return result
 
 
@@ -369,6 +403,8 @@ async def enqueue_on(
     dedupe_key: Any = None,
     dedupe: Dedupe = "active",
     connection: Any = None,
+    tags: Any = None,
+    meta: Any = None,
 ) -> Any:
     """``q.enqueue`` (see :meth:`pgq_nb.queue.AsyncQueue.enqueue`), run on the loop of
     ``connection`` (or the pgq_nb loop)."""
@@ -383,5 +419,7 @@ async def enqueue_on(
         dedupe,
         connection,
         lambda: analyze_jobs(store),
+        tags,
+        meta,
     )
     return await runtime.run_for(connection, call)

@@ -131,6 +131,8 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, Notebo
         dedupe_key: str | None = None,
         dedupe: Dedupe = "active",
         connection: Any = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> int: ...
 
     @overload
@@ -144,6 +146,8 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, Notebo
         dedupe_key: None = None,
         dedupe: Dedupe = "active",
         connection: Any = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> list[int]: ...
 
     @overload
@@ -157,6 +161,8 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, Notebo
         dedupe_key: Sequence[str | None],
         dedupe: Dedupe = "active",
         connection: Any = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> list[int | None]: ...
 
     async def enqueue(
@@ -169,6 +175,8 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, Notebo
         dedupe_key: Any = None,
         dedupe: Dedupe = "active",
         connection: Any = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> Any:
         """Add a job and return its id.
 
@@ -183,6 +191,10 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, Notebo
         ``connection``: an asyncpg connection of yours, inside a transaction; the job commits
         or rolls back with it (it runs on that connection's own event loop, see
         :func:`pgq_nb.runtime.run_for`).
+
+        ``tags`` (a list of str) and ``meta`` (a JSON object) label the job (in a batch, every
+        job): kept in history, seen by the handler as ``job.tags`` and ``job.meta``, filtered
+        on by every view (``q.history(tag="exp-7")``); see :mod:`pgq_nb.labels`.
         """
         call = enqueue.submit(
             self.store,
@@ -195,6 +207,8 @@ class AsyncQueue(Operations, Views, ScheduleMethods, DataScheduleMethods, Notebo
             dedupe,
             connection,
             self.analyze,
+            tags,
+            meta,
         )
         return await runtime.run_for(connection, call)
 
