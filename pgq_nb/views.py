@@ -57,11 +57,14 @@ class Views:
         progress: bool | None = None,
         chunk_size: int = 10_000,
         connection: Any = None,
+        tags: Sequence[str] | str | None = None,
+        meta: dict[str, Any] | str | None = None,
     ) -> pd.Series:
         """One job per row of ``df``, each row's ``columns`` as its JSON payload, written with
         COPY in one transaction (all rows or none). ``priority``, ``execute_after`` and
         ``dedupe_key`` take a constant or the name of a column. Returns the job ids as a
-        Series aligned to ``df.index``. With ``connection`` (a transaction's, or your own
+        Series aligned to ``df.index``. ``tags`` and ``meta`` label the jobs: one value for
+        every row, or the name of a column (left out of the payload). With ``connection`` (a transaction's, or your own
         asyncpg connection inside your transaction), the jobs commit or roll back with it; the
         call then runs on that connection's own event loop (:func:`pgq_nb.runtime.run_for`)."""
         from pgq_nb.notebook.enqueue import enqueue_df
@@ -79,6 +82,8 @@ class Views:
             progress=progress,
             chunk_size=chunk_size,
             connection=connection,
+            tags=tags,
+            meta=meta,
         )
         result: pd.Series = await runtime.run_for(connection, call)
         return result

@@ -185,3 +185,51 @@ def test_tag_filters_use_the_gin_indexes(q: pgq_nb.Queue) -> None:
     counted = plan("finished_tagged", None, None, ["rare"], None)
     assert "history_tags_idx" in counted, counted
     assert len(q.history(tag="rare", limit=None)) == 20
+
+
+def test_enqueue_df_labels_from_a_value_or_a_column(q: pgq_nb.Queue) -> None:
+    import pandas as pd
+
+    seen: dict[int, tuple[Any, Any]] = {}
+    _register(q, seen)
+    df = pd.DataFrame(
+        {
+            "n": [1, 2, 3],
+            "labels": [["a", "b"], None, ["b"]],
+            "info": [{"k": 1}, {"k": 2}, None],
+        }
+    )
+    ids = q.enqueue_df("work", df, tags="labels", meta="info")
+    same = q.enqueue_df("work", df[["n"]], tags=["all"], meta={"batch": 1})
+    deduped = q.enqueue_df("work", df.assign(key=["x", "x", "y"]), dedupe_key="key", tags="labels")
+    q.run_until_idle()
+    assert [seen[int(i)] for i in ids] == [(["a", "b"], {"k": 1}), (None, {"k": 2}), (["b"], None)]
+    assert all(seen[int(i)] == (["all"], {"batch": 1}) for i in same)
+    assert seen[int(deduped.iloc[0])][0] == ["a", "b"] and pd.isna(deduped.iloc[1])
+    assert seen[int(deduped.iloc[2])][0] == ["b"]
+    payloads = q.results("work", expand=False, ids=list(ids))["payload"].tolist()
+    assert payloads == [{"n": 1}, {"n": 2}, {"n": 3}]  # label columns are not in the payload
+    assert set(q.history(tag="b")["job_id"]) == {
+        int(ids.iloc[0]), int(ids.iloc[2]), int(deduped.iloc[0]), int(deduped.iloc[2])
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tags": "labels"}, r"column 'labels', row 1: tags\[0\] is int"),
+        ({"meta": "info"}, "column 'info', row 0: meta must be a dict"),
+        ({"tags": "nope"}, "names a column the frame does not have"),
+        ({"tags": [3]}, r"tags\[0\] is int"),
+    ],
+)
+def test_enqueue_df_bad_labels_write_nothing(
+    q: pgq_nb.Queue, kwargs: dict[str, Any], message: str
+) -> None:
+    import pandas as pd
+
+    _register(q, {})
+    df = pd.DataFrame({"n": [1, 2], "labels": [["ok"], [5]], "info": ["x", {"k": 1}]})
+    with pytest.raises(InvalidInputError, match=message):
+        q.enqueue_df("work", df, **kwargs)
+    assert _fetch(q, "SELECT id FROM S.jobs") == []
