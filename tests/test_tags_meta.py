@@ -233,3 +233,57 @@ def test_enqueue_df_bad_labels_write_nothing(
     with pytest.raises(InvalidInputError, match=message):
         q.enqueue_df("work", df, **kwargs)
     assert _fetch(q, "SELECT id FROM S.jobs") == []
+
+
+def test_workflow_steps_and_maps_carry_labels(q: pgq_nb.Queue) -> None:
+    seen: dict[int, tuple[Any, Any]] = {}
+    _register(q, seen)
+    wf = q.workflow("labelled")
+    first = wf.step("work", {"n": 1}, tags=["wf-a"], meta={"stage": "load"})
+    wf.map("work", [{"n": 2}, {"n": 3}], depends_on=first, name="fan", tags=["wf-b"])
+    wf.step("work", {"n": 4}, depends_on="fan", name="plain")
+    run = wf.submit()
+    q.run_until_idle()
+    steps = _fetch(
+        q,
+        "SELECT step_name, tags, meta FROM S.history WHERE workflow_id = $1 ORDER BY id",
+        run.id,
+    )
+    assert [(r["step_name"], r["tags"], r["meta"]) for r in steps] == [
+        ("work", ["wf-a"], {"stage": "load"}),
+        ("fan", ["wf-b"], None),
+        ("fan", ["wf-b"], None),
+        ("plain", None, None),
+    ]
+    assert len(seen) == 4
+    with pytest.raises(InvalidInputError, match="meta must be a dict"):
+        q.workflow("bad").step("work", meta=[1])
+
+
+def test_schedule_ticks_carry_the_schedules_labels(q: pgq_nb.Queue) -> None:
+    import datetime as dt
+
+    _register(q, {})
+
+    @q.schedule("nightly", "0 3 * * *", tags=["cron"], meta={"owner": "ops"})
+    def nightly(tick: Any) -> None:
+        return None
+
+    q.add_schedule("data-sched", "0 4 * * *", entrypoint="work", tags=["d"], meta={"k": 1})
+    q.run_until_idle()  # registers the @q.schedule schedule
+    now = dt.datetime.now(dt.UTC)
+    fired = q.backfill("data-sched", now - dt.timedelta(days=2), now)
+    code_job = q.run_schedule_now("nightly")
+    labels = _labels(q, "jobs")
+    assert len(fired) == 2
+    assert all(labels[int(i)] == (["d"], {"k": 1}) for i in fired["job_id"])
+    assert labels[code_job] == (["cron"], {"owner": "ops"})
+    q.update_schedule("data-sched", tags=["e"])
+    again = q.run_schedule_now("data-sched")
+    assert _labels(q, "jobs")[again] == (["e"], {"k": 1})
+    with pytest.raises(InvalidInputError, match=r"schedule 'x': tags\[0\] is int"):
+        q.add_schedule("x", "0 4 * * *", entrypoint="work", tags=[1])
+    assert [r["name"] for r in _fetch(q, "SELECT name FROM S.schedules ORDER BY name")] == [
+        "data-sched",
+        "nightly",
+    ]

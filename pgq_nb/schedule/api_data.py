@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
@@ -78,6 +78,8 @@ class DataScheduleMethods:
         catch_up: str = "latest",
         notebook: str | os.PathLike[str] | None = None,
         parameters: dict[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> dt.datetime:
         """Schedule a registered entrypoint: each tick of ``cron`` (read in the IANA zone
         ``tz``) queues a job of ``entrypoint`` with ``payload`` (its ``job.data``; the job
@@ -89,14 +91,18 @@ class DataScheduleMethods:
 
         ``notebook=`` (with ``parameters=``, instead of an entrypoint and payload): each tick
         runs that notebook as ``q.enqueue_notebook`` does, the version stored now, with the
-        tick's time as the parameter ``fire_time`` (see :mod:`pgq_nb.nbjobs`)."""
+        tick's time as the parameter ``fire_time`` (see :mod:`pgq_nb.nbjobs`).
+
+        ``tags`` and ``meta`` label every tick's job (:mod:`pgq_nb.labels`)."""
         if name in self.schedule_specs:
             raise InvalidInputError(
                 f"a schedule named {name!r} is declared here with @q.schedule; give this one "
                 "another name"
             )
         check_text("schedule name", name)
-        spec = ScheduleSpec(name=name, expression=cron, tz=tz, catch_up=catch_up)
+        spec = ScheduleSpec(
+            name=name, expression=cron, tz=tz, catch_up=catch_up, tags=tags, meta=meta
+        )
         if notebook is not None or parameters is not None:
             return await add_notebook_schedule(
                 self.pool,
@@ -124,9 +130,11 @@ class DataScheduleMethods:
         payload: Any = KEEP,
         tz: str | None = None,
         catch_up: str | None = None,
+        tags: Any = KEEP,
+        meta: Any = KEEP,
     ) -> dt.datetime:
         """Change a schedule added with :meth:`add_schedule`: what is given is replaced, the
-        rest kept (``payload=None`` stores no payload). A new expression or zone fires from its
+        rest kept (``payload=None`` stores no payload, ``tags=None`` no tags). A new expression or zone fires from its
         first tick after now; paused stays paused. Workers follow within a second. Returns
         the next run."""
         await self._sync_schedules()
@@ -141,6 +149,8 @@ class DataScheduleMethods:
                 expression=row["expression"] if cron is None else cron,
                 tz=row["tz"] if tz is None else tz,
                 catch_up=row["catch_up"] if catch_up is None else catch_up,
+                tags=row["tags"] if tags is KEEP else tags,
+                meta=row["meta"] if meta is KEEP else meta,
             )
             return data.DataSchedule(
                 spec=spec,

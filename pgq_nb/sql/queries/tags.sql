@@ -17,6 +17,12 @@ SET tags = CASE WHEN l.t IS NULL THEN NULL
 FROM unnest($1::bigint[], $2::text[], $3::text[]) AS l(id, t, m)
 WHERE j.id = l.id;
 
+-- name: label_schedule
+-- Set the labels a q.add_schedule schedule gives its ticks' jobs (same transaction as its
+-- add or update).
+-- params: $1 name, $2 tags text[] (NULL: none), $3 meta as JSON text (NULL: none)
+UPDATE {schema}.schedules SET tags = $2::text[], meta = $3::text::jsonb WHERE name = $1;
+
 -- name: live_jobs_tagged
 -- live_jobs of the jobs carrying every tag of $5 and containing $6.
 -- params: $1 status (NULL = all), $2 entrypoint (NULL = all), $3 limit,
