@@ -329,19 +329,31 @@ async def submit(
     labels = (check_tags(tags), check_meta(meta))
     if labels == (None, None):
         result = await _submit(
-            store, registry, entrypoint, payload, priority, execute_after, dedupe_key, dedupe,
+            store,
+            registry,
+            entrypoint,
+            payload,
+            priority,
+            execute_after,
+            dedupe_key,
+            dedupe,
             connection,
         )
     else:
         async with store.connection(connection) as conn, conn.transaction():
             result = await _submit(
-                store, registry, entrypoint, payload, priority, execute_after, dedupe_key,
-                dedupe, conn,
+                store,
+                registry,
+                entrypoint,
+                payload,
+                priority,
+                execute_after,
+                dedupe_key,
+                dedupe,
+                conn,
             )
             ids = result if isinstance(result, list) else [result]
-            await label(
-                store.queries, conn, ids, [labels[0]] * len(ids), [labels[1]] * len(ids)
-            )
+            await label(store.queries, conn, ids, [labels[0]] * len(ids), [labels[1]] * len(ids))
     if isinstance(result, list) and len(result) >= ANALYZE_AFTER_ROWS and connection is None:
         await analyze()
     return result

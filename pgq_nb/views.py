@@ -64,9 +64,10 @@ class Views:
         COPY in one transaction (all rows or none). ``priority``, ``execute_after`` and
         ``dedupe_key`` take a constant or the name of a column. Returns the job ids as a
         Series aligned to ``df.index``. ``tags`` and ``meta`` label the jobs: one value for
-        every row, or the name of a column (left out of the payload). With ``connection`` (a transaction's, or your own
-        asyncpg connection inside your transaction), the jobs commit or roll back with it; the
-        call then runs on that connection's own event loop (:func:`pgq_nb.runtime.run_for`)."""
+        every row, or the name of a column (left out of the payload). With ``connection`` (a
+        transaction's, or your own asyncpg connection inside your transaction), the jobs
+        commit or roll back with it; the call then runs on that connection's own event loop
+        (:func:`pgq_nb.runtime.run_for`)."""
         from pgq_nb.notebook.enqueue import enqueue_df
 
         call = enqueue_df(

@@ -210,7 +210,10 @@ def test_enqueue_df_labels_from_a_value_or_a_column(q: pgq_nb.Queue) -> None:
     payloads = q.results("work", expand=False, ids=list(ids))["payload"].tolist()
     assert payloads == [{"n": 1}, {"n": 2}, {"n": 3}]  # label columns are not in the payload
     assert set(q.history(tag="b")["job_id"]) == {
-        int(ids.iloc[0]), int(ids.iloc[2]), int(deduped.iloc[0]), int(deduped.iloc[2])
+        int(ids.iloc[0]),
+        int(ids.iloc[2]),
+        int(deduped.iloc[0]),
+        int(deduped.iloc[2]),
     }
 
 
@@ -257,7 +260,7 @@ def test_workflow_steps_and_maps_carry_labels(q: pgq_nb.Queue) -> None:
     ]
     assert len(seen) == 4
     with pytest.raises(InvalidInputError, match="meta must be a dict"):
-        q.workflow("bad").step("work", meta=[1])
+        q.workflow("bad").step("work", meta=[1])  # type: ignore[arg-type]
 
 
 def test_schedule_ticks_carry_the_schedules_labels(q: pgq_nb.Queue) -> None:
@@ -282,7 +285,7 @@ def test_schedule_ticks_carry_the_schedules_labels(q: pgq_nb.Queue) -> None:
     again = q.run_schedule_now("data-sched")
     assert _labels(q, "jobs")[again] == (["e"], {"k": 1})
     with pytest.raises(InvalidInputError, match=r"schedule 'x': tags\[0\] is int"):
-        q.add_schedule("x", "0 4 * * *", entrypoint="work", tags=[1])
+        q.add_schedule("x", "0 4 * * *", entrypoint="work", tags=[1])  # type: ignore[list-item]
     assert [r["name"] for r in _fetch(q, "SELECT name FROM S.schedules ORDER BY name")] == [
         "data-sched",
         "nightly",

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.models import FINAL_STATUSES, LIVE_STATUSES, check_int, check_text
 from pgq_nb.labels import Meta, Tags
+from pgq_nb.models import FINAL_STATUSES, LIVE_STATUSES, check_int, check_text
 from pgq_nb.notebook import dtypes, tagged
 from pgq_nb.notebook.columns import (
     STATUS_DTYPE,

@@ -134,9 +134,9 @@ class DataScheduleMethods:
         meta: Any = KEEP,
     ) -> dt.datetime:
         """Change a schedule added with :meth:`add_schedule`: what is given is replaced, the
-        rest kept (``payload=None`` stores no payload, ``tags=None`` no tags). A new expression or zone fires from its
-        first tick after now; paused stays paused. Workers follow within a second. Returns
-        the next run."""
+        rest kept (``payload=None`` stores no payload, ``tags=None`` no tags). A new
+        expression or zone fires from its first tick after now; paused stays paused. Workers
+        follow within a second. Returns the next run."""
         await self._sync_schedules()
         new_entrypoint = None if entrypoint is None else _entrypoint(entrypoint)
         encoded = KEEP if payload is KEEP else _payload(name, payload)
