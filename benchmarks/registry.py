@@ -17,6 +17,7 @@ from benchmarks import (
     scenario_processes,
     scenario_stats,
     scenario_sustained,
+    scenario_tags,
     scenario_web,
     scenario_workflow,
 )
@@ -67,6 +68,12 @@ SCENARIOS: dict[str, Scenario] = {
             "the claim statement with a big backlog against 10,000 queued",
         ),
         Scenario("stats", scenario_stats.run, False, "q.stats() over a long history"),
+        Scenario(
+            "tags",
+            scenario_tags.run,
+            False,
+            "q.history(tag=...) and meta= over a long tagged history (GIN indexes)",
+        ),
         Scenario(
             "metrics",
             scenario_metrics.run,
