@@ -114,6 +114,16 @@ def check_filter(tag: object, tags: object, meta: object) -> tuple[Tags, Meta]:
     return wanted or None, check_meta(meta)
 
 
+async def fetch_planned(conn: Any, query: str, *args: Any) -> list[Any]:
+    """The rows of ``query`` with ``args`` on a statement prepared afresh, so planned for these
+    values (a custom plan): the ``($t IS NULL OR tags @> $t)`` filters of tags.sql fold to the
+    bare containment the GIN indexes serve. (A cached statement switches to a generic plan after
+    five runs, and a generic plan cannot use the index for such a filter.)"""
+    statement = await conn.prepare(query)
+    rows: list[Any] = await statement.fetch(*args)
+    return rows
+
+
 async def label(
     queries: dict[str, str],
     conn: Any,

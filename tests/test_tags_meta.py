@@ -290,3 +290,36 @@ def test_schedule_ticks_carry_the_schedules_labels(q: pgq_nb.Queue) -> None:
         "data-sched",
         "nightly",
     ]
+
+
+def test_failed_jobs_and_the_cli_filter_by_tag(q: pgq_nb.Queue, installed: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import worker_env
+
+    _register(q, {})
+    red = q.enqueue("work", {"fail": True}, tags=["red", "big"])
+    blue = q.enqueue("work", {"fail": True}, tags=["blue"])
+    q.run_until_idle()
+    assert [j.id for j in q.failed_jobs(tag="red")] == [red]
+    assert {j.id for j in q.failed_jobs()} == {red, blue}
+    assert q.failed_jobs(tags=["red", "blue"]) == []
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "pgq_nb.cli", *args],
+            env=worker_env(installed),
+            cwd=str(Path(__file__).parent.parent),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    shown = cli("failed", "--tag", "blue")
+    listed = [line.split()[0] for line in shown.splitlines()[2:] if line.strip()]
+    assert listed == [str(blue)], shown
+    assert "no failed jobs tagged red, blue" in cli("failed", "--tag", "red", "--tag", "blue")

@@ -1,23 +1,13 @@
 """The views filtered by tag and meta (issue #20, item 2): the ``*_tagged`` queries of
-``tags.sql``, run on a freshly prepared statement.
-
-Each of those queries has ``($t IS NULL OR tags @> $t)``-shaped filters; a statement prepared
-afresh runs with a custom plan, in which the parameters are constants, so the arms of an unused
-filter fold away and the planner sees the bare containment (``tags @> '{x}'``), which the GIN
-indexes serve. (A cached statement would switch to a generic plan after five runs, and a
-generic plan cannot use the index for ``$t IS NULL OR ...``.)
-"""
+``tags.sql``, run on a freshly prepared statement (:func:`pgq_nb.labels.fetch_planned`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pgq_nb.labels import fetch_planned as fetch
 
-async def fetch(conn: Any, query: str, *args: Any) -> list[Any]:
-    """The rows of ``query`` with ``args``, planned for these values."""
-    statement = await conn.prepare(query)
-    rows: list[Any] = await statement.fetch(*args)
-    return rows
+__all__ = ["fetch", "filtered"]
 
 
 def filtered(tags: list[str] | None, meta: dict[str, Any] | None) -> bool:

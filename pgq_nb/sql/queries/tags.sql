@@ -112,3 +112,17 @@ SELECT entrypoint, status, count(*) AS n,
         - coalesce($1::timestamptz, (SELECT min(finished) FROM matched))), 1)::float8 AS span_s
 FROM matched
 GROUP BY entrypoint, status;
+
+-- name: failed_jobs_tagged
+-- failed_jobs (q.failed_jobs, `pgq-nb failed`) of the jobs carrying every tag of $3 and
+-- containing $4, newest first.
+-- params: $1 entrypoint (NULL = all), $2 limit, $3 tags text[] (NULL = any),
+--   $4 meta jsonb (NULL = any)
+SELECT id, entrypoint, payload, priority, status, attempts, dedupe_key, result,
+    error, traceback, errors, worker_id, created, execute_after, started, finished,
+    workflow_id, step_name, schedule_name, fire_time
+FROM {schema}.history
+WHERE status = 'failed' AND ($1::text IS NULL OR entrypoint = $1)
+  AND ($3::text[] IS NULL OR tags @> $3::text[]) AND ($4::jsonb IS NULL OR meta @> $4::jsonb)
+ORDER BY finished DESC
+LIMIT $2;
