@@ -323,3 +323,18 @@ def test_failed_jobs_and_the_cli_filter_by_tag(q: pgq_nb.Queue, installed: str) 
     listed = [line.split()[0] for line in shown.splitlines()[2:] if line.strip()]
     assert listed == [str(blue)], shown
     assert "no failed jobs tagged red, blue" in cli("failed", "--tag", "red", "--tag", "blue")
+
+
+def test_the_dashboard_shows_a_failed_jobs_tags(q: pgq_nb.Queue) -> None:
+    from pgq_nb.notebook.dashboard import dashboard
+
+    _register(q, {})
+    job = q.enqueue("work", {"fail": True}, tags=["exp-9", "<b>"])
+    q.run_until_idle()
+    board = dashboard(q, refresh=3600)
+    try:
+        board.refresh_now()
+        board.failures.select.value = (job,)
+        assert "tags exp-9, &lt;b&gt;" in board.failures.detail.value
+    finally:
+        board.close()
