@@ -4,7 +4,8 @@ History rows are inserted straight into a fresh schema's ``history`` table (INSE
 generate_series; full run: 1,000,000 rows), every one tagged: the tag ``all``, one of 100
 ``exp-N`` tags, and a ``run-N`` tag shared by 100 rows; meta ``{"run": N}`` likewise. Then
 ANALYZE, and the filtered views are timed through the blocking API a notebook calls: a rare
-tag (100 rows), a common one (1 % of history, up to the view's default cap) and a meta
+tag (100 rows), a common one (1 % of history, its newest 1,000: with the default cap of
+10,000 rows the time goes to building the frame, as for an unfiltered q.history()) and a meta
 containment (100 rows). Median of the runs after two warm-up calls; the target is 100 ms.
 """
 
@@ -62,7 +63,9 @@ def run(ctx: Context) -> list[Row]:
         log(f"  tags         {n:,} tagged history rows inserted in {took:.1f} s")
         cases = {
             f"q.history(tag={rare!r}), 100 rows": lambda: q.history(tag=rare, limit=None),
-            "q.history(tag='exp-7'), 1 % of history, default cap": lambda: q.history(tag="exp-7"),
+            "q.history(tag='exp-7', limit=1000), 1 % of history": lambda: q.history(
+                tag="exp-7", limit=1000
+            ),
             "q.history(meta={'run': N}), 100 rows": lambda: q.history(
                 meta={"run": n // 300}, limit=None
             ),

@@ -338,3 +338,19 @@ def test_the_dashboard_shows_a_failed_jobs_tags(q: pgq_nb.Queue) -> None:
         assert "tags exp-9, &lt;b&gt;" in board.failures.detail.value
     finally:
         board.close()
+
+
+def test_the_claim_plan_is_the_same_with_labelled_jobs_queued(q: pgq_nb.Queue) -> None:
+    from tests.test_claim_order import _explain, _index_names, _node_types
+
+    q.entrypoint("rec")(lambda job: None)
+    n = 20_000  # above ANALYZE_AFTER_ROWS: the enqueue refreshes statistics itself
+    q.enqueue(["rec"] * n, [None] * n, [0] * n)
+    before = _explain(q)
+    q.enqueue(["rec"] * n, [None] * n, [0] * n, tags=["exp"], meta={"k": 1})
+    after = _explain(q)
+    assert "jobs_claim_idx" in _index_names(after)
+    assert (_index_names(after), _node_types(after)) == (
+        _index_names(before),
+        _node_types(before),
+    )
