@@ -354,3 +354,26 @@ def test_the_claim_plan_is_the_same_with_labelled_jobs_queued(q: pgq_nb.Queue) -
         _index_names(before),
         _node_types(before),
     )
+
+
+def test_a_workers_ticks_carry_the_schedules_labels(q: pgq_nb.Queue) -> None:
+    from tests.conftest import wait_until
+
+    q.entrypoint("beat")(lambda job: None)
+    handle = q.start_worker()
+    try:
+        q.add_schedule(
+            "labelled_beat", "* * * * * *", entrypoint="beat", tags=["tick"], meta={"s": 1}
+        )
+
+        def ticks() -> list[Any]:
+            return _fetch(
+                q,
+                "SELECT tags, meta FROM S.jobs WHERE schedule_name = 'labelled_beat' "
+                "UNION ALL SELECT tags, meta FROM S.history WHERE schedule_name = 'labelled_beat'",
+            )
+
+        wait_until(lambda: len(ticks()) >= 2, 60, "two ticks")
+    finally:
+        handle.stop(timeout=30)
+    assert {(tuple(r["tags"]), r["meta"]["s"]) for r in ticks()} == {(("tick",), 1)}
