@@ -1,7 +1,8 @@
 -- Named queries of tags and metadata (issue #20, item 2; pgq_nb.labels, pgq_nb.notebook.tagged):
 -- labelling jobs, and the views filtered by tag and meta. A filter is `tags @> $t` (every tag
--- of $t) and `meta @> $m` (containment), served by the partial GIN indexes jobs_tags_idx,
--- jobs_meta_idx, history_tags_idx and history_meta_idx. The `$t IS NULL OR ...` arms fold away
+-- of $t) and `meta @> $m` (containment), served on history by the partial GIN indexes
+-- history_tags_idx and history_meta_idx (the live table is small and has none: a filter on it
+-- reads it whole). The `$t IS NULL OR ...` arms fold away
 -- because these statements are prepared afresh for each call (a custom plan, with the values
 -- known: see pgq_nb.notebook.tagged), so the planner sees the bare containment and can use
 -- the index.
