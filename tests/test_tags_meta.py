@@ -377,3 +377,13 @@ def test_a_workers_ticks_carry_the_schedules_labels(q: pgq_nb.Queue) -> None:
     finally:
         handle.stop(timeout=30)
     assert {(tuple(r["tags"]), r["meta"]["s"]) for r in ticks()} == {(("tick",), 1)}
+
+
+def test_a_transactions_enqueue_labels_its_jobs_and_rolls_back_with_it(q: pgq_nb.Queue) -> None:
+    _register(q, {})
+    with q.transaction() as tx:
+        kept = tx.enqueue("work", {"n": 1}, tags=["tx"], meta={"in": "tx"})
+    with pytest.raises(RuntimeError), q.transaction() as tx:
+        tx.enqueue("work", {"n": 2}, tags=["gone"])
+        raise RuntimeError("roll back")
+    assert _labels(q, "jobs") == {kept: (["tx"], {"in": "tx"})}
