@@ -19,6 +19,7 @@ delays and dedupe windows within :data:`MAX_DELAY`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
@@ -325,52 +326,14 @@ async def submit(
 ) -> Any:
     """``q.enqueue``: one job or a batch on ``connection`` (or a pooled one); a large batch
     on a pooled connection then calls ``analyze``. ``tags`` and ``meta`` label the job (every
-    job of a batch), written in the same transaction (:mod:`pgq_nb.labels`)."""
+    job of a batch), written in the same transaction (:mod:`pgq_nb.labels`); without them,
+    the statements are those of an enqueue without labels."""
     labels = (check_tags(tags), check_meta(meta))
-    if labels == (None, None):
-        result = await _submit(
-            store,
-            registry,
-            entrypoint,
-            payload,
-            priority,
-            execute_after,
-            dedupe_key,
-            dedupe,
-            connection,
-        )
-    else:
-        async with store.connection(connection) as conn, conn.transaction():
-            result = await _submit(
-                store,
-                registry,
-                entrypoint,
-                payload,
-                priority,
-                execute_after,
-                dedupe_key,
-                dedupe,
-                conn,
-            )
-            ids = result if isinstance(result, list) else [result]
-            await label(store.queries, conn, ids, [labels[0]] * len(ids), [labels[1]] * len(ids))
-    if isinstance(result, list) and len(result) >= ANALYZE_AFTER_ROWS and connection is None:
-        await analyze()
-    return result
-
-
-async def _submit(
-    store: Store,
-    registry: Registry,
-    entrypoint: str | list[str],
-    payload: Any,
-    priority: Any,
-    execute_after: dt.datetime | dt.timedelta | None,
-    dedupe_key: Any,
-    dedupe: Dedupe,
-    connection: Any,
-) -> Any:
-    async with store.connection(connection) as conn:
+    labelled = labels != (None, None)
+    async with (
+        store.connection(connection) as conn,
+        conn.transaction() if labelled else contextlib.nullcontext(),
+    ):
         if isinstance(entrypoint, list | tuple):
             result: Any = await enqueue_many(
                 store,
@@ -395,6 +358,11 @@ async def _submit(
                 dedupe_key,
                 dedupe,
             )
+        if labelled:
+            ids = result if isinstance(result, list) else [result]
+            await label(store.queries, conn, ids, [labels[0]] * len(ids), [labels[1]] * len(ids))
+    if isinstance(result, list) and len(result) >= ANALYZE_AFTER_ROWS and connection is None:
+        await analyze()
     return result
 
 
