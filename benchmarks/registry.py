@@ -18,6 +18,7 @@ from benchmarks import (
     scenario_retention,
     scenario_stats,
     scenario_sustained,
+    scenario_tags,
     scenario_web,
     scenario_workflow,
 )
@@ -68,6 +69,12 @@ SCENARIOS: dict[str, Scenario] = {
             "the claim statement with a big backlog against 10,000 queued",
         ),
         Scenario("stats", scenario_stats.run, False, "q.stats() over a long history"),
+        Scenario(
+            "tags",
+            scenario_tags.run,
+            False,
+            "q.history(tag=...) and meta= over a long tagged history (GIN indexes)",
+        ),
         Scenario(
             "metrics",
             scenario_metrics.run,

@@ -265,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     failed = sub.add_parser("failed", help="list jobs that failed for good, newest first")
     failed.add_argument("--entrypoint", help="only this entrypoint")
     failed.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    failed.add_argument(
+        "--tag",
+        action="append",
+        dest="tags",
+        metavar="TAG",
+        help="only jobs carrying this tag (repeat: carrying all of them)",
+    )
     failed.set_defaults(func=cmd_failed)
     requeue = sub.add_parser("requeue", help="put failed jobs back in the queue")
     requeue.add_argument("ids", nargs="*", type=int, help="job ids (default: see --all)")

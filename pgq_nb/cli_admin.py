@@ -200,15 +200,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_failed(args: argparse.Namespace) -> int:
     q = queue_for(args, install=False)
-    jobs = q.failed_jobs(args.entrypoint, args.limit)
+    tags = getattr(args, "tags", None)
+    jobs = q.failed_jobs(args.entrypoint, args.limit, tags=tags)
     if not jobs:
-        print("no failed jobs")
+        print("no failed jobs" + (f" tagged {', '.join(tags)}" if tags else ""))
         return 0
     total = sum(
         n
         for entrypoint, status, n in q.counts()
         if status == "failed" and args.entrypoint in (None, entrypoint)
     )
+    if tags:  # the counters have no labels: say only that the list may go on
+        total = len(jobs) + 1 if len(jobs) == args.limit else len(jobs)
     rows = [
         [
             j.id,
@@ -221,7 +224,8 @@ def cmd_failed(args: argparse.Namespace) -> int:
     ]
     print(text_table(["job", "entrypoint", "attempts", "finished (UTC)", "error"], rows))
     if total > len(jobs):  # never cut the list silently
-        print(f"\nthe newest {len(jobs):,} of {total:,} failed jobs; --limit N shows more")
+        of = "more" if tags else f"{total:,}"
+        print(f"\nthe newest {len(jobs):,} of {of} failed jobs; --limit N shows more")
     return 0
 
 

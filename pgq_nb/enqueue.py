@@ -19,6 +19,7 @@ delays and dedupe windows within :data:`MAX_DELAY`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
 from pgq_nb.errors import DuplicateJobError, InvalidInputError, PayloadError
+from pgq_nb.labels import check_meta, check_tags, label
 from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, encode_payload, refuse_frame
 from pgq_nb.nbjobs.content import ENTRYPOINT as NOTEBOOK_ENTRYPOINT
 from pgq_nb.registry import parse_rate as parse_rate
@@ -337,11 +339,20 @@ async def submit(
     dedupe: Dedupe,
     connection: Any,
     analyze: Callable[[], Awaitable[None]],
+    tags: Any = None,
+    meta: Any = None,
 ) -> Any:
     """``q.enqueue``: one job or a batch on ``connection`` (or a pooled one); a large batch
-    on a pooled connection then calls ``analyze``."""
+    on a pooled connection then calls ``analyze``. ``tags`` and ``meta`` label the job (every
+    job of a batch), written in the same transaction (:mod:`pgq_nb.labels`); without them,
+    the statements are those of an enqueue without labels."""
     refuse_reserved(entrypoint)
-    async with store.connection(connection) as conn:
+    labels = (check_tags(tags), check_meta(meta))
+    labelled = labels != (None, None)
+    async with (
+        store.connection(connection) as conn,
+        conn.transaction() if labelled else contextlib.nullcontext(),
+    ):
         if isinstance(entrypoint, list | tuple):
             result: Any = await enqueue_many(
                 store,
@@ -366,6 +377,9 @@ async def submit(
                 dedupe_key,
                 dedupe,
             )
+        if labelled:
+            ids = result if isinstance(result, list) else [result]
+            await label(store.queries, conn, ids, [labels[0]] * len(ids), [labels[1]] * len(ids))
     if isinstance(result, list) and len(result) >= ANALYZE_AFTER_ROWS and connection is None:
         await analyze()
     return result
@@ -388,6 +402,8 @@ async def enqueue_on(
     dedupe_key: Any = None,
     dedupe: Dedupe = "active",
     connection: Any = None,
+    tags: Any = None,
+    meta: Any = None,
 ) -> Any:
     """``q.enqueue`` (see :meth:`pgq_nb.queue.AsyncQueue.enqueue`), run on the loop of
     ``connection`` (or the pgq_nb loop)."""
@@ -402,5 +418,7 @@ async def enqueue_on(
         dedupe,
         connection,
         lambda: analyze_jobs(store),
+        tags,
+        meta,
     )
     return await runtime.run_for(connection, call)

@@ -64,6 +64,9 @@ class Job:
     step_index: int | None = None
     schedule_name: str | None = None
     fire_time: dt.datetime | None = None
+    #: the labels given at enqueue (``tags=``, ``meta=``): a list of str and a dict (None: none)
+    tags: list[str] | None = None
+    meta: dict[str, Any] | None = None
     _data: Any = dataclasses.field(default=_UNSET, repr=False)
     _parents: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     #: shared objects of the queue (``q.resources``), for handlers

@@ -14,6 +14,7 @@ import asyncpg
 from pgq_nb import runtime
 from pgq_nb.config import Settings
 from pgq_nb.errors import InvalidInputError, JobNotFoundError
+from pgq_nb.labels import check_filter, fetch_planned
 from pgq_nb.models import JobInfo, JobStatus, check_int, check_text
 from pgq_nb.waiting import wait_until
 from pgq_nb.workflow_state import settle_steps
@@ -179,11 +180,26 @@ class Operations:
         return await cancel_jobs(self, ids)
 
     @runtime.bridged
-    async def failed_jobs(self, entrypoint: str | None = None, limit: int = 1000) -> list[JobInfo]:
-        """Jobs that failed for good (after their retries), newest first."""
+    async def failed_jobs(
+        self,
+        entrypoint: str | None = None,
+        limit: int = 1000,
+        *,
+        tag: str | None = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> list[JobInfo]:
+        """Jobs that failed for good (after their retries), newest first; with ``tag``,
+        ``tags`` or ``meta``, only those carrying these labels (:mod:`pgq_nb.labels`)."""
         if check_int("limit", limit, bits=64) < 0:
             raise InvalidInputError("limit must be 0 or more")
-        rows = await self.pool.fetch(self.queries["failed_jobs"], _name(entrypoint), limit)
+        wanted, matching = check_filter(tag, tags, meta)
+        if wanted is None and matching is None:
+            rows = await self.pool.fetch(self.queries["failed_jobs"], _name(entrypoint), limit)
+        else:
+            async with self.pool.acquire() as conn:
+                query = self.queries["failed_jobs_tagged"]
+                rows = await fetch_planned(conn, query, _name(entrypoint), limit, wanted, matching)
         return [_info(r) for r in rows]
 
     @runtime.bridged

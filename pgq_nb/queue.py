@@ -134,6 +134,8 @@ class AsyncQueue(
         dedupe_key: str | None = None,
         dedupe: Dedupe = "active",
         connection: Any = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> int: ...
 
     @overload
@@ -147,6 +149,8 @@ class AsyncQueue(
         dedupe_key: None = None,
         dedupe: Dedupe = "active",
         connection: Any = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> list[int]: ...
 
     @overload
@@ -160,6 +164,8 @@ class AsyncQueue(
         dedupe_key: Sequence[str | None],
         dedupe: Dedupe = "active",
         connection: Any = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> list[int | None]: ...
 
     async def enqueue(
@@ -172,6 +178,8 @@ class AsyncQueue(
         dedupe_key: Any = None,
         dedupe: Dedupe = "active",
         connection: Any = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> Any:
         """Add a job and return its id.
 
@@ -186,6 +194,10 @@ class AsyncQueue(
         ``connection``: an asyncpg connection of yours, inside a transaction; the job commits
         or rolls back with it (it runs on that connection's own event loop, see
         :func:`pgq_nb.runtime.run_for`).
+
+        ``tags`` (a list of str) and ``meta`` (a JSON object) label the job (in a batch, every
+        job): kept in history, seen by the handler as ``job.tags`` and ``job.meta``, filtered
+        on by every view (``q.history(tag="exp-7")``); see :mod:`pgq_nb.labels`.
         """
         call = enqueue.submit(
             self.store,
@@ -198,6 +210,8 @@ class AsyncQueue(
             dedupe,
             connection,
             self.analyze,
+            tags,
+            meta,
         )
         return await runtime.run_for(connection, call)
 

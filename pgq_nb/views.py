@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pgq_nb import runtime
 from pgq_nb.enqueue import MAX_DELAY
 from pgq_nb.errors import InvalidInputError
+from pgq_nb.labels import check_filter
 from pgq_nb.view_limits import (
     FAILED_LIMIT,
     HISTORY_LIMIT,
@@ -31,7 +32,11 @@ if TYPE_CHECKING:
 
 
 class Views:
-    """DataFrames in, DataFrames out (a mixin of AsyncQueue)."""
+    """DataFrames in, DataFrames out (a mixin of AsyncQueue).
+
+    Every view (jobs, history, results, failed, stats) takes ``tag="x"`` (jobs carrying that
+    tag), ``tags=[...]`` (carrying all of them) and ``meta={"k": "v"}`` (whose meta contains
+    these pairs), served by GIN indexes: see :mod:`pgq_nb.labels`."""
 
     pool: Any
     queries: dict[str, str]
@@ -52,13 +57,17 @@ class Views:
         progress: bool | None = None,
         chunk_size: int = 10_000,
         connection: Any = None,
+        tags: Sequence[str] | str | None = None,
+        meta: dict[str, Any] | str | None = None,
     ) -> pd.Series:
         """One job per row of ``df``, each row's ``columns`` as its JSON payload, written with
         COPY in one transaction (all rows or none). ``priority``, ``execute_after`` and
         ``dedupe_key`` take a constant or the name of a column. Returns the job ids as a
-        Series aligned to ``df.index``. With ``connection`` (a transaction's, or your own
-        asyncpg connection inside your transaction), the jobs commit or roll back with it; the
-        call then runs on that connection's own event loop (:func:`pgq_nb.runtime.run_for`)."""
+        Series aligned to ``df.index``. ``tags`` and ``meta`` label the jobs: one value for
+        every row, or the name of a column (left out of the payload). With ``connection`` (a
+        transaction's, or your own asyncpg connection inside your transaction), the jobs
+        commit or roll back with it; the call then runs on that connection's own event loop
+        (:func:`pgq_nb.runtime.run_for`)."""
         from pgq_nb.notebook.enqueue import enqueue_df
 
         call = enqueue_df(
@@ -74,6 +83,8 @@ class Views:
             progress=progress,
             chunk_size=chunk_size,
             connection=connection,
+            tags=tags,
+            meta=meta,
         )
         result: pd.Series = await runtime.run_for(connection, call)
         return result
@@ -86,6 +97,9 @@ class Views:
         limit: int | None = JOBS_LIMIT,
         *,
         payloads: bool = False,
+        tag: str | None = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """The live queue (queued, blocked and running jobs), oldest first, as a DataFrame. A
         payload longer than 1,000 bytes shows as a preview (its first bytes and a marker; only
@@ -94,8 +108,15 @@ class Views:
         :class:`~pgq_nb.view_limits.ViewTruncated` warning says how many."""
         from pgq_nb.notebook import frames
 
+        wanted, matching = check_filter(tag, tags, meta)
         frame: pd.DataFrame = await frames.jobs(
-            self.store, status=status, entrypoint=entrypoint, limit=limit, payloads=payloads
+            self.store,
+            status=status,
+            entrypoint=entrypoint,
+            limit=limit,
+            payloads=payloads,
+            tags=wanted,
+            meta=matching,
         )
         return frame
 
@@ -106,16 +127,22 @@ class Views:
         *,
         since: dt.datetime | dt.timedelta | str | None = None,
         until: dt.datetime | dt.timedelta | str | None = None,
+        tag: str | None = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Jobs per entrypoint and status (every status a column), with jobs per minute and
         mean duration: of every finished job and over the last ``window`` (15 minutes) by
         default; with ``since`` (and ``until``, exclusive), of the jobs that finished in that
         span (``q.stats(since="1h").loc["to_eur", "succeeded"]``: converted in the last hour).
-        Live columns are the queue now. Counts come from counters and indexes, never capped."""
+        Live columns are the queue now. Counts come from counters and indexes, never capped.
+        With ``tag=``/``tags=``/``meta=``, of the jobs carrying those labels only (counted from
+        their rows, through the tag and meta indexes; rates over ``since`` or their span)."""
         from pgq_nb.notebook import frames
 
+        wanted, matching = check_filter(tag, tags, meta)
         frame: pd.DataFrame = await frames.stats(
-            self.store, window=window, since=since, until=until
+            self.store, window=window, since=since, until=until, tags=wanted, meta=matching
         )
         return frame
 
@@ -128,6 +155,9 @@ class Views:
         limit: int | None = HISTORY_LIMIT,
         *,
         until: dt.datetime | dt.timedelta | str | None = None,
+        tag: str | None = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Finished jobs, newest first, with attempts, queue wait, run time and error; those
         that finished from ``since`` to before ``until``, when given. At most ``limit`` jobs
@@ -136,6 +166,7 @@ class Views:
         jobs, use :meth:`stats` (``since=``), not ``len()`` of this."""
         from pgq_nb.notebook import frames
 
+        wanted, matching = check_filter(tag, tags, meta)
         frame: pd.DataFrame = await frames.history(
             self.store,
             since=since,
@@ -143,18 +174,30 @@ class Views:
             entrypoint=entrypoint,
             status=status,
             limit=limit,
+            tags=wanted,
+            meta=matching,
         )
         return frame
 
     @runtime.bridged
     async def results(
-        self, entrypoint: str, *, expand: bool = True, ids: Sequence[int] | None = None
+        self,
+        entrypoint: str,
+        *,
+        expand: bool = True,
+        ids: Sequence[int] | None = None,
+        tag: str | None = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Succeeded jobs of ``entrypoint``: job id, payload and result columns (expanded from
         JSON with ``expand``), ready to join back to the frame that was enqueued."""
         from pgq_nb.notebook import frames
 
-        frame: pd.DataFrame = await frames.results(self.store, entrypoint, expand=expand, ids=ids)
+        wanted, matching = check_filter(tag, tags, meta)
+        frame: pd.DataFrame = await frames.results(
+            self.store, entrypoint, expand=expand, ids=ids, tags=wanted, meta=matching
+        )
         return frame
 
     @runtime.bridged
@@ -164,14 +207,23 @@ class Views:
         limit: int | None = FAILED_LIMIT,
         *,
         payloads: bool = False,
+        tag: str | None = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Jobs that failed for good (after their retries), newest first, with their errors.
         Payloads as in :meth:`jobs`: a preview of long ones unless ``payloads=True``. At most
         ``limit`` jobs (``None``: all), with a ViewTruncated warning as in :meth:`history`."""
         from pgq_nb.notebook import frames
 
+        wanted, matching = check_filter(tag, tags, meta)
         frame: pd.DataFrame = await frames.failed(
-            self.store, entrypoint=entrypoint, limit=limit, payloads=payloads
+            self.store,
+            entrypoint=entrypoint,
+            limit=limit,
+            payloads=payloads,
+            tags=wanted,
+            meta=matching,
         )
         return frame
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
 from pgq_nb.errors import InvalidInputError, did_you_mean
+from pgq_nb.labels import Meta, Tags, check_meta, check_tags, label
 from pgq_nb.models import check_int, check_text, encode_payload, refuse_frame
 from pgq_nb.query_errors import guarded
 
@@ -53,6 +54,8 @@ class _Node:
     name: str
     map_index: int | None
     depends_on: list[Step | str]
+    tags: Tags = None
+    meta: Meta = None
 
 
 Dependency = Step | str | Sequence[Step | str] | None
@@ -136,10 +139,12 @@ class WorkflowBuilder:
         depends_on: Dependency = None,
         name: str | None = None,
         priority: int = 0,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> Step:
         """Add one step: a job of ``entrypoint`` that runs once every step it depends on has
         succeeded. ``name`` (default: the entrypoint) keys its result in its children's
-        ``job.parent_results()``."""
+        ``job.parent_results()``. ``tags`` and ``meta`` label its job (:mod:`pgq_nb.labels`)."""
         if not isinstance(entrypoint, str) or not entrypoint:
             raise InvalidInputError("entrypoint must be a non-empty string")
         refuse_frame(payload, f"wf.map({entrypoint!r}, {{rows}})")
@@ -151,6 +156,8 @@ class WorkflowBuilder:
             name=step_name,
             map_index=None,
             depends_on=self._deps(depends_on),
+            tags=check_tags(tags),
+            meta=check_meta(meta),
         )
         self._nodes.append(node)
         handle = Step(self, step_name, (len(self._nodes) - 1,))
@@ -165,15 +172,19 @@ class WorkflowBuilder:
         depends_on: Dependency = None,
         name: str | None = None,
         priority: int = 0,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> Step:
         """Fan out: one step per row of a DataFrame (the row as a dict payload, written as
         ``q.enqueue_df`` writes it, its columns' dtypes recorded for ``q.results()``) or per
-        item of an iterable. Their results reach children as a list, in row order."""
+        item of an iterable. Their results reach children as a list, in row order. ``tags``
+        and ``meta`` label every job of the map."""
         if not isinstance(entrypoint, str) or not entrypoint:
             raise InvalidInputError("entrypoint must be a non-empty string")
         step_name = self._unique_name(name, entrypoint)
         deps = self._deps(depends_on)
         prio = check_int("priority", priority)
+        labels = check_tags(tags), check_meta(meta)
         first = len(self._nodes)
         payloads: Sequence[bytes | None]
         if _is_frame(rows):  # written as enqueue_df writes rows, its dtypes recorded
@@ -185,7 +196,7 @@ class WorkflowBuilder:
         else:
             payloads = [_item_payload(item, step_name, i) for i, item in enumerate(_rows(rows))]
         for i, payload in enumerate(payloads):
-            self._nodes.append(_Node(entrypoint, payload, prio, step_name, i, deps))
+            self._nodes.append(_Node(entrypoint, payload, prio, step_name, i, deps, *labels))
         handle = Step(self, step_name, tuple(range(first, len(self._nodes))))
         self._names[step_name] = handle
         return handle
@@ -250,6 +261,7 @@ class WorkflowBuilder:
             [n.map_index for n in nodes],
             row["id"],
         )
+        await label(q.queries, conn, ids, [n.tags for n in nodes], [n.meta for n in nodes])
         if edges:
             await conn.execute(
                 q.queries["insert_edges"], [ids[p] for p, _ in edges], [ids[c] for _, c in edges]

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pgq_nb.errors import InvalidInputError
+from pgq_nb.notebook import tagged
 from pgq_nb.notebook.columns import STATUS_DTYPE, time_span
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ async def stats(
     window: dt.timedelta | None = None,
     since: dt.datetime | dt.timedelta | str | None = None,
     until: dt.datetime | dt.timedelta | str | None = None,
+    tags: list[str] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """One row per entrypoint (the index): a column per status with its count (zeros
     included), ``jobs_per_minute`` finished and ``mean_duration_s``.
@@ -67,12 +70,17 @@ async def stats(
         aq.pool.acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
-        live = await conn.fetch(q["job_counts"])
         known = await conn.fetch(q["known_entrypoints"])
-        if start is None:
+        if tags is not None or meta is not None:  # the counters have no labels: count rows
+            live = await tagged.fetch(conn, q["job_counts_tagged"], tags, meta)
+            done = await tagged.fetch(conn, q["finished_tagged"], start, end, tags, meta)
+            recent = _span_rates(done)
+        elif start is None:
+            live = await conn.fetch(q["job_counts"])
             done = await conn.fetch(q["history_counts"])
             recent = await conn.fetch(q["recent_throughput"], window.total_seconds(), STATS_SAMPLE)
         else:
+            live = await conn.fetch(q["job_counts"])
             done = await conn.fetch(q["finished_between"], start, end)
             recent = _span_rates(done)
     counts: dict[str, dict[str, int]] = {r["name"]: {} for r in known}

@@ -34,6 +34,8 @@ class FailedJob:
     attempts: int
     finished: dt.datetime
     error: str | None
+    #: the job's tags (q.enqueue(tags=...)), None when it has none
+    tags: list[str] | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

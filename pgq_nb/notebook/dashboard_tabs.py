@@ -32,6 +32,12 @@ from pgq_nb.notebook.dashboard_html import (
     workers_table,
 )
 
+
+def tag_note(tags: list[str] | None) -> str:
+    """The tags of a failed job, for its detail line (q.failed(tag=...) lists its like)."""
+    return f", tags {esc(', '.join(tags))}" if tags else ""
+
+
 _MONOSPACE_SELECT = "<style>.pgq-failures select{font-family:monospace;font-size:12px}</style>"
 
 
@@ -182,8 +188,9 @@ class FailuresTab:
         chosen = [self.jobs[i] for i in self.selected_ids() if i in self.jobs][:5]
         self.detail.value = "".join(
             f"<div><b>job {job.id}</b> {esc(job.entrypoint)}, attempt {job.attempts}, "
-            f"{esc(clock(job.finished, self._now))}<pre style='white-space:pre-wrap;margin:2px 0 "
-            f"6px;font-size:11px'>{esc(job.error)}</pre>{output_hint(job.entrypoint, job.id)}</div>"
+            f"{esc(clock(job.finished, self._now))}{tag_note(job.tags)}"
+            f"<pre style='white-space:pre-wrap;margin:2px 0 6px;font-size:11px'>"
+            f"{esc(job.error)}</pre>{output_hint(job.entrypoint, job.id)}</div>"
             for job in chosen
         )
         self.sync_buttons()

@@ -41,8 +41,9 @@ from pgq_nb.enqueue import (
     warn_skipped,
 )
 from pgq_nb.errors import InvalidInputError
+from pgq_nb.labels import label
 from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text
-from pgq_nb.notebook import dtypes, encode
+from pgq_nb.notebook import dtypes, encode, frame_labels
 from pgq_nb.notebook import progress as bars
 
 if TYPE_CHECKING:
@@ -247,6 +248,8 @@ async def enqueue_df(
     progress: bool | None = None,
     chunk_size: int = 10_000,
     connection: Any = None,
+    tags: Sequence[str] | str | None = None,
+    meta: dict[str, Any] | str | None = None,
 ) -> pd.Series:
     """One job per row of ``df``; returns the job ids as a Series aligned to ``df.index``.
 
@@ -268,6 +271,8 @@ async def enqueue_df(
       next is converted, in a thread.
     - ``connection``: an asyncpg connection inside a transaction of yours (``q.transaction()``);
       the rows are written in a savepoint of it and commit or roll back with it.
+    - ``tags``, ``meta``: labels, one value for every row or the name of a column
+      (:mod:`pgq_nb.notebook.frame_labels`), written in the same transaction.
 
     The ids have dtype ``Int64`` (nullable, for skipped rows) and name ``job_id``; they join
     with the ``job_id`` column of ``q.results()`` and ``q.history()``.
@@ -279,6 +284,9 @@ async def enqueue_df(
     if check_int("chunk_size", chunk_size) < 1:
         raise InvalidInputError("chunk_size must be at least 1")
     names = payload_columns(df, columns)
+    labels = frame_labels.row_labels(df, tags, meta, lambda p: _label(df, p))
+    skip = frame_labels.label_columns(tags, meta, columns)
+    names = [n for n in names if n not in skip]
     priorities = _priorities(df, priority)
     keys = _dedupe_keys(df, dedupe_key)
     due = _due(df, execute_after)
@@ -366,6 +374,15 @@ async def enqueue_df(
                     found = await conn.fetch(store.queries["find_dedupe_many"], taken)
                     held = {r["dedupe_key"]: r["id"] for r in found}
                     new_ids = np.where(lost, -1, new_ids).tolist()
+            if labels is not None:
+                kept = rows.tolist()
+                await label(
+                    store.queries,
+                    conn,
+                    [None if i < 0 else i for i in new_ids],
+                    [labels[0][i] for i in kept],
+                    [labels[1][i] for i in kept],
+                )
     finally:
         _settle(pending)
         bar.close()

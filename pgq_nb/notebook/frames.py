@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from pgq_nb.errors import InvalidInputError
+from pgq_nb.labels import Meta, Tags
 from pgq_nb.models import FINAL_STATUSES, LIVE_STATUSES, check_int, check_text
-from pgq_nb.notebook import dtypes
+from pgq_nb.notebook import dtypes, tagged
 from pgq_nb.notebook.columns import (
     STATUS_DTYPE,
     Kind,
@@ -158,6 +159,8 @@ async def jobs(
     entrypoint: str | None = None,
     limit: int | None = JOBS_LIMIT,
     payloads: bool = False,
+    tags: Tags = None,
+    meta: Meta = None,
 ) -> pd.DataFrame:
     """The live queue (queued, blocked and picked jobs), oldest first, one row per job.
     Payloads longer than PAYLOAD_PREVIEW bytes come as a preview unless ``payloads``. The
@@ -169,8 +172,16 @@ async def jobs(
     rows, matched = await fetch_capped(
         aq,
         _limit(limit),
-        lambda conn, n: conn.fetch(aq.queries["live_jobs"], wanted, name, n, preview),
-        lambda conn: _exact(conn.fetchval(aq.queries["live_jobs_count"], wanted, name)),
+        lambda conn, n: (
+            tagged.fetch(conn, aq.queries["live_jobs_tagged"], wanted, name, n, preview, tags, meta)
+            if tagged.filtered(tags, meta)
+            else conn.fetch(aq.queries["live_jobs"], wanted, name, n, preview)
+        ),
+        lambda conn: (
+            _more(limit)
+            if tagged.filtered(tags, meta)
+            else _exact(conn.fetchval(aq.queries["live_jobs_count"], wanted, name))
+        ),
     )
     if matched is not None:
         warn_truncated(
@@ -189,6 +200,12 @@ async def _exact(count: Any) -> tuple[int, bool]:
     return int(await count), True
 
 
+async def _more(limit: int | None) -> tuple[int, bool]:
+    """What a capped view filtered by tag or meta matched: more than its cap (the counters
+    have no labels, and counting the matches is left to q.stats(tag=...))."""
+    return int(limit or 0) + 1, False
+
+
 async def history(
     aq: SqlTarget,
     *,
@@ -197,6 +214,8 @@ async def history(
     entrypoint: str | None = None,
     status: str | None = None,
     limit: int | None = HISTORY_LIMIT,
+    tags: Tags = None,
+    meta: Meta = None,
 ) -> pd.DataFrame:
     """Finished jobs, newest first: attempts, ``queue_wait_s`` (from due to last start),
     ``run_s`` (last attempt) and error. ``since`` (and ``until``, exclusive): an aware
@@ -209,11 +228,15 @@ async def history(
     q = aq.queries
 
     def fetch(conn: Any, n: int | None) -> Any:
+        if tagged.filtered(tags, meta):
+            return tagged.fetch(conn, q["history_tagged"], start, end, wanted, n, name, tags, meta)
         if name is None:
             return conn.fetch(q["recent_history"], start, end, wanted, n)
         return conn.fetch(q["recent_history_of"], start, end, wanted, n, name)
 
     async def count(conn: Any) -> tuple[int, bool]:
+        if tagged.filtered(tags, meta):
+            return await _more(limit)
         if start is None and end is None:
             return int(await conn.fetchval(q["finished_total"], wanted, name)), True
         seen = COUNT_CAP + 1  # one more than the cap: the cap itself is still exact
@@ -240,6 +263,8 @@ async def failed(
     entrypoint: str | None = None,
     limit: int | None = FAILED_LIMIT,
     payloads: bool = False,
+    tags: Tags = None,
+    meta: Meta = None,
 ) -> pd.DataFrame:
     """Jobs that failed for good, newest first: the last error, every attempt's error
     (``errors``, a list of ``{attempt, error, at}``), the traceback and the decoded payload
@@ -250,6 +275,8 @@ async def failed(
     q = aq.queries
 
     def fetch(conn: Any, n: int | None) -> Any:
+        if tagged.filtered(tags, meta):
+            return tagged.fetch(conn, q["failed_tagged"], n, name, preview, tags, meta)
         if name is None:
             return conn.fetch(q["failed_view"], n, preview)
         return conn.fetch(q["failed_view_of"], n, name, preview)
@@ -258,7 +285,11 @@ async def failed(
         aq,
         _limit(limit),
         fetch,
-        lambda conn: _exact(conn.fetchval(q["finished_total"], "failed", name)),
+        lambda conn: (
+            _more(limit)
+            if tagged.filtered(tags, meta)
+            else _exact(conn.fetchval(q["finished_total"], "failed", name))
+        ),
     )
     if matched is not None:
         warn_truncated(
@@ -330,7 +361,13 @@ def _expand(
 
 
 async def results(
-    aq: SqlTarget, entrypoint: str, *, expand: bool = True, ids: Sequence[int] | None = None
+    aq: SqlTarget,
+    entrypoint: str,
+    *,
+    expand: bool = True,
+    ids: Sequence[int] | None = None,
+    tags: Tags = None,
+    meta: Meta = None,
 ) -> pd.DataFrame:
     """Succeeded jobs of ``entrypoint`` (only ``ids``, if given; ``<NA>`` ids are ignored, so
     the Series ``enqueue_df`` returned can be passed as it is), in enqueue order.
@@ -355,11 +392,17 @@ async def results(
     Without ``expand``: ``job_id``, ``payload`` and ``result``, decoded, one row per job.
     """
     check_text("entrypoint", entrypoint)
-    if ids is None:
-        rows = await aq.pool.fetch(aq.queries["succeeded_results"], entrypoint)
-    else:
+    wanted: list[int] | None = None
+    if ids is not None:
         present = [i for i in ids if not pd.isna(i)]  # enqueue_df's <NA>: rows not enqueued
         wanted = [check_int("ids", int(i) if isinstance(i, np.integer) else i, 64) for i in present]
+    if tagged.filtered(tags, meta):
+        async with aq.pool.acquire() as conn:
+            query = aq.queries["results_tagged"]
+            rows = await tagged.fetch(conn, query, entrypoint, wanted, tags, meta)
+    elif wanted is None:
+        rows = await aq.pool.fetch(aq.queries["succeeded_results"], entrypoint)
+    else:
         rows = await aq.pool.fetch(aq.queries["succeeded_results_of"], entrypoint, wanted)
     if not expand:
         return frame(rows, {"job_id": "int", "payload": "payload", "result": "json"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pgq_nb import runtime
@@ -62,14 +62,19 @@ class ScheduleMethods:
         catch_up: str = "latest",
         retry: RetryPolicy | None = None,
         timeout: float | dt.timedelta | None = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> Callable[[S], S]:
         """Run the decorated handler on a cron schedule: ``"0 * * * *"`` (hourly), or six
         fields with seconds first. It receives a :class:`Schedule` (name, expression, tz,
         fire_time, last_fire_time). ``catch_up`` says what to fire for ticks missed while no
         worker ran: ``"latest"`` (the newest only), ``"all"`` (each, up to 100) or ``"skip"``.
-        An invalid expression or time zone is refused here, naming the bad field.
+        An invalid expression or time zone is refused here, naming the bad field. ``tags``
+        and ``meta`` label every tick's job (:mod:`pgq_nb.labels`).
         """
-        spec = ScheduleSpec(name=name, expression=expression, tz=tz, catch_up=catch_up)
+        spec = ScheduleSpec(
+            name=name, expression=expression, tz=tz, catch_up=catch_up, tags=tags, meta=meta
+        )
         if name in self.handlers and name not in self.schedule_specs:
             raise InvalidInputError(
                 f"{name!r} is already an entrypoint; a schedule's ticks are jobs of an "

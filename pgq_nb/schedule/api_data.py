@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
@@ -93,6 +93,8 @@ class DataScheduleMethods:
         catch_up: str = "latest",
         notebook: str | os.PathLike[str] | None = None,
         parameters: dict[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> dt.datetime:
         """Schedule a registered entrypoint: each tick of ``cron`` (read in the IANA zone
         ``tz``) queues a job of ``entrypoint`` with ``payload`` (its ``job.data``; the job
@@ -104,14 +106,18 @@ class DataScheduleMethods:
 
         ``notebook=`` (with ``parameters=``, instead of an entrypoint and payload): each tick
         runs that notebook as ``q.enqueue_notebook`` does, the version stored now, with the
-        tick's time as the parameter ``fire_time`` (see :mod:`pgq_nb.nbjobs`)."""
+        tick's time as the parameter ``fire_time`` (see :mod:`pgq_nb.nbjobs`).
+
+        ``tags`` and ``meta`` label every tick's job (:mod:`pgq_nb.labels`)."""
         if name in self.schedule_specs:
             raise InvalidInputError(
                 f"a schedule named {name!r} is declared here with @q.schedule; give this one "
                 "another name"
             )
         check_text("schedule name", name)
-        spec = ScheduleSpec(name=name, expression=cron, tz=tz, catch_up=catch_up)
+        spec = ScheduleSpec(
+            name=name, expression=cron, tz=tz, catch_up=catch_up, tags=tags, meta=meta
+        )
         if notebook is not None or parameters is not None:
             first = await add_notebook_schedule(
                 self.pool,
@@ -167,21 +173,27 @@ class DataScheduleMethods:
         catch_up: str | None = None,
         parameters: dict[str, Any] | None = None,
         notebook: str | os.PathLike[str] | None = None,
+        tags: Any = KEEP,
+        meta: Any = KEEP,
     ) -> dt.datetime:
         """Change a schedule added with :meth:`add_schedule`: what is given is replaced, the
-        rest kept (``payload=None`` stores no payload). A new expression or zone fires from its
-        first tick after now; paused stays paused. Workers follow within a second. Returns
-        the next run.
+        rest kept (``payload=None`` stores no payload, ``tags=None`` no tags). A new
+        expression or zone fires from its first tick after now; paused stays paused. Workers
+        follow within a second. Returns the next run.
 
         A schedule that runs a notebook takes ``parameters=`` (replacing its parameters) and
         ``notebook=`` (another notebook, or the same one edited: its content is stored now),
         never ``payload=`` or ``entrypoint=``."""
-        if not any(
-            v is not None for v in (cron, entrypoint, tz, catch_up, parameters, notebook)
-        ) and (payload is KEEP):
+        if (
+            not any(v is not None for v in (cron, entrypoint, tz, catch_up, parameters, notebook))
+            and payload is KEEP
+            and tags is KEEP
+            and meta is KEEP
+        ):
             raise InvalidInputError(
                 f"nothing to change in schedule {name!r}: give cron=, tz=, catch_up=, "
-                "entrypoint=, payload= (or parameters=, notebook= for a notebook's schedule)"
+                "entrypoint=, payload=, tags=, meta= (or parameters=, notebook= for a "
+                "notebook's schedule)"
             )
         await self._sync_schedules()
 
@@ -191,6 +203,8 @@ class DataScheduleMethods:
                 expression=row["expression"] if cron is None else cron,
                 tz=row["tz"] if tz is None else tz,
                 catch_up=row["catch_up"] if catch_up is None else catch_up,
+                tags=row["tags"] if tags is KEEP else tags,
+                meta=row["meta"] if meta is KEEP else meta,
             )
 
         if parameters is not None or notebook is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +93,8 @@ async def add(db: Any, queries: dict[str, str], schedule: DataSchedule) -> dt.da
             spec.catch_up,
             next_run,
         )
+        if added is not None and (spec.tags or spec.meta):
+            await _label(conn, queries, spec)
         if added is None:
             source = await conn.fetchval(queries["schedule_source"], spec.name)
             how = "declared with @q.schedule" if source == "code" else "added before"
@@ -141,7 +144,14 @@ async def update(
             spec.catch_up,
             next_run,
         )
+        await _label(conn, queries, spec)
     return next_run
+
+
+async def _label(conn: Any, queries: dict[str, str], spec: ScheduleSpec) -> None:
+    """Store the labels of ``spec``'s ticks' jobs."""
+    meta = None if spec.meta is None else json.dumps(spec.meta)
+    await conn.execute(queries["label_schedule"], spec.name, spec.tags, meta)
 
 
 async def remove(db: Any, queries: dict[str, str], name: str) -> None:

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from pgq_nb.errors import InvalidInputError, article, did_you_mean
+from pgq_nb.labels import check_meta, check_tags
 from pgq_nb.schedule.cron import (
     CATCH_UP_POLICIES,
     MAX_CATCH_UP,
@@ -63,6 +65,9 @@ class ScheduleSpec:
     expression: str
     tz: str = "UTC"
     catch_up: str = "latest"
+    #: the labels of its ticks' jobs (see :mod:`pgq_nb.labels`), checked here
+    tags: Sequence[str] | None = dataclasses.field(default=None, hash=False)
+    meta: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or self.name != self.name.strip():
@@ -80,6 +85,11 @@ class ScheduleSpec:
         except InvalidInputError as exc:
             raise InvalidInputError(f"schedule {self.name!r}: {exc}") from None
         object.__setattr__(self, "expression", cron.expression)
+        try:
+            object.__setattr__(self, "tags", check_tags(self.tags))
+            object.__setattr__(self, "meta", check_meta(self.meta))
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"schedule {self.name!r}: {exc}") from None
 
     @property
     def cron(self) -> CronSpec:
@@ -142,6 +152,8 @@ async def register(db: Any, queries: dict[str, str], specs: Sequence[ScheduleSpe
             [spec.tz for spec in specs],
             [spec.catch_up for spec in specs],
             [next_fire(spec.cron, now) for spec in specs],
+            [None if spec.tags is None else json.dumps(spec.tags) for spec in specs],
+            [None if spec.meta is None else json.dumps(spec.meta) for spec in specs],
         )
     taken = sorted(set(names) - {row["name"] for row in stored})
     if taken:

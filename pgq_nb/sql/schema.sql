@@ -124,7 +124,10 @@ CREATE TABLE {schema}.jobs (
     pending_deps integer NOT NULL DEFAULT 0,
     -- scheduled tick: the schedule and the tick it runs
     schedule_name text,
-    fire_time timestamptz
+    fire_time timestamptz,
+    -- labels given at enqueue (q.enqueue(tags=, meta=)), kept in history; NULL: none
+    tags text[],
+    meta jsonb
 );
 
 -- Exactly the claim query's shape: only queued rows, in claim order.
@@ -179,7 +182,9 @@ CREATE TABLE {schema}.history (
     step_name text,
     step_index integer,
     schedule_name text,
-    fire_time timestamptz
+    fire_time timestamptz,
+    tags text[],
+    meta jsonb
 );
 
 CREATE INDEX history_finished_idx ON {schema}.history (finished);
@@ -187,6 +192,12 @@ CREATE INDEX history_entrypoint_finished_idx ON {schema}.history (entrypoint, fi
 CREATE INDEX history_failed_idx ON {schema}.history (entrypoint, finished) WHERE status = 'failed';
 CREATE INDEX history_workflow_idx ON {schema}.history (workflow_id)
     WHERE workflow_id IS NOT NULL;
+-- Tag and meta filters of the views (tags @> ..., meta @> ...). Partial: a job without labels
+-- costs them nothing. The live table has none: it stays small, a filter on it reads it whole,
+-- and its inserts and claims pay for no index they do not use.
+CREATE INDEX history_tags_idx ON {schema}.history USING gin (tags) WHERE tags IS NOT NULL;
+CREATE INDEX history_meta_idx ON {schema}.history USING gin (meta jsonb_path_ops)
+    WHERE meta IS NOT NULL;
 
 -- Finished jobs per entrypoint and status, kept by the statements that finish jobs, so views
 -- never count over history. Sharded by worker so concurrent completions do not queue on one row;
@@ -253,6 +264,9 @@ CREATE TABLE {schema}.schedules (
     name text PRIMARY KEY,
     entrypoint text NOT NULL,
     payload bytea,
+    -- labels every tick's job carries (NULL: none)
+    tags text[],
+    meta jsonb,
     source text NOT NULL DEFAULT 'code' CHECK (source IN ('code', 'data')),
     expression text NOT NULL,
     tz text NOT NULL,
@@ -336,7 +350,8 @@ WITH moved AS (
 ), saved AS (
     INSERT INTO {schema}.history (id, entrypoint, payload, priority, status, attempts,
         dedupe_key, result, error, traceback, errors, worker_id, created, execute_after,
-        started, finished, workflow_id, step_name, step_index, schedule_name, fire_time)
+        started, finished, workflow_id, step_name, step_index, schedule_name, fire_time, tags,
+        meta)
     SELECT id, entrypoint, payload, priority, outcome, attempts, dedupe_key,
         result_json::jsonb, final_error, trace,
         CASE WHEN attempt_error IS NULL THEN errors
@@ -344,7 +359,7 @@ WITH moved AS (
                  'attempt', attempts, 'error', attempt_error, 'at', finished_at))
         END,
         worker_id, created, execute_after, coalesce(started_at, started), finished_at,
-        workflow_id, step_name, step_index, schedule_name, fire_time
+        workflow_id, step_name, step_index, schedule_name, fire_time, tags, meta
     FROM moved
     RETURNING entrypoint, status
 ), counted AS (
@@ -371,10 +386,11 @@ WITH moved AS (
 ), requeued AS (
     INSERT INTO {schema}.jobs (id, entrypoint, payload, priority, status, execute_after,
         attempts, dedupe_key, created, last_error, errors, pending_deps, workflow_id, step_name,
-        step_index, schedule_name, fire_time)
+        step_index, schedule_name, fire_time, tags, meta)
     SELECT id, entrypoint, payload, priority,
         CASE WHEN parents = 0 THEN 'queued' ELSE 'blocked' END, now(), 0, dedupe_key, created,
-        error, errors, parents, workflow_id, step_name, step_index, schedule_name, fire_time
+        error, errors, parents, workflow_id, step_name, step_index, schedule_name, fire_time,
+        tags, meta
     FROM moved
     RETURNING id
 ), uncounted AS (

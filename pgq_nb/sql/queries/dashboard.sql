@@ -28,11 +28,11 @@ LEFT JOIN per_minute AS p ON true
 ORDER BY p.minute, p.status;
 
 -- name: dashboard_failures
--- The $1 newest jobs that failed for good, with the start of their error. For each entrypoint
--- the counters say has failures, its $1 newest through history_failed_idx; then the $1 newest
--- of those. The cost is bounded by (entrypoints with failures) x $1 however large history is.
+-- The $1 newest jobs that failed for good, with the start of their error and their tags. For
+-- each entrypoint the counters say has failures, its $1 newest through history_failed_idx; then
+-- the $1 newest of those. The cost is bounded by (entrypoints with failures) x $1 however large history is.
 -- params: $1 limit
-SELECT f.id, f.entrypoint, f.attempts, f.finished, f.error
+SELECT f.id, f.entrypoint, f.attempts, f.finished, f.error, f.tags
 FROM (
     SELECT entrypoint
     FROM {schema}.finished_counts
@@ -41,7 +41,7 @@ FROM (
     HAVING sum(n) > 0
 ) AS e
 CROSS JOIN LATERAL (
-    SELECT h.id, h.entrypoint, h.attempts, h.finished, left(h.error, 2000) AS error
+    SELECT h.id, h.entrypoint, h.attempts, h.finished, left(h.error, 2000) AS error, h.tags
     FROM {schema}.history AS h
     WHERE h.status = 'failed' AND h.entrypoint = e.entrypoint
     ORDER BY h.finished DESC

@@ -13,14 +13,20 @@ SELECT now();
 -- Create or update @q.schedule schedules (source 'code': entrypoint = name, no payload), in
 -- name order (so concurrent registrations cannot deadlock). An existing row keeps enabled,
 -- last_run and last_job_id; its next_run is replaced only when the expression or time zone
--- changed. A name taken by a q.add_schedule schedule is left alone and not returned. Sends
--- the 'schedules:' NOTIFY (on commit), so sleeping schedulers look at the table again.
+-- changed. A name taken by a q.add_schedule schedule is left alone and not returned.
+-- Their tags and meta (the labels of their ticks' jobs) are replaced. Sends the 'schedules:'
+-- NOTIFY (on commit), so sleeping schedulers look at the table again.
 -- params: $1 names text[], $2 expressions text[], $3 time zones text[], $4 catch_up text[],
---   $5 next runs timestamptz[] (each schedule's first tick after now)
-INSERT INTO {schema}.schedules AS s (name, entrypoint, expression, tz, catch_up, next_run)
-SELECT name, name, expression, tz, catch_up, next_run
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-    AS u(name, expression, tz, catch_up, next_run)
+--   $5 next runs timestamptz[] (each schedule's first tick after now), $6 tags as JSON arrays
+--   text[] (NULL: none), $7 meta as JSON text[] (NULL: none)
+INSERT INTO {schema}.schedules AS s (name, entrypoint, expression, tz, catch_up, next_run,
+    tags, meta)
+SELECT name, name, expression, tz, catch_up, next_run,
+    CASE WHEN t IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(t::jsonb)) END,
+    m::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
+            $7::text[])
+    AS u(name, expression, tz, catch_up, next_run, t, m)
 ORDER BY name
 ON CONFLICT (name) DO UPDATE SET
     next_run = CASE
@@ -31,6 +37,8 @@ ON CONFLICT (name) DO UPDATE SET
     expression = excluded.expression,
     tz = excluded.tz,
     catch_up = excluded.catch_up,
+    tags = excluded.tags,
+    meta = excluded.meta,
     last_registered = now()
 WHERE s.source = 'code'
 RETURNING name, pg_notify('{channel}', 'schedules:');
@@ -67,9 +75,9 @@ WITH wanted AS (
     ON CONFLICT (schedule_name, fire_time) DO NOTHING
     RETURNING schedule_name, fire_time, job_id
 ), queued AS (
-    INSERT INTO {schema}.jobs (id, entrypoint, payload, schedule_name, fire_time)
+    INSERT INTO {schema}.jobs (id, entrypoint, payload, schedule_name, fire_time, tags, meta)
     OVERRIDING SYSTEM VALUE
-    SELECT t.job_id, s.entrypoint, s.payload, t.schedule_name, t.fire_time
+    SELECT t.job_id, s.entrypoint, s.payload, t.schedule_name, t.fire_time, s.tags, s.meta
     FROM ticked AS t JOIN {schema}.schedules AS s ON s.name = t.schedule_name
     RETURNING id, schedule_name, fire_time
 ), newest AS (
@@ -94,10 +102,10 @@ SELECT id, schedule_name, fire_time FROM queued ORDER BY schedule_name, fire_tim
 -- last_job_id points at the new job. Returns nothing for an unknown schedule.
 -- params: $1 name
 WITH known AS (
-    SELECT name, entrypoint, payload FROM {schema}.schedules WHERE name = $1
+    SELECT name, entrypoint, payload, tags, meta FROM {schema}.schedules WHERE name = $1
 ), queued AS (
-    INSERT INTO {schema}.jobs (entrypoint, payload, schedule_name, fire_time)
-    SELECT entrypoint, payload, name, now() FROM known
+    INSERT INTO {schema}.jobs (entrypoint, payload, schedule_name, fire_time, tags, meta)
+    SELECT entrypoint, payload, name, now(), tags, meta FROM known
     RETURNING id, schedule_name
 ), noted AS (
     UPDATE {schema}.schedules AS s SET last_job_id = q.id
@@ -116,7 +124,7 @@ UPDATE {schema}.schedules SET enabled = false WHERE name = $1 RETURNING name;
 -- One schedule, locked until this transaction ends, with the database clock.
 -- params: $1 name
 SELECT name, entrypoint, payload, source, expression, tz, catch_up, enabled, next_run,
-    now() AS now
+    tags, meta, now() AS now
 FROM {schema}.schedules
 WHERE name = $1
 FOR UPDATE;
@@ -235,7 +243,7 @@ WHERE name = $1;
 -- Returns the ticks this statement fired, with their jobs.
 -- params: $1 name, $2 fire times timestamptz[] (ascending)
 WITH known AS (
-    SELECT name, entrypoint, payload FROM {schema}.schedules WHERE name = $1 FOR SHARE
+    SELECT name, entrypoint, payload, tags, meta FROM {schema}.schedules WHERE name = $1 FOR SHARE
 ), wanted AS (
     SELECT k.name, w.fire_time, nextval(pg_get_serial_sequence('{schema}.jobs', 'id')) AS job_id
     FROM known AS k, unnest($2::timestamptz[]) WITH ORDINALITY AS w(fire_time, ord)
@@ -246,9 +254,9 @@ WITH known AS (
     ON CONFLICT (schedule_name, fire_time) DO NOTHING
     RETURNING schedule_name, fire_time, job_id
 )
-INSERT INTO {schema}.jobs (id, entrypoint, payload, schedule_name, fire_time)
+INSERT INTO {schema}.jobs (id, entrypoint, payload, schedule_name, fire_time, tags, meta)
 OVERRIDING SYSTEM VALUE
-SELECT t.job_id, k.entrypoint, k.payload, t.schedule_name, t.fire_time
+SELECT t.job_id, k.entrypoint, k.payload, t.schedule_name, t.fire_time, k.tags, k.meta
 FROM ticked AS t, known AS k
 ORDER BY t.job_id
 RETURNING id, fire_time;
