@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import runtime
+from pgq_nb import runtime, tracing
 from pgq_nb.errors import DuplicateJobError, InvalidInputError, PayloadError
 from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, encode_payload, refuse_frame
 from pgq_nb.registry import parse_rate as parse_rate
@@ -322,7 +322,8 @@ async def submit(
 ) -> Any:
     """``q.enqueue``: one job or a batch on ``connection`` (or a pooled one); a large batch
     on a pooled connection then calls ``analyze``."""
-    async with store.connection(connection) as conn:
+    what = entrypoint if isinstance(entrypoint, str) else "batch"
+    async with store.connection(connection) as conn, tracing.enqueue_context(store, conn, what):
         if isinstance(entrypoint, list | tuple):
             result: Any = await enqueue_many(
                 store,

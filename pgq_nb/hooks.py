@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import functools
 import datetime as dt
+import functools
 import inspect
 import json
 import logging

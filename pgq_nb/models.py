@@ -64,6 +64,8 @@ class Job:
     step_index: int | None = None
     schedule_name: str | None = None
     fire_time: dt.datetime | None = None
+    #: the W3C traceparent recorded at enqueue (pgq_nb.tracing), None without tracing
+    trace_context: str | None = None
     _data: Any = dataclasses.field(default=_UNSET, repr=False)
     _parents: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     #: shared objects of the queue (``q.resources``), for handlers

@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from pgq_nb import db, executors
+from pgq_nb import db, executors, tracing
 from pgq_nb import worker_decisions as decisions
 from pgq_nb.claiming import Claiming
 from pgq_nb.completion import (
@@ -302,7 +302,7 @@ class Worker(Claiming, Upkeep, Following, Stopping):
                 timeout=spec.timeout,
                 cancel_requested=lambda: job.id in self._cancelling,
             )
-        future: asyncio.Future[Any] = asyncio.ensure_future(call)
+        future: asyncio.Future[Any] = asyncio.ensure_future(tracing.traced(job, call))
         self._running[job.id] = (job, future)
         if job.workflow_id is not None:
             self._steps.add(job.id)
