@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import runtime
+from pgq_nb import runtime, tracing
 from pgq_nb.errors import DuplicateJobError, InvalidInputError, PayloadError
 from pgq_nb.labels import check_meta, check_tags, label
 from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, encode_payload, refuse_frame
@@ -349,8 +349,10 @@ async def submit(
     refuse_reserved(entrypoint)
     labels = (check_tags(tags), check_meta(meta))
     labelled = labels != (None, None)
+    what = entrypoint if isinstance(entrypoint, str) else "batch"
     async with (
         store.connection(connection) as conn,
+        tracing.enqueue_context(store, conn, what),
         conn.transaction() if labelled else contextlib.nullcontext(),
     ):
         if isinstance(entrypoint, list | tuple):

@@ -76,6 +76,7 @@ class Queue:
     entrypoint = runtime.forwarded(AsyncQueue.entrypoint)
     resource = runtime.forwarded(AsyncQueue.resource)
     schedule = runtime.forwarded(AsyncQueue.schedule)
+    on = runtime.forwarded(AsyncQueue.on)
     enqueue = runtime.blocking(AsyncQueue.enqueue)
     get_job = runtime.blocking(AsyncQueue.get_job)
     statuses = runtime.blocking(AsyncQueue.statuses)

@@ -67,6 +67,8 @@ class Job:
     #: the labels given at enqueue (``tags=``, ``meta=``): a list of str and a dict (None: none)
     tags: list[str] | None = None
     meta: dict[str, Any] | None = None
+    #: the W3C traceparent recorded at enqueue (pgq_nb.tracing), None without tracing
+    trace_context: str | None = None
     _data: Any = dataclasses.field(default=_UNSET, repr=False)
     _parents: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     #: shared objects of the queue (``q.resources``), for handlers

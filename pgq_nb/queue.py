@@ -16,6 +16,7 @@ from pgq_nb.config import Settings
 from pgq_nb.enqueue import ANALYZE_AFTER_ROWS as ANALYZE_AFTER_ROWS
 from pgq_nb.enqueue import Dedupe
 from pgq_nb.errors import JobNotFoundError, UnknownEntrypointError
+from pgq_nb.hooks import F as HookF
 from pgq_nb.models import check_int
 from pgq_nb.nbjobs.api import NotebookMethods
 from pgq_nb.operations import Operations
@@ -120,6 +121,17 @@ class AsyncQueue(
             executor=executor,
             memory_limit=memory_limit,
         )
+
+    def on(self, event: str) -> Callable[[HookF], HookF]:
+        """Register a callback for ``event`` of every job this queue's workers run:
+        ``"started"``, ``"succeeded"``, ``"failed"`` (every failed attempt), ``"retried"`` (a
+        failed attempt that will be retried) or ``"dead"`` (one that failed for good). A
+        ``def`` or ``async def`` taking ``(job, outcome)`` (a :class:`pgq_nb.hooks.Outcome`:
+        status, error, result, attempt, duration), run by the worker after the outcome is
+        recorded (``started``: as the attempt starts). A hook that raises is logged and changes
+        nothing; one that blocks holds up neither the worker nor the job. See
+        :mod:`pgq_nb.hooks`."""
+        return self.registry.hooks.on(event)
 
     # -- enqueue ----------------------------------------------------------------------------
 

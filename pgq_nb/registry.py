@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pgq_nb import executors
 from pgq_nb.errors import InvalidInputError, UnknownEntrypointError, did_you_mean
+from pgq_nb.hooks import Hooks
 from pgq_nb.models import Job, check_int, check_text
 from pgq_nb.retry import RetryPolicy
 
@@ -67,6 +68,8 @@ class Registry:
         #: a worker serving the whole registry compares it to see that a handler was added or
         #: re-defined (see :mod:`pgq_nb.worker_follow`).
         self.generation = 0
+        #: ``@q.on(event)`` callbacks, run by this registry's workers (see :mod:`pgq_nb.hooks`)
+        self.hooks = Hooks()
 
     def entrypoint(
         self,

@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from pgq_nb import db, executors
+from pgq_nb import db, executors, tracing
 from pgq_nb import worker_decisions as decisions
 from pgq_nb.claiming import Claiming
 from pgq_nb.completion import (
@@ -36,6 +36,7 @@ from pgq_nb.handler_runs import (
     run_async,
     run_in_thread,
 )
+from pgq_nb.hooks import Dispatch
 from pgq_nb.models import Job
 from pgq_nb.registry import EntrypointSpec
 from pgq_nb.retention import retention_loop
@@ -136,6 +137,7 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         self._listener: asyncpg.Connection | None = None
         # handlers that run outside the worker (processes): checked before anything is claimed
         self._pool = executors.open_pool(self.specs.values(), self.processes, concurrency)
+        self._hooks = Dispatch(registry.hooks)  # @q.on callbacks (see pgq_nb.hooks)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -168,6 +170,7 @@ class Worker(Claiming, Upkeep, Following, Stopping):
             cancelled = True
             self.request_stop(hard=True)
         await self._run_stop(claiming, background)
+        await self._hooks.close()
         if cancelled:
             raise asyncio.CancelledError
         for task in (claiming, *tasks):
@@ -237,6 +240,7 @@ class Worker(Claiming, Upkeep, Following, Stopping):
             finally:
                 self._claiming = False
             self._slotted.difference_update(d.id for d in done)
+            self._hooks.recorded(d.id for d in done)  # committed with the claim
             for job in claimed:
                 self._start(job)
             backlog = len(claimed) == room
@@ -303,7 +307,7 @@ class Worker(Claiming, Upkeep, Following, Stopping):
                 timeout=spec.timeout,
                 cancel_requested=lambda: job.id in self._cancelling,
             )
-        future: asyncio.Future[Any] = asyncio.ensure_future(call)
+        future: asyncio.Future[Any] = asyncio.ensure_future(tracing.traced(job, call))
         self._running[job.id] = (job, future)
         if job.workflow_id is not None:
             self._steps.add(job.id)
@@ -311,6 +315,7 @@ class Worker(Claiming, Upkeep, Following, Stopping):
             self._slotted.add(job.id)
         self._per_entrypoint[job.entrypoint] += 1
         future.add_done_callback(lambda f: self._done(job, started, f))
+        self._hooks.started(job)
 
     def _done(self, job: Job, started: dt.datetime, future: asyncio.Future[Any]) -> None:
         self._running.pop(job.id, None)
@@ -344,12 +349,14 @@ class Worker(Claiming, Upkeep, Following, Stopping):
             value = future.result()
             if value is ALREADY_RECORDED:
                 self.stats.succeeded += 1
+                self._hooks.ended(job, "succeeded", started, finished, recorded=True)
                 return
             if isinstance(value, Encoded):
                 self._finished.append(
                     Finished(job.id, "succeeded", value.json, None, None, started, finished, 0.0)
                 )
                 self.stats.succeeded += 1
+                self._hooks.ended(job, "succeeded", started, finished, result=value.json)
                 return
             exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
         error, trace = describe_error(exc)
@@ -363,6 +370,9 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         else:
             self.stats.failed += 1
             self.failures.add(job.entrypoint, error)
+        self._hooks.ended(
+            job, "retrying" if decision.retry else "failed", started, finished, error=error
+        )
         logger.log(
             logging.INFO if decision.retry else logging.WARNING,
             "job will be retried" if decision.retry else "job failed",
@@ -415,6 +425,7 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         finally:
             self._flushing.difference_update(ids)
         self._wake_for_retries(batch)
+        self._hooks.recorded(ids)
         self._steps.difference_update(ids)
         self._slotted.difference_update(ids)
         self._slot_free.set()  # their slots are free now

@@ -17,7 +17,7 @@ import graphlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import runtime
+from pgq_nb import runtime, tracing
 from pgq_nb.errors import InvalidInputError, did_you_mean
 from pgq_nb.labels import Meta, Tags, check_meta, check_tags, label
 from pgq_nb.models import check_int, check_text, encode_payload, refuse_frame
@@ -241,7 +241,12 @@ class WorkflowBuilder:
         parents = [0] * len(self._nodes)
         for _, child in edges:
             parents[child] += 1
-        async with self.store.connection(connection) as conn, conn.transaction():
+        traced = f"workflow {self.name}"
+        async with (
+            self.store.connection(connection) as conn,
+            conn.transaction(),
+            tracing.enqueue_context(self.store, conn, traced),
+        ):
             return await self._write(conn, edges, parents)
 
     async def _write(self, conn: Any, edges: list[tuple[int, int]], parents: list[int]) -> int:

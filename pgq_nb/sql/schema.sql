@@ -127,7 +127,10 @@ CREATE TABLE {schema}.jobs (
     fire_time timestamptz,
     -- labels given at enqueue (q.enqueue(tags=, meta=)), kept in history; NULL: none
     tags text[],
-    meta jsonb
+    meta jsonb,
+    -- the W3C traceparent of the span that enqueued it (pgq_nb.tracing; migration 10), from
+    -- the transaction-local setting pgq_nb.traceparent the enqueue sets; NULL without tracing
+    trace_context text DEFAULT nullif(current_setting('pgq_nb.traceparent', true), '')
 );
 
 -- Exactly the claim query's shape: only queued rows, in claim order.
@@ -184,7 +187,9 @@ CREATE TABLE {schema}.history (
     schedule_name text,
     fire_time timestamptz,
     tags text[],
-    meta jsonb
+    meta jsonb,
+    -- the job's traceparent (jobs.trace_context)
+    trace_context text
 );
 
 CREATE INDEX history_finished_idx ON {schema}.history (finished);
@@ -351,7 +356,7 @@ WITH moved AS (
     INSERT INTO {schema}.history (id, entrypoint, payload, priority, status, attempts,
         dedupe_key, result, error, traceback, errors, worker_id, created, execute_after,
         started, finished, workflow_id, step_name, step_index, schedule_name, fire_time, tags,
-        meta)
+        meta, trace_context)
     SELECT id, entrypoint, payload, priority, outcome, attempts, dedupe_key,
         result_json::jsonb, final_error, trace,
         CASE WHEN attempt_error IS NULL THEN errors
@@ -359,7 +364,7 @@ WITH moved AS (
                  'attempt', attempts, 'error', attempt_error, 'at', finished_at))
         END,
         worker_id, created, execute_after, coalesce(started_at, started), finished_at,
-        workflow_id, step_name, step_index, schedule_name, fire_time, tags, meta
+        workflow_id, step_name, step_index, schedule_name, fire_time, tags, meta, trace_context
     FROM moved
     RETURNING entrypoint, status
 ), counted AS (
@@ -386,11 +391,11 @@ WITH moved AS (
 ), requeued AS (
     INSERT INTO {schema}.jobs (id, entrypoint, payload, priority, status, execute_after,
         attempts, dedupe_key, created, last_error, errors, pending_deps, workflow_id, step_name,
-        step_index, schedule_name, fire_time, tags, meta)
+        step_index, schedule_name, fire_time, tags, meta, trace_context)
     SELECT id, entrypoint, payload, priority,
         CASE WHEN parents = 0 THEN 'queued' ELSE 'blocked' END, now(), 0, dedupe_key, created,
         error, errors, parents, workflow_id, step_name, step_index, schedule_name, fire_time,
-        tags, meta
+        tags, meta, trace_context
     FROM moved
     RETURNING id
 ), uncounted AS (

@@ -76,7 +76,7 @@ FROM next_jobs
 WHERE j.id = next_jobs.id
 RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
     j.execute_after, j.dedupe_key, j.workflow_id, j.step_name, j.step_index, j.schedule_name,
-    j.fire_time;
+    j.fire_time, j.tags, j.meta, j.trace_context;
 
 -- name: release_slots
 -- Free the slots of jobs this worker finished, and wake the workers waiting for one.
