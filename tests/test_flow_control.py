@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import pgq_nb
+from pgq_nb import runtime
 from pgq_nb.enqueue import DuplicatesSkipped, parse_rate, rate_burst
 from tests.conftest import SCHEMA, execute_sql, start_worker_process, stop_processes, wait_until
 
@@ -228,3 +230,42 @@ def test_a_pause_holds_before_the_worker_has_heard_of_it(q: pgq_nb.Queue, instal
         assert set(q.wait(held, timeout=30).values()) == {"succeeded"}
     finally:
         handle.stop(timeout=30)
+
+
+def test_a_claim_that_waited_for_the_bucket_refills_from_its_lock_not_its_start(
+    q: pgq_nb.Queue,
+) -> None:
+    """A rate-limited claim whose transaction began before another claim stamped the bucket
+    measured a negative refill time from now() (its start): fewer tokens than none, a negative
+    LIMIT that failed the worker's claim (seen in CI under load, with the rate exceeded too, as
+    it stamped the bucket back in time)."""
+    q.entrypoint("rated")(lambda job: None)
+    q.enqueue(["rated"] * 10)
+    execute_sql(
+        q.aio.dsn,
+        f"UPDATE {SCHEMA}.entrypoints SET rate_per_s = 5 WHERE name = 'rated'",
+        f"INSERT INTO {SCHEMA}.rate_buckets (entrypoint, rate, burst, tokens) "
+        "VALUES ('rated', 5, 5, 0)",
+    )
+
+    async def scenario() -> tuple[int, int, float]:
+        aq = q.aio
+        claim = aq.queries["claim_limited"]
+        worker = await aq.pool.fetchval(
+            aq.queries["register_worker"], "test", 1, ["rated"], 4, "thread", None
+        )
+        async with aq.pool.acquire() as early, aq.pool.acquire() as late:
+            async with early.transaction():
+                await early.fetchval("SELECT now()")  # its now() is fixed from here
+                await asyncio.sleep(0.5)
+                taken_late = len(await late.fetch(claim, "rated", 10, worker))
+                taken_early = len(await early.fetch(claim, "rated", 10, worker))
+            tokens = await late.fetchval(
+                f"SELECT tokens FROM {SCHEMA}.rate_buckets WHERE entrypoint = 'rated'"
+            )
+        return taken_late, taken_early, tokens
+
+    taken_late, taken_early, tokens = runtime.run_sync(scenario())
+    assert taken_late == 2  # 0.5 s at 5/s
+    assert taken_early == 0  # no time passed since the other claim took the tokens
+    assert 0 <= tokens < 1

@@ -88,7 +88,9 @@ def _run(call: Awaitable[Any]) -> Any:
 async def _claimed(q: pgq_nb.Queue, n: int) -> tuple[int, list[int]]:
     """A worker row and ``n`` jobs it holds (picked)."""
     aq = q.aio
-    worker_id = await aq.pool.fetchval(aq.queries["register_worker"], "test", 1, ["e"], n)
+    worker_id = await aq.pool.fetchval(
+        aq.queries["register_worker"], "test", 1, ["e"], n, "thread", None
+    )
     for _ in range(n):
         await aq.pool.fetchval(aq.queries["enqueue_one"], "e", None, 0, None, None, "active")
     rows = await aq.pool.fetch(aq.queries["claim_jobs"], ["e"], n, worker_id)

@@ -27,9 +27,17 @@ DELETE FROM {schema}.rate_buckets WHERE entrypoint = $1 AND $3 IS NULL;
 -- locked (claims of this entrypoint queue here, briefly) and refilled for the time since it was
 -- last used; free slots (if any) are taken FOR UPDATE SKIP LOCKED. Then as many jobs as both
 -- allow are claimed as in claim_jobs, each bound to a slot, and the tokens are spent.
+-- The refill is measured on the clock when the bucket's lock is held (clock_timestamp(), not
+-- now(), the transaction's start): a claim that waited for the lock while a later one spent
+-- and stamped the bucket would otherwise see a negative time since (fewer tokens than none:
+-- a negative LIMIT, the worker's claim failing) and stamp the bucket back in time (the next
+-- claim refilled that time twice: more than the rate).
 -- params: $1 entrypoint, $2 batch size, $3 worker id
 WITH bucket AS (
-    SELECT least(burst, tokens + rate * extract(epoch FROM now() - updated)) AS avail
+    SELECT greatest(0, least(burst,
+               tokens + rate * greatest(0, extract(epoch FROM clock_timestamp() - updated))))
+               AS avail,
+           greatest(updated, clock_timestamp()) AS at
     FROM {schema}.rate_buckets WHERE entrypoint = $1
     FOR UPDATE
 ), slots AS (
@@ -66,7 +74,7 @@ WITH bucket AS (
     WHERE s.entrypoint = $1 AND s.slot = ns.slot
 ), spent AS (
     UPDATE {schema}.rate_buckets AS r
-    SET tokens = b.avail - (SELECT count(*) FROM next_jobs), updated = now()
+    SET tokens = b.avail - (SELECT count(*) FROM next_jobs), updated = b.at
     FROM bucket AS b
     WHERE r.entrypoint = $1
 )
