@@ -169,6 +169,7 @@ class Queue:
             processes=processes,
         )
         notices.tell_failed_in_background(worker.failures)
+        self.aio.background_failures.append(worker.failures)  # told by q.wait() too
         if running:
             line = _already(running[0], returned=False, others=len(running))
             notices.say(notices.WorkerAlreadyRunning(line))
@@ -213,6 +214,7 @@ class Queue:
         """The workers :meth:`start_worker` started from this queue that still run, oldest
         first: ``q.background_workers()[0].stop()`` stops one whose handle is lost."""
         self._background = [h for h in self._background if h.running]
+        self.aio.background_failures[:] = [h.worker.failures for h in self._background]
         return list(self._background)
 
     @property

@@ -17,6 +17,7 @@ from pgq_nb.errors import InvalidInputError, JobNotFoundError
 from pgq_nb.labels import check_filter, fetch_planned
 from pgq_nb.models import JobInfo, JobStatus, check_int, check_text
 from pgq_nb.waiting import wait_until
+from pgq_nb.worker_notices import Failures, tell_failed
 from pgq_nb.workflow_state import settle_steps
 
 if TYPE_CHECKING:
@@ -99,6 +100,9 @@ class Operations:
     pool: asyncpg.Pool
     queries: dict[str, str]
     settings: Settings
+    #: the failure tallies of this queue's background workers (Queue.start_worker), told by
+    #: wait() when it returns
+    background_failures: list[Failures]
 
     @runtime.bridged
     async def get_job(self, job_id: int) -> JobInfo:
@@ -143,7 +147,8 @@ class Operations:
 
         ``ids`` may be the Series ``enqueue_df`` returned (rows it skipped, <NA>, are left
         out). ``progress`` shows a bar of finished jobs (default: in a notebook, for 1,000 jobs
-        or more). An interrupt stops the waiting and leaves the jobs as they are."""
+        or more). An interrupt stops the waiting and leaves the jobs as they are. Failures of
+        this queue's background workers not told yet are told when it returns."""
         wanted = _present_ids(ids)
         finished = 0
 
@@ -157,18 +162,25 @@ class Operations:
             over = finished == len(wanted)
             return ({i: found[i].value for i in wanted} if over else None), finished
 
-        return await wait_until(
-            poll,
-            total=len(wanted),
-            timeout=timeout,
-            progress=progress,
-            description="jobs finished",
-            unit="jobs",
-            min_total=1_000,
-            timed_out=lambda: (
-                f"{len(wanted) - finished} of {len(wanted)} jobs had not finished after {timeout} s"
-            ),
-        )
+        try:
+            return await wait_until(
+                poll,
+                total=len(wanted),
+                timeout=timeout,
+                progress=progress,
+                description="jobs finished",
+                unit="jobs",
+                min_total=1_000,
+                timed_out=lambda: (
+                    f"{len(wanted) - finished} of {len(wanted)} jobs had not finished after "
+                    f"{timeout} s"
+                ),
+            )
+        finally:
+            # what this queue's background workers have not told yet, under the caller's cell:
+            # their own line comes a second after a failure, when a short cell may have ended
+            for failures in self.background_failures:
+                tell_failed(failures, background=True)
 
     @runtime.bridged
     async def cancel(self, ids: Sequence[int] | int) -> dict[int, str]:

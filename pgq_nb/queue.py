@@ -65,6 +65,7 @@ class AsyncQueue(
         self.handlers = self.registry.handlers
         self.schedule_specs = self.registry.schedule_specs
         self._unsynced_schedules = self.registry.unsynced_schedules
+        self.background_failures: list[notices.Failures] = []
 
     # -- registry ---------------------------------------------------------------------------
 
