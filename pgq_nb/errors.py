@@ -125,6 +125,8 @@ class NotebookCellError(PgqError, RuntimeError):
 
 def _rebuild_cell_error(message: str, cell: int, ename: str, evalue: str) -> NotebookCellError:
     return NotebookCellError(message, cell=cell, ename=ename, evalue=evalue)
+
+
 class UnpicklableHandlerError(InvalidInputError):
     """A handler to run in a process (``executor="process"``, ``processes=N``) that cannot be
     pickled to be sent there; nothing was claimed."""
@@ -149,6 +151,11 @@ class HandlerProcessDied(PgqError, RuntimeError):
     """The process running an attempt ended before the handler returned (a segfault, os._exit,
     killed from outside): that attempt is lost and retried per the policy; a new process takes
     its place."""
+
+
+class DaskWorkerLost(HandlerProcessDied):
+    """The Dask worker running an attempt was lost (``KilledWorker``: killed, or ended by its
+    nanny) or the cluster dropped its task: the attempt is retried per the policy."""
 
 
 class BlockingCallError(PgqError, RuntimeError):
