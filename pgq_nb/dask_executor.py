@@ -53,14 +53,15 @@ logger = logging.getLogger("pgq_nb.worker")
 CONNECT_TIMEOUT_S = 10.0
 
 
-def connect(address: str) -> Any:
+def connect(address: str, timeout: float | None = None) -> Any:
     """A client of the scheduler at ``address`` (``tcp://host:8786``), or a clear error."""
+    wait = CONNECT_TIMEOUT_S if timeout is None else timeout
     try:
         client: Any = distributed.Client  # (untyped)
-        return client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        return client(address, timeout=wait, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise InvalidInputError(
-            f"could not reach the Dask scheduler at {address!r} within {CONNECT_TIMEOUT_S:g} s "
+            f"could not reach the Dask scheduler at {address!r} within {wait:g} s "
             f"({type(exc).__name__}: {exc}): start it (`dask scheduler`, then `dask worker "
             f"{address}` on each machine) or check the address and that its port is open here"
         ) from None

@@ -184,9 +184,9 @@ def check_dask(dask: object, processes: object) -> None:
         )
 
 
-def dask_client(address: str) -> Any:
+def dask_client(address: str, timeout: float | None = None) -> Any:
     """A ``distributed.Client`` of the scheduler at ``address`` (``pgq-nb worker --dask``)."""
-    return _dask().connect(address)
+    return _dask().connect(address, timeout)
 
 
 def _dask() -> Any:
