@@ -17,8 +17,9 @@ Use ``executor="process"`` (a pool of this machine) where a timeout must really 
 A Dask worker lost while it runs the task (killed, out of memory under its nanny): the
 scheduler first reruns the task elsewhere, up to ``distributed.scheduler.allowed-failures``
 times (Dask's default: 3); past that the task fails with ``KilledWorker``, which ends the
-attempt as :class:`~pgq_nb.errors.DaskWorkerLost`, retried per the entrypoint's policy. A
-job is never lost with its worker: the queue's row outlives both.
+attempt as :class:`~pgq_nb.errors.DaskWorkerLost`, retried per the entrypoint's policy
+(the attempts Dask had queued on that worker too). A job is never lost with its worker: the
+queue's row outlives both, and a job finishes once in history whatever Dask reran.
 
 Imported only by a worker given ``dask=`` (:mod:`pgq_nb.executors`).
 """
