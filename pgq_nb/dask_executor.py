@@ -114,6 +114,7 @@ class DaskExecutor:
         self.client: Any = check_client(client)
         self.address = scheduler_address(client)
         self.size = max(1, sum(client.nthreads().values()))
+        self._checked: dict[int, Any] = {}  # handlers known to pickle (by id; kept alive)
 
     def pids(self) -> list[int]:
         """None of this machine's processes: the tasks run in Dask's workers."""
@@ -121,6 +122,9 @@ class DaskExecutor:
 
     async def run(self, spec: EntrypointSpec, job: Job, *, timeout: float | None) -> Any:
         """Run one attempt as a task on the cluster (see the module's docs)."""
+        if id(spec.handler) not in self._checked:  # (one taken on after the start: say why)
+            check_sendable(spec.name, spec.handler)
+            self._checked[id(spec.handler)] = spec.handler
         key = f"pgq_nb-{job.id}-{job.attempts}-{uuid.uuid4().hex[:8]}"
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()

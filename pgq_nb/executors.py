@@ -1,13 +1,15 @@
 """Where a handler runs: the executor seam of the worker.
 
 A worker runs ``async def`` handlers on its loop and plain ``def`` handlers in its thread pool
-(:mod:`pgq_nb.handler_runs`). A :class:`JobExecutor` runs them somewhere else: today a pool of
-processes of this machine (:mod:`pgq_nb.process_pool`, loky with cloudpickle); a Dask cluster
-is one more module with the same two coroutines. Which handler goes where is decided here
-(:func:`runs_outside`), from the entrypoint's ``executor=`` and the worker's ``processes=``.
+(:mod:`pgq_nb.handler_runs`). A :class:`JobExecutor` runs them somewhere else: a pool of
+processes of this machine (:mod:`pgq_nb.process_pool`, loky with cloudpickle) or a Dask
+cluster (:mod:`pgq_nb.dask_executor`, a worker given ``dask=client``). Which handler goes
+where is decided here (:func:`runs_outside`), from the entrypoint's ``executor=`` and the
+worker's ``processes=`` (or ``dask=``).
 
 This module imports nothing optional: :func:`open_pool` imports the process pool (and loky)
-only when a worker needs one, so ``import pgq_nb`` and a plain ``pgq-nb worker`` stay lean.
+only when a worker needs one (and dask only for ``dask=``), so ``import pgq_nb`` and a plain
+``pgq-nb worker`` stay lean.
 """
 
 from __future__ import annotations

@@ -249,3 +249,24 @@ def test_a_handler_that_cannot_be_pickled_is_refused_before_anything_is_claimed(
         q.run_until_idle(dask=client)
     assert q.get_job(job_id).status is pgq_nb.JobStatus.QUEUED
     assert _picked(q) == 0
+
+
+def test_a_handler_defined_after_the_start_that_cannot_be_pickled_fails_its_jobs_clearly(
+    q: pgq_nb.Queue, client: Any
+) -> None:
+    handle = q.start_worker(dask=client)
+    try:
+        lock = threading.Lock()
+
+        @q.entrypoint("later", retry=pgq_nb.RetryPolicy(max_attempts=1))
+        def later(job: pgq_nb.Job) -> None:
+            with lock:
+                pass
+
+        job_id = q.enqueue("later")
+        assert q.wait(job_id, timeout=60) == {job_id: "failed"}
+    finally:
+        handle.stop(timeout=60)
+    error = q.get_job(job_id).error
+    assert error is not None and error.startswith("UnpicklableHandlerError"), error
+    assert "'lock'" in error
