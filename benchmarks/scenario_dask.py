@@ -74,7 +74,7 @@ def run(ctx: Context) -> list[Row]:
     make_client: Any = distributed.Client
     with (
         make_cluster(
-            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address="127.0.0.1:0"
         ) as cluster,
         make_client(cluster, set_as_default=False) as client,
     ):

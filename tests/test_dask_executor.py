@@ -46,7 +46,7 @@ def cluster() -> Iterator[Any]:
     try:
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
             local = LocalCluster(
-                n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+                n_workers=2, processes=True, threads_per_worker=1, dashboard_address="127.0.0.1:0"
             )
         try:
             yield local
