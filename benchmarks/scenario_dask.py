@@ -18,7 +18,7 @@ from typing import Any
 
 import pgq_nb
 from benchmarks.common import Context, Row, fresh_pgq_nb, log, on_pgq_nb_loop
-from benchmarks.scenario_processes import pandas_udf, python_loop
+from benchmarks.scenario_processes import machine_check, pandas_udf, python_loop
 
 
 def _drain(ctx: Context, name: str, handler: Any, n: int, client: Any) -> float:
@@ -81,6 +81,7 @@ def run(ctx: Context) -> list[Row]:
         client.wait_for_workers(2, timeout=120)
         start_s = time.perf_counter() - began
         return [
+            machine_check(ctx),
             _compare(ctx, "pandas_udf", pandas_udf, n, client, start_s),
             _compare(ctx, "python", python_loop, n, client, start_s),
         ]
