@@ -9,6 +9,7 @@ from benchmarks import (
     scenario_claim,
     scenario_core,
     scenario_cron,
+    scenario_dask,
     scenario_drain,
     scenario_enqueue,
     scenario_flow,
@@ -123,6 +124,12 @@ SCENARIOS: dict[str, Scenario] = {
             False,
             "CPU-bound handlers (pandas, pure Python): processes=2 vs the thread pool; no-op "
             "overhead; the kernel's memory",
+        ),
+        Scenario(
+            "dask",
+            scenario_dask.run,
+            False,
+            "CPU-bound handlers on a Dask LocalCluster of 2 worker processes vs the thread pool",
         ),
     )
 }

@@ -90,7 +90,7 @@ def _spin(copies: int) -> float:
     return time.perf_counter() - began
 
 
-def _machine(ctx: Context) -> Row:
+def machine_check(ctx: Context) -> Row:
     """How much of two cores this shared machine gave us just now: two loops at once vs one."""
     row = Row(
         scenario="machine check: work done by 2 CPU-bound processes at once, vs 1 alone",
@@ -217,7 +217,7 @@ def _memory(ctx: Context, n: int) -> Row:
 def run(ctx: Context) -> list[Row]:
     n = 500 if ctx.sizes.quick else 2_000
     return [
-        _machine(ctx),
+        machine_check(ctx),
         _compare(ctx, "pandas_udf", pandas_udf, n),
         _compare(ctx, "pandas_builtin", pandas_builtin, n, target=""),
         _compare(ctx, "python", python_loop, n),

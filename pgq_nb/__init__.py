@@ -18,6 +18,7 @@ from pgq_nb.config import Settings
 from pgq_nb.errors import (
     BlockingCallError,
     ConfigurationError,
+    DaskWorkerLost,
     DatabaseUnavailableError,
     DuplicateJobError,
     EmbeddedServerError,
@@ -64,6 +65,7 @@ __all__ = [
     "AsyncQueue",
     "BlockingCallError",
     "ConfigurationError",
+    "DaskWorkerLost",
     "DatabaseUnavailableError",
     "DuplicateJobError",
     "EmbeddedServerError",

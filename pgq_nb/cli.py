@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from pgq_nb import cli_retention, cli_schedules, runtime
+from pgq_nb import cli_retention, cli_schedules, executors, runtime
 from pgq_nb.cli_admin import (
     cmd_cancel,
     cmd_db,
@@ -113,6 +113,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "process_exits": True,
         "processes": args.processes,
     }
+    if args.dask is not None:  # dask.distributed only now (pip install 'pgq_nb[dask]')
+        options["dask"] = executors.dask_client(args.dask)
     loop = runtime.loop()
     worker: Worker
     server = None
@@ -307,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="run plain def handlers in N processes (pip install 'pgq_nb[processes]')",
+    )
+    worker.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run plain def handlers on the Dask cluster whose scheduler is at ADDRESS, "
+        "e.g. tcp://scheduler:8786 (pip install 'pgq_nb[dask]')",
     )
     worker.add_argument("--entrypoints", help="comma-separated subset of entrypoints to run")
     worker.add_argument("--batch-size", type=int, help="jobs per claim (default: concurrency)")

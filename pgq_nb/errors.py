@@ -153,6 +153,11 @@ class HandlerProcessDied(PgqError, RuntimeError):
     its place."""
 
 
+class DaskWorkerLost(HandlerProcessDied):
+    """The Dask worker running an attempt was lost (``KilledWorker``: killed, or ended by its
+    nanny) or the cluster dropped its task: the attempt is retried per the policy."""
+
+
 class BlockingCallError(PgqError, RuntimeError):
     """A blocking method was called from inside the pgq_nb event loop, where it would deadlock."""
 

@@ -1,13 +1,15 @@
 """Where a handler runs: the executor seam of the worker.
 
 A worker runs ``async def`` handlers on its loop and plain ``def`` handlers in its thread pool
-(:mod:`pgq_nb.handler_runs`). A :class:`JobExecutor` runs them somewhere else: today a pool of
-processes of this machine (:mod:`pgq_nb.process_pool`, loky with cloudpickle); a Dask cluster
-is one more module with the same two coroutines. Which handler goes where is decided here
-(:func:`runs_outside`), from the entrypoint's ``executor=`` and the worker's ``processes=``.
+(:mod:`pgq_nb.handler_runs`). A :class:`JobExecutor` runs them somewhere else: a pool of
+processes of this machine (:mod:`pgq_nb.process_pool`, loky with cloudpickle) or a Dask
+cluster (:mod:`pgq_nb.dask_executor`, a worker given ``dask=client``). Which handler goes
+where is decided here (:func:`runs_outside`), from the entrypoint's ``executor=`` and the
+worker's ``processes=`` (or ``dask=``).
 
 This module imports nothing optional: :func:`open_pool` imports the process pool (and loky)
-only when a worker needs one, so ``import pgq_nb`` and a plain ``pgq-nb worker`` stay lean.
+only when a worker needs one (and dask only for ``dask=``), so ``import pgq_nb`` and a plain
+``pgq-nb worker`` stay lean.
 """
 
 from __future__ import annotations
@@ -118,12 +120,33 @@ def pool_size(processes: int | None, concurrency: int) -> int:
     return max(1, min(os.cpu_count() or 1, concurrency))
 
 
+def executor_label(processes: int | None, pool: JobExecutor | None) -> str:
+    """The workers table's ``executor``: "thread", "process", or "dask <scheduler address>"
+    (:func:`split_label` parts the last for ``q.workers()``)."""
+    if pool is not None and pool.kind == "dask":
+        return f"dask {getattr(pool, 'address', 'unknown')}"
+    return "process" if processes else "thread"
+
+
+def split_label(row: dict[str, Any]) -> dict[str, Any]:
+    """A workers row with ``executor`` "dask" and its ``scheduler`` address apart."""
+    executor, _, scheduler = str(row.get("executor") or "thread").partition(" ")
+    return {**row, "executor": executor, "scheduler": scheduler or None}
+
+
 def open_pool(
-    specs: Iterable[EntrypointSpec], processes: int | None, concurrency: int, check: bool = True
+    specs: Iterable[EntrypointSpec],
+    processes: int | None,
+    concurrency: int,
+    check: bool = True,
+    dask: Any = None,
 ) -> JobExecutor | None:
     """The pool a worker needs for ``specs`` (None when every one runs in the worker). Checks
     first (unless not ``check``) that each of their handlers can be sent to a process
-    (UnpicklableHandlerError). Starts no process yet."""
+    (UnpicklableHandlerError). Starts no process yet. With ``dask`` (a distributed.Client),
+    the handlers that would run in processes run on its cluster (:mod:`pgq_nb.dask_executor`)."""
+    if dask is not None:
+        return open_dask(specs, dask, check)
     outside = [s for s in specs if runs_outside(s, processes)]
     if processes is None and not outside:
         return None
@@ -132,6 +155,50 @@ def open_pool(
         module.check_sendable(spec.name, spec.handler)
     pool: JobExecutor = module.ProcessPool(pool_size(processes, concurrency))
     return pool
+
+
+def open_dask(specs: Iterable[EntrypointSpec], client: Any, check: bool = True) -> JobExecutor:
+    """The executor of a worker given ``dask=client``: checks the client (closed, or its
+    scheduler unreachable: InvalidInputError) and that the handlers it will send pickle."""
+    executor: JobExecutor = _dask().DaskExecutor(client)
+    if check:
+        check_handlers(specs, executor)
+    return executor
+
+
+def check_handlers(specs: Iterable[EntrypointSpec], executor: JobExecutor) -> None:
+    """UnpicklableHandlerError unless the handlers of ``specs`` that ``executor`` would run
+    can be pickled (before anything is claimed)."""
+    sizes = 1 if executor.kind == "dask" else executor.size
+    check = _dask().check_sendable if executor.kind == "dask" else check_sendable
+    for spec in specs:
+        if runs_outside(spec, sizes):
+            check(spec.name, spec.handler)
+
+
+def check_dask(dask: object, processes: object) -> None:
+    """``dask=`` and ``processes=`` together: refused (one place runs the handlers)."""
+    if dask is not None and processes not in (None, False):
+        raise InvalidInputError(
+            f"give dask= or processes=, not both (processes={processes!r}): with dask= the "
+            "handlers run on the Dask cluster's workers; for processes of this machine drop "
+            "dask= (or start a LocalCluster and give its client)"
+        )
+
+
+def dask_client(address: str, timeout: float | None = None) -> Any:
+    """A ``distributed.Client`` of the scheduler at ``address`` (``pgq-nb worker --dask``)."""
+    return _dask().connect(address, timeout)
+
+
+def _dask() -> Any:
+    try:
+        from pgq_nb import dask_executor
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"running handlers on Dask needs dask.distributed ({exc}): pip install 'pgq_nb[dask]'"
+        ) from None
+    return dask_executor
 
 
 def check_sendable(name: str, handler: Callable[..., Any]) -> None:

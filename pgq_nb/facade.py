@@ -131,6 +131,7 @@ class Queue:
         entrypoints: list[str] | None = None,
         grace_period: float = 30.0,
         processes: int | bool | None = None,
+        dask: Any = None,
     ) -> WorkerHandle:
         """Run a worker in the background of this process; returns a handle with ``.stop()``.
 
@@ -150,10 +151,12 @@ class Queue:
         here and no live worker serves (``JobsWithoutHandler``, when it starts), and of jobs
         that failed for good (``JobsFailed``, a second after a failure).
         ``processes=N`` (``True``: one per core) runs plain ``def`` handlers in N processes,
-        as for ``run_until_idle``.
+        as for ``run_until_idle``; ``dask=client`` (a ``distributed.Client``) runs them on its
+        Dask cluster's workers.
         """
         chosen = None if entrypoints is None else [*entrypoints]
-        arguments = (concurrency, chosen, grace_period, processes)
+        where = None if dask is None else id(dask)  # (the same client: the same worker)
+        arguments = (concurrency, chosen, grace_period, processes, where)
         self._replace_earlier_queues_workers()
         running = self.background_workers()
         for handle in running:
@@ -167,6 +170,7 @@ class Queue:
             grace_period=grace_period,
             waits_for_handlers=True,
             processes=processes,
+            dask=dask,
         )
         notices.tell_failed_in_background(worker.failures)
         self.aio.background_failures.append(worker.failures)  # told by q.wait() too

@@ -14,6 +14,7 @@ import asyncpg
 from pgq_nb import runtime
 from pgq_nb.config import Settings
 from pgq_nb.errors import InvalidInputError, JobNotFoundError
+from pgq_nb.executors import split_label
 from pgq_nb.labels import check_filter, fetch_planned
 from pgq_nb.models import JobInfo, JobStatus, check_int, check_text
 from pgq_nb.waiting import wait_until
@@ -130,10 +131,11 @@ class Operations:
     @runtime.bridged
     async def worker_list(self) -> list[dict[str, Any]]:
         """Worker processes with a recent heartbeat, as dicts: id, host, pid, entrypoints,
-        concurrency, executor, processes, started, heartbeat (``q.workers()`` has them as a
-        DataFrame)."""
+        concurrency, executor ("thread", "process" or "dask"), processes (its pool's size; on
+        Dask the cluster's threads), scheduler (a Dask worker's scheduler address, else None),
+        started, heartbeat (``q.workers()`` has them as a DataFrame)."""
         rows = await self.pool.fetch(self.queries["list_workers"], self.settings.heartbeat_timeout)
-        return [dict(r) for r in rows]
+        return [split_label(dict(r)) for r in rows]
 
     @runtime.bridged
     async def wait(

@@ -271,6 +271,7 @@ class AsyncQueue(
         wait_for_scheduled: float = 60.0,
         timeout: float | None = None,
         processes: int | bool | None = None,
+        dask: Any = None,
     ) -> WorkerStats:
         """Process jobs here until none is due now or within ``wait_for_scheduled`` seconds
         and none is running; return what was done.
@@ -284,6 +285,8 @@ class AsyncQueue(
         transactional handlers, and entrypoints with ``executor="thread"``, still run here.
         ``concurrency`` (jobs claimed at once) defaults to 32, or to 2N with processes (one
         running and one ready per process; the timeout counts from the handler's start).
+        ``dask=client`` (a ``distributed.Client``) runs them on that Dask cluster's workers
+        instead (concurrency: 2 per Dask thread; see :mod:`pgq_nb.dask_executor`).
 
         When it stops it warns, in one line each (see :mod:`pgq_nb.worker_notices`), of jobs
         that failed for good here (``JobsFailed``), and of queued jobs due within
@@ -300,6 +303,7 @@ class AsyncQueue(
             stop_when_idle=True,
             wait_for_scheduled=wait_for_scheduled,
             processes=processes,
+            dask=dask,
         )
         if timeout is not None:
             asyncio.get_running_loop().call_later(timeout, worker.request_stop)
@@ -316,15 +320,17 @@ class AsyncQueue(
         entrypoints: list[str] | None = None,
         grace_period: float = 30.0,
         processes: int | bool | None = None,
+        dask: Any = None,
     ) -> WorkerStats:
         """Work until cancelled or interrupted (what ``pgq-nb worker`` runs); ``processes``
-        as for :meth:`run_until_idle`."""
+        and ``dask`` as for :meth:`run_until_idle`."""
         worker = Worker(
             self,
             concurrency=concurrency,
             entrypoints=entrypoints,
             grace_period=grace_period,
             processes=processes,
+            dask=dask,
         )
         return await worker.run()
 

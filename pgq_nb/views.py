@@ -260,8 +260,10 @@ class Views:
     async def workers(self) -> pd.DataFrame:
         """Worker processes with a recent heartbeat, one row each: ``worker_id`` (the
         ``worker_id`` of the jobs it runs), host, pid, entrypoints, concurrency, executor
-        ("thread", or "process" for a worker with ``processes=N``), processes (its process
-        pool's size, or <NA>), started and heartbeat. :meth:`worker_list` has them as dicts."""
+        ("thread", "process" for a worker with ``processes=N``, "dask" for one with
+        ``dask=client``), processes (its process pool's size, the Dask cluster's threads, or
+        <NA>), scheduler (the Dask scheduler's address), started and heartbeat.
+        :meth:`worker_list` has them as dicts."""
         from pgq_nb.notebook import overview
 
         frame: pd.DataFrame = overview.workers_frame(await self.worker_list())

@@ -87,10 +87,16 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         process_exits: bool = False,
         waits_for_handlers: bool = False,
         processes: int | bool | None = None,
+        dask: Any = None,
     ) -> None:
+        executors.check_dask(dask, processes)
         self.processes = executors.check_processes(processes)
+        self.dask = dask  # a distributed.Client: handlers run on its cluster
+        # the Dask client checked (closed, unreachable) before anything else, for its size
+        outside = executors.open_dask((), dask, check=False) if dask is not None else None
         if concurrency is None:  # with processes: a job running and one ready, per process
-            concurrency = 2 * self.processes if self.processes else 32
+            size = outside.size if outside is not None else self.processes
+            concurrency = 2 * size if size else 32
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError("concurrency must be a positive int")
         registry = queue.registry
@@ -136,8 +142,17 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._listener: asyncpg.Connection | None = None
         # handlers that run outside the worker (processes): checked before anything is claimed
-        self._pool = executors.open_pool(self.specs.values(), self.processes, concurrency)
+        if outside is None:
+            self._pool = executors.open_pool(self.specs.values(), self.processes, concurrency)
+        else:
+            executors.check_handlers(self.specs.values(), outside)
+            self._pool = outside
         self._hooks = Dispatch(registry.hooks)  # @q.on callbacks (see pgq_nb.hooks)
+
+    @property
+    def _outside_size(self) -> int | None:
+        """What :func:`executors.runs_outside` weighs: the processes, or 1 on Dask."""
+        return 1 if self.dask is not None else self.processes
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -295,7 +310,7 @@ class Worker(Claiming, Upkeep, Following, Stopping):
             )
             if spec.is_async:
                 call = run_async(call, spec.timeout)
-        elif self._pool is not None and executors.runs_outside(spec, self.processes):
+        elif self._pool is not None and executors.runs_outside(spec, self._outside_size):
             call = self._pool.run(spec, job, timeout=spec.timeout)
         elif spec.is_async:
             call = run_async(spec.handler(job), spec.timeout)

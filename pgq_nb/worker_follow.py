@@ -45,6 +45,7 @@ class Following:
     _schedules: list[ScheduleSpec]
     _executor: Any
     _pool: JobExecutor | None
+    dask: Any
     processes: int | None
     _follows: bool  # started without entrypoints=: serves every registered handler
     _generation: int  # the registry's generation this worker has taken on
@@ -89,7 +90,9 @@ class Following:
                     max_workers=self.concurrency, thread_name_prefix="pgq_nb-job"
                 )
             if self._pool is None:  # (a handler that cannot be pickled fails its jobs, saying so)
-                self._pool = open_pool(changed.values(), self.processes, self.concurrency, False)
+                self._pool = open_pool(
+                    changed.values(), self.processes, self.concurrency, False, self.dask
+                )
             logger.info(
                 "worker took on handlers registered after it started",
                 extra={

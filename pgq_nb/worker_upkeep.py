@@ -18,6 +18,7 @@ import asyncpg
 from pgq_nb import db
 from pgq_nb import worker_decisions as decisions
 from pgq_nb.errors import DatabaseUnavailableError, PgqError
+from pgq_nb.executors import executor_label
 from pgq_nb.schedule import database, runner
 from pgq_nb.workflow_state import settle_steps
 
@@ -67,7 +68,7 @@ class Upkeep:
             os.getpid(),
             list(self.specs),
             self.concurrency,
-            "process" if self.processes else "thread",
+            executor_label(self.processes, self._pool),
             self._pool.size if self._pool is not None else None,
         )
         return worker_id

@@ -20,6 +20,8 @@ NOTEBOOK_STACK = ["pandas", "ipywidgets", "IPython", "tqdm", "matplotlib", "pgq_
 METRICS = ["prometheus_client", "pgq_nb.metrics"]
 #: loaded only by a worker that runs handlers in processes (processes=N, executor="process")
 PROCESS_STACK = ["loky", "cloudpickle", "pgq_nb.process_pool"]
+#: loaded only by a worker given a Dask cluster (dask=client, pgq-nb worker --dask)
+DASK_STACK = ["dask", "distributed", "pgq_nb.dask_executor"]
 
 PROBE_APP = '''
 """Writes the worker process's sys.modules to LEAN_PROBE_OUT when its job runs."""
@@ -45,7 +47,8 @@ def _loaded_after(code: str) -> list[str]:
     """The notebook-stack modules in sys.modules after running ``code`` in a new interpreter."""
     probe = (
         f"{code}\nimport json, sys\n"
-        f"print(json.dumps([m for m in {[*NOTEBOOK_STACK, *METRICS]!r} if m in sys.modules]))"
+        f"print(json.dumps([m for m in {[*NOTEBOOK_STACK, *METRICS, *DASK_STACK]!r} "
+        "if m in sys.modules]))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
@@ -93,4 +96,5 @@ def test_a_worker_process_loads_no_notebook_stack(
             process.wait()
     modules = set(json.loads(out.read_text()))
     assert "pgq_nb.worker" in modules  # it is the worker's own sys.modules
-    assert [m for m in [*NOTEBOOK_STACK, *METRICS, *PROCESS_STACK] if m in modules] == []
+    unwanted = [*NOTEBOOK_STACK, *METRICS, *PROCESS_STACK, *DASK_STACK]
+    assert [m for m in unwanted if m in modules] == []

@@ -139,6 +139,8 @@ def runs_in(worker: Mapping[str, Any]) -> str:
     """``threads``, ``4 processes``, or ``threads (+2 processes)`` for a worker of threads
     with a pool for executor="process" entrypoints."""
     size = worker.get("processes")
+    if worker.get("executor") == "dask":
+        return f"Dask at {worker.get('scheduler') or 'unknown'} ({size} threads)"
     if worker.get("executor") == "process":
         return f"{size} process{'es' if size != 1 else ''}"
     return f"threads (+{size} process{'es' if size != 1 else ''})" if size else "threads"

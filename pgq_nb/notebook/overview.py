@@ -48,6 +48,7 @@ WORKERS: dict[str, Kind] = {
     "concurrency": "int",
     "executor": "str",
     "processes": "int",
+    "scheduler": "str",
     "started": "time",
     "heartbeat": "time",
 }
