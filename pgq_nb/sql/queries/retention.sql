@@ -41,7 +41,8 @@ SELECT pg_try_advisory_xact_lock($1);
 -- One batch of a policy: delete up to $5 jobs of entrypoint $1 with status $2 that finished
 -- more than $3 ago (by the server's clock), oldest first (a range of
 -- history_entrypoint_finished_idx), keeping the $4 newest of them whatever their age and every
--- job of a workflow run still running; and take them off finished_counts in the same statement
+-- job of a workflow run that has not succeeded (running: later steps read their parents'
+-- results; failed or cancelled: run.retry() requeues steps that wait for them); and take them off finished_counts in the same statement
 -- (count_finished, as purge_history does), so the counters always match history: in shard 16,
 -- which no worker's completions use (they use 0-15), so none waits on this transaction's
 -- counter rows. Rows another transaction holds are skipped (left for the next batch), so it
@@ -65,7 +66,7 @@ WITH kept AS (
     WHERE h.entrypoint = $1 AND h.finished < (SELECT cutoff FROM edge) AND h.status = $2
       AND NOT EXISTS (
           SELECT FROM {schema}.workflows AS w
-          WHERE w.id = h.workflow_id AND w.status = 'running')
+          WHERE w.id = h.workflow_id AND w.status <> 'succeeded')
     ORDER BY h.finished
     LIMIT $5
     FOR UPDATE OF h SKIP LOCKED

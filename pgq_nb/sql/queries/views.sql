@@ -204,23 +204,29 @@ LIMIT $1;
 -- Retention: delete up to $2 jobs that finished before $1, oldest first (a range of
 -- history_finished_idx), and take them off finished_counts in the same statement
 -- (count_finished, in the schema), so the counters always match history. Rows another
--- transaction holds are left for the next run.
+-- transaction holds are left for the next run, and so are the steps of a workflow run that
+-- has not succeeded (a running one reads its parents' results; a failed or cancelled one can
+-- be retried, and its requeued steps wait for their parents' rows). The counters' shard 16
+-- is the purges' own: no worker's completions wait on it.
 -- Returns how many were deleted; call again until fewer than $2.
 -- params: $1 cutoff timestamptz, $2 batch size
 WITH doomed AS (
-    SELECT id
-    FROM {schema}.history
-    WHERE finished < $1
-    ORDER BY finished
+    SELECT h.id
+    FROM {schema}.history AS h
+    WHERE h.finished < $1
+      AND NOT EXISTS (
+          SELECT FROM {schema}.workflows AS w
+          WHERE w.id = h.workflow_id AND w.status <> 'succeeded')
+    ORDER BY h.finished
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF h SKIP LOCKED
 ), gone AS (
     DELETE FROM {schema}.history AS h
     USING doomed
     WHERE h.id = doomed.id
     RETURNING h.entrypoint, h.status
 ), uncounted AS (
-    SELECT {schema}.count_finished(array_agg(entrypoint), array_agg(status), 0::smallint, -1)
+    SELECT {schema}.count_finished(array_agg(entrypoint), array_agg(status), 16::smallint, -1)
     FROM gone
 )
 -- (a plain SELECT in WITH runs only when read: the join reads `uncounted`, one row)
