@@ -26,9 +26,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime, tracing
+from pgq_nb.encoding import encode_payload
 from pgq_nb.errors import DuplicateJobError, InvalidInputError, PayloadError
 from pgq_nb.labels import check_meta, check_tags, label
-from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, encode_payload, refuse_frame
+from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, refuse_frame
 from pgq_nb.nbjobs.content import ENTRYPOINT as NOTEBOOK_ENTRYPOINT
 from pgq_nb.registry import parse_rate as parse_rate
 from pgq_nb.registry import rate_burst as rate_burst
