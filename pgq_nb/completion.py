@@ -59,7 +59,7 @@ logger = logging.getLogger("pgq_nb.completion")
 
 #: The most text (results, errors, tracebacks, in characters) one ``finish_jobs`` statement
 #: carries; a bigger batch is recorded in several statements. Postgres refuses a message over
-#: 1 GiB, and each result may be up to ``models.RESULT_LIMIT`` (16 MiB).
+#: 1 GiB, and each result may be up to ``encoding.RESULT_LIMIT`` (16 MiB).
 STATEMENT_TEXT_LIMIT = 64 * 1024 * 1024
 
 _SAVEPOINT = "SAVEPOINT pgq_nb_finish"
@@ -122,7 +122,7 @@ def _as_refused(row: Finished, exc: BaseException) -> Finished:
     error = (
         f"the result/error could not be stored: {what} was refused by Postgres ({reason}); "
         "return values and raise errors Postgres can store (no NUL characters, results of "
-        "at most pgq_nb.models.RESULT_LIMIT characters of JSON)"
+        "at most pgq_nb.encoding.RESULT_LIMIT characters of JSON)"
     )
     outcome = "failed" if row.outcome == "succeeded" else row.outcome
     return row._replace(outcome=outcome, result=None, error=error, traceback=None)

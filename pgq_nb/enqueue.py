@@ -14,7 +14,7 @@ Everything is checked before anything is written (a server error would abort the
 transaction): entrypoint names (at most ``models.NAME_LIMIT`` characters) and dedupe keys (at
 most ``models.DEDUPE_KEY_LIMIT`` bytes of UTF-8) without NUL characters or lone surrogates,
 payloads of at most :data:`PAYLOAD_LIMIT` bytes (:data:`BATCH_PAYLOAD_LIMIT` for one batch),
-delays and dedupe windows within :data:`MAX_DELAY`.
+delays and dedupe windows within :data:`pgq_nb.enqueue_checks.MAX_DELAY`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime, tracing
+from pgq_nb.encoding import encode_payload
+from pgq_nb.enqueue_checks import check_key, check_scope, check_time
 from pgq_nb.errors import DuplicateJobError, InvalidInputError, PayloadError
 from pgq_nb.labels import check_meta, check_tags, label
-from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, encode_payload, refuse_frame
+from pgq_nb.models import check_int, check_text, refuse_frame
 from pgq_nb.nbjobs.content import ENTRYPOINT as NOTEBOOK_ENTRYPOINT
 from pgq_nb.registry import parse_rate as parse_rate
 from pgq_nb.registry import rate_burst as rate_burst
@@ -49,9 +51,6 @@ PAYLOAD_LIMIT = 64 * 1024 * 1024
 #: The most payload bytes one batch enqueue sends (256 MiB): Postgres refuses a message over
 #: 1 GiB ("invalid memory alloc request size"), and the arrays are copied on the way.
 BATCH_PAYLOAD_LIMIT = 256 * 1024 * 1024
-#: The longest delay (either way) and dedupe window: about 1,000 years. Python dates end in
-#: year 9999, and a window becomes a timestamp in Postgres.
-MAX_DELAY = dt.timedelta(days=365_000)
 
 
 class DuplicatesSkipped(UserWarning):
@@ -90,62 +89,6 @@ def warn_skipped(
         ),
         stacklevel=stacklevel + 1,
     )
-
-
-def check_delay(name: str, value: dt.timedelta) -> dt.timedelta:
-    """``value`` if it is within MAX_DELAY either way; else InvalidInputError."""
-    if abs(value) > MAX_DELAY:
-        raise InvalidInputError(
-            f"{name}={value!r} is too far away; a delay (or window) may be at most "
-            f"{MAX_DELAY.days:,} days (about 1,000 years) either way"
-        )
-    return value
-
-
-def check_time(value: object) -> dt.datetime | None:
-    """``execute_after`` as an aware datetime (a timedelta counts from now)."""
-    if value is None:
-        return None
-    if isinstance(value, dt.timedelta):
-        return dt.datetime.now(dt.UTC) + check_delay("execute_after", value)
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            raise InvalidInputError(
-                "execute_after is a naive datetime; give it a time zone "
-                "(datetime.now(timezone.utc) + ...) or pass a timedelta"
-            )
-        try:
-            value.astimezone(dt.UTC)  # asyncpg sends it in UTC
-        except OverflowError:
-            raise InvalidInputError(
-                f"execute_after={value.isoformat()} is out of range in UTC; give a time "
-                "between the years 1 and 9999"
-            ) from None
-        return value
-    raise InvalidInputError(
-        f"execute_after must be a timezone-aware datetime or a timedelta, not "
-        f"{type(value).__name__}"
-    )
-
-
-def check_scope(dedupe: object) -> tuple[str, float | None]:
-    """(scope, window seconds) of a ``dedupe`` argument."""
-    if isinstance(dedupe, dt.timedelta):
-        seconds = check_delay("dedupe", dedupe).total_seconds()
-        if seconds <= 0:
-            raise InvalidInputError("a dedupe window must be a positive timedelta")
-        return "window", seconds
-    if dedupe in ("active", "queued"):
-        return str(dedupe), None
-    raise InvalidInputError(
-        f"dedupe must be 'active' (while queued or running), 'queued' (while queued) or a "
-        f"timedelta (a window after enqueue), not {dedupe!r}"
-    )
-
-
-def check_key(name: str, key: object) -> str:
-    """A dedupe key Postgres can store and index."""
-    return check_text(name, key, limit=DEDUPE_KEY_LIMIT, in_bytes=True)
 
 
 def check_payload_size(name: str, data: bytes | None) -> bytes | None:

@@ -20,8 +20,9 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pgq_nb.encoding import encode_result
 from pgq_nb.errors import HandlerExitError, JobTimeoutError, UnstorableResultError
-from pgq_nb.models import TRACEBACK_LIMIT, Job, encode_result, storable_text
+from pgq_nb.models import TRACEBACK_LIMIT, Job, storable_text
 
 logger = logging.getLogger("pgq_nb.worker")
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
-from pgq_nb.enqueue import MAX_DELAY
+from pgq_nb.enqueue_checks import MAX_DELAY
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.labels import check_filter
 from pgq_nb.view_limits import (

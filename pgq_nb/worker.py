@@ -24,14 +24,10 @@ from pgq_nb import worker_decisions as decisions
 from pgq_nb.claiming import Claiming
 from pgq_nb.completion import (
     Finished,
-    record,
     run_transactional,
 )
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.handler_runs import (
-    ALREADY_RECORDED,
-    Encoded,
-    describe_error,
     failed_future,
     run_async,
     run_in_thread,
@@ -42,6 +38,7 @@ from pgq_nb.registry import EntrypointSpec
 from pgq_nb.retention import retention_loop
 from pgq_nb.schedule.runner import run_scheduler
 from pgq_nb.store import Backend
+from pgq_nb.worker_complete import Completing
 from pgq_nb.worker_follow import Following
 from pgq_nb.worker_notices import Failures
 from pgq_nb.worker_stop import Stopping, _wait
@@ -66,7 +63,7 @@ class WorkerStats:
         return self.succeeded + self.failed + self.retried + self.cancelled
 
 
-class Worker(Claiming, Upkeep, Following, Stopping):
+class Worker(Claiming, Completing, Upkeep, Following, Stopping):
     """Runs the handlers of one queue. Use :meth:`run`; stop with :meth:`request_stop`.
 
     Without ``entrypoints`` it serves every handler of the queue's registry, those registered
@@ -355,96 +352,5 @@ class Worker(Claiming, Upkeep, Following, Stopping):
         self._flush_pending.set()
         if decisions.flush_at_once(len(self._finished), self.batch_size, len(self._running)):
             self._flush_now.set()  # a full batch, or nothing left to wait for
-
-    def _record(
-        self, job: Job, started: dt.datetime, finished: dt.datetime, future: asyncio.Future[Any]
-    ) -> None:
-        exc = future.exception()
-        if exc is None:
-            value = future.result()
-            if value is ALREADY_RECORDED:
-                self.stats.succeeded += 1
-                self._hooks.ended(job, "succeeded", started, finished, recorded=True)
-                return
-            if isinstance(value, Encoded):
-                self._finished.append(
-                    Finished(job.id, "succeeded", value.json, None, None, started, finished, 0.0)
-                )
-                self.stats.succeeded += 1
-                self._hooks.ended(job, "succeeded", started, finished, result=value.json)
-                return
-            exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
-        error, trace = describe_error(exc)
-        decision = decisions.after_failure(self.specs[job.entrypoint].retry, exc, job.attempts)
-        outcome = "retry" if decision.retry else "failed"
-        self._finished.append(
-            Finished(job.id, outcome, None, error, trace, started, finished, decision.delay)
-        )
-        if decision.retry:
-            self.stats.retried += 1
-        else:
-            self.stats.failed += 1
-            self.failures.add(job.entrypoint, error)
-        self._hooks.ended(
-            job, "retrying" if decision.retry else "failed", started, finished, error=error
-        )
-        logger.log(
-            logging.INFO if decision.retry else logging.WARNING,
-            "job will be retried" if decision.retry else "job failed",
-            extra={
-                "job_id": job.id,
-                "entrypoint": job.entrypoint,
-                "attempt": job.attempts,
-                "error": error,
-                "retry_in_s": round(decision.delay, 3) if decision.retry else None,
-            },
-        )
-
-    # -- completing --------------------------------------------------------------------------
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._flush_pending.wait()
-            if decisions.gather_first(len(self._finished), self.batch_size):
-                # gather a batch: a few ms, or until batch_size completions wait
-                await _wait(self._flush_now, self.flush_interval)
-            self._flush_pending.clear()
-            self._flush_now.clear()
-            try:
-                await self._flush()
-            except db.TRANSIENT_ERRORS as exc:
-                logger.warning("completion failed; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(0.5)
-            if self._finished:
-                self._flush_pending.set()
-            if self.stop_when_idle:
-                self._wake.set()
-
-    async def _flush(self) -> None:
-        if not self._finished:
-            return
-        await self._marked()
-        batch, self._finished = self._finished, []
-        ids = [done.id for done in batch]
-        self._flushing.update(ids)
-        steps, slots = plan = decisions.flush_plan(ids, self._steps, self._slotted)
-        try:
-            if plan.in_transaction:
-                async with self.store.pool.acquire() as conn, conn.transaction():
-                    await record(conn, self._q, self.worker_id, batch, steps=steps, slots=slots)
-            else:
-                await record(self.store.pool, self._q, self.worker_id, batch, steps=False)
-        except BaseException:
-            self._finished[:0] = batch  # keep them for the next try
-            raise
-        finally:
-            self._flushing.difference_update(ids)
-        self._wake_for_retries(batch)
-        self._hooks.recorded(ids)
-        self._steps.difference_update(ids)
-        self._slotted.difference_update(ids)
-        self._slot_free.set()  # their slots are free now
-        if slots:
-            self._wake.set()  # and so are global ones: no need to wait for our own NOTIFY
 
     # -- heartbeat ---------------------------------------------------------------------------

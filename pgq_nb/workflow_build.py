@@ -18,9 +18,10 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime, tracing
+from pgq_nb.encoding import encode_payload
 from pgq_nb.errors import InvalidInputError, did_you_mean
 from pgq_nb.labels import Meta, Tags, check_meta, check_tags, label
-from pgq_nb.models import check_int, check_text, encode_payload, refuse_frame
+from pgq_nb.models import check_int, check_text, refuse_frame
 from pgq_nb.query_errors import guarded
 
 if TYPE_CHECKING:

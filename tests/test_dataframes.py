@@ -15,8 +15,8 @@ import pytest
 
 import pgq_nb
 from pgq_nb import runtime
+from pgq_nb.encoding import encode_payload
 from pgq_nb.enqueue import DuplicatesSkipped
-from pgq_nb.models import encode_payload
 from pgq_nb.notebook import encode, progress
 from tests.conftest import SCHEMA
 

@@ -14,10 +14,11 @@ import asyncpg
 import pytest
 
 import pgq_nb
-from pgq_nb import completion, handler_runs, models, runtime
+from pgq_nb import completion, encoding, handler_runs, models, runtime
 from pgq_nb.completion import Finished
+from pgq_nb.encoding import encode_result
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.models import encode_result, storable_text
+from pgq_nb.models import storable_text
 from tests.conftest import SCHEMA
 
 # -- encode_result --------------------------------------------------------------------------
@@ -54,8 +55,8 @@ def test_encode_result_keeps_a_surrogate_pair() -> None:
 
 
 def test_encode_result_refuses_results_over_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert models.RESULT_LIMIT == 16 * 1024 * 1024
-    monkeypatch.setattr(models, "RESULT_LIMIT", 100)
+    assert encoding.RESULT_LIMIT == 16 * 1024 * 1024
+    monkeypatch.setattr(encoding, "RESULT_LIMIT", 100)
     assert encode_result("x" * 98) == '"' + "x" * 98 + '"'  # 100 characters of JSON
     with pytest.raises(InvalidInputError, match=r"101 characters of JSON; .* at most 100"):
         encode_result("x" * 99)
@@ -303,7 +304,7 @@ def _handler(job: pgq_nb.Job) -> object:
 def test_a_worker_fails_only_the_poison_jobs_and_keeps_going(
     q: pgq_nb.Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(models, "RESULT_LIMIT", 1_000)
+    monkeypatch.setattr(encoding, "RESULT_LIMIT", 1_000)
     q.entrypoint("mixed", retry=pgq_nb.RetryPolicy(max_attempts=1))(_handler)
     payloads: list[dict[str, Any]] = []
     for n in range(200):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import signal
 import stat
 import time
@@ -36,11 +35,11 @@ from pgq_nb.embedded._home import (
     HomeFiles,
     Settings,
     ensure_socket_dir,
-    include_pg_conf,
     max_connections,
     new_secret,
     write_pg_conf,
 )
+from pgq_nb.embedded._initdb import initdb
 from pgq_nb.embedded._layout import (
     HOME_WAY_OUT,
     check_no_legacy_data,
@@ -50,7 +49,7 @@ from pgq_nb.embedded._layout import (
     usable_bin_dir,
 )
 from pgq_nb.embedded._roles import APP_ROLE, SUPERUSER, set_up_app_role
-from pgq_nb.embedded._safefs import check_private, make_dir, open_private, refuse, replace_file, who
+from pgq_nb.embedded._safefs import check_private, open_private, refuse, who
 from pgq_nb.embedded._system import (
     PG_MAJOR,
     ServerUser,
@@ -237,7 +236,7 @@ class EmbeddedServer:
         """Run initdb unless the data directory exists; check its version if it does."""
         version = self._files.data_version()
         if version is None:
-            self._initdb(user, sync=sync)
+            initdb(self.home, self.data_dir, self.log_file, self._files, user, sync=sync)
             return
         if version != PG_MAJOR:
             raise EmbeddedServerError(self._version_message(version))
@@ -253,54 +252,6 @@ class EmbeddedServer:
             raise EmbeddedServerError(self._missing_secret_message())
         if self._files.load_settings() is None:
             self._files.save_settings(self._files.new_settings())
-
-    def _initdb(self, user: ServerUser, *, sync: bool) -> None:
-        """Create the data directory: initdb into ``data.initdb/``, then rename it to ``data/``.
-
-        An interrupted initialisation thus never leaves a half-made ``data/`` behind.
-        """
-        bins = usable_bin_dir(user)
-        check_reachable(self.home, user, "the home", HOME_WAY_OUT)
-        secret = self._files.ensure_secret()
-        rotate_log(self.log_file)
-        if os.path.lexists(self.data_dir):
-            try:
-                self.data_dir.rmdir()
-            except OSError:
-                raise EmbeddedServerError(
-                    f"{self.data_dir} exists but is not a PostgreSQL data directory (it has no "
-                    "PG_VERSION). Move it away, or set PGQ_NB_HOME to a new directory."
-                ) from None
-        staging = self.home / "data.initdb"
-        shutil.rmtree(staging, ignore_errors=True)
-        if not make_dir(staging, 0o700, **user.owner()):
-            raise refuse(staging, "it cannot be removed", f"Remove it (rm -r {staging}).")
-        offset = log_size(self.log_file)
-        pwfile = self.home / f".pwfile-{os.getpid()}"  # initdb runs as the server user
-        try:
-            replace_file(pwfile, secret, **user.owner())
-            cmd = [str(bins / "initdb"), "-D", str(staging), "-U", SUPERUSER]
-            cmd += ["-A", "scram-sha-256", f"--pwfile={pwfile}", "--locale=C", "--encoding=UTF8"]
-            cmd += ["--no-instructions"] if sync else ["--no-instructions", "--no-sync"]
-            code = run_logged(cmd, user, self.log_file, timeout=120)
-        finally:
-            pwfile.unlink(missing_ok=True)
-        if code != 0:
-            raise EmbeddedServerError(
-                f"initdb failed (exit code {code}) for {self.data_dir}. Last lines of its output:"
-                f"\n{log_tail(self.log_file, offset, [secret])}\nFull log: {self.log_file}"
-            )
-        include_pg_conf(staging, user)
-        settings = self._files.new_settings()
-        write_pg_conf(staging, settings, user)
-        staging.rename(self.data_dir)
-        self._files.save_settings(settings)
-        if sync:
-            fd = os.open(self.home, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
     # -- starting ----------------------------------------------------------------------------
 

@@ -12,8 +12,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from pgq_nb.encoding import decode_payload, encode_payload
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.models import decode_payload, encode_payload
 from pgq_nb.nbjobs.api import check_served
 from pgq_nb.nbjobs.content import (
     ENTRYPOINT,

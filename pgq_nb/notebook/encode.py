@@ -3,7 +3,7 @@
 Every column becomes a list of JSON texts (one per row) by a conversion chosen once for its
 dtype; rows are then assembled with one ``%`` template, so no Python code runs per cell for
 numeric, boolean, string, timestamp and categorical columns. The text is what
-``pgq_nb.models.encode_payload`` would write for the same values (compact separators, ASCII),
+``pgq_nb.encoding.encode_payload`` would write for the same values (compact separators, ASCII),
 so ``job.data`` decodes it. (``enqueue_df`` also records each column's dtype, once per call,
 so that ``q.results()`` can give the columns back as they were: :mod:`pgq_nb.notebook.dtypes`.)
 

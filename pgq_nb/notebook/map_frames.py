@@ -11,7 +11,7 @@ import pandas as pd
 
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.notebook import dtypes, encode
-from pgq_nb.notebook.enqueue import payload_columns
+from pgq_nb.notebook.enqueue_args import payload_columns
 
 
 def frame_payloads(frame: object, step: str) -> tuple[list[bytes], str]:

@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import runtime
+from pgq_nb.encoding import encode_payload
 from pgq_nb.enqueue import check_payload_size, refuse_reserved
 from pgq_nb.errors import InvalidInputError
-from pgq_nb.models import check_text, encode_payload, refuse_frame
+from pgq_nb.models import check_text, refuse_frame
 from pgq_nb.nbjobs.content import ENTRYPOINT as NOTEBOOK_ENTRYPOINT
 from pgq_nb.nbjobs.scheduling import (
     BOTH,

@@ -1,0 +1,147 @@
+"""How a worker records what its handlers did: each attempt's outcome (success, retry or
+failure, with the retry policy's decision) buffered as it ends, then the buffer written in
+batches by the flush loop (one statement, or one transaction with workflow steps and slots).
+
+A base class of :class:`pgq_nb.worker.Worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pgq_nb import db
+from pgq_nb import worker_decisions as decisions
+from pgq_nb.completion import Finished, record
+from pgq_nb.handler_runs import ALREADY_RECORDED, Encoded, describe_error
+from pgq_nb.worker_stop import _wait
+
+if TYPE_CHECKING:
+    from pgq_nb.hooks import Dispatch
+    from pgq_nb.models import Job
+    from pgq_nb.registry import EntrypointSpec
+    from pgq_nb.store import Store
+    from pgq_nb.worker import WorkerStats
+    from pgq_nb.worker_notices import Failures
+
+logger = logging.getLogger("pgq_nb.worker")
+
+
+class Completing:
+    """Recording finished attempts; see the module's docstring."""
+
+    store: Store
+    worker_id: int | None
+    specs: dict[str, EntrypointSpec]
+    batch_size: int
+    flush_interval: float
+    stop_when_idle: bool
+    stats: WorkerStats
+    failures: Failures
+    _q: dict[str, str]
+    _hooks: Dispatch
+    _finished: list[Finished]
+    _flushing: set[int]
+    _steps: set[int]
+    _slotted: set[int]
+    _wake: asyncio.Event
+    _slot_free: asyncio.Event
+    _flush_pending: asyncio.Event
+    _flush_now: asyncio.Event
+
+    _marked: Callable[[], Awaitable[None]]
+    _wake_for_retries: Callable[[Sequence[Finished]], None]
+
+    def _record(
+        self, job: Job, started: dt.datetime, finished: dt.datetime, future: asyncio.Future[Any]
+    ) -> None:
+        exc = future.exception()
+        if exc is None:
+            value = future.result()
+            if value is ALREADY_RECORDED:
+                self.stats.succeeded += 1
+                self._hooks.ended(job, "succeeded", started, finished, recorded=True)
+                return
+            if isinstance(value, Encoded):
+                self._finished.append(
+                    Finished(job.id, "succeeded", value.json, None, None, started, finished, 0.0)
+                )
+                self.stats.succeeded += 1
+                self._hooks.ended(job, "succeeded", started, finished, result=value.json)
+                return
+            exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
+        error, trace = describe_error(exc)
+        decision = decisions.after_failure(self.specs[job.entrypoint].retry, exc, job.attempts)
+        outcome = "retry" if decision.retry else "failed"
+        self._finished.append(
+            Finished(job.id, outcome, None, error, trace, started, finished, decision.delay)
+        )
+        if decision.retry:
+            self.stats.retried += 1
+        else:
+            self.stats.failed += 1
+            self.failures.add(job.entrypoint, error)
+        self._hooks.ended(
+            job, "retrying" if decision.retry else "failed", started, finished, error=error
+        )
+        logger.log(
+            logging.INFO if decision.retry else logging.WARNING,
+            "job will be retried" if decision.retry else "job failed",
+            extra={
+                "job_id": job.id,
+                "entrypoint": job.entrypoint,
+                "attempt": job.attempts,
+                "error": error,
+                "retry_in_s": round(decision.delay, 3) if decision.retry else None,
+            },
+        )
+
+    # -- completing --------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_pending.wait()
+            if decisions.gather_first(len(self._finished), self.batch_size):
+                # gather a batch: a few ms, or until batch_size completions wait
+                await _wait(self._flush_now, self.flush_interval)
+            self._flush_pending.clear()
+            self._flush_now.clear()
+            try:
+                await self._flush()
+            except db.TRANSIENT_ERRORS as exc:
+                logger.warning("completion failed; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(0.5)
+            if self._finished:
+                self._flush_pending.set()
+            if self.stop_when_idle:
+                self._wake.set()
+
+    async def _flush(self) -> None:
+        if not self._finished:
+            return
+        await self._marked()
+        batch, self._finished = self._finished, []
+        ids = [done.id for done in batch]
+        self._flushing.update(ids)
+        steps, slots = plan = decisions.flush_plan(ids, self._steps, self._slotted)
+        try:
+            if plan.in_transaction:
+                async with self.store.pool.acquire() as conn, conn.transaction():
+                    await record(conn, self._q, self.worker_id, batch, steps=steps, slots=slots)
+            else:
+                await record(self.store.pool, self._q, self.worker_id, batch, steps=False)
+        except BaseException:
+            self._finished[:0] = batch  # keep them for the next try
+            raise
+        finally:
+            self._flushing.difference_update(ids)
+        self._wake_for_retries(batch)
+        self._hooks.recorded(ids)
+        self._steps.difference_update(ids)
+        self._slotted.difference_update(ids)
+        self._slot_free.set()  # their slots are free now
+        if slots:
+            self._wake.set()  # and so are global ones: no need to wait for our own NOTIFY
