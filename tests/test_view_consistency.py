@@ -167,6 +167,7 @@ def test_workers_is_a_frame_and_worker_list_the_records(
         "concurrency",
         "executor",
         "processes",
+        "scheduler",
         "started",
         "heartbeat",
     ]
@@ -174,6 +175,7 @@ def test_workers_is_a_frame_and_worker_list_the_records(
     assert row["worker_id"] == listed["id"] and row["entrypoints"] == ["ok"]
     assert str(workers["concurrency"].dtype) == "Int64"
     assert row["executor"] == "thread" and pd.isna(row["processes"])
+    assert pd.isna(row["scheduler"])  # a Dask scheduler's address, for executor "dask"
     empty = overview.workers_frame([])
     assert empty.dtypes.equals(workers.dtypes)  # the same schema with no worker alive
 
