@@ -14,8 +14,9 @@ by a stop fires nothing after ``started``. Every event but ``started`` fires aft
 is recorded in Postgres, so a hook that reads the job sees what it says.
 
 A hook never changes a job's outcome and never stops the worker: ``def`` hooks run in a small
-thread pool of their own (a hook that blocks holds one of its threads, not the worker's loop
-nor a handler's thread), ``async def`` hooks run on the worker's loop as tasks, cancelled
+pool of :data:`HOOK_THREADS` daemon threads of their own (a hook that blocks holds one of
+them, not the worker's loop nor a handler's thread, and never keeps a stopped worker's process
+alive), ``async def`` hooks run on the worker's loop as tasks, cancelled
 after :data:`ASYNC_TIMEOUT` seconds. A hook that raises (or times out) is logged on the
 ``pgq_nb.hooks`` logger, at most once per hook per :data:`LOG_EVERY` seconds with the count of
 the failures not logged meanwhile.
@@ -31,6 +32,8 @@ import functools
 import inspect
 import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -130,7 +133,7 @@ class Dispatch:
     def __init__(self, hooks: Hooks) -> None:
         self.hooks = hooks
         self.pending: dict[int, tuple[Job, Outcome, tuple[str, ...]]] = {}
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool: DaemonPool | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self._logged: dict[int, tuple[float, int]] = {}  # id(hook): (last logged, suppressed)
 
@@ -185,10 +188,8 @@ class Dispatch:
                     future = asyncio.ensure_future(_with_timeout(hook, job, outcome))
                 else:
                     if self._pool is None:
-                        self._pool = concurrent.futures.ThreadPoolExecutor(
-                            HOOK_THREADS, thread_name_prefix="pgq_nb-hook"
-                        )
-                    future = loop.run_in_executor(self._pool, hook, job, outcome)
+                        self._pool = DaemonPool(HOOK_THREADS)
+                    future = asyncio.wrap_future(self._pool.submit(hook, job, outcome), loop=loop)
                 self._tasks.add(future)
                 future.add_done_callback(functools.partial(self._done, hook, event, job.id))
 
@@ -224,8 +225,66 @@ class Dispatch:
             for task in list(self._tasks):
                 task.cancel()
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
             self._pool = None
+
+
+class DaemonPool:
+    """At most ``size`` daemon threads running the calls :meth:`submit` queues, in order.
+
+    Not a ThreadPoolExecutor: the interpreter joins those threads at its exit, so one hung
+    ``def`` hook would keep a stopped worker's process alive for ever; daemon threads die
+    with the process."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._calls: queue.SimpleQueue[
+            tuple[concurrent.futures.Future[Any], Hook, tuple[Any, ...]] | None
+        ] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, fn: Hook, *args: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the hook pool is shut down")
+            self._calls.put((future, fn, args))
+            # as ThreadPoolExecutor: a new thread only when none is idle, up to size
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self.size:
+                thread = threading.Thread(
+                    target=self._run, name=f"pgq_nb-hook_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def _run(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn, args = call
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:
+                    future.set_exception(exc)
+            self._idle.release()
+
+    def shutdown(self) -> None:
+        """Cancel the calls not started; each thread ends after its call (a hung one never
+        does, but does not hold the process)."""
+        with self._lock:
+            self._closed = True
+            while True:
+                try:
+                    call = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                if call is not None:
+                    call[0].cancel()
+            for _ in self._threads:
+                self._calls.put(None)
 
 
 def _events(status: str) -> tuple[str, ...]:

@@ -82,8 +82,12 @@ def check_meta(value: object, name: str = "meta") -> Meta:
                 "must be str"
             )
     try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(value, allow_nan=False, default=_numpy_scalar)
+    except RecursionError:
+        raise InvalidInputError(
+            f"{name} is nested too deeply to encode as JSON; keep labels a few levels deep"
+        ) from None
+    except (TypeError, ValueError) as exc:  # ValueError: NaN, infinity, a circular reference
         raise InvalidInputError(
             f"{name} is not JSON-serialisable ({exc}); use str, numbers, bools, None, lists "
             "and dicts (convert dates with .isoformat())"
@@ -99,7 +103,16 @@ def check_meta(value: object, name: str = "meta") -> Meta:
             f"{name} is {size:,} bytes of JSON; at most {META_LIMIT:,} are allowed "
             "(pgq_nb.labels.META_LIMIT): meta labels a job, the payload carries its data"
         )
-    return dict(value) or None
+    plain: dict[str, Any] = json.loads(text)  # numpy scalars now plain numbers
+    return plain or None
+
+
+def _numpy_scalar(value: object) -> Any:
+    """json's ``default=``: a numpy scalar (np.int64(3), as a DataFrame's rows hold) as its
+    Python value, without importing numpy; anything else is not JSON."""
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():
+        return value.item()  # type: ignore[attr-defined]
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def check_filter(tag: object, tags: object, meta: object) -> tuple[Tags, Meta]:

@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import math
 import os
 import re
 import zlib
@@ -91,6 +92,12 @@ def _parse_text(name: str, text: str) -> dt.timedelta:
         at = part.end()
     else:
         if lowered:
+            # before timedelta(): a huge number overflows it (or is a float infinity)
+            if not math.isfinite(seconds) or seconds > MAX_PERIOD.total_seconds():
+                raise InvalidInputError(
+                    f"{name}={text!r} is more than 1,000 years ({MAX_PERIOD.days:,} days); "
+                    "give a shorter period, or None to keep for ever"
+                )
             return dt.timedelta(seconds=seconds)
     raise InvalidInputError(
         f"{name}={text!r} is not a duration: write a number and a unit, such as '30d', '12h', "

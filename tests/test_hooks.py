@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +19,14 @@ import pytest
 import pgq_nb
 from pgq_nb import hooks
 from pgq_nb.hooks import EVENTS, Outcome
-from tests.conftest import start_worker_process, stop_processes, wait_until
+from tests.conftest import (
+    APPS,
+    REPO,
+    start_worker_process,
+    stop_processes,
+    wait_until,
+    worker_env,
+)
 
 FAST_RETRY = pgq_nb.RetryPolicy(max_attempts=2, base_delay=0.0, jitter=0.0)
 
@@ -175,3 +186,65 @@ def test_process_worker_runs_the_hooks_of_the_modules_queue(
         )
     finally:
         stop_processes([proc])
+
+
+HANGING_APP = """
+import os, time
+import pgq_nb
+
+q = pgq_nb.connect()
+
+
+@q.entrypoint("hooked")
+def hooked(job):
+    return 1
+
+
+@q.on("succeeded")
+def hang(job, outcome):
+    with open(os.environ["PGQ_NB_TEST_HOOK_FILE"], "a") as f:
+        f.write(f"{job.id}\\n")
+    time.sleep(1000)  # a webhook that never answers
+"""
+
+
+def test_a_hung_def_hook_never_keeps_a_stopped_worker_process_alive(
+    dsn: str, q: pgq_nb.Queue, tmp_path: Path
+) -> None:
+    (tmp_path / "hanging_app.py").write_text(HANGING_APP)
+    notes = tmp_path / "notes.txt"
+    q.entrypoint("hooked")(lambda job: None)  # to enqueue it here; the process runs it
+    job_id = q.enqueue("hooked")
+    path = os.pathsep.join([str(tmp_path), str(APPS), os.environ.get("PYTHONPATH", "")])
+    proc = start_worker_process(
+        dsn, "hanging_app:q", PGQ_NB_TEST_HOOK_FILE=str(notes), PYTHONPATH=path
+    )
+    try:
+        wait_until(lambda: notes.exists() and notes.read_text() == f"{job_id}\n", 60, "the hook")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) is not None  # before: alive after any number of SIGTERMs
+    finally:
+        stop_processes([proc], timeout=5)
+    # a script that starts a worker, runs a job, stops the worker and returns, exits
+    script = (
+        "import hanging_app, os, time\n"
+        "q = hanging_app.q\n"
+        "q.enqueue('hooked')\n"
+        "w = q.start_worker()\n"
+        "deadline = time.monotonic() + 60\n"
+        "while not os.path.exists(os.environ['PGQ_NB_TEST_HOOK_FILE']):\n"
+        "    assert time.monotonic() < deadline, 'the hook never ran'\n"
+        "    time.sleep(0.1)\n"
+        "w.stop()\n"
+    )
+    notes.unlink()
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=worker_env(dsn, PGQ_NB_TEST_HOOK_FILE=str(notes), PYTHONPATH=path),
+        cwd=str(REPO),
+        timeout=120,  # before: TimeoutExpired, the interpreter never exits
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert notes.exists(), "the hook never ran in the script"

@@ -106,6 +106,9 @@ def test_periods_parse(text: str, seconds: float) -> None:
         (dt.timedelta(days=-1), "is negative"),
         (30, "must be a duration"),
         (dt.timedelta(days=400_000), "1,000 years"),
+        ("400000d", "1,000 years"),
+        ("99999999999d", "1,000 years"),  # beyond timedelta: OverflowError before
+        ("1" + "0" * 400 + "d", "1,000 years"),  # a float infinity: OverflowError before
     ],
 )
 def test_bad_periods_are_refused(value: object, message: str) -> None:
@@ -379,6 +382,15 @@ def test_purge_cli_purges_once(rq: pgq_nb.Queue, installed: str) -> None:
         [*cli, "--older-than", "soon"], env=env, cwd=str(REPO), capture_output=True, text=True
     )
     assert bad.returncode != 0 and "is not a duration" in bad.stderr
+    huge = subprocess.run(
+        [*cli, "--older-than", "99999999999d"],
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+    )
+    assert huge.returncode != 0 and "1,000 years" in huge.stderr
+    assert "Traceback" not in huge.stderr
     assert _mismatched_counters(rq) == 0
 
 

@@ -106,6 +106,19 @@ def test_requeued_failed_jobs_keep_their_labels(q: pgq_nb.Queue) -> None:
     assert _labels(q, "jobs")[job] == (["again"], {"k": "v"})
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for _ in range(depth):
+        meta = {"a": meta}
+    return meta
+
+
+def _circular() -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    meta["self"] = meta
+    return meta
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -120,6 +133,8 @@ def test_requeued_failed_jobs_keep_their_labels(q: pgq_nb.Queue) -> None:
         ({"meta": {"nan": float("nan")}}, "not JSON-serialisable"),
         ({"meta": {"big": "x" * META_LIMIT}}, "at most"),
         ({"meta": {"a": "b\x00"}}, "NUL"),
+        ({"meta": _nested(1200)}, "nested too deeply"),  # RecursionError before
+        ({"meta": _circular()}, "not JSON-serialisable"),
     ],
 )
 def test_bad_labels_are_refused_and_nothing_is_written(
@@ -215,6 +230,28 @@ def test_enqueue_df_labels_from_a_value_or_a_column(q: pgq_nb.Queue) -> None:
         int(deduped.iloc[0]),
         int(deduped.iloc[2]),
     }
+
+
+def test_enqueue_df_meta_takes_numpy_scalars_and_refuses_nan(q: pgq_nb.Queue) -> None:
+    import numpy as np
+    import pandas as pd
+
+    seen: dict[int, tuple[Any, Any]] = {}
+    _register(q, seen)
+    info = [
+        {"k": np.int64(3), "f": np.float32(0.5), "ok": np.bool_(True), "l": [np.int8(1)]},
+        {"k": np.float64(2.5)},
+    ]
+    ids = q.enqueue_df("work", pd.DataFrame({"n": [1, 2], "info": info}), meta="info")
+    q.run_until_idle()
+    assert [seen[int(i)][1] for i in ids] == [
+        {"k": 3, "f": 0.5, "ok": True, "l": [1]},
+        {"k": 2.5},
+    ]
+    for bad in (np.float32("nan"), np.array([1, 2]), np.datetime64("2026-01-01")):
+        with pytest.raises(InvalidInputError, match="not JSON-serialisable"):
+            q.enqueue_df("work", pd.DataFrame({"n": [1], "info": [{"k": bad}]}), meta="info")
+    assert len(_fetch(q, "SELECT id FROM S.history")) == 2
 
 
 @pytest.mark.parametrize(
