@@ -124,9 +124,18 @@ def screenshot_on_failure(driver: Any, tmp_path: Path, name: str) -> Iterator[No
 
 
 def wait_for(driver: Any, condition: Callable[[Any], Any], what: str, timeout: float = 60) -> Any:
+    """Until ``condition`` holds; an element the page's live update replaced while it was read
+    (StaleElementReferenceException, seen in CI under load) is read again at the next poll."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition, message=what)
+    wait = WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.2,
+        ignored_exceptions=(StaleElementReferenceException,),
+    )
+    return wait.until(condition, message=what)
 
 
 def text_of(driver: Any, css: str) -> str:
