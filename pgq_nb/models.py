@@ -69,6 +69,16 @@ class Job:
     meta: dict[str, Any] | None = None
     #: the W3C traceparent recorded at enqueue (pgq_nb.tracing), None without tracing
     trace_context: str | None = None
+    #: times this job snoozed (``raise pgq_nb.Snooze(...)``); an attempt is not used up by one
+    snoozes: int = 0
+    #: its entrypoint's ``concurrency_key`` value (at most ``max_per_key`` run at once)
+    concurrency_key: str | None = None
+    #: ``cache=False`` at enqueue: run even if a cached result exists (None: the entrypoint's)
+    use_cache: bool | None = None
+    #: a workflow step a ``map_over`` made at run time: the step whose result it came from,
+    #: and its place (the source's place, then its row)
+    map_source: int | None = None
+    step_path: list[int] | None = None
     _data: Any = dataclasses.field(default=_UNSET, repr=False)
     _parents: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     #: shared objects of the queue (``q.resources``), for handlers

@@ -45,6 +45,8 @@ CREATE TABLE {schema}.entrypoints (
     max_running integer,
     rate_per_s double precision,
     paused boolean NOT NULL DEFAULT false,
+    -- at most this many jobs of one concurrency_key run at once (migration 11); NULL: no cap
+    max_per_key integer,
     registered timestamptz NOT NULL DEFAULT now(),
     last_seen timestamptz NOT NULL DEFAULT now()
 );
@@ -130,7 +132,18 @@ CREATE TABLE {schema}.jobs (
     meta jsonb,
     -- the W3C traceparent of the span that enqueued it (pgq_nb.tracing; migration 10), from
     -- the transaction-local setting pgq_nb.traceparent the enqueue sets; NULL without tracing
-    trace_context text DEFAULT nullif(current_setting('pgq_nb.traceparent', true), '')
+    trace_context text DEFAULT nullif(current_setting('pgq_nb.traceparent', true), ''),
+    -- (migration 11, issue #21) times the job said "not yet" (raise pgq_nb.Snooze): put back
+    -- due later without using up an attempt, capped per entrypoint
+    snoozes integer NOT NULL DEFAULT 0,
+    -- at most max_per_key (of its entrypoint) jobs of one key run at once, across workers
+    concurrency_key text,
+    -- cache=False at enqueue: run even when a cached result exists; NULL: the entrypoint's
+    use_cache boolean,
+    -- a step a map_over made at run time: the step whose result it came from, and its place
+    -- (the source's place, then its row)
+    map_source bigint,
+    step_path integer[]
 );
 
 -- Exactly the claim query's shape: only queued rows, in claim order.
@@ -143,6 +156,9 @@ CREATE UNIQUE INDEX jobs_dedupe_key_idx ON {schema}.jobs (dedupe_key)
     WHERE dedupe_key IS NOT NULL AND dedupe_scope <> 'window'
       AND (status <> 'picked' OR dedupe_scope = 'active');
 CREATE INDEX jobs_workflow_idx ON {schema}.jobs (workflow_id) WHERE workflow_id IS NOT NULL;
+-- Running jobs per key, for claims of entrypoints with max_per_key.
+CREATE INDEX jobs_key_running_idx ON {schema}.jobs (entrypoint, concurrency_key)
+    WHERE status = 'picked' AND concurrency_key IS NOT NULL;
 
 -- The hot table churns: vacuum it early and often so claims never walk dead tuples.
 ALTER TABLE {schema}.jobs SET (
@@ -189,7 +205,15 @@ CREATE TABLE {schema}.history (
     tags text[],
     meta jsonb,
     -- the job's traceparent (jobs.trace_context)
-    trace_context text
+    trace_context text,
+    -- as in jobs (migration 11); cache_key: what a cached entrypoint's result is found by
+    -- (entrypoint, handler version, payload); cached_from: the job whose result this one reused
+    snoozes integer NOT NULL DEFAULT 0,
+    concurrency_key text,
+    cache_key text,
+    cached_from bigint,
+    map_source bigint,
+    step_path integer[]
 );
 
 CREATE INDEX history_finished_idx ON {schema}.history (finished);
@@ -197,6 +221,9 @@ CREATE INDEX history_entrypoint_finished_idx ON {schema}.history (entrypoint, fi
 CREATE INDEX history_failed_idx ON {schema}.history (entrypoint, finished) WHERE status = 'failed';
 CREATE INDEX history_workflow_idx ON {schema}.history (workflow_id)
     WHERE workflow_id IS NOT NULL;
+-- Cached results: the newest succeeded job of a cache key.
+CREATE INDEX history_cache_idx ON {schema}.history (cache_key, finished)
+    WHERE cache_key IS NOT NULL AND status = 'succeeded';
 -- Tag and meta filters of the views (tags @> ..., meta @> ...). Partial: a job without labels
 -- costs them nothing. The live table has none: it stays small, a filter on it reads it whole,
 -- and its inserts and claims pay for no index they do not use.
@@ -334,29 +361,34 @@ $$;
 --                   finished time}; NULL appends nothing
 --   starts, ends    started (NULL: the job's own) and finished (NULL: now())
 --   count_shard     the finished_counts shard to count them in
+--   cache_keys      history.cache_key (NULL: none); cached_froms history.cached_from
 -- (A LANGUAGE sql function with one statement: no plpgsql is needed, and Postgres 18 caches
 -- its plan like a prepared statement's.)
 CREATE FUNCTION {schema}.move_to_history(ids bigint[], outcomes text[],
     from_statuses text[] DEFAULT NULL, holder bigint DEFAULT NULL, results text[] DEFAULT NULL,
     final_errors text[] DEFAULT NULL, tracebacks text[] DEFAULT NULL,
     attempt_errors text[] DEFAULT NULL, starts timestamptz[] DEFAULT NULL,
-    ends timestamptz[] DEFAULT NULL, count_shard smallint DEFAULT 0)
+    ends timestamptz[] DEFAULT NULL, count_shard smallint DEFAULT 0,
+    cache_keys text[] DEFAULT NULL, cached_froms bigint[] DEFAULT NULL)
 RETURNS TABLE (id bigint, status text, workflow_id bigint) LANGUAGE sql AS $$
 WITH moved AS (
     DELETE FROM {schema}.jobs AS j
-    USING unnest(ids, outcomes, results, final_errors, tracebacks, attempt_errors, starts, ends)
+    USING unnest(ids, outcomes, results, final_errors, tracebacks, attempt_errors, starts, ends,
+            cache_keys, cached_froms)
         AS d(job_id, outcome, result_json, final_error, trace, attempt_error, started_at,
-             finished_at)
+             finished_at, cache_key_of, cached_from_of)
     WHERE j.id = d.job_id
       AND CASE WHEN from_statuses IS NULL THEN j.worker_id IS NOT DISTINCT FROM holder
                ELSE j.status = ANY(from_statuses) END
     RETURNING j.*, d.outcome, d.result_json, d.final_error, d.trace, d.attempt_error,
-        d.started_at, coalesce(d.finished_at, now()) AS finished_at
+        d.started_at, coalesce(d.finished_at, now()) AS finished_at, d.cache_key_of,
+        d.cached_from_of
 ), saved AS (
     INSERT INTO {schema}.history (id, entrypoint, payload, priority, status, attempts,
         dedupe_key, result, error, traceback, errors, worker_id, created, execute_after,
         started, finished, workflow_id, step_name, step_index, schedule_name, fire_time, tags,
-        meta, trace_context)
+        meta, trace_context, snoozes, concurrency_key, cache_key, cached_from, map_source,
+        step_path)
     SELECT id, entrypoint, payload, priority, outcome, attempts, dedupe_key,
         result_json::jsonb, final_error, trace,
         CASE WHEN attempt_error IS NULL THEN errors
@@ -364,7 +396,8 @@ WITH moved AS (
                  'attempt', attempts, 'error', attempt_error, 'at', finished_at))
         END,
         worker_id, created, execute_after, coalesce(started_at, started), finished_at,
-        workflow_id, step_name, step_index, schedule_name, fire_time, tags, meta, trace_context
+        workflow_id, step_name, step_index, schedule_name, fire_time, tags, meta, trace_context,
+        snoozes, concurrency_key, cache_key_of, cached_from_of, map_source, step_path
     FROM moved
     RETURNING entrypoint, status
 ), counted AS (
@@ -391,11 +424,12 @@ WITH moved AS (
 ), requeued AS (
     INSERT INTO {schema}.jobs (id, entrypoint, payload, priority, status, execute_after,
         attempts, dedupe_key, created, last_error, errors, pending_deps, workflow_id, step_name,
-        step_index, schedule_name, fire_time, tags, meta, trace_context)
+        step_index, schedule_name, fire_time, tags, meta, trace_context, concurrency_key,
+        map_source, step_path)
     SELECT id, entrypoint, payload, priority,
         CASE WHEN parents = 0 THEN 'queued' ELSE 'blocked' END, now(), 0, dedupe_key, created,
         error, errors, parents, workflow_id, step_name, step_index, schedule_name, fire_time,
-        tags, meta, trace_context
+        tags, meta, trace_context, concurrency_key, map_source, step_path
     FROM moved
     RETURNING id
 ), uncounted AS (

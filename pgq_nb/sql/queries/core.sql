@@ -61,7 +61,8 @@ WHERE j.id = next_jobs.id
   AND j.entrypoint <> ALL (ARRAY(SELECT name FROM {schema}.entrypoints WHERE paused))
 RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
     j.execute_after, j.dedupe_key, j.workflow_id, j.step_name, j.step_index, j.schedule_name,
-    j.fire_time, j.tags, j.meta, j.trace_context;
+    j.fire_time, j.tags, j.meta, j.trace_context, j.snoozes, j.concurrency_key, j.use_cache,
+    j.map_source, j.step_path;
 
 -- name: finish_jobs
 -- Record a batch of finished attempts in one statement. An attempt to retry goes back to the

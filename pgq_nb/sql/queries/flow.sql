@@ -84,7 +84,8 @@ FROM next_jobs
 WHERE j.id = next_jobs.id
 RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
     j.execute_after, j.dedupe_key, j.workflow_id, j.step_name, j.step_index, j.schedule_name,
-    j.fire_time, j.tags, j.meta, j.trace_context;
+    j.fire_time, j.tags, j.meta, j.trace_context, j.snoozes, j.concurrency_key, j.use_cache,
+    j.map_source, j.step_path;
 
 -- name: release_slots
 -- Free the slots of jobs this worker finished, and wake the workers waiting for one.
