@@ -73,11 +73,60 @@ def check_token(token: str, source: str) -> str:
     return token
 
 
-def read_token_file(path: Path) -> str:
-    """The secret in ``path``: a regular file of ours, not a symlink, that no one else may read
-    or write (mode 0600 or 0400); anything else is refused with what to do."""
+def _safe_directory(st: os.stat_result) -> bool:
+    """A directory nobody but its owner (this user or root) can change entries in: not writable
+    by group or others, unless sticky (``/tmp``: others cannot rename or replace our entries)."""
+    owner_ok = st.st_uid in (0, os.geteuid())
+    return owner_ok and (not st.st_mode & 0o022 or bool(st.st_mode & stat.S_ISVTX))
+
+
+def _open_token_file(path: Path) -> int:
+    """A descriptor of ``path``, reached from ``/`` one directory at a time without following a
+    symlink (its directories' symlinks resolved first), every directory on the way one that only
+    this user or root can change; the file itself must not be a symlink. A directory that
+    another user may write could swap the file for another of ours, or a symlink in it for a
+    path of theirs, between a check and the open."""
+    path = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(path.parent)) / path.name
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        walked = Path("/")
+        for name in real.parts[1:-1]:
+            st = os.fstat(fd)
+            if not _safe_directory(st):
+                raise ConfigurationError(
+                    f"--token-file {path} is reached through {walked}, a directory other users "
+                    f"may change (owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}), so "
+                    "one of them could swap the secret; keep it in a directory of yours that "
+                    "only you can write (for example your home, chmod 700)"
+                )
+            walked = walked / name
+            next_fd = os.open(
+                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
+            os.close(fd)
+            fd = next_fd
+        st = os.fstat(fd)
+        if not _safe_directory(st):
+            raise ConfigurationError(
+                f"--token-file {path} is in {walked}, a directory other users may change (owner "
+                f"uid {st.st_uid}, mode {stat.filemode(st.st_mode)}), so one of them could swap "
+                "the secret; keep it in a directory of yours that only you can write (for "
+                "example your home, chmod 700)"
+            )
+        return os.open(
+            real.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd
+        )
+    finally:
+        os.close(fd)
+
+
+def read_token_file(path: Path) -> str:
+    """The secret in ``path``: a regular file of ours, not a symlink, in directories only we (or
+    root) can change, that no one else may read or write (mode 0600 or 0400); anything else is
+    refused with what to do."""
+    try:
+        fd = _open_token_file(path)
     except FileNotFoundError:
         raise ConfigurationError(
             f"--token-file {path} does not exist; write a secret to it "
