@@ -766,3 +766,16 @@ def test_records_round_trip_and_refuse_what_is_not_json() -> None:
     with pytest.raises(pgq_nb.InvalidInputError, match="got an object, which is not JSON"):
         records.encode("x", object())
     assert records.bundle("n", 3)["text/plain"] == "recorded n = 3"
+
+
+def test_a_notebook_job_carries_its_labels(served: pgq_nb.Queue, tmp_path: Path) -> None:
+    q = served
+    path = notebook(tmp_path / "x.ipynb", ("code", "1", []))
+    later = dt.timedelta(days=1)
+    job = q.enqueue_notebook(path, execute_after=later, tags=["nightly"], meta={"team": "ops"})
+    q.enqueue_notebook(path, execute_after=later)
+    assert list(q.jobs(tag="nightly")["job_id"]) == [job]
+    assert list(q.jobs(meta={"team": "ops"})["job_id"]) == [job]
+    with pytest.raises(pgq_nb.InvalidInputError, match="tags"):
+        q.enqueue_notebook(path, execute_after=later, tags="nightly")
+    assert len(q.jobs()) == 2  # the refused one wrote nothing

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import enqueue, runtime
+from pgq_nb import enqueue, labels, runtime
 from pgq_nb.enqueue import Dedupe
 from pgq_nb.errors import InvalidInputError, UnknownEntrypointError
 from pgq_nb.models import check_int
@@ -68,6 +68,8 @@ class NotebookMethods:
         execute_after: dt.datetime | dt.timedelta | None = None,
         dedupe_key: str | None = None,
         dedupe: Dedupe = "active",
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
         connection: Any = None,
     ) -> int:
         """Run the notebook at ``path`` as a job, in a Jupyter kernel on a worker that serves
@@ -81,10 +83,15 @@ class NotebookMethods:
         kernel runs in (default: a private temporary directory, removed after the run).
         ``check_kernel=False`` skips the check that this machine has the kernel (when only
         the workers have it).
-        The other options are ``q.enqueue``'s. Errors (a path that does not exist, a file that
-        is not a notebook, parameters that are not JSON, a kernel not installed here) are
-        raised before anything is written.
+        The other options are ``q.enqueue``'s (``tags`` and ``meta`` label the job, as
+        there, for the views' filters: ``q.history(tag="nightly")``). Errors (a path that does
+        not exist, a file that is not a notebook, parameters that are not JSON, a kernel not
+        installed here, labels that are not a list of str and a JSON object) are raised before
+        anything is written.
         """
+
+        checked_tags = labels.check_tags(tags)
+        checked_meta = labels.check_meta(meta)
 
         async def call() -> int:
             async with self.store.connection(connection) as conn, conn.transaction():
@@ -99,7 +106,7 @@ class NotebookMethods:
                     cwd=cwd,
                     check_kernel=check_kernel,
                 )
-                return await enqueue.enqueue_one(
+                job_id = await enqueue.enqueue_one(
                     self.store,
                     self.registry,
                     conn,
@@ -110,6 +117,8 @@ class NotebookMethods:
                     dedupe_key,
                     dedupe,
                 )
+                await labels.label(self.queries, conn, [job_id], [checked_tags], [checked_meta])
+                return job_id
 
         job_id: int = await runtime.run_for(connection, call())
         return job_id
