@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 
 from benchmarks import (
+    scenario_ceiling,
     scenario_claim,
     scenario_core,
     scenario_cron,
@@ -68,6 +69,12 @@ SCENARIOS: dict[str, Scenario] = {
             scenario_claim.run,
             False,
             "the claim statement with a big backlog against 10,000 queued",
+        ),
+        Scenario(
+            "ceiling",
+            scenario_ceiling.run,
+            False,
+            "the worker's claim and completion statements alone in a tight loop vs the worker",
         ),
         Scenario("stats", scenario_stats.run, False, "q.stats() over a long history"),
         Scenario(
