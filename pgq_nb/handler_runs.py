@@ -13,6 +13,7 @@ Timeouts count from the moment the handler starts, not from when the job was cla
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import time
@@ -130,7 +131,9 @@ async def run_in_thread(
             raise _exited(exc) from None
         return value if value is ALREADY_RECORDED else encode(value)  # in this thread
 
-    thread = loop.run_in_executor(executor, call)
+    # in a copy of this task's context, as asyncio.to_thread does: the attempt's span (pgq_nb
+    # tracing) is current in the handler too, so the jobs it enqueues continue the trace
+    thread = loop.run_in_executor(executor, contextvars.copy_context().run, call)
     timed_out = False
     interrupted = False
     try:

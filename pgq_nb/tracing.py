@@ -39,6 +39,14 @@ class _Otel:
 
         self.trace = trace
         self.propagate = propagate
+        self._silent = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+    def recording(self) -> bool:
+        """A tracer provider is set (an SDK's): spans are made and exported. Without one (the
+        API installed, nothing configured) a span is a no-op that still costs microseconds:
+        a fifth of a no-op job's time in the worker, measured (cProfile of a 20,000-job
+        drain: 21 of 118 us per job)."""
+        return not isinstance(self.trace.get_tracer_provider(), self._silent)
 
 
 def api() -> _Otel | None:
@@ -62,8 +70,10 @@ async def enqueue_context(store: Store, conn: Any, what: str) -> AsyncIterator[N
     """Around an enqueue's statements on ``conn``: a PRODUCER span, whose traceparent the jobs
     written meanwhile record. Without OpenTelemetry, nothing."""
     otel = api()
-    if otel is None:
-        yield
+    if otel is None or not (
+        otel.recording() or otel.trace.get_current_span().get_span_context().is_valid
+    ):
+        yield  # nothing would be recorded, and no trace to continue: no span
         return
     tracer = otel.trace.get_tracer(_SCOPE)
     kind = otel.trace.SpanKind.PRODUCER
@@ -88,9 +98,11 @@ async def enqueue_context(store: Store, conn: Any, what: str) -> AsyncIterator[N
 
 def traced(job: Job, call: Awaitable[Any]) -> Awaitable[Any]:
     """``call`` (an attempt of ``job``), run in a CONSUMER span that continues the trace the
-    job recorded at its enqueue; ``call`` itself without OpenTelemetry."""
+    job recorded at its enqueue; ``call`` itself without OpenTelemetry, and when no tracer
+    provider is set and the job recorded no trace (a job that did still gets its context, so
+    that the jobs its handler enqueues carry the trace on)."""
     otel = api()
-    if otel is None:
+    if otel is None or (not job.trace_context and not otel.recording()):
         return call
     return _run_in_span(otel, job, call)
 

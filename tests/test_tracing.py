@@ -157,3 +157,59 @@ def test_without_opentelemetry_nothing_is_imported_and_jobs_run(installed: str) 
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("ok")
+
+
+def test_with_the_api_but_no_provider_untraced_jobs_pay_for_no_span(installed: str) -> None:
+    """The API installed and nothing configured: a job that recorded no trace runs without a
+    span (a no-op span still costs microseconds per job), and no enqueue opens one; a job that
+    did record a trace still runs in its context, so what its handler enqueues carries it on."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        import pgq_nb
+        from opentelemetry import trace
+        from pgq_nb import tracing
+
+        q = pgq_nb.connect({installed!r}, schema={SCHEMA!r}, poll_interval=0.2)
+        assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        otel = tracing.api()
+        assert otel is not None and not otel.recording()
+        seen = {{}}
+
+        @q.entrypoint("plain")
+        def plain(job):
+            seen[job.id] = trace.get_current_span().get_span_context()
+            return 1
+
+        untraced = q.enqueue("plain", 1)
+        parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        traced_id = q.enqueue("plain", 2)
+        with q.transaction() as tx:  # give the second job a recorded trace, as an SDK would
+            tx.execute(f"UPDATE {SCHEMA}.jobs SET trace_context = $1 WHERE id = $2",
+                       parent, traced_id)
+        q.run_until_idle()
+        assert not seen[untraced].is_valid, seen[untraced]
+        assert format(seen[traced_id].trace_id, "032x") == parent.split("-")[1]
+        job = pgq_nb.Job(id=1, entrypoint="plain", payload=None, priority=0, attempts=1,
+                         created=None, execute_after=None, dedupe_key=None)
+
+        async def call():
+            return None
+
+        coro = call()
+        assert tracing.traced(job, coro) is coro  # no span around it at all
+        coro.close()
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=worker_env(installed),
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("ok")
