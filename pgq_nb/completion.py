@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
 
+from pgq_nb import workflow_maps
 from pgq_nb.errors import UnstorableResultError
 from pgq_nb.handler_runs import (
     ALREADY_RECORDED,
@@ -220,6 +221,7 @@ async def record(
         await conn.execute(queries["release_slots"], worker_id, list(slots))
     if not steps:
         return done
+    await workflow_maps.expand(conn, queries, rows, done)
     dead = [r for r in done if r["outcome"] != "succeeded"]
     await settle_steps(conn, queries, dead, [r["workflow_id"] for r in done])
     return done
@@ -262,6 +264,8 @@ async def run_transactional(
                 timeout=spec.timeout,
                 cancel_requested=cancel_requested,
             )
+        if (wrong := workflow_maps.result_error(job, encoded.json)) is not None:
+            raise wrong  # rolls the handler's writes back; the attempt fails for good
         finished = dt.datetime.now(dt.UTC)
         row = Finished(job.id, "succeeded", encoded.json, None, None, started, finished, 0.0)
         slots = [job.id] if slotted else []

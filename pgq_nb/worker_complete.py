@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import db
+from pgq_nb import db, workflow_maps
 from pgq_nb import worker_decisions as decisions
 from pgq_nb.completion import Finished, record
 from pgq_nb.handler_runs import ALREADY_RECORDED, Encoded, describe_error
@@ -65,14 +65,15 @@ class Completing:
                 self.stats.succeeded += 1
                 self._hooks.ended(job, "succeeded", started, finished, recorded=True)
                 return
-            if isinstance(value, Encoded):
+            if not isinstance(value, Encoded):
+                exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
+            elif (exc := workflow_maps.result_error(job, value.json)) is None:
                 self._finished.append(
                     Finished(job.id, "succeeded", value.json, None, None, started, finished, 0.0)
                 )
                 self.stats.succeeded += 1
                 self._hooks.ended(job, "succeeded", started, finished, result=value.json)
                 return
-            exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
         error, trace = describe_error(exc)
         decision = decisions.after_failure(self.specs[job.entrypoint].retry, exc, job.attempts)
         outcome = "retry" if decision.retry else "failed"
