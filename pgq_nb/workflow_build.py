@@ -300,7 +300,7 @@ class WorkflowBuilder:
     @guarded("submit")
     async def _submit(self, connection: Any = None) -> int:
         """Validate and write the whole workflow in one transaction; return its id."""
-        if not self._nodes:
+        if not self._nodes and not self._maps:
             raise InvalidInputError(f"workflow {self.name!r} has no steps; add some with step()")
         edges = self._edges()
         found = self._map_plan()

@@ -4,6 +4,11 @@ transaction that records the parent's success (issue #21, item 1)."""
 from __future__ import annotations
 
 import json
+import random
+import signal
+import subprocess
+import threading
+import time
 from typing import Any
 
 import pandas as pd
@@ -11,7 +16,8 @@ import pytest
 
 import pgq_nb
 from pgq_nb import runtime
-from tests.conftest import SCHEMA
+from pgq_nb.worker_notices import JobsFailed
+from tests.conftest import SCHEMA, start_worker_process, stop_processes, wait_until
 
 
 def _fetch(q: pgq_nb.Queue, sql: str, *args: Any) -> list[Any]:
@@ -156,3 +162,244 @@ def test_a_map_over_a_map_over_and_over_a_static_map(q: pgq_nb.Queue) -> None:
     assert got[0]["cities"] == [["oslo", "bergen"], [], ["kristiansand"]]
     paths = sorted(r["step_path"] for r in _history(q, run) if r["step_name"] == "visit")
     assert paths == [[0, 0, 0], [0, 0, 1], [0, 0, 2], [2, 0, 0], [2, 0, 1]]
+
+
+def _register_app(q: pgq_nb.Queue) -> None:
+    for name in ("m_extract", "m_transform", "m_aggregate"):
+        q.entrypoint(name)(lambda job: None)  # known here: the worker processes run them
+
+
+def _submit_app(q: pgq_nb.Queue, rows: int, sleep: float = 0.02) -> pgq_nb.workflow_run.WorkflowRun:
+    wf = q.workflow("processes")
+    parts = wf.map_over(wf.step("m_extract", {"rows": rows, "sleep": sleep}), "m_transform")
+    wf.step("m_aggregate", depends_on=parts)
+    return wf.submit()
+
+
+def _check_app_run(q: pgq_nb.Queue, run: pgq_nb.workflow_run.WorkflowRun, rows: int) -> None:
+    assert run.state() == "succeeded"
+    assert run.results()["m_aggregate"] == {"parts": [2 * i for i in range(rows)]}
+    (counts,) = _fetch(
+        q,
+        "SELECT count(*) AS n, count(DISTINCT id) AS d, "
+        "count(*) FILTER (WHERE status = 'succeeded') AS ok, "
+        "count(*) FILTER (WHERE entrypoint = 'm_aggregate') AS agg, "
+        "count(DISTINCT step_path) FILTER (WHERE entrypoint = 'm_transform') AS paths "
+        "FROM {schema}.history WHERE workflow_id = $1",
+        run.id,
+    )
+    assert dict(counts) == {"n": rows + 2, "d": rows + 2, "ok": rows + 2, "agg": 1, "paths": rows}
+    assert _fetch(q, "SELECT count(*) AS n FROM {schema}.jobs")[0]["n"] == 0
+    (workflow,) = _fetch(q, "SELECT steps FROM {schema}.workflows WHERE id = $1", run.id)
+    assert workflow["steps"] == rows + 2
+
+
+def test_a_thousand_items_over_three_worker_processes(q: pgq_nb.Queue, installed: str) -> None:
+    _register_app(q)
+    run = _submit_app(q, 1000)
+    procs = [start_worker_process(installed, "maps_app:q", "--concurrency", "8") for _ in range(3)]
+    try:
+        assert run.wait(timeout=240, progress=False) == "succeeded"
+    finally:
+        stop_processes(procs)
+    _check_app_run(q, run, 1000)
+    (agg,) = _fetch(q, "SELECT attempts FROM {schema}.history WHERE entrypoint = 'm_aggregate'")
+    assert agg["attempts"] == 1
+    workers = _fetch(
+        q,
+        "SELECT count(DISTINCT worker_id) AS n FROM {schema}.history WHERE workflow_id = $1",
+        run.id,
+    )
+    assert workers[0]["n"] >= 2  # the items spread over the processes
+
+
+def test_a_thousand_items_with_workers_killed_during_the_run(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    _register_app(q)
+    run = _submit_app(q, 1000, sleep=0.15)
+    rng = random.Random(21)
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return start_worker_process(installed, "maps_app:q", "--concurrency", "8")
+
+    procs = [spawn() for _ in range(3)]
+    kills = 0
+    try:
+        deadline = time.monotonic() + 300
+        while run.state() == "running" and time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.5, 1.2))
+            victim = rng.randrange(len(procs))
+            procs[victim].send_signal(signal.SIGKILL)
+            procs[victim].wait(timeout=10)
+            procs[victim] = spawn()
+            kills += 1
+        assert run.wait(timeout=120, progress=False) == "succeeded"
+    finally:
+        stop_processes(procs)
+    _check_app_run(q, run, 1000)
+    assert kills >= 3
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [({"a": 1}, "a dict"), ("text", "a str"), (None, "None"), (3.5, "a number")],
+)
+def test_a_parent_that_returns_no_list_fails_and_its_dependents_end_upstream_failed(
+    q: pgq_nb.Queue, value: Any, kind: str
+) -> None:
+    calls: list[int] = []
+
+    @q.entrypoint("extract", retry=pgq_nb.RetryPolicy(max_attempts=5, base_delay=0.01))
+    def extract(job: pgq_nb.Job) -> Any:
+        calls.append(job.attempts)
+        return value
+
+    q.entrypoint("transform")(lambda job: 1)
+    q.entrypoint("aggregate")(lambda job: 1)
+    q.entrypoint("after")(lambda job: 1)
+    wf = q.workflow("bad_parent")
+    parts = wf.map_over(wf.step("extract"), "transform")
+    total = wf.step("aggregate", depends_on=parts)
+    wf.step("after", depends_on=total)
+    run = wf.submit()
+    with pytest.warns(JobsFailed):
+        q.run_until_idle()
+    assert run.wait(timeout=30, progress=False) == "failed"
+    assert calls == [1]  # not retried: it would return the same kind of value
+    rows = {r["step_name"]: r for r in _history(q, run)}
+    assert rows["extract"]["status"] == "failed"
+    error = rows["extract"]["error"]
+    assert f"step 'extract' (job {rows['extract']['id']}) returned {kind}" in error
+    assert "return a list" in error and "DataFrame" in error
+    assert rows["aggregate"]["status"] == rows["after"]["status"] == "upstream_failed"
+    assert "transform" not in rows
+    assert _fetch(q, "SELECT count(*) AS n FROM {schema}.jobs")[0]["n"] == 0
+
+
+def test_retry_after_a_failed_parent_and_after_a_failed_item(q: pgq_nb.Queue) -> None:
+    broken = {"extract": True, "item": True}
+
+    @q.entrypoint("extract", retry=pgq_nb.RetryPolicy(max_attempts=1))
+    def extract(job: pgq_nb.Job) -> list[int]:
+        if broken["extract"]:
+            raise RuntimeError("source down")
+        return [1, 2, 3]
+
+    @q.entrypoint("transform", retry=pgq_nb.RetryPolicy(max_attempts=1))
+    def transform(job: pgq_nb.Job) -> int:
+        if job.data == 2 and broken["item"]:
+            raise RuntimeError("bad row")
+        return int(job.data) * 10
+
+    q.entrypoint("aggregate")(lambda job: job.parent_results()["transform"])
+    wf = q.workflow("retried")
+    parts = wf.map_over(wf.step("extract"), "transform")
+    wf.step("aggregate", depends_on=parts)
+    run = wf.submit()
+    with pytest.warns(JobsFailed):
+        q.run_until_idle()
+    assert run.wait(timeout=30, progress=False) == "failed"
+    assert run.counts()["upstream_failed"] == 1
+    broken["extract"] = False
+    assert run.retry() == 2  # extract, and aggregate back to waiting for the map
+    assert run.counts()["blocked"] == 1
+    with pytest.warns(JobsFailed):
+        q.run_until_idle()
+    assert run.wait(timeout=30, progress=False) == "failed"  # transform of 2 failed
+    statuses = sorted((r["step_name"], r["status"]) for r in _history(q, run))
+    assert ("aggregate", "upstream_failed") in statuses
+    broken["item"] = False
+    assert run.retry() == 2  # the item, and aggregate waiting for it alone
+    q.run_until_idle()
+    assert run.wait(timeout=30, progress=False) == "succeeded"
+    assert run.results()["aggregate"] == [10, 20, 30]
+    assert len([r for r in _history(q, run) if r["step_name"] == "transform"]) == 3
+
+
+def test_the_run_shows_its_steps_as_they_are_made(q: pgq_nb.Queue) -> None:
+    release = threading.Event()
+    q.entrypoint("extract")(lambda job: list(range(4)))
+
+    def transform(job: pgq_nb.Job) -> int:
+        assert release.wait(60)
+        return int(job.data)
+
+    q.entrypoint("transform")(transform)
+    q.entrypoint("aggregate")(lambda job: sum(job.parent_results()["transform"]))
+    wf = q.workflow("growing")
+    parts = wf.map_over(wf.step("extract"), "transform")
+    wf.step("aggregate", depends_on=parts)
+    run = wf.submit()
+    assert list(run.status()["step"]) == ["extract", "aggregate"]
+    worker = q.start_worker(concurrency=8)
+    try:
+        wait_until(lambda: run.counts()["picked"] == 4, 30, "the 4 items to run")
+        status = run.status()
+        assert list(status["step"]) == ["extract", "aggregate"] + ["transform"] * 4
+        assert list(status["index"][2:]) == [0, 1, 2, 3]
+        assert list(status["status"]) == ["succeeded", "blocked"] + ["picked"] * 4
+        (row,) = [r for r in q.workflows().to_dict("records") if r["workflow_id"] == run.id]
+        assert row["steps"] == 6 and row["picked"] == 4 and row["done"] == 1 / 6
+        release.set()
+        assert run.wait(timeout=30, progress=False) == "succeeded"
+    finally:
+        release.set()
+        worker.stop()
+    assert run.results()["aggregate"] == 6
+
+
+def test_a_transactional_parent_that_returns_no_list_writes_nothing(q: pgq_nb.Queue) -> None:
+    @q.entrypoint("extract", transactional=True)
+    async def extract(job: pgq_nb.Job) -> dict[str, int]:
+        await job.tx.execute(f"CREATE TABLE {SCHEMA}.written_by_extract (x int)")
+        return {"not": 1}
+
+    q.entrypoint("transform")(lambda job: 1)
+    wf = q.workflow("tx_parent")
+    wf.map_over(wf.step("extract"), "transform")
+    run = wf.submit()
+    with pytest.warns(JobsFailed):
+        q.run_until_idle()
+    assert run.wait(timeout=30, progress=False) == "failed"
+    (row,) = _history(q, run)
+    assert row["status"] == "failed" and "returned a dict" in row["error"]
+    assert not _fetch(q, "SELECT 1 FROM pg_tables WHERE tablename = 'written_by_extract'")
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda wf: wf.map_over(["x"], "known"), "not list; for rows you have now, use wf.map"),
+        (lambda wf: wf.map_over("nope", "known"), "not a step of workflow"),
+        (lambda wf: wf.map_over(wf.step("known"), ""), "entrypoint must be a non-empty"),
+        (lambda wf: wf.map_over("m", "known", name="m"), "depends on itself"),
+        (
+            lambda wf: (
+                wf.map_over("b", "known", name="a"),
+                wf.step("known", name="b", depends_on="a"),
+            ),
+            "has a cycle",
+        ),
+        (lambda wf: wf.map_over(wf.step("known"), "unregistered"), "no handler is registered"),
+        (
+            lambda wf: wf.map_over(wf.step("known"), "known", name="known"),
+            "already has a step named",
+        ),
+    ],
+)
+def test_refused_map_overs_write_nothing(q: pgq_nb.Queue, build: Any, message: str) -> None:
+    q.entrypoint("known")(lambda job: None)
+    wf = q.workflow("bad")
+    with pytest.raises(pgq_nb.InvalidInputError, match=message):
+        build(wf)
+        wf.submit()
+    for table in ("jobs", "workflows", "workflow_maps", "workflow_map_sources", "job_deps"):
+        assert _fetch(q, f"SELECT count(*) AS n FROM {{schema}}.{table}")[0]["n"] == 0
+
+
+def test_a_map_over_a_step_of_another_workflow_is_refused(q: pgq_nb.Queue) -> None:
+    q.entrypoint("known")(lambda job: None)
+    other = q.workflow("other").step("known")
+    with pytest.raises(pgq_nb.InvalidInputError, match="belongs to workflow 'other'"):
+        q.workflow("mine").map_over(other, "known")
