@@ -3,6 +3,7 @@ transaction that records the parent's success (issue #21, item 1)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import signal
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 
 import pgq_nb
-from pgq_nb import runtime
+from pgq_nb import runtime, workflow_maps
 from pgq_nb.worker_notices import JobsFailed
 from tests.conftest import SCHEMA, start_worker_process, stop_processes, wait_until
 
@@ -403,3 +404,94 @@ def test_a_map_over_a_step_of_another_workflow_is_refused(q: pgq_nb.Queue) -> No
     other = q.workflow("other").step("known")
     with pytest.raises(pgq_nb.InvalidInputError, match="belongs to workflow 'other'"):
         q.workflow("mine").map_over(other, "known")
+
+
+def test_a_failed_source_in_the_middle_dooms_the_maps_below_then_retries(q: pgq_nb.Queue) -> None:
+    broken = {"b": True}
+
+    @q.entrypoint("split", retry=pgq_nb.RetryPolicy(max_attempts=1))
+    def split(job: pgq_nb.Job) -> list[str]:
+        if job.data == "b" and broken["b"]:
+            raise RuntimeError("cannot split b")
+        return [f"{job.data}{i}" for i in range(2)]
+
+    q.entrypoint("roots")(lambda job: ["a", "b"])
+    q.entrypoint("leaf")(lambda job: job.data.upper())
+    q.entrypoint("join")(lambda job: job.parent_results()["leaf"])
+    wf = q.workflow("middle")
+    halves = wf.map_over(wf.step("roots"), "split")
+    leaves = wf.map_over(halves, "leaf")
+    wf.step("join", depends_on=leaves)
+    run = wf.submit()
+    with pytest.warns(JobsFailed, match="cannot split b"):
+        q.run_until_idle()
+    assert run.wait(timeout=30, progress=False) == "failed"
+    statuses = {(r["step_name"], r["status"]) for r in _history(q, run)}
+    assert ("join", "upstream_failed") in statuses and ("split", "failed") in statuses
+    broken["b"] = False
+    assert run.retry() == 2
+    q.run_until_idle()
+    assert run.wait(timeout=30, progress=False) == "succeeded"
+    assert run.results()["join"] == ["A0", "A1", "B0", "B1"]
+
+
+def test_a_source_taken_back_from_its_worker_does_not_expand(q: pgq_nb.Queue) -> None:
+    from pgq_nb.completion import Finished, record
+
+    q.entrypoint("extract")(lambda job: [1, 2])
+    q.entrypoint("transform")(lambda job: 1)
+    wf = q.workflow("taken_back")
+    wf.map_over(wf.step("extract"), "transform")
+    run = wf.submit()
+    _fetch(q, "UPDATE {schema}.jobs SET status = 'picked', worker_id = 7")
+
+    async def finish_as(worker_id: int) -> list[Any]:
+        now = dt.datetime.now(dt.UTC)
+        row = Finished(1, "succeeded", "[1,2]", None, None, now, now, 0.0)
+        async with q.aio.pool.acquire() as conn, conn.transaction():
+            return await record(conn, q.aio.store.queries, worker_id, [row], steps=True)
+
+    assert runtime.run_sync(finish_as(8)) == []  # another worker holds it now
+    assert run.counts()["picked"] == 1 and run.counts()["queued"] == 0
+    assert len(runtime.run_sync(finish_as(7))) == 1
+    assert run.counts()["queued"] == 2 and run.counts()["succeeded"] == 1
+
+
+@pytest.mark.parametrize(
+    ("parents", "children", "nodes", "expected"),
+    [
+        # a map over one step; node 1 depends on it: waits for 1 source
+        ([(None, (0,))], [(0, 1)], 2, ([(0, 0)], [(0, 1, True, 1)], [0, 1])),
+        # a map over a static map of 3 steps: 3 sources
+        (
+            [(None, (0, 1, 2))],
+            [(0, 3)],
+            4,
+            ([(0, 0), (1, 0), (2, 0)], [(0, 3, True, 1)], [0, 0, 0, 3]),
+        ),
+        # a map over a map over a step; node 1 depends on the lower map only
+        (
+            [(None, (0,)), (0, ())],
+            [(1, 1)],
+            2,
+            ([(0, 0)], [(0, 1, False, 1), (1, 1, True, 1)], [0, 1]),
+        ),
+        # ... and on both maps: the upper one counts twice
+        (
+            [(None, (0,)), (0, ())],
+            [(0, 1), (1, 1)],
+            2,
+            ([(0, 0)], [(0, 1, True, 2), (1, 1, True, 1)], [0, 2]),
+        ),
+        # a map over a static map with no rows: nothing to wait for
+        ([(None, ())], [(0, 0)], 1, ([], [(0, 0, True, 1)], [0])),
+    ],
+)
+def test_map_plans(
+    parents: list[tuple[int | None, tuple[int, ...]]],
+    children: list[tuple[int, int]],
+    nodes: int,
+    expected: tuple[Any, Any, Any],
+) -> None:
+    found = workflow_maps.plan(parents, children, nodes)
+    assert (found.sources, found.waiting, found.pending) == expected
