@@ -46,11 +46,11 @@ def _once(q: pgq_nb.Queue, n: int, concurrency: int) -> tuple[float, float]:
     wf.step("bench_fan_in", depends_on=parts)
     began = time.perf_counter()
     run = wf.submit()
-    workflow_maps.expand = timed  # type: ignore[assignment]
+    workflow_maps.expand = timed
     try:
         q.run_until_idle(concurrency=concurrency, wait_for_scheduled=0)
     finally:
-        workflow_maps.expand = expand  # type: ignore[assignment]
+        workflow_maps.expand = expand
     finished = time.perf_counter()
     if run.state() != "succeeded" or run.results()["bench_fan_in"] != 2 * sum(range(n)):
         raise RuntimeError(f"workflow {run.state()}: the fan-in did not sum all {n} items")
