@@ -58,8 +58,9 @@ class AsyncWorkflowRun:
 
     @runtime.bridged
     async def status(self) -> pd.DataFrame:
-        """One row per step: name, index, entrypoint, status, attempts, started, finished,
-        duration_s, error (a DataFrame)."""
+        """One row per step: name, index, path (a map_over's step: its source's place, then
+        its item's), entrypoint, status, attempts, started, finished, duration_s, error (a
+        DataFrame). A map_over's steps appear as they are made."""
         from pgq_nb.notebook import workflows
 
         frame: pd.DataFrame = workflows.steps_frame(await self.steps())

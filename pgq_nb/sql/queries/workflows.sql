@@ -110,14 +110,15 @@ UNION ALL
 SELECT status, count(*)::integer FROM {schema}.history WHERE workflow_id = $1 GROUP BY status;
 
 -- name: workflow_steps
--- Every step of one run, live or finished, in submission order.
+-- Every step of one run, live or finished, in submission order (a map_over's steps in the
+-- order they were made, with their place in step_path).
 -- params: $1 workflow id
-SELECT id, step_name, step_index, entrypoint, status, attempts, created, started,
+SELECT id, step_name, step_index, step_path, entrypoint, status, attempts, created, started,
     NULL::timestamptz AS finished, last_error AS error, NULL::jsonb AS result
 FROM {schema}.jobs WHERE workflow_id = $1
 UNION ALL
-SELECT id, step_name, step_index, entrypoint, status, attempts, created, started, finished,
-    error, result
+SELECT id, step_name, step_index, step_path, entrypoint, status, attempts, created, started,
+    finished, error, result
 FROM {schema}.history WHERE workflow_id = $1
 ORDER BY id;
 
