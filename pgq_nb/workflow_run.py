@@ -79,9 +79,11 @@ class AsyncWorkflowRun:
 
         ``progress`` shows a bar of finished steps (default: in a notebook)."""
         steps: int = (await self._row())["steps"]
+        grown = [steps]  # a map_over adds steps as it runs
 
         async def poll() -> tuple[str | None, int]:
             row = await self._row()
+            grown[0] = row["steps"]
             counts = await self.counts() if progress is not False else {}
             finished = sum(counts.get(s, 0) for s in FINAL_STATUSES)
             return (None if row["finished"] is None else row["status"]), finished
@@ -93,6 +95,7 @@ class AsyncWorkflowRun:
             progress=progress,
             description=f"workflow {self.name}",
             unit="step",
+            grown=lambda: grown[0],
             timed_out=lambda: (
                 f"workflow run {self.id} ({self.name!r}) still running after {timeout} s"
             ),

@@ -495,3 +495,25 @@ def test_map_plans(
 ) -> None:
     found = workflow_maps.plan(parents, children, nodes)
     assert (found.sources, found.waiting, found.pending) == expected
+
+
+def test_the_progress_bar_grows_with_the_run(
+    q: pgq_nb.Queue, capfd: pytest.CaptureFixture[str]
+) -> None:
+    q.entrypoint("extract")(lambda job: list(range(30)))
+    q.entrypoint("transform")(lambda job: job.data)
+    q.entrypoint("aggregate")(lambda job: None)
+    wf = q.workflow("bar")
+    wf.step("aggregate", depends_on=wf.map_over(wf.step("extract"), "transform"))
+    run = wf.submit()
+    workers: list[Any] = []
+    later = threading.Timer(0.5, lambda: workers.append(q.start_worker()))
+    later.start()  # after the bar is drawn for 2 steps
+    try:
+        assert run.wait(timeout=60, progress=True) == "succeeded"
+    finally:
+        later.join()
+        for w in workers:
+            w.stop()
+    shown = capfd.readouterr().err
+    assert "32.0/32.0" in shown.rsplit("\r", 1)[-1]  # not 32/2
