@@ -147,13 +147,16 @@ def result_error(job: Job, result_json: str | None) -> MapSourceError | None:
 async def expand(conn: Any, queries: dict[str, str], batch: Sequence[Any], done: Any) -> None:
     """After ``finish_jobs`` in the same transaction: expand the sources among the steps of
     ``batch`` (finished attempts) that ``done`` says succeeded. One statement; it makes nothing
-    for steps that are not sources."""
+    for steps that are not sources. Steps made in a run cancelled meanwhile end cancelled at
+    once, as its other waiting steps did (a retry of the run requeues them with the rest)."""
     moved = {r["id"] for r in done if r["outcome"] == "succeeded" and r["workflow_id"]}
     if not moved:
         return
     rows = [f for f in batch if f.id in moved and f.outcome == "succeeded"]
-    await conn.execute(
+    made = await conn.fetchrow(
         queries["expand_maps"],
         [f.id for f in rows],
         [f.result if f.result is not None and f.result.startswith("[") else None for f in rows],
     )
+    if made["cancelled"]:  # a source of a cancelled run that finished anyway
+        await conn.execute(queries["cancel_waiting"], made["cancelled"])

@@ -435,9 +435,20 @@ def test_a_failed_source_in_the_middle_dooms_the_maps_below_then_retries(q: pgq_
     assert run.results()["join"] == ["A0", "A1", "B0", "B1"]
 
 
-def test_a_source_taken_back_from_its_worker_does_not_expand(q: pgq_nb.Queue) -> None:
+def _finish_as(q: pgq_nb.Queue, worker_id: int, result: str = "[1,2]") -> list[Any]:
+    """Record job 1's success as worker ``worker_id`` would (its flush of a workflow batch)."""
     from pgq_nb.completion import Finished, record
 
+    async def run() -> list[Any]:
+        now = dt.datetime.now(dt.UTC)
+        row = Finished(1, "succeeded", result, None, None, now, now, 0.0)
+        async with q.aio.pool.acquire() as conn, conn.transaction():
+            return await record(conn, q.aio.store.queries, worker_id, [row], steps=True)
+
+    return runtime.run_sync(run())
+
+
+def test_a_source_taken_back_from_its_worker_does_not_expand(q: pgq_nb.Queue) -> None:
     q.entrypoint("extract")(lambda job: [1, 2])
     q.entrypoint("transform")(lambda job: 1)
     wf = q.workflow("taken_back")
@@ -445,16 +456,31 @@ def test_a_source_taken_back_from_its_worker_does_not_expand(q: pgq_nb.Queue) ->
     run = wf.submit()
     _fetch(q, "UPDATE {schema}.jobs SET status = 'picked', worker_id = 7")
 
-    async def finish_as(worker_id: int) -> list[Any]:
-        now = dt.datetime.now(dt.UTC)
-        row = Finished(1, "succeeded", "[1,2]", None, None, now, now, 0.0)
-        async with q.aio.pool.acquire() as conn, conn.transaction():
-            return await record(conn, q.aio.store.queries, worker_id, [row], steps=True)
+    def finish_as(worker_id: int) -> Any:
+        return _finish_as(q, worker_id)
 
-    assert runtime.run_sync(finish_as(8)) == []  # another worker holds it now
+    assert finish_as(8) == []  # another worker holds it now
     assert run.counts()["picked"] == 1 and run.counts()["queued"] == 0
-    assert len(runtime.run_sync(finish_as(7))) == 1
+    assert len(finish_as(7)) == 1
     assert run.counts()["queued"] == 2 and run.counts()["succeeded"] == 1
+
+
+def test_a_source_that_succeeds_after_its_run_was_cancelled(q: pgq_nb.Queue) -> None:
+    q.entrypoint("extract")(lambda job: [1, 2])
+    q.entrypoint("transform")(lambda job: int(job.data) * 10)
+    q.entrypoint("aggregate")(lambda job: job.parent_results()["transform"])
+    wf = q.workflow("cancelled_meanwhile")
+    wf.step("aggregate", depends_on=wf.map_over(wf.step("extract"), "transform"))
+    run = wf.submit()
+    _fetch(q, "UPDATE {schema}.jobs SET status = 'picked', worker_id = 7 WHERE id = 1")
+    assert run.cancel() == 2  # aggregate cancelled, extract told to stop; it finishes anyway
+    assert len(_finish_as(q, 7)) == 1
+    assert run.wait(timeout=30, progress=False) == "cancelled"
+    assert run.counts()["cancelled"] == 3 and run.counts()["queued"] == 0  # its 2 steps too
+    assert run.retry() == 3
+    q.run_until_idle()
+    assert run.wait(timeout=30, progress=False) == "succeeded"
+    assert run.results()["aggregate"] == [10, 20]
 
 
 @pytest.mark.parametrize(

@@ -40,8 +40,9 @@ WHERE s.source_id = ANY($1::bigint[]);
 -- map (weight: through how many of its parents) is counted up by weight * (items - 1) under
 -- its row lock, taken in id order (one that reaches 0 is queued; workers are woken), and the
 -- run's step count grows. A result that is not a JSON array counts as no items (the worker
--- fails a source that returns anything else before it gets here). Returns how many steps were
--- made.
+-- fails a source that returns anything else before it gets here). Returns the steps it
+-- made in runs cancelled meanwhile (a source that finished anyway), which the caller cancels
+-- (cancel_waiting) so that a retry of the run finds them with the rest.
 -- params: $1 succeeded step ids bigint[], $2 their results as JSON text[] (NULL: not a list)
 WITH done AS (
     SELECT * FROM unnest($1::bigint[], $2::text[]) AS d(id, result)
@@ -116,5 +117,7 @@ WITH done AS (
     WHERE w.id = g.workflow_id AND runs.id = w.id AND g.n > 0
 )
 -- (a plain SELECT in WITH runs only when read: read `woken` so the NOTIFY is sent)
-SELECT (SELECT count(*) FROM inserted)::integer AS steps,
-    (SELECT count(*) FROM woken)::integer AS woken;
+SELECT (SELECT count(*) FROM woken)::integer AS woken,
+    ARRAY(SELECT i.new_id FROM items AS i
+          JOIN {schema}.workflows AS w ON w.id = i.workflow_id
+          WHERE w.status = 'cancelled' ORDER BY i.new_id) AS cancelled;
