@@ -23,9 +23,11 @@ def _once(q: pgq_nb.Queue, n: int, concurrency: int) -> tuple[float, float]:
     expansions: list[float] = []
     expand = workflow_maps.expand
 
-    async def timed(conn: Any, queries: dict[str, str], batch: Any, done: Any) -> None:
+    async def timed(
+        conn: Any, queries: dict[str, str], batch: Any, done: Any, sources: Any = None
+    ) -> None:
         began = time.perf_counter()
-        await expand(conn, queries, batch, done)
+        await expand(conn, queries, batch, done, sources)
         if any(r["id"] == 1 for r in done):  # the extract step (the schema is fresh)
             expansions.append((time.perf_counter() - began) * 1000)
 

@@ -201,9 +201,12 @@ async def record(
     steps: bool,
     slots: Sequence[int] = (),
     isolate: bool = True,
+    sources: Sequence[int] | None = None,
 ) -> list[Any]:
     """Record ``batch`` on ``conn`` (in a transaction when ``steps`` or ``slots``); returns the
     jobs that moved to history. ``slots``: ids of jobs holding a global-concurrency slot.
+    With ``steps``, the succeeded sources of map_overs make their steps (``sources``: which
+    ids of the batch may be ones, as the claim said; None: any).
 
     ``conn`` is a pool or a connection. With ``isolate`` (the default) a row the server
     refuses fails its own job and no other (see the module's docstring); without it the
@@ -221,7 +224,7 @@ async def record(
         await conn.execute(queries["release_slots"], worker_id, list(slots))
     if not steps:
         return done
-    await workflow_maps.expand(conn, queries, rows, done)
+    await workflow_maps.expand(conn, queries, rows, done, sources)
     dead = [r for r in done if r["outcome"] != "succeeded"]
     await settle_steps(conn, queries, dead, [r["workflow_id"] for r in done])
     return done
@@ -274,7 +277,14 @@ async def run_transactional(
             await marked()
         try:  # all or nothing: a completion the server refuses rolls the handler's writes back
             done = await record(
-                conn, store.queries, worker_id, [row], steps=steps, slots=slots, isolate=False
+                conn,
+                store.queries,
+                worker_id,
+                [row],
+                steps=steps,
+                slots=slots,
+                isolate=False,
+                sources=[job.id] if job._expands else [],
             )
         except Exception as exc:
             if not is_refusal(exc):

@@ -47,6 +47,7 @@ class Completing:
     _flushing: set[int]
     _steps: set[int]
     _slotted: set[int]
+    _sources: set[int]
     _wake: asyncio.Event
     _slot_free: asyncio.Event
     _flush_pending: asyncio.Event
@@ -71,6 +72,8 @@ class Completing:
                 self._finished.append(
                     Finished(job.id, "succeeded", value.json, None, None, started, finished, 0.0)
                 )
+                if job._expands:
+                    self._sources.add(job.id)
                 self.stats.succeeded += 1
                 self._hooks.ended(job, "succeeded", started, finished, result=value.json)
                 return
@@ -130,8 +133,17 @@ class Completing:
         steps, slots = plan = decisions.flush_plan(ids, self._steps, self._slotted)
         try:
             if plan.in_transaction:
+                sources = [i for i in ids if i in self._sources]
                 async with self.store.pool.acquire() as conn, conn.transaction():
-                    await record(conn, self._q, self.worker_id, batch, steps=steps, slots=slots)
+                    await record(
+                        conn,
+                        self._q,
+                        self.worker_id,
+                        batch,
+                        steps=steps,
+                        slots=slots,
+                        sources=sources,
+                    )
             else:
                 await record(self.store.pool, self._q, self.worker_id, batch, steps=False)
         except BaseException:
@@ -143,6 +155,7 @@ class Completing:
         self._hooks.recorded(ids)
         self._steps.difference_update(ids)
         self._slotted.difference_update(ids)
+        self._sources.difference_update(ids)
         self._slot_free.set()  # their slots are free now
         if slots:
             self._wake.set()  # and so are global ones: no need to wait for our own NOTIFY

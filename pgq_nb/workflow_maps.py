@@ -144,12 +144,22 @@ def result_error(job: Job, result_json: str | None) -> MapSourceError | None:
     )
 
 
-async def expand(conn: Any, queries: dict[str, str], batch: Sequence[Any], done: Any) -> None:
+async def expand(
+    conn: Any,
+    queries: dict[str, str],
+    batch: Sequence[Any],
+    done: Any,
+    sources: Sequence[int] | None = None,
+) -> None:
     """After ``finish_jobs`` in the same transaction: expand the sources among the steps of
-    ``batch`` (finished attempts) that ``done`` says succeeded. One statement; it makes nothing
-    for steps that are not sources. Steps made in a run cancelled meanwhile end cancelled at
-    once, as its other waiting steps did (a retry of the run requeues them with the rest)."""
+    ``batch`` (finished attempts) that ``done`` says succeeded (of ``sources`` only, when
+    given: the worker knows them from the claim, and a batch without one costs nothing). One
+    statement; it makes nothing for steps that are not sources. Steps made in a run cancelled
+    meanwhile end cancelled at once, as its other waiting steps did (a retry of the run
+    requeues them with the rest)."""
     moved = {r["id"] for r in done if r["outcome"] == "succeeded" and r["workflow_id"]}
+    if sources is not None:
+        moved.intersection_update(sources)
     if not moved:
         return
     rows = [f for f in batch if f.id in moved and f.outcome == "succeeded"]
