@@ -248,6 +248,4 @@ class Claiming:
         for job in jobs:
             if job.id in by_child:
                 job._parents = group_results(by_child[job.id])
-        sources = {r[0] for r in await conn.fetch(self._q["map_sources_of"], ids)}
-        for job in jobs:
-            job._expands = job.id in sources
+                job._expands = any(r["source"] for r in by_child[job.id])

@@ -31,6 +31,8 @@ def group_results(rows: Any) -> dict[str, Any]:
     placeholder row: its list, empty if it made no steps)."""
     out: dict[str, Any] = {}
     for r in rows:
+        if r.get("source"):  # not a result: says the step is a map_over's source
+            continue
         if r.get("placeholder"):
             out.setdefault(r["step_name"], [])
         elif r["step_index"] is None:

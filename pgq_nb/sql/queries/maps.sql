@@ -24,13 +24,6 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[]);
 INSERT INTO {schema}.workflow_map_deps (map_id, child_id, direct, weight)
 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::boolean[], $4::integer[]);
 
--- name: map_sources_of
--- Which of these claimed workflow steps are sources of a map_over (their result must be a
--- list, one step per item).
--- params: $1 step ids bigint[]
-SELECT DISTINCT s.source_id FROM {schema}.workflow_map_sources AS s
-WHERE s.source_id = ANY($1::bigint[]);
-
 -- name: expand_maps
 -- Steps that just succeeded (finish_jobs, earlier in the same transaction, moved them to
 -- history: only the ones this worker still held) that are sources of a map_over: one new step

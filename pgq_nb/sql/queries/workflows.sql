@@ -82,18 +82,24 @@ RETURNING w.id, w.status;
 -- name: parent_results
 -- The results of the parents of the given steps, for Job.parent_results(): a map's in order
 -- (step_path: a map_over's by source, then item), and a placeholder row for each map_over
--- the step depends on, so that one that made no steps still gives an empty list.
+-- the step depends on, so that one that made no steps still gives an empty list. Also one
+-- `source` row for each given step that is a source of a map_over (its result must be a
+-- list): the claim learns it in the same round trip.
 -- params: $1 child ids bigint[]
 SELECT d.child_id, h.step_name, h.step_index, h.entrypoint, h.result, h.step_path, h.id,
-    false AS placeholder
+    false AS placeholder, false AS source
 FROM {schema}.job_deps AS d
 JOIN {schema}.history AS h ON h.id = d.parent_id
 WHERE d.child_id = ANY($1::bigint[])
 UNION ALL
-SELECT w.child_id, m.step_name, NULL, m.entrypoint, NULL, NULL, NULL, true
+SELECT w.child_id, m.step_name, NULL, m.entrypoint, NULL, NULL, NULL, true, false
 FROM {schema}.workflow_map_deps AS w
 JOIN {schema}.workflow_maps AS m ON m.id = w.map_id
 WHERE w.child_id = ANY($1::bigint[]) AND w.direct
+UNION ALL
+SELECT x.id, NULL, NULL, NULL, NULL, NULL, NULL, false, true
+FROM unnest($1::bigint[]) AS x(id)
+WHERE EXISTS (SELECT FROM {schema}.workflow_map_sources AS s WHERE s.source_id = x.id)
 ORDER BY child_id, step_name, placeholder DESC, step_path NULLS FIRST, step_index NULLS FIRST,
     id;
 
