@@ -123,8 +123,9 @@ def test_zero_items_run_the_fan_in_with_an_empty_list(q: pgq_nb.Queue) -> None:
     got: list[dict[str, Any]] = []
     q.entrypoint("aggregate")(lambda job: got.append(job.parent_results()))
     wf = q.workflow("empty")
-    parts = wf.map_over(wf.step("extract"), "transform")
-    wf.step("aggregate", depends_on=parts)
+    wf.map_over("extract", "transform")
+    wf.step("extract")
+    wf.step("aggregate", depends_on="transform")  # by name, as any step
     run = wf.submit()
     q.run_until_idle()
     assert run.wait(timeout=30, progress=False) == "succeeded"
