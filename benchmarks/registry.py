@@ -15,6 +15,7 @@ from benchmarks import (
     scenario_enqueue,
     scenario_flow,
     scenario_latency,
+    scenario_map_over,
     scenario_metrics,
     scenario_processes,
     scenario_retention,
@@ -100,6 +101,12 @@ SCENARIOS: dict[str, Scenario] = {
             scenario_workflow.run,
             False,
             "extract -> N-step map -> fan-in: submit, finish, fan-in release delay",
+        ),
+        Scenario(
+            "map_over",
+            scenario_map_over.run,
+            False,
+            "extract returns N items -> wf.map_over -> fan-in: the expansion, the run",
         ),
         Scenario(
             "cron",

@@ -248,3 +248,4 @@ class Claiming:
         for job in jobs:
             if job.id in by_child:
                 job._parents = group_results(by_child[job.id])
+                job._expands = any(r["source"] for r in by_child[job.id])

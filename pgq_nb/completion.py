@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
 
+from pgq_nb import workflow_maps
 from pgq_nb.errors import UnstorableResultError
 from pgq_nb.handler_runs import (
     ALREADY_RECORDED,
@@ -200,9 +201,12 @@ async def record(
     steps: bool,
     slots: Sequence[int] = (),
     isolate: bool = True,
+    sources: Sequence[int] | None = None,
 ) -> list[Any]:
     """Record ``batch`` on ``conn`` (in a transaction when ``steps`` or ``slots``); returns the
     jobs that moved to history. ``slots``: ids of jobs holding a global-concurrency slot.
+    With ``steps``, the succeeded sources of map_overs make their steps (``sources``: which
+    ids of the batch may be ones, as the claim said; None: any).
 
     ``conn`` is a pool or a connection. With ``isolate`` (the default) a row the server
     refuses fails its own job and no other (see the module's docstring); without it the
@@ -220,6 +224,7 @@ async def record(
         await conn.execute(queries["release_slots"], worker_id, list(slots))
     if not steps:
         return done
+    await workflow_maps.expand(conn, queries, rows, done, sources)
     dead = [r for r in done if r["outcome"] != "succeeded"]
     await settle_steps(conn, queries, dead, [r["workflow_id"] for r in done])
     return done
@@ -262,6 +267,8 @@ async def run_transactional(
                 timeout=spec.timeout,
                 cancel_requested=cancel_requested,
             )
+        if (wrong := workflow_maps.result_error(job, encoded.json)) is not None:
+            raise wrong  # rolls the handler's writes back; the attempt fails for good
         finished = dt.datetime.now(dt.UTC)
         row = Finished(job.id, "succeeded", encoded.json, None, None, started, finished, 0.0)
         slots = [job.id] if slotted else []
@@ -270,7 +277,14 @@ async def run_transactional(
             await marked()
         try:  # all or nothing: a completion the server refuses rolls the handler's writes back
             done = await record(
-                conn, store.queries, worker_id, [row], steps=steps, slots=slots, isolate=False
+                conn,
+                store.queries,
+                worker_id,
+                [row],
+                steps=steps,
+                slots=slots,
+                isolate=False,
+                sources=[job.id] if job._expands else [],
             )
         except Exception as exc:
             if not is_refusal(exc):

@@ -99,6 +99,12 @@ class UnstorableResultError(InvalidInputError):
     once (running it again would return the same value)."""
 
 
+class MapSourceError(PgqError, TypeError):
+    """The parent step of a ``wf.map_over`` returned something other than a list or a
+    DataFrame: the step fails at once (running it again would return the same kind of value)
+    and the steps waiting on the map end upstream_failed."""
+
+
 class HandlerExitError(PgqError, RuntimeError):
     """A handler raised SystemExit or KeyboardInterrupt (``sys.exit()`` in job code, say): the
     attempt fails like any other error; the worker goes on."""

@@ -81,6 +81,8 @@ class Job:
     step_path: list[int] | None = None
     _data: Any = dataclasses.field(default=_UNSET, repr=False)
     _parents: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    #: a source of a wf.map_over: its result must be a list (pgq_nb.workflow_maps)
+    _expands: bool = dataclasses.field(default=False, repr=False)
     #: shared objects of the queue (``q.resources``), for handlers
     resources: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     #: for ``transactional=True`` handlers: the transaction that records the completion

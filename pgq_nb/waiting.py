@@ -21,10 +21,12 @@ async def wait_until(
     unit: str,
     timed_out: Callable[[], str],
     min_total: int = 1,
+    grown: Callable[[], int] | None = None,
 ) -> T:
     """Call ``poll`` until it returns a result (not None) and return it. ``poll`` returns
     (result or None, how many of ``total`` are finished); the count advances the bar
-    (:func:`pgq_nb.notebook.progress.bar`: ``progress`` if given, else in a notebook).
+    (:func:`pgq_nb.notebook.progress.bar`: ``progress`` if given, else in a notebook), whose
+    total follows ``grown()`` after each poll when given (a run whose map_overs add steps).
     Past ``timeout`` seconds, raises TimeoutError with ``timed_out()`` as its message."""
     bar: Any = None
     if progress is not False:  # the notebook layer only when a bar may be shown
@@ -38,6 +40,9 @@ async def wait_until(
     try:
         while True:
             result, finished = await poll()
+            if grown is not None and getattr(bar, "total", None) not in (None, grown()):
+                bar.total = grown()
+                bar.refresh()
             if bar is not None and finished > shown:
                 bar.update(finished - shown)
                 shown = finished

@@ -119,6 +119,7 @@ class Worker(Claiming, Completing, Upkeep, Following, Stopping):
         self._steps: set[int] = set()  # workflow steps among running and unflushed jobs
         self._paused: set[str] = set()  # entrypoints nobody may claim now
         self._slotted: set[int] = set()  # running and unflushed jobs holding a global slot
+        self._sources: set[int] = set()  # unflushed map_over sources that succeeded
         self._rate_timer: asyncio.TimerHandle | None = None
         self._schedules = [s for n, s in registry.schedule_specs.items() if n in self.specs]
         self._per_entrypoint: Counter[str] = Counter()

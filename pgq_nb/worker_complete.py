@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import db
+from pgq_nb import db, workflow_maps
 from pgq_nb import worker_decisions as decisions
 from pgq_nb.completion import Finished, record
 from pgq_nb.handler_runs import ALREADY_RECORDED, Encoded, describe_error
@@ -47,6 +47,7 @@ class Completing:
     _flushing: set[int]
     _steps: set[int]
     _slotted: set[int]
+    _sources: set[int]
     _wake: asyncio.Event
     _slot_free: asyncio.Event
     _flush_pending: asyncio.Event
@@ -65,14 +66,17 @@ class Completing:
                 self.stats.succeeded += 1
                 self._hooks.ended(job, "succeeded", started, finished, recorded=True)
                 return
-            if isinstance(value, Encoded):
+            if not isinstance(value, Encoded):
+                exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
+            elif (exc := workflow_maps.result_error(job, value.json)) is None:
                 self._finished.append(
                     Finished(job.id, "succeeded", value.json, None, None, started, finished, 0.0)
                 )
+                if job._expands:
+                    self._sources.add(job.id)
                 self.stats.succeeded += 1
                 self._hooks.ended(job, "succeeded", started, finished, result=value.json)
                 return
-            exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
         error, trace = describe_error(exc)
         decision = decisions.after_failure(self.specs[job.entrypoint].retry, exc, job.attempts)
         outcome = "retry" if decision.retry else "failed"
@@ -129,8 +133,17 @@ class Completing:
         steps, slots = plan = decisions.flush_plan(ids, self._steps, self._slotted)
         try:
             if plan.in_transaction:
+                sources = [i for i in ids if i in self._sources]
                 async with self.store.pool.acquire() as conn, conn.transaction():
-                    await record(conn, self._q, self.worker_id, batch, steps=steps, slots=slots)
+                    await record(
+                        conn,
+                        self._q,
+                        self.worker_id,
+                        batch,
+                        steps=steps,
+                        slots=slots,
+                        sources=sources,
+                    )
             else:
                 await record(self.store.pool, self._q, self.worker_id, batch, steps=False)
         except BaseException:
@@ -142,6 +155,7 @@ class Completing:
         self._hooks.recorded(ids)
         self._steps.difference_update(ids)
         self._slotted.difference_update(ids)
+        self._sources.difference_update(ids)
         self._slot_free.set()  # their slots are free now
         if slots:
             self._wake.set()  # and so are global ones: no need to wait for our own NOTIFY

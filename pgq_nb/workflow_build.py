@@ -17,7 +17,7 @@ import graphlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import runtime, tracing
+from pgq_nb import runtime, tracing, workflow_maps
 from pgq_nb.encoding import encode_payload
 from pgq_nb.errors import InvalidInputError, did_you_mean
 from pgq_nb.labels import Meta, Tags, check_meta, check_tags, label
@@ -38,11 +38,20 @@ class Step:
     workflow: WorkflowBuilder
     name: str
     indices: tuple[int, ...]
+    #: a ``map_over``: its place among the workflow's maps (its steps are made at run time)
+    map_over: int | None = None
 
     def __len__(self) -> int:
+        if self.map_over is not None:
+            raise TypeError(
+                f"map_over {self.name!r} has as many steps as its parent's result has items, "
+                "known only at run time; look at run.status() once it has run"
+            )
         return len(self.indices)
 
     def __repr__(self) -> str:
+        if self.map_over is not None:
+            return f"<Step {self.name!r} (map_over) of workflow {self.workflow.name!r}>"
         kind = f"map of {len(self.indices)}" if len(self.indices) != 1 else "step"
         return f"<Step {self.name!r} ({kind}) of workflow {self.workflow.name!r}>"
 
@@ -98,6 +107,8 @@ class WorkflowBuilder:
         self._names: dict[str, Step] = {}
         #: (entrypoint, first node, end node, dtypes as JSON) of each map over a DataFrame
         self._dtypes: list[tuple[str, int, int, str]] = []
+        self._maps: list[workflow_maps.MapNode] = []
+        self._map_children: list[tuple[int, int]] = []  # (map, node): node depends on map
 
     def _unique_name(self, wanted: str | None, entrypoint: str) -> str:
         if wanted is not None:
@@ -202,25 +213,78 @@ class WorkflowBuilder:
         self._names[step_name] = handle
         return handle
 
+    def map_over(
+        self,
+        parent: Step | str,
+        entrypoint: str,
+        *,
+        name: str | None = None,
+        priority: int = 0,
+        tags: Sequence[str] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Step:
+        """Fan out at run time: one step of ``entrypoint`` per item of the list (or row of the
+        DataFrame) that ``parent`` returns, made in the transaction that records the parent's
+        success. ``parent`` is a step, a ``map`` (each of its steps expands on its own) or
+        another ``map_over`` (a map over a map). A step that depends on this one waits for all
+        of its steps, however many, and gets their results as one list, in order (by parent
+        step, then item; an empty list for none). A parent that returns anything else fails
+        for good, and what depends on the map ends upstream_failed."""
+        if not isinstance(entrypoint, str) or not entrypoint:
+            raise InvalidInputError("entrypoint must be a non-empty string")
+        if not isinstance(parent, Step | str):
+            raise InvalidInputError(
+                f"map_over takes the step whose result it expands (a step, map or map_over of "
+                f"this workflow, or its name), not {type(parent).__name__}; for rows you have "
+                "now, use wf.map(entrypoint, rows)"
+            )
+        self._deps(parent)  # a step of this workflow
+        step_name = self._unique_name(name, entrypoint)
+        node = workflow_maps.MapNode(
+            entrypoint,
+            step_name,
+            check_int("priority", priority),
+            parent,
+            check_tags(tags),
+            check_meta(meta),
+        )
+        self._maps.append(node)
+        handle = Step(self, step_name, (), map_over=len(self._maps) - 1)
+        self._names[step_name] = handle
+        return handle
+
+    def _resolve(self, dep: Step | str, node: str) -> Step:
+        if isinstance(dep, Step):
+            return dep
+        found = self._names.get(dep)
+        if found is None:
+            raise InvalidInputError(
+                f"step {node!r} depends on {dep!r}, which is not a step of workflow "
+                f"{self.name!r}{did_you_mean(dep, self._names)}; its steps: {sorted(self._names)}"
+            )
+        return found
+
     def _edges(self) -> list[tuple[int, int]]:
-        """(parent index, child index) pairs; refuses unknown names, self-dependencies and
-        cycles."""
+        """(parent index, child index) pairs (and, in ``_map_children``, the nodes that
+        depend on a map_over); refuses unknown names, self-dependencies and cycles."""
         edges: set[tuple[int, int]] = set()
+        graph: dict[str, set[str]] = {n: set() for n in self._names}
+        children: set[tuple[int, int]] = set()
         for child, node in enumerate(self._nodes):
-            for dep in node.depends_on:
-                if isinstance(dep, str):
-                    found = self._names.get(dep)
-                    if found is None:
-                        raise InvalidInputError(
-                            f"step {node.name!r} depends on {dep!r}, which is not a step of "
-                            f"workflow {self.name!r}{did_you_mean(dep, self._names)}; its "
-                            f"steps: {sorted(self._names)}"
-                        )
-                    dep = found
+            for wanted in node.depends_on:
+                dep = self._resolve(wanted, node.name)
                 if dep.name == node.name:
                     raise InvalidInputError(f"step {node.name!r} depends on itself")
                 edges.update((parent, child) for parent in dep.indices)
-        graph: dict[str, set[str]] = {n: set() for n in self._names}
+                if dep.map_over is not None:
+                    children.add((dep.map_over, child))
+                    graph[node.name].add(dep.name)
+        for m in self._maps:
+            up = self._resolve(m.parent, m.name)
+            if up.name == m.name:
+                raise InvalidInputError(f"map_over {m.name!r} depends on itself")
+            graph[m.name].add(up.name)
+        self._map_children = sorted(children)
         for parent, child in edges:
             graph[self._nodes[child].name].add(self._nodes[parent].name)
         try:
@@ -236,10 +300,11 @@ class WorkflowBuilder:
     @guarded("submit")
     async def _submit(self, connection: Any = None) -> int:
         """Validate and write the whole workflow in one transaction; return its id."""
-        if not self._nodes:
+        if not self._nodes and not self._maps:
             raise InvalidInputError(f"workflow {self.name!r} has no steps; add some with step()")
         edges = self._edges()
-        parents = [0] * len(self._nodes)
+        found = self._map_plan()
+        parents = list(found.pending)
         for _, child in edges:
             parents[child] += 1
         traced = f"workflow {self.name}"
@@ -248,11 +313,25 @@ class WorkflowBuilder:
             conn.transaction(),
             tracing.enqueue_context(self.store, conn, traced),
         ):
-            return await self._write(conn, edges, parents)
+            return await self._write(conn, edges, parents, found)
 
-    async def _write(self, conn: Any, edges: list[tuple[int, int]], parents: list[int]) -> int:
+    def _map_plan(self) -> workflow_maps.MapPlan:
+        parents: list[tuple[int | None, tuple[int, ...]]] = []
+        for m in self._maps:
+            up = self._resolve(m.parent, m.name)
+            parents.append((up.map_over, up.indices))
+        return workflow_maps.plan(parents, self._map_children, len(self._nodes))
+
+    async def _write(
+        self,
+        conn: Any,
+        edges: list[tuple[int, int]],
+        parents: list[int],
+        found: workflow_maps.MapPlan,
+    ) -> int:
         q = self.store
-        await self.registry.prepare({n.entrypoint for n in self._nodes}, conn)
+        entrypoints = {n.entrypoint for n in self._nodes} | {m.entrypoint for m in self._maps}
+        await self.registry.prepare(entrypoints, conn)
         row = await conn.fetchrow(q.queries["create_workflow"], self.name, len(self._nodes))
         ids = (await conn.fetchrow(q.queries["reserve_job_ids"], len(self._nodes)))["ids"]
         nodes = self._nodes
@@ -276,6 +355,8 @@ class WorkflowBuilder:
             await conn.execute(
                 q.queries["record_dtypes_of_ids"], entrypoint, ids[first:end], recorded
             )
+        if self._maps:
+            await workflow_maps.write(conn, q.queries, row["id"], self._maps, found, ids)
         workflow_id: int = row["id"]
         return workflow_id
 

@@ -58,8 +58,9 @@ class AsyncWorkflowRun:
 
     @runtime.bridged
     async def status(self) -> pd.DataFrame:
-        """One row per step: name, index, entrypoint, status, attempts, started, finished,
-        duration_s, error (a DataFrame)."""
+        """One row per step: name, index, path (a map_over's step: its source's place, then
+        its item's), entrypoint, status, attempts, started, finished, duration_s, error (a
+        DataFrame). A map_over's steps appear as they are made."""
         from pgq_nb.notebook import workflows
 
         frame: pd.DataFrame = workflows.steps_frame(await self.steps())
@@ -78,9 +79,11 @@ class AsyncWorkflowRun:
 
         ``progress`` shows a bar of finished steps (default: in a notebook)."""
         steps: int = (await self._row())["steps"]
+        grown = [steps]  # a map_over adds steps as it runs
 
         async def poll() -> tuple[str | None, int]:
             row = await self._row()
+            grown[0] = row["steps"]
             counts = await self.counts() if progress is not False else {}
             finished = sum(counts.get(s, 0) for s in FINAL_STATUSES)
             return (None if row["finished"] is None else row["status"]), finished
@@ -92,6 +95,7 @@ class AsyncWorkflowRun:
             progress=progress,
             description=f"workflow {self.name}",
             unit="step",
+            grown=lambda: grown[0],
             timed_out=lambda: (
                 f"workflow run {self.id} ({self.name!r}) still running after {timeout} s"
             ),

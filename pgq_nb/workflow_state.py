@@ -27,10 +27,15 @@ async def settle_steps(
 
 
 def group_results(rows: Any) -> dict[str, Any]:
-    """{step name: result}, a map step's results as a list in row order."""
+    """{step name: result}, a map step's results as a list in row order (a map_over's
+    placeholder row: its list, empty if it made no steps)."""
     out: dict[str, Any] = {}
     for r in rows:
-        if r["step_index"] is None:
+        if r.get("source"):  # not a result: says the step is a map_over's source
+            continue
+        if r.get("placeholder"):
+            out.setdefault(r["step_name"], [])
+        elif r["step_index"] is None:
             out[r["step_name"]] = r["result"]
         else:
             out.setdefault(r["step_name"], []).append(r["result"])

@@ -65,7 +65,8 @@ def _truncate(q: pgq_nb.Queue) -> None:
             f"{SCHEMA}.entrypoint_slots, {SCHEMA}.rate_buckets, {SCHEMA}.dedupe_windows, "
             f"{SCHEMA}.payload_dtypes, "
             f"{SCHEMA}.retention_policies, "
-            f"{SCHEMA}.notebooks, {SCHEMA}.notebook_outputs "
+            f"{SCHEMA}.notebooks, {SCHEMA}.notebook_outputs, "
+            f"{SCHEMA}.workflow_maps, {SCHEMA}.workflow_map_sources, {SCHEMA}.workflow_map_deps "
             "RESTART IDENTITY"
         )
 

@@ -13,6 +13,7 @@ STEP_COLUMNS: dict[str, Any] = {
     "job_id": "Int64",
     "step": "str",
     "index": "Int64",
+    "path": "object",  # a map_over's step: its source's place, then its item's (a list)
     "entrypoint": "str",
     "status": STATUS_DTYPE,
     "attempts": "Int64",
@@ -30,6 +31,7 @@ def steps_frame(steps: list[dict[str, Any]]) -> pd.DataFrame:
             "job_id": s["id"],
             "step": s["step_name"],
             "index": s["step_index"],
+            "path": s.get("step_path"),
             "entrypoint": s["entrypoint"],
             "status": s["status"],
             "attempts": s["attempts"],

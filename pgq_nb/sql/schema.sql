@@ -452,3 +452,37 @@ CREATE TABLE {schema}.retention_policies (
     keep_last integer CHECK (keep_last > 0),
     updated timestamptz NOT NULL DEFAULT now()
 );
+
+-- Issue #21, item 1 (migration 11): workflow steps made at run time (wf.map_over). A map_over
+-- node of a run; the steps whose results it expands (its sources: static steps at submit,
+-- steps of its parent map as they are made); and the steps waiting on it: `direct` ones get an
+-- edge from each step it makes, and every one is counted up by `weight` (how many of its own
+-- map_over parents are this map or below it) per item minus one when a source expands
+-- (pgq_nb.workflow_maps).
+CREATE TABLE {schema}.workflow_maps (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    workflow_id bigint NOT NULL,
+    step_name text NOT NULL,
+    entrypoint text NOT NULL,
+    priority integer NOT NULL DEFAULT 0,
+    tags text[],
+    meta jsonb,
+    parent_map bigint
+);
+CREATE INDEX workflow_maps_parent_idx ON {schema}.workflow_maps (parent_map)
+    WHERE parent_map IS NOT NULL;
+CREATE INDEX workflow_maps_workflow_idx ON {schema}.workflow_maps (workflow_id);
+CREATE TABLE {schema}.workflow_map_sources (
+    source_id bigint NOT NULL,
+    map_id bigint NOT NULL,
+    PRIMARY KEY (source_id, map_id)
+);
+CREATE INDEX workflow_map_sources_map_idx ON {schema}.workflow_map_sources (map_id);
+CREATE TABLE {schema}.workflow_map_deps (
+    map_id bigint NOT NULL,
+    child_id bigint NOT NULL,
+    direct boolean NOT NULL,
+    weight integer NOT NULL CHECK (weight > 0),
+    PRIMARY KEY (map_id, child_id)
+);
+CREATE INDEX workflow_map_deps_child_idx ON {schema}.workflow_map_deps (child_id);

@@ -261,12 +261,21 @@ def workflows(ctx: Context, runs: list[dict[str, Any]], now: dt.datetime) -> str
     return layout(ctx, "Workflows", f'<div data-live="workflows">{listing}</div>')
 
 
+def step_place(step: dict[str, Any]) -> str:
+    """A map step's place after its name: ``[3]``, or ``[2.0.1]`` for a step a map_over over a
+    map made (its source's place, then its item's); nothing for a single step."""
+    path = step.get("step_path")
+    if path:
+        return "[" + ".".join(str(int(i)) for i in path) + "]"
+    return "" if step["step_index"] is None else f"[{int(step['step_index'])}]"
+
+
 def workflow_run(ctx: Context, run: dict[str, Any], now: dt.datetime) -> str:
     steps = run["step_rows"]
     items = [
         [
             job_link(s["id"]),
-            esc(s["step_name"]) + (f"[{s['step_index']}]" if s["step_index"] is not None else ""),
+            esc(s["step_name"]) + step_place(s),
             esc(s["entrypoint"]),
             f'<span data-step-status="{int(s["id"])}">'
             f"{esc(STATUS_TITLES.get(s['status'], s['status']))}</span>",

@@ -36,16 +36,18 @@ WHERE id = $1;
 
 -- name: web_workflow_steps
 -- The first $2 steps of one run in submission order, live (jobs_workflow_idx) or finished
--- (history_workflow_idx), with the start of their error; only that run's rows are read.
+-- (history_workflow_idx), with the start of their error; only that run's rows are read. A
+-- step a map_over made has its place in step_path (its source's, then its item's).
 -- params: $1 workflow id, $2 limit
-SELECT id, step_name, step_index, entrypoint, status, attempts, started, finished, error
+SELECT id, step_name, step_index, step_path, entrypoint, status, attempts, started, finished,
+    error
 FROM (
-    SELECT id, step_name, step_index, entrypoint, status, attempts, started,
+    SELECT id, step_name, step_index, step_path, entrypoint, status, attempts, started,
         NULL::timestamptz AS finished, left(last_error, 300) AS error
     FROM {schema}.jobs WHERE workflow_id = $1
     UNION ALL
-    SELECT id, step_name, step_index, entrypoint, status, attempts, started, finished,
-        left(error, 300)
+    SELECT id, step_name, step_index, step_path, entrypoint, status, attempts, started,
+        finished, left(error, 300)
     FROM {schema}.history WHERE workflow_id = $1
 ) AS steps
 ORDER BY id

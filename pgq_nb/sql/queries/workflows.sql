@@ -25,13 +25,28 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[]);
 
 -- name: fail_descendants
 -- A step failed for good (or was cancelled): every step downstream of it can never run. Move
--- them to history as upstream_failed (move_to_history) and mark their runs failed. Returns the
--- ids moved.
+-- them to history as upstream_failed (move_to_history) and mark their runs failed. Downstream:
+-- its children (job_deps), and the steps waiting on a map_over it is a source of
+-- (workflow_map_sources, workflow_map_deps), and theirs. Returns the ids moved.
 -- params: $1 failed step ids bigint[], $2 their workflow ids bigint[]
 WITH RECURSIVE down(id) AS (
-    SELECT child_id FROM {schema}.job_deps WHERE parent_id = ANY($1::bigint[])
+    SELECT x.child_id
+    FROM unnest($1::bigint[]) AS f(id),
+        LATERAL (SELECT d.child_id FROM {schema}.job_deps AS d WHERE d.parent_id = f.id
+                 UNION ALL
+                 SELECT w.child_id
+                 FROM {schema}.workflow_map_sources AS s
+                 JOIN {schema}.workflow_map_deps AS w ON w.map_id = s.map_id
+                 WHERE s.source_id = f.id) AS x
     UNION
-    SELECT d.child_id FROM {schema}.job_deps AS d JOIN down ON d.parent_id = down.id
+    SELECT x.child_id
+    FROM down,
+        LATERAL (SELECT d.child_id FROM {schema}.job_deps AS d WHERE d.parent_id = down.id
+                 UNION ALL
+                 SELECT w.child_id
+                 FROM {schema}.workflow_map_sources AS s
+                 JOIN {schema}.workflow_map_deps AS w ON w.map_id = s.map_id
+                 WHERE s.source_id = down.id) AS x
 ), doomed AS (
     SELECT array_agg(id) AS ids, array_agg('upstream_failed'::text) AS outcomes,
         array_agg('not run: a step it depends on failed or was cancelled'::text) AS errors
@@ -65,13 +80,28 @@ WHERE w.id = ANY($1::bigint[]) AND w.finished IS NULL
 RETURNING w.id, w.status;
 
 -- name: parent_results
--- The results of the parents of the given steps, for Job.parent_results().
+-- The results of the parents of the given steps, for Job.parent_results(): a map's in order
+-- (step_path: a map_over's by source, then item), and a placeholder row for each map_over
+-- the step depends on, so that one that made no steps still gives an empty list. Also one
+-- `source` row for each given step that is a source of a map_over (its result must be a
+-- list): the claim learns it in the same round trip.
 -- params: $1 child ids bigint[]
-SELECT d.child_id, h.step_name, h.step_index, h.entrypoint, h.result
+SELECT d.child_id, h.step_name, h.step_index, h.entrypoint, h.result, h.step_path, h.id,
+    false AS placeholder, false AS source
 FROM {schema}.job_deps AS d
 JOIN {schema}.history AS h ON h.id = d.parent_id
 WHERE d.child_id = ANY($1::bigint[])
-ORDER BY d.child_id, h.step_name, h.step_index NULLS FIRST, h.id;
+UNION ALL
+SELECT w.child_id, m.step_name, NULL, m.entrypoint, NULL, NULL, NULL, true, false
+FROM {schema}.workflow_map_deps AS w
+JOIN {schema}.workflow_maps AS m ON m.id = w.map_id
+WHERE w.child_id = ANY($1::bigint[]) AND w.direct
+UNION ALL
+SELECT x.id, NULL, NULL, NULL, NULL, NULL, NULL, false, true
+FROM unnest($1::bigint[]) AS x(id)
+WHERE EXISTS (SELECT FROM {schema}.workflow_map_sources AS s WHERE s.source_id = x.id)
+ORDER BY child_id, step_name, placeholder DESC, step_path NULLS FIRST, step_index NULLS FIRST,
+    id;
 
 -- name: get_workflow
 -- One workflow run.
@@ -86,14 +116,15 @@ UNION ALL
 SELECT status, count(*)::integer FROM {schema}.history WHERE workflow_id = $1 GROUP BY status;
 
 -- name: workflow_steps
--- Every step of one run, live or finished, in submission order.
+-- Every step of one run, live or finished, in submission order (a map_over's steps in the
+-- order they were made, with their place in step_path).
 -- params: $1 workflow id
-SELECT id, step_name, step_index, entrypoint, status, attempts, created, started,
+SELECT id, step_name, step_index, step_path, entrypoint, status, attempts, created, started,
     NULL::timestamptz AS finished, last_error AS error, NULL::jsonb AS result
 FROM {schema}.jobs WHERE workflow_id = $1
 UNION ALL
-SELECT id, step_name, step_index, entrypoint, status, attempts, created, started, finished,
-    error, result
+SELECT id, step_name, step_index, step_path, entrypoint, status, attempts, created, started,
+    finished, error, result
 FROM {schema}.history WHERE workflow_id = $1
 ORDER BY id;
 
@@ -102,7 +133,7 @@ ORDER BY id;
 -- params: $1 workflow id
 SELECT step_name, step_index, result FROM {schema}.history
 WHERE workflow_id = $1 AND status = 'succeeded'
-ORDER BY step_name, step_index NULLS FIRST, id;
+ORDER BY step_name, step_path NULLS FIRST, step_index NULLS FIRST, id;
 
 -- name: workflow_live_steps
 -- The steps of a run still in `jobs`, by status (for cancel).
@@ -117,7 +148,9 @@ UPDATE {schema}.workflows SET status = $2, finished = $3 WHERE id = $1;
 -- name: retry_workflow_steps
 -- Put a run's failed, cancelled and upstream_failed steps back: each waits again for its
 -- parents that have not succeeded (pending_deps recomputed) and starts with fresh attempts
--- (move_to_jobs, in the schema). Returns how many.
+-- (move_to_jobs, in the schema). A step waiting on a map_over also waits, by its weight, for
+-- every source of that map (and of the maps above it) that has not succeeded, hence not
+-- expanded yet. Returns how many.
 -- params: $1 workflow id
 WITH steps AS (
     SELECT h.id,
@@ -125,7 +158,13 @@ WITH steps AS (
          FROM {schema}.job_deps AS d
          WHERE d.child_id = h.id
            AND NOT EXISTS (SELECT 1 FROM {schema}.history AS ok
-                           WHERE ok.id = d.parent_id AND ok.status = 'succeeded')) AS pending
+                           WHERE ok.id = d.parent_id AND ok.status = 'succeeded'))
+        + (SELECT coalesce(sum(w.weight), 0)::integer
+           FROM {schema}.workflow_map_deps AS w
+           JOIN {schema}.workflow_map_sources AS s ON s.map_id = w.map_id
+           WHERE w.child_id = h.id
+             AND NOT EXISTS (SELECT 1 FROM {schema}.history AS ok
+                             WHERE ok.id = s.source_id AND ok.status = 'succeeded')) AS pending
     FROM {schema}.history AS h
     WHERE h.workflow_id = $1 AND h.status IN ('failed', 'cancelled', 'upstream_failed')
 ), moved AS (
