@@ -8,10 +8,10 @@ A step's bar has up to two parts, ``end`` being its finish, or now while it is l
 
 - ``running``: its last attempt, from ``started`` to ``end``;
 - ``queued`` (queue wait): from when its last attempt became due to its start (or ``end``).
-  That is ``execute_after``: the submission for a step without parents, the moment its last
-  parent succeeded for one that waited (the statement that unblocks a step sets it), the end
-  of a retry's back-off or a snooze, a ``run.retry()``'s requeue. Earlier attempts are not
-  drawn (the row's ``attempts`` says how many there were);
+  That is ``execute_after``: the submission for a step without parents; for one that waited,
+  the moment its last parent's success was recorded (the statement that unblocks a step sets
+  it); the end of a retry's back-off or of a snooze; a ``run.retry()``'s requeue. Earlier
+  attempts are not drawn (the row's ``attempts`` says how many there were);
 - ``blocked`` instead of both, for a step that never became runnable (still blocked,
   upstream_failed, cancelled while it waited for its parents, or queued but not yet due):
   from its creation to ``end``.
@@ -171,7 +171,7 @@ def seconds_label(seconds: float, span: float) -> str:
     "h:mm"."""
     if span < 120:
         return f"{seconds:.3g} s" if seconds else "0"
-    whole = int(round(seconds))
+    whole = round(seconds)
     if span < 7200:
         return f"{whole // 60}:{whole % 60:02d}"
     return f"{whole // 3600}:{whole % 3600 // 60:02d}"
@@ -205,7 +205,7 @@ def build(
     """The timeline of ``run`` (a ``workflows`` row) from its ``steps`` in submission order,
     as of ``now`` (the server's clock)."""
     max_rows = check_max_rows(max_rows)
-    origin = min([run["created"], *(s["created"] for s in steps)])
+    origin: dt.datetime = min([run["created"], *(s["created"] for s in steps)])
     parts = [step_parts(s, now) for s in steps]
     ends = [(end - origin).total_seconds() for ps in parts for _, _, end in ps]
     if run["status"] == "running":
@@ -301,6 +301,4 @@ async def read(
                 f"no workflow run with id {run_id}: q.workflows() lists the runs there are"
             )
         steps = await conn.fetch(queries["workflow_timeline_steps"], run_id, READ_CAP + 1)
-    return build(
-        run, steps[:READ_CAP], run["now"], max_rows=max_rows, capped=len(steps) > READ_CAP
-    )
+    return build(run, steps[:READ_CAP], run["now"], max_rows=max_rows, capped=len(steps) > READ_CAP)

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 from matplotlib.colors import to_hex
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
 import pgq_nb
 from pgq_nb import runtime, workflow_timeline
 from pgq_nb.errors import InvalidInputError, JobNotFoundError
 from pgq_nb.notebook.timeline import timeline_figure
-from pgq_nb.workflow_run import AsyncWorkflowRun
+from pgq_nb.workflow_run import AsyncWorkflowRun, WorkflowRun
 from pgq_nb.workflow_timeline import STATUS_COLOURS, build, merge, step_label, step_parts
 from tests.conftest import wait_until
 
@@ -59,31 +60,61 @@ def step(
 NOW = 100.0
 # (what, the step's row, its parts as (kind, start s, end s); open ones end at NOW)
 PARTS = [
-    ("a root that ran", step("succeeded", started=2, finished=5),
-     [("queued", 0, 2), ("running", 2, 5)]),
-    ("a child: due when its last parent succeeded", step("failed", due=10, started=12, finished=13),
-     [("queued", 10, 12), ("running", 12, 13)]),
-    ("running: open to now", step("picked", due=1, started=4), [("queued", 1, 4), ("running", 4, NOW)]),
-    ("claimed the moment it was due: no wait", step("succeeded", due=3, started=3, finished=4),
-     [("running", 3, 4)]),
+    (
+        "a root that ran",
+        step("succeeded", started=2, finished=5),
+        [("queued", 0, 2), ("running", 2, 5)],
+    ),
+    (
+        "a child: due when its last parent succeeded",
+        step("failed", due=10, started=12, finished=13),
+        [("queued", 10, 12), ("running", 12, 13)],
+    ),
+    (
+        "running: open to now",
+        step("picked", due=1, started=4),
+        [("queued", 1, 4), ("running", 4, NOW)],
+    ),
+    (
+        "claimed the moment it was due: no wait",
+        step("succeeded", due=3, started=3, finished=4),
+        [("running", 3, 4)],
+    ),
     ("queued and due: waiting to now", step("queued", due=30), [("queued", 30, NOW)]),
     ("still blocked on a parent", step("blocked", pending=1), [("blocked", 0, NOW)]),
-    ("upstream_failed: never runnable", step("upstream_failed", finished=40, pending=1),
-     [("blocked", 0, 40)]),
+    (
+        "upstream_failed: never runnable",
+        step("upstream_failed", finished=40, pending=1),
+        [("blocked", 0, 40)],
+    ),
     ("cancelled in the queue", step("cancelled", due=5, finished=9), [("queued", 5, 9)]),
-    ("cancelled while it waited for parents", step("cancelled", finished=9, pending=2),
-     [("blocked", 0, 9)]),
+    (
+        "cancelled while it waited for parents",
+        step("cancelled", finished=9, pending=2),
+        [("blocked", 0, 9)],
+    ),
     ("queued but not yet due (a back-off)", step("queued", due=500), [("blocked", 0, NOW)]),
-    ("now read before a start in another snapshot", step("picked", due=0, started=120),
-     [("queued", 0, 120), ("running", 120, 120)]),
-    ("succeeded from cache: never started", step("succeeded", due=7, finished=7),
-     [("queued", 7, 7)]),
+    (
+        "now read before a start in another snapshot",
+        step("picked", due=0, started=120),
+        [("queued", 0, 120), ("running", 120, 120)],
+    ),
+    (
+        "succeeded from cache: never started",
+        step("succeeded", due=7, finished=7),
+        [("queued", 7, 7)],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("what", "row", "expected"), PARTS, ids=[p[0] for p in PARTS])
-def test_step_parts(what: str, row: dict[str, Any], expected: list[tuple[str, float, float]]) -> None:
-    got = [(kind, (a - T0).total_seconds(), (b - T0).total_seconds()) for kind, a, b in step_parts(row, t(NOW))]
+def test_step_parts(
+    what: str, row: dict[str, Any], expected: list[tuple[str, float, float]]
+) -> None:
+    got = [
+        (kind, (a - T0).total_seconds(), (b - T0).total_seconds())
+        for kind, a, b in step_parts(row, t(NOW))
+    ]
     assert got == expected
 
 
@@ -97,7 +128,9 @@ def test_step_parts(what: str, row: dict[str, Any], expected: list[tuple[str, fl
         ([(0, 1), (1.2, 2)], 0.1, [(0, 1), (1.2, 2)]),
     ],
 )
-def test_merge(spans: list[tuple[float, float]], gap: float, expected: list[tuple[float, float]]) -> None:
+def test_merge(
+    spans: list[tuple[float, float]], gap: float, expected: list[tuple[float, float]]
+) -> None:
     assert merge(spans, gap) == expected
 
 
@@ -145,7 +178,9 @@ def test_a_large_run_folds_by_step_name() -> None:
     running = [s for s in folded.segments if s.kind == "running"]
     assert running[-1].status == "failed"  # the most telling drawn last
     assert sum(s.status == "succeeded" for s in running) <= 2  # merged, not 10,000 bars
-    assert min(s.start for s in running) == 1 and max(s.end for s in running) == pytest.approx(101.49)
+    assert min(s.start for s in running) == 1 and max(s.end for s in running) == pytest.approx(
+        101.49
+    )
     assert tl.folded == 10_000 and tl.notes() == ["10,000 steps folded into one row per step name"]
     fig = timeline_figure(tl)
     ax = fig.axes[0]
@@ -154,11 +189,181 @@ def test_a_large_run_folds_by_step_name() -> None:
 
 
 def test_one_row_per_step_up_to_max_rows() -> None:
-    steps = [step("succeeded", name="m", index=i, started=i, finished=i + 1, id=i + 1) for i in range(5)]
+    steps = [
+        step("succeeded", name="m", index=i, started=i, finished=i + 1, id=i + 1) for i in range(5)
+    ]
     assert len(build(RUN, steps, t(10), max_rows=5).rows) == 5
     folded = build(RUN, steps, t(10), max_rows=4)
     assert [r.label for r in folded.rows] == ["m (5 steps)"] and folded.folded == 5
-    many_names = [step("succeeded", name=f"n{i}", started=i, finished=i + 1, id=i + 1) for i in range(5)]
+    many_names = [
+        step("succeeded", name=f"n{i}", started=i, finished=i + 1, id=i + 1) for i in range(5)
+    ]
     cut = build(RUN, many_names, t(10), max_rows=3)
     assert len(cut.rows) == 3 and cut.hidden_rows == 2
     assert cut.notes() == ["2 more rows not shown"]
+
+
+# -- real runs -------------------------------------------------------------------------------
+
+
+def bars(fig: Figure) -> dict[tuple[str, int], tuple[str, float, float]]:
+    """{(kind, row): (colour, start, end)} of the figure's bars (one of each kind per row)."""
+    out = {}
+    for container in fig.axes[0].containers:
+        assert isinstance(container, BarContainer)
+        for rect in container.patches:
+            kind, row, status = str(rect.get_gid()).split(":")
+            key = (kind, int(row))
+            assert key not in out, f"two {kind} bars on row {row}"
+            out[key] = (
+                to_hex(rect.get_facecolor(), keep_alpha=False),
+                rect.get_x(),
+                rect.get_x() + rect.get_width(),
+            )
+            assert STATUS_COLOURS[status] == out[key][0]
+    return out
+
+
+def seconds(value: dt.datetime, origin: dt.datetime) -> float:
+    return (value - origin).total_seconds()
+
+
+def test_a_failed_run_has_one_bar_per_step_with_its_colour_and_span(q: pgq_nb.Queue) -> None:
+    @q.entrypoint("ok")
+    def ok(job: pgq_nb.Job) -> int:
+        return 1
+
+    @q.entrypoint("bad", retry=pgq_nb.RetryPolicy.none())
+    def bad(job: pgq_nb.Job) -> None:
+        raise ValueError("bad step")
+
+    @q.entrypoint("gate")
+    def gate(job: pgq_nb.Job) -> None:
+        pass
+
+    wf = q.workflow("mixed")
+    first = wf.step("ok")
+    failing = wf.step("bad", depends_on=first)
+    wf.step("ok", name="after_bad", depends_on=failing)
+    held = wf.step("gate")
+    wf.step("ok", name="after_gate", depends_on=held)
+    run = wf.submit()
+    # gate is left queued (not run here), so the step after it stays blocked
+    q.run_until_idle(entrypoints=["ok", "bad"], timeout=60)
+    by_name = {s["step_name"]: s for s in run.steps()}
+    assert {n: s["status"] for n, s in by_name.items()} == {
+        "ok": "succeeded",
+        "bad": "failed",
+        "after_bad": "upstream_failed",
+        "gate": "queued",
+        "after_gate": "blocked",
+    }
+    fig = run.timeline()
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    labels = [x.get_text() for x in ax.get_yticklabels()]
+    assert labels == ["ok", "bad", "after_bad", "gate", "after_gate"]  # submission order
+    drawn = bars(fig)
+    origin = min(s["created"] for s in by_name.values())
+    green, red = STATUS_COLOURS["succeeded"], STATUS_COLOURS["failed"]
+    for row, name, colour in ((0, "ok", green), (1, "bad", red)):
+        s = by_name[name]
+        assert drawn["running", row][0] == colour
+        assert drawn["running", row][1] == pytest.approx(seconds(s["started"], origin), abs=1e-6)
+        assert drawn["running", row][2] >= seconds(s["finished"], origin) - 1e-6
+    # the failed step waited in the queue from its parent's success (as recorded: the finish
+    # time is the worker's clock, the unblock the database's, a flush later)
+    assert drawn["queued", 1][1] == pytest.approx(
+        seconds(by_name["ok"]["finished"], origin), abs=0.5
+    )
+    assert drawn["queued", 1][2] == pytest.approx(
+        seconds(by_name["bad"]["started"], origin), abs=1e-6
+    )
+    # never runnable: hatched from creation to its end (upstream_failed) or now (blocked)
+    assert drawn["blocked", 2][0] == STATUS_COLOURS["upstream_failed"]
+    assert drawn["blocked", 2][2] == pytest.approx(
+        seconds(by_name["after_bad"]["finished"], origin), abs=1e-3
+    )
+    assert drawn["blocked", 4][0] == STATUS_COLOURS["blocked"]
+    assert drawn["queued", 3][0] == STATUS_COLOURS["queued"]
+    assert set(drawn) == {
+        ("queued", 0),
+        ("running", 0),
+        ("queued", 1),
+        ("running", 1),
+        ("blocked", 2),
+        ("queued", 3),
+        ("blocked", 4),
+    }
+    box = ax.get_legend()
+    assert box is not None
+    legend = [x.get_text() for x in box.get_texts()]
+    assert legend[:5] == ["succeeded", "failed", "upstream failed", "queued", "blocked"]
+    assert "queue wait" in legend and "run" in legend and "not runnable yet" in legend
+    assert "workflow mixed" in ax.get_title(loc="left") and "failed" in ax.get_title(loc="left")
+
+
+def test_a_running_run_draws_open_bars_to_now(q: pgq_nb.Queue) -> None:
+    release = threading.Event()
+
+    @q.entrypoint("slow")
+    def slow(job: pgq_nb.Job) -> None:
+        release.wait(60)
+
+    wf = q.workflow("live")
+    wf.step("slow", name="after", depends_on=wf.step("slow"))
+    run = wf.submit()
+    worker = q.start_worker()
+    try:
+        wait_until(lambda: run.counts()["picked"] == 1, 30, "the first step running")
+        fig = run.timeline()
+        tl = runtime.run_sync(workflow_timeline.read(q.aio.pool, q.aio.queries, run.id))
+    finally:
+        release.set()
+        worker.stop()
+    assert tl.state == "running" and [r.open for r in tl.rows] == [True, True]
+    now = (tl.now - tl.origin).total_seconds()
+    running = tl.rows[0].segments[-1]
+    assert running.kind == "running" and running.status == "picked" and running.end == now
+    assert tl.rows[1].segments[0].kind == "blocked" and tl.rows[1].segments[0].end == now
+    drawn = bars(fig)
+    assert drawn["running", 0][0] == STATUS_COLOURS["picked"]
+    assert "so far" in fig.axes[0].get_title(loc="left")
+    assert any(line.get_linestyle() == "--" for line in fig.axes[0].get_lines())  # now
+
+
+def test_a_large_submitted_run_folds(q: pgq_nb.Queue) -> None:
+    @q.entrypoint("extract")
+    def extract(job: pgq_nb.Job) -> None:
+        pass
+
+    @q.entrypoint("transform")
+    def transform(job: pgq_nb.Job) -> None:
+        pass
+
+    wf = q.workflow("big")
+    wf.map("transform", [{"n": i} for i in range(300)], depends_on=wf.step("extract"))
+    run = wf.submit()
+    fig = run.timeline()
+    labels = [x.get_text() for x in fig.axes[0].get_yticklabels()]
+    assert labels == ["extract", "transform (300 steps)"]
+    assert "300 steps folded into one row per step name" in fig.axes[0].get_title(loc="left")
+    assert len(run.timeline(max_rows=400).axes[0].get_yticklabels()) == 301
+
+
+def test_an_unknown_run_and_bad_max_rows_are_clear_errors(q: pgq_nb.Queue) -> None:
+    with pytest.raises(JobNotFoundError, match="no workflow run with id 424242"):
+        q.workflow_run(424242)
+    gone = WorkflowRun(AsyncWorkflowRun(q.aio.store, 424242, "gone"))
+    with pytest.raises(JobNotFoundError, match=r"no workflow run with id 424242: q.workflows\(\)"):
+        gone.timeline()
+
+    @q.entrypoint("noop")
+    def noop(job: pgq_nb.Job) -> None:
+        pass
+
+    wf = q.workflow("tiny")
+    wf.step("noop")
+    run = wf.submit()
+    with pytest.raises(InvalidInputError, match="max_rows must be a positive int"):
+        run.timeline(max_rows=0)

@@ -8,7 +8,7 @@ that stays in the saved notebook; and it may be built on any thread.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pgq_nb.workflow_timeline import (
     KIND_LABELS,
@@ -23,11 +23,18 @@ from pgq_nb.workflow_timeline import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-#: How each part of a bar is drawn: its height (of a row) and alpha, and a hatch.
+
+class _Style(NamedTuple):
+    height: float  # of a row
+    alpha: float
+    hatch: str | None
+
+
+#: How each part of a bar is drawn.
 _STYLE = {
-    "blocked": {"height": 0.5, "alpha": 0.35, "hatch": "///"},
-    "queued": {"height": 0.5, "alpha": 0.4, "hatch": None},
-    "running": {"height": 0.8, "alpha": 1.0, "hatch": None},
+    "blocked": _Style(0.5, 0.35, "///"),
+    "queued": _Style(0.5, 0.4, None),
+    "running": _Style(0.8, 1.0, None),
 }
 #: A part shorter than this fraction of the span is drawn this wide, so that it shows.
 _MIN_WIDTH = 0.002
@@ -64,11 +71,11 @@ def timeline_figure(tl: Timeline) -> Figure:
             ys,
             widths,
             left=lefts,
-            height=style["height"],
+            height=style.height,
             color=colours,
-            alpha=style["alpha"],
-            hatch=style["hatch"],
-            edgecolor=colours if style["hatch"] else "none",
+            alpha=style.alpha,
+            hatch=style.hatch,
+            edgecolor=colours if style.hatch else "none",
             linewidth=0,
             label=f"_{kind}",  # "_": no legend entry of its own (the legend is built below)
         )
@@ -106,9 +113,9 @@ def timeline_figure(tl: Timeline) -> Figure:
     handles += [
         Patch(
             facecolor="#616161",
-            alpha=_STYLE[k]["alpha"],
-            hatch=_STYLE[k]["hatch"],
-            edgecolor="#616161" if _STYLE[k]["hatch"] else "none",
+            alpha=_STYLE[k].alpha,
+            hatch=_STYLE[k].hatch,
+            edgecolor="#616161" if _STYLE[k].hatch else "none",
             label=KIND_LABELS[k],
         )
         for k in KINDS
@@ -129,4 +136,3 @@ def timeline_figure(tl: Timeline) -> Figure:
 
 def _short(label: str) -> str:
     return label if len(label) <= _LABEL_CHARS else label[: _LABEL_CHARS - 1] + "…"
-
