@@ -185,6 +185,19 @@ def duration_text(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def nice_ticks(span: float, most: int = 7) -> list[float]:
+    """Ticks from 0 to ``span`` at a round step (1, 2 or 5 times a power of ten seconds, or
+    whole minutes), fewer than ``most`` of them (unless the run took more than a day)."""
+    if span <= 0:
+        return [0.0]
+    if span < 120:  # labelled in seconds
+        steps = [m * 10.0**e for e in range(-3, 3) for m in (1, 2, 5)]
+    else:  # labelled m:ss or h:mm
+        steps = [60.0 * m for m in (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440)]
+    step = min((s for s in steps if span / s < most), default=steps[-1])
+    return [i * step for i in range(int(span / step + 1e-9) + 1)]
+
+
 def check_max_rows(max_rows: object) -> int:
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise InvalidInputError(

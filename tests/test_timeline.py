@@ -18,7 +18,15 @@ from pgq_nb import runtime, workflow_timeline
 from pgq_nb.errors import InvalidInputError, JobNotFoundError
 from pgq_nb.notebook.timeline import timeline_figure
 from pgq_nb.workflow_run import AsyncWorkflowRun, WorkflowRun
-from pgq_nb.workflow_timeline import STATUS_COLOURS, build, merge, step_label, step_parts
+from pgq_nb.workflow_timeline import (
+    STATUS_COLOURS,
+    build,
+    merge,
+    nice_ticks,
+    seconds_label,
+    step_label,
+    step_parts,
+)
 from tests.conftest import wait_until
 
 T0 = dt.datetime(2026, 11, 30, 5, 0, tzinfo=dt.UTC)
@@ -132,6 +140,28 @@ def test_merge(
     spans: list[tuple[float, float]], gap: float, expected: list[tuple[float, float]]
 ) -> None:
     assert merge(spans, gap) == expected
+
+
+@pytest.mark.parametrize(
+    ("span", "ticks"),
+    [
+        (0.748, [0.0, 0.2, 0.4, 0.6]),
+        (4.3, [0.0, 1.0, 2.0, 3.0, 4.0]),
+        (100, [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]),
+        (1000, [0.0, 300.0, 600.0, 900.0]),
+        (0, [0.0]),
+    ],
+)
+def test_nice_ticks(span: float, ticks: list[float]) -> None:
+    assert nice_ticks(span) == pytest.approx(ticks)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "span", "label"),
+    [(0, 10, "0"), (2.5, 10, "2.5 s"), (90, 600, "1:30"), (5400, 20000, "1:30")],
+)
+def test_seconds_label(seconds: float, span: float, label: str) -> None:
+    assert seconds_label(seconds, span) == label
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,8 @@ from pgq_nb.web.html import (
     traceback_html,
     when,
 )
+from pgq_nb.web.timeline import timeline_html
+from pgq_nb.workflow_timeline import Timeline
 
 #: The job page shows at most this much of a payload or result.
 SHOWN_BYTES = 100_000
@@ -261,7 +263,9 @@ def workflows(ctx: Context, runs: list[dict[str, Any]], now: dt.datetime) -> str
     return layout(ctx, "Workflows", f'<div data-live="workflows">{listing}</div>')
 
 
-def workflow_run(ctx: Context, run: dict[str, Any], now: dt.datetime) -> str:
+def workflow_run(
+    ctx: Context, run: dict[str, Any], now: dt.datetime, *, timeline: Timeline | None = None
+) -> str:
     steps = run["step_rows"]
     items = [
         [
@@ -296,6 +300,7 @@ def workflow_run(ctx: Context, run: dict[str, Any], now: dt.datetime) -> str:
         f"{esc(run['status'])}</b>"
         f" · {run['steps']:,} steps: {_step_counts(run['counts'])} · started "
         f"{when(run['created'], now)}</p>{actions}"
+        + (timeline_html(timeline) if timeline is not None else "")
         + table(
             ["job", "step", "entrypoint", "status", "attempts", "started", "finished", "error"],
             items,
