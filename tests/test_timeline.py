@@ -5,13 +5,16 @@ and the web page's SVG are checked against real runs on the test database."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 from typing import Any
 
+import nbformat
 import pytest
 from matplotlib.colors import to_hex
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
+from nbclient import NotebookClient
 
 import pgq_nb
 from pgq_nb import runtime, workflow_timeline
@@ -397,3 +400,31 @@ def test_an_unknown_run_and_bad_max_rows_are_clear_errors(q: pgq_nb.Queue) -> No
     run = wf.submit()
     with pytest.raises(InvalidInputError, match="max_rows must be a positive int"):
         run.timeline(max_rows=0)
+
+
+def test_a_notebook_shows_the_chart_once_as_a_static_image(dsn: str) -> None:
+    cells = [
+        "import pgq_nb\nq = pgq_nb.connect(schema='pgq_nb_timeline_nb')\nq.install()",
+        "@q.entrypoint('one')\n"
+        "def one(job):\n"
+        "    return 1\n"
+        "wf = q.workflow('nb')\n"
+        "wf.step('one', depends_on=wf.step('one'))\n"
+        "run = wf.submit()\n"
+        "q.run_until_idle(timeout=60)",
+        "run.timeline()",  # pyplot never imported
+        "fig = run.timeline()",  # not the cell's value: nothing shown
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()",  # the inline backend
+        "run.timeline()",
+        "q.uninstall()",
+    ]
+    nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]  # type: ignore[no-untyped-call]
+    env = dict(os.environ, PGQ_NB_DSN=dsn)
+    env.pop("PGQ_NB_HOME", None)
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute(env=env)
+    for cell in (2, 5):
+        outputs = nb.cells[cell].outputs
+        assert [o.output_type for o in outputs] == ["execute_result"], cell  # shown once
+        assert "image/png" in outputs[0].data, cell  # static: it stays in the saved notebook
+    assert nb.cells[3].outputs == []

@@ -1,14 +1,20 @@
 """``run.timeline()``: a Gantt chart of a workflow run, drawn with matplotlib from a
 :class:`~pgq_nb.workflow_timeline.Timeline` (the timing rules are there).
 
-The figure is built with matplotlib's object API (``Figure()``, not pyplot): nothing is
-registered with pyplot, so a notebook shows it once, as the cell's value, as a static image
-that stays in the saved notebook; and it may be built on any thread.
+The figure is built with matplotlib's object API, not pyplot: nothing is registered with
+pyplot, so a notebook shows it once, as the cell's value, and it may be built on any thread
+(run.timeline() builds it on the pgq_nb loop). It is a :class:`TimelineFigure`, whose
+``_repr_png_`` makes it a static PNG in a notebook even when pyplot was never imported (its
+inline backend is what registers the PNG formatter of plain figures), so it stays in the saved
+notebook.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+import io
+from typing import NamedTuple
+
+from matplotlib.figure import Figure
 
 from pgq_nb.workflow_timeline import (
     KIND_LABELS,
@@ -20,8 +26,14 @@ from pgq_nb.workflow_timeline import (
     seconds_label,
 )
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+
+class TimelineFigure(Figure):
+    """A matplotlib Figure that a notebook shows as a PNG without pyplot."""
+
+    def _repr_png_(self) -> bytes:
+        out = io.BytesIO()
+        self.savefig(out, format="png")
+        return out.getvalue()
 
 
 class _Style(NamedTuple):
@@ -41,16 +53,15 @@ _MIN_WIDTH = 0.002
 _LABEL_CHARS = 40
 
 
-def timeline_figure(tl: Timeline) -> Figure:
+def timeline_figure(tl: Timeline) -> TimelineFigure:
     """The chart of ``tl``: one row per step (or per step name, folded), top to bottom in
     submission order; per row its queue wait (light), run (solid) or time not yet runnable
     (hatched), coloured by status; the time axis in seconds (or minutes) since submission."""
-    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
     from matplotlib.ticker import FuncFormatter
 
     n = max(len(tl.rows), 1)
-    fig = Figure(figsize=(10, min(1.8 + 0.2 * n, 30)), layout="constrained")
+    fig = TimelineFigure(figsize=(10, min(1.8 + 0.2 * n, 30)), layout="constrained")
     ax = fig.add_subplot()
     min_width = tl.span * _MIN_WIDTH
     for kind in KINDS:
