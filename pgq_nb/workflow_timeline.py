@@ -52,7 +52,7 @@ MAX_ROWS = 50
 #: run.timeline() reads at most this many steps of a run (the note says when there were more).
 READ_CAP = 50_000
 #: A folded row's parts closer than this fraction of the whole span are drawn as one.
-MERGE_FRACTION = 1 / 1000
+MERGE_FRACTION = 1 / 500
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -196,6 +196,15 @@ def nice_ticks(span: float, most: int = 7) -> list[float]:
         steps = [60.0 * m for m in (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440)]
     step = min((s for s in steps if span / s < most), default=steps[-1])
     return [i * step for i in range(int(span / step + 1e-9) + 1)]
+
+
+def band(kind: str, folded: bool) -> tuple[float, float]:
+    """Where a part is drawn in its row, as fractions of the row's height: (its centre's offset
+    below the row's centre, its height). A folded row draws its waiting parts in its upper half
+    and its runs in the lower, so that the runs of some steps do not hide the waits of others."""
+    if folded:
+        return (0.21, 0.4) if kind == "running" else (-0.21, 0.4)
+    return (0.0, 0.8) if kind == "running" else (0.0, 0.5)
 
 
 def check_max_rows(max_rows: object) -> int:

@@ -22,6 +22,7 @@ from pgq_nb.workflow_timeline import (
     STATUS_COLOURS,
     STATUS_LABELS,
     Timeline,
+    band,
     duration_text,
     seconds_label,
 )
@@ -37,16 +38,15 @@ class TimelineFigure(Figure):
 
 
 class _Style(NamedTuple):
-    height: float  # of a row
     alpha: float
     hatch: str | None
 
 
-#: How each part of a bar is drawn.
+#: How each part of a bar is drawn (where in its row: workflow_timeline.band).
 _STYLE = {
-    "blocked": _Style(0.5, 0.35, "///"),
-    "queued": _Style(0.5, 0.4, None),
-    "running": _Style(0.8, 1.0, None),
+    "blocked": _Style(0.35, "///"),
+    "queued": _Style(0.4, None),
+    "running": _Style(1.0, None),
 }
 #: A part shorter than this fraction of the span is drawn this wide, so that it shows.
 _MIN_WIDTH = 0.002
@@ -66,12 +66,14 @@ def timeline_figure(tl: Timeline) -> TimelineFigure:
     min_width = tl.span * _MIN_WIDTH
     for kind in KINDS:
         style = _STYLE[kind]
-        ys, lefts, widths, colours, gids = [], [], [], [], []
+        ys, heights, lefts, widths, colours, gids = [], [], [], [], [], []
         for y, row in enumerate(tl.rows):
+            offset, height = band(kind, row.steps > 1)
             for seg in row.segments:
                 if seg.kind != kind:
                     continue
-                ys.append(y)
+                ys.append(y + offset)
+                heights.append(height)
                 lefts.append(seg.start)
                 widths.append(max(seg.end - seg.start, min_width))
                 colours.append(STATUS_COLOURS.get(seg.status, "#5c6bc0"))
@@ -82,7 +84,7 @@ def timeline_figure(tl: Timeline) -> TimelineFigure:
             ys,
             widths,
             left=lefts,
-            height=style.height,
+            height=heights,
             color=colours,
             alpha=style.alpha,
             hatch=style.hatch,

@@ -15,6 +15,7 @@ from pgq_nb.workflow_timeline import (
     Row,
     Segment,
     Timeline,
+    band,
     duration_text,
     nice_ticks,
     seconds_label,
@@ -23,8 +24,8 @@ from pgq_nb.workflow_timeline import (
 WIDTH = 1000
 LABEL_W = 190
 ROW_H = 16
-#: How each part of a bar is drawn: its height (of a row), its opacity, hatched or not.
-_STYLE = {"blocked": (0.5, 0.35, True), "queued": (0.5, 0.4, False), "running": (0.8, 1.0, False)}
+#: How each part of a bar is drawn: its opacity, hatched or not (where: workflow_timeline.band).
+_STYLE = {"blocked": (0.35, True), "queued": (0.4, False), "running": (1.0, False)}
 _LABEL_CHARS = 32
 
 
@@ -108,15 +109,21 @@ def _row(row: Row, top: int, x: Callable[[float], float], span: float, colours: 
     for kind in KINDS:
         for seg in row.segments:
             if seg.kind == kind:
-                out.append(_bar(seg, top, x, span, colours))
+                out.append(_bar(seg, top, row.steps > 1, x, span, colours))
     out.append("</g>")
     return "".join(out)
 
 
 def _bar(
-    seg: Segment, top: int, x: Callable[[float], float], span: float, colours: list[str]
+    seg: Segment,
+    top: int,
+    folded: bool,
+    x: Callable[[float], float],
+    span: float,
+    colours: list[str],
 ) -> str:
-    share, opacity, hatched = _STYLE[seg.kind]
+    opacity, hatched = _STYLE[seg.kind]
+    offset, share = band(seg.kind, folded)
     h = ROW_H * share
     left = x(seg.start)
     width = max(x(seg.end) - left, 1.5)  # a part too short to see is drawn 1.5 px wide
@@ -125,8 +132,9 @@ def _bar(
         f"{_title(seg.status)}, {KIND_LABELS[seg.kind]}: "
         f"{duration_text(seg.end - seg.start)} from {seconds_label(seg.start, span)}"
     )
+    y = top + (ROW_H - h) / 2 + offset * ROW_H
     return (
-        f'<rect x="{left:.1f}" y="{top + (ROW_H - h) / 2:.1f}" width="{width:.1f}" '
+        f'<rect x="{left:.1f}" y="{y:.1f}" width="{width:.1f}" '
         f'height="{h:.1f}" fill="{fill}" fill-opacity="{opacity}" data-kind="{seg.kind}" '
         f'data-status="{esc(seg.status)}"><title>{esc(tip)}</title></rect>'
     )
@@ -140,7 +148,7 @@ def _legend(tl: Timeline, y: int, colours: list[str]) -> str:
     out, left = [], float(LABEL_W)
     kinds = {seg.kind for row in tl.rows for seg in row.segments}
     entries = [(_colour(s), 1.0, _title(s)) for s in colours if tl.counts.get(s)]
-    entries += [("#616161", _STYLE[k][1], KIND_LABELS[k]) for k in KINDS if k in kinds]
+    entries += [("#616161", _STYLE[k][0], KIND_LABELS[k]) for k in KINDS if k in kinds]
     for fill, opacity, text in entries:
         out.append(
             f'<rect x="{left:.0f}" y="{y - 9}" width="10" height="10" fill="{fill}" '
