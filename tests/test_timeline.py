@@ -428,3 +428,11 @@ def test_a_notebook_shows_the_chart_once_as_a_static_image(dsn: str) -> None:
         assert [o.output_type for o in outputs] == ["execute_result"], cell  # shown once
         assert "image/png" in outputs[0].data, cell  # static: it stays in the saved notebook
     assert nb.cells[3].outputs == []
+
+
+def test_a_run_without_rows_left_says_so() -> None:
+    # retention purges a succeeded run's rows: its timeline has no steps to draw
+    tl = build({**RUN, "status": "succeeded"}, [], t(5))
+    assert tl.rows == () and tl.steps == 0
+    ax = timeline_figure(tl).axes[0]
+    assert [x.get_text() for x in ax.texts] == ["no steps"]

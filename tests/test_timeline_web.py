@@ -7,13 +7,23 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from html import unescape
+from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
 import pgq_nb
 from pgq_nb.workflow_timeline import STATUS_COLOURS
+from tests.conftest import stop_processes
 from tests.test_web import XSS, client
+from tests.test_web_browser import (  # the fixture, used by name
+    browser,  # noqa: F401
+    free_port,
+    screenshot_on_failure,
+    start_web,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -108,3 +118,49 @@ def test_a_large_run_folds_and_an_unknown_run_is_404(q: pgq_nb.Queue, web: TestC
     missing = web.get("/workflows/424242")
     assert missing.status_code == 404 and "no workflow run with id 424242" in missing.text
     assert web.get("/workflows/nope").status_code in (400, 404)
+
+
+def test_the_timeline_in_chromium_updates_in_place(
+    q: pgq_nb.Queue,
+    installed: str,
+    browser: Any,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """Drawn by a real `pgq-nb web` in headless Chromium (an alert from the run's name,
+    full of script, would fail every later command), and redrawn by the live update."""
+    from selenium.webdriver.common.by import By
+
+    @q.entrypoint("first")
+    def first(job: pgq_nb.Job) -> None:
+        pass
+
+    @q.entrypoint("second")
+    def second(job: pgq_nb.Job) -> None:
+        pass
+
+    wf = q.workflow("in" + XSS)
+    wf.step("second", depends_on=wf.step("first"))
+    run = wf.submit()
+    q.run_until_idle(entrypoints=["first"], timeout=60)
+    port = free_port()
+    processes = [start_web(installed, port)]
+    try:
+        with screenshot_on_failure(browser, tmp_path, "timeline"):
+            browser.get(f"http://127.0.0.1:{port}/workflows/{run.id}")
+            svg = browser.find_element(By.CSS_SELECTOR, "svg.pgq-timeline")
+            assert svg.size["width"] > 500 and svg.size["height"] > 40  # drawn, not blank
+            rows = browser.find_elements(By.CSS_SELECTOR, "svg.pgq-timeline g[data-row]")
+            assert [r.get_attribute("data-status") for r in rows] == ["succeeded", "queued"]
+            assert browser.find_elements(By.CSS_SELECTOR, "svg.pgq-timeline [data-now]")
+            browser.execute_script("window.pgqMarker = 'same page';")
+            q.run_until_idle(entrypoints=["second"], timeout=60)
+
+            def second_done(d: Any) -> bool:
+                found = d.find_elements(By.CSS_SELECTOR, 'g[data-row="second"]')
+                return bool(found) and found[0].get_attribute("data-status") == "succeeded"
+
+            wait_for(browser, second_done, "the live update to redraw the timeline")
+            assert browser.execute_script("return window.pgqMarker") == "same page"
+            assert not browser.find_elements(By.CSS_SELECTOR, "svg.pgq-timeline [data-now]")
+    finally:
+        stop_processes(processes)
