@@ -30,7 +30,7 @@ from pgq_nb.workflow_timeline import (
     step_label,
     step_parts,
 )
-from tests.conftest import wait_until
+from tests.conftest import SCHEMA, execute_sql, wait_until
 
 T0 = dt.datetime(2026, 11, 30, 5, 0, tzinfo=dt.UTC)
 
@@ -436,3 +436,24 @@ def test_a_run_without_rows_left_says_so() -> None:
     assert tl.rows == () and tl.steps == 0
     ax = timeline_figure(tl).axes[0]
     assert [x.get_text() for x in ax.texts] == ["no steps"]
+
+
+def test_steps_added_while_the_run_runs_appear(q: pgq_nb.Queue, installed: str) -> None:
+    # wf.map_over (issue #21, item 1) adds steps as rows of the run with map_source and
+    # step_path; written here as that code writes them, the timeline reads them unchanged
+    @q.entrypoint("extract")
+    def extract(job: pgq_nb.Job) -> None:
+        pass
+
+    wf = q.workflow("grows")
+    wf.step("extract")
+    run = wf.submit()
+    (parent,) = [s["id"] for s in run.steps()]
+    execute_sql(
+        installed,
+        f"INSERT INTO {SCHEMA}.jobs (entrypoint, status, workflow_id, step_name, step_index, "
+        f"map_source, step_path) SELECT 'extract', 'queued', {run.id}, 'per_region', i, "
+        f"{parent}, ARRAY[0, i] FROM generate_series(0, 2) AS i",
+    )
+    labels = [x.get_text() for x in run.timeline().axes[0].get_yticklabels()]
+    assert labels == ["extract", "per_region[0.0]", "per_region[0.1]", "per_region[0.2]"]
