@@ -234,6 +234,8 @@ def test_one_row_per_step_up_to_max_rows() -> None:
     cut = build(RUN, many_names, t(10), max_rows=3)
     assert len(cut.rows) == 3 and cut.hidden_rows == 2
     assert cut.notes() == ["2 more rows not shown"]
+    capped = build(RUN, steps, t(10), capped=True)
+    assert capped.notes() == ["only the first 5 steps were read"]
 
 
 # -- real runs -------------------------------------------------------------------------------
