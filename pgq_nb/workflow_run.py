@@ -15,6 +15,7 @@ from pgq_nb.workflow_state import group_results
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
     from pgq_nb.store import Store
 
@@ -65,6 +66,18 @@ class AsyncWorkflowRun:
 
         frame: pd.DataFrame = workflows.steps_frame(await self.steps())
         return frame
+
+    @runtime.bridged
+    async def timeline(self, *, max_rows: int = 50) -> Figure:
+        """A Gantt chart of the run (a matplotlib Figure, shown once, statically, in a
+        notebook): per step its queue wait and run, coloured by status; a running run's bars
+        end at now. More than ``max_rows`` steps are folded into one row per step name."""
+        from pgq_nb import workflow_timeline
+        from pgq_nb.notebook.timeline import timeline_figure
+
+        q = self.store
+        data = await workflow_timeline.read(q.pool, q.queries, self.id, max_rows=max_rows)
+        return timeline_figure(data)
 
     @runtime.bridged
     async def results(self) -> dict[str, Any]:
@@ -139,6 +152,7 @@ class WorkflowRun:
     counts = runtime.blocking(AsyncWorkflowRun.counts)
     steps = runtime.blocking(AsyncWorkflowRun.steps)
     status = runtime.blocking(AsyncWorkflowRun.status)
+    timeline = runtime.blocking(AsyncWorkflowRun.timeline)
     results = runtime.blocking(AsyncWorkflowRun.results)
     wait = runtime.blocking(AsyncWorkflowRun.wait)
     retry = runtime.blocking(AsyncWorkflowRun.retry)

@@ -151,6 +151,7 @@ WORKFLOW_RUN_CALLS: Table = {
     "counts": lambda c: a(),
     "steps": lambda c: a(),
     "status": lambda c: a(),
+    "timeline": lambda c: a(max_rows=10),
     "results": lambda c: a(),
     "wait": lambda c: a(timeout=30, progress=False),
     "retry": lambda c: a(),

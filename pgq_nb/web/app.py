@@ -80,7 +80,9 @@ class Web(Guarded):
         if run is None:
             raise Refused(404, "Not found", f"no workflow run with id {run_id}")
         now = (await data.fetch(self.aio, "server_now"))[0]["now"]
-        return self.render(request, pages.workflow_run(self.context(request, session), run, now))
+        timeline = await data.workflow_timeline(self.aio, run_id)
+        ctx = self.context(request, session)
+        return self.render(request, pages.workflow_run(ctx, run, now, timeline=timeline))
 
     async def job(self, request: Request, session: Session) -> Response:
         info = await self.aio.get_job(job_id(request.path_params["job"]))

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pgq_nb import runtime
 from pgq_nb.schedule.cron import CronSpec, next_fire
+from pgq_nb.workflow_timeline import Timeline
+from pgq_nb.workflow_timeline import build as build_timeline
 
 if TYPE_CHECKING:
     from pgq_nb.queue import AsyncQueue
@@ -28,6 +30,8 @@ THROUGHPUT_CAP = 20_000
 FAILURE_TEXT = 4000
 SCHEDULES_SHOWN = 200
 STEPS_SHOWN = 500
+#: The run page's timeline reads at most this many steps of a run (it says when there are more)
+TIMELINE_STEPS = 10_000
 NEXT_TICKS = 3
 #: The longest a page's read may take (its pool slot, its statement): a lock held on the jobs
 #: table or a stuck server gives a "database not answering" page, not a hung one.
@@ -165,3 +169,14 @@ async def workflow_run(aio: AsyncQueue, run_id: int) -> dict[str, Any] | None:
         run["counts"][r["status"]] = run["counts"].get(r["status"], 0) + int(r["n"])
     run["step_rows"] = await fetch(aio, "web_workflow_steps", run_id, STEPS_SHOWN)
     return run
+
+
+async def workflow_timeline(aio: AsyncQueue, run_id: int) -> Timeline | None:
+    """The run's timeline from its first TIMELINE_STEPS steps; None if there is no such run."""
+    found = await fetch(aio, "workflow_timeline_run", run_id)
+    if not found:
+        return None
+    steps = await fetch(aio, "workflow_timeline_steps", run_id, TIMELINE_STEPS + 1)
+    run = found[0]
+    capped = len(steps) > TIMELINE_STEPS
+    return build_timeline(run, steps[:TIMELINE_STEPS], run["now"], capped=capped)

@@ -23,6 +23,8 @@ from pgq_nb.web.html import (
     traceback_html,
     when,
 )
+from pgq_nb.web.timeline import timeline_html
+from pgq_nb.workflow_timeline import Timeline
 
 #: The job page shows at most this much of a payload or result.
 SHOWN_BYTES = 100_000
@@ -270,7 +272,9 @@ def step_place(step: dict[str, Any]) -> str:
     return "" if step["step_index"] is None else f"[{int(step['step_index'])}]"
 
 
-def workflow_run(ctx: Context, run: dict[str, Any], now: dt.datetime) -> str:
+def workflow_run(
+    ctx: Context, run: dict[str, Any], now: dt.datetime, *, timeline: Timeline | None = None
+) -> str:
     steps = run["step_rows"]
     items = [
         [
@@ -305,6 +309,7 @@ def workflow_run(ctx: Context, run: dict[str, Any], now: dt.datetime) -> str:
         f"{esc(run['status'])}</b>"
         f" · {run['steps']:,} steps: {_step_counts(run['counts'])} · started "
         f"{when(run['created'], now)}</p>{actions}"
+        + (timeline_html(timeline) if timeline is not None else "")
         + table(
             ["job", "step", "entrypoint", "status", "attempts", "started", "finished", "error"],
             items,
