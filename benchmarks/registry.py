@@ -15,6 +15,7 @@ from benchmarks import (
     scenario_flow,
     scenario_latency,
     scenario_metrics,
+    scenario_peers,
     scenario_processes,
     scenario_retention,
     scenario_stats,
@@ -62,6 +63,12 @@ SCENARIOS: dict[str, Scenario] = {
             scenario_latency.run,
             True,
             "jobs enqueued 10 ms apart to an idle worker; p50 and p99 enqueue-to-start",
+        ),
+        Scenario(
+            "peers",
+            scenario_peers.run,
+            True,
+            "drain and bulk enqueue beside procrastinate, DBOS, Chancy (pgq_nb[peers])",
         ),
         Scenario(
             "claim",

@@ -6,11 +6,16 @@ starts, the worker starts, and the clock stops when the live table is seen empty
 20 ms on another connection): both systems delete a job from their queue table in the same
 statement that records it finished. The finished counts are checked afterwards. A run slower
 than the cap (``Sizes.drain_cap``) stops there and reports the rate so far, with a note.
-``--analyze-pgqueuer`` gives PgQueuer an ANALYZE after its bulk enqueue (the conservative
-comparison; without it PgQueuer's claim uses a stale plan, measured 4x slower at 50,000).
 
-Two variants: both at their defaults (pgq_nb ``Worker(q.aio)``: concurrency 32, batch 32;
-PgQueuer ``run()``: batch_size 10), and both tuned for a 2-core machine (``--tuned-*``).
+Two variants, the headline first. Tuned against tuned: each system at its best documented
+settings for this machine: pgq_nb's ``concurrency``/``batch_size`` and PgQueuer's
+``run(batch_size=...)`` (its ``max_concurrent_tasks`` left unlimited, its default; a cap must
+be at least twice the batch) are each the best single drain of a sweep (``PGQ_NB_TUNINGS``,
+``PGQUEUER_BATCHES``; ``--tuned-pgq-nb``/``--tuned-pgqueuer`` fix them instead), and
+PgQueuer's table is ANALYZEd after its bulk enqueue (it does not do so itself; with a stale
+plan its claim was measured 4x slower at 50,000). Then both at their defaults (pgq_nb
+``Worker(q.aio)``: concurrency 32, batch 32; PgQueuer ``run()``: batch_size 10, no ANALYZE,
+as a user gets it; ``--analyze-pgqueuer`` adds the ANALYZE there too).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ from benchmarks.common import (
 )
 
 ENTRYPOINT = "bench_drain"
+# what the tuned drain tries when no --tuned-* setting is given: one drain each, the best wins
+PGQ_NB_TUNINGS = ((32, 32), (64, 64), (128, 128), (256, 256))  # concurrency, batch_size
+PGQUEUER_BATCHES = (10, 50, 100, 200, 500)  # run(batch_size=...), its documented knob
 
 
 Outcome = tuple[float, str]  # jobs/s, and a note when the run hit the time cap
@@ -79,9 +87,9 @@ async def _pgq_nb_drain(
     return rate, capped
 
 
-def _pgq_nb_once(ctx: Context, name: str, repeat: int, tuned: bool) -> Outcome:
+def _pgq_nb_once(ctx: Context, name: str, repeat: int, tuning: tuple[int, int] | None) -> Outcome:
     n = ctx.sizes.drain_jobs
-    concurrency, batch = ctx.tuned_pgq_nb if tuned else (None, None)
+    concurrency, batch = tuning if tuning is not None else (None, None)
     with fresh_pgq_nb(ctx.dsn, ctx.schema(name, repeat)) as q:
         q.entrypoint(ENTRYPOINT)(noop)
         pgq_nb_enqueue_noops(q, ENTRYPOINT, n)
@@ -90,7 +98,7 @@ def _pgq_nb_once(ctx: Context, name: str, repeat: int, tuned: bool) -> Outcome:
 
 
 async def _pgqueuer_once(
-    ctx: Context, name: str, repeat: int, settings: pgqueuer_env.Settings
+    ctx: Context, name: str, repeat: int, settings: pgqueuer_env.Settings, analyze: bool
 ) -> Outcome:
     n = ctx.sizes.drain_jobs
     async with pgqueuer_env.fresh_database(
@@ -101,7 +109,7 @@ async def _pgqueuer_once(
             await pgqueuer_env.enqueue_noops(
                 pgqueuer_env.queries_on(ctx.pgqueuer, conn), ENTRYPOINT, n
             )
-            if ctx.analyze_pgqueuer:
+            if analyze:
                 await conn.execute("ANALYZE pgqueuer")
             worker = pgqueuer_env.Worker(ctx.pgqueuer, dsn, settings)
             await worker.open({ENTRYPOINT: noop})
@@ -125,36 +133,78 @@ async def _pgqueuer_once(
     return rate, capped
 
 
+def _sweep_pgq_nb(ctx: Context) -> tuple[tuple[int, int], dict[str, float]]:
+    """pgq_nb's tuning: --tuned-pgq-nb, or the best single drain of PGQ_NB_TUNINGS."""
+    if not ctx.sweep_pgq_nb:
+        return ctx.tuned_pgq_nb, {}
+    rates: dict[str, float] = {}
+    best = PGQ_NB_TUNINGS[0]
+    for c, b in PGQ_NB_TUNINGS:
+        rate, _ = _pgq_nb_once(ctx, "drain_sweep", 0, (c, b))
+        rates[f"{c}/{b}"] = round(rate)
+        log(f"  sweep        pgq_nb concurrency={c} batch_size={b} {rate:12,.0f} jobs/s")
+        if rate > rates[f"{best[0]}/{best[1]}"]:
+            best = (c, b)
+    return best, rates
+
+
+def _sweep_pgqueuer(ctx: Context) -> tuple[pgqueuer_env.Settings, dict[str, float]]:
+    """PgQueuer's tuning: --tuned-pgqueuer, or the best single drain of PGQUEUER_BATCHES."""
+    if ctx.tuned_pgqueuer is not None:
+        batch, tasks = ctx.tuned_pgqueuer
+        return pgqueuer_env.Settings(batch_size=batch, max_concurrent_tasks=tasks), {}
+    rates: dict[str, float] = {}
+    best = PGQUEUER_BATCHES[0]
+    for batch in PGQUEUER_BATCHES:
+        settings = pgqueuer_env.Settings(batch_size=batch)
+        rate, _ = asyncio.run(_pgqueuer_once(ctx, "drain_sweep", 0, settings, analyze=True))
+        rates[str(batch)] = round(rate)
+        log(f"  sweep        PgQueuer batch_size={batch} {rate:12,.0f} jobs/s")
+        if rate > rates[str(best)]:
+            best = batch
+    return pgqueuer_env.Settings(batch_size=best), rates
+
+
 def _variant(ctx: Context, tuned: bool) -> Row:
     name = "drain_tuned" if tuned else "drain"
-    settings = (
-        pgqueuer_env.Settings(
-            batch_size=ctx.tuned_pgqueuer[0], max_concurrent_tasks=ctx.tuned_pgqueuer[1]
-        )
-        if tuned
-        else pgqueuer_env.Settings()
-    )
+    sweeps: dict[str, dict[str, float]] = {}
+    tuning: tuple[int, int] | None = None
     if tuned:
-        c, b = ctx.tuned_pgq_nb
-        ours = f"concurrency={c}, batch_size={b}"
+        tuning, sweeps["pgq_nb concurrency/batch_size"] = _sweep_pgq_nb(ctx)
+        settings, sweeps["PgQueuer batch_size"] = _sweep_pgqueuer(ctx)
+        # later scenarios on this transport (peers) run with what the sweeps found
+        ctx.tuned_pgq_nb, ctx.sweep_pgq_nb = tuning, False
+        ctx.tuned_pgqueuer = (settings.batch_size or 10, settings.max_concurrent_tasks)
+        analyze = True
+        ours = f"concurrency={tuning[0]}, batch_size={tuning[1]}"
     else:
+        settings, analyze = pgqueuer_env.Settings(), ctx.analyze_pgqueuer
         ours = "defaults (concurrency=32, batch_size=32)"
-    stats = "ANALYZEd after its bulk enqueue" if ctx.analyze_pgqueuer else "no ANALYZE"
+    stats = "ANALYZEd after its bulk enqueue" if analyze else "no ANALYZE (as a user gets it)"
+    theirs = f"{settings.describe()}, {stats}"
     row = Row(
-        scenario=f"drain {ctx.sizes.drain_jobs:,}, {'tuned' if tuned else 'defaults'}",
+        scenario=f"drain {ctx.sizes.drain_jobs:,}, {'tuned vs tuned' if tuned else 'defaults'}",
         unit="jobs/s",
         higher_is_better=True,
         target=">= 1.5x" if tuned else ">= 2x",
-        note=f"pgq_nb: {ours}; PgQueuer: {settings.describe()}, {stats}",
+        note=f"pgq_nb: {ours}; PgQueuer: {theirs}",
+        settings={"pgq_nb": ours, "PgQueuer": theirs},
+        headline=tuned,
     )
+    swept = {k: v for k, v in sweeps.items() if v}
+    if swept:
+        row.settings["sweep (one drain each, jobs/s)"] = swept
+        row.note += "; best of " + "; ".join(
+            f"{k} {', '.join(map(str, v))}" for k, v in swept.items()
+        )
     capped: list[str] = []
     for repeat in range(ctx.sizes.repeats):
         for side in sides(repeat):
             if side == PGQ_NB:
-                rate, cap_note = _pgq_nb_once(ctx, name, repeat, tuned)
+                rate, cap_note = _pgq_nb_once(ctx, name, repeat, tuning)
                 row.pgq_nb.append(rate)
             else:
-                rate, cap_note = asyncio.run(_pgqueuer_once(ctx, name, repeat, settings))
+                rate, cap_note = asyncio.run(_pgqueuer_once(ctx, name, repeat, settings, analyze))
                 row.pgqueuer.append(rate)
             if cap_note:
                 capped.append(f"{side} repeat {repeat + 1} {cap_note}")
@@ -165,4 +215,5 @@ def _variant(ctx: Context, tuned: bool) -> Row:
 
 
 def run(ctx: Context) -> list[Row]:
-    return [_variant(ctx, tuned=False), _variant(ctx, tuned=True)]
+    """Tuned against tuned first (the headline), then both at their defaults."""
+    return [_variant(ctx, tuned=True), _variant(ctx, tuned=False)]
