@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 
@@ -133,45 +134,61 @@ async def _pgqueuer_once(
     return rate, capped
 
 
-def _sweep_pgq_nb(ctx: Context) -> tuple[tuple[int, int], dict[str, float]]:
-    """pgq_nb's tuning: --tuned-pgq-nb, or the best single drain of PGQ_NB_TUNINGS."""
-    if not ctx.sweep_pgq_nb:
-        return ctx.tuned_pgq_nb, {}
-    rates: dict[str, float] = {}
-    best = PGQ_NB_TUNINGS[0]
-    for c, b in PGQ_NB_TUNINGS:
-        rate, _ = _pgq_nb_once(ctx, "drain_sweep", 0, (c, b))
-        rates[f"{c}/{b}"] = round(rate)
-        log(f"  sweep        pgq_nb concurrency={c} batch_size={b} {rate:12,.0f} jobs/s")
-        if rate > rates[f"{best[0]}/{best[1]}"]:
-            best = (c, b)
-    return best, rates
+def best(rates: dict[str, float]) -> str:
+    """The candidate with the highest rate (the first of equals).
+
+    >>> best({"10": 5.0, "100": 9.0, "500": 9.0})
+    '100'
+    """
+    return max(rates, key=lambda k: rates[k])
 
 
-def _sweep_pgqueuer(ctx: Context) -> tuple[pgqueuer_env.Settings, dict[str, float]]:
-    """PgQueuer's tuning: --tuned-pgqueuer, or the best single drain of PGQUEUER_BATCHES."""
-    if ctx.tuned_pgqueuer is not None:
+def _sweep(ctx: Context) -> tuple[tuple[int, int], pgqueuer_env.Settings, dict[str, Any]]:
+    """The tuned settings of both: the --tuned-* ones, or the best single drain of a sweep.
+
+    The two sweeps take turns candidate by candidate, so a slow spell of the machine falls on
+    both rather than on one system's sweep.
+    """
+    ours: dict[str, float] = {}
+    theirs: dict[str, float] = {}
+    ours_todo = [f"{c}/{b}" for c, b in PGQ_NB_TUNINGS] if ctx.sweep_pgq_nb else []
+    theirs_todo = [str(b) for b in PGQUEUER_BATCHES] if ctx.tuned_pgqueuer is None else []
+    for i in range(max(len(ours_todo), len(theirs_todo))):
+        if i < len(ours_todo):
+            c, b = (int(x) for x in ours_todo[i].split("/"))
+            rate, _ = _pgq_nb_once(ctx, "drain_sweep", i, (c, b))
+            ours[ours_todo[i]] = round(rate)
+            log(f"  sweep        pgq_nb concurrency={c} batch_size={b}  {rate:10,.0f} jobs/s")
+        if i < len(theirs_todo):
+            settings = pgqueuer_env.Settings(batch_size=int(theirs_todo[i]))
+            rate, _ = asyncio.run(_pgqueuer_once(ctx, "drain_sweep", i, settings, analyze=True))
+            theirs[theirs_todo[i]] = round(rate)
+            log(f"  sweep        PgQueuer batch_size={theirs_todo[i]}  {rate:10,.0f} jobs/s")
+    if ours:
+        c, b = (int(x) for x in best(ours).split("/"))
+        tuning = (c, b)
+    else:
+        tuning = ctx.tuned_pgq_nb
+    if theirs:
+        settings = pgqueuer_env.Settings(batch_size=int(best(theirs)))
+    else:
+        assert ctx.tuned_pgqueuer is not None
         batch, tasks = ctx.tuned_pgqueuer
-        return pgqueuer_env.Settings(batch_size=batch, max_concurrent_tasks=tasks), {}
-    rates: dict[str, float] = {}
-    best = PGQUEUER_BATCHES[0]
-    for batch in PGQUEUER_BATCHES:
-        settings = pgqueuer_env.Settings(batch_size=batch)
-        rate, _ = asyncio.run(_pgqueuer_once(ctx, "drain_sweep", 0, settings, analyze=True))
-        rates[str(batch)] = round(rate)
-        log(f"  sweep        PgQueuer batch_size={batch} {rate:12,.0f} jobs/s")
-        if rate > rates[str(best)]:
-            best = batch
-    return pgqueuer_env.Settings(batch_size=best), rates
+        settings = pgqueuer_env.Settings(batch_size=batch, max_concurrent_tasks=tasks)
+    sweeps: dict[str, Any] = {}
+    if ours:
+        sweeps["pgq_nb concurrency/batch_size"] = ours
+    if theirs:
+        sweeps["PgQueuer batch_size"] = theirs
+    return tuning, settings, sweeps
 
 
 def _variant(ctx: Context, tuned: bool) -> Row:
     name = "drain_tuned" if tuned else "drain"
-    sweeps: dict[str, dict[str, float]] = {}
+    sweeps: dict[str, Any] = {}
     tuning: tuple[int, int] | None = None
     if tuned:
-        tuning, sweeps["pgq_nb concurrency/batch_size"] = _sweep_pgq_nb(ctx)
-        settings, sweeps["PgQueuer batch_size"] = _sweep_pgqueuer(ctx)
+        tuning, settings, sweeps = _sweep(ctx)
         # later scenarios on this transport (peers) run with what the sweeps found
         ctx.tuned_pgq_nb, ctx.sweep_pgq_nb = tuning, False
         ctx.tuned_pgqueuer = (settings.batch_size or 10, settings.max_concurrent_tasks)
@@ -191,11 +208,10 @@ def _variant(ctx: Context, tuned: bool) -> Row:
         settings={"pgq_nb": ours, "PgQueuer": theirs},
         headline=tuned,
     )
-    swept = {k: v for k, v in sweeps.items() if v}
-    if swept:
-        row.settings["sweep (one drain each, jobs/s)"] = swept
-        row.note += "; best of " + "; ".join(
-            f"{k} {', '.join(map(str, v))}" for k, v in swept.items()
+    if sweeps:
+        row.settings["sweep (one drain each, jobs/s)"] = sweeps
+        row.note += "; the best of one drain each: " + "; ".join(
+            f"{k} " + ", ".join(f"{c}: {r:,.0f}" for c, r in v.items()) for k, v in sweeps.items()
         )
     capped: list[str] = []
     for repeat in range(ctx.sizes.repeats):
