@@ -101,6 +101,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "10, 50, 100, 200, 500, no task cap)",
     )
     parser.add_argument(
+        "--no-sweep",
+        action="store_true",
+        help="skip the sweeps that pick each system's tuned settings: pgq_nb 128/128, PgQueuer "
+        "batch 100, each peer its module's CONCURRENCY (quicker; not the headline's method)",
+    )
+    parser.add_argument(
         "--analyze-pgqueuer",
         action="store_true",
         help="also ANALYZE PgQueuer's table in the drain at defaults (tuned always does: it "
@@ -190,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             sizes=sizes,
             pgqueuer=pgqueuer,
             tuned_pgq_nb=args.tuned_pgq_nb or (128, 128),
-            sweep_pgq_nb=args.tuned_pgq_nb is None,
-            tuned_pgqueuer=args.tuned_pgqueuer,
+            sweep_pgq_nb=args.tuned_pgq_nb is None and not args.no_sweep,
+            tuned_pgqueuer=args.tuned_pgqueuer or ((100, None) if args.no_sweep else None),
+            sweep_peers=not args.no_sweep,
             analyze_pgqueuer=args.analyze_pgqueuer,
             run_id=str(os.getpid()),
             admin_dsn=admin_dsn,

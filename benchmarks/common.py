@@ -177,6 +177,7 @@ class Context:
     transport: str = ""  # how dsn reaches the server: "tcp" or "socket"
     sweep_pgq_nb: bool = False  # the tuned drain sweeps PGQ_NB_TUNINGS for pgq_nb first
     peers: tuple[str, ...] = ()  # the other queues the peers scenarios run (benchmarks.peers)
+    sweep_peers: bool = True  # the peers scenario sweeps each peer's concurrency first
 
     def schema(self, scenario: str, repeat: int) -> str:
         """A fresh pgq_nb schema name for one run of a scenario."""

@@ -1,13 +1,14 @@
-"""DBOS Transact 3.x: a ``Queue`` of async workflows, DBOS's own queue runner.
+"""DBOS Transact 3.x: a queue of async workflows, DBOS's own queue runner.
 
-Settings, from its documentation ("Queues", ``DBOS.register_queue``): the queue has a
-``worker_concurrency`` (how many workflows this process runs at once) and a
-``polling_interval_sec`` of 0.1 s (its default is 1 s: a drain of many small jobs waits a
-poll between batches otherwise); the system database pool sized for the concurrency; every
-job is an async ``@DBOS.workflow()`` with no steps. DBOS has no bulk enqueue: jobs go in
-with ``queue.enqueue_async``, 100 in flight at a time (each is a transaction of its own).
-Finished jobs stay in ``dbos.workflow_status`` with status ``SUCCESS``, where they are
-counted. DBOS is one instance per process: each run launches it and destroys it after.
+Settings, from its documentation ("Queues", ``DBOS.register_queue``): the queue's
+``worker_concurrency`` (how many workflows this process runs at once) is the best of
+``CANDIDATES``, picked by the peers scenario's sweep (with no-op jobs, the more one poll takes,
+the better); ``polling_interval_sec`` is 0.1 s (its default, 1 s, makes a drain wait a poll
+between batches); the system database pool has 40 connections (its default is 20); every job
+is an async ``@DBOS.workflow()`` with no steps. DBOS has no bulk enqueue: jobs go in with
+``queue.enqueue_async``, 100 in flight at a time (each a transaction of its own). Finished
+jobs stay in ``dbos.workflow_status`` with status ``SUCCESS``, where they are counted. DBOS
+is one instance per process: each run launches it and destroys it after.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 from benchmarks.peers import Outcome, Tables, timed_drain, timed_enqueue
 
-CONCURRENCY = 32
+CONCURRENCY = 32  # until the peers scenario's sweep picks the best of CANDIDATES
+CANDIDATES = (32, 100, 250, 1000)
+POOL = 40  # connections at most (its default is 20): the server is shared
 POLLING = 0.1
 IN_FLIGHT = 100
 QUEUE = "bench"
@@ -60,11 +63,14 @@ class DBOSPeer:
     name = "DBOS"
     package = "dbos"
     min_python = (3, 10)
+    candidates = CANDIDATES
+    concurrency = CONCURRENCY
 
     def settings(self) -> dict[str, Any]:
         return {
-            "queue": f"Queue(worker_concurrency={CONCURRENCY}, polling_interval_sec={POLLING})",
-            "config": f"sys_db_pool_size={CONCURRENCY + 8}",
+            "queue": f"register_queue(worker_concurrency={self.concurrency}, "
+            f"polling_interval_sec={POLLING})",
+            "config": f"sys_db_pool_size={POOL}",
             "enqueue": f"queue.enqueue_async per job (no bulk API), {IN_FLIGHT} in flight",
             "finished": "dbos.workflow_status rows of the queue with status 'SUCCESS'",
         }
@@ -75,7 +81,7 @@ class DBOSPeer:
         config = {
             "name": "pgq_nb_benchmark",
             "system_database_url": dsn,
-            "sys_db_pool_size": CONCURRENCY + 8,
+            "sys_db_pool_size": POOL,
             "log_level": "WARNING",
         }
         dbos.DBOS(config=config)
@@ -93,7 +99,7 @@ class DBOSPeer:
             dbos.DBOS.listen_queues([])
         await _off_loop(dbos.DBOS.launch)
         queue = await dbos.DBOS.register_queue_async(
-            QUEUE, worker_concurrency=CONCURRENCY, polling_interval_sec=POLLING
+            QUEUE, worker_concurrency=self.concurrency, polling_interval_sec=POLLING
         )
         return dbos, queue, workflow
 

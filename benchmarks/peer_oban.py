@@ -17,6 +17,8 @@ class ObanPeer:
     name = "oban-py"
     package = "oban"
     min_python = (3, 12)
+    candidates = ()
+    concurrency = 0
     unsupported = (
         "oban-py: its runner is not written yet (the harness was built on Python 3.11, where "
         "it does not install): skipped"

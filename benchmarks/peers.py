@@ -59,6 +59,8 @@ class Peer(Protocol):
     name: str  # as the table shows it
     package: str  # its distribution on PyPI
     min_python: tuple[int, int]
+    candidates: tuple[int, ...]  # the concurrency values the peers scenario sweeps
+    concurrency: int  # its worker's concurrency in the next run (the sweep sets the best)
 
     def settings(self) -> dict[str, Any]:
         """The settings it runs with (its knobs and why), for the report."""

@@ -24,6 +24,7 @@ from benchmarks import peers, pgqueuer_env, scenario_drain, scenario_enqueue
 from benchmarks.common import PGQ_NB, PGQUEUER, Context, Row, log
 
 DEFAULT_PGQUEUER_BATCH = 100
+SWEEP_JOBS = 2_000  # each candidate concurrency of a peer: one drain of this many jobs
 
 
 def order(systems: list[str], repeat: int) -> list[str]:
@@ -48,9 +49,11 @@ def _pgqueuer_settings(ctx: Context) -> pgqueuer_env.Settings:
     return pgqueuer_env.Settings(batch_size=batch, max_concurrent_tasks=tasks)
 
 
-def _peer_run(ctx: Context, name: str, what: str, repeat: int) -> peers.Outcome:
+def _peer_run(ctx: Context, name: str, what: str, repeat: int, tag: str = "") -> peers.Outcome:
+    """One ``what`` ("drain" or "enqueue") of peer ``name``, in a database made for it."""
     peer = peers.load(name)
-    database = f"bench_{name.lower().replace('-', '_')}_{what}_{ctx.run_id}_{repeat}"[:60]
+    slug = name.lower().replace("-", "_")
+    database = f"bench_{slug}_{what}{tag}_{ctx.run_id}_{repeat}"[:60]
     n = ctx.sizes.peer_jobs
 
     async def once() -> peers.Outcome:
@@ -60,6 +63,30 @@ def _peer_run(ctx: Context, name: str, what: str, repeat: int) -> peers.Outcome:
             return await peer.enqueue(dsn, n)
 
     return asyncio.run(once())
+
+
+def _sweep(ctx: Context, names: list[str]) -> dict[str, dict[str, float]]:
+    """Give each peer its best concurrency: one drain of SWEEP_JOBS at each of its candidates.
+
+    The peers take turns candidate by candidate; the rates are kept for the report.
+    """
+    small = dataclasses.replace(
+        ctx, sizes=dataclasses.replace(ctx.sizes, peer_jobs=min(SWEEP_JOBS, ctx.sizes.peer_jobs))
+    )
+    rates: dict[str, dict[str, float]] = {name: {} for name in names}
+    todo = {name: peers.load(name).candidates for name in names}
+    for i in range(max(len(c) for c in todo.values())):
+        for name in names:
+            if i >= len(todo[name]):
+                continue
+            peer = peers.load(name)
+            peer.concurrency = todo[name][i]
+            out = _peer_run(small, name, "drain", i, tag="_sweep")
+            rates[name][str(peer.concurrency)] = round(out.rate)
+            log(f"  sweep        {name} concurrency={peer.concurrency}  {out.rate:10,.0f} jobs/s")
+    for name in names:
+        peers.load(name).concurrency = int(scenario_drain.best(rates[name]))
+    return rates
 
 
 def _drain(ctx: Context, system: str, repeat: int) -> tuple[float, str]:
@@ -117,6 +144,9 @@ def _row(ctx: Context, what: str, names: list[str], skipped: list[str]) -> Row:
         settings=_settings(ctx, names),
     )
     run = _drain if what == "drain" else _enqueue
+    if what == "drain" and ctx.sweep_peers:
+        row.settings["sweep (concurrency: jobs/s, one drain each)"] = _sweep(ctx, names)
+        row.settings.update(_settings(ctx, names))  # with the concurrency each one got
     checks: dict[str, list[str]] = {}
     for repeat in range(ctx.sizes.repeats):
         for system in order([PGQ_NB, PGQUEUER, *names], repeat):
