@@ -89,8 +89,7 @@ def missing(name: str) -> str | None:
         metadata.version(peer.package)
     except metadata.PackageNotFoundError:
         return f"{name} is not installed: skipped (install it with {INSTALL_HINT})"
-    unsupported: str | None = getattr(peer, "unsupported", None)
-    return unsupported
+    return None
 
 
 def load(name: str) -> Peer:
