@@ -188,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     except transport.TransportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.dsn and args.transport == "both":
+        log(
+            f"note: --dsn reaches the server over the {transports[0]} only; that is all this run "
+            "measures (pass --transport to say so, or run again with a URL over the other)"
+        )
     servers, server = _servers(args.dsn, transports)
     chosen_peers = _peers(args.peer) if any(s.name == "peers" for s in scenarios) else ()
     contexts = {

@@ -1,8 +1,9 @@
 """The other Postgres job queues the ``peers`` scenarios compare with, behind one small interface.
 
 Each peer lives in its own module (``benchmarks.peer_procrastinate``, ``peer_dbos``,
-``peer_chancy``, ``peer_oban``) and is imported only when it runs, so a missing one costs
-nothing: ``missing()`` says how to install it, and the run goes on without it. Every peer runs
+``peer_chancy``, ``peer_oban``; oban-py needs Python 3.12 or newer) and imports its package
+only when it runs, so a missing one costs nothing: ``missing()`` says how to install it (or
+which Python it needs), and the run goes on without it. Every peer runs
 in a fresh database of its own per run (created by the harness, its tables installed by the
 peer's own migration API, dropped afterwards), through its own worker loop and its own bulk
 enqueue API, with the settings its documentation recommends for many small async jobs
