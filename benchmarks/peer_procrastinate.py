@@ -85,7 +85,8 @@ class Procrastinate:
                 )
 
             async def stop() -> None:
-                await stop_task(worker[0], self.name)
+                for task in worker:
+                    await stop_task(task, self.name)
 
             return await timed_drain(dsn, n, cap, TABLES, start, stop)
 

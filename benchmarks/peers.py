@@ -170,8 +170,8 @@ async def timed_drain(
     note = ""
     try:
         began = time.perf_counter()
-        await start()
         try:
+            await start()
             deadline = began + cap
             while await conn.fetchval(tables.pending):
                 if time.perf_counter() > deadline:

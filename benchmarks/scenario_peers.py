@@ -9,9 +9,12 @@ Two figures, each system through its own API and worker loop (``benchmarks.peers
 - enqueue: the same number of jobs with a small JSON payload each, through its bulk API,
   timed; the queued jobs are counted afterwards.
 
-pgq_nb runs with ``--tuned-pgq-nb``, PgQueuer with the tuned drain's batch (``--tuned-pgqueuer``,
-100 if it is swept) and its table ANALYZEd. All systems take turns: the order rotates every
-repeat, so none always goes first. A peer that is not installed is skipped with a note.
+pgq_nb and PgQueuer run with what the drain's sweeps chose on this transport when the drain
+ran before (as in ``--only side_by_side``), else with ``--tuned-pgq-nb`` and
+``--tuned-pgqueuer`` (default 128/128 and batch 100); PgQueuer's table is ANALYZEd. Each
+peer's concurrency is the best of a sweep of its own first (``--no-sweep``: its module's
+default). All systems take turns: the order rotates every repeat, so none always goes first.
+A peer that is not installed is skipped with a note.
 """
 
 from __future__ import annotations
