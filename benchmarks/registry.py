@@ -50,13 +50,13 @@ SCENARIOS: dict[str, Scenario] = {
             "drain",
             scenario_drain.run,
             True,
-            "N queued no-op jobs, one worker empties the queue; defaults and tuned",
+            "N queued no-op jobs, one worker empties the queue; tuned vs tuned (swept), defaults",
         ),
         Scenario(
             "sustained",
             scenario_sustained.run,
             True,
-            "one producer and one worker together for a fixed time; jobs finished per second",
+            "one producer and one worker for a fixed time; jobs finished/s; tuned, defaults",
         ),
         Scenario(
             "latency",
@@ -68,7 +68,7 @@ SCENARIOS: dict[str, Scenario] = {
             "peers",
             scenario_peers.run,
             True,
-            "drain and bulk enqueue beside procrastinate, DBOS, Chancy (pgq_nb[peers])",
+            "drain and bulk enqueue beside procrastinate, DBOS, Chancy, oban-py (pgq_nb[peers])",
         ),
         Scenario(
             "claim",
