@@ -57,6 +57,7 @@ class Sizes:
     core_chunk: int = 10_000
     core_concurrency: int = 32
     peer_jobs: int = 10_000  # the peers scenario's drain and enqueue (the peers are slow)
+    sweep_rounds: int = 2  # drains per sweep candidate (the best counts), each round reversed
 
     @classmethod
     def full(cls) -> Sizes:
@@ -93,6 +94,7 @@ class Sizes:
             flow_jobs=10_000,
             core_jobs=10_000,
             peer_jobs=2_000,
+            sweep_rounds=1,
         )
 
 
@@ -201,6 +203,17 @@ def log(message: str) -> None:
 def sides(repeat: int) -> tuple[str, str]:
     """Which system runs first in this repeat: they take turns, so neither always goes first."""
     return (PGQ_NB, PGQUEUER) if repeat % 2 == 0 else (PGQUEUER, PGQ_NB)
+
+
+def sweep_order(candidates: int, rounds: int) -> list[int]:
+    """The order a sweep tries its candidates in: forwards, then backwards, and so on, so a
+    slow spell of a shared machine does not always fall on the same candidate.
+
+    >>> sweep_order(3, 2)
+    [0, 1, 2, 2, 1, 0]
+    """
+    forwards = list(range(candidates))
+    return [i for r in range(rounds) for i in (forwards if r % 2 == 0 else forwards[::-1])]
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -10,8 +10,9 @@ than the cap (``Sizes.drain_cap``) stops there and reports the rate so far, with
 Two variants, the headline first. Tuned against tuned: each system at its best documented
 settings for this machine: pgq_nb's ``concurrency``/``batch_size`` and PgQueuer's
 ``run(batch_size=...)`` (its ``max_concurrent_tasks`` left unlimited, its default; a cap must
-be at least twice the batch) are each the best single drain of a sweep (``PGQ_NB_TUNINGS``,
-``PGQUEUER_BATCHES``; ``--tuned-pgq-nb``/``--tuned-pgqueuer`` fix them instead), and
+be at least twice the batch) are each the winner of a sweep (``PGQ_NB_TUNINGS``,
+``PGQUEUER_BATCHES``, the best of ``Sizes.sweep_rounds`` drains each;
+``--tuned-pgq-nb``/``--tuned-pgqueuer`` fix them instead), and
 PgQueuer's table is ANALYZEd after its bulk enqueue (it does not do so itself; with a stale
 plan its claim was measured 4x slower at 50,000). Then both at their defaults (pgq_nb
 ``Worker(q.aio)``: concurrency 32, batch 32; PgQueuer ``run()``: batch_size 10, no ANALYZE,
@@ -43,11 +44,12 @@ from benchmarks.common import (
     sides,
     start_pgq_nb_worker,
     stop_pgq_nb_worker,
+    sweep_order,
     wait_until,
 )
 
 ENTRYPOINT = "bench_drain"
-# what the tuned drain tries when no --tuned-* setting is given: one drain each, the best wins
+# what the tuned drain tries when no --tuned-* setting is given (Sizes.sweep_rounds each)
 PGQ_NB_TUNINGS = ((32, 32), (64, 64), (128, 128), (256, 256))  # concurrency, batch_size
 PGQUEUER_BATCHES = (10, 50, 100, 200, 500)  # run(batch_size=...), its documented knob
 
@@ -147,22 +149,24 @@ def _sweep(ctx: Context) -> tuple[tuple[int, int], pgqueuer_env.Settings, dict[s
     """The tuned settings of both: the --tuned-* ones, or the best single drain of a sweep.
 
     The two sweeps take turns candidate by candidate, so a slow spell of the machine falls on
-    both rather than on one system's sweep.
+    both rather than on one system's sweep; each candidate runs ``Sizes.sweep_rounds`` times
+    (forwards, then backwards), and its best run counts.
     """
     ours: dict[str, float] = {}
     theirs: dict[str, float] = {}
     ours_todo = [f"{c}/{b}" for c, b in PGQ_NB_TUNINGS] if ctx.sweep_pgq_nb else []
     theirs_todo = [str(b) for b in PGQUEUER_BATCHES] if ctx.tuned_pgqueuer is None else []
-    for i in range(max(len(ours_todo), len(theirs_todo))):
+    longest = max(len(ours_todo), len(theirs_todo))
+    for i in sweep_order(longest, ctx.sizes.sweep_rounds):  # the best of its rounds counts
         if i < len(ours_todo):
             c, b = (int(x) for x in ours_todo[i].split("/"))
             rate, _ = _pgq_nb_once(ctx, "drain_sweep", i, (c, b))
-            ours[ours_todo[i]] = round(rate)
+            ours[ours_todo[i]] = max(ours.get(ours_todo[i], 0), round(rate))
             log(f"  sweep        pgq_nb concurrency={c} batch_size={b}  {rate:10,.0f} jobs/s")
         if i < len(theirs_todo):
             settings = pgqueuer_env.Settings(batch_size=int(theirs_todo[i]))
             rate, _ = asyncio.run(_pgqueuer_once(ctx, "drain_sweep", i, settings, analyze=True))
-            theirs[theirs_todo[i]] = round(rate)
+            theirs[theirs_todo[i]] = max(theirs.get(theirs_todo[i], 0), round(rate))
             log(f"  sweep        PgQueuer batch_size={theirs_todo[i]}  {rate:10,.0f} jobs/s")
     if ours:
         c, b = (int(x) for x in best(ours).split("/"))
@@ -209,8 +213,9 @@ def _variant(ctx: Context, tuned: bool) -> Row:
         headline=tuned,
     )
     if sweeps:
-        row.settings["sweep (one drain each, jobs/s)"] = sweeps
-        row.note += "; the best of one drain each: " + "; ".join(
+        rounds = ctx.sizes.sweep_rounds
+        row.settings[f"sweep (jobs/s, best of {rounds} drain(s) each)"] = sweeps
+        row.note += f"; the best of a sweep, {rounds} drain(s) each: " + "; ".join(
             f"{k} " + ", ".join(f"{c}: {r:,.0f}" for c, r in v.items()) for k, v in sweeps.items()
         )
     capped: list[str] = []

@@ -24,7 +24,7 @@ import dataclasses
 from typing import Any
 
 from benchmarks import peers, pgqueuer_env, scenario_drain, scenario_enqueue
-from benchmarks.common import PGQ_NB, PGQUEUER, Context, Row, log
+from benchmarks.common import PGQ_NB, PGQUEUER, Context, Row, log, sweep_order
 
 DEFAULT_PGQUEUER_BATCH = 100
 SWEEP_JOBS = 2_000  # each candidate concurrency of a peer: one drain of this many jobs
@@ -71,21 +71,24 @@ def _peer_run(ctx: Context, name: str, what: str, repeat: int, tag: str = "") ->
 def _sweep(ctx: Context, names: list[str]) -> dict[str, dict[str, float]]:
     """Give each peer its best concurrency: one drain of SWEEP_JOBS at each of its candidates.
 
-    The peers take turns candidate by candidate; the rates are kept for the report.
+    The peers take turns candidate by candidate, ``Sizes.sweep_rounds`` rounds (forwards, then
+    backwards; the best run of a candidate counts); the rates are kept for the report.
     """
     small = dataclasses.replace(
         ctx, sizes=dataclasses.replace(ctx.sizes, peer_jobs=min(SWEEP_JOBS, ctx.sizes.peer_jobs))
     )
     rates: dict[str, dict[str, float]] = {name: {} for name in names}
     todo = {name: peers.load(name).candidates for name in names}
-    for i in range(max(len(c) for c in todo.values())):
+    longest = max(len(c) for c in todo.values())
+    for i in sweep_order(longest, ctx.sizes.sweep_rounds):  # the best of its rounds counts
         for name in names:
             if i >= len(todo[name]):
                 continue
             peer = peers.load(name)
             peer.concurrency = todo[name][i]
             out = _peer_run(small, name, "drain", i, tag="_sweep")
-            rates[name][str(peer.concurrency)] = round(out.rate)
+            key = str(peer.concurrency)
+            rates[name][key] = max(rates[name].get(key, 0), round(out.rate))
             log(f"  sweep        {name} concurrency={peer.concurrency}  {out.rate:10,.0f} jobs/s")
     for name in names:
         peers.load(name).concurrency = int(scenario_drain.best(rates[name]))
@@ -148,7 +151,8 @@ def _row(ctx: Context, what: str, names: list[str], skipped: list[str]) -> Row:
     )
     run = _drain if what == "drain" else _enqueue
     if what == "drain" and ctx.sweep_peers:
-        row.settings["sweep (concurrency: jobs/s, one drain each)"] = _sweep(ctx, names)
+        rounds = ctx.sizes.sweep_rounds
+        row.settings[f"sweep (concurrency: jobs/s, best of {rounds} drain(s))"] = _sweep(ctx, names)
         row.settings.update(_settings(ctx, names))  # with the concurrency each one got
     checks: dict[str, list[str]] = {}
     for repeat in range(ctx.sizes.repeats):

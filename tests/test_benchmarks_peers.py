@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import peers, report, scenario_drain, scenario_peers, transport
-from benchmarks.common import Row
+from benchmarks.common import Row, sweep_order
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALLABLE = ("procrastinate", "DBOS", "Chancy", "oban-py")  # oban-py: Python 3.12+
@@ -75,6 +75,21 @@ def test_every_system_goes_first_in_turn() -> None:
 def test_the_sweep_takes_the_fastest_candidate() -> None:
     assert scenario_drain.best({"10": 6_582.0, "100": 15_096.0, "500": 17_829.0}) == "500"
     assert scenario_drain.best({"32/32": 9.0, "128/128": 9.0}) == "32/32"  # first of equals
+
+
+@pytest.mark.parametrize(
+    ("candidates", "rounds", "expected"),
+    [
+        (3, 1, [0, 1, 2]),
+        (3, 2, [0, 1, 2, 2, 1, 0]),  # the second round backwards: no candidate always last
+        (2, 3, [0, 1, 1, 0, 0, 1]),
+        (0, 2, []),
+    ],
+)
+def test_a_sweep_runs_its_rounds_forwards_then_backwards(
+    candidates: int, rounds: int, expected: list[int]
+) -> None:
+    assert sweep_order(candidates, rounds) == expected
 
 
 def test_the_table_shows_tuned_vs_tuned_first_with_a_column_per_peer() -> None:
