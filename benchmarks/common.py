@@ -56,6 +56,8 @@ class Sizes:
     core_jobs: int
     core_chunk: int = 10_000
     core_concurrency: int = 32
+    peer_jobs: int = 10_000  # the peers scenario's drain and enqueue (the peers are slow)
+    sweep_rounds: int = 2  # drains per sweep candidate (the best counts), each round reversed
 
     @classmethod
     def full(cls) -> Sizes:
@@ -91,6 +93,8 @@ class Sizes:
             cron_ticks=5,
             flow_jobs=10_000,
             core_jobs=10_000,
+            peer_jobs=2_000,
+            sweep_rounds=1,
         )
 
 
@@ -111,6 +115,11 @@ class Row:
     target: str = ""
     note: str = ""
     ratio: float | None = None
+    transport: str = ""  # "tcp" or "socket" for rows measured over one; "" otherwise
+    others: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # peers' figures
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # each system's settings
+    checks: dict[str, str] = dataclasses.field(default_factory=dict)  # finished-job checks
+    headline: bool = False  # shown first: tuned against tuned
 
     @property
     def pgq_nb_median(self) -> float | None:
@@ -119,6 +128,10 @@ class Row:
     @property
     def pgqueuer_median(self) -> float | None:
         return statistics.median(self.pgqueuer) if self.pgqueuer else None
+
+    def others_median(self, name: str) -> float | None:
+        values = self.others.get(name)
+        return statistics.median(values) if values else None
 
     @property
     def advantage(self) -> float | None:
@@ -141,6 +154,12 @@ class Row:
             "ratio": self.advantage,
             "target": self.target,
             "note": self.note,
+            "transport": self.transport,
+            "others": self.others,
+            "others_median": {k: statistics.median(v) for k, v in self.others.items() if v},
+            "settings": self.settings,
+            "checks": self.checks,
+            "headline": self.headline,
         }
 
 
@@ -152,10 +171,15 @@ class Context:
     sizes: Sizes
     pgqueuer: Any  # the pgqueuer module, imported lazily; None if not installed
     tuned_pgq_nb: tuple[int, int] = (128, 128)  # concurrency, batch_size
-    tuned_pgqueuer: tuple[int, int | None] = (100, None)  # batch_size, max_concurrent_tasks
+    # batch_size, max_concurrent_tasks; None: the tuned drain sweeps PGQUEUER_BATCHES first
+    tuned_pgqueuer: tuple[int, int | None] | None = (100, None)
     analyze_pgqueuer: bool = False  # ANALYZE PgQueuer's table after the drain's bulk enqueue
     run_id: str = "0"
     admin_dsn: str = ""  # a role that may CREATE DATABASE (PgQueuer's side); default: dsn
+    transport: str = ""  # how dsn reaches the server: "tcp" or "socket"
+    sweep_pgq_nb: bool = False  # the tuned drain sweeps PGQ_NB_TUNINGS for pgq_nb first
+    peers: tuple[str, ...] = ()  # the other queues the peers scenarios run (benchmarks.peers)
+    sweep_peers: bool = True  # the peers scenario sweeps each peer's concurrency first
 
     def schema(self, scenario: str, repeat: int) -> str:
         """A fresh pgq_nb schema name for one run of a scenario."""
@@ -179,6 +203,17 @@ def log(message: str) -> None:
 def sides(repeat: int) -> tuple[str, str]:
     """Which system runs first in this repeat: they take turns, so neither always goes first."""
     return (PGQ_NB, PGQUEUER) if repeat % 2 == 0 else (PGQUEUER, PGQ_NB)
+
+
+def sweep_order(candidates: int, rounds: int) -> list[int]:
+    """The order a sweep tries its candidates in: forwards, then backwards, and so on, so a
+    slow spell of a shared machine does not always fall on the same candidate.
+
+    >>> sweep_order(3, 2)
+    [0, 1, 2, 2, 1, 0]
+    """
+    forwards = list(range(candidates))
+    return [i for r in range(rounds) for i in (forwards if r % 2 == 0 else forwards[::-1])]
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -120,7 +120,9 @@ class Settings:
     def describe(self) -> str:
         if self.batch_size is None and self.max_concurrent_tasks is None:
             return "defaults (batch_size=10, unlimited tasks)"
-        return f"batch_size={self.batch_size}, max_concurrent_tasks={self.max_concurrent_tasks}"
+        tasks = self.max_concurrent_tasks
+        cap = "unlimited tasks" if tasks is None else f"max_concurrent_tasks={tasks}"
+        return f"batch_size={self.batch_size}, {cap}"
 
 
 class Worker:

@@ -101,4 +101,8 @@ def run(ctx: Context) -> list[Row]:
             log(f"  enqueue  repeat {repeat + 1}  {side:8s} {rate:12,.0f} jobs/s")
     batch = ctx.sizes.enqueue_batch_pgqueuer
     row.note = f"pgq_nb: enqueue_df, one call; PgQueuer: queries.enqueue per {batch:,}"
+    row.settings = {
+        "pgq_nb": "q.enqueue_df(entrypoint, DataFrame), one call (COPY)",
+        "PgQueuer": f"queries.enqueue per {batch:,}, payloads JSON-encoded to bytes",
+    }
     return [row]
