@@ -112,7 +112,7 @@ class Claiming:
                 groups = self._claim_groups(limit)
                 keyed = [g.entrypoints[0] for g in groups if self._keyed(g)]
                 if keyed:  # before any claim statement: see lock_keyed_claims
-                    await conn.execute(self._q["lock_keyed_claims"], keyed)
+                    await keys.lock_claims(self._q, conn, keyed)
                 for names, n, limited in groups:
                     n = min(n, limit - len(jobs))
                     if n <= 0:
@@ -120,10 +120,10 @@ class Claiming:
                     query = self._q["claim_limited" if limited else "claim_jobs"]
                     args: tuple[Any, ...] = (names[0] if limited else names, n, self.worker_id)
                     if limited and names[0] in keyed:
-                        query = self._q["claim_keyed"]
-                        cap = self.specs[names[0]].max_per_key
-                        args = (*args, cap, keys.unkeyed_lookahead(n))
-                    rows = await conn.fetch(query, *args)
+                        spec = self.specs[names[0]]
+                        rows = await keys.claim(self._q, conn, spec, n, self.worker_id)
+                    else:
+                        rows = await conn.fetch(query, *args)
                     if limited:
                         self._after_limited_claim(names[0], asked=n, got=len(rows))
                     jobs.extend(Job(**row) for row in rows)

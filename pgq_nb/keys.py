@@ -24,7 +24,7 @@ from pgq_nb.errors import InvalidInputError
 from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, refuse_frame
 
 if TYPE_CHECKING:
-    from pgq_nb.registry import Registry
+    from pgq_nb.registry import EntrypointSpec, Registry
 
 #: A concurrency_key option: a payload field's name, or a function of the payload.
 KeyOption = str | Callable[[Any], Any]
@@ -219,3 +219,20 @@ async def record(queries: Mapping[str, str], conn: Any, name: str, option: Any, 
 def unkeyed_lookahead(batch: int) -> int:
     """How far a keyed claim of ``batch`` jobs looks for jobs without a key."""
     return max(UNKEYED_LOOKAHEAD, 4 * batch)
+
+
+async def lock_claims(queries: Mapping[str, str], conn: Any, names: Sequence[str]) -> None:
+    """Take the locks that serialise keyed claims of ``names`` until ``conn``'s transaction
+    ends; before any claim statement of that transaction (see ``lock_keyed_claims``)."""
+    await conn.execute(queries["lock_keyed_claims"], list(names))
+
+
+async def claim(
+    queries: Mapping[str, str], conn: Any, spec: EntrypointSpec, n: int, worker_id: int | None
+) -> list[Any]:
+    """Claim up to ``n`` jobs of keyed ``spec`` (its lock held: :func:`lock_claims`), in a
+    statement that starts once the lock is held, so it counts every claim committed before."""
+    rows: list[Any] = await conn.fetch(
+        queries["claim_keyed"], spec.name, n, worker_id, spec.max_per_key, unkeyed_lookahead(n)
+    )
+    return rows

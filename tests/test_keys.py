@@ -4,6 +4,8 @@ keyed claim (in one process), and q.limits(keys=True). Worker processes: test_ke
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pandas as pd
@@ -13,7 +15,7 @@ import pgq_nb
 from pgq_nb import keys, runtime
 from pgq_nb.enqueue import DuplicatesSkipped
 from pgq_nb.errors import InvalidInputError
-from tests.conftest import SCHEMA
+from tests.conftest import SCHEMA, execute_sql, wait_until
 
 
 def _fetch(q: pgq_nb.Queue, sql: str, *args: Any) -> list[Any]:
@@ -149,3 +151,222 @@ def test_every_enqueue_path_stores_the_key(q: pgq_nb.Queue) -> None:
         )[0]["n"]
         == 0
     )
+
+
+def test_a_batch_with_one_row_that_cannot_be_keyed_writes_nothing(q: pgq_nb.Queue) -> None:
+    q.entrypoint("sync", concurrency_key="customer")(lambda job: None)
+
+    def by_region(payload: Any) -> Any:
+        return {"north": "n"}[payload["region"]]
+
+    q.entrypoint("regional", concurrency_key=by_region, max_per_key=2)(lambda job: None)
+    with pytest.raises(InvalidInputError, match=r"payloads\[1\] of entrypoint 'sync' has no"):
+        q.enqueue(["sync", "sync"], [{"customer": 1}, {"client": 2}])
+    with pytest.raises(InvalidInputError, match=r"the job of entrypoint 'sync' has no field"):
+        q.enqueue("sync", {"client": 2}, tags=["t"])
+    with pytest.raises(InvalidInputError, match=r"raised KeyError: 'south' for payloads\[1\]"):
+        q.enqueue(["regional", "regional"], [{"region": "north"}, {"region": "south"}])
+    with pytest.raises(InvalidInputError, match=r"row 'b' has no concurrency_key field"):
+        q.enqueue_df("sync", pd.DataFrame({"customer": ["x", None]}, index=["a", "b"]))
+    with pytest.raises(InvalidInputError, match=r"\(float\)"):
+        q.enqueue_df("sync", pd.DataFrame({"customer": [1.5, 2.5]}))
+    with pytest.raises(InvalidInputError, match="which the payload columns do not have"):
+        q.enqueue_df("sync", pd.DataFrame({"client": [1]}))
+    with pytest.raises(InvalidInputError, match=r"raised KeyError: 'east' for row 1"):
+        q.enqueue_df("regional", pd.DataFrame({"region": ["north", "east"]}))
+    with q.transaction() as tx:
+        tx.enqueue("sync", {"customer": "kept"})
+        with pytest.raises(InvalidInputError, match="has no field"):
+            tx.enqueue(["sync"], [{"nope": 1}])
+    assert list(_keys(q).values()) == ["kept"]  # the transaction's good job only
+
+
+def test_enqueue_df_takes_the_key_from_a_column_and_refuses_it_without_a_limit(
+    q: pgq_nb.Queue,
+) -> None:
+    q.entrypoint("sync", concurrency_key="customer", max_per_key=1)(lambda job: None)
+    q.entrypoint("plain")(lambda job: None)
+    df = pd.DataFrame({"customer": ["a", "b"], "account": [10, 11]})
+    ids = q.enqueue_df("sync", df, concurrency_key="account")
+    assert [_keys(q)[int(i)] for i in ids] == ["10", "11"]
+    with pytest.raises(InvalidInputError, match="'plain' has no per-key limit"):
+        q.enqueue_df("plain", df, concurrency_key="account")
+    with pytest.raises(InvalidInputError, match="concurrency_key names column 'nope'"):
+        q.enqueue_df("sync", df, concurrency_key="nope")
+
+
+def test_a_process_without_the_handler_keys_by_the_recorded_field(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    q.entrypoint("sync", concurrency_key="customer", max_per_key=3)(lambda job: None)
+    q.entrypoint("by_fn", concurrency_key=lambda p: p["c"])(lambda job: None)
+    q.run_until_idle()  # a worker registers them: their keys are recorded
+    recorded = _fetch(q, "SELECT name, max_per_key, key_field FROM S.entrypoints ORDER BY name")
+    assert [tuple(r) for r in recorded] == [("by_fn", 1, None), ("sync", 3, "customer")]
+    other = pgq_nb.connect(installed, schema=SCHEMA)  # no handlers: another notebook, the CLI
+    job = other.enqueue("sync", {"customer": 42})
+    assert _keys(q)[job] == "42"
+    with pytest.raises(InvalidInputError, match="has no field 'customer'"):
+        other.enqueue("sync", {"client": 1})
+    with pytest.raises(InvalidInputError, match="registered only in its workers' process"):
+        other.enqueue("by_fn", {"c": 1})
+    ids = other.enqueue_df("by_fn", pd.DataFrame({"c": [1], "k": ["x"]}), concurrency_key="k")
+    assert _keys(q)[int(ids.iloc[0])] == "x"  # a key column works anywhere
+    assert _job_count(q) == 2
+
+
+# -- the keyed claim --------------------------------------------------------------------------
+
+
+def _overlaps(runs: list[tuple[str, float, float]]) -> dict[str, int]:
+    """The most runs of each key at once."""
+    peaks: dict[str, int] = {}
+    for key in {r[0] for r in runs}:
+        events = sorted(
+            [(s, 1) for k, s, _ in runs if k == key] + [(e, -1) for k, _, e in runs if k == key]
+        )
+        running = peak = 0
+        for _, delta in events:
+            running += delta
+            peak = max(peak, running)
+        peaks[key] = peak
+    return peaks
+
+
+def _recording(q: pgq_nb.Queue, name: str, **options: Any) -> list[tuple[str, float, float]]:
+    runs: list[tuple[str, float, float]] = []
+
+    @q.entrypoint(name, **options)
+    async def handler(job: pgq_nb.Job) -> None:
+        start = time.monotonic()
+        await asyncio.sleep(0.05)
+        runs.append((str(job.concurrency_key), start, time.monotonic()))
+
+    return runs
+
+
+@pytest.mark.parametrize("cap", [1, 2])
+def test_no_key_runs_more_than_max_per_key_at_once(q: pgq_nb.Queue, cap: int) -> None:
+    runs = _recording(q, "sync", concurrency_key="customer", max_per_key=cap)
+    q.enqueue(["sync"] * 30, [{"customer": f"c{i // 6}"} for i in range(30)])
+    stats = q.run_until_idle(concurrency=16)
+    assert stats.succeeded == 30
+    peaks = _overlaps(runs)
+    assert len(peaks) == 5 and max(peaks.values()) == cap  # reached, never passed
+    assert len(_overlaps([("all", s, e) for _, s, e in runs])) == 1
+    assert _overlaps([("all", s, e) for _, s, e in runs])["all"] > cap  # keys ran side by side
+
+
+def test_per_key_limits_combine_with_max_running(q: pgq_nb.Queue) -> None:
+    runs = _recording(q, "sync", concurrency_key="customer", max_per_key=2, max_running=3)
+    q.enqueue(["sync"] * 24, [{"customer": f"c{i // 6}"} for i in range(24)])
+    assert q.run_until_idle(concurrency=16).succeeded == 24
+    assert max(_overlaps(runs).values()) <= 2
+    assert _overlaps([("all", s, e) for _, s, e in runs])["all"] <= 3
+
+
+def test_jobs_without_a_key_run_without_a_limit(q: pgq_nb.Queue) -> None:
+    runs = _recording(q, "sync", concurrency_key=lambda p: p.get("c"), max_per_key=1)
+    q.enqueue(["sync"] * 6, [{}] * 6)  # the function returns None: no key
+    assert set(_keys(q).values()) == {None}
+    assert q.run_until_idle(concurrency=8).succeeded == 6
+    assert _overlaps([("all", s, e) for _, s, e in runs])["all"] > 1
+
+
+def test_a_busy_key_does_not_hold_back_the_others(q: pgq_nb.Queue) -> None:
+    """100,000 queued jobs of one key ahead of everything else; that key runs one at a time
+    while the 40 jobs of 20 other keys all finish."""
+    seen: list[str] = []
+
+    @q.entrypoint("sync", concurrency_key="customer", max_per_key=1)
+    async def handler(job: pgq_nb.Job) -> None:
+        seen.append(str(job.concurrency_key))
+        await asyncio.sleep(1.0 if job.concurrency_key == "hot" else 0.01)
+
+    q.run_until_idle()  # registers the entrypoint
+    execute_sql(
+        q.aio.dsn,
+        f"INSERT INTO {SCHEMA}.jobs (entrypoint, payload, concurrency_key) "
+        "SELECT 'sync', convert_to('{\"customer\": \"hot\"}', 'UTF8'), 'hot' "
+        "FROM generate_series(1, 100000)",
+        f"ANALYZE {SCHEMA}.jobs",
+    )
+    q.enqueue(["sync"] * 40, [{"customer": f"c{i % 20}"} for i in range(40)])
+    worker = q.start_worker(concurrency=8)
+    try:
+        wait_until(
+            lambda: (
+                _fetch(q, "SELECT count(*) AS n FROM S.history WHERE concurrency_key <> 'hot'")[0][
+                    "n"
+                ]
+                == 40
+            ),
+            120,
+            "the 40 jobs of the other keys to finish",
+        )
+        running = _fetch(
+            q,
+            "SELECT count(*) AS n FROM S.jobs WHERE status = 'picked' AND concurrency_key = 'hot'",
+        )
+        assert running[0]["n"] <= 1
+        assert seen.count("hot") < 40  # the hot key did not simply go first
+    finally:
+        worker.stop(timeout=60)
+    busiest = q.limits(keys=True, top=1)
+    assert busiest.iloc[0]["key"] == "hot" and busiest.iloc[0]["waiting"] > 99_000
+
+
+def test_a_keyed_claim_sees_a_claim_that_committed_while_it_waited(q: pgq_nb.Queue) -> None:
+    """The READ COMMITTED trap: claim A takes the key's job and is not committed yet; a job of
+    the same key with a higher priority arrives; claim B runs. Without the lock, B's snapshot
+    (taken while A was open) counts nothing running and takes the new job: two at once. With
+    the lock (as the worker claims), B waits for A's commit and its statement, started after,
+    sees A's job running."""
+    q.entrypoint("sync", concurrency_key="customer", max_per_key=1)(lambda job: None)
+    q.run_until_idle()  # a worker registers it: max_per_key recorded
+    queries = q.aio.queries
+    spec = q.aio.registry.handlers["sync"]
+
+    async def claims(locked: bool) -> tuple[list[int], list[int]]:
+        await q.aio.pool.execute(f"DELETE FROM {SCHEMA}.jobs")
+        await q.aio.enqueue("sync", {"customer": "k"})
+        a = await q.aio.pool.acquire()
+        b = await q.aio.pool.acquire()
+        try:
+            await a.execute("BEGIN")
+            if locked:
+                await keys.lock_claims(queries, a, ["sync"])
+            got_a = await keys.claim(queries, a, spec, 5, 1)
+            await q.aio.enqueue("sync", {"customer": "k"}, priority=10)
+            await b.execute("BEGIN")
+
+            async def claim_b() -> list[Any]:
+                if locked:
+                    await keys.lock_claims(queries, b, ["sync"])
+                return await keys.claim(queries, b, spec, 5, 2)
+
+            task = asyncio.ensure_future(claim_b())
+            if locked:  # B waits for A's lock (its claim statement has not started)
+                waiting = (
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+                for _ in range(600):
+                    if await q.aio.pool.fetchval(waiting):
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("claim B never waited for claim A's lock")
+            else:
+                await asyncio.wait_for(asyncio.shield(task), 60)
+            await a.execute("COMMIT")
+            got_b = await asyncio.wait_for(task, 60)
+            await b.execute("COMMIT")
+            return [r["id"] for r in got_a], [r["id"] for r in got_b]
+        finally:
+            await q.aio.pool.release(a)
+            await q.aio.pool.release(b)
+
+    got_a, got_b = runtime.run_sync(claims(locked=False))
+    assert len(got_a) == 1 and len(got_b) == 1  # the trap is real: two of one key at once
+    got_a, got_b = runtime.run_sync(claims(locked=True))
+    assert len(got_a) == 1 and got_b == []  # as the worker claims: never
