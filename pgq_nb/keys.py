@@ -32,9 +32,9 @@ KeyOption = str | Callable[[Any], Any]
 #: The longest key (UTF-8 bytes), as for dedupe keys: keys are indexed.
 KEY_LIMIT = DEDUPE_KEY_LIMIT
 
-#: How many of an entrypoint's first queued jobs a keyed claim looks through for jobs without a
-#: key (a cron tick, a job enqueued before the key was declared): at least this, or 4 batches.
-UNKEYED_LOOKAHEAD = 256
+#: How many of an entrypoint's first queued jobs a keyed claim looks through before it reads
+#: the queue key by key (at least this, or 4 batches): see claim_keyed in sql/queries/keys.sql.
+LOOKAHEAD = 256
 
 
 class KeySource(NamedTuple):
@@ -216,9 +216,9 @@ async def record(queries: Mapping[str, str], conn: Any, name: str, option: Any, 
     await conn.execute(queries["set_key_limit"], name, cap, field)
 
 
-def unkeyed_lookahead(batch: int) -> int:
-    """How far a keyed claim of ``batch`` jobs looks for jobs without a key."""
-    return max(UNKEYED_LOOKAHEAD, 4 * batch)
+def lookahead(batch: int) -> int:
+    """How many of the first queued jobs a keyed claim of ``batch`` jobs looks through."""
+    return max(LOOKAHEAD, 4 * batch)
 
 
 async def lock_claims(queries: Mapping[str, str], conn: Any, names: Sequence[str]) -> None:
@@ -233,6 +233,6 @@ async def claim(
     """Claim up to ``n`` jobs of keyed ``spec`` (its lock held: :func:`lock_claims`), in a
     statement that starts once the lock is held, so it counts every claim committed before."""
     rows: list[Any] = await conn.fetch(
-        queries["claim_keyed"], spec.name, n, worker_id, spec.max_per_key, unkeyed_lookahead(n)
+        queries["claim_keyed"], spec.name, n, worker_id, spec.max_per_key, lookahead(n)
     )
     return rows

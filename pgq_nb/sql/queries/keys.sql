@@ -19,18 +19,38 @@ FROM (SELECT DISTINCT hashtextextended('pgq_nb keys {schema} ' || e, 0) AS k
 -- name: claim_keyed
 -- Claim up to $2 due jobs of one entrypoint with max_per_key, as claim_limited does (its slots,
 -- token bucket and pause hold too), taking no more jobs of one key than the key has room for:
--- max_per_key less its running (picked) jobs. Keys are read one by one from
+-- max_per_key less its running (picked) jobs. First the entrypoint's first $5 due jobs in
+-- claim order (`head`, a walk of jobs_claim_idx as claim_limited's), each key's in order up
+-- to its room; jobs without a key (a function returned None, a cron tick, a job enqueued
+-- before the key was declared) have no limit. Only when that head was full ($5 jobs) and still
+-- gave fewer than $2 (full keys hold the front of the queue) are keys read one by one from
 -- jobs_key_queued_idx (a loose index scan: one probe per key with queued jobs), each key's
--- head jobs in claim order, so a key with a million queued jobs costs a claim one probe, and a
--- full key never holds back the others. Then the best of those candidates, in claim order,
--- are taken. Jobs of the entrypoint without a key (a cron tick, a job enqueued before the key
--- was declared) have no limit: they are taken from the first $5 queued jobs of the
--- entrypoint, in order. Callers hold lock_keyed_claims for the entrypoint (see there).
+-- first jobs up to its room: a key with a million queued jobs then costs one probe, and a
+-- full key never holds back the others. The best of those, in claim order, are taken.
+-- Callers hold lock_keyed_claims for the entrypoint (see there).
 -- params: $1 entrypoint, $2 batch size, $3 worker id, $4 max_per_key (the worker's; the one
---   recorded with the entrypoint wins), $5 how far to look for jobs without a key
-WITH RECURSIVE keys AS (
+--   recorded with the entrypoint wins), $5 how many of the first jobs to look through
+WITH RECURSIVE cap AS (
+    SELECT coalesce((SELECT max_per_key FROM {schema}.entrypoints WHERE name = $1), $4) AS n
+), running AS (
+    SELECT j.concurrency_key AS k, count(*) AS n FROM {schema}.jobs AS j
+    WHERE j.status = 'picked' AND j.entrypoint = $1 AND j.concurrency_key IS NOT NULL
+    GROUP BY j.concurrency_key
+), head AS (
+    SELECT j.id, j.priority, j.concurrency_key AS k FROM {schema}.jobs AS j
+    WHERE j.status = 'queued' AND j.entrypoint = $1 AND j.execute_after <= now()
+    ORDER BY j.priority DESC, j.id
+    LIMIT $5
+), from_head AS (
+    SELECT h.id, h.priority
+    FROM (SELECT head.*, row_number() OVER (PARTITION BY k ORDER BY priority DESC, id) AS rn
+          FROM head) AS h
+    LEFT JOIN running AS r ON r.k = h.k
+    WHERE h.k IS NULL OR h.rn <= (SELECT n FROM cap) - coalesce(r.n, 0)
+), keys AS (
     (SELECT j.concurrency_key AS k FROM {schema}.jobs AS j
      WHERE j.status = 'queued' AND j.entrypoint = $1 AND j.concurrency_key IS NOT NULL
+       AND (SELECT count(*) FROM head) >= $5 AND (SELECT count(*) FROM from_head) < $2
      ORDER BY j.concurrency_key LIMIT 1)
     UNION ALL
     SELECT (SELECT j.concurrency_key FROM {schema}.jobs AS j
@@ -38,13 +58,7 @@ WITH RECURSIVE keys AS (
               AND j.concurrency_key > keys.k
             ORDER BY j.concurrency_key LIMIT 1)
     FROM keys WHERE keys.k IS NOT NULL
-), cap AS (
-    SELECT coalesce((SELECT max_per_key FROM {schema}.entrypoints WHERE name = $1), $4) AS n
-), running AS (
-    SELECT j.concurrency_key AS k, count(*) AS n FROM {schema}.jobs AS j
-    WHERE j.status = 'picked' AND j.entrypoint = $1 AND j.concurrency_key IS NOT NULL
-    GROUP BY j.concurrency_key
-), keyed AS (
+), by_key AS (
     SELECT c.id, c.priority
     FROM keys
     LEFT JOIN running AS r ON r.k = keys.k
@@ -56,14 +70,6 @@ WITH RECURSIVE keys AS (
         LIMIT greatest(0, (SELECT n FROM cap) - coalesce(r.n, 0))
     ) AS c
     WHERE keys.k IS NOT NULL
-), unkeyed AS (
-    SELECT head.id, head.priority FROM (
-        SELECT j.id, j.priority, j.concurrency_key FROM {schema}.jobs AS j
-        WHERE j.status = 'queued' AND j.entrypoint = $1 AND j.execute_after <= now()
-        ORDER BY j.priority DESC, j.id
-        LIMIT $5
-    ) AS head
-    WHERE head.concurrency_key IS NULL
 ), bucket AS (
     SELECT greatest(0, least(burst,
                tokens + rate * greatest(0, extract(epoch FROM clock_timestamp() - updated))))
@@ -85,7 +91,8 @@ WITH RECURSIVE keys AS (
         coalesce((SELECT floor(avail) FROM bucket), $2)
     )::integer AS n
 ), chosen AS (
-    SELECT c.id FROM (SELECT * FROM keyed UNION ALL SELECT * FROM unkeyed) AS c
+    -- (a key's jobs in the head are its first ones: the same rows by_key reads, or fewer)
+    SELECT c.id FROM (SELECT * FROM from_head UNION SELECT * FROM by_key) AS c
     ORDER BY c.priority DESC, c.id
     LIMIT (SELECT n FROM allowance)
 ), next_jobs AS (
