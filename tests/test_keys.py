@@ -370,3 +370,18 @@ def test_a_keyed_claim_sees_a_claim_that_committed_while_it_waited(q: pgq_nb.Que
     assert len(got_a) == 1 and len(got_b) == 1  # the trap is real: two of one key at once
     got_a, got_b = runtime.run_sync(claims(locked=True))
     assert len(got_a) == 1 and got_b == []  # as the worker claims: never
+
+
+def test_per_key_limits_combine_with_a_rate_limit(q: pgq_nb.Queue) -> None:
+    starts: list[tuple[str, float]] = []
+
+    @q.entrypoint("sync", concurrency_key="customer", rate_limit="10/s")
+    async def handler(job: pgq_nb.Job) -> None:
+        starts.append((str(job.concurrency_key), time.monotonic()))
+        await asyncio.sleep(0.05)
+
+    q.enqueue(["sync"] * 20, [{"customer": f"c{i // 4}"} for i in range(20)])
+    assert q.run_until_idle(concurrency=16).succeeded == 20
+    times = sorted(t for _, t in starts)
+    # at most the rate plus its burst (one job) in any one-second window
+    assert max(sum(1 for u in times if t <= u < t + 1.0) for t in times) <= 11
