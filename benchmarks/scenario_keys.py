@@ -111,10 +111,10 @@ def run(ctx: Context) -> list[Row]:
     total = KEYS * PER_KEY * SECONDS
     chains = Row(
         scenario=f"keys: {KEYS} keys x {PER_KEY} jobs of 50 ms, max_per_key=1, {WORKERS} workers",
-        unit="s",
+        unit="ms",
         higher_is_better=False,
-        note=f"longest key's chain {chain:.2f} s, sum of runs {total:.0f} s; ratio column = "
-        f"the chain / this (1.0 is the best possible); pgq-nb worker --concurrency "
+        note=f"longest key's chain {chain * 1000:.0f} ms, sum of runs {total:.0f} s; ratio "
+        f"column = the chain / this (1.0 is the best possible); pgq-nb worker --concurrency "
         f"{CONCURRENCY} each",
     )
     drains = {
@@ -138,7 +138,7 @@ def run(ctx: Context) -> list[Row]:
     }
     for repeat in range(ctx.sizes.repeats):
         seconds = _chains(ctx, ctx.schema("keys_chain", repeat))
-        chains.pgq_nb.append(seconds)
+        chains.pgq_nb.append(seconds * 1000)
         log(f"  keys repeat {repeat + 1}  20 keys x 10 jobs  {seconds:8.2f} s")
         turn = repeat % len(VARIANTS)
         for index, variant in enumerate(VARIANTS[turn:] + VARIANTS[:turn]):
@@ -151,7 +151,7 @@ def run(ctx: Context) -> list[Row]:
             log(f"  keys repeat {repeat + 1}  enqueue, keyed={keyed!s:5s} {rate:12,.0f} jobs/s")
     median = chains.pgq_nb_median
     if median:
-        chains.ratio = chain / median
+        chains.ratio = chain * 1000 / median
     base = drains["no key"].pgq_nb_median
     for variant, row in drains.items():
         if variant != "no key" and base and row.pgq_nb_median:
