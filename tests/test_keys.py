@@ -385,3 +385,22 @@ def test_per_key_limits_combine_with_a_rate_limit(q: pgq_nb.Queue) -> None:
     times = sorted(t for _, t in starts)
     # at most the rate plus its burst (one job) in any one-second window
     assert max(sum(1 for u in times if t <= u < t + 1.0) for t in times) <= 11
+
+
+def test_a_keys_next_job_starts_when_its_last_is_recorded_not_at_the_poll(
+    q: pgq_nb.Queue, installed: str
+) -> None:
+    """A claim that found the key full sleeps until woken; the worker wakes itself when a
+    keyed job ends (before: each of a key's jobs waited for the poll, here 60 s)."""
+    slow_poll = pgq_nb.connect(installed, schema=SCHEMA, poll_interval=60.0)
+    slow_poll.entrypoint("chain", concurrency_key="k", max_per_key=1)(lambda job: None)
+    slow_poll.enqueue(["chain"] * 5, [{"k": "only"}] * 5)
+    worker = slow_poll.start_worker(concurrency=4)
+    try:
+        wait_until(
+            lambda: _fetch(q, "SELECT count(*) AS n FROM S.history")[0]["n"] == 5,
+            45,
+            "the key's five jobs to run one after the other",
+        )
+    finally:
+        worker.stop(timeout=60)
