@@ -404,3 +404,17 @@ def test_a_keys_next_job_starts_when_its_last_is_recorded_not_at_the_poll(
         )
     finally:
         worker.stop(timeout=60)
+
+
+def test_limits_shows_the_busiest_keys(q: pgq_nb.Queue) -> None:
+    q.entrypoint("sync", concurrency_key="customer", max_per_key=2)(lambda job: None)
+    q.entrypoint("plain")(lambda job: None)
+    q.run_until_idle()  # a worker registers it: max_per_key recorded
+    q.enqueue(["sync"] * 5, [{"customer": "a"}] * 3 + [{"customer": "b"}] * 2)
+    q.enqueue("plain", {"customer": "a"})
+    frame = q.limits(keys=True)
+    assert list(frame.columns) == ["entrypoint", "key", "max_per_key", "running", "waiting"]
+    assert frame[["key", "waiting"]].values.tolist() == [["a", 3], ["b", 2]]
+    assert len(q.limits(keys=True, top=1)) == 1
+    with pytest.raises(InvalidInputError, match="top must be at least 1"):
+        q.limits(keys=True, top=0)
