@@ -418,3 +418,21 @@ def test_limits_shows_the_busiest_keys(q: pgq_nb.Queue) -> None:
     assert len(q.limits(keys=True, top=1)) == 1
     with pytest.raises(InvalidInputError, match="top must be at least 1"):
         q.limits(keys=True, top=0)
+
+
+def test_a_paused_keyed_entrypoint_is_not_claimed(q: pgq_nb.Queue) -> None:
+    """Even by a worker that has not heard of the pause yet (the claim reads the table)."""
+    q.entrypoint("sync", concurrency_key="customer")(lambda job: None)
+    q.run_until_idle()
+    q.enqueue("sync", {"customer": "a"})
+    q.pause("sync")
+    spec = q.aio.registry.handlers["sync"]
+
+    async def claim() -> list[Any]:
+        async with q.aio.pool.acquire() as conn, conn.transaction():
+            await keys.lock_claims(q.aio.queries, conn, ["sync"])
+            return await keys.claim(q.aio.queries, conn, spec, 5, 1)
+
+    assert runtime.run_sync(claim()) == []
+    q.resume("sync")
+    assert len(runtime.run_sync(claim())) == 1
