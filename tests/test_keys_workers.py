@@ -67,9 +67,10 @@ def test_three_worker_processes_never_run_two_jobs_of_one_key_at_once(
     q: pgq_nb.Queue, runs_table: str, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     _register(q)
+    _start(q, procs, 3)
+    wait_until(lambda: len(q.worker_list()) == 3, 90, "the three workers to register")
     # key by key (10 of c0, then 10 of c1...): without the limit a claim takes several of one
     q.enqueue(["keyed"] * 200, [{"customer": f"c{i // 10}"} for i in range(200)])
-    _start(q, procs, 3)
     wait_until(
         lambda: _value(q, "SELECT count(*) FROM S.history") == 200,
         180,
