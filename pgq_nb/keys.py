@@ -190,6 +190,8 @@ async def enqueue_keys(
     if isinstance(entrypoint, str):
         refuse_frame(payload, f"q.enqueue_df({entrypoint!r}, {{rows}})")
         return batch_keys(registry, [entrypoint], [payload], lambda i: "the job")
+    if payload is None:  # no payloads: each job's is None
+        payload = [None] * len(names)
     if not isinstance(payload, Sequence) or len(payload) != len(names):
         return None  # the enqueue refuses it, with its own message
     return batch_keys(registry, names, payload, lambda i: f"payloads[{i}]")

@@ -164,6 +164,8 @@ def test_a_batch_with_one_row_that_cannot_be_keyed_writes_nothing(q: pgq_nb.Queu
         q.enqueue(["sync", "sync"], [{"customer": 1}, {"client": 2}])
     with pytest.raises(InvalidInputError, match=r"the job of entrypoint 'sync' has no field"):
         q.enqueue("sync", {"client": 2}, tags=["t"])
+    with pytest.raises(InvalidInputError, match=r"payloads\[0\] of entrypoint 'sync' has no"):
+        q.enqueue(["sync", "sync"])  # no payloads at all
     with pytest.raises(InvalidInputError, match=r"raised KeyError: 'south' for payloads\[1\]"):
         q.enqueue(["regional", "regional"], [{"region": "north"}, {"region": "south"}])
     with pytest.raises(InvalidInputError, match=r"row 'b' has no concurrency_key field"):
