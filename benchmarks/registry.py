@@ -14,6 +14,7 @@ from benchmarks import (
     scenario_drain,
     scenario_enqueue,
     scenario_flow,
+    scenario_keys,
     scenario_latency,
     scenario_map_over,
     scenario_metrics,
@@ -126,6 +127,13 @@ SCENARIOS: dict[str, Scenario] = {
             scenario_flow.run,
             False,
             "drain rate with max_running, rate_limit and concurrency, as a ratio to no limit",
+        ),
+        Scenario(
+            "keys",
+            scenario_keys.run,
+            False,
+            "per-key limits: 20 keys x 10 jobs of 50 ms over 3 workers; keyed claim and "
+            "enqueue overhead",
         ),
         Scenario(
             "core",

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import db
+from pgq_nb import db, keys
 from pgq_nb import worker_decisions as decisions
 from pgq_nb.completion import Finished, is_refusal, record
 from pgq_nb.models import Job
@@ -64,6 +64,10 @@ class Claiming:
         """The claim statements to run now (see :func:`pgq_nb.worker_decisions.claim_groups`)."""
         return decisions.claim_groups(self.specs, self._paused, self._per_entrypoint, limit)
 
+    def _keyed(self, group: decisions.ClaimGroup) -> bool:
+        """A claim group of one entrypoint with a per-key limit (claim_keyed)."""
+        return group.limited and self.specs[group.entrypoints[0]].max_per_key is not None
+
     def _room(self, limit: int) -> int:
         """How many jobs a claim of at most ``limit`` may take, given the caps here."""
         return decisions.room(self.specs, self._paused, self._per_entrypoint, limit)
@@ -105,13 +109,21 @@ class Claiming:
                     await conn.execute(self._q["finish_jobs"], self.worker_id, *columns)
                 if slots:
                     await conn.execute(self._q["release_slots"], self.worker_id, list(slots))
-                for names, n, limited in self._claim_groups(limit):
+                groups = self._claim_groups(limit)
+                keyed = [g.entrypoints[0] for g in groups if self._keyed(g)]
+                if keyed:  # before any claim statement: see lock_keyed_claims
+                    await keys.lock_claims(self._q, conn, keyed)
+                for names, n, limited in groups:
                     n = min(n, limit - len(jobs))
                     if n <= 0:
                         break
                     query = self._q["claim_limited" if limited else "claim_jobs"]
                     args: tuple[Any, ...] = (names[0] if limited else names, n, self.worker_id)
-                    rows = await conn.fetch(query, *args)
+                    if limited and names[0] in keyed:
+                        spec = self.specs[names[0]]
+                        rows = await keys.claim(self._q, conn, spec, n, self.worker_id)
+                    else:
+                        rows = await conn.fetch(query, *args)
                     if limited:
                         self._after_limited_claim(names[0], asked=n, got=len(rows))
                     jobs.extend(Job(**row) for row in rows)

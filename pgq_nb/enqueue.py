@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import runtime, tracing
+from pgq_nb import keys, runtime, tracing
 from pgq_nb.encoding import encode_payload
 from pgq_nb.enqueue_checks import check_key, check_scope, check_time
 from pgq_nb.errors import DuplicateJobError, InvalidInputError, PayloadError
@@ -296,22 +296,11 @@ async def submit(
     async with (
         store.connection(connection) as conn,
         tracing.enqueue_context(store, conn, what),
-        conn.transaction() if labelled else contextlib.nullcontext(),
     ):
-        if isinstance(entrypoint, list | tuple):
-            result: Any = await enqueue_many(
-                store,
-                registry,
-                conn,
-                list(entrypoint),
-                payload,
-                priority,
-                execute_after,
-                dedupe_key,
-                dedupe,
-            )
-        else:
-            result = await enqueue_one(
+        # per-key limits: the keys, computed (or refused) before anything is written
+        row_keys = await keys.enqueue_keys(registry, conn, entrypoint, payload)
+        async with conn.transaction() if labelled or row_keys else contextlib.nullcontext():
+            result = await _submit_on(
                 store,
                 registry,
                 conn,
@@ -321,12 +310,57 @@ async def submit(
                 execute_after,
                 dedupe_key,
                 dedupe,
+                labels if labelled else None,
+                row_keys,
             )
-        if labelled:
-            ids = result if isinstance(result, list) else [result]
-            await label(store.queries, conn, ids, [labels[0]] * len(ids), [labels[1]] * len(ids))
     if isinstance(result, list) and len(result) >= ANALYZE_AFTER_ROWS and connection is None:
         await analyze()
+    return result
+
+
+async def _submit_on(
+    store: Store,
+    registry: Registry,
+    conn: Any,
+    entrypoint: str | list[str],
+    payload: Any,
+    priority: Any,
+    execute_after: dt.datetime | dt.timedelta | None,
+    dedupe_key: Any,
+    dedupe: Dedupe,
+    labels: tuple[Any, Any] | None,
+    row_keys: list[str | None] | None,
+) -> Any:
+    """The writes of :func:`submit`, on ``conn`` (in a transaction when labelled or keyed)."""
+    if isinstance(entrypoint, list | tuple):
+        result: Any = await enqueue_many(
+            store,
+            registry,
+            conn,
+            list(entrypoint),
+            payload,
+            priority,
+            execute_after,
+            dedupe_key,
+            dedupe,
+        )
+    else:
+        result = await enqueue_one(
+            store,
+            registry,
+            conn,
+            entrypoint,
+            payload,
+            priority,
+            execute_after,
+            dedupe_key,
+            dedupe,
+        )
+    ids = result if isinstance(result, list) else [result]
+    if labels is not None:
+        await label(store.queries, conn, ids, [labels[0]] * len(ids), [labels[1]] * len(ids))
+    if row_keys is not None:
+        await keys.apply(store.queries, conn, ids, row_keys)
     return result
 
 

@@ -81,6 +81,8 @@ class AsyncQueue(
         rate_limit: str | float | None = None,
         executor: str | None = None,
         memory_limit: str | int | None = None,
+        concurrency_key: str | Callable[[Any], Any] | None = None,
+        max_per_key: int | None = None,
     ) -> Callable[[H], H]:
         """Register a handler for jobs of ``name``: ``async def`` or plain ``def`` (run in a
         thread), taking a :class:`Job`. Its return value is stored as the job's result.
@@ -110,6 +112,14 @@ class AsyncQueue(
         (cell-defined functions, closures and lambdas do; it is checked here), gets no
         ``job.resources`` and cannot be transactional. ``executor="thread"`` keeps it in the
         worker even when the worker runs processes. See :mod:`pgq_nb.process_pool`.
+
+        ``concurrency_key`` (a payload field's name, or a function of the payload returning a
+        str or int, or None for no key) with ``max_per_key`` (default 1): at most that many
+        jobs of one key run at once across every worker on every machine, while jobs of other
+        keys run freely. The key is computed at enqueue; a payload without the field is
+        refused. A function key can only be computed in a process where this handler is
+        registered: enqueuing from elsewhere (another notebook, ``pgq-nb``) needs a field key.
+        See :mod:`pgq_nb.keys`; ``q.limits(keys=True)`` shows the busiest keys.
         """
         return self.registry.entrypoint(
             name,
@@ -121,6 +131,8 @@ class AsyncQueue(
             rate_limit=rate_limit,
             executor=executor,
             memory_limit=memory_limit,
+            concurrency_key=concurrency_key,
+            max_per_key=max_per_key,
         )
 
     def on(self, event: str) -> Callable[[HookF], HookF]:

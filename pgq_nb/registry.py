@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pgq_nb import executors
+from pgq_nb import executors, keys
 from pgq_nb.errors import InvalidInputError, UnknownEntrypointError, did_you_mean
 from pgq_nb.hooks import Hooks
 from pgq_nb.models import Job, check_int, check_text
@@ -46,11 +46,20 @@ class EntrypointSpec:
     executor: str | None = None
     #: bytes an attempt in a process may use (its address space); None: no limit
     memory_limit: int | None = None
+    #: a payload field or a function of the payload: jobs of one key run at most
+    #: ``max_per_key`` at once across workers (pgq_nb.keys); None: no per-key limit
+    concurrency_key: keys.KeyOption | None = None
+    max_per_key: int | None = None
 
     @property
     def limited(self) -> bool:
-        """Has a limit that holds across workers (claims go through claim_limited)."""
-        return self.max_running is not None or self.rate_per_s is not None
+        """Has a limit that holds across workers (claims go through claim_limited, or
+        claim_keyed with a per-key limit)."""
+        return (
+            self.max_running is not None
+            or self.rate_per_s is not None
+            or self.max_per_key is not None
+        )
 
 
 class Registry:
@@ -63,6 +72,9 @@ class Registry:
         self.schedule_specs: dict[str, ScheduleSpec] = {}
         self.unsynced_schedules: set[str] = set()
         self._known_remote: set[str] = set()
+        #: what workers recorded of entrypoints without a handler here: {name: (max_per_key,
+        #: key_field)}, read with the names (see :mod:`pgq_nb.keys`)
+        self.remote_keys: dict[str, tuple[int | None, str | None]] = {}
         self._unsynced: set[str] = set()
         #: Counts registrations (entrypoints, and so schedules, whose handlers are entrypoints):
         #: a worker serving the whole registry compares it to see that a handler was added or
@@ -83,6 +95,8 @@ class Registry:
         rate_limit: str | float | None = None,
         executor: str | None = None,
         memory_limit: str | int | None = None,
+        concurrency_key: keys.KeyOption | None = None,
+        max_per_key: int | None = None,
     ) -> Callable[[H], H]:
         """Validate the options now; the returned decorator registers the handler (see
         :meth:`pgq_nb.queue.AsyncQueue.entrypoint`)."""
@@ -94,6 +108,7 @@ class Registry:
         if max_running is not None and check_int("max_running", max_running) < 1:
             raise InvalidInputError("max_running must be at least 1 (or None for no limit)")
         per_s = parse_rate(rate_limit)
+        key_option, per_key = keys.check_options(name, concurrency_key, max_per_key)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidInputError("retry must be a pgq_nb.RetryPolicy")
         seconds = timeout.total_seconds() if isinstance(timeout, dt.timedelta) else timeout
@@ -132,6 +147,8 @@ class Registry:
                 rate_per_s=per_s,
                 executor=executor,
                 memory_limit=memory,
+                concurrency_key=key_option,
+                max_per_key=per_key,
             )
             self._unsynced.add(name)
             self.generation += 1
@@ -180,14 +197,16 @@ class Registry:
             await conn.execute(
                 self.queries["set_limits"], name, spec.max_running, spec.rate_per_s, burst
             )
+            await keys.record(self.queries, conn, name, spec.concurrency_key, spec.max_per_key)
 
     async def check(self, names: set[str], conn: Any) -> None:
         """UnknownEntrypointError unless every name has a handler here or in some worker."""
         unknown = names - self.handlers.keys() - self._known_remote
         if not unknown:
             return
-        rows = await conn.fetch(self.queries["known_entrypoints"])
+        rows = await conn.fetch(self.queries["entrypoint_keys"])
         self._known_remote = {r["name"] for r in rows}
+        self.remote_keys = keys.remote(rows)
         unknown -= self._known_remote
         if unknown:
             name = sorted(unknown)[0]

@@ -17,6 +17,7 @@ from pgq_nb import runtime
 from pgq_nb.enqueue_checks import MAX_DELAY
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.labels import check_filter
+from pgq_nb.models import check_int
 from pgq_nb.view_limits import (
     FAILED_LIMIT,
     HISTORY_LIMIT,
@@ -59,6 +60,7 @@ class Views:
         connection: Any = None,
         tags: Sequence[str] | str | None = None,
         meta: dict[str, Any] | str | None = None,
+        concurrency_key: str | None = None,
     ) -> pd.Series:
         """One job per row of ``df``, each row's ``columns`` as its JSON payload, written with
         COPY in one transaction (all rows or none). ``priority``, ``execute_after`` and
@@ -67,7 +69,8 @@ class Views:
         every row, or the name of a column (left out of the payload). With ``connection`` (a
         transaction's, or your own asyncpg connection inside your transaction), the jobs
         commit or roll back with it; the call then runs on that connection's own event loop
-        (:func:`pgq_nb.runtime.run_for`)."""
+        (:func:`pgq_nb.runtime.run_for`). ``concurrency_key`` names a column of keys for an
+        entrypoint with a per-key limit (instead of its own key; see :mod:`pgq_nb.keys`)."""
         from pgq_nb.notebook.enqueue import enqueue_df
 
         call = enqueue_df(
@@ -85,6 +88,7 @@ class Views:
             connection=connection,
             tags=tags,
             meta=meta,
+            concurrency_key=concurrency_key,
         )
         result: pd.Series = await runtime.run_for(connection, call)
         return result
@@ -270,11 +274,18 @@ class Views:
         return frame
 
     @runtime.bridged
-    async def limits(self) -> pd.DataFrame:
+    async def limits(self, keys: bool = False, top: int = 20) -> pd.DataFrame:
         """Entrypoints with a global limit (max_running, rate_limit) or a pause, with how many
-        of their jobs run and wait."""
+        of their jobs run and wait. ``keys=True``: instead, the ``top`` busiest keys of
+        entrypoints with a per-key limit (entrypoint, key, max_per_key, running, waiting),
+        most running first."""
         from pgq_nb.notebook import overview
 
+        if keys:
+            if check_int("top", top) < 1:
+                raise InvalidInputError("top must be at least 1 (how many keys to show)")
+            rows = await self.pool.fetch(self.queries["busiest_keys"], top)
+            return overview.keys_frame(rows)
         rows = await self.pool.fetch(self.queries["flow_overview"])
         frame: pd.DataFrame = overview.flow_frame(rows)
         return frame

@@ -256,7 +256,9 @@ class Worker(Claiming, Completing, Upkeep, Following, Stopping):
             self._hooks.recorded(d.id for d in done)  # committed with the claim
             for job in claimed:
                 self._start(job)
-            backlog = len(claimed) == room
+            # (with per-key limits no batching of claims: a key's next job is due the moment
+            # its last one is recorded, and waiting for more free slots would hold it back)
+            backlog = len(claimed) == room and not self._serves_keys()
             if claimed:
                 continue
             busy = bool(self._running or self._finished)
@@ -264,6 +266,10 @@ class Worker(Claiming, Completing, Upkeep, Following, Stopping):
                 return
             await self._look_ahead()  # wake when the next job is due, not at the next poll
             await _wait(self._wake, poll)
+
+    def _serves_keys(self) -> bool:
+        """Serves an entrypoint with a per-key limit (see :mod:`pgq_nb.keys`)."""
+        return any(spec.max_per_key is not None for spec in self.specs.values())
 
     def _known_ids(self) -> list[int]:
         """The jobs this worker runs, or ran and has not recorded yet."""
@@ -324,7 +330,8 @@ class Worker(Claiming, Completing, Upkeep, Following, Stopping):
         self._running[job.id] = (job, future)
         if job.workflow_id is not None:
             self._steps.add(job.id)
-        if spec.max_running is not None:
+        if spec.max_running is not None or spec.max_per_key is not None:
+            # (a key's room frees as a slot does: once recorded, the claim loop is woken)
             self._slotted.add(job.id)
         self._per_entrypoint[job.entrypoint] += 1
         future.add_done_callback(lambda f: self._done(job, started, f))
@@ -353,5 +360,7 @@ class Worker(Claiming, Completing, Upkeep, Following, Stopping):
         self._flush_pending.set()
         if decisions.flush_at_once(len(self._finished), self.batch_size, len(self._running)):
             self._flush_now.set()  # a full batch, or nothing left to wait for
+        if job.concurrency_key is not None:  # its key frees once recorded: claim now, with it
+            self._wake.set()  # (a claim that found every key full sleeps until woken or polled)
 
     # -- heartbeat ---------------------------------------------------------------------------

@@ -34,9 +34,10 @@ import pandas as pd
 from pgq_nb import enqueue as limits
 from pgq_nb.enqueue import check_payload_size, refuse_reserved, warn_skipped
 from pgq_nb.errors import InvalidInputError
+from pgq_nb.keys import apply as apply_keys
 from pgq_nb.labels import label
 from pgq_nb.models import check_int, check_text
-from pgq_nb.notebook import dtypes, encode, frame_labels
+from pgq_nb.notebook import dtypes, encode, frame_keys, frame_labels
 from pgq_nb.notebook import enqueue_args as args
 from pgq_nb.notebook import progress as bars
 
@@ -88,6 +89,7 @@ async def enqueue_df(
     connection: Any = None,
     tags: Sequence[str] | str | None = None,
     meta: dict[str, Any] | str | None = None,
+    concurrency_key: str | None = None,
 ) -> pd.Series:
     """One job per row of ``df``; returns the job ids as a Series aligned to ``df.index``.
 
@@ -111,6 +113,8 @@ async def enqueue_df(
       the rows are written in a savepoint of it and commit or roll back with it.
     - ``tags``, ``meta``: labels, one value for every row or the name of a column
       (:mod:`pgq_nb.notebook.frame_labels`), written in the same transaction.
+    - ``concurrency_key``: the name of a column of keys (str or int) for an entrypoint with a
+      per-key limit, instead of its own key (:mod:`pgq_nb.notebook.frame_keys`).
 
     The ids have dtype ``Int64`` (nullable, for skipped rows) and name ``job_id``; they join
     with the ``job_id`` column of ``q.results()`` and ``q.history()``.
@@ -130,6 +134,7 @@ async def enqueue_df(
     due = args.due(df, execute_after)
     async with store.connection(connection) as conn:
         await registry.prepare({entrypoint}, conn)
+    limit_keys = frame_keys.row_keys(registry, entrypoint, df, names, concurrency_key)
     if len(df) == 0:
         return pd.Series(pd.array([], dtype="Int64"), index=df.index, name="job_id")
 
@@ -220,6 +225,14 @@ async def enqueue_df(
                     [None if i < 0 else i for i in new_ids],
                     [labels[0][i] for i in kept],
                     [labels[1][i] for i in kept],
+                )
+            if limit_keys is not None:
+                kept = rows.tolist()
+                await apply_keys(
+                    store.queries,
+                    conn,
+                    [None if i < 0 else i for i in new_ids],
+                    [limit_keys[i] for i in kept],
                 )
     finally:
         _settle(pending)

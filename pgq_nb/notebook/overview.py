@@ -62,6 +62,14 @@ FLOW: dict[str, Kind] = {
     "waiting": "count",
 }
 
+KEYS: dict[str, Kind] = {
+    "entrypoint": "str",
+    "key": "str",
+    "max_per_key": "int",
+    "running": "count",
+    "waiting": "count",
+}
+
 
 def _bools(frame_: pd.DataFrame, *columns: str) -> pd.DataFrame:
     for column in columns:
@@ -123,3 +131,8 @@ def workers_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 def flow_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Entrypoints with a global limit or a pause, with their running and waiting jobs."""
     return _bools(frame(rows, FLOW), "paused")
+
+
+def keys_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The busiest keys of entrypoints with a per-key limit (pgq_nb.keys)."""
+    return frame(rows, KEYS)

@@ -133,3 +133,11 @@ CREATE TABLE {schema}.workflow_map_deps (
     PRIMARY KEY (map_id, child_id)
 );
 CREATE INDEX workflow_map_deps_child_idx ON {schema}.workflow_map_deps (child_id);
+
+-- Issue #21, item 3 (per-key limits): the payload field an entrypoint's concurrency_key is read
+-- from, recorded by its workers, so that a process without the handler keys its jobs too (NULL
+-- with max_per_key set: a key computed by a function, only where the handler is registered);
+-- and the queued jobs of each key in claim order, which the keyed claim reads key by key.
+ALTER TABLE {schema}.entrypoints ADD COLUMN key_field text;
+CREATE INDEX jobs_key_queued_idx ON {schema}.jobs (entrypoint, concurrency_key, priority DESC, id)
+    WHERE status = 'queued' AND concurrency_key IS NOT NULL;
