@@ -17,7 +17,7 @@ import graphlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import runtime, tracing, workflow_maps
+from pgq_nb import keys, runtime, tracing, workflow_maps
 from pgq_nb.encoding import encode_payload
 from pgq_nb.errors import InvalidInputError, did_you_mean
 from pgq_nb.labels import Meta, Tags, check_meta, check_tags, label
@@ -332,9 +332,15 @@ class WorkflowBuilder:
         q = self.store
         entrypoints = {n.entrypoint for n in self._nodes} | {m.entrypoint for m in self._maps}
         await self.registry.prepare(entrypoints, conn)
+        nodes = self._nodes
+        step_keys = keys.batch_keys(  # per-key limits; a step that cannot be keyed: nothing written
+            self.registry,
+            [n.entrypoint for n in nodes],
+            [n.payload for n in nodes],
+            lambda i: f"step {nodes[i].name!r}",
+        )
         row = await conn.fetchrow(q.queries["create_workflow"], self.name, len(self._nodes))
         ids = (await conn.fetchrow(q.queries["reserve_job_ids"], len(self._nodes)))["ids"]
-        nodes = self._nodes
         await conn.execute(
             q.queries["insert_steps"],
             ids,
@@ -347,6 +353,8 @@ class WorkflowBuilder:
             row["id"],
         )
         await label(q.queries, conn, ids, [n.tags for n in nodes], [n.meta for n in nodes])
+        if step_keys is not None:
+            await keys.apply(q.queries, conn, ids, step_keys)
         if edges:
             await conn.execute(
                 q.queries["insert_edges"], [ids[p] for p, _ in edges], [ids[c] for _, c in edges]

@@ -32,7 +32,8 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::boolean[], $4::integer[]);
 -- dependents and becomes a source of every map_over over this map; every step waiting on the
 -- map (weight: through how many of its parents) is counted up by weight * (items - 1) under
 -- its row lock, taken in id order (one that reaches 0 is queued; workers are woken), and the
--- run's step count grows. A result that is not a JSON array counts as no items (the worker
+-- run's step count grows. Steps of an entrypoint with per-key limits take their key from the
+-- field its workers recorded (entrypoints.key_field). A result that is not a JSON array counts as no items (the worker
 -- fails a source that returns anything else before it gets here). Returns the steps it
 -- made in runs cancelled meanwhile (a source that finished anyway), which the caller cancels
 -- (cancel_waiting) so that a retry of the run finds them with the rest.
@@ -59,11 +60,16 @@ WITH done AS (
             WITH ORDINALITY AS e(item, n)
 ), inserted AS (
     INSERT INTO {schema}.jobs (id, entrypoint, payload, priority, status, workflow_id,
-        step_name, step_index, map_source, step_path, tags, meta)
-    SELECT new_id, entrypoint,
+        step_name, step_index, map_source, step_path, tags, meta, concurrency_key)
+    SELECT new_id, items.entrypoint,
         CASE WHEN json_typeof(item) = 'null' THEN NULL ELSE convert_to(item::text, 'UTF8') END,
-        priority, 'queued', workflow_id, step_name, i, source_id, path || i, tags, meta
+        priority, 'queued', workflow_id, step_name, i, source_id, path || i, tags, meta,
+        -- per-key limits: the key field its workers recorded (a key function cannot run here;
+        -- an item without the field runs without a key)
+        CASE WHEN ep.max_per_key IS NOT NULL AND json_typeof(item) = 'object'
+             THEN item ->> ep.key_field END
     FROM items
+    LEFT JOIN {schema}.entrypoints AS ep ON ep.name = items.entrypoint
     ORDER BY new_id
     RETURNING id
 ), edges AS (
