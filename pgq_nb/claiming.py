@@ -208,7 +208,7 @@ class Claiming:
         """Once ``recorded`` are written: wake when the soonest retry among them is due (no
         round trip; a timer set before the write could fire before the job is due, and the
         claim it wakes would find nothing)."""
-        delays = [f.retry_delay_s for f in recorded if f.outcome == "retry"]
+        delays = [f.retry_delay_s for f in recorded if f.outcome in ("retry", "snooze")]
         if delays:
             self._wake_in(min(delays))
 

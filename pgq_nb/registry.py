@@ -16,11 +16,12 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pgq_nb import executors
+from pgq_nb import caching, executors
 from pgq_nb.errors import InvalidInputError, UnknownEntrypointError, did_you_mean
 from pgq_nb.hooks import Hooks
 from pgq_nb.models import Job, check_int, check_text
 from pgq_nb.retry import RetryPolicy
+from pgq_nb.snooze import DEFAULT_MAX_SNOOZES, check_max_snoozes
 
 if TYPE_CHECKING:
     from pgq_nb.schedule.database import ScheduleSpec
@@ -46,6 +47,10 @@ class EntrypointSpec:
     executor: str | None = None
     #: bytes an attempt in a process may use (its address space); None: no limit
     memory_limit: int | None = None
+    #: how many times a job may snooze (pgq_nb.snooze)
+    max_snoozes: int = DEFAULT_MAX_SNOOZES
+    #: cache=True: its TTL and handler version (pgq_nb.caching); None: not cached
+    cache: caching.CacheOptions | None = None
 
     @property
     def limited(self) -> bool:
@@ -83,9 +88,15 @@ class Registry:
         rate_limit: str | float | None = None,
         executor: str | None = None,
         memory_limit: str | int | None = None,
+        max_snoozes: int = DEFAULT_MAX_SNOOZES,
+        cache: bool = False,
+        cache_ttl: float | dt.timedelta | str | None = None,
+        version: str | None = None,
     ) -> Callable[[H], H]:
         """Validate the options now; the returned decorator registers the handler (see
         :meth:`pgq_nb.queue.AsyncQueue.entrypoint`)."""
+        snoozes = check_max_snoozes(max_snoozes)
+        cached = caching.check_options(cache, cache_ttl, version, transactional=transactional)
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError("an entrypoint name must be a non-empty string")
         check_text("entrypoint name", name)
@@ -132,6 +143,12 @@ class Registry:
                 rate_per_s=per_s,
                 executor=executor,
                 memory_limit=memory,
+                max_snoozes=snoozes,
+                cache=None
+                if cached is None
+                else dataclasses.replace(
+                    cached, version=cached.version or caching.handler_version(handler)
+                ),
             )
             self._unsynced.add(name)
             self.generation += 1

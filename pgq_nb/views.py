@@ -59,6 +59,7 @@ class Views:
         connection: Any = None,
         tags: Sequence[str] | str | None = None,
         meta: dict[str, Any] | str | None = None,
+        cache: bool | None = None,
     ) -> pd.Series:
         """One job per row of ``df``, each row's ``columns`` as its JSON payload, written with
         COPY in one transaction (all rows or none). ``priority``, ``execute_after`` and
@@ -67,7 +68,8 @@ class Views:
         every row, or the name of a column (left out of the payload). With ``connection`` (a
         transaction's, or your own asyncpg connection inside your transaction), the jobs
         commit or roll back with it; the call then runs on that connection's own event loop
-        (:func:`pgq_nb.runtime.run_for`)."""
+        (:func:`pgq_nb.runtime.run_for`). ``cache=False`` runs the rows' jobs even if their
+        entrypoint has ``cache=True`` and cached results exist (:mod:`pgq_nb.caching`)."""
         from pgq_nb.notebook.enqueue import enqueue_df
 
         call = enqueue_df(
@@ -85,6 +87,7 @@ class Views:
             connection=connection,
             tags=tags,
             meta=meta,
+            cache=cache,
         )
         result: pd.Series = await runtime.run_for(connection, call)
         return result

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from pgq_nb import enqueue as limits
+from pgq_nb.caching import check_use_cache
 from pgq_nb.enqueue import check_payload_size, refuse_reserved, warn_skipped
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.labels import label
@@ -88,6 +89,7 @@ async def enqueue_df(
     connection: Any = None,
     tags: Sequence[str] | str | None = None,
     meta: dict[str, Any] | str | None = None,
+    cache: bool | None = None,
 ) -> pd.Series:
     """One job per row of ``df``; returns the job ids as a Series aligned to ``df.index``.
 
@@ -111,6 +113,9 @@ async def enqueue_df(
       the rows are written in a savepoint of it and commit or roll back with it.
     - ``tags``, ``meta``: labels, one value for every row or the name of a column
       (:mod:`pgq_nb.notebook.frame_labels`), written in the same transaction.
+    - ``cache=False``: run every row's job even if its entrypoint has ``cache=True`` and a
+      cached result exists (:mod:`pgq_nb.caching`); written in the same transaction. (The
+      payloads a frame makes are always JSON objects, so a cached entrypoint takes them all.)
 
     The ids have dtype ``Int64`` (nullable, for skipped rows) and name ``job_id``; they join
     with the ``job_id`` column of ``q.results()`` and ``q.history()``.
@@ -128,6 +133,7 @@ async def enqueue_df(
     priorities = args.priorities(df, priority)
     keys = args.dedupe_keys(df, dedupe_key)
     due = args.due(df, execute_after)
+    uncached = not check_use_cache(cache)
     async with store.connection(connection) as conn:
         await registry.prepare({entrypoint}, conn)
     if len(df) == 0:
@@ -221,6 +227,8 @@ async def enqueue_df(
                     [labels[0][i] for i in kept],
                     [labels[1][i] for i in kept],
                 )
+            if uncached:
+                await conn.execute(store.queries["uncache_jobs"], [i for i in new_ids if i >= 0])
     finally:
         _settle(pending)
         bar.close()

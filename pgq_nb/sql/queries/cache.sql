@@ -1,0 +1,27 @@
+-- Named queries of cached steps (issue #21, item 4; see pgq_nb/caching.py). `{schema}` is
+-- replaced by the validated, quoted schema name when the file is loaded.
+
+-- name: cache_lookup
+-- For each cache key of a claimed batch: the job whose handler really ran for the newest
+-- succeeded job with that key (a hit of a hit points to its origin through cached_from), and
+-- its result, when that origin finished within the key's TTL. Keys without such a job return
+-- no row. One backward step of history_cache_idx per key, then the origin by primary key.
+-- params: $1 cache keys text[], $2 TTLs in seconds float8[] (NULL = for ever)
+SELECT k.key AS cache_key, o.id AS origin, o.result::text AS result
+FROM unnest($1::text[], $2::float8[]) AS k(key, ttl)
+CROSS JOIN LATERAL (
+    SELECT h.id, h.cached_from
+    FROM {schema}.history AS h
+    WHERE h.cache_key = k.key AND h.status = 'succeeded'
+    ORDER BY h.finished DESC
+    LIMIT 1
+) AS newest
+JOIN {schema}.history AS o ON o.id = coalesce(newest.cached_from, newest.id)
+WHERE o.status = 'succeeded'
+  AND (k.ttl IS NULL OR o.finished >= now() - make_interval(secs => k.ttl));
+
+-- name: uncache_jobs
+-- Jobs just added with cache=False (same transaction, before anyone can claim them): run them
+-- whatever the cache holds.
+-- params: $1 ids bigint[]
+UPDATE {schema}.jobs SET use_cache = false WHERE id = ANY($1::bigint[]);
