@@ -65,7 +65,7 @@ class WorkerStats:
         return self.succeeded + self.failed + self.retried + self.cancelled + self.snoozed
 
 
-class Worker(Claiming, Completing, Caching, Upkeep, Following, Stopping):
+class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
     """Runs the handlers of one queue. Use :meth:`run`; stop with :meth:`request_stop`.
 
     Without ``entrypoints`` it serves every handler of the queue's registry, those registered
@@ -256,8 +256,6 @@ class Worker(Claiming, Completing, Caching, Upkeep, Following, Stopping):
                 self._claiming = False
             self._slotted.difference_update(d.id for d in done)
             self._hooks.recorded(d.id for d in done)  # committed with the claim
-            if claimed:
-                await self._look_up_cache(claimed)  # only for jobs of cached entrypoints
             for job in claimed:
                 self._start(job)
             backlog = len(claimed) == room

@@ -8,8 +8,13 @@ A hit runs no handler: its attempt is an awaitable that returns the stored resul
 and goes through the worker's usual path (slots, workflow steps, hooks, the batched
 ``finish_jobs``), recorded as succeeded with its cache key and ``cached_from``. A miss runs
 the handler; its success records the key. A payload that cannot be cached fails its job for
-good with UncacheablePayloadError. If the look-up cannot reach the server the jobs run (a
-cache is an optimisation, never a reason to hold a job).
+good with UncacheablePayloadError.
+
+The look-up runs in the claim's own transaction (after the claim, before the COMMIT), under
+its planner settings (no sequential scan, no sort): a plan made while history was small
+would otherwise read all of it for every batch once it has grown (measured: a 10,000-job
+drain went from 2 s to 50 s). A look-up that fails fails the claim, which is retried as a
+claim is.
 
 A base class of :class:`pgq_nb.worker.Worker`.
 """
@@ -17,11 +22,9 @@ A base class of :class:`pgq_nb.worker.Worker`.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import db
 from pgq_nb.caching import cache_key, uncacheable_message
 from pgq_nb.errors import UncacheablePayloadError
 from pgq_nb.handler_runs import Encoded
@@ -30,8 +33,6 @@ if TYPE_CHECKING:
     from pgq_nb.models import Job
     from pgq_nb.registry import EntrypointSpec
     from pgq_nb.store import Store
-
-logger = logging.getLogger("pgq_nb.worker")
 
 #: Batches with more payload bytes than this of cached entrypoints make their keys in a
 #: thread, off the worker's loop.
@@ -73,9 +74,10 @@ class Caching:
         #: job id -> the stored result of a hit (JSON), or the error of an uncacheable payload
         self._cache_hits: dict[int, str | UncacheablePayloadError | None] = {}
 
-    async def _look_up_cache(self, jobs: list[Job]) -> None:
+    async def _look_up_cache(self, conn: Any, jobs: list[Job]) -> None:
         """Key the claimed ``jobs`` of cached entrypoints and look their keys up (one
-        statement); see the module's docstring."""
+        statement on ``conn``, in the claim's transaction, whose planner settings keep it on
+        the indexes); see the module's docstring."""
         cached: list[tuple[Job, str]] = []
         ttls: list[float | None] = []
         for job in jobs:
@@ -99,15 +101,9 @@ class Caching:
                 wanted.append((job.id, key, ttl))
         if not wanted:
             return
-        try:
-            rows = await self.store.pool.fetch(
-                self._q["cache_lookup"], [w[1] for w in wanted], [w[2] for w in wanted]
-            )
-        except db.TRANSIENT_ERRORS as exc:
-            logger.warning(
-                "the cache look-up failed; the jobs run instead", extra={"error": str(exc)}
-            )
-            return
+        rows = await conn.fetch(
+            self._q["cache_lookup"], [w[1] for w in wanted], [w[2] for w in wanted]
+        )
         found = {row["cache_key"]: row for row in rows}
         for job_id, key, _ in wanted:
             row = found.get(key)

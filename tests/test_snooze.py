@@ -26,6 +26,7 @@ from pgq_nb.snooze import (
     check_max_snoozes,
     snooze_seconds,
 )
+from pgq_nb.worker_notices import JobsFailed
 from tests.conftest import SCHEMA
 
 TABLE = f"{SCHEMA}_snooze.writes"
@@ -117,7 +118,7 @@ def test_bad_max_snoozes(value: Any) -> None:
 def test_entrypoint_refuses_a_bad_max_snoozes(q: pgq_nb.Queue) -> None:
     with pytest.raises(pgq_nb.InvalidInputError, match="max_snoozes must be an int"):
         q.entrypoint("x", max_snoozes=2.0)  # type: ignore[arg-type]
-    with pytest.raises(pgq_nb.InvalidInputError, match="give 0 .never snooze. or more"):
+    with pytest.raises(pgq_nb.InvalidInputError, match=r"give 0 \(never snooze\) or more"):
         q.entrypoint("x", max_snoozes=-1)
 
 
@@ -210,7 +211,7 @@ def test_the_snooze_beyond_max_snoozes_fails_the_job_for_good(q: pgq_nb.Queue) -
     q.on("dead")(lambda job, outcome: dead.append(outcome.error))
     capped = q.enqueue("stubborn")
     zero = q.enqueue("never")
-    with pytest.warns(UserWarning):  # the notebook's notice of jobs failed for good
+    with pytest.warns(JobsFailed, match="2 jobs failed for good"):  # the notebook's notice
         q.run_until_idle(timeout=120)
     row = _history(q, capped)
     assert (row["status"], row["attempts"], row["snoozes"]) == ("failed", 1, 2)
