@@ -22,14 +22,17 @@ except ImportError as exc:  # pragma: no cover (CI installs the dev extra)
         pytest.fail(f"{reason}; CI=true, so this fails instead of skipping", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
 
+Client: Any = distributed.Client  # (untyped)
+LocalCluster: Any = distributed.LocalCluster
+
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    cluster: Any = distributed.LocalCluster(
+    cluster: Any = LocalCluster(
         n_workers=1, processes=True, threads_per_worker=1, dashboard_address="127.0.0.1:0"
     )
     try:
-        with distributed.Client(cluster, set_as_default=False) as c:
+        with Client(cluster, set_as_default=False) as c:
             c.wait_for_workers(1, timeout=60)
             yield c
     finally:
