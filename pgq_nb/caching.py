@@ -40,7 +40,7 @@ from pgq_nb.models import check_text
 from pgq_nb.retention import parse_period
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from pgq_nb.registry import Registry
 
@@ -189,10 +189,14 @@ def uncacheable_message(entrypoint: str, why: str, where: str) -> str:
 
 
 def check_cacheable(
-    registry: Registry, entrypoints: Sequence[str], payloads: Sequence[bytes | None]
+    registry: Registry,
+    entrypoints: Sequence[str],
+    payloads: Sequence[bytes | None],
+    where: Callable[[int], str] | None = None,
 ) -> None:
     """At enqueue: UncacheablePayloadError for the first payload that an entrypoint this
-    process registered with ``cache=True`` cannot cache (nothing is written)."""
+    process registered with ``cache=True`` cannot cache (nothing is written). ``where`` names
+    the payload at a position (default: ``payloads[i]``, or "the payload" for one)."""
     handlers = registry.handlers
     for position, (name, data) in enumerate(zip(entrypoints, payloads, strict=True)):
         spec = handlers.get(name)
@@ -201,8 +205,11 @@ def check_cacheable(
         try:
             canonical(data)
         except UncacheablePayloadError as exc:
-            where = "the payload" if len(entrypoints) == 1 else f"payloads[{position}]"
-            raise UncacheablePayloadError(uncacheable_message(name, str(exc), where)) from None
+            if where is not None:
+                shown = where(position)
+            else:
+                shown = "the payload" if len(entrypoints) == 1 else f"payloads[{position}]"
+            raise UncacheablePayloadError(uncacheable_message(name, str(exc), shown)) from None
 
 
 def check_use_cache(value: object) -> bool:

@@ -356,3 +356,34 @@ def test_a_payload_that_cannot_be_cached_fails_its_job_for_good(q: pgq_nb.Queue)
     assert (row["status"], row["attempts"]) == ("failed", 1)  # no retry: it never could
     assert f"the payload of job {bad} cannot be cached: it is raw bytes" in row["error"]
     assert _history(q, good)["status"] == "succeeded" and calls.total == 1
+
+
+def test_workflow_steps_with_cache_false_run_and_bad_step_payloads_are_refused(
+    q: pgq_nb.Queue,
+) -> None:
+    calls = Calls()
+    q.entrypoint("part", cache=True)(lambda job: calls.add(job.data))
+
+    def submit(cache: bool | None) -> None:
+        wf = q.workflow("parts")
+        wf.map("part", [1, 2], cache=cache)
+        wf.step("part", 3, name="single", cache=cache)
+        run = wf.submit()
+        q.run_until_idle()
+        assert run.wait(timeout=60, progress=False) == "succeeded"
+
+    submit(None)
+    assert calls.total == 3
+    submit(None)  # all three from the cache
+    assert calls.total == 3
+    submit(False)  # forced: all three run
+    assert calls.total == 6
+
+    wf = q.workflow("bad")
+    wf.step("part", 1)
+    wf.map("part", [1, 2, b"\x00raw"])
+    with pytest.raises(pgq_nb.UncacheablePayloadError, match=r"the payload of step 'part_2'\[2\]"):
+        wf.submit()
+    with pytest.raises(pgq_nb.InvalidInputError, match="cache must be True, False"):
+        q.workflow("w").step("part", 1, cache="no")  # type: ignore[arg-type]
+    assert len(q.jobs()) == 0 and len(q.workflows()) == 3  # the bad one wrote nothing
