@@ -27,6 +27,7 @@ from pgq_nb.retention_api import RetentionMethods
 from pgq_nb.retry import RetryPolicy
 from pgq_nb.schedule.api import ScheduleMethods
 from pgq_nb.schedule.api_data import DataScheduleMethods
+from pgq_nb.snooze import DEFAULT_MAX_SNOOZES
 from pgq_nb.store import Store
 from pgq_nb.transaction import AsyncTransaction
 from pgq_nb.views import Views
@@ -81,7 +82,7 @@ class AsyncQueue(
         rate_limit: str | float | None = None,
         executor: str | None = None,
         memory_limit: str | int | None = None,
-        max_snoozes: int = 100,
+        max_snoozes: int = DEFAULT_MAX_SNOOZES,
         cache: bool = False,
         cache_ttl: float | dt.timedelta | str | None = None,
         version: str | None = None,
