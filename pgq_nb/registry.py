@@ -95,11 +95,11 @@ class Registry:
     ) -> Callable[[H], H]:
         """Validate the options now; the returned decorator registers the handler (see
         :meth:`pgq_nb.queue.AsyncQueue.entrypoint`)."""
-        snoozes = check_max_snoozes(max_snoozes)
-        cached = caching.check_options(cache, cache_ttl, version, transactional=transactional)
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError("an entrypoint name must be a non-empty string")
         check_text("entrypoint name", name)
+        snoozes = check_max_snoozes(max_snoozes)
+        cached = caching.check_options(cache, cache_ttl, version, transactional=transactional)
         if concurrency is not None and (check_int("concurrency", concurrency) < 1):
             raise InvalidInputError("concurrency must be at least 1 (or None for no cap)")
         if max_running is not None and check_int("max_running", max_running) < 1:

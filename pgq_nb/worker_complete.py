@@ -83,7 +83,8 @@ class Completing:
                 self._hooks.ended(job, "succeeded", started, finished, result=value.json)
                 return
             exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
-        if isinstance(exc, Snooze) and self._snoozed(job, exc, started, finished):
+        if isinstance(exc, Snooze):
+            self._snoozed(job, exc, started, finished)
             return
         error, trace = describe_error(exc)
         decision = decisions.after_failure(self.specs[job.entrypoint].retry, exc, job.attempts)
@@ -111,10 +112,10 @@ class Completing:
             },
         )
 
-    def _snoozed(self, job: Job, exc: Snooze, started: dt.datetime, finished: dt.datetime) -> bool:
-        """A handler raised Snooze: buffer the snooze (no failure, its attempt taken back by
-        finish_jobs) and return True; over the entrypoint's max_snoozes, buffer a failure for
-        good saying so and return True as well (see :mod:`pgq_nb.snooze`)."""
+    def _snoozed(self, job: Job, exc: Snooze, started: dt.datetime, finished: dt.datetime) -> None:
+        """A handler raised Snooze: buffer the snooze (no failure; finish_jobs takes its
+        attempt back), or, over the entrypoint's max_snoozes, a failure for good saying so
+        (see :mod:`pgq_nb.snooze`)."""
         spec = self.specs[job.entrypoint]
         choice = after_snooze(job.entrypoint, job.snoozes, spec.max_snoozes, exc.delay)
         if choice.snooze:
@@ -132,7 +133,7 @@ class Completing:
                     "due_in_s": round(choice.delay, 3),
                 },
             )
-            return True
+            return
         error = choice.error
         self._finished.append(Finished(job.id, "failed", None, error, None, started, finished, 0.0))
         self.stats.failed += 1
@@ -143,7 +144,6 @@ class Completing:
             "job failed",
             extra={"job_id": job.id, "entrypoint": job.entrypoint, "error": error},
         )
-        return True
 
     # -- completing --------------------------------------------------------------------------
 
