@@ -283,6 +283,20 @@ def test_results_older_than_the_ttl_are_not_reused(q: pgq_nb.Queue) -> None:
     assert row["cached_from"] is None and row["result"] == 2
 
 
+def test_a_purged_origin_is_a_miss(q: pgq_nb.Queue) -> None:
+    calls = Calls()
+    q.entrypoint("kept", cache=True)(lambda job: calls.add(1))
+    origin = q.enqueue("kept", {"a": 1})
+    q.run_until_idle()
+    copy = q.enqueue("kept", {"a": 1})
+    q.run_until_idle()
+    assert calls.total == 1 and _history(q, copy)["cached_from"] == origin
+    _rows(q, f"DELETE FROM {SCHEMA}.history WHERE id = $1", origin)  # as retention does
+    again = q.enqueue("kept", {"a": 1})  # the newest row is a copy of a result that is gone
+    q.run_until_idle()
+    assert calls.total == 2 and _history(q, again)["cached_from"] is None
+
+
 def test_cache_false_forces_a_run_and_records_the_result(q: pgq_nb.Queue) -> None:
     calls = Calls()
     q.entrypoint("f", cache=True)(lambda job: calls.add(1))
