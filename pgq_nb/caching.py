@@ -168,7 +168,10 @@ def canonical(payload: bytes | None) -> str:
         raise
     except (ValueError, RecursionError):
         raise UncacheablePayloadError("it is raw bytes, not UTF-8 JSON") from None
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a number too large for a float (1e400) reads as infinity
+        raise UncacheablePayloadError("it holds a number too large for a float") from None
 
 
 def cache_key(entrypoint: str, version: str, payload: bytes | None) -> str:

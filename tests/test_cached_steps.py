@@ -93,6 +93,7 @@ def test_keys_differ_by_entrypoint_version_and_payload() -> None:
         (b'{"a": 1, "a": 2}', "the key 'a' appears twice"),
         (b'{"a": NaN}', "NaN, which is not JSON"),
         (b"[Infinity]", "Infinity, which is not JSON"),
+        (b'{"big": 1e400}', "a number too large for a float"),
     ],
 )
 def test_payloads_that_are_not_deterministic_json(payload: bytes, why: str) -> None:
