@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 
 from benchmarks import (
+    scenario_cache,
     scenario_ceiling,
     scenario_claim,
     scenario_core,
@@ -153,6 +154,12 @@ SCENARIOS: dict[str, Scenario] = {
             False,
             "CPU-bound handlers (pandas, pure Python): processes=2 vs the thread pool; no-op "
             "overhead; the kernel's memory",
+        ),
+        Scenario(
+            "cache",
+            scenario_cache.run,
+            False,
+            "drain rate of a cache=True entrypoint (all misses, all hits) vs a plain one",
         ),
         Scenario(
             "dask",

@@ -32,6 +32,7 @@ from pgq_nb.errors import (
     PayloadError,
     PgqError,
     SchemaError,
+    UncacheablePayloadError,
     UnknownEntrypointError,
     UnpicklableHandlerError,
     UnstorableResultError,
@@ -42,6 +43,7 @@ from pgq_nb.nbjobs.output import NotebookOutput
 from pgq_nb.queue import AsyncQueue
 from pgq_nb.retry import GiveUp, RetryLater, RetryPolicy
 from pgq_nb.schedule.cron import Schedule
+from pgq_nb.snooze import Snooze
 from pgq_nb.view_limits import ViewTruncated
 from pgq_nb.worker import Worker, WorkerStats
 
@@ -89,6 +91,8 @@ __all__ = [
     "Schedule",
     "SchemaError",
     "Settings",
+    "Snooze",
+    "UncacheablePayloadError",
     "UnknownEntrypointError",
     "UnpicklableHandlerError",
     "UnstorableResultError",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import db, keys
@@ -59,6 +59,7 @@ class Claiming:
     _suspects: set[int]
     _marks: set[asyncio.Task[None]]
     _known_ids: Callable[[], list[int]]
+    _look_up_cache: Callable[[Any, list[Job]], Awaitable[None]]  # pgq_nb.worker_cache
 
     def _claim_groups(self, limit: int) -> list[decisions.ClaimGroup]:
         """The claim statements to run now (see :func:`pgq_nb.worker_decisions.claim_groups`)."""
@@ -130,6 +131,7 @@ class Claiming:
                 children = [j.id for j in jobs if j.workflow_id is not None]
                 if children:
                     await self._attach_parent_results(conn, jobs, children)
+                await self._look_up_cache(conn, jobs)  # only for jobs of cached entrypoints
             except BaseException:
                 try:
                     await conn.execute("ROLLBACK")
@@ -220,7 +222,7 @@ class Claiming:
         """Once ``recorded`` are written: wake when the soonest retry among them is due (no
         round trip; a timer set before the write could fire before the job is due, and the
         claim it wakes would find nothing)."""
-        delays = [f.retry_delay_s for f in recorded if f.outcome == "retry"]
+        delays = [f.retry_delay_s for f in recorded if f.outcome in ("retry", "snooze")]
         if delays:
             self._wake_in(min(delays))
 

@@ -53,7 +53,11 @@ class Finished(NamedTuple):
     traceback: str | None
     started: dt.datetime
     finished: dt.datetime
-    retry_delay_s: float
+    retry_delay_s: float  #: a retry's (or a snooze's) delay
+    #: a cached entrypoint's success: its cache key, and (served from the cache) the job whose
+    #: handler really ran (pgq_nb.caching)
+    cache_key: str | None = None
+    cached_from: int | None = None
 
 
 logger = logging.getLogger("pgq_nb.completion")

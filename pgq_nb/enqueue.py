@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import keys, runtime, tracing
+from pgq_nb.caching import check_cacheable, check_use_cache
 from pgq_nb.encoding import encode_payload
 from pgq_nb.enqueue_checks import check_key, check_scope, check_time
 from pgq_nb.errors import DuplicateJobError, InvalidInputError, PayloadError
@@ -121,6 +122,7 @@ async def enqueue_one(
     check_text("entrypoint", entrypoint)
     refuse_frame(payload, f"q.enqueue_df({entrypoint!r}, {{rows}})")
     data = check_payload_size("the payload", encode_payload(payload))
+    check_cacheable(registry, [entrypoint], [data])  # cache=True: deterministic JSON only
     prio = check_int("priority", priority)
     when = check_time(execute_after)
     if dedupe_key is not None:
@@ -223,6 +225,7 @@ async def enqueue_many(
 ) -> list[int | None]:
     """Add many jobs in one statement; ids in input order (None for skipped duplicates)."""
     encoded, prios, keys = _check_batch(entrypoints, payloads, priorities, dedupe_keys)
+    check_cacheable(registry, entrypoints, encoded)
     when = check_time(execute_after)
     scope, window = check_scope(dedupe)
     if window is not None and keys is not None:
@@ -284,14 +287,17 @@ async def submit(
     analyze: Callable[[], Awaitable[None]],
     tags: Any = None,
     meta: Any = None,
+    cache: bool | None = None,
 ) -> Any:
     """``q.enqueue``: one job or a batch on ``connection`` (or a pooled one); a large batch
     on a pooled connection then calls ``analyze``. ``tags`` and ``meta`` label the job (every
     job of a batch), written in the same transaction (:mod:`pgq_nb.labels`); without them,
-    the statements are those of an enqueue without labels."""
+    the statements are those of an enqueue without labels. ``cache=False`` marks the jobs to
+    run whatever the cache holds (:mod:`pgq_nb.caching`), in the same transaction too."""
     refuse_reserved(entrypoint)
     labels = (check_tags(tags), check_meta(meta))
-    labelled = labels != (None, None)
+    uncached = not check_use_cache(cache)
+    labelled = labels != (None, None) or uncached
     what = entrypoint if isinstance(entrypoint, str) else "batch"
     async with (
         store.connection(connection) as conn,
@@ -312,6 +318,7 @@ async def submit(
                 dedupe,
                 labels if labelled else None,
                 row_keys,
+                uncached,
             )
     if isinstance(result, list) and len(result) >= ANALYZE_AFTER_ROWS and connection is None:
         await analyze()
@@ -330,8 +337,10 @@ async def _submit_on(
     dedupe: Dedupe,
     labels: tuple[Any, Any] | None,
     row_keys: list[str | None] | None,
+    uncached: bool = False,
 ) -> Any:
-    """The writes of :func:`submit`, on ``conn`` (in a transaction when labelled or keyed)."""
+    """The writes of :func:`submit`, on ``conn`` (in a transaction when labelled, keyed or
+    marked ``cache=False``)."""
     if isinstance(entrypoint, list | tuple):
         result: Any = await enqueue_many(
             store,
@@ -361,6 +370,8 @@ async def _submit_on(
         await label(store.queries, conn, ids, [labels[0]] * len(ids), [labels[1]] * len(ids))
     if row_keys is not None:
         await keys.apply(store.queries, conn, ids, row_keys)
+    if uncached:
+        await conn.execute(store.queries["uncache_jobs"], [i for i in ids if i is not None])
     return result
 
 
@@ -383,6 +394,7 @@ async def enqueue_on(
     connection: Any = None,
     tags: Any = None,
     meta: Any = None,
+    cache: bool | None = None,
 ) -> Any:
     """``q.enqueue`` (see :meth:`pgq_nb.queue.AsyncQueue.enqueue`), run on the loop of
     ``connection`` (or the pgq_nb loop)."""
@@ -399,5 +411,6 @@ async def enqueue_on(
         lambda: analyze_jobs(store),
         tags,
         meta,
+        cache,
     )
     return await runtime.run_for(connection, call)

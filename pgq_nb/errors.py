@@ -8,6 +8,7 @@
     ├── InvalidInputError         bad arguments; also a ValueError
     │   ├── UnknownEntrypointError    no handler is registered for an entrypoint
     │   ├── PayloadError              a payload that is neither bytes nor JSON-serialisable
+    │   │   └── UncacheablePayloadError   a cached entrypoint's payload that is not plain JSON
     │   ├── DuplicateJobError         a dedupe_key that matches a queued or running job
     │   ├── UnstorableResultError     a handler's result that cannot be stored (fails its job)
     │   └── UnpicklableHandlerError   a handler that cannot be sent to a process
@@ -83,6 +84,12 @@ class UnknownEntrypointError(InvalidInputError):
 
 class PayloadError(InvalidInputError):
     """A payload that is neither bytes nor JSON-serialisable."""
+
+
+class UncacheablePayloadError(PayloadError):
+    """A payload of an entrypoint with ``cache=True`` that is not deterministic JSON (raw bytes
+    that are not JSON, a repeated key, NaN): refused at enqueue where the handler is known,
+    else its job fails for good on its first attempt (see :mod:`pgq_nb.caching`)."""
 
 
 class DuplicateJobError(InvalidInputError):

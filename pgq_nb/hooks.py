@@ -6,12 +6,14 @@
 - ``"succeeded"``: the attempt succeeded (the job is in history as succeeded);
 - ``"failed"``: the attempt failed, whatever comes next (so every failed attempt fires it once);
 - ``"retried"``: the failed attempt goes back to the queue to be tried again;
-- ``"dead"``: the failed attempt was the last: the job failed for good.
+- ``"dead"``: the failed attempt was the last: the job failed for good;
+- ``"snoozed"``: the handler raised ``pgq_nb.Snooze``: the job went back to the queue, due
+  later, without using up the attempt (no failure; see :mod:`pgq_nb.snooze`).
 
 So each attempt fires ``started`` and then exactly one of ``succeeded``, ``failed`` +
-``retried``, or ``failed`` + ``dead``. A cancelled attempt (``q.cancel``) or one interrupted
-by a stop fires nothing after ``started``. Every event but ``started`` fires after the outcome
-is recorded in Postgres, so a hook that reads the job sees what it says.
+``retried``, ``failed`` + ``dead``, or ``snoozed``. A cancelled attempt (``q.cancel``) or one
+interrupted by a stop fires nothing after ``started``. Every event but ``started`` fires after
+the outcome is recorded in Postgres, so a hook that reads the job sees what it says.
 
 A hook never changes a job's outcome and never stops the worker: ``def`` hooks run in a small
 pool of :data:`HOOK_THREADS` daemon threads of their own (a hook that blocks holds one of
@@ -44,7 +46,7 @@ from pgq_nb.models import Job
 logger = logging.getLogger("pgq_nb.hooks")
 
 #: The events ``q.on`` accepts, in the order an attempt can fire them.
-EVENTS: tuple[str, ...] = ("started", "succeeded", "failed", "retried", "dead")
+EVENTS: tuple[str, ...] = ("started", "succeeded", "failed", "retried", "dead", "snoozed")
 #: Seconds an ``async def`` hook may run before it is cancelled (and logged).
 ASYNC_TIMEOUT = 10.0
 #: A failing hook is logged at most once per this many seconds.
@@ -63,10 +65,10 @@ class Outcome:
     """What an attempt came to, as a hook sees it.
 
     ``status``: ``"running"`` (for ``started``), ``"succeeded"``, ``"retrying"`` (a failed
-    attempt that will be retried) or ``"failed"`` (failed for good). ``error`` is the failed
-    attempt's error line (None otherwise), ``attempt`` the attempt's number (1 for the first),
-    ``duration`` its seconds (None for ``started``); ``result`` the handler's result, decoded
-    from its JSON (None but for ``succeeded``).
+    attempt that will be retried), ``"failed"`` (failed for good) or ``"snoozed"``. ``error``
+    is the failed attempt's error line (None otherwise), ``attempt`` the attempt's number (1
+    for the first), ``duration`` its seconds (None for ``started``); ``result`` the handler's
+    result, decoded from its JSON (None but for ``succeeded``).
     """
 
     status: str
@@ -292,6 +294,8 @@ def _events(status: str) -> tuple[str, ...]:
         return ("succeeded",)
     if status == "retrying":
         return ("failed", "retried")
+    if status == "snoozed":
+        return ("snoozed",)
     return ("failed", "dead")
 
 

@@ -27,6 +27,7 @@ from pgq_nb.retention_api import RetentionMethods
 from pgq_nb.retry import RetryPolicy
 from pgq_nb.schedule.api import ScheduleMethods
 from pgq_nb.schedule.api_data import DataScheduleMethods
+from pgq_nb.snooze import DEFAULT_MAX_SNOOZES
 from pgq_nb.store import Store
 from pgq_nb.transaction import AsyncTransaction
 from pgq_nb.views import Views
@@ -83,6 +84,10 @@ class AsyncQueue(
         memory_limit: str | int | None = None,
         concurrency_key: str | Callable[[Any], Any] | None = None,
         max_per_key: int | None = None,
+        max_snoozes: int = DEFAULT_MAX_SNOOZES,
+        cache: bool = False,
+        cache_ttl: float | dt.timedelta | str | None = None,
+        version: str | None = None,
     ) -> Callable[[H], H]:
         """Register a handler for jobs of ``name``: ``async def`` or plain ``def`` (run in a
         thread), taking a :class:`Job`. Its return value is stored as the job's result.
@@ -120,6 +125,16 @@ class AsyncQueue(
         refused. A function key can only be computed in a process where this handler is
         registered: enqueuing from elsewhere (another notebook, ``pgq-nb``) needs a field key.
         See :mod:`pgq_nb.keys`; ``q.limits(keys=True)`` shows the busiest keys.
+
+        ``max_snoozes`` (default 100) caps how often one job may ``raise pgq_nb.Snooze(...)``
+        ("not yet, ask again later", no attempt used); the snooze beyond it fails the job for
+        good. See :mod:`pgq_nb.snooze`.
+
+        ``cache=True``: a job whose payload, entrypoint and handler version (``version=``, else
+        a hash of the handler's source) match a job that succeeded (within ``cache_ttl``:
+        seconds, a timedelta, ``"7d"``; None: for ever) is not run: it succeeds with that
+        job's result, recorded as ``cached_from`` it. ``cache=False`` on an enqueue forces a
+        run. See :mod:`pgq_nb.caching`.
         """
         return self.registry.entrypoint(
             name,
@@ -133,12 +148,17 @@ class AsyncQueue(
             memory_limit=memory_limit,
             concurrency_key=concurrency_key,
             max_per_key=max_per_key,
+            max_snoozes=max_snoozes,
+            cache=cache,
+            cache_ttl=cache_ttl,
+            version=version,
         )
 
     def on(self, event: str) -> Callable[[HookF], HookF]:
         """Register a callback for ``event`` of every job this queue's workers run:
         ``"started"``, ``"succeeded"``, ``"failed"`` (every failed attempt), ``"retried"`` (a
-        failed attempt that will be retried) or ``"dead"`` (one that failed for good). A
+        failed attempt that will be retried), ``"dead"`` (one that failed for good) or
+        ``"snoozed"`` (the handler raised ``pgq_nb.Snooze``: back to the queue, no failure). A
         ``def`` or ``async def`` taking ``(job, outcome)`` (a :class:`pgq_nb.hooks.Outcome`:
         status, error, result, attempt, duration), run by the worker after the outcome is
         recorded (``started``: as the attempt starts). A hook that raises is logged and changes
@@ -161,6 +181,7 @@ class AsyncQueue(
         connection: Any = None,
         tags: Sequence[str] | None = None,
         meta: dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> int: ...
 
     @overload
@@ -176,6 +197,7 @@ class AsyncQueue(
         connection: Any = None,
         tags: Sequence[str] | None = None,
         meta: dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> list[int]: ...
 
     @overload
@@ -191,6 +213,7 @@ class AsyncQueue(
         connection: Any = None,
         tags: Sequence[str] | None = None,
         meta: dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> list[int | None]: ...
 
     async def enqueue(
@@ -205,6 +228,7 @@ class AsyncQueue(
         connection: Any = None,
         tags: Sequence[str] | None = None,
         meta: dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> Any:
         """Add a job and return its id.
 
@@ -223,6 +247,9 @@ class AsyncQueue(
         ``tags`` (a list of str) and ``meta`` (a JSON object) label the job (in a batch, every
         job): kept in history, seen by the handler as ``job.tags`` and ``job.meta``, filtered
         on by every view (``q.history(tag="exp-7")``); see :mod:`pgq_nb.labels`.
+
+        ``cache=False`` runs the job(s) even when their entrypoint has ``cache=True`` and a
+        cached result exists (the success is still recorded for later jobs to reuse).
         """
         call = enqueue.submit(
             self.store,
@@ -237,6 +264,7 @@ class AsyncQueue(
             self.analyze,
             tags,
             meta,
+            cache,
         )
         return await runtime.run_for(connection, call)
 

@@ -16,11 +16,12 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pgq_nb import executors, keys
+from pgq_nb import caching, executors, keys
 from pgq_nb.errors import InvalidInputError, UnknownEntrypointError, did_you_mean
 from pgq_nb.hooks import Hooks
 from pgq_nb.models import Job, check_int, check_text
 from pgq_nb.retry import RetryPolicy
+from pgq_nb.snooze import DEFAULT_MAX_SNOOZES, check_max_snoozes
 
 if TYPE_CHECKING:
     from pgq_nb.schedule.database import ScheduleSpec
@@ -50,6 +51,10 @@ class EntrypointSpec:
     #: ``max_per_key`` at once across workers (pgq_nb.keys); None: no per-key limit
     concurrency_key: keys.KeyOption | None = None
     max_per_key: int | None = None
+    #: how many times a job may snooze (pgq_nb.snooze)
+    max_snoozes: int = DEFAULT_MAX_SNOOZES
+    #: cache=True: its TTL and handler version (pgq_nb.caching); None: not cached
+    cache: caching.CacheOptions | None = None
 
     @property
     def limited(self) -> bool:
@@ -97,12 +102,18 @@ class Registry:
         memory_limit: str | int | None = None,
         concurrency_key: keys.KeyOption | None = None,
         max_per_key: int | None = None,
+        max_snoozes: int = DEFAULT_MAX_SNOOZES,
+        cache: bool = False,
+        cache_ttl: float | dt.timedelta | str | None = None,
+        version: str | None = None,
     ) -> Callable[[H], H]:
         """Validate the options now; the returned decorator registers the handler (see
         :meth:`pgq_nb.queue.AsyncQueue.entrypoint`)."""
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError("an entrypoint name must be a non-empty string")
         check_text("entrypoint name", name)
+        snoozes = check_max_snoozes(max_snoozes)
+        cached = caching.check_options(cache, cache_ttl, version, transactional=transactional)
         if concurrency is not None and (check_int("concurrency", concurrency) < 1):
             raise InvalidInputError("concurrency must be at least 1 (or None for no cap)")
         if max_running is not None and check_int("max_running", max_running) < 1:
@@ -149,6 +160,12 @@ class Registry:
                 memory_limit=memory,
                 concurrency_key=key_option,
                 max_per_key=per_key,
+                max_snoozes=snoozes,
+                cache=None
+                if cached is None
+                else dataclasses.replace(
+                    cached, version=cached.version or caching.handler_version(handler)
+                ),
             )
             self._unsynced.add(name)
             self.generation += 1

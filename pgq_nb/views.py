@@ -61,6 +61,7 @@ class Views:
         tags: Sequence[str] | str | None = None,
         meta: dict[str, Any] | str | None = None,
         concurrency_key: str | None = None,
+        cache: bool | None = None,
     ) -> pd.Series:
         """One job per row of ``df``, each row's ``columns`` as its JSON payload, written with
         COPY in one transaction (all rows or none). ``priority``, ``execute_after`` and
@@ -70,7 +71,9 @@ class Views:
         transaction's, or your own asyncpg connection inside your transaction), the jobs
         commit or roll back with it; the call then runs on that connection's own event loop
         (:func:`pgq_nb.runtime.run_for`). ``concurrency_key`` names a column of keys for an
-        entrypoint with a per-key limit (instead of its own key; see :mod:`pgq_nb.keys`)."""
+        entrypoint with a per-key limit (instead of its own key; see :mod:`pgq_nb.keys`).
+        ``cache=False`` runs the rows' jobs even if their entrypoint has ``cache=True``
+        and cached results exist (:mod:`pgq_nb.caching`)."""
         from pgq_nb.notebook.enqueue import enqueue_df
 
         call = enqueue_df(
@@ -89,6 +92,7 @@ class Views:
             tags=tags,
             meta=meta,
             concurrency_key=concurrency_key,
+            cache=cache,
         )
         result: pd.Series = await runtime.run_for(connection, call)
         return result

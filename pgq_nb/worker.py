@@ -38,6 +38,7 @@ from pgq_nb.registry import EntrypointSpec
 from pgq_nb.retention import retention_loop
 from pgq_nb.schedule.runner import run_scheduler
 from pgq_nb.store import Backend
+from pgq_nb.worker_cache import Caching
 from pgq_nb.worker_complete import Completing
 from pgq_nb.worker_follow import Following
 from pgq_nb.worker_notices import Failures
@@ -56,14 +57,15 @@ class WorkerStats:
     retried: int = 0
     cancelled: int = 0
     interrupted: int = 0
+    snoozed: int = 0  #: attempts that raised pgq_nb.Snooze (the job went back, not failed)
 
     @property
     def processed(self) -> int:
-        """Attempts that ended here (retried ones included)."""
-        return self.succeeded + self.failed + self.retried + self.cancelled
+        """Attempts that ended here (retried and snoozed ones included)."""
+        return self.succeeded + self.failed + self.retried + self.cancelled + self.snoozed
 
 
-class Worker(Claiming, Completing, Upkeep, Following, Stopping):
+class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
     """Runs the handlers of one queue. Use :meth:`run`; stop with :meth:`request_stop`.
 
     Without ``entrypoints`` it serves every handler of the queue's registry, those registered
@@ -146,6 +148,7 @@ class Worker(Claiming, Completing, Upkeep, Following, Stopping):
             executors.check_handlers(self.specs.values(), outside)
             self._pool = outside
         self._hooks = Dispatch(registry.hooks)  # @q.on callbacks (see pgq_nb.hooks)
+        self._cache_state()  # cached entrypoints (see pgq_nb.worker_cache)
 
     @property
     def _outside_size(self) -> int | None:
@@ -299,7 +302,10 @@ class Worker(Claiming, Completing, Upkeep, Following, Stopping):
         started = dt.datetime.now(dt.UTC)
         job.resources = self.store.resources
         call: Awaitable[Any]
-        if spec.transactional:
+        cached = self._cached_call(job)  # a cache hit runs no handler
+        if cached is not None:
+            call = cached
+        elif spec.transactional:
             call = run_transactional(
                 self.store,
                 self.registry,
@@ -339,6 +345,7 @@ class Worker(Claiming, Completing, Upkeep, Following, Stopping):
 
     def _done(self, job: Job, started: dt.datetime, future: asyncio.Future[Any]) -> None:
         self._running.pop(job.id, None)
+        cache = self._cache_fields(job.id)
         self._per_entrypoint[job.entrypoint] -= 1
         self._slot_free.set()
         finished = dt.datetime.now(dt.UTC)
@@ -356,7 +363,7 @@ class Worker(Claiming, Completing, Upkeep, Following, Stopping):
             )
             self.stats.cancelled += 1
         else:
-            self._record(job, started, finished, future)
+            self._record(job, started, finished, future, cache)
         self._flush_pending.set()
         if decisions.flush_at_once(len(self._finished), self.batch_size, len(self._running)):
             self._flush_now.set()  # a full batch, or nothing left to wait for

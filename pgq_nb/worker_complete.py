@@ -17,6 +17,7 @@ from pgq_nb import db, workflow_maps
 from pgq_nb import worker_decisions as decisions
 from pgq_nb.completion import Finished, record
 from pgq_nb.handler_runs import ALREADY_RECORDED, Encoded, describe_error
+from pgq_nb.snooze import Snooze, after_snooze
 from pgq_nb.worker_stop import _wait
 
 if TYPE_CHECKING:
@@ -57,8 +58,15 @@ class Completing:
     _wake_for_retries: Callable[[Sequence[Finished]], None]
 
     def _record(
-        self, job: Job, started: dt.datetime, finished: dt.datetime, future: asyncio.Future[Any]
+        self,
+        job: Job,
+        started: dt.datetime,
+        finished: dt.datetime,
+        future: asyncio.Future[Any],
+        cache: tuple[str | None, int | None] = (None, None),
     ) -> None:
+        """Buffer an attempt's outcome. ``cache``: its cache key and the job a cached result
+        came from (see :mod:`pgq_nb.worker_cache`), recorded with a success."""
         exc = future.exception()
         if exc is None:
             value = future.result()
@@ -70,13 +78,18 @@ class Completing:
                 exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
             elif (exc := workflow_maps.result_error(job, value.json)) is None:
                 self._finished.append(
-                    Finished(job.id, "succeeded", value.json, None, None, started, finished, 0.0)
+                    Finished(
+                        job.id, "succeeded", value.json, None, None, started, finished, 0.0, *cache
+                    )
                 )
                 if job._expands:
                     self._sources.add(job.id)
                 self.stats.succeeded += 1
                 self._hooks.ended(job, "succeeded", started, finished, result=value.json)
                 return
+        if isinstance(exc, Snooze):
+            self._snoozed(job, exc, started, finished)
+            return
         error, trace = describe_error(exc)
         decision = decisions.after_failure(self.specs[job.entrypoint].retry, exc, job.attempts)
         outcome = "retry" if decision.retry else "failed"
@@ -101,6 +114,39 @@ class Completing:
                 "error": error,
                 "retry_in_s": round(decision.delay, 3) if decision.retry else None,
             },
+        )
+
+    def _snoozed(self, job: Job, exc: Snooze, started: dt.datetime, finished: dt.datetime) -> None:
+        """A handler raised Snooze: buffer the snooze (no failure; finish_jobs takes its
+        attempt back), or, over the entrypoint's max_snoozes, a failure for good saying so
+        (see :mod:`pgq_nb.snooze`)."""
+        spec = self.specs[job.entrypoint]
+        choice = after_snooze(job.entrypoint, job.snoozes, spec.max_snoozes, exc.delay)
+        if choice.snooze:
+            self._finished.append(
+                Finished(job.id, "snooze", None, None, None, started, finished, choice.delay)
+            )
+            self.stats.snoozed += 1
+            self._hooks.ended(job, "snoozed", started, finished)
+            logger.info(
+                "job snoozed",
+                extra={
+                    "job_id": job.id,
+                    "entrypoint": job.entrypoint,
+                    "snoozes": job.snoozes + 1,
+                    "due_in_s": round(choice.delay, 3),
+                },
+            )
+            return
+        error = choice.error
+        self._finished.append(Finished(job.id, "failed", None, error, None, started, finished, 0.0))
+        self.stats.failed += 1
+        assert error is not None
+        self.failures.add(job.entrypoint, error)
+        self._hooks.ended(job, "failed", started, finished, error=error)
+        logger.warning(
+            "job failed",
+            extra={"job_id": job.id, "entrypoint": job.entrypoint, "error": error},
         )
 
     # -- completing --------------------------------------------------------------------------

@@ -12,7 +12,12 @@ import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from pgq_nb.errors import BlockingCallError, MapSourceError, UnstorableResultError
+from pgq_nb.errors import (
+    BlockingCallError,
+    MapSourceError,
+    UncacheablePayloadError,
+    UnstorableResultError,
+)
 from pgq_nb.retry import Decision, GiveUp, RetryPolicy, decide
 
 if TYPE_CHECKING:
@@ -136,11 +141,14 @@ def flush_plan(ids: Sequence[int], steps: Collection[int], slotted: Collection[i
 #: Errors that running the handler again cannot mend: the same result would be refused again
 #: (UnstorableResultError), the same blocking call made from the loop again (BlockingCallError,
 #: a programming error: ``q.method()`` inside an ``async def`` handler), a map_over's parent
-#: that returned no list (MapSourceError). Their job fails at once, whatever its retry policy.
+#: that returned no list (MapSourceError), a cached entrypoint's payload that cannot be cached
+#: (UncacheablePayloadError: it never will be). Their job fails at once, whatever its retry
+#: policy.
 FINAL_ERRORS: tuple[type[BaseException], ...] = (
     UnstorableResultError,
     BlockingCallError,
     MapSourceError,
+    UncacheablePayloadError,
 )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import keys, runtime, tracing, workflow_maps
+from pgq_nb.caching import check_cacheable, check_use_cache
 from pgq_nb.encoding import encode_payload
 from pgq_nb.errors import InvalidInputError, did_you_mean
 from pgq_nb.labels import Meta, Tags, check_meta, check_tags, label
@@ -66,6 +67,7 @@ class _Node:
     depends_on: list[Step | str]
     tags: Tags = None
     meta: Meta = None
+    use_cache: bool = True  # cache=False: run even if a cached result exists (pgq_nb.caching)
 
 
 Dependency = Step | str | Sequence[Step | str] | None
@@ -153,10 +155,13 @@ class WorkflowBuilder:
         priority: int = 0,
         tags: Sequence[str] | None = None,
         meta: dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> Step:
         """Add one step: a job of ``entrypoint`` that runs once every step it depends on has
         succeeded. ``name`` (default: the entrypoint) keys its result in its children's
-        ``job.parent_results()``. ``tags`` and ``meta`` label its job (:mod:`pgq_nb.labels`)."""
+        ``job.parent_results()``. ``tags`` and ``meta`` label its job (:mod:`pgq_nb.labels`).
+        ``cache=False`` runs it even if its entrypoint has ``cache=True`` and a cached result
+        exists (:mod:`pgq_nb.caching`)."""
         if not isinstance(entrypoint, str) or not entrypoint:
             raise InvalidInputError("entrypoint must be a non-empty string")
         refuse_frame(payload, f"wf.map({entrypoint!r}, {{rows}})")
@@ -170,6 +175,7 @@ class WorkflowBuilder:
             depends_on=self._deps(depends_on),
             tags=check_tags(tags),
             meta=check_meta(meta),
+            use_cache=check_use_cache(cache),
         )
         self._nodes.append(node)
         handle = Step(self, step_name, (len(self._nodes) - 1,))
@@ -186,17 +192,20 @@ class WorkflowBuilder:
         priority: int = 0,
         tags: Sequence[str] | None = None,
         meta: dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> Step:
         """Fan out: one step per row of a DataFrame (the row as a dict payload, written as
         ``q.enqueue_df`` writes it, its columns' dtypes recorded for ``q.results()``) or per
         item of an iterable. Their results reach children as a list, in row order. ``tags``
-        and ``meta`` label every job of the map."""
+        and ``meta`` label every job of the map; ``cache=False`` runs every one of them even
+        if cached results exist (:mod:`pgq_nb.caching`)."""
         if not isinstance(entrypoint, str) or not entrypoint:
             raise InvalidInputError("entrypoint must be a non-empty string")
         step_name = self._unique_name(name, entrypoint)
         deps = self._deps(depends_on)
         prio = check_int("priority", priority)
         labels = check_tags(tags), check_meta(meta)
+        use_cache = check_use_cache(cache)
         first = len(self._nodes)
         payloads: Sequence[bytes | None]
         if _is_frame(rows):  # written as enqueue_df writes rows, its dtypes recorded
@@ -208,7 +217,9 @@ class WorkflowBuilder:
         else:
             payloads = [_item_payload(item, step_name, i) for i, item in enumerate(_rows(rows))]
         for i, payload in enumerate(payloads):
-            self._nodes.append(_Node(entrypoint, payload, prio, step_name, i, deps, *labels))
+            self._nodes.append(
+                _Node(entrypoint, payload, prio, step_name, i, deps, *labels, use_cache)
+            )
         handle = Step(self, step_name, tuple(range(first, len(self._nodes))))
         self._names[step_name] = handle
         return handle
@@ -330,9 +341,15 @@ class WorkflowBuilder:
         found: workflow_maps.MapPlan,
     ) -> int:
         q = self.store
+        nodes = self._nodes
+        check_cacheable(
+            self.registry,
+            [n.entrypoint for n in nodes],
+            [n.payload for n in nodes],
+            lambda i: f"the payload of step {_shown(nodes[i])}",
+        )
         entrypoints = {n.entrypoint for n in self._nodes} | {m.entrypoint for m in self._maps}
         await self.registry.prepare(entrypoints, conn)
-        nodes = self._nodes
         step_keys = keys.batch_keys(  # per-key limits; a step that cannot be keyed: nothing written
             self.registry,
             [n.entrypoint for n in nodes],
@@ -355,6 +372,9 @@ class WorkflowBuilder:
         await label(q.queries, conn, ids, [n.tags for n in nodes], [n.meta for n in nodes])
         if step_keys is not None:
             await keys.apply(q.queries, conn, ids, step_keys)
+        uncached = [i for i, n in zip(ids, nodes, strict=True) if not n.use_cache]
+        if uncached:
+            await conn.execute(q.queries["uncache_jobs"], uncached)
         if edges:
             await conn.execute(
                 q.queries["insert_edges"], [ids[p] for p, _ in edges], [ids[c] for _, c in edges]
@@ -370,6 +390,11 @@ class WorkflowBuilder:
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}: {len(self._nodes)} steps, not submitted>"
+
+
+def _shown(node: _Node) -> str:
+    """A step in messages: its name, and its row for a step of a map."""
+    return repr(node.name) if node.map_index is None else f"{node.name!r}[{node.map_index}]"
 
 
 def _unwrap(connection: Any) -> Any:

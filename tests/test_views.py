@@ -32,6 +32,7 @@ JOBS = {
     "workflow_id": "Int64",
     "step_name": "str",
     "schedule_name": "str",
+    "snoozes": "Int64",
     "payload": "object",
 }
 HISTORY = {
@@ -52,6 +53,8 @@ HISTORY = {
     "workflow_id": "Int64",
     "step_name": "str",
     "schedule_name": "str",
+    "snoozes": "Int64",
+    "cached_from": "Int64",
 }
 FAILED = {
     "job_id": "Int64",

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from pgq_nb import enqueue as limits
+from pgq_nb.caching import check_use_cache
 from pgq_nb.enqueue import check_payload_size, refuse_reserved, warn_skipped
 from pgq_nb.errors import InvalidInputError
 from pgq_nb.keys import apply as apply_keys
@@ -90,6 +91,7 @@ async def enqueue_df(
     tags: Sequence[str] | str | None = None,
     meta: dict[str, Any] | str | None = None,
     concurrency_key: str | None = None,
+    cache: bool | None = None,
 ) -> pd.Series:
     """One job per row of ``df``; returns the job ids as a Series aligned to ``df.index``.
 
@@ -115,6 +117,9 @@ async def enqueue_df(
       (:mod:`pgq_nb.notebook.frame_labels`), written in the same transaction.
     - ``concurrency_key``: the name of a column of keys (str or int) for an entrypoint with a
       per-key limit, instead of its own key (:mod:`pgq_nb.notebook.frame_keys`).
+    - ``cache=False``: run every row's job even if its entrypoint has ``cache=True`` and a
+      cached result exists (:mod:`pgq_nb.caching`); written in the same transaction. (The
+      payloads a frame makes are always JSON objects, so a cached entrypoint takes them all.)
 
     The ids have dtype ``Int64`` (nullable, for skipped rows) and name ``job_id``; they join
     with the ``job_id`` column of ``q.results()`` and ``q.history()``.
@@ -132,6 +137,7 @@ async def enqueue_df(
     priorities = args.priorities(df, priority)
     keys = args.dedupe_keys(df, dedupe_key)
     due = args.due(df, execute_after)
+    uncached = not check_use_cache(cache)
     async with store.connection(connection) as conn:
         await registry.prepare({entrypoint}, conn)
     limit_keys = frame_keys.row_keys(registry, entrypoint, df, names, concurrency_key)
@@ -234,6 +240,8 @@ async def enqueue_df(
                     [None if i < 0 else i for i in new_ids],
                     [limit_keys[i] for i in kept],
                 )
+            if uncached:
+                await conn.execute(store.queries["uncache_jobs"], [i for i in new_ids if i >= 0])
     finally:
         _settle(pending)
         bar.close()

@@ -67,6 +67,7 @@ JOBS: dict[str, Kind] = {
     "workflow_id": "int",
     "step_name": "str",
     "schedule_name": "str",
+    "snoozes": "int",
     "payload": "payload",
 }
 HISTORY: dict[str, Kind] = {
@@ -87,6 +88,8 @@ HISTORY: dict[str, Kind] = {
     "workflow_id": "int",
     "step_name": "str",
     "schedule_name": "str",
+    "snoozes": "int",
+    "cached_from": "int",
 }
 FAILED: dict[str, Kind] = {
     "job_id": "int",

@@ -40,10 +40,11 @@ def _result_rows(result: Any) -> list[Mapping[str, Any]]:
 
 
 def _expand(
-    rows: Sequence[Mapping[str, Any]], batches: Sequence[Mapping[str, Any]]
+    rows: Sequence[Mapping[str, Any]], batches: Sequence[Mapping[str, Any]], cached: bool = False
 ) -> pd.DataFrame:
     """One row per result row (see results); payload columns of jobs from a recorded batch
-    (``batches``: rows of payload_dtypes_for) get that batch's dtypes back."""
+    (``batches``: rows of payload_dtypes_for) get that batch's dtypes back. ``cached``: with
+    the column ``cached_from`` after ``job_id``."""
     owners = dtypes.batch_of(np.fromiter((r["job_id"] for r in rows), "int64", len(rows)), batches)
     described = [dtypes.columns_of(b["dtypes"]) for b in batches]
     positions: list[int] = []
@@ -60,13 +61,16 @@ def _expand(
     input_names = list(dict.fromkeys(k for p in inputs for k in p))
     output_names = list(dict.fromkeys(k for o in outputs for k in o))
     # job_id is always the job's id: a payload key job_id is shown as job_id_payload
-    taken = {"job_id", *input_names}
+    own = {"job_id", "cached_from"} if cached else {"job_id"}
+    taken = {*own, *input_names}
     shown = {
-        name: _unique(name, taken, "_payload") if name == "job_id" else name for name in input_names
+        name: _unique(name, taken, "_payload") if name in own else name for name in input_names
     }
     taken.update(shown.values())
     renamed = {name: _unique(name, taken) for name in output_names}
     columns: dict[str, pd.Series] = {"job_id": typed([rows[p]["job_id"] for p in positions], "int")}
+    if cached:
+        columns["cached_from"] = typed([rows[p]["cached_from"] for p in positions], "int")
     for name in input_names:
         per_job = [payload.get(name) for payload in inputs]
         column = dtypes.restored(per_job, owners, [d.get(name) for d in described])
@@ -106,6 +110,10 @@ async def results(
         scored = df.assign(job_id=ids).merge(q.results("score")[["job_id", "score"]])
 
     Without ``expand``: ``job_id``, ``payload`` and ``result``, decoded, one row per job.
+
+    Of an entrypoint with ``cache=True`` (any row with a cache key), a column ``cached_from``
+    follows ``job_id``: the job whose handler really ran, for a row served from the cache
+    (``<NA>`` for a row whose handler ran); see :mod:`pgq_nb.caching`.
     """
     check_text("entrypoint", entrypoint)
     wanted: list[int] | None = None
@@ -120,10 +128,14 @@ async def results(
         rows = await aq.pool.fetch(aq.queries["succeeded_results"], entrypoint)
     else:
         rows = await aq.pool.fetch(aq.queries["succeeded_results_of"], entrypoint, wanted)
+    cached = any(row["keyed"] for row in rows)
     if not expand:
-        return frame(rows, {"job_id": "int", "payload": "payload", "result": "json"})
+        kinds: dict[str, Any] = {"job_id": "int", "payload": "payload", "result": "json"}
+        if cached:
+            kinds = {"job_id": "int", "cached_from": "int", "payload": "payload", "result": "json"}
+        return frame(rows, kinds)
     batches: list[Any] = []
     if rows:  # in id order
         lowest, highest = rows[0]["job_id"], rows[-1]["job_id"]
         batches = await aq.pool.fetch(aq.queries["payload_dtypes_for"], entrypoint, lowest, highest)
-    return _expand(rows, batches)
+    return _expand(rows, batches, cached)

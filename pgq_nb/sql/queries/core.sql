@@ -72,6 +72,10 @@ RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
 -- children's pending_deps (under each child's row lock; a child at zero becomes claimable,
 -- and workers are woken). Only jobs this worker still holds are touched: a
 -- job reclaimed from it in the meantime is left alone. Returns the jobs moved to history.
+-- A snooze (pgq_nb.Snooze, issue #21) goes back to the queue like a retry but is no failure:
+-- its attempt is taken back (mark_started counted it), snoozes goes up by one, errors stays.
+-- A success of a cached entrypoint carries its cache key (and, served from the cache, the job
+-- whose handler really ran), which move_to_history writes to history.
 -- Retries tell the workers when the soonest of them is due, `due:SECONDS`, so an idle worker
 -- wakes then rather than at its next poll: one NOTIFY per statement (every retried row sends
 -- the same payload, and Postgres delivers identical notifications of a transaction once).
@@ -80,15 +84,25 @@ RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
 -- `worker_id = $1 AND status = 'picked'` it drove the join from jobs_picked_idx whenever its
 -- statistics said no job was picked, a nested loop over every running job per batch row.)
 -- params: $1 worker id, $2 ids bigint[], $3 outcomes text[] (succeeded, failed, cancelled,
---   retry), $4 results text[] (JSON), $5 errors text[], $6 tracebacks text[],
---   $7 started timestamptz[], $8 finished timestamptz[], $9 retry delays in seconds float[]
+--   retry, snooze), $4 results text[] (JSON), $5 errors text[], $6 tracebacks text[],
+--   $7 started timestamptz[], $8 finished timestamptz[], $9 retry or snooze delays in
+--   seconds float[], $10 cache keys text[], $11 cached from bigint[]
 WITH d AS (
     SELECT *
     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::timestamptz[], $8::timestamptz[], $9::float8[])
-        AS d(id, outcome, result, error, traceback, started, finished, delay)
+                $7::timestamptz[], $8::timestamptz[], $9::float8[], $10::text[], $11::bigint[])
+        AS d(id, outcome, result, error, traceback, started, finished, delay, cache_key,
+             cached_from)
 ), soonest AS (
-    SELECT 'due:' || min(delay) AS payload FROM d WHERE outcome = 'retry'
+    SELECT 'due:' || min(delay) AS payload FROM d WHERE outcome IN ('retry', 'snooze')
+), snoozed AS (
+    UPDATE {schema}.jobs AS j
+    SET status = 'queued', worker_id = NULL, cancel_requested = false, started = NULL,
+        execute_after = now() + make_interval(secs => d.delay),
+        attempts = greatest(j.attempts - 1, 0), snoozes = j.snoozes + 1
+    FROM d
+    WHERE j.id = d.id AND d.outcome = 'snooze' AND j.worker_id IS NOT DISTINCT FROM $1
+    RETURNING j.id, pg_notify('{channel}', (SELECT payload FROM soonest))
 ), retried AS (
     UPDATE {schema}.jobs AS j
     SET status = 'queued', worker_id = NULL, cancel_requested = false,
@@ -102,15 +116,17 @@ WITH d AS (
 ), finishing AS (
     SELECT array_agg(id) AS ids, array_agg(outcome) AS outcomes, array_agg(result) AS results,
         array_agg(error) AS errors, array_agg(traceback) AS tracebacks,
-        array_agg(started) AS starts, array_agg(finished) AS ends
+        array_agg(started) AS starts, array_agg(finished) AS ends,
+        array_agg(cache_key) AS cache_keys, array_agg(cached_from) AS cached_froms
     FROM d
-    WHERE outcome <> 'retry'
+    WHERE outcome NOT IN ('retry', 'snooze')
 ), done AS (
     SELECT m.id, m.status AS outcome, m.workflow_id
     FROM finishing AS f,
         {schema}.move_to_history(f.ids, f.outcomes, holder => $1, results => f.results,
             final_errors => f.errors, tracebacks => f.tracebacks, attempt_errors => f.errors,
-            starts => f.starts, ends => f.ends, count_shard => ($1 % 16)::smallint) AS m
+            starts => f.starts, ends => f.ends, count_shard => ($1 % 16)::smallint,
+            cache_keys => f.cache_keys, cached_froms => f.cached_froms) AS m
     WHERE f.ids IS NOT NULL
 ), released AS (
     UPDATE {schema}.jobs AS c

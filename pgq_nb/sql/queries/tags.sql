@@ -30,7 +30,7 @@ UPDATE {schema}.schedules SET tags = $2::text[], meta = $3::text::jsonb WHERE na
 --   $4 payload preview in bytes (NULL = whole payloads), $5 tags text[] (NULL = any),
 --   $6 meta jsonb (NULL = any)
 SELECT id AS job_id, entrypoint, status, priority, attempts, created, execute_after, started,
-    worker_id, dedupe_key, last_error, workflow_id, step_name, schedule_name,
+    worker_id, dedupe_key, last_error, workflow_id, step_name, schedule_name, snoozes,
     CASE WHEN $4::integer IS NULL OR octet_length(payload) <= $4 THEN payload
          ELSE substring(payload FROM 1 FOR $4) END AS payload,
     octet_length(payload) AS payload_bytes
@@ -49,7 +49,7 @@ SELECT id AS job_id, entrypoint, status, attempts, priority, created, execute_af
     finished,
     extract(epoch FROM started - greatest(created, execute_after))::float8 AS queue_wait_s,
     extract(epoch FROM finished - started)::float8 AS run_s,
-    error, worker_id, dedupe_key, workflow_id, step_name, schedule_name
+    error, worker_id, dedupe_key, workflow_id, step_name, schedule_name, snoozes, cached_from
 FROM {schema}.history
 WHERE ($1::timestamptz IS NULL OR finished >= $1::timestamptz)
   AND ($2::timestamptz IS NULL OR finished < $2::timestamptz)
@@ -78,7 +78,7 @@ LIMIT $1;
 -- containing $4, in id order.
 -- params: $1 entrypoint, $2 ids bigint[] (NULL = all), $3 tags text[] (NULL = any),
 --   $4 meta jsonb (NULL = any)
-SELECT id AS job_id, payload, result
+SELECT id AS job_id, payload, result, cached_from, cache_key IS NOT NULL AS keyed
 FROM {schema}.history
 WHERE entrypoint = $1 AND status = 'succeeded'
   AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))

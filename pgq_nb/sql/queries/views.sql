@@ -50,7 +50,7 @@ DROP TABLE pg_temp.pgq_nb_enqueue_staging;
 -- params: $1 status (NULL = all), $2 entrypoint (NULL = all), $3 limit,
 --   $4 payload preview in bytes (NULL = whole payloads)
 SELECT id AS job_id, entrypoint, status, priority, attempts, created, execute_after, started,
-    worker_id, dedupe_key, last_error, workflow_id, step_name, schedule_name,
+    worker_id, dedupe_key, last_error, workflow_id, step_name, schedule_name, snoozes,
     CASE WHEN $4::integer IS NULL OR octet_length(payload) <= $4 THEN payload
          ELSE substring(payload FROM 1 FOR $4) END AS payload,
     octet_length(payload) AS payload_bytes
@@ -90,7 +90,7 @@ SELECT id AS job_id, entrypoint, status, attempts, priority, created, execute_af
     finished,
     extract(epoch FROM started - greatest(created, execute_after))::float8 AS queue_wait_s,
     extract(epoch FROM finished - started)::float8 AS run_s,
-    error, worker_id, dedupe_key, workflow_id, step_name, schedule_name
+    error, worker_id, dedupe_key, workflow_id, step_name, schedule_name, snoozes, cached_from
 FROM {schema}.history
 WHERE finished >= coalesce($1::timestamptz, '-infinity')
   AND finished < coalesce($2::timestamptz, 'infinity')
@@ -106,7 +106,7 @@ SELECT id AS job_id, entrypoint, status, attempts, priority, created, execute_af
     finished,
     extract(epoch FROM started - greatest(created, execute_after))::float8 AS queue_wait_s,
     extract(epoch FROM finished - started)::float8 AS run_s,
-    error, worker_id, dedupe_key, workflow_id, step_name, schedule_name
+    error, worker_id, dedupe_key, workflow_id, step_name, schedule_name, snoozes, cached_from
 FROM {schema}.history
 WHERE entrypoint = $5 AND finished >= coalesce($1::timestamptz, '-infinity')
   AND finished < coalesce($2::timestamptz, 'infinity')
@@ -157,9 +157,11 @@ WHERE finished >= $1::timestamptz AND finished < coalesce($2::timestamptz, 'infi
 GROUP BY entrypoint, status;
 
 -- name: succeeded_results
--- Payload and result of every succeeded job of an entrypoint, in id (enqueue) order.
+-- Payload and result of every succeeded job of an entrypoint, in id (enqueue) order, with
+-- the job a cached result came from (cached_from) and whether the job had a cache key (keyed:
+-- its entrypoint caches, issue #21).
 -- params: $1 entrypoint
-SELECT id AS job_id, payload, result
+SELECT id AS job_id, payload, result, cached_from, cache_key IS NOT NULL AS keyed
 FROM {schema}.history
 WHERE entrypoint = $1 AND status = 'succeeded'
 ORDER BY id;
@@ -167,7 +169,7 @@ ORDER BY id;
 -- name: succeeded_results_of
 -- Payload and result of the given jobs of an entrypoint that succeeded, in id order.
 -- params: $1 entrypoint, $2 ids bigint[]
-SELECT id AS job_id, payload, result
+SELECT id AS job_id, payload, result, cached_from, cache_key IS NOT NULL AS keyed
 FROM {schema}.history
 WHERE id = ANY($2::bigint[]) AND entrypoint = $1 AND status = 'succeeded'
 ORDER BY id;
