@@ -288,7 +288,11 @@ class Views:
         if keys:
             if check_int("top", top) < 1:
                 raise InvalidInputError("top must be at least 1 (how many keys to show)")
-            rows = await self.pool.fetch(self.queries["busiest_keys"], top)
+            rows = [dict(r) for r in await self.pool.fetch(self.queries["busiest_keys"], top)]
+            for row in rows:  # not recorded by a worker yet: the cap this queue's handler has
+                spec = self.registry.handlers.get(row["entrypoint"])
+                if row["max_per_key"] is None and spec is not None:
+                    row["max_per_key"] = spec.max_per_key
             return overview.keys_frame(rows)
         rows = await self.pool.fetch(self.queries["flow_overview"])
         frame: pd.DataFrame = overview.flow_frame(rows)

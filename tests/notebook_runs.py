@@ -30,6 +30,7 @@ NAMES = (
     "03_workflows",
     "04_monitoring",
     "05_schedule_a_report",
+    "06_dynamic_pipelines",
 )
 #: The schema each notebook keeps its jobs in (and resets): never the default queue's
 SCHEMAS = {
@@ -38,6 +39,7 @@ SCHEMAS = {
     "03_workflows": "pgq_nb_workflows",
     "04_monitoring": "pgq_nb_monitoring",
     "05_schedule_a_report": "pgq_nb_report_notebooks",
+    "06_dynamic_pipelines": "pgq_nb_dynamic",
 }
 VARIES = "varies"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"

@@ -66,7 +66,7 @@ def test_a_snoozing_step_holds_its_run_and_then_succeeds(q: pgq_nb.Queue) -> Non
 
     @q.entrypoint("use_data")
     def use_data(job: pgq_nb.Job) -> str:
-        return job.parent_results()["wait_for_data"] + "!"
+        return str(job.parent_results()["wait_for_data"]) + "!"
 
     wf = q.workflow("snoozy")
     wf.step("use_data", depends_on=wf.step("wait_for_data", {}))
@@ -93,7 +93,7 @@ def test_a_keyed_job_that_snoozes_frees_its_key(q: pgq_nb.Queue) -> None:
         try:
             if job.data["first"] and job.snoozes == 0:
                 raise pgq_nb.Snooze(0.3)  # the other job of this key runs meanwhile
-            return key
+            return str(key)
         finally:
             with lock:
                 running[key] -= 1

@@ -338,3 +338,37 @@ def test_05_schedules_a_notebook_per_region_backfills_and_reads_back(
     assert "status  orders" in ran.result("check-by-status")  # a recorded DataFrame
     assert ran.text("check-output").startswith("succeeded 5 of 5 cells;")
     assert ran.seconds < BUDGET_S
+
+
+def test_06_grows_at_run_time_caches_snoozes_and_keys(runs: Runs, orders: pd.DataFrame) -> None:
+    """map_over over the days a step finds, the re-run served from the cache, a snoozing job
+    and per-key limits, shown with numbers that match the sample data (#21)."""
+    ran = runs.first["06_dynamic_pipelines"]
+    days = orders["ordered_at"].dt.strftime("%Y-%m-%d")
+    october = sorted(d for d in days.unique() if d.startswith("2026-10"))
+    paid = orders[orders["status"] == "paid"].assign(day=days).groupby("day").size()
+    month = ast.literal_eval(ran.result("check-month"))
+    assert month == {
+        "days": len(october),
+        "orders": int(days.str.startswith("2026-10").sum()),
+        "best_day": paid[october].idxmax(),
+    }
+    steps = ran.result("check-steps")
+    assert re.search(rf"^day_summary +{len(october)}$", steps, re.M), steps
+    assert re.search(r"^find_days +1$", steps, re.M)
+    assert re.search(r"^month_summary +1$", steps, re.M)
+    assert ast.literal_eval(ran.result("check-cache")) == {
+        "day_summary steps": 2 * len(october),
+        "handler calls": len(october),
+        "from the cache": len(october),
+    }
+    snooze = ran.result("check-snooze")
+    assert re.search(r"succeeded +1 +3$", snooze, re.M), snooze
+    busiest = orders["customer_id"].value_counts().index[:5]
+    jobs = int(orders["customer_id"].isin(busiest).sum())
+    assert ast.literal_eval(ran.result("check-keys")) == {
+        "jobs": jobs,
+        "customers": 5,
+        "overlaps": 0,
+    }
+    assert ran.seconds < BUDGET_S

@@ -146,14 +146,15 @@ WHERE j.id = t.id;
 SELECT name, max_per_key, key_field FROM {schema}.entrypoints;
 
 -- name: busiest_keys
--- The keys of entrypoints with max_per_key that have the most jobs running, then waiting.
+-- The keys with the most jobs running, then waiting (only jobs of keyed entrypoints have a
+-- key); max_per_key as the entrypoint's workers recorded it (NULL: no worker has yet).
 -- params: $1 how many
 SELECT j.entrypoint, j.concurrency_key AS key, e.max_per_key,
     count(*) FILTER (WHERE j.status = 'picked')::integer AS running,
     count(*) FILTER (WHERE j.status = 'queued')::integer AS waiting
 FROM {schema}.jobs AS j
-JOIN {schema}.entrypoints AS e ON e.name = j.entrypoint
-WHERE j.concurrency_key IS NOT NULL AND e.max_per_key IS NOT NULL
+LEFT JOIN {schema}.entrypoints AS e ON e.name = j.entrypoint
+WHERE j.concurrency_key IS NOT NULL
 GROUP BY j.entrypoint, j.concurrency_key, e.max_per_key
 ORDER BY running DESC, waiting DESC, j.entrypoint, j.concurrency_key
 LIMIT $1;
