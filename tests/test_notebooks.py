@@ -3,8 +3,8 @@ shows what its text says it shows, the same on every run, as it is stored.
 
 The kernel gets PGQ_NB_DSN, so each notebook's ``pgq_nb.connect(schema=...)`` reaches the test
 server, in the schema the notebook names for itself and resets. PGQ_NB_SCHEMA names a sentinel
-schema the notebooks must leave alone (a user's own queue). All five run in order, then all
-five again, with nothing reset in between: the second runs must show the numbers of the first
+schema the notebooks must leave alone (a user's own queue). All six run in order, then all
+six again, with nothing reset in between: the second runs must show the numbers of the first
 (a notebook that counted an earlier run's jobs would not). The content checks read the first
 runs. Cells whose output is checked carry a ``check-...`` tag; cells tagged ``varies`` show
 clock times, durations or rates, and only the kinds of their outputs are compared.
@@ -38,7 +38,7 @@ SENTINEL_SCHEMA = "pgq_nb_nb_sentinel"
 BUDGET_S = 60.0
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
-#: eight notebook runs (a few seconds each when the machine is idle) in one fixture
+#: twelve notebook runs (a few seconds each when the machine is idle) in one fixture
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -79,7 +79,7 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(installed: str) -> Iterator[Runs]:
-    """01 to 05, then 01 to 05 again, each in a fresh kernel, nothing reset in between."""
+    """01 to 06, then 01 to 06 again, each in a fresh kernel, nothing reset in between."""
     sentinel = pgq_nb.connect(installed, schema=SENTINEL_SCHEMA)
     sentinel.uninstall()
     sentinel.install()
