@@ -40,7 +40,7 @@ from pgq_nb.models import check_text
 from pgq_nb.retention import parse_period
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from pgq_nb.registry import Registry
 
@@ -111,11 +111,22 @@ def parse_ttl(value: object) -> float | None:
 
 def handler_version(handler: Any) -> str:
     """A version of ``handler`` made from its code: a hash of its source, or of its code
-    object when it has none (built in a string, say). The same code gives the same version in
+    object when it has none (built in a string, say), and of the arguments a
+    ``functools.partial`` binds (by their repr). The same code gives the same version in
     every process."""
     target = handler
+    bound: list[str] = []
     while isinstance(target, functools.partial):
+        bound.append(repr(target.args) + repr(sorted(target.keywords.items())))
         target = target.func
+    version = _code_version(target)
+    if bound:
+        version += "+args:" + hashlib.sha256("\x00".join(bound).encode()).hexdigest()[:16]
+    return version
+
+
+def _code_version(target: Any) -> str:
+    """:func:`handler_version` of a function or callable object (no partial)."""
     if not (inspect.isfunction(target) or inspect.ismethod(target)):
         target = type(target)  # a callable object: its class's source
     try:
@@ -174,10 +185,17 @@ def canonical(payload: bytes | None) -> str:
         raise UncacheablePayloadError("it holds a number too large for a float") from None
 
 
-def cache_key(entrypoint: str, version: str, payload: bytes | None) -> str:
+def cache_key(
+    entrypoint: str, version: str, payload: bytes | None, parents: Mapping[str, Any] | None = None
+) -> str:
     """The cache key of a job: sha256 of its entrypoint, handler version and canonical payload
-    (:func:`canonical`, whose UncacheablePayloadError it raises)."""
+    (:func:`canonical`, whose UncacheablePayloadError it raises), and for a workflow step the
+    results of the steps it depends on (``job.parent_results()``, as canonical JSON): a step
+    reads them as inputs, so a step whose parents returned something else runs again."""
     text = f"{entrypoint}\x00{version}\x00{canonical(payload)}"
+    if parents:
+        inputs = json.dumps(parents, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        text += "\x00" + inputs
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -44,7 +44,7 @@ def _keys(jobs: list[tuple[Job, str]]) -> list[str | UncacheablePayloadError]:
     keys: list[str | UncacheablePayloadError] = []
     for job, version in jobs:
         try:
-            keys.append(cache_key(job.entrypoint, version, job.payload))
+            keys.append(cache_key(job.entrypoint, version, job.payload, job._parents))
         except UncacheablePayloadError as exc:
             where = f"the payload of job {job.id}"
             keys.append(

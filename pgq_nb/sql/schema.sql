@@ -213,7 +213,9 @@ CREATE TABLE {schema}.history (
     cache_key text,
     cached_from bigint,
     map_source bigint,
-    step_path integer[]
+    step_path integer[],
+    -- cache=False at enqueue, kept so that a requeue or a retry still forces a run
+    use_cache boolean
 );
 
 CREATE INDEX history_finished_idx ON {schema}.history (finished);
@@ -388,7 +390,7 @@ WITH moved AS (
         dedupe_key, result, error, traceback, errors, worker_id, created, execute_after,
         started, finished, workflow_id, step_name, step_index, schedule_name, fire_time, tags,
         meta, trace_context, snoozes, concurrency_key, cache_key, cached_from, map_source,
-        step_path)
+        step_path, use_cache)
     SELECT id, entrypoint, payload, priority, outcome, attempts, dedupe_key,
         result_json::jsonb, final_error, trace,
         CASE WHEN attempt_error IS NULL THEN errors
@@ -397,7 +399,8 @@ WITH moved AS (
         END,
         worker_id, created, execute_after, coalesce(started_at, started), finished_at,
         workflow_id, step_name, step_index, schedule_name, fire_time, tags, meta, trace_context,
-        snoozes, concurrency_key, cache_key_of, cached_from_of, map_source, step_path
+        snoozes, concurrency_key, cache_key_of, cached_from_of, map_source, step_path,
+        use_cache
     FROM moved
     RETURNING entrypoint, status
 ), counted AS (
@@ -425,11 +428,11 @@ WITH moved AS (
     INSERT INTO {schema}.jobs (id, entrypoint, payload, priority, status, execute_after,
         attempts, dedupe_key, created, last_error, errors, pending_deps, workflow_id, step_name,
         step_index, schedule_name, fire_time, tags, meta, trace_context, concurrency_key,
-        map_source, step_path)
+        map_source, step_path, use_cache)
     SELECT id, entrypoint, payload, priority,
         CASE WHEN parents = 0 THEN 'queued' ELSE 'blocked' END, now(), 0, dedupe_key, created,
         error, errors, parents, workflow_id, step_name, step_index, schedule_name, fire_time,
-        tags, meta, trace_context, concurrency_key, map_source, step_path
+        tags, meta, trace_context, concurrency_key, map_source, step_path, use_cache
     FROM moved
     RETURNING id
 ), uncounted AS (

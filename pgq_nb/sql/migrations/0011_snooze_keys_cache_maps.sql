@@ -14,7 +14,8 @@ ALTER TABLE {schema}.history
     ADD COLUMN cache_key text,
     ADD COLUMN cached_from bigint,
     ADD COLUMN map_source bigint,
-    ADD COLUMN step_path integer[];
+    ADD COLUMN step_path integer[],
+    ADD COLUMN use_cache boolean;
 ALTER TABLE {schema}.entrypoints ADD COLUMN max_per_key integer;
 
 CREATE INDEX jobs_key_running_idx ON {schema}.jobs (entrypoint, concurrency_key)
@@ -49,7 +50,7 @@ WITH moved AS (
         dedupe_key, result, error, traceback, errors, worker_id, created, execute_after,
         started, finished, workflow_id, step_name, step_index, schedule_name, fire_time, tags,
         meta, trace_context, snoozes, concurrency_key, cache_key, cached_from, map_source,
-        step_path)
+        step_path, use_cache)
     SELECT id, entrypoint, payload, priority, outcome, attempts, dedupe_key,
         result_json::jsonb, final_error, trace,
         CASE WHEN attempt_error IS NULL THEN errors
@@ -58,7 +59,8 @@ WITH moved AS (
         END,
         worker_id, created, execute_after, coalesce(started_at, started), finished_at,
         workflow_id, step_name, step_index, schedule_name, fire_time, tags, meta, trace_context,
-        snoozes, concurrency_key, cache_key_of, cached_from_of, map_source, step_path
+        snoozes, concurrency_key, cache_key_of, cached_from_of, map_source, step_path,
+        use_cache
     FROM moved
     RETURNING entrypoint, status
 ), counted AS (
@@ -86,11 +88,11 @@ WITH moved AS (
     INSERT INTO {schema}.jobs (id, entrypoint, payload, priority, status, execute_after,
         attempts, dedupe_key, created, last_error, errors, pending_deps, workflow_id, step_name,
         step_index, schedule_name, fire_time, tags, meta, trace_context, concurrency_key,
-        map_source, step_path)
+        map_source, step_path, use_cache)
     SELECT id, entrypoint, payload, priority,
         CASE WHEN parents = 0 THEN 'queued' ELSE 'blocked' END, now(), 0, dedupe_key, created,
         error, errors, parents, workflow_id, step_name, step_index, schedule_name, fire_time,
-        tags, meta, trace_context, concurrency_key, map_source, step_path
+        tags, meta, trace_context, concurrency_key, map_source, step_path, use_cache
     FROM moved
     RETURNING id
 ), uncounted AS (
