@@ -24,9 +24,10 @@ FROM (SELECT DISTINCT hashtextextended('pgq_nb keys {schema} ' || e, 0) AS k
 -- to its room; jobs without a key (a function returned None, a cron tick, a job enqueued
 -- before the key was declared) have no limit. Only when that head was full ($5 jobs) and still
 -- gave fewer than $2 (full keys hold the front of the queue) are keys read one by one from
--- jobs_key_queued_idx (a loose index scan: one probe per key with queued jobs), each key's
--- first jobs up to its room: a key with a million queued jobs then costs one probe, and a
--- full key never holds back the others. The best of those, in claim order, are taken.
+-- jobs_key_queued_idx (a loose index scan: one probe per key with queued jobs, in key order,
+-- until $2 keys with room and a due job are found), each key's first jobs up to its room: a
+-- key with a million queued jobs then costs one probe, and a full key never holds back the
+-- others. The best of those, in claim order, are taken.
 -- Callers hold lock_keyed_claims for the entrypoint (see there).
 -- params: $1 entrypoint, $2 batch size, $3 worker id, $4 max_per_key (the worker's; the one
 --   recorded with the entrypoint wins), $5 how many of the first jobs to look through
@@ -48,7 +49,10 @@ WITH RECURSIVE cap AS (
     LEFT JOIN running AS r ON r.k = h.k
     WHERE h.k IS NULL OR h.rn <= (SELECT n FROM cap) - coalesce(r.n, 0)
 ), keys AS (
-    (SELECT j.concurrency_key AS k FROM {schema}.jobs AS j
+    -- found: the keys seen so far that have room and a due job; the walk stops at $2 of them
+    -- (each gives at least one job), so its length is bounded by the full keys (no more than
+    -- the jobs running), the keys with no due job, and the batch, never by every key queued
+    (SELECT j.concurrency_key AS k, 0 AS found FROM {schema}.jobs AS j
      WHERE j.status = 'queued' AND j.entrypoint = $1 AND j.concurrency_key IS NOT NULL
        AND (SELECT count(*) FROM head) >= $5 AND (SELECT count(*) FROM from_head) < $2
      ORDER BY j.concurrency_key LIMIT 1)
@@ -56,8 +60,14 @@ WITH RECURSIVE cap AS (
     SELECT (SELECT j.concurrency_key FROM {schema}.jobs AS j
             WHERE j.status = 'queued' AND j.entrypoint = $1 AND j.concurrency_key IS NOT NULL
               AND j.concurrency_key > keys.k
-            ORDER BY j.concurrency_key LIMIT 1)
-    FROM keys WHERE keys.k IS NOT NULL
+            ORDER BY j.concurrency_key LIMIT 1),
+        keys.found + CASE
+            WHEN (SELECT n FROM cap) > coalesce((SELECT r.n FROM running AS r WHERE r.k = keys.k), 0)
+                 AND EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                             WHERE j.status = 'queued' AND j.entrypoint = $1
+                               AND j.concurrency_key = keys.k AND j.execute_after <= now())
+            THEN 1 ELSE 0 END
+    FROM keys WHERE keys.k IS NOT NULL AND keys.found < $2
 ), by_key AS (
     SELECT c.id, c.priority
     FROM keys
