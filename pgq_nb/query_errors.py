@@ -60,7 +60,7 @@ RETRY_SAFE = frozenset(
         # (a retention policy is set to the same values again; retention_list, storage: reads)
         "retention", "retention_list", "storage",
         # AsyncWorkflowRun: reads (its retry() and cancel() are writes)
-        "state", "steps", "status",
+        "state", "steps", "status", "timeline",
     }
 )  # fmt: skip
 
