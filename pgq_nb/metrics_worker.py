@@ -33,7 +33,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 180
 WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600)
 
 #: The WorkerStats fields that count an attempt's end, and the outcome label each stands for.
-_OUTCOMES = ("succeeded", "failed", "retried", "cancelled")
+_OUTCOMES = ("succeeded", "failed", "retried", "cancelled", "snoozed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ class WorkerMetrics:
         self.attempts = Counter(
             "pgq_nb_worker_attempts",
             "Attempts this worker process ran to their end, by entrypoint and outcome "
-            "(succeeded, failed for good, retried, cancelled), since the process started",
+            "(succeeded, failed for good, retried, cancelled, snoozed), since the process started",
             ["entrypoint", "outcome"],
             registry=registry,
         )
@@ -137,9 +137,9 @@ class MeteredWorker(Worker):
 
     def _done(self, job: Job, started: dt.datetime, future: asyncio.Future[Any]) -> None:
         stats = self.stats
-        before = (stats.succeeded, stats.failed, stats.retried, stats.cancelled)
+        before = (stats.succeeded, stats.failed, stats.retried, stats.cancelled, stats.snoozed)
         super()._done(job, started, future)
-        after = (stats.succeeded, stats.failed, stats.retried, stats.cancelled)
+        after = (stats.succeeded, stats.failed, stats.retried, stats.cancelled, stats.snoozed)
         for outcome, was, now in zip(_OUTCOMES, before, after, strict=True):
             if now != was:
                 series = self.metrics.of(job.entrypoint)

@@ -639,3 +639,41 @@ def test_the_example_alert_rules_parse_and_name_only_metrics_that_exist() -> Non
     # the README shows the same rules
     readme = (REPO / "README.md").read_text()
     assert text.strip() in readme
+
+
+def test_a_snooze_is_counted_as_an_attempt_that_snoozed(q: pgq_nb.Queue) -> None:
+    """A worker's own counter names the snoozes (outcome="snoozed"), not only the success
+    after them, and times them (#21, item 2, from review)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pgq_nb.metrics_worker import MeteredWorker, WorkerMetrics
+
+    @q.entrypoint("later")
+    async def later(job: pgq_nb.Job) -> str:
+        if job.snoozes < 3:
+            raise pgq_nb.Snooze(0.01)
+        return "done"
+
+    registry = CollectorRegistry()
+    job_id = q.enqueue("later", {})
+
+    async def run() -> None:
+        worker = MeteredWorker(
+            q.aio, metrics=WorkerMetrics(registry), stop_when_idle=True, wait_for_scheduled=5.0
+        )
+        await worker.run()
+
+    runtime.run_sync(run())
+    assert q.get_job(job_id).status == "succeeded"
+    text = generate_latest(registry).decode()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("pgq_nb_worker_attempts_total{")
+        or line.startswith("pgq_nb_worker_attempt_duration_seconds_count{")
+    }
+    attempts = 'pgq_nb_worker_attempts_total{entrypoint="later",outcome="%s"}'
+    assert samples[attempts % "snoozed"] == 3
+    assert samples[attempts % "succeeded"] == 1
+    durations = [v for k, v in samples.items() if k.startswith("pgq_nb_worker_attempt_duration")]
+    assert durations == [4]
