@@ -17,6 +17,7 @@ elsewhere is refused. How claims keep the limit is described in ``sql/queries/ke
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -25,6 +26,8 @@ from pgq_nb.models import DEDUPE_KEY_LIMIT, check_int, check_text, refuse_frame
 
 if TYPE_CHECKING:
     from pgq_nb.registry import EntrypointSpec, Registry
+
+logger = logging.getLogger("pgq_nb.worker")
 
 #: A concurrency_key option: a payload field's name, or a function of the payload.
 KeyOption = str | Callable[[Any], Any]
@@ -130,6 +133,12 @@ def key_of(src: KeySource, payload: Any, job: str) -> str | None:
                 f"concurrency_key): its payload is {type(data).__name__}, not a JSON object; "
                 "enqueue a dict with that field"
             )
+        if src.field in data and data[src.field] is None:
+            raise InvalidInputError(
+                f"{job} of entrypoint {src.entrypoint!r} has {src.field!r} (its concurrency_key) "
+                "set to null: give every job a key (a str or an int), or key by a function "
+                "that returns None for jobs without a limit; nothing was enqueued"
+            )
         if data.get(src.field) is None:
             raise InvalidInputError(
                 f"{job} of entrypoint {src.entrypoint!r} has no field {src.field!r} (its "
@@ -213,9 +222,21 @@ async def apply(
 
 
 async def record(queries: Mapping[str, str], conn: Any, name: str, option: Any, cap: Any) -> None:
-    """A starting worker records an entrypoint's per-key limit (cleared when it has none)."""
+    """A starting worker records an entrypoint's per-key limit (cleared when it has none).
+    The last worker to start sets it for every worker (as ``max_running``); one that changes
+    what another recorded says so in the log, since the others follow it at once."""
     field = option if isinstance(option, str) else None
-    await conn.execute(queries["set_key_limit"], name, cap, field)
+    was = await conn.fetchrow(queries["set_key_limit"], name, cap, field)
+    if was is not None and was["max_per_key"] is not None and was["max_per_key"] != cap:
+        logger.warning(
+            "this worker changed entrypoint %r's max_per_key from %s to %s for every worker "
+            "(the last worker to start sets it): start every worker of it with the same "
+            "@q.entrypoint options",
+            name,
+            was["max_per_key"],
+            cap,
+            extra={"entrypoint": name, "was": was["max_per_key"], "now": cap},
+        )
 
 
 def lookahead(batch: int) -> int:

@@ -93,7 +93,7 @@ def test_a_field_key_is_read_from_the_payload(payload: Any, key: str) -> None:
     ("payload", "message"),
     [
         ({"other": 1}, "the job of entrypoint 'ep' has no field 'c'"),
-        ({"c": None}, "has no field 'c'"),
+        ({"c": None}, r"has 'c' \(its concurrency_key\) set to null"),
         ([1, 2], "its payload is list, not a JSON object"),
         (None, "its payload is NoneType"),
         ({"c": 1.5}, r"is 1.5 \(float\); a concurrency_key must be a str or an int"),
@@ -438,3 +438,21 @@ def test_a_paused_keyed_entrypoint_is_not_claimed(q: pgq_nb.Queue) -> None:
     assert runtime.run_sync(claim()) == []
     q.resume("sync")
     assert len(runtime.run_sync(claim())) == 1
+
+
+def test_a_worker_that_changes_max_per_key_says_so(
+    q: pgq_nb.Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last worker to start sets an entrypoint's max_per_key for every worker (as
+    max_running); one that changes what another recorded warns (from review)."""
+    q.entrypoint("sync", concurrency_key="c", max_per_key=1)(lambda job: None)
+    q.run_until_idle()
+    other = pgq_nb.connect(q.aio.store.dsn, schema=SCHEMA)
+    other.entrypoint("sync", concurrency_key="c", max_per_key=3)(lambda job: None)
+    with caplog.at_level("WARNING", logger="pgq_nb.worker"):
+        other.run_until_idle()
+    assert "changed entrypoint 'sync''s max_per_key from 1 to 3" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pgq_nb.worker"):
+        other.run_until_idle()  # the same again: nothing to say
+    assert "max_per_key" not in caplog.text

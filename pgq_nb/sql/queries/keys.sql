@@ -138,9 +138,14 @@ RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
 -- name: set_key_limit
 -- Record an entrypoint's per-key limit (from its @q.entrypoint registration by a starting
 -- worker): max_per_key (NULL: none) and the payload field its key is read from (NULL: none,
--- or a function's, which only a process with the handler can compute).
+-- or a function's, which only a process with the handler can compute). Returns the
+-- max_per_key recorded before.
 -- params: $1 entrypoint, $2 max_per_key, $3 key field
-UPDATE {schema}.entrypoints SET max_per_key = $2, key_field = $3 WHERE name = $1;
+WITH old AS (  -- (the statement's snapshot: the row before this UPDATE)
+    SELECT max_per_key FROM {schema}.entrypoints WHERE name = $1
+)
+UPDATE {schema}.entrypoints SET max_per_key = $2, key_field = $3 WHERE name = $1
+RETURNING (SELECT max_per_key FROM old) AS max_per_key;
 
 -- name: set_job_keys
 -- Give jobs just written (in the same transaction) their concurrency_key.
