@@ -350,6 +350,7 @@ class AsyncQueue(
         stats = await worker.run()
         notices.tell_failed(worker.failures)
         await notices.tell_unserved(self.store, self.registry, wait_for_scheduled, serves_new=None)
+        await notices.tell_paused(self.store, list(worker.specs), wait_for_scheduled)
         return stats
 
     @runtime.bridged

@@ -61,6 +61,15 @@ class JobsWithoutHandler(WorkerWarning):
         self.waiting = waiting
 
 
+class JobsPaused(WorkerWarning):
+    """Queued jobs of paused entrypoints that ``run_until_idle()`` left waiting."""
+
+    def __init__(self, message: str, waiting: dict[str, int]) -> None:
+        super().__init__(message)
+        #: entrypoint -> queued jobs of it
+        self.waiting = waiting
+
+
 class JobsFailed(WorkerWarning):
     """Jobs this worker failed for good."""
 
@@ -139,6 +148,34 @@ async def tell_unserved(
         return
     if waiting:
         say(JobsWithoutHandler(unserved_message(waiting, serves_new=serves_new), waiting))
+
+
+# -- jobs of paused entrypoints ----------------------------------------------------------------
+
+
+def paused_message(waiting: Mapping[str, int]) -> str:
+    """The line of :class:`JobsPaused`."""
+    names = sorted(waiting)
+    listed = ", ".join(f"{n!r} ({waiting[n]})" for n in names[:NAMED]) + _more(len(names))
+    total = sum(waiting.values())
+    jobs = "1 queued job" if total == 1 else f"{total} queued jobs"
+    which = "a paused entrypoint" if len(names) == 1 else "paused entrypoints"
+    return (
+        f"run_until_idle() stopped, but {jobs} of {which} wait: {listed}; "
+        f"q.resume({names[0]!r}) lets them run, then call run_until_idle() again"
+    )
+
+
+async def tell_paused(store: Store, names: list[str], horizon: float | None) -> None:
+    """Say :class:`JobsPaused` if ``names`` have queued jobs waiting for a resume."""
+    try:
+        rows = await store.pool.fetch(store.queries["paused_jobs"], names, horizon)
+    except db.TRANSIENT_ERRORS as exc:
+        logger.warning("could not count jobs of paused entrypoints", extra={"error": str(exc)})
+        return
+    if rows:
+        waiting = {r["entrypoint"]: r["jobs"] for r in rows}
+        say(JobsPaused(paused_message(waiting), waiting))
 
 
 # -- jobs that failed for good -------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 import pgq_nb
 from pgq_nb.worker_notices import (
     JobsFailed,
+    JobsPaused,
     JobsWithoutHandler,
     WorkerWarning,
     failed_message,
@@ -260,3 +261,23 @@ def test_a_notebook_shows_each_line_under_the_cell_that_ran_the_worker(
     assert "failed for good" not in shown[3]
     assert shown[3].count("1 queued job cannot run: no handler in this process") == 1
     assert "'load' (1)" in shown[3] and "@q.entrypoint('load')" in shown[3]
+
+
+def test_run_until_idle_stops_beside_a_paused_entrypoints_jobs_and_says_so(
+    q: pgq_nb.Queue, record: list[warnings.WarningMessage]
+) -> None:
+    """Queued jobs of a paused entrypoint do not keep run_until_idle() waiting for ever (found
+    in review: it never returned); it says what waits and how to let it run."""
+    q.entrypoint("a")(lambda job: 1)
+    q.entrypoint("b")(lambda job: 2)
+    q.enqueue(["a", "b", "b"])
+    q.pause("b")
+    stats = q.run_until_idle()
+    assert stats.succeeded == 1
+    [line] = said(record, JobsPaused)
+    assert line == (
+        "run_until_idle() stopped, but 2 queued jobs of a paused entrypoint wait: 'b' (2); "
+        "q.resume('b') lets them run, then call run_until_idle() again"
+    )
+    q.resume("b")
+    assert q.run_until_idle().succeeded == 2

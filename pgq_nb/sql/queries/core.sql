@@ -356,12 +356,15 @@ UNION ALL
 SELECT id, status FROM {schema}.history WHERE id = ANY($1::bigint[]);
 
 -- name: count_runnable
--- How many jobs of these entrypoints are queued and due within $2 seconds, or picked.
+-- How many jobs of these entrypoints are queued and due within $2 seconds, or picked. Queued
+-- jobs of a paused entrypoint do not count: nobody may run them until it is resumed, so a
+-- worker that stops when idle would otherwise never stop.
 -- params: $1 entrypoints text[], $2 horizon in seconds (float)
 SELECT count(*) FROM {schema}.jobs
 WHERE entrypoint = ANY($1::text[])
   AND (status = 'picked'
-       OR (status = 'queued' AND execute_after <= now() + make_interval(secs => $2)));
+       OR (status = 'queued' AND execute_after <= now() + make_interval(secs => $2)
+           AND entrypoint <> ALL (ARRAY(SELECT name FROM {schema}.entrypoints WHERE paused))));
 
 -- name: analyze_jobs
 -- Refresh the planner's statistics after a bulk load, so claims keep using jobs_claim_idx.

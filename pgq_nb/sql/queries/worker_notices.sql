@@ -24,3 +24,16 @@ WHERE EXISTS (SELECT 1 FROM candidates)
   AND ($2::float8 IS NULL OR j.execute_after <= now() + make_interval(secs => $2::float8))
 GROUP BY j.entrypoint
 ORDER BY j.entrypoint;
+
+-- name: paused_jobs
+-- Queued jobs of paused entrypoints among these ($1), due within $2 seconds (NULL: whenever),
+-- by entrypoint: what run_until_idle() leaves waiting when it stops.
+-- params: $1 entrypoints text[], $2 horizon in seconds (float, NULL = any)
+SELECT j.entrypoint, count(*) AS jobs
+FROM {schema}.jobs AS j
+JOIN {schema}.entrypoints AS e ON e.name = j.entrypoint AND e.paused
+WHERE j.status = 'queued'
+  AND j.entrypoint = ANY($1::text[])
+  AND ($2::float8 IS NULL OR j.execute_after <= now() + make_interval(secs => $2::float8))
+GROUP BY j.entrypoint
+ORDER BY j.entrypoint;
