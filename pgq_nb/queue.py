@@ -10,7 +10,7 @@ from typing import Any, TypeVar, overload
 
 import asyncpg
 
-from pgq_nb import enqueue, runtime, schema_install
+from pgq_nb import enqueue_submit, runtime, schema_install
 from pgq_nb import worker_notices as notices
 from pgq_nb.config import Settings
 from pgq_nb.enqueue import ANALYZE_AFTER_ROWS as ANALYZE_AFTER_ROWS
@@ -251,7 +251,7 @@ class AsyncQueue(
         ``cache=False`` runs the job(s) even when their entrypoint has ``cache=True`` and a
         cached result exists (the success is still recorded for later jobs to reuse).
         """
-        call = enqueue.submit(
+        call = enqueue_submit.submit(
             self.store,
             self.registry,
             entrypoint,
@@ -271,7 +271,7 @@ class AsyncQueue(
     @runtime.bridged
     async def analyze(self) -> None:
         """Refresh planner statistics of the jobs table (done after large bulk enqueues)."""
-        await enqueue.analyze_jobs(self.store)
+        await enqueue_submit.analyze_jobs(self.store)
 
     # -- transactions and resources ---------------------------------------------------------
 

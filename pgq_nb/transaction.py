@@ -13,7 +13,7 @@ from __future__ import annotations
 import types
 from typing import TYPE_CHECKING, Any
 
-from pgq_nb import db, enqueue, runtime
+from pgq_nb import db, enqueue_submit, runtime
 
 if TYPE_CHECKING:
     import asyncpg
@@ -129,7 +129,7 @@ class AsyncTransaction:
         self, /, entrypoint: Any, payload: Any = None, priority: Any = 0, **kwargs: Any
     ) -> Any:
         """``q.enqueue`` inside this transaction."""
-        return await enqueue.enqueue_on(
+        return await enqueue_submit.enqueue_on(
             self.store,
             self.registry,
             entrypoint,
@@ -148,7 +148,7 @@ class AsyncTransaction:
         call = enqueue_df(
             self.store,
             self.registry,
-            lambda: enqueue.analyze_jobs(self.store),
+            lambda: enqueue_submit.analyze_jobs(self.store),
             entrypoint,
             df,
             connection=conn,
