@@ -152,3 +152,18 @@ def test_a_cancel_while_the_completion_waits_for_its_source_row(q: pgq_nb.Queue)
     _race(q, run, holder)
     _check_settled(q, run)
     assert _deadlocks(q) == before  # not one, even retried inside
+
+
+def test_cancelling_a_run_that_is_over_changes_nothing(q: pgq_nb.Queue) -> None:
+    """A cancel that comes after the last step (as a cancel racing a fast run can): the run
+    stays as it ended (it was marked cancelled and unfinished, for ever)."""
+    q.entrypoint("extract")(lambda job: [1])
+    q.entrypoint("transform")(lambda job: 1)
+    wf = q.workflow("over")
+    wf.map_over(wf.step("extract"), "transform")
+    run = wf.submit()
+    q.run_until_idle()
+    assert run.wait(timeout=30, progress=False) == "succeeded"
+    assert run.cancel() == 0
+    (row,) = _side_sql(q, "SELECT status, finished FROM {schema}.workflows")
+    assert row["status"] == "succeeded" and row["finished"] is not None

@@ -159,10 +159,12 @@ ORDER BY step_name, placeholder DESC, step_path NULLS FIRST, step_index NULLS FI
 -- params: $1 workflow id
 SELECT id, status FROM {schema}.jobs WHERE workflow_id = $1;
 
--- name: mark_workflow
--- Set a run's status (cancel, retry).
--- params: $1 workflow id, $2 status, $3 finished (NULL = still running)
-UPDATE {schema}.workflows SET status = $2, finished = $3 WHERE id = $1;
+-- name: cancel_workflow
+-- Mark a run cancelled, unless it is over (a run that finished stays as it ended: cancelling
+-- it changes nothing). Takes the run row's lock: it waits for a completion holding it (a
+-- map_over source expanding, a run settling).
+-- params: $1 workflow id
+UPDATE {schema}.workflows SET status = 'cancelled' WHERE id = $1 AND finished IS NULL;
 
 -- name: retry_workflow_steps
 -- Put a run's failed, cancelled and upstream_failed steps back: each waits again for its
