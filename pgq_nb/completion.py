@@ -271,7 +271,7 @@ async def run_transactional(
                 timeout=spec.timeout,
                 cancel_requested=cancel_requested,
             )
-        if (wrong := workflow_maps.result_error(job, encoded.json)) is not None:
+        if (wrong := workflow_maps.result_error(job, encoded.json, encoded.series)) is not None:
             raise wrong  # rolls the handler's writes back; the attempt fails for good
         finished = dt.datetime.now(dt.UTC)
         row = Finished(job.id, "succeeded", encoded.json, None, None, started, finished, 0.0)

@@ -88,6 +88,8 @@ def _json_default(value: object) -> object:
         return dict(value)
     to_dict = getattr(value, "to_dict", None)
     if callable(to_dict):  # pandas DataFrame / Series, without importing pandas
+        value = with_index(value)
+        to_dict = getattr(value, "to_dict", to_dict)
         try:
             return to_dict(orient="records")
         except TypeError:
@@ -96,6 +98,42 @@ def _json_default(value: object) -> object:
     if callable(item):  # numpy scalars
         return item()
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _default_index(index: object) -> bool:
+    """Whether a pandas index is the default one (0, 1, 2, ... unnamed), without pandas."""
+    return (
+        type(index).__name__ == "RangeIndex"
+        and getattr(index, "start", None) == 0
+        and getattr(index, "step", None) == 1
+        and getattr(index, "name", None) is None
+    )
+
+
+def with_index(value: object) -> object:
+    """A DataFrame whose index is not the default (a groupby result: its keys are in the
+    index) with the index as its first columns, as ``reset_index()`` makes it, so that each
+    row stored keeps it; anything else as it is (and a frame whose index would clash with a
+    column's name: ``reset_index()`` refuses)."""
+    if getattr(value, "columns", None) is None or _default_index(getattr(value, "index", None)):
+        return value
+    reset = getattr(value, "reset_index", None)
+    if not callable(reset):
+        return value
+    try:
+        return reset()
+    except ValueError:  # "cannot insert region, already exists"
+        return value
+
+
+def is_series(value: object) -> bool:
+    """Whether ``value`` looks like a pandas Series (without importing pandas)."""
+    return (
+        callable(getattr(value, "to_dict", None))
+        and hasattr(value, "index")
+        and hasattr(value, "dtype")
+        and not hasattr(value, "columns")
+    )
 
 
 def _finite(value: object) -> object:

@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pgq_nb.encoding import encode_result
+from pgq_nb.encoding import encode_result, is_series
 from pgq_nb.errors import HandlerExitError, JobTimeoutError, UnstorableResultError
 from pgq_nb.models import TRACEBACK_LIMIT, Job, storable_text
 
@@ -48,15 +48,17 @@ def timeout_error(seconds: float, ran: float | None = None) -> JobTimeoutError:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Encoded:
-    """A handler's result, already encoded as JSON text (None for no result)."""
+    """A handler's result, already encoded as JSON text (None for no result); ``series``: it
+    was a pandas Series (stored as a dict), which a map_over's source cannot return."""
 
     json: str | None
+    series: bool = False
 
 
 def encode(value: Any) -> Encoded:
     """Encode a handler's result; anything that goes wrong is the job's own failure."""
     try:
-        return Encoded(encode_result(value))
+        return Encoded(encode_result(value), is_series(value))
     except Exception as exc:
         try:
             why = f"{type(exc).__name__}: {exc}"

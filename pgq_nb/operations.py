@@ -69,17 +69,38 @@ async def job_statuses(target: SqlTarget, ids: Sequence[int]) -> dict[int, JobSt
     return {r["id"]: JobStatus(r["status"]) for r in rows}
 
 
-async def cancel_jobs(target: SqlTarget, ids: Sequence[int] | int) -> dict[int, str]:
-    """``q.cancel``: what happened to each id (see :meth:`Operations.cancel`)."""
-    wanted = _ids(ids)
+_DEADLOCK_TRIES = 5
+
+
+async def _cancel_once(target: SqlTarget, wanted: list[int]) -> tuple[set[int], set[int]]:
+    """One try of :func:`cancel_jobs`: the ids cancelled, and those told to stop. Running
+    jobs first: a worker's flush locks its own (running) rows, then the waiting steps a map
+    source's expansion counts up, then the run rows; taking the waiting rows first could wait
+    for a source that flush holds while it waits for us (a deadlock)."""
     q = target.queries
     async with target.pool.acquire() as conn, conn.transaction():
-        gone = await conn.fetch(q["cancel_waiting"], wanted)
-        cancelled = {r["id"] for r in gone}
         asked = {r["id"] for r in await conn.fetch(q["request_cancel"], wanted)}
+        gone = await conn.fetch(q["cancel_waiting"], wanted)
         if asked:
             await conn.execute(q["notify_cancel"], ",".join(map(str, asked)))
         await settle_steps(conn, q, gone, [])  # what depends on a cancelled step
+    return {r["id"] for r in gone}, asked
+
+
+async def cancel_jobs(target: SqlTarget, ids: Sequence[int] | int) -> dict[int, str]:
+    """``q.cancel``: what happened to each id (see :meth:`Operations.cancel`)."""
+    wanted = _ids(ids)
+    for tries in range(1, _DEADLOCK_TRIES + 1):
+        try:
+            cancelled, asked = await _cancel_once(target, wanted)
+        except asyncpg.DeadlockDetectedError:
+            # rolled back whole, nothing half-done: the lock order matches a worker's flush,
+            # but the rows of one kind are locked in no set order (several workers' jobs, a
+            # caller's ids), so a cycle stays possible in theory; it is transient: try again
+            if tries == _DEADLOCK_TRIES:
+                raise
+            continue
+        break
     rest = [i for i in wanted if i not in cancelled and i not in asked]
     found = await job_statuses(target, rest) if rest else {}
     outcome: dict[int, str] = {}

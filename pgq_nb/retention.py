@@ -38,6 +38,8 @@ BATCH = 1000
 PAUSE_S = 0.05
 #: The payload_dtypes rows looked at per statement when purging them.
 DTYPES_BATCH = 1000
+#: purge_side_tables() looks at this many workflow runs per statement.
+RUNS_BATCH = 1000
 #: The longest period accepted (as enqueue's MAX_DELAY: nothing is older).
 MAX_PERIOD = dt.timedelta(days=365_000)
 #: Which period of a policy holds for which history status.
@@ -210,12 +212,22 @@ async def apply_once(store: Any, *, batch: int = BATCH, pause: float = PAUSE_S) 
 
 async def purge_side_tables(q: dict[str, str], conn: Any) -> None:
     """Forget what only purged jobs used: the dtypes of batches no job is left of (below the
-    lowest id left, then the rest in walks of DTYPES_BATCH), and notebook outputs."""
+    lowest id left, then the rest in walks of DTYPES_BATCH), notebook outputs, and the
+    workflow runs no step is left of, with their map_overs (walks of RUNS_BATCH runs)."""
     await conn.execute(q["purge_payload_dtypes"])
     after: int | None = 0
     while after is not None:
         after = await conn.fetchval(q["purge_unreferenced_dtypes"], after, DTYPES_BATCH)
     await conn.execute(q["purge_notebook_outputs"])
+    await purge_runs(q, conn)
+
+
+async def purge_runs(q: dict[str, str], conn: Any) -> None:
+    """Forget the workflow runs no step is left of, with their map_overs, in walks of
+    RUNS_BATCH runs (q.purge_history and the retention policies)."""
+    after: int | None = 0
+    while after is not None:
+        after = await conn.fetchval(q["purge_workflow_runs"], after, RUNS_BATCH)
 
 
 async def retention_loop(store: Any) -> None:

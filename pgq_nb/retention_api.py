@@ -117,7 +117,8 @@ class RetentionMethods:
     async def storage(self) -> pd.DataFrame:
         """What the queue's tables cost: one row per table, entrypoint and status, with
         ``rows`` and ``bytes`` (history and jobs by entrypoint and status; payload_dtypes by
-        entrypoint; notebook_outputs and notebooks under the notebook entrypoint).
+        entrypoint; notebook_outputs and notebooks under the notebook entrypoint; the workflow
+        tables, workflows, job_deps and the map_over tables, with no entrypoint).
 
         ``rows`` are exact (history's from the counters, no scan). ``bytes`` are estimates,
         bounded however large history is: each table's real size on disk with its indexes and

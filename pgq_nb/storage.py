@@ -74,12 +74,19 @@ async def storage_rows(store: Any) -> list[dict[str, Any]]:
             _row("payload_dtypes", g, n, shares[g]) for g, n in sorted(dtypes.items(), key=_order)
         ]
         notebooks = await conn.fetchrow(q["storage_notebook_rows"])
+        runs = await conn.fetch(q["storage_workflow_rows"])
     for table, n in (
         ("notebook_outputs", notebooks["outputs"]),
         ("notebooks", notebooks["notebooks"]),
     ):
         if n:
             out.append(_row(table, (NOTEBOOK_ENTRYPOINT, None), n, sizes.get(table, 0)))
+    # workflow runs, their edges and map_overs: no entrypoint of their own
+    out += [
+        _row(r["table_name"], (None, None), r["rows"], sizes.get(r["table_name"], 0))
+        for r in runs
+        if r["rows"]
+    ]
     return out
 
 

@@ -76,7 +76,7 @@ class Completing:
                 return
             if not isinstance(value, Encoded):
                 exc = RuntimeError(f"internal: an attempt ended with {type(value).__name__}")
-            elif (exc := workflow_maps.result_error(job, value.json)) is None:
+            elif (exc := workflow_maps.result_error(job, value.json, value.series)) is None:
                 self._finished.append(
                     Finished(
                         job.id, "succeeded", value.json, None, None, started, finished, 0.0, *cache

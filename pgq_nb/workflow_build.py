@@ -264,13 +264,14 @@ class WorkflowBuilder:
         self._names[step_name] = handle
         return handle
 
-    def _resolve(self, dep: Step | str, node: str) -> Step:
+    def _resolve(self, dep: Step | str, node: str, *, expands: bool = False) -> Step:
         if isinstance(dep, Step):
             return dep
         found = self._names.get(dep)
         if found is None:
+            what = f"map_over {node!r} expands" if expands else f"step {node!r} depends on"
             raise InvalidInputError(
-                f"step {node!r} depends on {dep!r}, which is not a step of workflow "
+                f"{what} {dep!r}, which is not a step of workflow "
                 f"{self.name!r}{did_you_mean(dep, self._names)}; its steps: {sorted(self._names)}"
             )
         return found
@@ -291,7 +292,7 @@ class WorkflowBuilder:
                     children.add((dep.map_over, child))
                     graph[node.name].add(dep.name)
         for m in self._maps:
-            up = self._resolve(m.parent, m.name)
+            up = self._resolve(m.parent, m.name, expands=True)
             if up.name == m.name:
                 raise InvalidInputError(f"map_over {m.name!r} depends on itself")
             graph[m.name].add(up.name)
@@ -329,7 +330,7 @@ class WorkflowBuilder:
     def _map_plan(self) -> workflow_maps.MapPlan:
         parents: list[tuple[int | None, tuple[int, ...]]] = []
         for m in self._maps:
-            up = self._resolve(m.parent, m.name)
+            up = self._resolve(m.parent, m.name, expands=True)
             parents.append((up.map_over, up.indices))
         return workflow_maps.plan(parents, self._map_children, len(self._nodes))
 

@@ -131,11 +131,19 @@ async def write(
 _KINDS = {"{": "a dict", '"': "a str", "t": "a bool", "f": "a bool", "n": "None"}
 
 
-def result_error(job: Job, result_json: str | None) -> MapSourceError | None:
+def result_error(job: Job, result_json: str | None, series: bool = False) -> MapSourceError | None:
     """A source of a map_over must return a list (or a DataFrame, stored as its rows): the
-    MapSourceError (naming the step and what it returned) its attempt fails with, else None."""
+    MapSourceError (naming the step and what it returned) its attempt fails with, else None.
+    ``series``: the result was a pandas Series (stored as a dict)."""
     if not job._expands or (result_json is not None and result_json.startswith("[")):
         return None
+    if series:
+        return MapSourceError(
+            f"step {job.step_name!r} (job {job.id}) returned a pandas Series, but a "
+            "wf.map_over runs one step per item of a list or row of a DataFrame: return "
+            "series.tolist() (one step per value) or series.reset_index() (one step per "
+            "index label and value)"
+        )
     kind = "None" if result_json is None else _KINDS.get(result_json[:1], "a number")
     return MapSourceError(
         f"step {job.step_name!r} (job {job.id}) returned {kind}, but a wf.map_over runs one "

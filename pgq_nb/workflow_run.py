@@ -123,12 +123,16 @@ class AsyncWorkflowRun:
 
     @runtime.bridged
     async def cancel(self) -> int:
-        """Cancel every unfinished step: waiting ones at once, running ones are told to stop.
-        Returns how many steps were cancelled or told to stop."""
+        """Cancel every unfinished step: waiting ones at once, running ones are told to stop
+        (a ``def`` handler cannot be interrupted: its step ends as it returns). A run that is
+        over stays as it ended. Returns how many steps were cancelled or told to stop."""
         q = self.store
         async with q.pool.acquire() as conn, conn.transaction():
+            # mark first: that waits for a source's completion holding the run row, and the
+            # next statement's snapshot then sees every step it made; one that expands later
+            # sees the run cancelled and cancels its new steps itself (expand_maps)
+            await conn.execute(q.queries["cancel_workflow"], self.id)
             live = await conn.fetch(q.queries["workflow_live_steps"], self.id)
-            await conn.execute(q.queries["mark_workflow"], self.id, "cancelled", None)
         outcome = await cancel_jobs(q, [r["id"] for r in live]) if live else {}
         return sum(v in ("cancelled", "cancelling") for v in outcome.values())
 

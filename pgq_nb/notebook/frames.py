@@ -35,6 +35,7 @@ from pgq_nb.notebook.counting import stats
 from pgq_nb.notebook.enqueue import enqueue_df
 from pgq_nb.notebook.results import results
 from pgq_nb.notebook.truncation import fetch_capped, warn_truncated
+from pgq_nb.retention import purge_runs
 from pgq_nb.view_limits import COUNT_CAP, FAILED_LIMIT, HISTORY_LIMIT, JOBS_LIMIT
 
 if TYPE_CHECKING:
@@ -328,6 +329,7 @@ async def purge_history(
             if deleted < batch_size:
                 await _purge_dtypes(aq, conn)
                 await conn.execute(aq.queries["purge_notebook_outputs"])
+                await purge_runs(aq.queries, conn)
                 return total
 
 

@@ -35,8 +35,9 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::boolean[], $4::integer[]);
 -- run's step count grows. Steps of an entrypoint with per-key limits take their key from the
 -- field its workers recorded (entrypoints.key_field). A result that is not a JSON array counts as no items (the worker
 -- fails a source that returns anything else before it gets here). Returns the steps it
--- made in runs cancelled meanwhile (a source that finished anyway), which the caller cancels
--- (cancel_waiting) so that a retry of the run finds them with the rest.
+-- made in runs cancelled meanwhile (a source that finished anyway; the status is the locked
+-- run row's, not the snapshot's: a cancel committed while this waited counts), which the
+-- caller cancels (cancel_waiting) so that a retry of the run finds them with the rest.
 -- params: $1 succeeded step ids bigint[], $2 their results as JSON text[] (NULL: not a list)
 WITH done AS (
     SELECT * FROM unnest($1::bigint[], $2::text[]) AS d(id, result)
@@ -105,7 +106,9 @@ WITH done AS (
 ), woken AS (
     SELECT pg_notify('{channel}', '') FROM released WHERE status = 'queued' LIMIT 1
 ), runs AS (
-    SELECT w.id FROM {schema}.workflows AS w
+    -- the run rows, locked (after the job rows: the global order): FOR UPDATE re-reads the
+    -- newest version after waiting, so a cancel that committed meanwhile is seen here
+    SELECT w.id, w.status FROM {schema}.workflows AS w
     WHERE w.id IN (SELECT workflow_id FROM sizes)
     ORDER BY w.id
     FOR UPDATE
@@ -118,5 +121,5 @@ WITH done AS (
 -- (a plain SELECT in WITH runs only when read: read `woken` so the NOTIFY is sent)
 SELECT (SELECT count(*) FROM woken)::integer AS woken,
     ARRAY(SELECT i.new_id FROM items AS i
-          JOIN {schema}.workflows AS w ON w.id = i.workflow_id
+          JOIN runs AS w ON w.id = i.workflow_id
           WHERE w.status = 'cancelled' ORDER BY i.new_id) AS cancelled;

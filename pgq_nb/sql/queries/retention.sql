@@ -74,7 +74,10 @@ WITH kept AS (
     DELETE FROM {schema}.history AS h
     USING doomed
     WHERE h.id = doomed.id
-    RETURNING h.entrypoint, h.status
+    RETURNING h.id, h.entrypoint, h.status
+), unlinked AS (
+    -- the edges to the purged steps (only a succeeded run's: no retry will count them)
+    DELETE FROM {schema}.job_deps AS d USING gone WHERE d.child_id = gone.id
 ), uncounted AS (
     SELECT {schema}.count_finished(array_agg(entrypoint), array_agg(status), 16::smallint, -1)
     FROM gone
@@ -91,7 +94,8 @@ SELECT c.relname AS table_name, pg_total_relation_size(c.oid) AS bytes,
 FROM pg_class AS c
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND c.relkind = 'r'
-  AND c.relname IN ('jobs', 'history', 'payload_dtypes', 'notebook_outputs', 'notebooks');
+  AND c.relname IN ('jobs', 'history', 'payload_dtypes', 'notebook_outputs', 'notebooks',
+      'workflows', 'job_deps', 'workflow_maps', 'workflow_map_sources', 'workflow_map_deps');
 
 -- name: storage_history_sample
 -- The row width of history per (entrypoint, status), from a sample of about $1 percent of its
@@ -130,3 +134,41 @@ SELECT entrypoint, status, count(*) AS rows FROM {schema}.jobs GROUP BY entrypoi
 -- params: none
 SELECT (SELECT count(*) FROM {schema}.notebook_outputs) AS outputs,
     (SELECT count(*) FROM {schema}.notebooks) AS notebooks;
+
+-- name: storage_workflow_rows
+-- Rows of the workflow tables (runs, their edges and their map_overs), by table.
+-- params: none
+SELECT 'workflows' AS table_name, count(*) AS rows FROM {schema}.workflows
+UNION ALL SELECT 'job_deps', count(*) FROM {schema}.job_deps
+UNION ALL SELECT 'workflow_maps', count(*) FROM {schema}.workflow_maps
+UNION ALL SELECT 'workflow_map_sources', count(*) FROM {schema}.workflow_map_sources
+UNION ALL SELECT 'workflow_map_deps', count(*) FROM {schema}.workflow_map_deps;
+
+-- name: purge_workflow_runs
+-- Retention (q.purge_history and the policies), after the jobs: of the next $2 runs after run
+-- id $1 (in id order), forget those no step of which is left in jobs or history (all purged:
+-- only a succeeded run's steps are) with their map_overs and what those recorded
+-- (workflow_maps, workflow_map_sources, workflow_map_deps); a step's edges (job_deps) went
+-- with it. A run being submitted is invisible until its steps are, and a retried one has its
+-- steps in one of the two tables, so neither is taken. Index probes only (jobs_workflow_idx,
+-- history_workflow_idx, the map tables' map and run indexes).
+-- Returns the last run id looked at (NULL: none left; call again with it until then).
+-- params: $1 after this run id bigint, $2 how many runs to look at
+WITH chunk AS (
+    SELECT id FROM {schema}.workflows WHERE id > $1 ORDER BY id LIMIT $2
+), empty AS (
+    SELECT c.id FROM chunk AS c
+    WHERE NOT EXISTS (SELECT FROM {schema}.jobs AS j WHERE j.workflow_id = c.id)
+      AND NOT EXISTS (SELECT FROM {schema}.history AS h WHERE h.workflow_id = c.id)
+), maps AS (
+    SELECT m.id FROM {schema}.workflow_maps AS m WHERE m.workflow_id IN (SELECT id FROM empty)
+), sources AS (
+    DELETE FROM {schema}.workflow_map_sources AS s USING maps WHERE s.map_id = maps.id
+), waiting AS (
+    DELETE FROM {schema}.workflow_map_deps AS d USING maps WHERE d.map_id = maps.id
+), nodes AS (
+    DELETE FROM {schema}.workflow_maps AS m USING empty WHERE m.workflow_id = empty.id
+), runs AS (
+    DELETE FROM {schema}.workflows AS w USING empty WHERE w.id = empty.id
+)
+SELECT max(id) FROM chunk;

@@ -226,7 +226,10 @@ WITH doomed AS (
     DELETE FROM {schema}.history AS h
     USING doomed
     WHERE h.id = doomed.id
-    RETURNING h.entrypoint, h.status
+    RETURNING h.id, h.entrypoint, h.status
+), unlinked AS (
+    -- the edges to the purged steps (only a succeeded run's: no retry will count them)
+    DELETE FROM {schema}.job_deps AS d USING gone WHERE d.child_id = gone.id
 ), uncounted AS (
     SELECT {schema}.count_finished(array_agg(entrypoint), array_agg(status), 16::smallint, -1)
     FROM gone

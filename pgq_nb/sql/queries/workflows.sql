@@ -129,21 +129,42 @@ FROM {schema}.history WHERE workflow_id = $1
 ORDER BY id;
 
 -- name: workflow_results
--- Results of the succeeded steps of one run, in submission order.
+-- Results of the succeeded steps of one run, in submission order, and a placeholder row for
+-- each map_over done expanding (every source of it and of the maps above it succeeded), so
+-- that one that made no steps still gives an empty list.
 -- params: $1 workflow id
-SELECT step_name, step_index, result FROM {schema}.history
+WITH RECURSIVE chain AS (
+    SELECT m.id AS map_id, m.id AS up, m.parent_map
+    FROM {schema}.workflow_maps AS m WHERE m.workflow_id = $1
+    UNION ALL
+    SELECT c.map_id, m.id, m.parent_map
+    FROM chain AS c JOIN {schema}.workflow_maps AS m ON m.id = c.parent_map
+)
+SELECT step_name, step_index, result, step_path, id, false AS placeholder
+FROM {schema}.history
 WHERE workflow_id = $1 AND status = 'succeeded'
-ORDER BY step_name, step_path NULLS FIRST, step_index NULLS FIRST, id;
+UNION ALL
+SELECT m.step_name, NULL, NULL, NULL, NULL, true
+FROM {schema}.workflow_maps AS m
+WHERE m.workflow_id = $1
+  AND NOT EXISTS (SELECT 1 FROM chain AS c
+                  JOIN {schema}.workflow_map_sources AS s ON s.map_id = c.up
+                  WHERE c.map_id = m.id
+                    AND NOT EXISTS (SELECT 1 FROM {schema}.history AS ok
+                                    WHERE ok.id = s.source_id AND ok.status = 'succeeded'))
+ORDER BY step_name, placeholder DESC, step_path NULLS FIRST, step_index NULLS FIRST, id;
 
 -- name: workflow_live_steps
 -- The steps of a run still in `jobs`, by status (for cancel).
 -- params: $1 workflow id
 SELECT id, status FROM {schema}.jobs WHERE workflow_id = $1;
 
--- name: mark_workflow
--- Set a run's status (cancel, retry).
--- params: $1 workflow id, $2 status, $3 finished (NULL = still running)
-UPDATE {schema}.workflows SET status = $2, finished = $3 WHERE id = $1;
+-- name: cancel_workflow
+-- Mark a run cancelled, unless it is over (a run that finished stays as it ended: cancelling
+-- it changes nothing). Takes the run row's lock: it waits for a completion holding it (a
+-- map_over source expanding, a run settling).
+-- params: $1 workflow id
+UPDATE {schema}.workflows SET status = 'cancelled' WHERE id = $1 AND finished IS NULL;
 
 -- name: retry_workflow_steps
 -- Put a run's failed, cancelled and upstream_failed steps back: each waits again for its
