@@ -12,7 +12,6 @@ run any step and a restart loses nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import graphlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,78 +20,15 @@ from pgq_nb import keys, runtime, tracing, workflow_maps
 from pgq_nb.caching import check_cacheable, check_use_cache
 from pgq_nb.encoding import encode_payload
 from pgq_nb.errors import InvalidInputError, did_you_mean
-from pgq_nb.labels import Meta, Tags, check_meta, check_tags, label
+from pgq_nb.labels import check_meta, check_tags, label
 from pgq_nb.models import check_int, check_text, refuse_frame
 from pgq_nb.query_errors import guarded
+from pgq_nb.workflow_nodes import Dependency, Node, Step, is_frame, item_payload, rows_of, shown
 
 if TYPE_CHECKING:
     from pgq_nb.registry import Registry
     from pgq_nb.store import Store
     from pgq_nb.workflow_run import AsyncWorkflowRun, WorkflowRun
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Step:
-    """A handle on one step (or, for ``map``, on every step it made), to pass as
-    ``depends_on``."""
-
-    workflow: WorkflowBuilder
-    name: str
-    indices: tuple[int, ...]
-    #: a ``map_over``: its place among the workflow's maps (its steps are made at run time)
-    map_over: int | None = None
-
-    def __len__(self) -> int:
-        if self.map_over is not None:
-            raise TypeError(
-                f"map_over {self.name!r} has as many steps as its parent's result has items, "
-                "known only at run time; look at run.status() once it has run"
-            )
-        return len(self.indices)
-
-    def __repr__(self) -> str:
-        if self.map_over is not None:
-            return f"<Step {self.name!r} (map_over) of workflow {self.workflow.name!r}>"
-        kind = f"map of {len(self.indices)}" if len(self.indices) != 1 else "step"
-        return f"<Step {self.name!r} ({kind}) of workflow {self.workflow.name!r}>"
-
-
-@dataclasses.dataclass
-class _Node:
-    entrypoint: str
-    payload: bytes | None
-    priority: int
-    name: str
-    map_index: int | None
-    depends_on: list[Step | str]
-    tags: Tags = None
-    meta: Meta = None
-    use_cache: bool = True  # cache=False: run even if a cached result exists (pgq_nb.caching)
-
-
-Dependency = Step | str | Sequence[Step | str] | None
-
-
-def _is_frame(rows: Any) -> bool:
-    """A DataFrame (told without importing pandas)."""
-    return callable(getattr(rows, "to_dict", None)) and hasattr(rows, "columns")
-
-
-def _rows(rows: Any) -> list[Any]:
-    """The items of any iterable but a DataFrame (the notebook layer writes those)."""
-    if isinstance(rows, str | bytes | dict):
-        raise InvalidInputError("map() takes a DataFrame or an iterable of payloads")
-    try:
-        return list(rows)
-    except TypeError:
-        raise InvalidInputError("map() takes a DataFrame or an iterable of payloads") from None
-
-
-def _item_payload(item: Any, step: str, i: int) -> bytes | None:
-    try:
-        return encode_payload(item)
-    except InvalidInputError as exc:
-        raise type(exc)(f"map {step!r}, row {i}: {exc}") from None
 
 
 class WorkflowBuilder:
@@ -105,7 +41,7 @@ class WorkflowBuilder:
         self.store = store
         self.registry = registry
         self.name = name
-        self._nodes: list[_Node] = []
+        self._nodes: list[Node] = []
         self._names: dict[str, Step] = {}
         #: (entrypoint, first node, end node, dtypes as JSON) of each map over a DataFrame
         self._dtypes: list[tuple[str, int, int, str]] = []
@@ -166,7 +102,7 @@ class WorkflowBuilder:
             raise InvalidInputError("entrypoint must be a non-empty string")
         refuse_frame(payload, f"wf.map({entrypoint!r}, {{rows}})")
         step_name = self._unique_name(name, entrypoint)
-        node = _Node(
+        node = Node(
             entrypoint=entrypoint,
             payload=encode_payload(payload),
             priority=check_int("priority", priority),
@@ -208,17 +144,17 @@ class WorkflowBuilder:
         use_cache = check_use_cache(cache)
         first = len(self._nodes)
         payloads: Sequence[bytes | None]
-        if _is_frame(rows):  # written as enqueue_df writes rows, its dtypes recorded
+        if is_frame(rows):  # written as enqueue_df writes rows, its dtypes recorded
             from pgq_nb.notebook.map_frames import frame_payloads
 
             payloads, recorded = frame_payloads(rows, step_name)
             if payloads:
                 self._dtypes.append((entrypoint, first, first + len(payloads), recorded))
         else:
-            payloads = [_item_payload(item, step_name, i) for i, item in enumerate(_rows(rows))]
+            payloads = [item_payload(item, step_name, i) for i, item in enumerate(rows_of(rows))]
         for i, payload in enumerate(payloads):
             self._nodes.append(
-                _Node(entrypoint, payload, prio, step_name, i, deps, *labels, use_cache)
+                Node(entrypoint, payload, prio, step_name, i, deps, *labels, use_cache)
             )
         handle = Step(self, step_name, tuple(range(first, len(self._nodes))))
         self._names[step_name] = handle
@@ -347,7 +283,7 @@ class WorkflowBuilder:
             self.registry,
             [n.entrypoint for n in nodes],
             [n.payload for n in nodes],
-            lambda i: f"the payload of step {_shown(nodes[i])}",
+            lambda i: f"the payload of step {shown(nodes[i])}",
         )
         entrypoints = {n.entrypoint for n in self._nodes} | {m.entrypoint for m in self._maps}
         await self.registry.prepare(entrypoints, conn)
@@ -391,11 +327,6 @@ class WorkflowBuilder:
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}: {len(self._nodes)} steps, not submitted>"
-
-
-def _shown(node: _Node) -> str:
-    """A step in messages: its name, and its row for a step of a map."""
-    return repr(node.name) if node.map_index is None else f"{node.name!r}[{node.map_index}]"
 
 
 def _unwrap(connection: Any) -> Any:

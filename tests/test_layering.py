@@ -6,8 +6,12 @@ functions counted: a lazy import is still a dependency.
 
 from __future__ import annotations
 
+import tomllib
+
 import grimp
 import pytest
+
+from tests.conftest import REPO
 
 #: The façade (the queue classes and the package's namespace) and the CLI, which sits on it.
 FACADE = {"pgq_nb.queue", "pgq_nb.facade"}
@@ -69,3 +73,27 @@ def test_a_cycle_is_found_when_there_is_one() -> None:
     assert _cycle(graph) is None
     graph.add_import(importer="pgq_nb.c", imported="pgq_nb.a")
     assert _cycle(graph) == ["pgq_nb.a", "pgq_nb.b", "pgq_nb.c", "pgq_nb.a"]
+
+
+def _contract(name: str) -> set[str]:
+    """The modules a contract covers: its sources, and what it forbids them."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    (found,) = [c for c in config["tool"]["importlinter"]["contracts"] if c["name"] == name]
+    return set(found["source_modules"]) | set(found["forbidden_modules"])
+
+
+def _top_level_modules() -> set[str]:
+    package = REPO / "pgq_nb"
+    names = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+    names |= {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    return {f"pgq_nb.{n}" for n in names}
+
+
+def test_every_module_is_in_the_layering_contracts() -> None:
+    """A module added to pgq_nb is checked by the import contracts from its first commit: the
+    contracts list their source modules by hand, and four of issue #21's were left out."""
+    modules = _top_level_modules()
+    notebook_free = _contract("core does not import the notebook stack")
+    assert modules - {"pgq_nb.notebook", "pgq_nb.web"} - notebook_free == set()
+    web_free = _contract("core does not import the web dashboard")
+    assert modules - {"pgq_nb.web"} - web_free == set()
