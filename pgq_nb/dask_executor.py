@@ -105,6 +105,21 @@ def check_client(client: object) -> distributed.Client:
     return client
 
 
+class _Attempt:
+    """One attempt on its way through Dask: submitted with others of the same loop turn, its
+    result fetched with others that finished about together."""
+
+    __slots__ = ("dropped", "fields", "future", "handler", "key", "outcome")
+
+    def __init__(self, handler: Any, fields: dict[str, Any], key: str) -> None:
+        self.handler = handler
+        self.fields = fields
+        self.key = key
+        self.future: Any = None  # the Dask future, once submitted
+        self.dropped = False  # timed out or cancelled before it was submitted
+        self.outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
 class DaskExecutor:
     """A :class:`pgq_nb.executors.JobExecutor` on a Dask cluster (see the module's docs)."""
 
@@ -116,8 +131,12 @@ class DaskExecutor:
         self.size = max(1, sum(client.nthreads().values()))
         self._checked: dict[int, Any] = {}  # handlers known to pickle (by id; kept alive)
         self._fetchers = concurrent.futures.ThreadPoolExecutor(
-            max_workers=2 * self.size, thread_name_prefix="pgq_nb-dask"
+            max_workers=FETCHERS, thread_name_prefix="pgq_nb-dask"
         )
+        self._to_submit: list[_Attempt] = []
+        self._finished: list[_Attempt] = []
+        self._fetching = 0  # batches of results being fetched now
+        self._fetch_task: asyncio.Future[None] | None = None
 
     def pids(self) -> list[int]:
         """None of this machine's processes: the tasks run in Dask's workers."""
@@ -129,24 +148,18 @@ class DaskExecutor:
             check_sendable(spec.name, spec.handler)
             self._checked[id(spec.handler)] = spec.handler
         key = f"pgq_nb-{job.id}-{job.attempts}-{uuid.uuid4().hex[:8]}"
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        future: Any = self.client.submit(
-            run_job, spec.handler, job_fields(job), None, pure=False, key=key
-        )
-
-        # Dask runs every done-callback in one thread: it only wakes the loop, and the
-        # result is fetched (a round trip to the Dask worker) in a thread of our own, so
-        # fetches overlap (one at a time, they capped 20 ms jobs on 2 workers at ~30/s)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(_deliver, done))
+        attempt = _Attempt(spec.handler, job_fields(job), key)
+        if not self._to_submit:  # the first of this loop turn: submit them all at its end
+            asyncio.get_running_loop().call_soon(self._submit)
+        self._to_submit.append(attempt)
         began = time.monotonic()
         try:
-            finished, _ = await asyncio.wait([done], timeout=timeout)
+            finished, _ = await asyncio.wait([attempt.outcome], timeout=timeout)
         except asyncio.CancelledError:
-            self.client.cancel(future)  # a running task is not interrupted (module's docs)
+            self._drop(attempt)  # a running task is not interrupted (module's docs)
             raise
         if not finished:
-            self.client.cancel(future)
+            self._drop(attempt)
             logger.warning(
                 "a handler on Dask ran past its timeout; its task was cancelled (a task that "
                 "already runs is not interrupted by Dask)",
@@ -158,10 +171,66 @@ class DaskExecutor:
                 "cancelled (if it was already running on a Dask worker, it runs on: Dask does "
                 "not interrupt a running task)"
             )
+        return attempt.outcome.result()
+
+    def _drop(self, attempt: _Attempt) -> None:
+        attempt.dropped = True
+        if attempt.future is not None:
+            self.client.cancel(attempt.future)
+
+    def _submit(self) -> None:
+        """Submit the attempts of this loop turn: one ``client.map`` (one message to the
+        scheduler) per handler."""
+        batch, self._to_submit = self._to_submit, []
+        groups: dict[int, list[_Attempt]] = {}
+        for attempt in batch:
+            if not attempt.dropped:
+                groups.setdefault(id(attempt.handler), []).append(attempt)
+        loop = asyncio.get_running_loop()
+        for attempts in groups.values():
+            try:
+                futures = self.client.map(
+                    run_job,
+                    [a.handler for a in attempts],
+                    [a.fields for a in attempts],
+                    [None] * len(attempts),
+                    key=[a.key for a in attempts],
+                    pure=False,
+                )
+            except Exception as exc:  # (the client closed meanwhile)
+                for attempt in attempts:
+                    _settle(attempt, False, exc, self.address)
+                continue
+            for attempt, future in zip(attempts, futures, strict=True):
+                attempt.future = future
+                # Dask runs every done-callback in one thread of its own: it only wakes the
+                # loop, which fetches the results that finished about together at once
+                future.add_done_callback(
+                    lambda _, a=attempt: loop.call_soon_threadsafe(self._finish, a)
+                )
+
+    def _finish(self, attempt: _Attempt) -> None:
+        if attempt.outcome.done():  # timed out or cancelled meanwhile
+            return
+        self._finished.append(attempt)
+        if self._fetching < FETCHERS:
+            self._fetching += 1
+            self._fetch_task = asyncio.ensure_future(self._fetch())
+
+    async def _fetch(self) -> None:
+        """Fetch the results of the attempts that finished, a batch (one ``client.gather``)
+        at a time, in threads of our own (a fetch is a round trip to the cluster)."""
+        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._fetchers, future.result)
-        except BaseException as exc:  # every way a task ends is told (a cancel too)
-            raise _translated(exc, self.address) from None
+            while self._finished:
+                batch, self._finished = self._finished, []
+                batch = [a for a in batch if not a.outcome.done()]
+                futures = [a.future for a in batch]
+                outcomes = await loop.run_in_executor(self._fetchers, _gather, self.client, futures)
+                for attempt, (ok, value) in zip(batch, outcomes, strict=True):
+                    _settle(attempt, ok, value, self.address)
+        finally:
+            self._fetching -= 1
 
     async def close(self) -> None:
         """End the threads that fetch results; the client and its cluster belong to whoever
@@ -169,9 +238,40 @@ class DaskExecutor:
         self._fetchers.shutdown(wait=False)
 
 
-def _deliver(done: asyncio.Future[None]) -> None:
-    if not done.done():
-        done.set_result(None)
+#: Threads fetching results at once (each a batch of them).
+FETCHERS = 2
+
+
+def _gather(client: Any, futures: list[Any]) -> list[tuple[bool, Any]]:
+    """Each future's (True, result) or (False, error): those that finished in one
+    ``client.gather`` (one round trip), the others (and all, if that fails) one by one."""
+    got: dict[int, Any] = {}
+    finished = [i for i, f in enumerate(futures) if f.status == "finished"]
+    if finished:
+        try:
+            values = client.gather([futures[i] for i in finished])
+            got = dict(zip(finished, values, strict=True))
+        except BaseException:  # (one was lost meanwhile: each alone tells which)
+            got = {}
+    outcomes: list[tuple[bool, Any]] = []
+    for i, future in enumerate(futures):
+        if i in got:
+            outcomes.append((True, got[i]))
+            continue
+        try:
+            outcomes.append((True, future.result()))
+        except BaseException as exc:  # every way a task ends is told (a cancel too)
+            outcomes.append((False, exc))
+    return outcomes
+
+
+def _settle(attempt: _Attempt, ok: bool, value: Any, address: str) -> None:
+    if attempt.outcome.done():
+        return
+    if ok:
+        attempt.outcome.set_result(value)
+    else:
+        attempt.outcome.set_exception(_translated(value, address))
 
 
 def _translated(exc: BaseException, address: str) -> BaseException:
