@@ -7,12 +7,14 @@ pure-Python loop, each run over N queued jobs by a worker that stops when idle, 
 thread pool (concurrency 32) and with ``dask=client`` (a ``LocalCluster(n_workers=2,
 processes=True, threads_per_worker=1)``; concurrency 4, two per Dask thread). The cluster is
 started once, before the clock (an analyst starts it once per session; its start is in the
-note); each run's clock includes the Dask workers' first imports of pandas. On a shared
-machine the rates move with the other load: read the ratio, not the absolute figures.
+note); each run's clock includes the Dask workers' first imports of pandas. Beside each row,
+Dask alone: ``client.map`` of the same handler over N calls, no queue, the ceiling of what the
+queue on Dask can reach on this machine. On a shared machine the rates move with the other load: read the ratio, not the absolute figures.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -36,6 +38,15 @@ def _drain(ctx: Context, name: str, handler: Any, n: int, client: Any) -> float:
     return n / elapsed
 
 
+def _bare(handler: Any, n: int, client: Any) -> tuple[float, float]:
+    """Dask alone, without the queue: jobs/s of ``client.map`` of ``handler`` over ``n``
+    calls, and the CPU milliseconds this process (client and scheduler) spent per call."""
+    began, cpu = time.perf_counter(), time.process_time()
+    client.gather(client.map(handler, [None] * n, pure=False))
+    elapsed = time.perf_counter() - began
+    return n / elapsed, 1000 * (time.process_time() - cpu) / n
+
+
 def _compare(ctx: Context, name: str, handler: Any, n: int, client: Any, start_s: float) -> Row:
     row = Row(
         scenario=f"{name} handler, {n:,} jobs: Dask LocalCluster (2 worker processes) vs threads",
@@ -44,21 +55,28 @@ def _compare(ctx: Context, name: str, handler: Any, n: int, client: Any, start_s
         target=">= 1.6x",
     )
     threads: list[float] = []
+    bare: list[tuple[float, float]] = []
     for repeat in range(ctx.sizes.repeats):
         rate_threads = _drain(ctx, name, handler, n, None)
         rate_dask = _drain(ctx, name, handler, n, client)
+        bare.append(_bare(handler, n, client))
         threads.append(rate_threads)
         row.pgq_nb.append(rate_dask)
         log(
             f"  {name:12s} repeat {repeat + 1}  threads {rate_threads:9,.0f} jobs/s  "
-            f"dask {rate_dask:9,.0f} jobs/s"
+            f"dask {rate_dask:9,.0f} jobs/s  bare client.map {bare[-1][0]:9,.0f} calls/s "
+            f"({bare[-1][1]:.2f} ms CPU here per call)"
         )
     median_threads = sorted(threads)[len(threads) // 2]
     median_dask = row.pgq_nb_median or 0.0
+    bare_rate, bare_cpu = sorted(bare)[len(bare) // 2]
     row.ratio = median_dask / median_threads
     row.note = (
         f"Dask {median_dask:,.0f} jobs/s vs the thread pool {median_threads:,.0f} jobs/s "
-        f"(ratio = dask / threads; the cluster started in {start_s:.1f} s, before the clock)"
+        f"(ratio = dask / threads; the cluster started in {start_s:.1f} s, before the clock); "
+        f"Dask alone (client.map of the handler, no queue) {bare_rate:,.0f} calls/s = "
+        f"{bare_rate / median_threads:.2f}x, {bare_cpu:.2f} ms CPU of this process a call; "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
     )
     return row
 

@@ -4,16 +4,21 @@ Four handlers, each run over N queued jobs by a worker that stops when idle, as
 ``q.run_until_idle()`` does, on today's thread pool (``def`` handlers, concurrency 32) and
 with ``processes=2``:
 
-- ``pandas_udf``: a groupby with a Python function per group, about 20 ms, holding the GIL;
+- ``pandas_udf``: a groupby of 36,000 rows into 360 groups with a Python function per group
+  (``lambda s: (s * s).sum() / len(s)``: each call builds a Series and runs pandas' Python
+  code on 100 values), about 20 ms, holding the GIL;
 - ``pandas_builtin``: a groupby (sum, mean, max) of 450,000 rows by a string key, about 20 ms,
-  much of it without the GIL (measured: two threads ran it 2x as fast as one), so threads
-  already scale it (the frames are built once per process);
+  much of it without the GIL, so threads already scale it (the frames are built once per
+  process);
 - ``python``: a pure-Python loop of about 20 ms;
 - ``noop``: nothing, the overhead of running a job in a process, next to the same jobs as
   an ``async def`` no-op on the loop (the drain scenario's handler).
 
-Each run's clock includes starting the pool's processes and their first imports (pandas), as
-a notebook's ``run_until_idle(processes=2)`` pays them. While the pandas jobs run in
+A GIL check first runs each CPU-bound handler in two threads at once against one thread in
+this process (100 % = the GIL held throughout, 200 % = two cores), so that the ratios measure
+the queue's overhead and not pandas' internals. Each run's clock includes starting the pool's
+processes and their first imports (pandas), as a notebook's ``run_until_idle(processes=2)``
+pays them. While the pandas jobs run in
 processes, the benchmark's own resident memory (the kernel's, in a notebook) is sampled every
 100 ms: the row gives its growth from the start to the peak. On a shared machine the rates
 move with the other load: read the ratio, not the absolute figures.
@@ -101,6 +106,37 @@ def machine_check(ctx: Context) -> Row:
     for _ in range(ctx.sizes.repeats):
         row.pgq_nb.append(200 * _spin(1) / _spin(2))
     row.note = f"load average {os.getloadavg()[0]:.1f} at the end; other users share the cores"
+    return row
+
+
+def _calls(handler: Any, n: int) -> None:
+    for _ in range(n):
+        handler(None)
+
+
+def gil_check(ctx: Context, name: str, handler: Any, n: int = 50) -> Row:
+    """Is ``handler``'s time Python holding the GIL? Two threads calling it n times each, vs
+    one thread calling it n times, in this process: 100 % = the GIL held throughout (threads
+    cannot help, processes can), 200 % = two cores used (threads already scale it)."""
+    row = Row(
+        scenario=f"{name} handler: work done by 2 threads at once, vs 1 (GIL check)",
+        unit="%",
+        higher_is_better=False,
+        target="100 % = holds the GIL",
+    )
+    handler(None)  # its data built, its imports done
+    for _ in range(ctx.sizes.repeats):
+        began = time.perf_counter()
+        _calls(handler, n)
+        one = time.perf_counter() - began
+        threads = [threading.Thread(target=_calls, args=(handler, n)) for _ in range(2)]
+        began = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        row.pgq_nb.append(200 * one / (time.perf_counter() - began))
+    row.note = f"{1000 * one / n:.1f} ms a call alone; load average {os.getloadavg()[0]:.1f}"
     return row
 
 
@@ -218,6 +254,9 @@ def run(ctx: Context) -> list[Row]:
     n = 500 if ctx.sizes.quick else 2_000
     return [
         machine_check(ctx),
+        gil_check(ctx, "pandas_udf", pandas_udf),
+        gil_check(ctx, "pandas_builtin", pandas_builtin),
+        gil_check(ctx, "python", python_loop),
         _compare(ctx, "pandas_udf", pandas_udf, n),
         _compare(ctx, "pandas_builtin", pandas_builtin, n, target=""),
         _compare(ctx, "python", python_loop, n),
