@@ -9,7 +9,8 @@ processes=True, threads_per_worker=1)``; concurrency 4, two per Dask thread). Th
 started once, before the clock (an analyst starts it once per session; its start is in the
 note); each run's clock includes the Dask workers' first imports of pandas. Beside each row,
 Dask alone: ``client.map`` of the same handler over N calls, no queue, the ceiling of what the
-queue on Dask can reach on this machine. On a shared machine the rates move with the other load: read the ratio, not the absolute figures.
+queue on Dask can reach on this machine. On a shared machine the rates move with the other
+load: read the ratio, not the absolute figures.
 """
 
 from __future__ import annotations
