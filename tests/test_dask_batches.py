@@ -24,7 +24,7 @@ except ImportError as exc:  # pragma: no cover (CI installs the dev extra)
     pytest.skip(reason, allow_module_level=True)
 
 
-class GraphSizes(distributed.diagnostics.plugin.SchedulerPlugin):  # type: ignore[misc]
+class GraphSizes(distributed.diagnostics.plugin.SchedulerPlugin):
     """The number of keys of each graph the scheduler is given."""
 
     def __init__(self) -> None:
