@@ -76,3 +76,12 @@ def test_an_error_in_a_process_keeps_the_handlers_traceback(q: pgq_nb.Queue) -> 
     trace = info.traceback or ""
     assert ", in refuses\n" in trace, trace  # the handler's frame, from its process
     assert [q.get_job(i).result for i in good] == [2, 3, 4]  # the same process goes on
+
+
+def test_large_payloads_and_results_cross_whole(q: pgq_nb.Queue) -> None:
+    q.entrypoint("echo", executor="process")(lambda job: {"text": job.data["text"] * 2})
+    text = "0123456789abcdef" * 250_000  # 4 MB each way and back doubled: many socket buffers
+    ids = q.enqueue(["echo"] * 2, [{"text": text}, {"text": text[::-1]}])
+    stats = q.run_until_idle()
+    assert stats.succeeded == 2
+    assert [q.get_job(i).result["text"] for i in ids] == [text * 2, text[::-1] * 2]
