@@ -1,45 +1,13 @@
-"""How attempts reach a worker's processes (issue #17): the handler's pickle is sent to a
-process once, not with every attempt, while a handler still sees the notebook's globals as
-they are now; an error's traceback shows the handler's own lines.
+"""How attempts reach a worker's processes (issue #17): a handler sees the notebook's globals
+as they are at each attempt; an error's traceback shows the handler's own lines; payloads and
+results of megabytes cross whole.
 
 Real processes and the real Postgres of the fixtures.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import pgq_nb
-
-#: How many times this module's copy (in a process) rebuilt a :class:`Counted` handler.
-UNPICKLED = [0]
-
-
-def _rebuild() -> Counted:
-    UNPICKLED[0] += 1
-    return Counted()
-
-
-class Counted:
-    """A handler that counts how often a process unpickled it (sent by reference: a process
-    imports this module)."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, ())
-
-    def __call__(self, job: pgq_nb.Job) -> dict[str, int]:
-        return {"pid": os.getpid(), "unpickled": UNPICKLED[0]}
-
-
-def test_a_process_unpickles_the_handler_once_not_for_every_attempt(q: pgq_nb.Queue) -> None:
-    q.entrypoint("counted")(Counted())
-    ids = q.enqueue(["counted"] * 6)
-    stats = q.run_until_idle(processes=1)
-    assert stats.succeeded == 6
-    results = [q.get_job(i).result for i in ids]
-    assert len({r["pid"] for r in results}) == 1 and results[0]["pid"] != os.getpid()
-    assert [r["unpickled"] for r in results] == [1] * 6  # each attempt, before: 1, 2, ... 6
 
 
 def test_a_handler_sees_the_notebooks_globals_as_they_are_at_each_attempt(
