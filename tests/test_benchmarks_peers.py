@@ -175,10 +175,7 @@ def test_the_peers_scenario_end_to_end(admin_dsn: str, tmp_path: Path) -> None:
     """``python -m benchmarks --only peers`` over TCP: the table, the settings, the checks."""
     # the quickest peer first (Chancy drains fastest here); --no-sweep keeps the run short
     runnable = [name for name in ("Chancy", *INSTALLABLE) if peers.missing(name) is None]
-    try:
-        import pgqueuer  # noqa: F401
-    except ImportError:
-        pytest.skip("PgQueuer is not installed: pip install -e '.[bench]'")
+    pytest.importorskip("pgqueuer", reason="PgQueuer is not installed: pip install -e '.[bench]'")
     if not runnable:
         pytest.skip(f"no peer is installed: {peers.INSTALL_HINT}")
     out = tmp_path / "peers.json"
