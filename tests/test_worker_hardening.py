@@ -371,6 +371,14 @@ def test_a_result_whose_conversion_raises_fails_at_once(q: pgq_nb.Queue) -> None
     assert info.error is not None and "could not be stored" in info.error
 
 
+def _started(q: pgq_nb.Queue) -> int:
+    """Jobs picked whose start mark (the attempt's count) is recorded: the mark is sent after
+    the claim's commit, so a server stopped in between leaves an attempt uncounted (by design;
+    see mark_started), which is not what the outage test is about."""
+    jobs = q.jobs()
+    return int((jobs["status"].eq("picked") & jobs["started"].notna()).sum())
+
+
 def test_an_outage_longer_than_the_heartbeat_timeout_does_not_run_jobs_twice(
     tmp_path: Path,
 ) -> None:
@@ -389,8 +397,8 @@ def test_an_outage_longer_than_the_heartbeat_timeout_does_not_run_jobs_twice(
                 for _ in range(2)
             ]
             try:
-                wait_until(
-                    lambda: q.jobs()["status"].eq("picked").sum() == 4, 30, "both workers' claims"
+                wait_until(  # claimed, and their start marks recorded (attempts counted)
+                    lambda: _started(q) == 4, 30, "both workers' claims and start marks"
                 )
                 server.stop()
                 time.sleep(5)  # longer than the heartbeat timeout: nobody could beat meanwhile
