@@ -1,10 +1,10 @@
 """ceiling: what the worker's own statements cost, with no worker around them (issue #22).
 
 N no-op jobs are queued; then one asyncpg connection runs exactly the statements a pgq_nb
-worker runs per batch, in the same order and the same transactions, in a tight loop with
-nothing else: ``BEGIN`` with the claim's planner settings, ``finish_jobs`` of the previous
-batch (every job succeeded, no result), ``claim_jobs`` of the next, ``COMMIT``, then the
-``mark_started`` of the batch claimed. No handler, no task per job, no result encoding. Its
+worker runs per batch, in the same order, in a tight loop with nothing else:
+``finish_and_claim`` (the previous batch's completions, every job succeeded with no result,
+and the next claim: one statement, one round trip), then the ``mark_started`` of the batch
+claimed. No handler, no task per job, no result encoding. Its
 rate is the most a worker of one connection and that batch size could reach on this server:
 the ceiling the worker's drain is measured against, in the same run, with the same batch.
 
@@ -35,7 +35,7 @@ from benchmarks.common import (
     stop_pgq_nb_worker,
     wait_until,
 )
-from pgq_nb.claiming import CLAIM_PLAN, mark_started
+from pgq_nb.claiming import mark_started
 
 ENTRYPOINT = "bench_ceiling"
 BATCHES = (32, 128)
@@ -58,26 +58,26 @@ async def _statements_only(q: pgq_nb.AsyncQueue, n: int, batch: int) -> float:
         finished = 0
         began = time.perf_counter()
         while True:
-            await conn.execute(CLAIM_PLAN)
-            if done:
-                now = dt.datetime.now(dt.UTC)
-                k = len(done)
-                none: list[Any] = [None] * k
-                await conn.execute(
-                    queries["finish_jobs"],
-                    worker_id,
-                    done,
-                    ["succeeded"] * k,
-                    none,
-                    none,
-                    none,
-                    [now] * k,
-                    [now] * k,
-                    [0.0] * k,
-                )
-                finished += k
-            rows = await conn.fetch(queries["claim_jobs"], [ENTRYPOINT], batch, worker_id)
-            await conn.execute("COMMIT")
+            now = dt.datetime.now(dt.UTC)
+            k = len(done)
+            none: list[Any] = [None] * k
+            rows = await conn.fetch(
+                queries["finish_and_claim"],
+                worker_id,
+                done,
+                ["succeeded"] * k,
+                none,
+                none,
+                none,
+                [now] * k,
+                [now] * k,
+                [0.0] * k,
+                none,
+                none,
+                [ENTRYPOINT],
+                batch,
+            )
+            finished += k
             if not rows:
                 break
             done = [r["id"] for r in rows]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pgq_nb
 from benchmarks.common import Context, Row, fresh_pgq_nb, log, noop, on_pgq_nb_loop
+from pgq_nb.claiming import CLAIM_PLAN
 
 ENTRYPOINT = "bench_claim"
 WARMUP = 10
@@ -44,7 +45,14 @@ async def _fill_and_time(q: pgq_nb.AsyncQueue, n: int, runs: int, batch: int) ->
             n,
         )
         await conn.execute(f'ANALYZE "{schema}".jobs')
-        raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {claim}", [ENTRYPOINT], batch, WORKER_ID)
+        inside = await conn.fetchval(q.queries["claim_source"], schema)  # claim_batch's own
+        await conn.execute(CLAIM_PLAN)  # the settings the function runs it with
+        try:
+            raw = await conn.fetchval(
+                f"EXPLAIN (FORMAT JSON) {inside}", [ENTRYPOINT], batch, WORKER_ID
+            )
+        finally:
+            await conn.execute("ROLLBACK")
         plan = json.loads(raw) if isinstance(raw, str) else raw
         scans = [x for x in _nodes(plan[0]["Plan"]) if "Scan" in x or "Sort" in x]
         times: list[float] = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import db, keys
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from pgq_nb.store import Store
 
 logger = logging.getLogger("pgq_nb.worker")
+
+#: The columns of a batch of completions (:class:`pgq_nb.completion.Finished`).
+FINISHED_FIELDS = len(Finished._fields)
 
 
 #: Planner settings for the claim's transaction. The claim must walk jobs_claim_idx in order
@@ -57,7 +60,7 @@ class Claiming:
     _wake: asyncio.Event
     _claiming: bool
     _suspects: set[int]
-    _marks: set[asyncio.Task[None]]
+    _marks: dict[asyncio.Task[None], frozenset[int]]
     _known_ids: Callable[[], list[int]]
     _look_up_cache: Callable[[Any, list[Job]], Awaitable[None]]  # pgq_nb.worker_cache
 
@@ -96,49 +99,15 @@ class Claiming:
     async def _claim_once(
         self, limit: int, done: Sequence[Finished] = (), slots: Sequence[int] = ()
     ) -> list[Job]:
-        jobs: list[Job] = []
         if done:
-            await self._marked()
+            await self._marked([d.id for d in done])
+        groups = self._claim_groups(limit)
         conn = await self.store.pool.acquire()
         try:
-            # one transaction: BEGIN and the planner settings in one message, the previous
-            # batch's completions, the claims, the parents' results, COMMIT
-            await conn.execute(CLAIM_PLAN)
-            try:
-                if done:
-                    columns = list(zip(*done, strict=True))
-                    await conn.execute(self._q["finish_jobs"], self.worker_id, *columns)
-                if slots:
-                    await conn.execute(self._q["release_slots"], self.worker_id, list(slots))
-                groups = self._claim_groups(limit)
-                keyed = [g.entrypoints[0] for g in groups if self._keyed(g)]
-                if keyed:  # before any claim statement: see lock_keyed_claims
-                    await keys.lock_claims(self._q, conn, keyed)
-                for names, n, limited in groups:
-                    n = min(n, limit - len(jobs))
-                    if n <= 0:
-                        break
-                    query = self._q["claim_limited" if limited else "claim_jobs"]
-                    args: tuple[Any, ...] = (names[0] if limited else names, n, self.worker_id)
-                    if limited and names[0] in keyed:
-                        spec = self.specs[names[0]]
-                        rows = await keys.claim(self._q, conn, spec, n, self.worker_id)
-                    else:
-                        rows = await conn.fetch(query, *args)
-                    if limited:
-                        self._after_limited_claim(names[0], asked=n, got=len(rows))
-                    jobs.extend(Job(**row) for row in rows)
-                children = [j.id for j in jobs if j.workflow_id is not None]
-                if children:
-                    await self._attach_parent_results(conn, jobs, children)
-                await self._look_up_cache(conn, jobs)  # only for jobs of cached entrypoints
-            except BaseException:
-                try:
-                    await conn.execute("ROLLBACK")
-                except Exception:
-                    conn.terminate()  # broken midway: never back into the pool as it is
-                raise
-            await conn.execute("COMMIT")
+            if decisions.one_statement(groups, slots, self._cached_here()):
+                jobs = await self._claim_in_one(conn, groups, limit, done)
+            else:
+                jobs = await self._claim_in_transaction(conn, groups, limit, done, slots)
         except BaseException:
             await self.store.pool.release(conn)
             raise
@@ -152,11 +121,82 @@ class Claiming:
         # not count; one that dies later has its attempt counted, though the reply never came.
         mark = mark_started(self._q["mark_started"], self.worker_id, [j.id for j in jobs])
         task = asyncio.ensure_future(self._send_mark(conn, mark))
-        self._marks.add(task)
-        task.add_done_callback(self._marks.discard)
+        self._marks[task] = frozenset(j.id for j in jobs)
+        task.add_done_callback(self._mark_sent)
         for job in jobs:
             job.attempts += 1  # as mark_started counts it
         jobs.sort(key=lambda j: (-j.priority, j.id))
+        return jobs
+
+    def _cached_here(self) -> bool:
+        """Serves a cached entrypoint (its claims look their keys up in the transaction)."""
+        return any(spec.cache is not None for spec in self.specs.values())
+
+    async def _claim_in_one(
+        self, conn: Any, groups: list[decisions.ClaimGroup], limit: int, done: Sequence[Finished]
+    ) -> list[Job]:
+        """The common claim, one statement (finish_and_claim): the completions ``done``, then
+        one claim of every entrypoint here; its own transaction, so one round trip. Workflow
+        steps among the jobs then get their parents' results (committed before the steps were
+        claimable, so read after the claim as well as in it)."""
+        columns: list[Any] = list(zip(*done, strict=True)) if done else [[]] * FINISHED_FIELDS
+        names, n, _ = groups[0]
+        rows = await conn.fetch(
+            self._q["finish_and_claim"], self.worker_id, *columns, names, min(n, limit)
+        )
+        jobs = [Job(**row) for row in rows]
+        children = [j.id for j in jobs if j.workflow_id is not None]
+        if children:
+            await self._attach_parent_results(conn, jobs, children)
+        return jobs
+
+    async def _claim_in_transaction(
+        self,
+        conn: Any,
+        groups: list[decisions.ClaimGroup],
+        limit: int,
+        done: Sequence[Finished],
+        slots: Sequence[int],
+    ) -> list[Job]:
+        """Any other claim: one transaction of several statements (BEGIN and the planner
+        settings in one message, the completions, the global slots freed, each group's claim,
+        the parents' results and cache look-ups, COMMIT)."""
+        jobs: list[Job] = []
+        await conn.execute(CLAIM_PLAN)
+        try:
+            if done:
+                columns = list(zip(*done, strict=True))
+                await conn.execute(self._q["finish_jobs"], self.worker_id, *columns)
+            if slots:
+                await conn.execute(self._q["release_slots"], self.worker_id, list(slots))
+            keyed = [g.entrypoints[0] for g in groups if self._keyed(g)]
+            if keyed:  # before any claim statement: see lock_keyed_claims
+                await keys.lock_claims(self._q, conn, keyed)
+            for names, n, limited in groups:
+                n = min(n, limit - len(jobs))
+                if n <= 0:
+                    break
+                query = self._q["claim_limited" if limited else "claim_jobs"]
+                args: tuple[Any, ...] = (names[0] if limited else names, n, self.worker_id)
+                if limited and names[0] in keyed:
+                    spec = self.specs[names[0]]
+                    rows = await keys.claim(self._q, conn, spec, n, self.worker_id)
+                else:
+                    rows = await conn.fetch(query, *args)
+                if limited:
+                    self._after_limited_claim(names[0], asked=n, got=len(rows))
+                jobs.extend(Job(**row) for row in rows)
+            children = [j.id for j in jobs if j.workflow_id is not None]
+            if children:
+                await self._attach_parent_results(conn, jobs, children)
+            await self._look_up_cache(conn, jobs)  # only for jobs of cached entrypoints
+        except BaseException:
+            try:
+                await conn.execute("ROLLBACK")
+            except Exception:
+                conn.terminate()  # broken midway: never back into the pool as it is
+            raise
+        await conn.execute("COMMIT")
         return jobs
 
     async def _send_mark(self, conn: Any, statement: str) -> None:
@@ -167,11 +207,22 @@ class Claiming:
         finally:
             await self.store.pool.release(conn)
 
-    async def _marked(self) -> None:
-        """Wait until every start mark sent has been recorded (before completions of the same
-        jobs are)."""
-        if self._marks:
-            await asyncio.gather(*list(self._marks), return_exceptions=True)
+    def _mark_sent(self, task: asyncio.Task[None]) -> None:
+        self._marks.pop(task, None)
+
+    async def _marked(self, ids: Collection[int] | None = None) -> None:
+        """Wait until the start marks of ``ids`` (None: every mark sent) have been recorded,
+        before completions of the same jobs are. Only those: the claim that carries a batch's
+        completions does not wait for the mark of the batch claimed just before it."""
+        if not self._marks:
+            return
+        if ids is None:
+            waiting = list(self._marks)
+        else:
+            wanted = set(ids)
+            waiting = [t for t, marked in self._marks.items() if not wanted.isdisjoint(marked)]
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
 
     async def _orphans(self, conn: Any, known: Sequence[int]) -> set[int]:
         """Jobs this worker holds but does not run (``known``: the ids it runs or has finished).

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import datetime as dt
+import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable
@@ -130,7 +131,8 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
         self._interrupted: list[int] = []  # ids to return to the queue at the stop
         self._orphans_possible = False  # a claim failed midway: it may have committed
         self._claiming = False  # a claim is under way (its jobs are not known yet)
-        self._marks: set[asyncio.Task[None]] = set()  # start marks awaiting their reply
+        self._claim_over = asyncio.Event()  # set as each claim ends (see _flush_loop)
+        self._marks: dict[asyncio.Task[None], frozenset[int]] = {}  # start marks: their jobs
         self._beating_since: float | None = None
         self._suspects: set[int] = set()  # held but not known at the last heartbeat
         self._wake = asyncio.Event()
@@ -255,6 +257,7 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
                 raise
             finally:
                 self._claiming = False
+                self._claim_over.set()
             self._slotted.difference_update(d.id for d in done)
             self._hooks.recorded(d.id for d in done)  # committed with the claim
             for job in claimed:
@@ -316,7 +319,7 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
                 self._executor,
                 slotted=spec.max_running is not None,
                 cancel_requested=lambda: job.id in self._cancelling,
-                marked=self._marked,
+                marked=functools.partial(self._marked, [job.id]),
             )
             if spec.is_async:
                 call = run_async(call, spec.timeout)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq_nb import db, workflow_maps
@@ -53,8 +53,10 @@ class Completing:
     _slot_free: asyncio.Event
     _flush_pending: asyncio.Event
     _flush_now: asyncio.Event
+    _claiming: bool
+    _claim_over: asyncio.Event
 
-    _marked: Callable[[], Awaitable[None]]
+    _marked: Callable[[Collection[int] | None], Awaitable[None]]
     _wake_for_retries: Callable[[Sequence[Finished]], None]
 
     def _record(
@@ -159,6 +161,11 @@ class Completing:
                 await _wait(self._flush_now, self.flush_interval)
             self._flush_pending.clear()
             self._flush_now.clear()
+            while self._claiming and decisions.ride_next_claim(self._finished, self._steps):
+                # a claim is under way: the claim loop's next one records them in its own
+                # transaction (one commit for both) while this one runs
+                self._claim_over.clear()
+                await self._claim_over.wait()
             try:
                 await self._flush()
             except db.TRANSIENT_ERRORS as exc:
@@ -172,8 +179,12 @@ class Completing:
     async def _flush(self) -> None:
         if not self._finished:
             return
-        await self._marked()
         batch, self._finished = self._finished, []
+        try:
+            await self._marked([done.id for done in batch])
+        except BaseException:
+            self._finished[:0] = batch
+            raise
         ids = [done.id for done in batch]
         self._flushing.update(ids)
         steps, slots = plan = decisions.flush_plan(ids, self._steps, self._slotted)

@@ -97,6 +97,14 @@ def claim_now(room: int, *, backlog: bool, low_water: int, most_room: int) -> bo
     return room >= needed
 
 
+def one_statement(groups: Sequence[ClaimGroup], slots: Sequence[int], cached: bool) -> bool:
+    """Can this claim be one statement (finish_and_claim)? When it is one claim group without
+    a limit across workers, frees no global slot and the worker serves no cached entrypoint
+    (whose jobs are looked up in the claim's transaction); else it is a transaction of several
+    statements."""
+    return len(groups) == 1 and not groups[0].limited and not slots and not cached
+
+
 def split_plain(
     finished: Sequence[Finished], steps: Collection[int]
 ) -> tuple[list[Finished], list[Finished]]:
@@ -108,6 +116,13 @@ def split_plain(
         return plain, []
     kept = {f.id for f in plain}
     return plain, [f for f in finished if f.id not in kept]
+
+
+def ride_next_claim(finished: Sequence[Finished], steps: Collection[int]) -> bool:
+    """With a claim under way: leave the finished attempts to the claim loop's next claim,
+    whose transaction records them, rather than flush them in one of their own? Only when
+    none is a workflow step (those are settled by the flush: see :func:`split_plain`)."""
+    return bool(finished) and all(f.id not in steps for f in finished)
 
 
 def flush_at_once(unrecorded: int, batch_size: int, running: int) -> bool:

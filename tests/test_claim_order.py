@@ -49,11 +49,12 @@ def test_execute_after_is_honoured(q: pgq_nb.Queue) -> None:
 
 
 def _explain(q: pgq_nb.Queue) -> dict[str, Any]:
-    """The claim's plan, under the settings the worker claims with."""
+    """The plan of the claim inside claim_batch, under the settings the function runs it with
+    (EXPLAIN of the function call shows only a Function Scan)."""
 
     async def run() -> dict[str, Any]:
-        sql = q.aio.queries["claim_jobs"]
         async with q.aio.pool.acquire() as conn:
+            sql = await conn.fetchval(q.aio.queries["claim_source"], q.aio.schema)
             await conn.execute(CLAIM_PLAN)
             try:
                 raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", ["rec"], 10, 1)

@@ -20,6 +20,7 @@ from pgq_nb.errors import ConfigurationError
 
 SCHEMA_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"\{include:(_\w+)\}")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_\w+\.sql$")
 
 
@@ -70,7 +71,22 @@ def _raw_queries() -> dict[str, str]:
                 raise RuntimeError(f"query {name!r} is defined twice (in {entry.name})")
             lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
             queries[name] = "\n".join(lines).strip().rstrip(";")
-    return queries
+    return _included(queries)
+
+
+def _included(raw: dict[str, str]) -> dict[str, str]:
+    """The queries with each ``{include:_part}`` replaced by the text of the part of that name:
+    a piece that is no statement on its own (its name starts with ``_``; it is not a query),
+    shared by statements that must not repeat it (finish_jobs and finish_and_claim)."""
+    parts = {name: text for name, text in raw.items() if name.startswith("_")}
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in parts:
+            raise RuntimeError(f"a query includes {name!r}, which no query file defines")
+        return parts[name]
+
+    return {name: _INCLUDE.sub(fill, text) for name, text in raw.items() if name not in parts}
 
 
 @cache

@@ -32,37 +32,17 @@ WHERE dedupe_key = $1 AND dedupe_scope <> 'window'
   AND (status <> 'picked' OR dedupe_scope = 'active');
 
 -- name: claim_jobs
--- Claim up to $2 due jobs for this worker in one statement.
--- The CTE walks jobs_claim_idx (queued rows only, highest priority first, then oldest), skips
--- rows another worker has locked instead of waiting for them, and stops at $2 rows; the
--- UPDATE then marks exactly those rows picked. Returned rows come in no particular order.
--- The attempt is not counted here but by mark_started, when the worker starts the handlers: a
--- worker that dies between the two has not run the job, and its loss costs no attempt.
--- Paused entrypoints are left out of $1 by the worker (a filter on them in the CTE would skew
--- the planner's row estimate towards a sequential scan and sort); the UPDATE leaves out those
--- paused since the worker last heard (its pause NOTIFY not read yet, a loaded machine): one
--- InitPlan per statement, so a pause holds from the moment q.pause() returns. Rows it leaves
--- out were only locked, until this claim's COMMIT.
+-- Claim up to $2 due jobs for this worker in one statement: claim_batch, in the schema (its
+-- comment says how; a function so that its planner settings come with it).
 -- params: $1 entrypoints text[], $2 batch size, $3 worker id
-WITH next_jobs AS (
-    SELECT id
-    FROM {schema}.jobs
-    WHERE status = 'queued'
-      AND entrypoint = ANY($1::text[])
-      AND execute_after <= now()
-    ORDER BY priority DESC, id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE {schema}.jobs AS j
-SET status = 'picked', worker_id = $3, started = NULL
-FROM next_jobs
-WHERE j.id = next_jobs.id
-  AND j.entrypoint <> ALL (ARRAY(SELECT name FROM {schema}.entrypoints WHERE paused))
-RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
-    j.execute_after, j.dedupe_key, j.workflow_id, j.step_name, j.step_index, j.schedule_name,
-    j.fire_time, j.tags, j.meta, j.trace_context, j.snoozes, j.concurrency_key, j.use_cache,
-    j.map_source, j.step_path;
+SELECT * FROM {schema}.claim_batch($1, $2, $3);
+
+-- name: claim_source
+-- The claim statement inside claim_batch, as installed (EXPLAIN it with claim_jobs' params
+-- under CLAIM_PLAN: the plan the function runs; tests and benchmarks check it).
+-- params: $1 the schema's name
+SELECT prosrc FROM pg_proc
+WHERE proname = 'claim_batch' AND pronamespace = to_regnamespace(quote_ident($1));
 
 -- name: finish_jobs
 -- Record a batch of finished attempts in one statement. An attempt to retry goes back to the
@@ -87,6 +67,26 @@ RETURNING j.id, j.entrypoint, j.payload, j.priority, j.attempts, j.created,
 --   retry, snooze), $4 results text[] (JSON), $5 errors text[], $6 tracebacks text[],
 --   $7 started timestamptz[], $8 finished timestamptz[], $9 retry or snooze delays in
 --   seconds float[], $10 cache keys text[], $11 cached from bigint[]
+{include:_finish_ctes}
+SELECT done.id, done.outcome, done.workflow_id, (SELECT count(*) FROM woken) AS woken
+FROM done;
+
+-- name: finish_and_claim
+-- A worker's claim with the previous batch's completions, in one statement and so one round
+-- trip and one commit: finish_jobs' work ($1 to $11, as there), then claim_batch ($12
+-- entrypoints, $13 batch size). The claim runs after the completions (it takes the count of
+-- what they moved, LATERAL), in a statement of its own inside the function, so it sees them:
+-- a workflow step they released can be claimed at once. Returns the claimed jobs.
+-- params: $1 to $11 as finish_jobs, $12 entrypoints text[], $13 batch size
+{include:_finish_ctes}, finished AS (
+    SELECT (SELECT count(*) FROM done) + (SELECT count(*) FROM woken) AS n
+)
+SELECT c.*
+FROM finished AS f, LATERAL {schema}.claim_batch($12, ($13 + 0 * f.n)::integer, $1) AS c;
+
+-- name: _finish_ctes
+-- The body of finish_jobs and finish_and_claim (not a statement on its own: see
+-- pgq_nb.sql._included): the batch as rows, each outcome's statement, the NOTIFYs.
 WITH d AS (
     SELECT *
     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -142,11 +142,10 @@ WITH d AS (
     WHERE c.id = f.child_id AND c.status = 'blocked'
     RETURNING c.status
 ), woken AS (
+    -- (a plain SELECT in WITH runs only when read: the statements read `woken` so the
+    -- NOTIFY is sent)
     SELECT pg_notify('{channel}', '') FROM released WHERE status = 'queued' LIMIT 1
 )
--- (a plain SELECT in WITH runs only when read: read `woken` so the NOTIFY is sent)
-SELECT done.id, done.outcome, done.workflow_id, (SELECT count(*) FROM woken) AS woken
-FROM done;
 
 -- name: mark_started
 -- The worker is about to start these jobs' handlers: count the attempt and note the start.
