@@ -198,6 +198,33 @@ def test_split_plain(
 
 
 @pytest.mark.parametrize(
+    ("finished", "steps", "rides"),
+    [
+        ([], set(), False),  # nothing to leave
+        ([done(1), done(2, "retry")], set(), True),  # the next claim records them
+        ([done(1), done(2)], {2}, False),  # a workflow step: the flush settles its run now
+    ],
+)
+def test_ride_next_claim(finished: list[Finished], steps: set[int], rides: bool) -> None:
+    assert decisions.ride_next_claim(finished, steps) is rides
+
+
+@pytest.mark.parametrize(
+    ("groups", "slots", "cached", "one"),
+    [
+        ([ClaimGroup(["a", "b"], 32, False)], [], False, True),  # finish_and_claim
+        ([], [], False, False),  # nothing to claim (all paused): the completions alone
+        ([ClaimGroup(["a"], 32, False), ClaimGroup(["c"], 2, False)], [], False, False),
+        ([ClaimGroup(["g"], 32, True)], [], False, False),  # limited across workers
+        ([ClaimGroup(["a"], 32, False)], [7], False, False),  # frees a global slot
+        ([ClaimGroup(["a"], 32, False)], [], True, False),  # cache look-ups in the transaction
+    ],
+)
+def test_one_statement(groups: list[ClaimGroup], slots: list[int], cached: bool, one: bool) -> None:
+    assert decisions.one_statement(groups, slots, cached) is one
+
+
+@pytest.mark.parametrize(
     ("unrecorded", "batch_size", "running", "at_once", "gather"),
     [
         (1, 32, 5, False, True),  # a few ms for more completions

@@ -1,0 +1,112 @@
+"""The worker's claim as one statement (issue #22): finish_and_claim records a batch of
+completions and claims the next batch in one round trip and one commit; claim_batch, the
+function inside it, carries the claim's planner settings; the query files share text through
+``{include:_part}``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from typing import Any
+
+import asyncpg
+import pytest
+
+import pgq_nb
+from pgq_nb import runtime, sql
+from tests.conftest import SCHEMA
+
+
+def _run(q: pgq_nb.Queue, steps: Any) -> Any:
+    async def run() -> Any:
+        async with q.aio.pool.acquire() as conn:
+            return await steps(conn, q.aio.queries)
+
+    return runtime.run_sync(run())
+
+
+async def _register(conn: asyncpg.Connection, queries: dict[str, str], names: list[str]) -> int:
+    worker: int = await conn.fetchval(
+        queries["register_worker"], socket.gethostname(), os.getpid(), names, 8, "thread", None
+    )
+    return worker
+
+
+def _succeeded(ids: list[int]) -> tuple[list[Any], ...]:
+    now = dt.datetime.now(dt.UTC)
+    k = len(ids)
+    none: list[Any] = [None] * k
+    return (ids, ["succeeded"] * k, none, none, none, [now] * k, [now] * k, [0.0] * k, none, none)
+
+
+def test_completions_and_the_next_claim_in_one_statement(q: pgq_nb.Queue) -> None:
+    q.entrypoint("a")(lambda job: None)
+    first = q.enqueue(["a"] * 3)
+    later = q.enqueue(["a"] * 2)
+
+    async def steps(conn: asyncpg.Connection, queries: dict[str, str]) -> Any:
+        worker = await _register(conn, queries, ["a"])
+        claimed = await conn.fetch(queries["finish_and_claim"], worker, *_succeeded([]), ["a"], 3)
+        ids = sorted(r["id"] for r in claimed)
+        again = await conn.fetch(queries["finish_and_claim"], worker, *_succeeded(ids), ["a"], 5)
+        history = await conn.fetch(f"SELECT id, status FROM {SCHEMA}.history ORDER BY id")
+        return ids, sorted(r["id"] for r in again), [(r["id"], r["status"]) for r in history]
+
+    ids, again, history = _run(q, steps)
+    assert ids == sorted(first)
+    assert again == sorted(later)  # the finished ones are not claimed again
+    assert history == [(i, "succeeded") for i in sorted(first)]
+    assert q.stats().loc["a", "succeeded"] == 3
+
+
+def test_a_step_its_completions_release_is_claimed_in_the_same_statement(
+    q: pgq_nb.Queue,
+) -> None:
+    q.entrypoint("parent")(lambda job: 1)
+    q.entrypoint("child")(lambda job: 2)
+    wf = q.workflow("pair")
+    child = wf.step("child", depends_on=wf.step("parent"))
+    run = wf.submit()
+
+    async def steps(conn: asyncpg.Connection, queries: dict[str, str]) -> Any:
+        worker = await _register(conn, queries, ["parent", "child"])
+        first = await conn.fetch(
+            queries["finish_and_claim"], worker, *_succeeded([]), ["parent", "child"], 5
+        )
+        assert [r["entrypoint"] for r in first] == ["parent"]
+        second = await conn.fetch(
+            queries["finish_and_claim"],
+            worker,
+            *_succeeded([first[0]["id"]]),
+            ["parent", "child"],
+            5,
+        )
+        return [(r["entrypoint"], r["step_name"]) for r in second]
+
+    assert _run(q, steps) == [("child", child.name)]
+    assert run.status().set_index("step").loc["parent", "status"] == "succeeded"
+
+
+def test_a_paused_entrypoint_is_not_claimed_by_the_function(q: pgq_nb.Queue) -> None:
+    q.entrypoint("a")(lambda job: None)
+    q.enqueue(["a"] * 2)
+    q.pause("a")
+
+    async def steps(conn: asyncpg.Connection, queries: dict[str, str]) -> Any:
+        worker = await _register(conn, queries, ["a"])
+        return await conn.fetch(queries["claim_jobs"], ["a"], 5, worker)
+
+    assert _run(q, steps) == []
+
+
+def test_parts_are_included_and_never_queries_of_their_own() -> None:
+    queries = sql.queries("included_check")
+    assert not any(name.startswith("_") for name in queries)
+    assert "{include:" not in "".join(queries.values())
+    finish = queries["finish_jobs"]
+    body = finish[: finish.rindex("SELECT done.id")].rstrip()
+    assert body in queries["finish_and_claim"]  # the same text, written once
+    assert sql._included({"a": "x {include:_p} y", "_p": "P"}) == {"a": "x P y"}
+    with pytest.raises(RuntimeError, match="_missing"):
+        sql._included({"a": "{include:_missing}"})
