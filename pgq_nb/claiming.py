@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgq_nb import db, keys
 from pgq_nb import worker_decisions as decisions
-from pgq_nb.completion import Finished, is_refusal, record
+from pgq_nb.completion import Finished, columns, is_refusal, record
 from pgq_nb.models import Job
 from pgq_nb.workflow_state import group_results
 
@@ -21,9 +21,6 @@ if TYPE_CHECKING:
     from pgq_nb.store import Store
 
 logger = logging.getLogger("pgq_nb.worker")
-
-#: The columns of a batch of completions (:class:`pgq_nb.completion.Finished`).
-FINISHED_FIELDS = len(Finished._fields)
 
 
 #: Planner settings for the claim's transaction. The claim must walk jobs_claim_idx in order
@@ -139,10 +136,9 @@ class Claiming:
         one claim of every entrypoint here; its own transaction, so one round trip. Workflow
         steps among the jobs then get their parents' results (committed before the steps were
         claimable, so read after the claim as well as in it)."""
-        columns: list[Any] = list(zip(*done, strict=True)) if done else [[]] * FINISHED_FIELDS
         names, n, _ = groups[0]
         rows = await conn.fetch(
-            self._q["finish_and_claim"], self.worker_id, *columns, names, min(n, limit)
+            self._q["finish_and_claim"], self.worker_id, *columns(done), names, min(n, limit)
         )
         jobs = [Job(**row) for row in rows]
         children = [j.id for j in jobs if j.workflow_id is not None]
@@ -165,8 +161,7 @@ class Claiming:
         await conn.execute(CLAIM_PLAN)
         try:
             if done:
-                columns = list(zip(*done, strict=True))
-                await conn.execute(self._q["finish_jobs"], self.worker_id, *columns)
+                await conn.execute(self._q["finish_jobs"], self.worker_id, *columns(done))
             if slots:
                 await conn.execute(self._q["release_slots"], self.worker_id, list(slots))
             keyed = [g.entrypoints[0] for g in groups if self._keyed(g)]
