@@ -15,6 +15,7 @@ import pytest
 
 import pgq_nb
 from pgq_nb import runtime, sql
+from pgq_nb.completion import Finished, columns
 from tests.conftest import SCHEMA
 
 
@@ -110,3 +111,32 @@ def test_parts_are_included_and_never_queries_of_their_own() -> None:
     assert sql._included({"a": "x {include:_p} y", "_p": "P"}) == {"a": "x P y"}
     with pytest.raises(RuntimeError, match="_missing"):
         sql._included({"a": "{include:_missing}"})
+
+
+def test_columns_of_nothing_but_none_go_as_null() -> None:
+    now = dt.datetime.now(dt.UTC)
+    batch = [
+        Finished(1, "succeeded", None, None, None, now, now, 0.0),
+        Finished(2, "failed", None, "ValueError: x", None, now, now, 0.0),
+    ]
+    got = columns(batch)
+    assert got == [[1, 2], ["succeeded", "failed"], None, [None, "ValueError: x"], None,
+                   [now, now], [now, now], [0.0, 0.0], None, None]  # fmt: skip
+    assert columns([]) == [[]] * len(Finished._fields)
+
+
+def test_a_null_column_records_the_same_rows(q: pgq_nb.Queue) -> None:
+    q.entrypoint("a")(lambda job: None)
+    ids = q.enqueue(["a"] * 2)
+
+    async def steps(conn: asyncpg.Connection, queries: dict[str, str]) -> Any:
+        worker = await _register(conn, queries, ["a"])
+        await conn.fetch(queries["claim_jobs"], ["a"], 2, worker)
+        now = dt.datetime.now(dt.UTC)
+        batch = [Finished(i, "succeeded", '{"x": 1}', None, None, now, now, 0.0) for i in ids]
+        await conn.fetch(queries["finish_jobs"], worker, *columns(batch))
+        return await conn.fetch(f"SELECT id, result, error FROM {SCHEMA}.history ORDER BY id")
+
+    rows = _run(q, steps)
+    assert [(r["id"], r["error"]) for r in rows] == [(i, None) for i in sorted(ids)]
+    assert all(r["result"] is not None for r in rows)
