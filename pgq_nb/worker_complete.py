@@ -180,15 +180,11 @@ class Completing:
         if not self._finished:
             return
         batch, self._finished = self._finished, []
-        try:
-            await self._marked([done.id for done in batch])
-        except BaseException:
-            self._finished[:0] = batch
-            raise
         ids = [done.id for done in batch]
-        self._flushing.update(ids)
+        self._flushing.update(ids)  # known to the orphan sweep from here (pgq_nb.claiming)
         steps, slots = plan = decisions.flush_plan(ids, self._steps, self._slotted)
         try:
+            await self._marked(ids)  # their start marks first (only theirs)
             if plan.in_transaction:
                 sources = [i for i in ids if i in self._sources]
                 async with self.store.pool.acquire() as conn, conn.transaction():
