@@ -451,11 +451,11 @@ class LostReplyProxy:
     """A TCP proxy in front of Postgres that loses, once, the reply to the COMMIT of a
     transaction that claimed jobs: the server commits, the client's connection is reset.
 
-    It reads the protocol's framing only: a claim is a statement that sets status 'picked';
+    It reads the protocol's framing only: a claim is a statement that calls claim_batch;
     from its Bind on, the server's messages are held until ReadyForQuery, and the first time
     the session comes back idle after a committed claim of some jobs, they are dropped."""
 
-    MARK = b"SET status = 'picked'"
+    MARK = b"claim_batch("  # claim_jobs and finish_and_claim call it
 
     def __init__(self, dsn: str) -> None:
         url = urllib.parse.urlsplit(dsn)
@@ -560,7 +560,7 @@ class LostReplyProxy:
                 tag = body.rstrip(b"\0")
                 if tag == b"COMMIT":
                     committed = True
-                elif tag.startswith(b"UPDATE") and not conn.claimed:
+                elif tag.startswith(b"SELECT") and not conn.claimed:
                     conn.claimed = int(tag.split()[1])  # the claim's own tag comes first
                     committed = True  # unless a transaction is open: then it waits for COMMIT
             if head[:1] != b"Z":  # ReadyForQuery ends a reply: forward it, or lose it
