@@ -232,9 +232,11 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
                 room, backlog=backlog, low_water=low_water, most_room=self._most_room()
             ):
                 self._finished[:0] = done
-                if self._running or self._finished:  # wait for a slot
+                if done:  # no claim takes them now: the flush records them (and frees slots)
+                    self._flush_pending.set()
+                if self._running or self._finished:  # wait for a slot (or a resume)
                     self._slot_free.clear()
-                    await self._slot_free.wait()
+                    await _wait(self._slot_free, poll)
                 else:  # all paused: wait for a resume (or a new handler, or the stop)
                     self._wake.clear()
                     await _wait(self._wake, poll)
@@ -246,7 +248,8 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
                     room, done, [d.id for d in done if d.id in self._slotted]
                 )
             except db.TRANSIENT_ERRORS as exc:
-                self._finished[:0] = done  # record them later
+                self._finished[:0] = done  # record them later: the next claim, or the flush
+                self._flush_pending.set()
                 self._orphans_possible = True
                 logger.warning("claim failed; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(poll)

@@ -5,9 +5,11 @@ function inside it, carries the claim's planner settings; the query files share 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import socket
+import time
 from typing import Any
 
 import asyncpg
@@ -16,6 +18,7 @@ import pytest
 import pgq_nb
 from pgq_nb import runtime, sql
 from pgq_nb.completion import Finished, columns
+from pgq_nb.worker import Worker
 from tests.conftest import SCHEMA
 
 
@@ -108,7 +111,7 @@ def test_parts_are_included_and_never_queries_of_their_own() -> None:
     finish = queries["finish_jobs"]
     body = finish[: finish.rindex("SELECT done.id")].rstrip()
     assert body in queries["finish_and_claim"]  # the same text, written once
-    assert sql._included({"a": "x {include:_p} y", "_p": "P"}) == {"a": "x P y"}
+    assert sql._included({"a": "x {include:_p} y", "_p": "P"}) == {"a": "x P\n y"}
     with pytest.raises(RuntimeError, match="_missing"):
         sql._included({"a": "{include:_missing}"})
 
@@ -140,3 +143,101 @@ def test_a_null_column_records_the_same_rows(q: pgq_nb.Queue) -> None:
     rows = _run(q, steps)
     assert [(r["id"], r["error"]) for r in rows] == [(i, None) for i in sorted(ids)]
     assert all(r["result"] is not None for r in rows)
+
+
+def test_a_cancel_beside_the_statement_does_not_deadlock(q: pgq_nb.Queue, installed: str) -> None:
+    """The completions' writes (here a retry) lock the worker's own rows before the claim
+    locks queued ones, the order cancel_jobs relies on; a data-modifying CTE nobody read ran
+    at the end, after the claim: q.cancel() of a running and a queued job then deadlocked."""
+    q.entrypoint("a")(lambda job: None)
+    q.enqueue(["a"] * 2)
+
+    async def run() -> tuple[list[int], list[int]]:
+        worker_conn = await asyncpg.connect(installed)
+        other = await asyncpg.connect(installed)
+        try:
+            queries = q.aio.queries
+            worker = await _register(worker_conn, queries, ["a"])
+            running = (await worker_conn.fetch(queries["claim_jobs"], ["a"], 1, worker))[0]["id"]
+            queued = await other.fetchval(f"SELECT id FROM {SCHEMA}.jobs WHERE status = 'queued'")
+            tx = other.transaction()  # q.cancel's order: request_cancel, then cancel_waiting
+            await tx.start()
+            await other.fetch(queries["request_cancel"], [running, queued])
+            now = dt.datetime.now(dt.UTC)
+            retry = ([running], ["retry"], None, ["E"], None, [now], [now], [5.0], None, None)
+            claim = worker_conn.fetch(queries["finish_and_claim"], worker, *retry, ["a"], 5)
+            claiming = asyncio.ensure_future(claim)
+            await asyncio.sleep(0.3)  # the worker's statement waits for the running job's lock
+            gone = await other.fetch(queries["cancel_waiting"], [running, queued])
+            await tx.commit()
+            got = await claiming
+            return [r["id"] for r in gone], [r["id"] for r in got]
+        finally:
+            await worker_conn.close()
+            await other.close()
+
+    gone, got = runtime.run_sync(run())
+    assert len(gone) == 1  # the queued job, cancelled; no DeadlockDetectedError either side
+    assert got == []  # the retried job is due in 5 s, the other cancelled
+
+
+def test_claimed_columns_are_read_by_name(q: pgq_nb.Queue) -> None:
+    """A later migration may add a column to claim_batch (workers of the version before keep
+    running): they read the columns they know."""
+    q.entrypoint("a")(lambda job: None)
+    q.enqueue(["a"] * 2)
+    current = next(m for m in sql.migrations(SCHEMA) if m.version == 12).sql
+    wider = current.replace(
+        "map_source bigint, step_path integer[])",
+        "map_source bigint, step_path integer[], added_later text)",
+    ).replace("j.map_source, j.step_path\n$claim$", "j.map_source, j.step_path, 'x'\n$claim$")
+    assert wider != current
+    drop = f"DROP FUNCTION {SCHEMA}.claim_batch(text[], integer, bigint)"
+
+    async def replace(text: str) -> None:
+        async with q.aio.pool.acquire() as conn, conn.transaction():
+            await conn.execute(drop)
+            await conn.execute(text)
+
+    runtime.run_sync(replace(wider))
+    try:
+        stats = q.run_until_idle(concurrency=2, wait_for_scheduled=0, timeout=60)
+    finally:
+        runtime.run_sync(replace(current))
+    assert stats.succeeded == 2
+
+
+def test_completions_left_by_a_failed_claim_are_recorded_while_paused(
+    q: pgq_nb.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim carrying completions fails (a transient error), and meanwhile the entrypoint is
+    paused with nothing running: the completions are recorded by the flush, and the worker
+    claims again after the resume (it waited for a slot that nothing would free)."""
+    q.entrypoint("a")(lambda job: time.sleep(0.2))
+    q.enqueue(["a"] * 3)
+    real = Worker._claim_once
+    failed: list[int] = []
+
+    async def once_broken(self: Worker, limit: int, done: Any = (), slots: Any = ()) -> Any:
+        if done and not failed:
+            failed.append(len(done))
+            await q.aio.pause("a")
+            asyncio.get_running_loop().call_later(
+                2.0, lambda: asyncio.ensure_future(q.aio.resume("a"))
+            )
+            raise asyncpg.ConnectionDoesNotExistError("closed in the middle of the claim")
+        return await real(self, limit, done, slots)
+
+    monkeypatch.setattr(Worker, "_claim_once", once_broken)
+    stats = q.run_until_idle(concurrency=1, wait_for_scheduled=0, timeout=60)
+    assert failed == [1]
+    assert stats.succeeded == 3
+
+
+def test_parts_include_parts_and_every_include_is_resolved() -> None:
+    out = sql._included({"a": "x {include:_p} y", "_p": "P {include:_q}", "_q": "Q -- note"})
+    assert out == {"a": "x P Q -- note\n\n y"}  # a part's trailing comment ends its line
+    with pytest.raises(RuntimeError, match="include each other"):
+        sql._included({"a": "{include:_p}", "_p": "{include:_q}", "_q": "{include:_p}"})
+    with pytest.raises(RuntimeError, match="no part"):
+        sql._included({"a": "{include:plain}"})

@@ -77,16 +77,26 @@ def _raw_queries() -> dict[str, str]:
 def _included(raw: dict[str, str]) -> dict[str, str]:
     """The queries with each ``{include:_part}`` replaced by the text of the part of that name:
     a piece that is no statement on its own (its name starts with ``_``; it is not a query),
-    shared by statements that must not repeat it (finish_jobs and finish_and_claim)."""
+    shared by statements that must not repeat it (finish_jobs and finish_and_claim). Parts may
+    include parts; a cycle, an unknown part or any other ``{include:`` is an error."""
     parts = {name: text for name, text in raw.items() if name.startswith("_")}
 
-    def fill(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in parts:
-            raise RuntimeError(f"a query includes {name!r}, which no query file defines")
-        return parts[name]
+    def expand(text: str, seen: tuple[str, ...]) -> str:
+        def fill(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in parts:
+                raise RuntimeError(f"a query includes {name!r}, which no query file defines")
+            if name in seen:
+                raise RuntimeError(f"query parts include each other: {' -> '.join(seen)}")
+            # a newline after it: a part's last line may be a comment
+            return expand(parts[name], (*seen, name)) + "\n"
 
-    return {name: _INCLUDE.sub(fill, text) for name, text in raw.items() if name not in parts}
+        out = _INCLUDE.sub(fill, text)
+        if "{include:" in out:
+            raise RuntimeError(f"a query includes something that is no part: {out!r:.200}")
+        return out
+
+    return {name: expand(text, (name,)) for name, text in raw.items() if name not in parts}
 
 
 @cache

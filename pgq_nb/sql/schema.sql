@@ -512,6 +512,9 @@ CREATE INDEX jobs_key_queued_idx ON {schema}.jobs (entrypoint, concurrency_key, 
 -- the CTE would skew the planner's row estimate towards a sequential scan and sort); the
 -- UPDATE leaves out those paused since the worker last heard (its pause NOTIFY not read yet):
 -- one InitPlan per statement, so a pause holds from the moment q.pause() returns.
+-- Its columns are read by name (claim_jobs, finish_and_claim): a later migration may add
+-- columns (CREATE OR REPLACE), never rename or remove one, since workers of the version
+-- before may still be running; a change of shape is a new function beside this one.
 CREATE FUNCTION {schema}.claim_batch(text[], integer, bigint)
 RETURNS TABLE (id bigint, entrypoint text, payload bytea, priority integer, attempts integer,
     created timestamptz, execute_after timestamptz, dedupe_key text, workflow_id bigint,
@@ -520,6 +523,7 @@ RETURNS TABLE (id bigint, entrypoint text, payload bytea, priority integer, atte
     map_source bigint, step_path integer[])
 LANGUAGE sql
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off
+SET search_path = pg_catalog, pg_temp
 AS $claim$
 WITH next_jobs AS (
     SELECT id

@@ -35,7 +35,8 @@ WHERE dedupe_key = $1 AND dedupe_scope <> 'window'
 -- Claim up to $2 due jobs for this worker in one statement: claim_batch, in the schema (its
 -- comment says how; a function so that its planner settings come with it).
 -- params: $1 entrypoints text[], $2 batch size, $3 worker id
-SELECT * FROM {schema}.claim_batch($1, $2, $3);
+SELECT {include:_claimed_columns}
+FROM {schema}.claim_batch($1, $2, $3) AS c;
 
 -- name: claim_source
 -- The claim statement inside claim_batch, as installed (EXPLAIN it with claim_jobs' params
@@ -74,15 +75,26 @@ FROM done;
 -- name: finish_and_claim
 -- A worker's claim with the previous batch's completions, in one statement and so one round
 -- trip and one commit: finish_jobs' work ($1 to $11, as there), then claim_batch ($12
--- entrypoints, $13 batch size). The claim runs after the completions (it takes the count of
--- what they moved, LATERAL), in a statement of its own inside the function, so it sees them:
--- a workflow step they released can be claimed at once. Returns the claimed jobs.
+-- entrypoints, $13 batch size). The claim runs after every write of the completions (it
+-- takes the count of all of them, LATERAL: a data-modifying CTE nobody reads would run at the
+-- end of the statement, after the claim, and lock this worker's rows after queued ones, the
+-- reverse of the order cancel_jobs relies on), in a statement of its own inside the
+-- function, so it sees them: a workflow step they released can be claimed at once. Returns
+-- the claimed jobs, their columns named (not c.*: a later claim_batch may return more).
 -- params: $1 to $11 as finish_jobs, $12 entrypoints text[], $13 batch size
 {include:_finish_ctes}, finished AS (
-    SELECT (SELECT count(*) FROM done) + (SELECT count(*) FROM woken) AS n
+    SELECT (SELECT count(*) FROM done) + (SELECT count(*) FROM woken)
+        + (SELECT count(*) FROM retried) + (SELECT count(*) FROM snoozed) AS n
 )
-SELECT c.*
+SELECT {include:_claimed_columns}
 FROM finished AS f, LATERAL {schema}.claim_batch($12, ($13 + 0 * f.n)::integer, $1) AS c;
+
+-- name: _claimed_columns
+-- What a claim returns, as pgq_nb.models.Job takes it (from claim_batch, aliased c).
+c.id, c.entrypoint, c.payload, c.priority, c.attempts, c.created, c.execute_after,
+    c.dedupe_key, c.workflow_id, c.step_name, c.step_index, c.schedule_name, c.fire_time,
+    c.tags, c.meta, c.trace_context, c.snoozes, c.concurrency_key, c.use_cache, c.map_source,
+    c.step_path
 
 -- name: _finish_ctes
 -- The body of finish_jobs and finish_and_claim (not a statement on its own: see
