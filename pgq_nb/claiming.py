@@ -140,7 +140,7 @@ class Claiming:
         rows = await conn.fetch(
             self._q["finish_and_claim"], self.worker_id, *columns(done), names, min(n, limit)
         )
-        jobs = [Job(**row) for row in rows]
+        jobs = [Job.claimed(row) for row in rows]
         children = [j.id for j in jobs if j.workflow_id is not None]
         if children:
             await self._attach_parent_results(conn, jobs, children)

@@ -18,6 +18,7 @@ import pytest
 import pgq_nb
 from pgq_nb import runtime, sql
 from pgq_nb.completion import Finished, columns
+from pgq_nb.models import CLAIMED_FIELDS
 from pgq_nb.worker import Worker
 from tests.conftest import SCHEMA
 
@@ -52,6 +53,7 @@ def test_completions_and_the_next_claim_in_one_statement(q: pgq_nb.Queue) -> Non
     async def steps(conn: asyncpg.Connection, queries: dict[str, str]) -> Any:
         worker = await _register(conn, queries, ["a"])
         claimed = await conn.fetch(queries["finish_and_claim"], worker, *_succeeded([]), ["a"], 3)
+        assert tuple(claimed[0].keys()) == CLAIMED_FIELDS  # Job.claimed reads them in order
         ids = sorted(r["id"] for r in claimed)
         again = await conn.fetch(queries["finish_and_claim"], worker, *_succeeded(ids), ["a"], 5)
         history = await conn.fetch(f"SELECT id, status FROM {SCHEMA}.history ORDER BY id")
