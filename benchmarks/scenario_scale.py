@@ -212,6 +212,30 @@ def _stats_median(q: pgq_nb.Queue, runs: int) -> float:
     return statistics.median(times)
 
 
+async def _vacuumed_claims(q: pgq_nb.AsyncQueue, runs: int, batch: int) -> float:
+    """The claim's median time again (as ``scenario_claim`` times it) once the backlog is
+    vacuumed: the state autovacuum brings a table to after a bulk insert (hint bits set, the
+    visibility map written), so no autovacuum of the 10,000,000 rows runs beside the claims."""
+    claim = q.queries["claim_jobs"]
+    async with q.pool.acquire() as conn:
+        await conn.execute(f'VACUUM (ANALYZE) "{q.schema}".jobs')
+        times: list[float] = []
+        for i in range(scenario_claim.WARMUP + runs):
+            tr = conn.transaction()
+            await tr.start()
+            try:
+                began = time.perf_counter()
+                rows = await conn.fetch(claim, [scenario_claim.ENTRYPOINT], batch, 1)
+                elapsed = time.perf_counter() - began
+            finally:
+                await tr.rollback()
+            if len(rows) != batch:
+                raise RuntimeError(f"claim returned {len(rows)} rows, expected {batch}")
+            if i >= scenario_claim.WARMUP:
+                times.append(elapsed * 1000)
+    return statistics.median(times)
+
+
 def _claim_rows(ctx: Context) -> list[Row]:
     small_n, big_n = ctx.sizes.claim_small, ctx.sizes.scale_queued
     batch, runs = ctx.sizes.claim_batch, ctx.sizes.claim_runs
@@ -223,21 +247,25 @@ def _claim_rows(ctx: Context) -> list[Row]:
         big, big_plan = on_pgq_nb_loop(scenario_claim._fill_and_time(q.aio, big_n, runs, batch))
         log(f"  scale        claim {big_n:>11,} queued  {big:7.3f} ms  ({big_plan})")
         log(f"  scale        (fill and claims took {time.perf_counter() - began:.0f} s)")
+        settled = on_pgq_nb_loop(_vacuumed_claims(q.aio, runs, batch))
+        log(f"  scale        claim {big_n:>11,} queued  {settled:7.3f} ms  after VACUUM (ANALYZE)")
         live_stats = _stats_median(q, ctx.sizes.stats_runs)
         log(f"  scale        q.stats() with {big_n:,} queued: median {live_stats:.2f} ms")
-    ratio = big / small
-    met = "met" if ratio <= 1.5 else "MISSED"
     note = f"claim of {batch} in a rolled-back transaction, median of {runs}"
-    return [
+    claims = [
         Row(
-            scenario=f"scale: claim, {big_n:,} queued (pgq_nb alone)",
+            scenario=f"scale: claim, {big_n:,} queued{when} (pgq_nb alone)",
             unit="ms",
             higher_is_better=False,
-            pgq_nb=[big],
-            ratio=ratio,
-            target=f"ratio <= 1.5 vs {small_n:,} queued ({met})",
+            pgq_nb=[ms],
+            ratio=ms / small,
+            target=f"ratio <= 1.5 vs {small_n:,} ({'met' if ms / small <= 1.5 else 'MISSED'})",
             note=f"{note}; {small_n:,} queued: {small:.3f} ms; plan: {big_plan}",
-        ),
+        )
+        for ms, when in ((big, ", right after the bulk insert"), (settled, ", after VACUUM"))
+    ]
+    return [
+        *claims,
         Row(
             scenario=f"scale: stats, {big_n:,} queued (pgq_nb alone)",
             unit="ms",

@@ -14,7 +14,6 @@ so the frame is the same as one built from all the rows at once.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -61,6 +60,10 @@ def unpack(part: Packed) -> list[Any]:
         for position in np.flatnonzero(part[2]).tolist():
             values[position] = None
     return values
+
+
+def _length(part: Packed) -> int:
+    return int(part[1]) if part[0] == "none" else len(part[1])
 
 
 def result_rows(result: Any) -> list[Mapping[str, Any]]:
@@ -116,7 +119,13 @@ class _Column:
     def values(self) -> list[Any]:
         """Every value, unpacked (the runs are dropped)."""
         parts, self.parts = self.parts, []
-        return list(chain.from_iterable(unpack(part) for part in parts))
+        values: list[Any] = [None] * sum(_length(part) for part in parts)  # one allocation
+        at = 0
+        for part in parts:
+            if part[0] != "none":
+                values[at : at + _length(part)] = unpack(part)
+            at += _length(part)
+        return values
 
 
 class _Named:
