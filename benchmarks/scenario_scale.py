@@ -1,8 +1,9 @@
 """pgq_nb alone, issue #22 item 4 (scale): the four figures, each against its target.
 
 1. claim time with ``scale_queued`` (10,000,000) jobs queued against ``claim_small`` (10,000):
-   ``benchmarks.scenario_claim``'s fill (INSERT ... SELECT generate_series, ANALYZE) and timing;
-   with the big backlog still in place, ``q.stats()`` is timed too (a large live table);
+   ``benchmarks.scenario_claim``'s fill (INSERT ... SELECT generate_series, ANALYZE) and timing,
+   then timed again after ``VACUUM (ANALYZE)`` (no autovacuum of the backlog beside it); with
+   the big backlog still in place, ``q.stats()`` is timed too (a large live table);
 2. ``q.stats()`` over ``scale_history`` (10,000,000) history rows: ``benchmarks.scenario_stats``'
    fill, median of ``stats_runs`` calls;
 3. ``q.enqueue_df`` of a ``scale_frame`` (1,000,000) row frame (int, float and str columns);
@@ -181,12 +182,16 @@ def _memory_rows(ctx: Context) -> list[Row]:
                 )
         for mode, call in (("enqueue", "q.enqueue_df"), ("results", "q.results()")):
             rss, traced_run = figures[mode, False], figures[mode, True]
-            worst = max(rss["peak"] / rss["size"], traced_run["peak"] / traced_run["size"])
-            met = "met" if worst < MEMORY_TARGET else "MISSED"
+            by_rss, by_traced = rss["peak"] / rss["size"], traced_run["peak"] / traced_run["size"]
+            worst = max(by_rss, by_traced)
+            met = ", ".join(
+                f"{how} {'met' if ratio < MEMORY_TARGET else 'MISSED'}"
+                for how, ratio in (("tracemalloc", by_traced), ("RSS", by_rss))
+            )
             rows.append(
                 Row(
                     scenario=f"{call} of {n:,} rows, peak memory, % of the frame (pgq_nb alone)",
-                    unit="%",
+                    unit="%",  # the worse of the two measures
                     higher_is_better=False,
                     pgq_nb=[worst * 100],
                     target=f"< {MEMORY_TARGET * 100:g} % ({met})",
