@@ -188,7 +188,14 @@ class Columns:
         self.jobs += len(rows)
 
     def job_ids(self) -> np.ndarray:
-        return np.concatenate(self.ids) if self.ids else np.empty(0, "int64")
+        """Every job's id, in order (the chunks' arrays joined into one, kept as that one)."""
+        if len(self.ids) != 1:
+            self.ids = [np.concatenate(self.ids) if self.ids else np.empty(0, "int64")]
+        return self.ids[0]
+
+    def one_row_each(self) -> bool:
+        """Whether every job gave exactly one row (no result was a list of several dicts)."""
+        return sum(len(p) for p in self.positions) == self.jobs
 
 
 def frame_of(columns: dict[str, pd.Series]) -> pd.DataFrame:

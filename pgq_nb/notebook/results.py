@@ -23,7 +23,7 @@ __all__ = ["RESULTS_CHUNK", "results"]
 
 #: Rows fetched (through a server-side cursor) and decoded at a time; only their values are
 #: kept (:mod:`pgq_nb.notebook.result_columns`), so the rows are never all held as records.
-RESULTS_CHUNK = 10_000
+RESULTS_CHUNK = 2_000
 
 
 def _unique(name: str, taken: set[str], suffix: str = "_result") -> str:
@@ -33,8 +33,8 @@ def _unique(name: str, taken: set[str], suffix: str = "_result") -> str:
 
 
 def _ids(ids: np.ndarray) -> pd.Series:
-    """Job ids as ``typed(..., "int")`` makes them, without a Python int each."""
-    return pd.Series(pd.array(ids, dtype="Int64"))
+    """Job ids as ``typed(..., "int")`` makes them (never missing), wrapping ``ids``."""
+    return pd.Series(pd.arrays.IntegerArray(ids, np.zeros(len(ids), bool)), copy=False)
 
 
 def _expand(
@@ -47,7 +47,9 @@ def _expand(
     job_ids = got.job_ids()
     owners = dtypes.batch_of(job_ids, batches)
     described = [dtypes.columns_of(b["dtypes"]) for b in batches]
-    positions = np.concatenate(got.positions) if got.positions else np.empty(0, "int64")
+    every = got.one_row_each()  # one row per job: no row is repeated
+    positions = np.concatenate(got.positions) if got.positions and not every else None
+    got.positions = []
     input_names = list(got.inputs.columns)
     output_names = list(got.outputs.columns)
     # job_id is always the job's id: a payload key job_id is shown as job_id_payload
@@ -58,14 +60,18 @@ def _expand(
     }
     taken.update(shown.values())
     renamed = {name: _unique(name, taken) for name in output_names}
-    every = len(positions) == len(job_ids)  # one row per job: no row is repeated
-    columns: dict[str, pd.Series] = {"job_id": _ids(job_ids if every else job_ids[positions])}
+    columns: dict[str, pd.Series] = {
+        "job_id": _ids(job_ids if positions is None else job_ids[positions])
+    }
     if cached:
         cached_from = got.cached_from.values()
-        columns["cached_from"] = typed([cached_from[p] for p in positions.tolist()], "int")
+        if positions is not None:
+            cached_from = [cached_from[p] for p in positions.tolist()]
+        columns["cached_from"] = typed(cached_from, "int")
     del job_ids
-    single = np.unique(owners)
-    only = int(single[0]) if len(single) == 1 else None  # one batch (or none) holds every row
+    got.ids = []
+    # one batch (or none) holds every row
+    only = int(owners[0]) if len(owners) and owners.min() == owners.max() else None
     for name in input_names:
         column = got.inputs.columns.pop(name)
         if only is not None:
@@ -77,7 +83,7 @@ def _expand(
         del column
         columns[shown[name]] = (
             restored.reset_index(drop=True)
-            if every
+            if positions is None
             else restored.take(positions).reset_index(drop=True)
         )
     for name in output_names:
