@@ -136,7 +136,7 @@ def _all_succeeded(q: pgq_nb.Queue) -> None:
 
 def test_results_of_many_rows_peak_well_under_twice_the_frame(q: pgq_nb.Queue) -> None:
     """200,000 rows: every row held as an asyncpg record, a decoded payload dict and a result
-    dict at once (as results() did) took about 9.4x the frame; streamed, about 1.6x. The bound
+    dict at once (as results() did) took about 9.4x the frame; streamed, about 1.45x. The bound
     leaves room for other Python versions and allocators (the figure is deterministic)."""
     n = 200_000
     q.entrypoint(SCORE)(lambda job: None)
