@@ -58,6 +58,9 @@ class Sizes:
     core_concurrency: int = 32
     peer_jobs: int = 10_000  # the peers scenario's drain and enqueue (the peers are slow)
     sweep_rounds: int = 2  # drains per sweep candidate (the best counts), each round reversed
+    scale_queued: int = 10_000_000  # the scale scenario's claim backlog (against claim_small)
+    scale_history: int = 10_000_000  # ... its q.stats() history rows
+    scale_frame: int = 1_000_000  # ... its enqueue_df and results() rows
 
     @classmethod
     def full(cls) -> Sizes:
@@ -95,6 +98,9 @@ class Sizes:
             core_jobs=10_000,
             peer_jobs=2_000,
             sweep_rounds=1,
+            scale_queued=1_000_000,
+            scale_history=1_000_000,
+            scale_frame=100_000,
         )
 
 

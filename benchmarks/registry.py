@@ -22,6 +22,7 @@ from benchmarks import (
     scenario_peers,
     scenario_processes,
     scenario_retention,
+    scenario_scale,
     scenario_stats,
     scenario_sustained,
     scenario_tags,
@@ -160,6 +161,13 @@ SCENARIOS: dict[str, Scenario] = {
             scenario_cache.run,
             False,
             "drain rate of a cache=True entrypoint (all misses, all hits) vs a plain one",
+        ),
+        Scenario(
+            "scale",
+            scenario_scale.run,
+            False,
+            "issue #22 item 4: claim at 10M queued vs 10k, q.stats() at 10M history rows, "
+            "enqueue_df and q.results() of 1M rows: peak memory / frame size",
         ),
         Scenario(
             "dask",

@@ -115,7 +115,7 @@ def columns_of(recorded: Any) -> dict[str, Description]:
     return found
 
 
-def id_runs(ids: Sequence[int]) -> tuple[list[int], list[int]]:
+def id_runs(ids: Sequence[int] | np.ndarray) -> tuple[list[int], list[int]]:
     """Sorted ``ids`` as runs of consecutive ids: their starts and (exclusive) ends."""
     values = np.asarray(ids, dtype="int64")
     if not len(values):

@@ -6,12 +6,14 @@ The path of a call:
 2. convert the payload columns to JSON (:mod:`pgq_nb.notebook.encode`), in a thread for big
    frames so the pgq_nb loop keeps serving heartbeats of in-notebook workers; a value that
    cannot be stored raises PayloadError before anything is written;
-3. in one transaction: draw the ids from the jobs sequence in one round trip, record the
-   payload columns' dtypes for those ids (one row of ``payload_dtypes``), then COPY the
-   rows (id, entrypoint, payload, priority, execute_after, dedupe_key) in chunks of
-   ``chunk_size``, advancing the progress bar after each. With a ``dedupe_key`` the rows are
-   copied into a temporary table and moved with ``INSERT ... ON CONFLICT DO NOTHING`` instead,
-   since a COPY would abort on the first key that a live job holds;
+3. in one transaction, per chunk of ``chunk_size`` rows: draw the chunk's ids from the jobs
+   sequence (one round trip; ascending across chunks, into one int64 array that becomes the
+   ids returned) and COPY its rows (id, entrypoint, payload, priority, execute_after,
+   dedupe_key), advancing the progress bar after each; then record the payload columns'
+   dtypes for the ids (one row of ``payload_dtypes``). Only one chunk's JSON texts and
+   records exist at a time (and the next chunk's, being converted). With a ``dedupe_key``
+   the rows are copied into a temporary table and moved with ``INSERT ... ON CONFLICT DO
+   NOTHING`` instead, since a COPY would abort on the first key that a live job holds;
 4. after the commit, refresh the planner's statistics if many rows went in (not when the
    rows are part of the caller's transaction, ``connection=``: they are not committed yet).
 
@@ -134,7 +136,8 @@ async def enqueue_df(
     labels = frame_labels.row_labels(df, tags, meta, lambda p: args.label(df, p))
     skip = frame_labels.label_columns(tags, meta, columns)
     names = [n for n in names if n not in skip]
-    priorities = args.priorities(df, priority)
+    # a constant priority is checked here and copied per chunk; a column is read per row
+    priorities = args.priorities(df if isinstance(priority, str) else df.iloc[:1], priority)
     keys = args.dedupe_keys(df, dedupe_key)
     due = args.due(df, execute_after)
     uncached = not check_use_cache(cache)
@@ -145,8 +148,9 @@ async def enqueue_df(
         return pd.Series(pd.array([], dtype="Int64"), index=df.index, name="job_id")
 
     recorded = json.dumps(dtypes.record(df, names), separators=(",", ":"))
-    rows = _kept_rows(keys, len(df))
-    every_row = len(rows) == len(df)
+    rows = None if keys is None else _kept_rows(keys, len(df))  # None: every row
+    every_row = rows is None or len(rows) == len(df)
+    kept = len(df) if rows is None else len(rows)
     copied = ["id", "entrypoint", "payload"]  # columns left out take the table's default
     if isinstance(priority, str) or priority != 0:
         copied.append("priority")
@@ -154,11 +158,15 @@ async def enqueue_df(
         copied.append("execute_after")
     if keys is not None:
         copied.append("dedupe_key")
-    in_thread = len(rows) >= THREAD_AFTER_ROWS
+    in_thread = kept >= THREAD_AFTER_ROWS
+
+    def positions(start: int, stop: int) -> list[int]:
+        """The frame's row positions of kept rows start..stop."""
+        return list(range(start, min(stop, kept))) if rows is None else rows[start:stop].tolist()
 
     def convert(start: int) -> list[bytes]:
         stop = start + chunk_size
-        part = df.iloc[start:stop] if every_row else df.iloc[rows[start:stop]]
+        part = df.iloc[start:stop] if every_row or rows is None else df.iloc[rows[start:stop]]
         texts = encode.payloads(part, names)
         if max(map(len, texts), default=0) > limits.PAYLOAD_LIMIT:
             at = next(i for i, text in enumerate(texts) if len(text) > limits.PAYLOAD_LIMIT)
@@ -168,91 +176,113 @@ async def enqueue_df(
     async def converted(start: int) -> list[bytes]:
         return await asyncio.to_thread(convert, start) if in_thread else convert(start)
 
-    ids = np.full(len(df), -1, dtype="int64")
-    bar = bars.bar(progress, len(rows), f"enqueue {entrypoint}")
+    # the ids, kept rows' order (every row's: also the ids returned), filled chunk by chunk
+    new_ids = np.full(kept, -1, dtype="int64")
+    starts: list[int] = []
+    ends: list[int] = []
+    bar = bars.bar(progress, kept, f"enqueue {entrypoint}")
     pending: asyncio.Future[list[bytes]] | None = None
     try:
         async with store.connection(connection) as conn, conn.transaction():
-            pending = asyncio.ensure_future(converted(0))  # overlaps the id reservation
-            reserved = await conn.fetchrow(store.queries["reserve_job_ids"], len(rows))
-            new_ids: list[int] = sorted(reserved["ids"])
-            starts, ends = dtypes.id_runs(new_ids)
-            await conn.execute(
-                store.queries["record_payload_dtypes"], entrypoint, starts, ends, recorded
-            )
-            per_row: list[Sequence[Any]] = [new_ids]
-            if "priority" in copied:
-                per_row.append([priorities[i] for i in rows.tolist()])
-            if due is not None:
-                times = due(reserved["now"])
-                per_row.append(times if every_row else [times[i] for i in rows.tolist()])
-            if keys is not None:
-                per_row.append([keys[i] for i in rows.tolist()])
+            pending = asyncio.ensure_future(converted(0))  # overlaps the first id reservation
             if keys is None:
                 table, schema = "jobs", store.schema
             else:
                 await conn.execute(store.queries["create_enqueue_staging"])
                 table, schema = _STAGING, "pg_temp"
-            for start in range(0, len(rows), chunk_size):
+            times: Sequence[Any] | None = None
+            for start in range(0, kept, chunk_size):
+                stop = min(start + chunk_size, kept)
+                # ids per chunk (one round trip each), ascending over the whole frame: a
+                # sequence only grows
+                reserved = await conn.fetchrow(store.queries["reserve_job_ids"], stop - start)
+                chunk_ids = np.sort(np.fromiter(reserved["ids"], "int64", stop - start))
+                new_ids[start:stop] = chunk_ids
+                _add_runs(starts, ends, chunk_ids)
+                if due is not None and times is None:
+                    times = due(reserved["now"])  # now(): the same for the whole transaction
+                del reserved
                 assert pending is not None  # set before the loop and for every next chunk
                 payloads = await pending
-                stop = start + chunk_size
-                pending = asyncio.ensure_future(converted(stop)) if stop < len(rows) else None
+                pending = asyncio.ensure_future(converted(stop)) if stop < kept else None
+                at = positions(start, stop) if len(copied) > 3 else []
+                per_row: list[Sequence[Any]] = []
+                if "priority" in copied and isinstance(priority, str):
+                    per_row.append([priorities[i] for i in at])
+                elif "priority" in copied:
+                    per_row.append(priorities[:1] * len(at))  # the constant, checked
+                if times is not None:
+                    per_row.append([times[i] for i in at])
+                if keys is not None:
+                    per_row.append([keys[i] for i in at])
                 records = list(
-                    zip(
-                        new_ids[start:stop],
-                        repeat(entrypoint),
-                        payloads,
-                        *(column[start:stop] for column in per_row[1:]),
-                    )
+                    zip(chunk_ids.tolist(), repeat(entrypoint), payloads, *per_row, strict=False)
                 )
+                del payloads, per_row, at
                 await conn.copy_records_to_table(
                     table, records=records, columns=copied, schema_name=schema
                 )
                 bar.update(len(records))
-            count = len(new_ids)
+                del records
+            await conn.execute(
+                store.queries["record_payload_dtypes"], entrypoint, starts, ends, recorded
+            )
+            count = kept
             held: dict[str, int] = {}
             if keys is not None:
+                assert rows is not None  # with keys, the kept rows are known
                 done = await conn.fetch(store.queries["insert_staged_jobs"])
                 await conn.execute(store.queries["drop_enqueue_staging"])
                 count = len(done)
-                if count < len(new_ids):
+                if count < kept:
                     inserted = np.sort(np.fromiter((r["id"] for r in done), "int64", count))
                     lost = ~np.isin(new_ids, inserted, assume_unique=True)
                     taken = [keys[p] for p in rows[lost].tolist()]
                     found = await conn.fetch(store.queries["find_dedupe_many"], taken)
                     held = {r["dedupe_key"]: r["id"] for r in found}
-                    new_ids = np.where(lost, -1, new_ids).tolist()
-            if labels is not None:
-                kept = rows.tolist()
-                await label(
-                    store.queries,
-                    conn,
-                    [None if i < 0 else i for i in new_ids],
-                    [labels[0][i] for i in kept],
-                    [labels[1][i] for i in kept],
-                )
-            if limit_keys is not None:
-                kept = rows.tolist()
-                await apply_keys(
-                    store.queries,
-                    conn,
-                    [None if i < 0 else i for i in new_ids],
-                    [limit_keys[i] for i in kept],
-                )
+                    new_ids[lost] = -1
+            if labels is not None or limit_keys is not None:
+                written = [None if i < 0 else i for i in new_ids.tolist()]
+                kept_rows = range(kept) if rows is None else rows.tolist()
+                if labels is not None:
+                    await label(
+                        store.queries,
+                        conn,
+                        written,
+                        [labels[0][i] for i in kept_rows],
+                        [labels[1][i] for i in kept_rows],
+                    )
+                if limit_keys is not None:
+                    await apply_keys(
+                        store.queries, conn, written, [limit_keys[i] for i in kept_rows]
+                    )
             if uncached:
-                await conn.execute(store.queries["uncache_jobs"], [i for i in new_ids if i >= 0])
+                await conn.execute(store.queries["uncache_jobs"], new_ids[new_ids >= 0].tolist())
     finally:
         _settle(pending)
         bar.close()
-    ids[rows] = new_ids
+    if rows is None:
+        ids = new_ids
+    else:
+        ids = np.full(len(df), -1, dtype="int64")
+        ids[rows] = new_ids
     if keys is not None and count < len(df):
         _warn_skipped(df, keys, ids, held)
     if count >= limits.ANALYZE_AFTER_ROWS and connection is None:
         await analyze()
-    values = pd.array(ids, dtype="Int64")
-    values[ids < 0] = pd.NA
-    return pd.Series(values, index=df.index, name="job_id")
+    values = pd.arrays.IntegerArray(ids, ids < 0)  # <NA>: rows skipped
+    return pd.Series(values, index=df.index, name="job_id", copy=False)
+
+
+def _add_runs(starts: list[int], ends: list[int], ids: np.ndarray) -> None:
+    """Append sorted ``ids`` as runs of consecutive ids (``dtypes.id_runs``), joining the
+    first to the last run so far when they meet."""
+    more_starts, more_ends = dtypes.id_runs(ids)
+    if starts and more_starts and more_starts[0] == ends[-1]:
+        ends[-1] = more_ends[0]
+        more_starts, more_ends = more_starts[1:], more_ends[1:]
+    starts.extend(more_starts)
+    ends.extend(more_ends)
 
 
 def _warn_skipped(

@@ -13,12 +13,17 @@ import pandas as pd
 from pgq_nb.labels import Meta, Tags
 from pgq_nb.models import check_int, check_text
 from pgq_nb.notebook import dtypes, tagged
-from pgq_nb.notebook.columns import decode_payload, frame, inferred, typed
+from pgq_nb.notebook.columns import inferred, typed
+from pgq_nb.notebook.result_columns import Columns, frame_of
 
 if TYPE_CHECKING:
     from pgq_nb.store import SqlTarget
 
-__all__ = ["results"]
+__all__ = ["RESULTS_CHUNK", "results"]
+
+#: Rows fetched (through a server-side cursor) and decoded at a time; only their values are
+#: kept (:mod:`pgq_nb.notebook.result_columns`), so the rows are never all held as records.
+RESULTS_CHUNK = 2_000
 
 
 def _unique(name: str, taken: set[str], suffix: str = "_result") -> str:
@@ -27,39 +32,26 @@ def _unique(name: str, taken: set[str], suffix: str = "_result") -> str:
     return name
 
 
-def _result_rows(result: Any) -> list[Mapping[str, Any]]:
-    """A handler's stored return value as rows: a dict is one row, a non-empty list of dicts
-    (a DataFrame is stored as one) one row each, anything else one row with ``result``."""
-    if result is None or result == []:
-        return [{}]
-    if isinstance(result, dict):
-        return [result]
-    if isinstance(result, list) and all(isinstance(item, dict) for item in result):
-        return result
-    return [{"result": result}]
+def _ids(ids: np.ndarray) -> pd.Series:
+    """Job ids as ``typed(..., "int")`` makes them (never missing), wrapping ``ids``."""
+    return pd.Series(pd.arrays.IntegerArray(ids, np.zeros(len(ids), bool)), copy=False)
 
 
 def _expand(
-    rows: Sequence[Mapping[str, Any]], batches: Sequence[Mapping[str, Any]], cached: bool = False
+    got: Columns, batches: Sequence[Mapping[str, Any]], cached: bool = False
 ) -> pd.DataFrame:
     """One row per result row (see results); payload columns of jobs from a recorded batch
     (``batches``: rows of payload_dtypes_for) get that batch's dtypes back. ``cached``: with
-    the column ``cached_from`` after ``job_id``."""
-    owners = dtypes.batch_of(np.fromiter((r["job_id"] for r in rows), "int64", len(rows)), batches)
+    the column ``cached_from`` after ``job_id``. Each column's values are unpacked, typed and
+    dropped in turn."""
+    job_ids = got.job_ids()
+    owners = dtypes.batch_of(job_ids, batches)
     described = [dtypes.columns_of(b["dtypes"]) for b in batches]
-    positions: list[int] = []
-    inputs: list[dict[str, Any]] = []
-    outputs: list[Mapping[str, Any]] = []
-    for position, row in enumerate(rows):
-        payload = decode_payload(row["payload"])
-        if payload is not None and not isinstance(payload, dict):
-            payload = {"payload": payload}
-        inputs.append(payload or {})
-        for out in _result_rows(row["result"]):
-            positions.append(position)
-            outputs.append(out)
-    input_names = list(dict.fromkeys(k for p in inputs for k in p))
-    output_names = list(dict.fromkeys(k for o in outputs for k in o))
+    every = got.one_row_each()  # one row per job: no row is repeated
+    positions = np.concatenate(got.positions) if got.positions and not every else None
+    got.positions = []
+    input_names = list(got.inputs.columns)
+    output_names = list(got.outputs.columns)
     # job_id is always the job's id: a payload key job_id is shown as job_id_payload
     own = {"job_id", "cached_from"} if cached else {"job_id"}
     taken = {*own, *input_names}
@@ -68,16 +60,67 @@ def _expand(
     }
     taken.update(shown.values())
     renamed = {name: _unique(name, taken) for name in output_names}
-    columns: dict[str, pd.Series] = {"job_id": typed([rows[p]["job_id"] for p in positions], "int")}
+    columns: dict[str, pd.Series] = {
+        "job_id": _ids(job_ids if positions is None else job_ids[positions])
+    }
     if cached:
-        columns["cached_from"] = typed([rows[p]["cached_from"] for p in positions], "int")
+        cached_from = got.cached_from.values()
+        if positions is not None:
+            cached_from = [cached_from[p] for p in positions.tolist()]
+        columns["cached_from"] = typed(cached_from, "int")
+    del job_ids
+    got.ids = []
+    # one batch (or none) holds every row
+    only = int(owners[0]) if len(owners) and owners.min() == owners.max() else None
     for name in input_names:
-        per_job = [payload.get(name) for payload in inputs]
-        column = dtypes.restored(per_job, owners, [d.get(name) for d in described])
-        columns[shown[name]] = column.take(positions).reset_index(drop=True)
+        column = got.inputs.columns.pop(name)
+        if only is not None:
+            description = described[only].get(name) if only >= 0 else None
+            restored = column.series(description, dtypes.restore)
+        else:
+            descriptions = [d.get(name) for d in described]
+            restored = dtypes.restored(column.values(), owners, descriptions)
+        del column
+        columns[shown[name]] = (
+            restored.reset_index(drop=True)
+            if positions is None
+            else restored.take(positions).reset_index(drop=True)
+        )
     for name in output_names:
-        columns[renamed[name]] = inferred([o.get(name) for o in outputs])
-    return pd.DataFrame(columns)
+        columns[renamed[name]] = got.outputs.columns.pop(name).series(None, _inferred)
+    return frame_of(columns)
+
+
+def _inferred(values: Sequence[Any], description: None) -> pd.Series:
+    return inferred(values)
+
+
+async def _stream(
+    aq: SqlTarget, got: Columns, entrypoint: str, wanted: list[int] | None, tags: Tags, meta: Meta
+) -> list[Any]:
+    """Feed the succeeded rows to ``got``, RESULTS_CHUNK at a time (through a server-side
+    cursor unless filtered by labels); returns the recorded dtypes of their batches."""
+    async with aq.pool.acquire() as conn, conn.transaction():
+        if tagged.filtered(tags, meta):
+            query = aq.queries["results_tagged"]
+            rows = await tagged.fetch(conn, query, entrypoint, wanted, tags, meta)
+            for start in range(0, len(rows), RESULTS_CHUNK):
+                got.add(rows[start : start + RESULTS_CHUNK])
+            del rows
+        else:
+            if wanted is None:
+                cursor = await conn.cursor(aq.queries["succeeded_results"], entrypoint)
+            else:
+                cursor = await conn.cursor(aq.queries["succeeded_results_of"], entrypoint, wanted)
+            while chunk := await cursor.fetch(RESULTS_CHUNK):
+                got.add(chunk)
+                del chunk
+        ids = got.job_ids() if got.expand and got.jobs else None
+        if ids is None:
+            return []
+        # in id order
+        query = aq.queries["payload_dtypes_for"]
+        return list(await conn.fetch(query, entrypoint, int(ids[0]), int(ids[-1])))
 
 
 async def results(
@@ -120,22 +163,14 @@ async def results(
     if ids is not None:
         present = [i for i in ids if not pd.isna(i)]  # enqueue_df's <NA>: rows not enqueued
         wanted = [check_int("ids", int(i) if isinstance(i, np.integer) else i, 64) for i in present]
-    if tagged.filtered(tags, meta):
-        async with aq.pool.acquire() as conn:
-            query = aq.queries["results_tagged"]
-            rows = await tagged.fetch(conn, query, entrypoint, wanted, tags, meta)
-    elif wanted is None:
-        rows = await aq.pool.fetch(aq.queries["succeeded_results"], entrypoint)
-    else:
-        rows = await aq.pool.fetch(aq.queries["succeeded_results_of"], entrypoint, wanted)
-    cached = any(row["keyed"] for row in rows)
+    got = Columns(expand)
+    batches = await _stream(aq, got, entrypoint, wanted, tags, meta)
+    cached = got.keyed
     if not expand:
-        kinds: dict[str, Any] = {"job_id": "int", "payload": "payload", "result": "json"}
+        columns = {"job_id": _ids(got.job_ids())}
         if cached:
-            kinds = {"job_id": "int", "cached_from": "int", "payload": "payload", "result": "json"}
-        return frame(rows, kinds)
-    batches: list[Any] = []
-    if rows:  # in id order
-        lowest, highest = rows[0]["job_id"], rows[-1]["job_id"]
-        batches = await aq.pool.fetch(aq.queries["payload_dtypes_for"], entrypoint, lowest, highest)
-    return _expand(rows, batches, cached)
+            columns["cached_from"] = typed(got.cached_from.values(), "int")
+        columns["payload"] = typed(got.payloads, "json")
+        columns["result"] = typed(got.results, "json")
+        return frame_of(columns)
+    return _expand(got, batches, cached)
