@@ -75,14 +75,21 @@ def with_trace(exc: BaseException, trace: str | None) -> BaseException:
     return exc
 
 
+#: An entrypoint whose last attempt ended longer ago than this no longer sizes the worker's
+#: concurrency (:meth:`Durations.largest`).
+RECENT_S = 10.0
+
+
 class Durations:
     """The recent durations of each entrypoint's attempts on Dask, and its chunk size."""
 
     def __init__(self) -> None:
         self._seen: dict[str, deque[float]] = {}
+        self._last: dict[str, float] = {}  # when an attempt of each last ended (monotonic)
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, seconds: float, now: float | None = None) -> None:
         self._seen.setdefault(name, deque(maxlen=WINDOW)).append(max(0.0, seconds))
+        self._last[name] = time.monotonic() if now is None else now
 
     def mean(self, name: str) -> float | None:
         seen = self._seen.get(name)
@@ -92,9 +99,12 @@ class Durations:
         """Attempts per task for ``name``: 1 until measured, then about TARGET_S of work."""
         return chunk_size(self.mean(name))
 
-    def largest(self) -> int:
-        """The largest chunk size of any entrypoint (1 when none is measured)."""
-        return max((self.chunk_size(name) for name in self._seen), default=1)
+    def largest(self, now: float | None = None) -> int:
+        """The largest chunk size of the entrypoints that ran in the last RECENT_S (1 when
+        none did): long attempts alone claim as deep as before chunks."""
+        since = (time.monotonic() if now is None else now) - RECENT_S
+        recent = [name for name, last in self._last.items() if last >= since]
+        return max((self.chunk_size(name) for name in recent), default=1)
 
 
 def chunk_size(mean_s: float | None) -> int:

@@ -219,11 +219,11 @@ class DaskExecutor:
         scheduler) per handler and kind of task; those of an entrypoint without a timeout in
         chunks sized by its recent attempts' durations (:mod:`pgq_nb.dask_chunks`)."""
         batch, self._to_submit = self._to_submit, []
-        groups: dict[tuple[int, bool], list[_Attempt]] = {}
-        for attempt in batch:
-            if not attempt.dropped:
-                groups.setdefault((id(attempt.handler), attempt.timed), []).append(attempt)
-        for (_, timed), attempts in groups.items():
+        groups: dict[tuple[int, str, bool], list[_Attempt]] = {}
+        for a in batch:
+            if not a.dropped:
+                groups.setdefault((id(a.handler), a.name, a.timed), []).append(a)
+        for (_, _, timed), attempts in groups.items():
             if timed:
                 self._map(run_job, [_Task([a], False) for a in attempts])
             else:

@@ -20,7 +20,7 @@ import pytest
 
 import pgq_nb
 from pgq_nb import runtime
-from pgq_nb.dask_chunks import MAX_CHUNK, TARGET_S, Durations, chunk_size, split
+from pgq_nb.dask_chunks import MAX_CHUNK, RECENT_S, TARGET_S, Durations, chunk_size, split
 from tests.conftest import SCHEMA
 
 try:
@@ -66,6 +66,15 @@ def test_durations_are_per_entrypoint_and_recent() -> None:
     for _ in range(40):  # the entrypoint got slow: its recent attempts decide
         durations.add("a", 1.0)
     assert durations.chunk_size("a") == 1
+
+
+def test_only_entrypoints_that_ran_lately_deepen_the_claims() -> None:
+    durations = Durations()
+    durations.add("short", 0.001, now=100.0)
+    durations.add("long", 30.0, now=100.0)
+    assert durations.largest(now=100.0 + RECENT_S) == MAX_CHUNK
+    # no short attempt for a while: the long ones claim as deep as before chunks
+    assert durations.largest(now=100.1 + RECENT_S) == 1
 
 
 @pytest.mark.parametrize(
