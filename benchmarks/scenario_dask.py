@@ -5,9 +5,7 @@ The handlers of the processes scenario (:mod:`benchmarks.scenario_processes`): a
 groupby with a Python function per group (about 20 ms, holding the GIL) and a 20 ms
 pure-Python loop, each run over N queued jobs by a worker that stops when idle, on today's
 thread pool (concurrency 32) and with ``dask=client`` (a ``LocalCluster(n_workers=2,
-processes=True, threads_per_worker=1)``; the default concurrency, two tasks per Dask thread,
-each a chunk of jobs once the handler is measured: :mod:`pgq_nb.dask_chunks`). Each Dask
-row says how many Dask tasks its jobs took and the CPU of this process per job. The cluster is
+processes=True, threads_per_worker=1)``; concurrency 4, two per Dask thread). The cluster is
 started once, before the clock (an analyst starts it once per session; its start is in the
 note); each run's clock includes the Dask workers' first imports of pandas. Beside each row,
 Dask alone: ``client.map`` of the same handler over N calls, no queue, the ceiling of what the
@@ -26,21 +24,19 @@ from benchmarks.common import Context, Row, fresh_pgq_nb, log, on_pgq_nb_loop
 from benchmarks.scenario_processes import machine_check, pandas_udf, python_loop
 
 
-def _drain(ctx: Context, name: str, handler: Any, n: int, client: Any) -> tuple[float, Any]:
-    """Jobs/s of one worker emptying ``n`` queued jobs of ``handler`` (on Dask with a client),
-    and on Dask (Dask tasks, CPU ms of this process per job)."""
+def _drain(ctx: Context, name: str, handler: Any, n: int, client: Any) -> float:
+    """Jobs/s of one worker emptying ``n`` queued jobs of ``handler`` (on Dask with a client)."""
     with fresh_pgq_nb(ctx.dsn, ctx.schema(f"dask_{name}", 0 if client is None else 1)) as q:
         q.entrypoint(name)(handler)
         for start in range(0, n, 10_000):
             q.enqueue([name] * min(10_000, n - start))
         worker = pgq_nb.Worker(q.aio, stop_when_idle=True, dask=client)
-        began, cpu = time.perf_counter(), time.process_time()
+        began = time.perf_counter()
         stats = on_pgq_nb_loop(worker.run())
         elapsed = time.perf_counter() - began
-        cost = (getattr(worker._pool, "tasks", 0), 1000 * (time.process_time() - cpu) / n)
     if stats.succeeded != n:
         raise RuntimeError(f"dask scenario {name}: {stats.succeeded} of {n} succeeded")
-    return n / elapsed, cost
+    return n / elapsed
 
 
 def _bare(handler: Any, n: int, client: Any) -> tuple[float, float]:
@@ -61,18 +57,15 @@ def _compare(ctx: Context, name: str, handler: Any, n: int, client: Any, start_s
     )
     threads: list[float] = []
     bare: list[tuple[float, float]] = []
-    costs: list[tuple[int, float]] = []  # Dask tasks of a drain, CPU ms here per job
     for repeat in range(ctx.sizes.repeats):
-        rate_threads, _ = _drain(ctx, name, handler, n, None)
-        rate_dask, (tasks, cpu_ms) = _drain(ctx, name, handler, n, client)
-        costs.append((tasks, cpu_ms))
+        rate_threads = _drain(ctx, name, handler, n, None)
+        rate_dask = _drain(ctx, name, handler, n, client)
         bare.append(_bare(handler, n, client))
         threads.append(rate_threads)
         row.pgq_nb.append(rate_dask)
         log(
             f"  {name:12s} repeat {repeat + 1}  threads {rate_threads:9,.0f} jobs/s  "
-            f"dask {rate_dask:9,.0f} jobs/s ({tasks:,} tasks, {cpu_ms:.2f} ms CPU here per "
-            f"job)  bare client.map {bare[-1][0]:9,.0f} calls/s "
+            f"dask {rate_dask:9,.0f} jobs/s  bare client.map {bare[-1][0]:9,.0f} calls/s "
             f"({bare[-1][1]:.2f} ms CPU here per call)"
         )
     median_threads = sorted(threads)[len(threads) // 2]
@@ -81,9 +74,7 @@ def _compare(ctx: Context, name: str, handler: Any, n: int, client: Any, start_s
     row.ratio = median_dask / median_threads
     row.note = (
         f"Dask {median_dask:,.0f} jobs/s vs the thread pool {median_threads:,.0f} jobs/s "
-        f"(ratio = dask / threads; the cluster started in {start_s:.1f} s, before the clock), "
-        f"in {sorted(costs)[len(costs) // 2][0]:,} Dask tasks (chunks of several jobs), "
-        f"{sorted(c for _, c in costs)[len(costs) // 2]:.2f} ms CPU of this process a job; "
+        f"(ratio = dask / threads; the cluster started in {start_s:.1f} s, before the clock); "
         f"Dask alone (client.map of the handler, no queue) {bare_rate:,.0f} calls/s = "
         f"{bare_rate / median_threads:.2f}x, {bare_cpu:.2f} ms CPU of this process a call; "
         f"load average {os.getloadavg()[0]:.1f} at the end"

@@ -1,15 +1,11 @@
 """Handlers on a Dask cluster: ``q.start_worker(dask=client)``, ``pgq-nb worker --dask ADDR``.
 
 The worker still claims, heartbeats and records every job in Postgres; only the handler's
-call runs on the cluster. The attempts that start in one loop turn go to the scheduler in one
-``client.map`` per handler (keys ``pgq_nb-<job id>-<attempt>-<token>``): one task per attempt
-while the entrypoint's attempts are long or not measured yet, and for short ones chunks of
-several attempts per task (``pgq_nb-chunk<n>-<first job id>-...``, sized to about 0.2 s of
-work: :mod:`pgq_nb.dask_chunks`), each attempt's outcome still its own. Attempts with a
-``timeout=`` always run alone. Dask pickles the handler with cloudpickle (functions, closures
-and lambdas of notebook cells ship), the result is encoded to JSON on the Dask worker
-(:mod:`pgq_nb.process_child`), and the queue records it as for a thread. Dask's workers must
-be able to import ``pgq_nb`` (install the same version there).
+call runs on the cluster. Each attempt is one task, ``client.submit(run_job, ...,
+pure=False, key="pgq_nb-<job id>-<attempt>-<token>")``: Dask pickles the handler with
+cloudpickle (functions, closures and lambdas of notebook cells ship), the result is encoded
+to JSON on the Dask worker (:mod:`pgq_nb.process_child`), and the queue records it as for a
+thread. Dask's workers must be able to import ``pgq_nb`` (install the same version there).
 
 What Dask can and cannot stop: past its timeout, or cancelled (a cancel request, the worker's
 stop), the attempt ends in the queue at once and its task is cancelled with
@@ -22,10 +18,8 @@ A Dask worker lost while it runs the task (killed, out of memory under its nanny
 scheduler first reruns the task elsewhere, up to ``distributed.scheduler.allowed-failures``
 times (Dask's default: 3); past that the task fails with ``KilledWorker``, which ends the
 attempt as :class:`~pgq_nb.errors.DaskWorkerLost`, retried per the entrypoint's policy
-(the attempts Dask had queued on that worker too, and every attempt of a chunk it ran: a
-chunk shares its task's fate). A job is never lost with its worker: the queue's row outlives
-both, and a job finishes once in history whatever Dask reran. A cancelled attempt in a chunk
-ends at once in the queue; the chunk runs on and that attempt's outcome is thrown away.
+(the attempts Dask had queued on that worker too). A job is never lost with its worker: the
+queue's row outlives both, and a job finishes once in history whatever Dask reran.
 
 Imported only by a worker given ``dask=`` (:mod:`pgq_nb.executors`).
 """
@@ -42,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 import distributed
 
-from pgq_nb.dask_chunks import MAX_CHUNK, Durations, run_chunk, split, with_trace
 from pgq_nb.errors import (
     DaskWorkerLost,
     InvalidInputError,
@@ -113,32 +106,18 @@ def check_client(client: object) -> distributed.Client:
 
 
 class _Attempt:
-    """One attempt on its way through Dask: submitted with others of the same loop turn (in a
-    chunk with others of its entrypoint, unless it has a timeout), its outcome fetched with
-    others that finished about together."""
+    """One attempt on its way through Dask: submitted with others of the same loop turn, its
+    result fetched with others that finished about together."""
 
-    __slots__ = ("dropped", "fields", "handler", "key", "name", "outcome", "task", "timed")
+    __slots__ = ("dropped", "fields", "future", "handler", "key", "outcome")
 
-    def __init__(self, spec: EntrypointSpec, fields: dict[str, Any], key: str) -> None:
-        self.handler = spec.handler
-        self.name = spec.name
-        self.timed = spec.timeout is not None  # never chunked
+    def __init__(self, handler: Any, fields: dict[str, Any], key: str) -> None:
+        self.handler = handler
         self.fields = fields
         self.key = key
-        self.task: _Task | None = None  # the Dask task that runs it, once submitted
-        self.dropped = False  # timed out or cancelled: its outcome is not wanted any more
+        self.future: Any = None  # the Dask future, once submitted
+        self.dropped = False  # timed out or cancelled before it was submitted
         self.outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-
-class _Task:
-    """One Dask task: one attempt (``run_job``) or a chunk of them (``run_chunk``)."""
-
-    __slots__ = ("attempts", "chunked", "future")
-
-    def __init__(self, attempts: list[_Attempt], chunked: bool) -> None:
-        self.attempts = attempts
-        self.chunked = chunked
-        self.future: Any = None
 
 
 class DaskExecutor:
@@ -149,39 +128,27 @@ class DaskExecutor:
     def __init__(self, client: Any) -> None:
         self.client: Any = check_client(client)
         self.address = scheduler_address(client)
-        self.size: int = max(1, sum(client.nthreads().values()))
+        self.size = max(1, sum(client.nthreads().values()))
         self._checked: dict[int, Any] = {}  # handlers known to pickle (by id; kept alive)
         self._fetchers = concurrent.futures.ThreadPoolExecutor(
             max_workers=FETCHERS, thread_name_prefix="pgq_nb-dask"
         )
         self._to_submit: list[_Attempt] = []
-        self._finished: list[_Task] = []
+        self._finished: list[_Attempt] = []
         self._fetching = 0  # batches of results being fetched now
         self._fetch_task: asyncio.Future[None] | None = None
-        self.durations = Durations()  # of recent attempts, by entrypoint: the chunks' sizes
-        self.tasks = 0  # Dask tasks submitted (each attempt was one before chunks)
 
     def pids(self) -> list[int]:
         """None of this machine's processes: the tasks run in Dask's workers."""
         return []
 
-    def depth(self) -> int:
-        """Attempts a worker without ``concurrency=`` runs at once: two tasks per Dask thread
-        (one running, one ready), each a chunk of the largest size in use (two attempts per
-        Dask thread until a short entrypoint is measured, as before chunks)."""
-        return 2 * self.size * self.durations.largest()
-
-    def max_depth(self) -> int:
-        """The most :meth:`depth` can become."""
-        return 2 * self.size * MAX_CHUNK
-
     async def run(self, spec: EntrypointSpec, job: Job, *, timeout: float | None) -> Any:
-        """Run one attempt on the cluster, alone or in a chunk (see the module's docs)."""
+        """Run one attempt as a task on the cluster (see the module's docs)."""
         if id(spec.handler) not in self._checked:  # (one taken on after the start: say why)
             check_sendable(spec.name, spec.handler)
             self._checked[id(spec.handler)] = spec.handler
         key = f"pgq_nb-{job.id}-{job.attempts}-{uuid.uuid4().hex[:8]}"
-        attempt = _Attempt(spec, job_fields(job), key)
+        attempt = _Attempt(spec.handler, job_fields(job), key)
         if not self._to_submit:  # the first of this loop turn: submit them all at its end
             asyncio.get_running_loop().call_soon(self._submit)
         self._to_submit.append(attempt)
@@ -207,84 +174,63 @@ class DaskExecutor:
         return attempt.outcome.result()
 
     def _drop(self, attempt: _Attempt) -> None:
-        """The attempt ended in the queue: its task is cancelled once no attempt of it is
-        wanted (the others of a chunk run on; this one's outcome is thrown away)."""
         attempt.dropped = True
-        task = attempt.task
-        if task is not None and all(a.dropped for a in task.attempts):
-            self.client.cancel(task.future)
+        if attempt.future is not None:
+            self.client.cancel(attempt.future)
 
     def _submit(self) -> None:
         """Submit the attempts of this loop turn: one ``client.map`` (one message to the
-        scheduler) per handler and kind of task; those of an entrypoint without a timeout in
-        chunks sized by its recent attempts' durations (:mod:`pgq_nb.dask_chunks`)."""
+        scheduler) per handler."""
         batch, self._to_submit = self._to_submit, []
-        groups: dict[tuple[int, str, bool], list[_Attempt]] = {}
-        for a in batch:
-            if not a.dropped:
-                groups.setdefault((id(a.handler), a.name, a.timed), []).append(a)
-        for (_, _, timed), attempts in groups.items():
-            if timed:
-                self._map(run_job, [_Task([a], False) for a in attempts])
-            else:
-                size = self.durations.chunk_size(attempts[0].name)
-                self._map(run_chunk, [_Task(c, True) for c in split(attempts, size)])
-
-    def _map(self, function: Any, tasks: list[_Task]) -> None:
+        groups: dict[int, list[_Attempt]] = {}
+        for attempt in batch:
+            if not attempt.dropped:
+                groups.setdefault(id(attempt.handler), []).append(attempt)
         loop = asyncio.get_running_loop()
-        if function is run_job:
-            args: list[Any] = [[t.attempts[0].fields for t in tasks], [None] * len(tasks)]
-        else:
-            args = [[[a.fields for a in t.attempts] for t in tasks]]
-        keys = [_key(t) for t in tasks]
-        try:
-            futures = self.client.map(
-                function, [t.attempts[0].handler for t in tasks], *args, key=keys, pure=False
-            )
-        except Exception as exc:  # (the client closed meanwhile)
-            for task in tasks:
-                _settle_all(task, exc, self.address)
-            return
-        self.tasks += len(tasks)
-        for task, future in zip(tasks, futures, strict=True):
-            task.future = future
-            for attempt in task.attempts:
-                attempt.task = task
-            # Dask runs every done-callback in one thread of its own: it only wakes the loop,
-            # which fetches the results that finished about together at once
-            future.add_done_callback(lambda _, t=task: loop.call_soon_threadsafe(self._finish, t))
+        for attempts in groups.values():
+            try:
+                futures = self.client.map(
+                    run_job,
+                    [a.handler for a in attempts],
+                    [a.fields for a in attempts],
+                    [None] * len(attempts),
+                    key=[a.key for a in attempts],
+                    pure=False,
+                )
+            except Exception as exc:  # (the client closed meanwhile)
+                for attempt in attempts:
+                    _settle(attempt, False, exc, self.address)
+                continue
+            for attempt, future in zip(attempts, futures, strict=True):
+                attempt.future = future
+                # Dask runs every done-callback in one thread of its own: it only wakes the
+                # loop, which fetches the results that finished about together at once
+                future.add_done_callback(
+                    lambda _, a=attempt: loop.call_soon_threadsafe(self._finish, a)
+                )
 
-    def _finish(self, task: _Task) -> None:
-        if all(a.outcome.done() or a.dropped for a in task.attempts):  # none wanted any more
+    def _finish(self, attempt: _Attempt) -> None:
+        if attempt.outcome.done():  # timed out or cancelled meanwhile
             return
-        self._finished.append(task)
+        self._finished.append(attempt)
         if self._fetching < FETCHERS:
             self._fetching += 1
             self._fetch_task = asyncio.ensure_future(self._fetch())
 
     async def _fetch(self) -> None:
-        """Fetch the results of the tasks that finished, a batch (one ``client.gather``) at a
-        time, in threads of our own (a fetch is a round trip to the cluster)."""
+        """Fetch the results of the attempts that finished, a batch (one ``client.gather``)
+        at a time, in threads of our own (a fetch is a round trip to the cluster)."""
         loop = asyncio.get_running_loop()
         try:
             while self._finished:
                 batch, self._finished = self._finished, []
-                futures = [t.future for t in batch]
+                batch = [a for a in batch if not a.outcome.done()]
+                futures = [a.future for a in batch]
                 outcomes = await loop.run_in_executor(self._fetchers, _gather, self.client, futures)
-                for task, (ok, value) in zip(batch, outcomes, strict=True):
-                    if not ok:
-                        _settle_all(task, value, self.address)
-                    elif not task.chunked:
-                        _settle(task.attempts[0], True, value, self.address)
-                    else:
-                        self._settle_chunk(task, value)
+                for attempt, (ok, value) in zip(batch, outcomes, strict=True):
+                    _settle(attempt, ok, value, self.address)
         finally:
             self._fetching -= 1
-
-    def _settle_chunk(self, task: _Task, outcomes: list[Any]) -> None:
-        for attempt, (ok, value, trace, seconds) in zip(task.attempts, outcomes, strict=True):
-            self.durations.add(attempt.name, seconds)
-            _settle(attempt, ok, value if ok else with_trace(value, trace), self.address)
 
     async def close(self) -> None:
         """End the threads that fetch results; the client and its cluster belong to whoever
@@ -319,21 +265,8 @@ def _gather(client: Any, futures: list[Any]) -> list[tuple[bool, Any]]:
     return outcomes
 
 
-def _key(task: _Task) -> str:
-    """The task's key: its attempt's, or for a chunk its first attempt's and how many more."""
-    first = task.attempts[0].key
-    more = len(task.attempts) - 1
-    return first.replace("pgq_nb-", f"pgq_nb-chunk{more + 1}-", 1) if more else first
-
-
-def _settle_all(task: _Task, exc: BaseException, address: str) -> None:
-    """Every attempt of ``task`` ends with its error (a chunk shares its task's fate)."""
-    for attempt in task.attempts:
-        _settle(attempt, False, exc, address)
-
-
 def _settle(attempt: _Attempt, ok: bool, value: Any, address: str) -> None:
-    if attempt.outcome.done() or attempt.dropped:
+    if attempt.outcome.done():
         return
     if ok:
         attempt.outcome.set_result(value)

@@ -94,8 +94,6 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
         self.dask = dask  # a distributed.Client: handlers run on its cluster
         # the Dask client checked (closed, unreachable) before anything else, for its size
         outside = executors.open_dask((), dask, check=False) if dask is not None else None
-        # on Dask without concurrency=: as many as its chunks need (pgq_nb.dask_chunks)
-        self._depth = getattr(outside, "depth", None) if concurrency is None else None
         if concurrency is None:  # with processes: a job running and one ready, per process
             size = outside.size if outside is not None else self.processes
             concurrency = 2 * size if size else 32
@@ -109,8 +107,7 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
         self.store = queue.store
         self.registry = registry
         self.concurrency = concurrency
-        most = getattr(outside, "max_depth", None) if self._depth is not None else None
-        self.batch_size = batch_size or (most() if most is not None else concurrency)
+        self.batch_size = batch_size or concurrency
         self.flush_interval = flush_interval
         self.grace_period = grace_period
         self.stop_when_idle = stop_when_idle
@@ -154,16 +151,6 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
             self._pool = outside
         self._hooks = Dispatch(registry.hooks)  # @q.on callbacks (see pgq_nb.hooks)
         self._cache_state()  # cached entrypoints (see pgq_nb.worker_cache)
-
-    @property
-    def concurrency(self) -> int:
-        """Attempts run at once: ``concurrency=``, or on Dask without it two tasks per Dask
-        thread, each a chunk of attempts as large as the chunks in use."""
-        return self._concurrency if self._depth is None else max(self._concurrency, self._depth())
-
-    @concurrency.setter
-    def concurrency(self, value: int) -> None:
-        self._concurrency = value
 
     @property
     def _outside_size(self) -> int | None:
