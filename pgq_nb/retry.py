@@ -24,6 +24,12 @@ class RetryLater(Exception):
             raise InvalidInputError("RetryLater delay must not be negative")
         super().__init__(reason or f"retry requested in {seconds:g} s")
         self.delay = seconds
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[RetryLater], tuple[float, str]]:
+        # pickled as its arguments (Exception's own reduce passes the message back as the
+        # delay): a handler in a process or on Dask that raises it is retried after its delay
+        return (RetryLater, (self.delay, self.reason))
 
 
 class GiveUp(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 
 import pytest
 
@@ -92,3 +93,12 @@ def test_bad_policies_are_refused(kwargs: dict[str, object], message: str) -> No
 def test_retry_later_refuses_negative_delay() -> None:
     with pytest.raises(InvalidInputError, match="negative"):
         RetryLater(-1)
+
+
+@pytest.mark.parametrize("raised", [RetryLater(30), RetryLater(2.5, "the API said later")])
+def test_retry_later_crosses_to_a_process_and_back(raised: RetryLater) -> None:
+    """A handler in a process or on Dask raises it there; it comes back pickled (it came back
+    as a RuntimeError before: Exception's reduce passed its message back as the delay)."""
+    back = pickle.loads(pickle.dumps(raised))
+    assert isinstance(back, RetryLater)
+    assert (back.delay, str(back)) == (raised.delay, str(raised))
