@@ -110,9 +110,10 @@ def test_parts_are_included_and_never_queries_of_their_own() -> None:
     queries = sql.queries("included_check")
     assert not any(name.startswith("_") for name in queries)
     assert "{include:" not in "".join(queries.values())
-    finish = queries["finish_jobs"]
-    body = finish[: finish.rindex("SELECT done.id")].rstrip()
-    assert body in queries["finish_and_claim"]  # the same text, written once
+    columns = queries["claim_jobs"].split("FROM")[0]
+    assert columns in queries["finish_and_claim"]  # the same columns, written once
+    assert "finish_batch(" in queries["finish_jobs"]
+    assert "finish_batch(" in queries["finish_and_claim"]
     assert sql._included({"a": "x {include:_p} y", "_p": "P"}) == {"a": "x P\n y"}
     with pytest.raises(RuntimeError, match="_missing"):
         sql._included({"a": "{include:_missing}"})
@@ -188,7 +189,10 @@ def test_claimed_columns_are_read_by_name(q: pgq_nb.Queue) -> None:
     running): they read the columns they know."""
     q.entrypoint("a")(lambda job: None)
     q.enqueue(["a"] * 2)
-    current = next(m for m in sql.migrations(SCHEMA) if m.version == 12).sql
+    migration = next(m for m in sql.migrations(SCHEMA) if m.version == 12).sql
+    start = migration.index("CREATE FUNCTION")  # claim_batch comes first
+    current = migration[start : migration.index("$claim$;") + len("$claim$;")]
+    assert "claim_batch" in current
     wider = current.replace(
         "map_source bigint, step_path integer[])",
         "map_source bigint, step_path integer[], added_later text)",

@@ -46,7 +46,8 @@ SELECT prosrc FROM pg_proc
 WHERE proname = 'claim_batch' AND pronamespace = to_regnamespace(quote_ident($1));
 
 -- name: finish_jobs
--- Record a batch of finished attempts in one statement. An attempt to retry goes back to the
+-- Record a batch of finished attempts in one statement: finish_batch, in the schema (a function
+-- so that its planner settings come with it). An attempt to retry goes back to the
 -- queue, due after its delay, with its error appended to `errors`; every other outcome moves
 -- the job to `history` and counts it in `finished_counts` (move_to_history, in the schema:
 -- the one place that move is written), and a succeeded workflow step counts itself off its
@@ -68,26 +69,26 @@ WHERE proname = 'claim_batch' AND pronamespace = to_regnamespace(quote_ident($1)
 --   retry, snooze), $4 results text[] (JSON), $5 errors text[], $6 tracebacks text[],
 --   $7 started timestamptz[], $8 finished timestamptz[], $9 retry or snooze delays in
 --   seconds float[], $10 cache keys text[], $11 cached from bigint[]
-{include:_finish_ctes}
-SELECT done.id, done.outcome, done.workflow_id, (SELECT count(*) FROM woken) AS woken
-FROM done;
+SELECT id, outcome, workflow_id, woken
+FROM {schema}.finish_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11);
 
 -- name: finish_and_claim
 -- A worker's claim with the previous batch's completions, in one statement and so one round
--- trip and one commit: finish_jobs' work ($1 to $11, as there), then claim_batch ($12
--- entrypoints, $13 batch size). The claim runs after every write of the completions (it
--- takes the count of all of them, LATERAL: a data-modifying CTE nobody reads would run at the
--- end of the statement, after the claim, and lock this worker's rows after queued ones, the
--- reverse of the order cancel_jobs relies on), in a statement of its own inside the
--- function, so it sees them: a workflow step they released can be claimed at once. Returns
--- the claimed jobs, their columns named (not c.*: a later claim_batch may return more).
+-- trip and one commit: finish_batch ($1 to $11, as finish_jobs), then claim_batch ($12
+-- entrypoints, $13 batch size). finish_batch has done all its writes when it returns (its
+-- rows are counted first, and claim_batch is LATERAL to that count), so this worker's rows are
+-- locked before queued ones (the order cancel_jobs relies on) and the claim, a statement of
+-- its own inside claim_batch, sees them: a workflow step they released can be claimed at once.
+-- Both are functions so that the planner settings they carry plan their statements; this
+-- statement's own plan, cached by the driver and made generic by the server after five runs,
+-- then holds as the table grows (with the completions' joins in it, a generic plan made while
+-- jobs was small scanned it whole: 45 ms a batch at 300,000 queued jobs). The claimed
+-- columns are named, not c.*: a later claim_batch may return more.
 -- params: $1 to $11 as finish_jobs, $12 entrypoints text[], $13 batch size
-{include:_finish_ctes}, finished AS (
-    SELECT (SELECT count(*) FROM done) + (SELECT count(*) FROM woken)
-        + (SELECT count(*) FROM retried) + (SELECT count(*) FROM snoozed) AS n
-)
 SELECT {include:_claimed_columns}
-FROM finished AS f, LATERAL {schema}.claim_batch($12, ($13 + 0 * f.n)::integer, $1) AS c;
+FROM (SELECT count(*) AS n
+      FROM {schema}.finish_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)) AS f,
+    LATERAL {schema}.claim_batch($12, ($13 + 0 * f.n)::integer, $1) AS c;
 
 -- name: _claimed_columns
 -- What a claim returns, as pgq_nb.models.Job takes it (from claim_batch, aliased c).
@@ -95,69 +96,6 @@ c.id, c.entrypoint, c.payload, c.priority, c.attempts, c.created, c.execute_afte
     c.dedupe_key, c.workflow_id, c.step_name, c.step_index, c.schedule_name, c.fire_time,
     c.tags, c.meta, c.trace_context, c.snoozes, c.concurrency_key, c.use_cache, c.map_source,
     c.step_path
-
--- name: _finish_ctes
--- The body of finish_jobs and finish_and_claim (not a statement on its own: see
--- pgq_nb.sql._included): the batch as rows, each outcome's statement, the NOTIFYs.
-WITH d AS (
-    SELECT *
-    FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::timestamptz[], $8::timestamptz[], $9::float8[], $10::text[], $11::bigint[])
-        AS d(id, outcome, result, error, traceback, started, finished, delay, cache_key,
-             cached_from)
-), soonest AS (
-    SELECT 'due:' || min(delay) AS payload FROM d WHERE outcome IN ('retry', 'snooze')
-), snoozed AS (
-    UPDATE {schema}.jobs AS j
-    SET status = 'queued', worker_id = NULL, cancel_requested = false, started = NULL,
-        execute_after = now() + make_interval(secs => d.delay),
-        attempts = greatest(j.attempts - 1, 0), snoozes = j.snoozes + 1
-    FROM d
-    WHERE j.id = d.id AND d.outcome = 'snooze' AND j.worker_id IS NOT DISTINCT FROM $1
-    RETURNING j.id, pg_notify('{channel}', (SELECT payload FROM soonest))
-), retried AS (
-    UPDATE {schema}.jobs AS j
-    SET status = 'queued', worker_id = NULL, cancel_requested = false,
-        execute_after = now() + make_interval(secs => d.delay),
-        last_error = d.error,
-        errors = coalesce(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
-            'attempt', j.attempts, 'error', d.error, 'at', d.finished))
-    FROM d
-    WHERE j.id = d.id AND d.outcome = 'retry' AND j.worker_id IS NOT DISTINCT FROM $1
-    RETURNING j.id, pg_notify('{channel}', (SELECT payload FROM soonest))
-), finishing AS (
-    SELECT array_agg(id) AS ids, array_agg(outcome) AS outcomes, array_agg(result) AS results,
-        array_agg(error) AS errors, array_agg(traceback) AS tracebacks,
-        array_agg(started) AS starts, array_agg(finished) AS ends,
-        array_agg(cache_key) AS cache_keys, array_agg(cached_from) AS cached_froms
-    FROM d
-    WHERE outcome NOT IN ('retry', 'snooze')
-), done AS (
-    SELECT m.id, m.status AS outcome, m.workflow_id
-    FROM finishing AS f,
-        {schema}.move_to_history(f.ids, f.outcomes, holder => $1, results => f.results,
-            final_errors => f.errors, tracebacks => f.tracebacks, attempt_errors => f.errors,
-            starts => f.starts, ends => f.ends, count_shard => ($1 % 16)::smallint,
-            cache_keys => f.cache_keys, cached_froms => f.cached_froms) AS m
-    WHERE f.ids IS NOT NULL
-), released AS (
-    UPDATE {schema}.jobs AS c
-    SET pending_deps = c.pending_deps - f.n,
-        status = CASE WHEN c.pending_deps - f.n <= 0 THEN 'queued' ELSE c.status END,
-        execute_after = CASE WHEN c.pending_deps - f.n <= 0 THEN now() ELSE c.execute_after END
-    FROM (
-        SELECT e.child_id, count(*)::integer AS n
-        FROM done JOIN {schema}.job_deps AS e ON e.parent_id = done.id
-        WHERE done.outcome = 'succeeded' AND done.workflow_id IS NOT NULL
-        GROUP BY e.child_id
-    ) AS f
-    WHERE c.id = f.child_id AND c.status = 'blocked'
-    RETURNING c.status
-), woken AS (
-    -- (a plain SELECT in WITH runs only when read: the statements read `woken` so the
-    -- NOTIFY is sent)
-    SELECT pg_notify('{channel}', '') FROM released WHERE status = 'queued' LIMIT 1
-)
 
 -- name: mark_started
 -- The worker is about to start these jobs' handlers: count the attempt and note the start.
