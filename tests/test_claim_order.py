@@ -118,3 +118,31 @@ def test_claim_walks_its_index_on_a_never_analyzed_table(installed: str) -> None
         assert not {"Seq Scan", "Bitmap Heap Scan", "Sort"} & _node_types(plan), plan
     finally:
         fresh.uninstall()
+
+
+def test_the_claim_joins_from_the_claimed_rows_not_from_every_job(q: pgq_nb.Queue) -> None:
+    """The pause filter of the claim's UPDATE is on the claimed rows: on jobs, its estimate
+    (one row) made the planner scan every job once per claimed row (10,000 x 256 rows
+    compared, 270 ms a claim, the drain of 10,000 jobs at batch 256 seven times slower)."""
+    q.entrypoint("rec")(lambda job: None)
+    n = 10_000
+    q.enqueue(["rec"] * n, [None] * n, [0] * n)
+
+    async def run() -> dict[str, Any]:
+        async with q.aio.pool.acquire() as conn:
+            sql = await conn.fetchval(q.aio.queries["claim_source"], q.aio.schema)
+            await conn.execute(CLAIM_PLAN)
+            try:
+                raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", ["rec"], 256, 1)
+            finally:
+                await conn.execute("ROLLBACK")
+        plan: dict[str, Any] = json.loads(raw)[0]["Plan"]
+        return plan
+
+    def removed(plan: dict[str, Any]) -> int:
+        own = int(plan.get("Rows Removed by Join Filter", 0))
+        return own + sum(removed(child) for child in plan.get("Plans", []))
+
+    plan = runtime.run_sync(run())
+    assert plan["Actual Rows"] == 256
+    assert removed(plan) == 0, plan
