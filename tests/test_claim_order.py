@@ -48,16 +48,16 @@ def test_execute_after_is_honoured(q: pgq_nb.Queue) -> None:
     assert dt.datetime.now(dt.UTC) - started >= dt.timedelta(seconds=0.9)
 
 
-def _explain(q: pgq_nb.Queue) -> dict[str, Any]:
+def _explain(q: pgq_nb.Queue, batch: int = 10, how: str = "FORMAT JSON") -> dict[str, Any]:
     """The plan of the claim inside claim_batch, under the settings the function runs it with
-    (EXPLAIN of the function call shows only a Function Scan)."""
+    (EXPLAIN of the function call shows only a Function Scan); rolled back when analyzed."""
 
     async def run() -> dict[str, Any]:
         async with q.aio.pool.acquire() as conn:
             sql = await conn.fetchval(q.aio.queries["claim_source"], q.aio.schema)
             await conn.execute(CLAIM_PLAN)
             try:
-                raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", ["rec"], 10, 1)
+                raw = await conn.fetchval(f"EXPLAIN ({how}) {sql}", ["rec"], batch, 1)
             finally:
                 await conn.execute("ROLLBACK")
         plan: dict[str, Any] = json.loads(raw)[0]["Plan"]
@@ -128,21 +128,10 @@ def test_the_claim_joins_from_the_claimed_rows_not_from_every_job(q: pgq_nb.Queu
     n = 10_000
     q.enqueue(["rec"] * n, [None] * n, [0] * n)
 
-    async def run() -> dict[str, Any]:
-        async with q.aio.pool.acquire() as conn:
-            sql = await conn.fetchval(q.aio.queries["claim_source"], q.aio.schema)
-            await conn.execute(CLAIM_PLAN)
-            try:
-                raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", ["rec"], 256, 1)
-            finally:
-                await conn.execute("ROLLBACK")
-        plan: dict[str, Any] = json.loads(raw)[0]["Plan"]
-        return plan
-
     def removed(plan: dict[str, Any]) -> int:
         own = int(plan.get("Rows Removed by Join Filter", 0))
         return own + sum(removed(child) for child in plan.get("Plans", []))
 
-    plan = runtime.run_sync(run())
+    plan = _explain(q, 256, "ANALYZE, FORMAT JSON")
     assert plan["Actual Rows"] == 256
     assert removed(plan) == 0, plan
