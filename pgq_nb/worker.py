@@ -203,6 +203,9 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
         # While the queue has more than we can take, wait for a few free slots and claim them
         # together, rather than one claim per finished job.
         low_water = decisions.low_water(self.batch_size, self.concurrency)
+        ready = 0  # (processes= or dask=: see decisions.claim_now)
+        if self._pool is not None and (self.processes is not None or self.dask is not None):
+            ready = decisions.ready_slots(self._pool.size, self.concurrency)
         backlog = False
         while not self._stopping.is_set():
             if self._registry_changed() and not await self._follow_registry():
@@ -229,7 +232,11 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
             )
             room = self._room(free)  # what the caps here allow too
             if not decisions.claim_now(
-                room, backlog=backlog, low_water=low_water, most_room=self._most_room()
+                room,
+                backlog=backlog,
+                low_water=low_water,
+                most_room=self._most_room(),
+                ready=ready,
             ):
                 self._finished[:0] = done
                 if done:  # no claim takes them now: the flush records them (and frees slots)

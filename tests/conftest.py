@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -135,6 +136,18 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 30) ->
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def unavailable(reason: str, *, module_level: bool = False) -> NoReturn:
+    """Skip for want of an optional part (``reason`` says how to install it), the whole module
+    with ``module_level``; under CI=true, whose set-up installs every part the tests use, fail
+    instead: a missing part there is a broken set-up, not a reason to test less."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI=true, so this fails instead of skipping", pytrace=False)
+    pytest.skip(reason, allow_module_level=module_level)
+
+
+DASK_MISSING = "dask.distributed is not installed ({}): pip install 'pgq_nb[dask]'"
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +24,7 @@ from matplotlib.image import imread
 
 import pgq_nb
 from pgq_nb.notebook.dashboard import dashboard
+from tests.conftest import unavailable
 from tests.test_dashboard import database_counts, make_jobs
 
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
@@ -49,12 +50,6 @@ CHROMIUM_FLAGS = (
 )
 FONT_SUFFIXES = {".woff2", ".woff", ".ttf", ".eot", ".svg"}
 SUCCEEDED_GREEN = (0x2E, 0x7D, 0x32)  # charts.STATUS_COLOURS["succeeded"]
-
-
-def unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}; CI=true, so this fails instead of skipping", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from pgq_nb import runtime
 from pgq_nb.notebook import dashboard as dashboard_module
 from pgq_nb.notebook.dashboard import dashboard
 from tests import test_dashboard_browser as browser
-from tests.conftest import SCHEMA
+from tests.conftest import SCHEMA, unavailable
 from tests.test_dashboard import database_counts, wait_until
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -81,7 +81,7 @@ def html_exporter() -> Any:
     try:
         from nbconvert import HTMLExporter
     except ImportError:
-        browser.unavailable("nbconvert is not installed (pip install -e '.[dev]')")
+        unavailable("nbconvert is not installed (pip install -e '.[dev]')")
     return HTMLExporter
 
 

@@ -7,21 +7,18 @@ A real ``distributed.LocalCluster`` of two worker processes, its scheduler in th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import pgq_nb
+from tests.conftest import DASK_MISSING, unavailable
 
 try:
     import distributed
 except ImportError as exc:  # pragma: no cover (CI installs the dev extra)
-    reason = f"dask.distributed is not installed ({exc}): pip install 'pgq_nb[dask]'"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}; CI=true, so this fails instead of skipping", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+    unavailable(DASK_MISSING.format(exc), module_level=True)
 
 
 class GraphSizes(distributed.diagnostics.plugin.SchedulerPlugin):

@@ -20,16 +20,20 @@ import pytest
 
 import pgq_nb
 from pgq_nb import executors, runtime
-from tests.conftest import APPS, SCHEMA, start_worker_process, stop_processes
+from tests.conftest import (
+    APPS,
+    DASK_MISSING,
+    SCHEMA,
+    start_worker_process,
+    stop_processes,
+    unavailable,
+)
 
 try:
     import dask
     import distributed
 except ImportError as exc:  # pragma: no cover (CI installs the dev extra)
-    reason = f"dask.distributed is not installed ({exc}): pip install 'pgq_nb[dask]'"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}; CI=true, so this fails instead of skipping", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+    unavailable(DASK_MISSING.format(exc), module_level=True)
 
 Client: Any = distributed.Client  # (untyped)
 LocalCluster: Any = distributed.LocalCluster

@@ -12,15 +12,12 @@ import pytest
 
 import pgq_nb
 from pgq_nb import runtime
-from tests.conftest import SCHEMA
+from tests.conftest import DASK_MISSING, SCHEMA, unavailable
 
 try:
     import distributed
 except ImportError as exc:  # pragma: no cover (CI installs the dev extra)
-    reason = f"dask.distributed is not installed ({exc}): pip install 'pgq_nb[dask]'"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}; CI=true, so this fails instead of skipping", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+    unavailable(DASK_MISSING.format(exc), module_level=True)
 
 Client: Any = distributed.Client  # (untyped)
 LocalCluster: Any = distributed.LocalCluster

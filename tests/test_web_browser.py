@@ -19,20 +19,14 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
 import pgq_nb
-from tests.conftest import REPO, start_worker_process, stop_processes, worker_env
+from tests.conftest import REPO, start_worker_process, stop_processes, unavailable, worker_env
 
 TOKEN = "browser-test-token-0123456789"
-
-
-def unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}; CI=true, so this fails instead of skipping", pytrace=False)
-    pytest.skip(reason)
 
 
 def free_port() -> int:

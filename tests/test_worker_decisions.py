@@ -171,6 +171,34 @@ def test_claim_now(
     )
 
 
+@pytest.mark.parametrize(
+    ("room", "backlog", "ready", "most_room", "expected"),
+    [
+        (1, True, 2, 4, False),  # processes=2: one slot free, a job still ready behind it
+        (2, True, 2, 4, True),  # one per process: claim them together
+        (1, False, 2, 4, True),  # no backlog: claim the moment a slot frees
+        (7, True, 8, 16, False),  # processes=8
+        (8, True, 8, 16, True),
+        (2, True, 8, 4, True),  # caps here: at most half of what it can ever take
+        (1, True, 1, 2, True),  # processes=1: as before
+        (1, True, 0, 4, True),  # no job ready behind the slots (concurrency = processes)
+    ],
+)
+def test_claim_now_with_slots_outside_the_worker(
+    room: int, backlog: bool, ready: int, most_room: int, expected: bool
+) -> None:
+    got = decisions.claim_now(room, backlog=backlog, low_water=1, most_room=most_room, ready=ready)
+    assert got is expected
+
+
+@pytest.mark.parametrize(
+    ("slots", "concurrency", "expected"),
+    [(2, 4, 2), (2, 5, 2), (2, 3, 0), (2, 2, 0), (8, 16, 8), (0, 32, 0), (1, 2, 1)],
+)
+def test_ready_slots(slots: int, concurrency: int, expected: int) -> None:
+    assert decisions.ready_slots(slots, concurrency) == expected
+
+
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
