@@ -8,20 +8,31 @@ thread pool (concurrency 32) and with ``dask=client`` (a ``LocalCluster(n_worker
 processes=True, threads_per_worker=1)``; concurrency 4, two per Dask thread). The cluster is
 started once, before the clock (an analyst starts it once per session; its start is in the
 note); each run's clock includes the Dask workers' first imports of pandas. Beside each row,
-Dask alone: ``client.map`` of the same handler over N calls, no queue, the ceiling of what the
-queue on Dask can reach on this machine. On a shared machine the rates move with the other
+Dask alone, twice: ``client.map`` of the same handler over N calls at once, no queue; and the
+same N calls sent as a queue has to send them, 4 in flight and the next one submitted as one
+ends (a queue sends a job when a slot frees, not the whole backlog), the ceiling of what the
+queue on Dask can reach on this machine at that depth. On a shared machine the rates move with the other
 load: read the ratio, not the absolute figures.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
 import pgq_nb
 from benchmarks.common import Context, Row, fresh_pgq_nb, log, on_pgq_nb_loop
 from benchmarks.scenario_processes import machine_check, pandas_udf, python_loop
+
+#: Calls in flight for Dask alone "as they end": the worker's default concurrency on Dask
+#: (two per Dask thread, 2 threads).
+DEPTH = 4
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def _drain(ctx: Context, name: str, handler: Any, n: int, client: Any) -> float:
@@ -48,6 +59,43 @@ def _bare(handler: Any, n: int, client: Any) -> tuple[float, float]:
     return n / elapsed, 1000 * (time.process_time() - cpu) / n
 
 
+def _bare_as_they_end(handler: Any, n: int, client: Any, depth: int) -> float:
+    """Dask alone as a queue has to use it: ``depth`` calls in flight, the next one submitted
+    as one ends (no queue, no database); calls/s."""
+    lock = threading.Lock()
+    finished = threading.Event()
+    counts = {"sent": 0, "ended": 0}
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        client.submit(handler, None, pure=False).add_done_callback(ended)
+
+    def ended(future: Any) -> None:
+        try:
+            future.result()
+        except BaseException as exc:  # (reported below)
+            errors.append(exc)
+        with lock:
+            counts["ended"] += 1
+            more = counts["sent"] < n
+            if more:
+                counts["sent"] += 1
+            elif counts["ended"] == n:
+                finished.set()
+        if more:
+            send()
+
+    began = time.perf_counter()
+    with lock:
+        counts["sent"] = min(depth, n)
+    for _ in range(min(depth, n)):
+        send()
+    finished.wait()
+    if errors:
+        raise RuntimeError(f"dask scenario: {len(errors)} calls failed: {errors[0]!r}")
+    return n / (time.perf_counter() - began)
+
+
 def _compare(ctx: Context, name: str, handler: Any, n: int, client: Any, start_s: float) -> Row:
     row = Row(
         scenario=f"{name} handler, {n:,} jobs: Dask LocalCluster (2 worker processes) vs threads",
@@ -57,16 +105,18 @@ def _compare(ctx: Context, name: str, handler: Any, n: int, client: Any, start_s
     )
     threads: list[float] = []
     bare: list[tuple[float, float]] = []
+    as_they_end: list[float] = []
     for repeat in range(ctx.sizes.repeats):
         rate_threads = _drain(ctx, name, handler, n, None)
         rate_dask = _drain(ctx, name, handler, n, client)
         bare.append(_bare(handler, n, client))
+        as_they_end.append(_bare_as_they_end(handler, n, client, DEPTH))
         threads.append(rate_threads)
         row.pgq_nb.append(rate_dask)
         log(
             f"  {name:12s} repeat {repeat + 1}  threads {rate_threads:9,.0f} jobs/s  "
             f"dask {rate_dask:9,.0f} jobs/s  bare client.map {bare[-1][0]:9,.0f} calls/s "
-            f"({bare[-1][1]:.2f} ms CPU here per call)"
+            f"({bare[-1][1]:.2f} ms CPU here per call)  as they end {as_they_end[-1]:9,.0f}"
         )
     median_threads = sorted(threads)[len(threads) // 2]
     median_dask = row.pgq_nb_median or 0.0
@@ -77,6 +127,9 @@ def _compare(ctx: Context, name: str, handler: Any, n: int, client: Any, start_s
         f"(ratio = dask / threads; the cluster started in {start_s:.1f} s, before the clock); "
         f"Dask alone (client.map of the handler, no queue) {bare_rate:,.0f} calls/s = "
         f"{bare_rate / median_threads:.2f}x, {bare_cpu:.2f} ms CPU of this process a call; "
+        f"Dask alone with {DEPTH} calls in flight, the next sent as one ends (as a queue must: "
+        f"it sends a job when a slot frees) {median(as_they_end):,.0f} calls/s = "
+        f"{median(as_they_end) / median_threads:.2f}x; "
         f"load average {os.getloadavg()[0]:.1f} at the end"
     )
     return row

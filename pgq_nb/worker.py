@@ -149,6 +149,11 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
         else:
             executors.check_handlers(self.specs.values(), outside)
             self._pool = outside
+        # processes= or dask=: a job ready behind each slot? (see decisions.claim_now)
+        self._ready = 0
+        if self._pool is not None and (self.processes is not None or dask is not None):
+            self._ready = decisions.ready_slots(self._pool.size, concurrency)
+        self._gather_s = decisions.gather_for(flush_interval, self._ready)
         self._hooks = Dispatch(registry.hooks)  # @q.on callbacks (see pgq_nb.hooks)
         self._cache_state()  # cached entrypoints (see pgq_nb.worker_cache)
 
@@ -203,9 +208,6 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
         # While the queue has more than we can take, wait for a few free slots and claim them
         # together, rather than one claim per finished job.
         low_water = decisions.low_water(self.batch_size, self.concurrency)
-        ready = 0  # (processes= or dask=: see decisions.claim_now)
-        if self._pool is not None and (self.processes is not None or self.dask is not None):
-            ready = decisions.ready_slots(self._pool.size, self.concurrency)
         backlog = False
         while not self._stopping.is_set():
             if self._registry_changed() and not await self._follow_registry():
@@ -236,7 +238,7 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
                 backlog=backlog,
                 low_water=low_water,
                 most_room=self._most_room(),
-                ready=ready,
+                ready=self._ready,
             ):
                 self._finished[:0] = done
                 if done:  # no claim takes them now: the flush records them (and frees slots)

@@ -39,6 +39,7 @@ class Completing:
     specs: dict[str, EntrypointSpec]
     batch_size: int
     flush_interval: float
+    _gather_s: float  # how long a flush waits for more (decisions.gather_for)
     stop_when_idle: bool
     stats: WorkerStats
     failures: Failures
@@ -158,7 +159,7 @@ class Completing:
             await self._flush_pending.wait()
             if decisions.gather_first(len(self._finished), self.batch_size):
                 # gather a batch: a few ms, or until batch_size completions wait
-                await _wait(self._flush_now, self.flush_interval)
+                await _wait(self._flush_now, self._gather_s)
             self._flush_pending.clear()
             self._flush_now.clear()
             while self._claiming and decisions.ride_next_claim(self._finished, self._steps):

@@ -150,6 +150,18 @@ def gather_first(unrecorded: int, batch_size: int) -> bool:
     return unrecorded < batch_size
 
 
+#: How long a flush of a worker with slots outside it waits for more completions (seconds).
+READY_GATHER_S = 0.05
+
+
+def gather_for(flush_interval: float, ready: int) -> float:
+    """How long a flush waits for more completions (unless a batch is full first): the
+    worker's ``flush_interval``, or with ``ready`` slots outside the worker (:func:`claim_now`)
+    at least READY_GATHER_S, within which the next job to end there usually lets a claim take
+    the completions in its own statement (one statement for both, rather than one each)."""
+    return max(flush_interval, READY_GATHER_S) if ready else flush_interval
+
+
 class FlushPlan(NamedTuple):
     """How a batch is recorded: ``steps`` (workflow runs to settle) or ``slots`` (global slots
     to free) need a transaction; otherwise one statement on the pool."""

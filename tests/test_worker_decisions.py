@@ -192,6 +192,14 @@ def test_claim_now_with_slots_outside_the_worker(
 
 
 @pytest.mark.parametrize(
+    ("flush_interval", "ready", "expected"),
+    [(0.005, 0, 0.005), (0.005, 2, decisions.READY_GATHER_S), (0.2, 2, 0.2), (0.2, 0, 0.2)],
+)
+def test_gather_for(flush_interval: float, ready: int, expected: float) -> None:
+    assert decisions.gather_for(flush_interval, ready) == expected
+
+
+@pytest.mark.parametrize(
     ("slots", "concurrency", "expected"),
     [(2, 4, 2), (2, 5, 2), (2, 3, 0), (2, 2, 0), (8, 16, 8), (0, 32, 0), (1, 2, 1)],
 )
