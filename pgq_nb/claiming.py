@@ -75,7 +75,7 @@ class Claiming:
 
     def _most_room(self) -> int:
         """The most jobs this worker could ever take at once (its caps permitting)."""
-        return decisions.most_room(self.specs, self.concurrency)
+        return decisions.most_room(self.specs, self.concurrency, self._paused)
 
     async def _claim(
         self, limit: int, done: Sequence[Finished] = (), slots: Sequence[int] = ()

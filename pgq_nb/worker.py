@@ -149,13 +149,18 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
         else:
             executors.check_handlers(self.specs.values(), outside)
             self._pool = outside
-        # processes= or dask=: a job ready behind each slot? (see decisions.claim_now)
-        self._ready = 0
-        if self._pool is not None and (self.processes is not None or dask is not None):
-            self._ready = decisions.ready_slots(self._pool.size, concurrency)
-        self._gather_s = decisions.gather_for(flush_interval, self._ready)
+        self._backlog = False  # the last claim filled all it asked for
         self._hooks = Dispatch(registry.hooks)  # @q.on callbacks (see pgq_nb.hooks)
         self._cache_state()  # cached entrypoints (see pgq_nb.worker_cache)
+
+    def _ready_slots(self) -> int:
+        """processes= or dask=: the slots with a job ready behind each (see
+        decisions.claim_now), while every entrypoint served runs outside this process."""
+        if self._pool is None or (self.processes is None and self.dask is None):
+            return 0
+        size = self._outside_size
+        outside = all(executors.runs_outside(s, size) for s in self.specs.values())
+        return decisions.ready_slots(self._pool.size, self.concurrency, self.batch_size, outside)
 
     @property
     def _outside_size(self) -> int | None:
@@ -208,7 +213,6 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
         # While the queue has more than we can take, wait for a few free slots and claim them
         # together, rather than one claim per finished job.
         low_water = decisions.low_water(self.batch_size, self.concurrency)
-        backlog = False
         while not self._stopping.is_set():
             if self._registry_changed() and not await self._follow_registry():
                 await asyncio.sleep(poll)  # the database could not be reached: again later
@@ -235,10 +239,10 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
             room = self._room(free)  # what the caps here allow too
             if not decisions.claim_now(
                 room,
-                backlog=backlog,
+                backlog=self._backlog,
                 low_water=low_water,
                 most_room=self._most_room(),
-                ready=self._ready,
+                ready=self._ready_slots(),
             ):
                 self._finished[:0] = done
                 if done:  # no claim takes them now: the flush records them (and frees slots)
@@ -276,7 +280,7 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
                 self._start(job)
             # (with per-key limits no batching of claims: a key's next job is due the moment
             # its last one is recorded, and waiting for more free slots would hold it back)
-            backlog = len(claimed) == room and not self._serves_keys()
+            self._backlog = len(claimed) == room and not self._serves_keys()
             if claimed:
                 continue
             busy = bool(self._running or self._finished)

@@ -39,7 +39,6 @@ class Completing:
     specs: dict[str, EntrypointSpec]
     batch_size: int
     flush_interval: float
-    _gather_s: float  # how long a flush waits for more (decisions.gather_for)
     stop_when_idle: bool
     stats: WorkerStats
     failures: Failures
@@ -57,6 +56,8 @@ class Completing:
     _claiming: bool
     _claim_over: asyncio.Event
 
+    _backlog: bool
+    _ready_slots: Callable[[], int]
     _marked: Callable[[Collection[int] | None], Awaitable[None]]
     _wake_for_retries: Callable[[Sequence[Finished]], None]
 
@@ -158,8 +159,14 @@ class Completing:
         while True:
             await self._flush_pending.wait()
             if decisions.gather_first(len(self._finished), self.batch_size):
-                # gather a batch: a few ms, or until batch_size completions wait
-                await _wait(self._flush_now, self._gather_s)
+                # gather a batch: a few ms, or until batch_size completions wait (longer
+                # while a claim is likely to take them: see decisions.keep_gathering)
+                waited = 0.0
+                while True:
+                    await _wait(self._flush_now, self.flush_interval)
+                    waited += self.flush_interval
+                    if self._flush_now.is_set() or not self._keep_gathering(waited):
+                        break
             self._flush_pending.clear()
             self._flush_now.clear()
             while self._claiming and decisions.ride_next_claim(self._finished, self._steps):
@@ -176,6 +183,17 @@ class Completing:
                 self._flush_pending.set()
             if self.stop_when_idle:
                 self._wake.set()
+
+    def _keep_gathering(self, waited: float) -> bool:
+        return decisions.keep_gathering(
+            waited,
+            self.flush_interval,
+            ready=self._ready_slots(),
+            backlog=self._backlog,
+            finished=self._finished,
+            steps=self._steps,
+            slotted=self._slotted,
+        )
 
     async def _flush(self) -> None:
         if not self._finished:

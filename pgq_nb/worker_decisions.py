@@ -71,11 +71,15 @@ def room(
     return min(limit, sum(g.room for g in claim_groups(specs, paused, running, limit)))
 
 
-def most_room(specs: Mapping[str, EntrypointSpec], concurrency: int) -> int:
-    """The most jobs a worker could ever take at once (its caps permitting)."""
-    if any(s.concurrency is None for s in specs.values()):
+def most_room(
+    specs: Mapping[str, EntrypointSpec], concurrency: int, paused: Collection[str] = ()
+) -> int:
+    """The most jobs a worker could take at once (its caps permitting), its ``paused``
+    entrypoints left out (a claim wait sized by them would wait for room that cannot come)."""
+    active = [s for name, s in specs.items() if name not in paused]
+    if any(s.concurrency is None for s in active):
         return concurrency
-    return min(concurrency, sum(s.concurrency or 0 for s in specs.values()))
+    return min(concurrency, sum(s.concurrency or 0 for s in active))
 
 
 def free_slots(concurrency: int, running: int, unrecorded: int, batch_size: int) -> int:
@@ -89,11 +93,15 @@ def low_water(batch_size: int, concurrency: int) -> int:
     return max(1, min(batch_size, concurrency) // 4)
 
 
-def ready_slots(slots: int, concurrency: int) -> int:
-    """A worker whose handlers run outside it (``processes=`` or ``dask=``, ``slots`` processes
-    or Dask threads): its slots when each can have a job ready behind the one it runs (the
-    default concurrency, twice the slots), else 0 (see :func:`claim_now`)."""
-    return slots if slots > 0 and concurrency >= 2 * slots else 0
+def ready_slots(slots: int, concurrency: int, batch_size: int, all_outside: bool) -> int:
+    """A worker whose handlers all run outside it (``processes=`` or ``dask=``, ``slots``
+    processes or Dask threads; ``all_outside``: none of its entrypoints runs on its loop or
+    in its threads, whose jobs would hold slots too): its slots when each can have a job ready
+    behind the one it runs (the default concurrency, twice the slots), at most a batch (a claim
+    never takes more); else 0 (see :func:`claim_now`)."""
+    if not all_outside or slots <= 0 or concurrency < 2 * slots:
+        return 0
+    return min(slots, batch_size)
 
 
 def claim_now(room: int, *, backlog: bool, low_water: int, most_room: int, ready: int = 0) -> bool:
@@ -103,8 +111,8 @@ def claim_now(room: int, *, backlog: bool, low_water: int, most_room: int, ready
     slots outside it (:func:`ready_slots`) waits, with a backlog, for as many free slots (at
     most half of what it can take): each of them still has a job ready behind the one it runs,
     and a claim's statements cost the server nearly as much for one job as for several (about
-    0.6 ms of its CPU a job at one job a claim, 0.17 ms at four: DESIGN.md, "Processes"), CPU
-    that handlers in processes of the same machine would otherwise have."""
+    0.6 ms of its CPU a job at one job a claim, 0.17 ms at four: DESIGN.md, "Handlers in
+    processes"), CPU that handlers in processes of the same machine would otherwise have."""
     if not backlog:
         return room >= 1
     needed = max(1, min(low_water, most_room // 4), min(ready, most_room // 2))
@@ -150,16 +158,36 @@ def gather_first(unrecorded: int, batch_size: int) -> bool:
     return unrecorded < batch_size
 
 
-#: How long a flush of a worker with slots outside it waits for more completions (seconds).
+#: How long in all a flush of a worker with ready slots outside it may wait for a claim to
+#: take its completions (seconds; see :func:`keep_gathering`).
 READY_GATHER_S = 0.05
 
 
-def gather_for(flush_interval: float, ready: int) -> float:
-    """How long a flush waits for more completions (unless a batch is full first): the
-    worker's ``flush_interval``, or with ``ready`` slots outside the worker (:func:`claim_now`)
-    at least READY_GATHER_S, within which the next job to end there usually lets a claim take
-    the completions in its own statement (one statement for both, rather than one each)."""
-    return max(flush_interval, READY_GATHER_S) if ready else flush_interval
+def keep_gathering(
+    waited: float,
+    flush_interval: float,
+    *,
+    ready: int,
+    backlog: bool,
+    finished: Sequence[Finished],
+    steps: Collection[int],
+    slotted: Collection[int],
+) -> bool:
+    """A flush has gathered completions for ``waited`` seconds (``flush_interval`` at a time):
+    wait another interval? Only in a worker with ``ready`` slots outside it
+    (:func:`claim_now`) whose claims have a backlog, so that the claim the next ending job
+    makes takes these completions in its own statement (one statement for both rather than
+    one each), for READY_GATHER_S in all, and only while every one of them is plain: no
+    workflow step (settled by the flush, never by a claim: their children wait) and none
+    holding a global slot (other workers wait for it)."""
+    return (
+        ready > 0
+        and backlog
+        and flush_interval > 0
+        and waited < READY_GATHER_S
+        and ride_next_claim(finished, steps)
+        and all(f.id not in slotted for f in finished)
+    )
 
 
 class FlushPlan(NamedTuple):

@@ -124,6 +124,15 @@ def test_most_room(table: dict[str, EntrypointSpec], concurrency: int, expected:
     assert decisions.most_room(table, concurrency) == expected
 
 
+def test_most_room_leaves_paused_entrypoints_out() -> None:
+    # a claim wait sized by a paused entrypoint's cap would wait for room that cannot come
+    table = specs(spec("a", concurrency=1), spec("b", concurrency=3))
+    assert decisions.most_room(table, 4) == 4
+    assert decisions.most_room(table, 4, paused={"b"}) == 1
+    assert decisions.most_room(specs(spec("a"), spec("c", concurrency=3)), 8, {"a"}) == 3
+    assert decisions.most_room(table, 4, paused={"a", "b"}) == 0
+
+
 @pytest.mark.parametrize(
     ("concurrency", "running", "unrecorded", "batch_size", "expected"),
     [
@@ -192,19 +201,60 @@ def test_claim_now_with_slots_outside_the_worker(
 
 
 @pytest.mark.parametrize(
-    ("flush_interval", "ready", "expected"),
-    [(0.005, 0, 0.005), (0.005, 2, decisions.READY_GATHER_S), (0.2, 2, 0.2), (0.2, 0, 0.2)],
+    ("slots", "concurrency", "batch_size", "all_outside", "expected"),
+    [
+        (2, 4, 4, True, 2),  # processes=2 at its defaults
+        (2, 5, 5, True, 2),
+        (2, 3, 3, True, 0),  # no job ready behind every slot
+        (2, 2, 2, True, 0),
+        (8, 16, 16, True, 8),
+        (0, 32, 32, True, 0),
+        (1, 2, 2, True, 1),
+        (2, 4, 1, True, 1),  # a claim never takes more than a batch: never wait for more
+        (4, 8, 2, True, 2),
+        (2, 4, 4, False, 0),  # async handlers on the loop hold slots too
+    ],
 )
-def test_gather_for(flush_interval: float, ready: int, expected: float) -> None:
-    assert decisions.gather_for(flush_interval, ready) == expected
+def test_ready_slots(
+    slots: int, concurrency: int, batch_size: int, all_outside: bool, expected: int
+) -> None:
+    assert decisions.ready_slots(slots, concurrency, batch_size, all_outside) == expected
 
 
 @pytest.mark.parametrize(
-    ("slots", "concurrency", "expected"),
-    [(2, 4, 2), (2, 5, 2), (2, 3, 0), (2, 2, 0), (8, 16, 8), (0, 32, 0), (1, 2, 1)],
+    ("waited", "interval", "ready", "backlog", "ids", "steps", "slotted", "expected"),
+    [
+        (0.005, 0.005, 2, True, (1, 2), (), (), True),  # processes with a backlog: wait on
+        (0.045, 0.005, 2, True, (1,), (), (), True),
+        (0.05, 0.005, 2, True, (1,), (), (), False),  # 50 ms in all
+        (0.005, 0.005, 0, True, (1,), (), (), False),  # threads: flush_interval only
+        (0.005, 0.005, 2, False, (1,), (), (), False),  # no backlog: no claim is coming
+        (0.005, 0.005, 2, True, (1, 2), (2,), (), False),  # a workflow step: its children wait
+        (0.005, 0.005, 2, True, (1, 2), (), (1,), False),  # a global slot: other workers wait
+        (0.005, 0.005, 2, True, (), (), (), False),  # nothing left (a claim took them)
+        (0.0, 0.0, 2, True, (1,), (), (), False),  # flush_interval=0: never spin
+    ],
 )
-def test_ready_slots(slots: int, concurrency: int, expected: int) -> None:
-    assert decisions.ready_slots(slots, concurrency) == expected
+def test_keep_gathering(
+    waited: float,
+    interval: float,
+    ready: int,
+    backlog: bool,
+    ids: tuple[int, ...],
+    steps: tuple[int, ...],
+    slotted: tuple[int, ...],
+    expected: bool,
+) -> None:
+    got = decisions.keep_gathering(
+        waited,
+        interval,
+        ready=ready,
+        backlog=backlog,
+        finished=[done(i) for i in ids],
+        steps=set(steps),
+        slotted=set(slotted),
+    )
+    assert got is expected
 
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
