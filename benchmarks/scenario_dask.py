@@ -11,8 +11,8 @@ note); each run's clock includes the Dask workers' first imports of pandas. Besi
 Dask alone, twice: ``client.map`` of the same handler over N calls at once, no queue; and the
 same N calls sent as a queue has to send them, 4 in flight and the next one submitted as one
 ends (a queue sends a job when a slot frees, not the whole backlog), the ceiling of what the
-queue on Dask can reach on this machine at that depth. On a shared machine the rates move with the other
-load: read the ratio, not the absolute figures.
+queue on Dask can reach on this machine at that depth. On a shared machine the rates move
+with the other load: read the ratio, not the absolute figures.
 """
 
 from __future__ import annotations
@@ -83,7 +83,11 @@ def _bare_as_they_end(handler: Any, n: int, client: Any, depth: int) -> float:
             elif counts["ended"] == n:
                 finished.set()
         if more:
-            send()
+            try:
+                send()
+            except BaseException as exc:  # (the client closed meanwhile: end, reported below)
+                errors.append(exc)
+                finished.set()
 
     began = time.perf_counter()
     with lock:
