@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import faulthandler
 import importlib
 import logging
 import os
@@ -33,6 +34,7 @@ from pgq_nb.queue import AsyncQueue
 from pgq_nb.worker import Worker
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({})))
+_EXIT_WATCHDOG_S = 5.0  # _exit_now: how long the last flushes may take
 
 
 class _KeyValueFormatter(logging.Formatter):
@@ -173,10 +175,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _exit_now(code: int) -> None:
-    """End the process at once, without waiting for handler threads."""
-    logging.shutdown()
+    """End the process at once, without waiting for handler threads. The flushes take locks
+    that another thread may hold: if they have not let go in 5 s, the threads' stacks go to
+    stderr and the process ends anyway (exit code 1)."""
+    faulthandler.dump_traceback_later(_EXIT_WATCHDOG_S, exit=True)
     sys.stdout.flush()
     sys.stderr.flush()
+    logging.shutdown()
     os._exit(code)
 
 

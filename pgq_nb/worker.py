@@ -294,8 +294,9 @@ class Worker(Caching, Claiming, Completing, Upkeep, Following, Stopping):
         return any(spec.max_per_key is not None for spec in self.specs.values())
 
     def _known_ids(self) -> list[int]:
-        """The jobs this worker runs, or ran and has not recorded yet."""
-        known = set(self._running) | self._flushing
+        """The jobs this worker runs, or ran and has not recorded yet, or stopped and will
+        return (not orphans: the stop gives them back with their note and delay)."""
+        known = set(self._running) | self._flushing | set(self._interrupted)
         known.update(f.id for f in self._finished)
         return sorted(known)
 

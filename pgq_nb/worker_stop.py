@@ -102,8 +102,7 @@ class Stopping:
         await asyncio.gather(*background.values(), return_exceptions=True)
         threads = [job.id for job, _ in self._running.values()]
         if threads and self.process_exits and self._hard_stop.is_set():
-            self._interrupted.extend(threads)
-            threads = []
+            threads = []  # no wait: _outlive_threads returns their jobs at once
         if threads:
             logger.warning(
                 "waiting for def handlers to return (a thread cannot be interrupted); their "

@@ -118,11 +118,25 @@ def worker_env(dsn: str, **extra: str) -> dict[str, str]:
 
 def start_worker_process(dsn: str, target: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
     """`pgq-nb worker TARGET` in a process of its own."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "pgq_nb.cli", "--log-level", "WARNING", "worker", target, *args],
-        env=worker_env(dsn, **env),
-        cwd=str(REPO),
-    )
+    return subprocess.Popen(_worker_command(target, args), env=worker_env(dsn, **env), cwd=REPO)
+
+
+def start_worker_writing(
+    output: Path, dsn: str, target: str, *args: str, **env: str
+) -> subprocess.Popen[bytes]:
+    """Like :func:`start_worker_process`, its stdout and stderr appended to ``output``."""
+    with output.open("ab") as sink:
+        return subprocess.Popen(
+            _worker_command(target, args),
+            env=worker_env(dsn, **env),
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _worker_command(target: str, args: tuple[str, ...]) -> list[str]:
+    return [sys.executable, "-m", "pgq_nb.cli", "--log-level", "WARNING", "worker", target, *args]
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:

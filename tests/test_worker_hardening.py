@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from tests.conftest import (
     REPO,
     SCHEMA,
     start_worker_process,
+    start_worker_writing,
     stop_processes,
     wait_until,
     worker_env,
@@ -221,27 +224,37 @@ def test_a_second_signal_returns_unfinished_jobs_at_once(
     q.entrypoint("slow_async")(lambda job: None)
     q.entrypoint("slow_thread")(lambda job: None)
     ids = q.enqueue(["slow_async"] * 3 + ["slow_thread"] * 3)
-    worker = start_worker_process(
+    output = tmp_path / "worker.out"
+    worker = start_worker_writing(
+        output,
         installed,
         "stop_app:q",
         "--concurrency",
         "6",
         RUN_LOG_DIR=str(tmp_path),
-        RUN_SECONDS="30",
+        RUN_SECONDS="120",  # the threads outlive the test: the exit must not wait for them
     )
     try:
         wait_until(lambda: q.jobs()["status"].eq("picked").sum() == 6, 30, "the worker's claims")
         worker.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=20)
+        worker.wait(timeout=60)  # a loaded machine; far below the threads' 120 s
     finally:
         stop_processes([worker])
+    said = output.read_text()
     jobs = q.jobs().set_index("job_id")
     assert sorted(jobs.index) == sorted(ids)
     assert set(jobs["status"]) == {"queued"}, jobs["status"].to_dict()
     assert set(jobs["attempts"]) == {0}
     assert _runs(tmp_path) == {}
+    # each job counted once, and given back by the stop (its note and delay), not taken for
+    # the lost reply of a claim
+    assert "worker stopped at once: 0 succeeded, 0 failed, 6 went back to the queue" in said, said
+    assert "outcome was lost" not in said, said
+    notes = {i: q.get_job(i).error for i in ids}
+    note = "interrupted: its worker shut down"
+    assert all(n and n.startswith(note) for n in notes.values()), notes
 
 
 def test_a_timed_out_transactional_def_handler_keeps_its_transaction_until_it_returns(
@@ -445,3 +458,32 @@ def test_a_notify_alone_cancels_and_pauses_nothing(q: pgq_nb.Queue, installed: s
     finally:
         worker.stop()
     assert q.get_job(job_id).status is pgq_nb.JobStatus.SUCCEEDED
+
+
+def test_the_exit_at_a_second_signal_ends_even_when_another_thread_holds_the_log() -> None:
+    # a thread that holds the log handler's lock (as one stuck writing would) made the flush of
+    # the exit at once wait for it; now a watchdog ends the process and shows the stacks
+    code = textwrap.dedent(
+        """
+        import logging, threading, time
+        from pgq_nb import cli
+        handler = logging.StreamHandler()
+        logging.getLogger().addHandler(handler)
+        held = threading.Event()
+        def hold():
+            handler.acquire()
+            held.set()
+            time.sleep(600)
+        threading.Thread(target=hold, daemon=True).start()
+        held.wait()
+        print("said before the exit")
+        cli._exit_now(1)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == "said before the exit\n"
+    assert "in hold" in done.stderr, done.stderr  # the stuck thread's stack
