@@ -38,7 +38,7 @@ from benchmarks.common import (
 from pgq_nb.claiming import mark_started
 
 ENTRYPOINT = "bench_ceiling"
-BATCHES = (32, 128)
+BATCHES = (32, 128)  # besides the tuned batch
 
 
 async def _statements_only(q: pgq_nb.AsyncQueue, n: int, batch: int) -> float:
@@ -122,7 +122,8 @@ async def _worker(q: pgq_nb.AsyncQueue, n: int, batch: int, cap: float) -> float
 
 def run(ctx: Context) -> list[Row]:
     rows = []
-    for batch in BATCHES:
+    # and the batch that tuned uses (the drain's sweep picks it; --tuned-pgq-nb sets it)
+    for batch in sorted({*BATCHES, ctx.tuned_pgq_nb[1]}):
         ceilings: list[float] = []
         row = Row(
             scenario=f"drain {ctx.sizes.drain_jobs:,} vs the statements alone, batch {batch}",

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
-import faulthandler
 import importlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any
 
-from pgq_nb import cli_retention, cli_schedules, executors, runtime
+from pgq_nb import cli_retention, cli_schedules, cli_signals, executors, runtime
 from pgq_nb.cli_admin import (
     cmd_cancel,
     cmd_db,
@@ -34,7 +30,6 @@ from pgq_nb.queue import AsyncQueue
 from pgq_nb.worker import Worker
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({})))
-_EXIT_WATCHDOG_S = 5.0  # _exit_now: how long the last flushes may take
 
 
 class _KeyValueFormatter(logging.Formatter):
@@ -128,61 +123,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
         host = args.metrics_host or "127.0.0.1"
         asyncio.run_coroutine_threadsafe(server.start(host, args.metrics_port), loop).result()
     future = asyncio.run_coroutine_threadsafe(worker.run(), loop)
-    signals = 0
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal signals
-        signals += 1
-        log = logging.getLogger("pgq_nb")
-        name = signal.Signals(signum).name
-        if signals == 1:
-            log.info(
-                "stopping: running jobs get the grace period; signal again to stop at once",
-                extra={"signal": name},
-            )
-            loop.call_soon_threadsafe(worker.request_stop)
-        elif signals == 2:
-            log.warning(
-                "stopping at once: unfinished jobs go back to the queue; signal again to exit "
-                "without returning them (they are then reclaimed after the heartbeat timeout)",
-                extra={"signal": name},
-            )
-            loop.call_soon_threadsafe(worker.request_stop, True)
-        else:
-            _exit_now(1)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while True:
-        try:
-            stats = future.result(timeout=0.5)
-            break
-        except concurrent.futures.TimeoutError:
-            continue
+    stats, at_once = cli_signals.run_until_stopped(worker, future, loop)
     if server is not None:
         loop.call_soon_threadsafe(server.close)
     summary = (
         f"{stats.succeeded} succeeded, {stats.failed} failed, {stats.interrupted} went back to "
         "the queue"
     )
-    if signals >= 2:
+    if at_once:
         print(f"worker stopped at once: {summary}")
         # def handlers still in their threads end with the process (their jobs were returned
         # due a few seconds later); the interpreter's exit would wait for them
-        _exit_now(1)
+        cli_signals.exit_now(1)
     print(f"worker stopped: {summary}")
     return 0
-
-
-def _exit_now(code: int) -> None:
-    """End the process at once, without waiting for handler threads. The flushes take locks
-    that another thread may hold: if they have not let go in 5 s, the threads' stacks go to
-    stderr and the process ends anyway (exit code 1)."""
-    faulthandler.dump_traceback_later(_EXIT_WATCHDOG_S, exit=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -109,6 +109,10 @@ class Stopping:
                 "jobs stay with this worker until then",
                 extra={"worker_id": self.worker_id, "job_ids": threads},
             )
+            # the jobs already interrupted need not wait for those threads
+            with contextlib.suppress(Exception):  # else at the end (_finish_stop)
+                async with self.store.pool.acquire() as conn:
+                    await self._give_back(conn)
         if threads and self._hard_stop.is_set():
             # in a notebook after the Stop button: nobody waits for the threads but us
             later = asyncio.ensure_future(self._outlive_threads(heartbeat))
@@ -152,16 +156,7 @@ class Stopping:
         try:
             await self._flush()
             async with self.store.pool.acquire() as conn:
-                if self._interrupted:
-                    ids = list(self._interrupted)
-                    running = [i for i in ids if i in self._running]
-                    delay = EXIT_RETURN_DELAY_S if running else 0.0
-                    await conn.execute(
-                        self._q["return_jobs"], self.worker_id, ids, _INTERRUPTED, delay
-                    )
-                    await conn.execute(self._q["notify_jobs"])
-                    self.stats.interrupted += len(ids)
-                    self._interrupted.clear()
+                await self._give_back(conn)
                 # a claim cut short by the stop may have committed: give its jobs back too
                 orphans = await self._orphans(conn, self._known_ids())
                 if orphans:
@@ -184,6 +179,21 @@ class Stopping:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         logger.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    async def _give_back(self, conn: Any) -> None:
+        """Return the interrupted jobs to the queue, counting those it finds still held here
+        (a job whose handler ended meanwhile was recorded instead); due a few seconds later
+        when their threads still run (they end with the process)."""
+        if not self._interrupted:
+            return
+        taken = len(self._interrupted)  # (more may come while the statement runs)
+        ids = list(dict.fromkeys(self._interrupted))
+        delay = EXIT_RETURN_DELAY_S if any(i in self._running for i in ids) else 0.0
+        rows = await conn.fetch(self._q["return_jobs"], self.worker_id, ids, _INTERRUPTED, delay)
+        if rows:
+            await conn.execute(self._q["notify_jobs"])
+        self.stats.interrupted += len(rows)
+        del self._interrupted[:taken]
 
     async def _run_stop(
         self, claiming: asyncio.Task[Any], background: dict[str, asyncio.Task[Any]]

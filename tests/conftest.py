@@ -122,12 +122,12 @@ def start_worker_process(dsn: str, target: str, *args: str, **env: str) -> subpr
 
 
 def start_worker_writing(
-    output: Path, dsn: str, target: str, *args: str, **env: str
+    output: Path, dsn: str, target: str, *args: str, log_level: str = "WARNING", **env: str
 ) -> subprocess.Popen[bytes]:
     """Like :func:`start_worker_process`, its stdout and stderr appended to ``output``."""
     with output.open("ab") as sink:
         return subprocess.Popen(
-            _worker_command(target, args),
+            _worker_command(target, args, log_level),
             env=worker_env(dsn, **env),
             cwd=REPO,
             stdout=sink,
@@ -135,8 +135,8 @@ def start_worker_writing(
         )
 
 
-def _worker_command(target: str, args: tuple[str, ...]) -> list[str]:
-    return [sys.executable, "-m", "pgq_nb.cli", "--log-level", "WARNING", "worker", target, *args]
+def _worker_command(target: str, args: tuple[str, ...], log_level: str = "WARNING") -> list[str]:
+    return [sys.executable, "-m", "pgq_nb.cli", "--log-level", log_level, "worker", target, *args]
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:

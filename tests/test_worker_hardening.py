@@ -188,6 +188,49 @@ def test_a_lost_worker_that_never_started_a_job_costs_it_no_attempt(
         assert info.errors in (None, [])
 
 
+def test_a_stop_gives_back_cancelled_async_jobs_without_waiting_for_a_thread(
+    q: pgq_nb.Queue,
+) -> None:
+    release = threading.Event()
+
+    @q.entrypoint("held_thread")
+    def held_thread(job: pgq_nb.Job) -> int:
+        release.wait(120)
+        return 1
+
+    @q.entrypoint("long_async")
+    async def long_async(job: pgq_nb.Job) -> None:
+        await asyncio.sleep(120)
+
+    thread_job, async_job = q.enqueue(["held_thread", "long_async"])
+    handle = q.start_worker(concurrency=2, grace_period=0.2)
+    stopping = threading.Thread(target=handle.stop)
+    try:
+        wait_until(
+            lambda: set(q.statuses([thread_job, async_job]).values()) == {"picked"},
+            30,
+            "both jobs to start",
+        )
+        stopping.start()
+        # the async job is cancelled after the grace period and given back now, not once the
+        # thread (which may run for hours) returns
+        wait_until(
+            lambda: q.get_job(async_job).status is pgq_nb.JobStatus.QUEUED,
+            30,
+            "the async job to go back while the thread runs",
+        )
+        assert q.get_job(thread_job).status is pgq_nb.JobStatus.PICKED
+    finally:
+        release.set()
+        if stopping.is_alive() or stopping.ident is not None:
+            stopping.join(60)
+    assert q.get_job(thread_job).status is pgq_nb.JobStatus.SUCCEEDED
+    back = q.get_job(async_job)
+    assert back.attempts == 0
+    assert back.error is not None and back.error.startswith("interrupted: its worker shut down")
+    assert handle.stats.interrupted == 1
+
+
 def test_graceful_stop_waits_for_def_handlers_instead_of_running_them_twice(
     q: pgq_nb.Queue, installed: str, tmp_path: Path
 ) -> None:
@@ -231,13 +274,16 @@ def test_a_second_signal_returns_unfinished_jobs_at_once(
         "stop_app:q",
         "--concurrency",
         "6",
+        log_level="INFO",
         RUN_LOG_DIR=str(tmp_path),
         RUN_SECONDS="120",  # the threads outlive the test: the exit must not wait for them
     )
     try:
         wait_until(lambda: q.jobs()["status"].eq("picked").sum() == 6, 30, "the worker's claims")
         worker.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        # two signals close together can reach the handler as one: the second goes once the
+        # first is seen
+        wait_until(lambda: "stopping: running jobs" in output.read_text(), 30, "the first")
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)  # a loaded machine; far below the threads' 120 s
     finally:
@@ -466,7 +512,7 @@ def test_the_exit_at_a_second_signal_ends_even_when_another_thread_holds_the_log
     code = textwrap.dedent(
         """
         import logging, threading, time
-        from pgq_nb import cli
+        from pgq_nb import cli_signals
         handler = logging.StreamHandler()
         logging.getLogger().addHandler(handler)
         held = threading.Event()
@@ -477,7 +523,7 @@ def test_the_exit_at_a_second_signal_ends_even_when_another_thread_holds_the_log
         threading.Thread(target=hold, daemon=True).start()
         held.wait()
         print("said before the exit")
-        cli._exit_now(1)
+        cli_signals.exit_now(1)
         """
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))

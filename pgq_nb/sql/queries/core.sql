@@ -117,13 +117,15 @@ COMMIT;
 -- name: return_jobs
 -- Give a stopping worker's unfinished jobs back to the queue, due after $4 seconds. The
 -- interrupted run does not count as an attempt: the job did not fail, its worker was stopped.
+-- Returns the ids given back (those this worker still held).
 -- params: $1 worker id, $2 ids bigint[], $3 note for last_error, $4 delay in seconds (float)
 UPDATE {schema}.jobs
 SET status = 'queued', worker_id = NULL,
     attempts = CASE WHEN started IS NULL THEN attempts ELSE greatest(attempts - 1, 0) END,
     started = NULL, last_error = $3, cancel_requested = false,
     execute_after = now() + make_interval(secs => $4)
-WHERE id = ANY($2::bigint[]) AND worker_id = $1 AND status = 'picked';
+WHERE id = ANY($2::bigint[]) AND worker_id = $1 AND status = 'picked'
+RETURNING id;
 
 -- name: orphan_jobs
 -- Jobs this worker holds but does not run: those of a claim whose reply was lost (the
