@@ -247,3 +247,30 @@ def test_parts_include_parts_and_every_include_is_resolved() -> None:
         sql._included({"a": "{include:_p}", "_p": "{include:_q}", "_q": "{include:_p}"})
     with pytest.raises(RuntimeError, match="no part"):
         sql._included({"a": "{include:plain}"})
+
+
+def test_the_move_into_history_reads_only_the_batch_in_jobs(q: pgq_nb.Queue) -> None:
+    """move_to_history finds its batch in jobs by primary key. Its DELETE joined jobs to the
+    batch on id alone, and the planner, told by its statistics that few jobs are held by the
+    worker, walked all of jobs_pkey with the batch read again for every row (20,000 jobs and a
+    batch of 1,024: 1.6 million comparisons, 200 ms; migration 13)."""
+    q.entrypoint("rec")(lambda job: None)
+    n = 20_000
+    q.enqueue(["rec"] * n, [None] * n, [0] * n)
+
+    async def steps(conn: asyncpg.Connection, queries: dict[str, str]) -> Any:
+        worker = await _register(conn, queries, ["rec"])
+        claimed = await conn.fetch(queries["claim_jobs"], ["rec"], 1024, worker)
+        ids = [r["id"] for r in claimed]
+        async with conn.transaction():
+            moved = await conn.fetch(queries["finish_jobs"], worker, *_succeeded(ids))
+            read = await conn.fetchval(  # rows of jobs fetched through an index
+                "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables "
+                "WHERE schemaname = $1 AND relname = 'jobs'",
+                SCHEMA,
+            )
+        return len(ids), len(moved), read
+
+    claimed, moved, read = _run(q, steps)
+    assert claimed == moved == 1024
+    assert read <= 4 * 1024, f"{read} rows of jobs read to move 1,024 jobs (of {n:,})"

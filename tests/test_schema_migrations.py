@@ -27,7 +27,8 @@ CATALOG_QUERIES = {
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = $1 AND NOT t.tgisinternal ORDER BY tgname""",
     "functions": """
-        SELECT proname, prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        SELECT proname, prosrc, proconfig
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname = $1 ORDER BY proname""",
     "options": """
         SELECT relname, relkind, reloptions FROM pg_class c

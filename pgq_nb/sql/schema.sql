@@ -380,6 +380,7 @@ WITH moved AS (
         AS d(job_id, outcome, result_json, final_error, trace, attempt_error, started_at,
              finished_at, cache_key_of, cached_from_of)
     WHERE j.id = d.job_id
+      AND j.id = ANY(ids)  -- (see migration 13: the batch's rows by primary key, nothing else)
       AND CASE WHEN from_statuses IS NULL THEN j.worker_id IS NOT DISTINCT FROM holder
                ELSE j.status = ANY(from_statuses) END
     RETURNING j.*, d.outcome, d.result_json, d.final_error, d.trace, d.attempt_error,
@@ -632,7 +633,9 @@ $finish$;
 
 -- The move into history (move_to_history: finish_batch, cancels, requeues, expiries) plans its
 -- statements without a sequential scan, as finish_batch does, whoever calls it: Postgres 18
--- caches a SQL function's plans, and one made while jobs was small would scan it whole.
+-- caches a SQL function's plans, and one made while jobs was small would scan it whole. Its
+-- DELETE reaches jobs only through `id = ANY(ids)`, so a hash join there hashes the batch's
+-- rows, never the table (migration 13).
 ALTER FUNCTION {schema}.move_to_history(bigint[], text[], text[], bigint, text[], text[],
     text[], text[], timestamptz[], timestamptz[], smallint, text[], bigint[])
-    SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off;
+    SET enable_seqscan = off SET enable_mergejoin = off SET enable_hashjoin = on;
