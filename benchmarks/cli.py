@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_pair,
         default=None,
         metavar="CONCURRENCY/BATCH",
-        help="pgq_nb worker settings for 'tuned' (default: the best drain of 32/32 .. 256/256)",
+        help="pgq_nb worker settings for 'tuned' (default: the best drain of 32/32 .. 1024/1024)",
     )
     parser.add_argument(
         "--tuned-pgqueuer",
@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         metavar="BATCH[/MAX_TASKS]",
         help="PgQueuer run() settings for 'tuned' (default: the best drain of batch_size "
-        "10, 50, 100, 200, 500, no task cap)",
+        "10, 50, 100, 200, 500, 1000, no task cap)",
     )
     parser.add_argument(
         "--no-sweep",

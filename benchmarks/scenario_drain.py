@@ -51,8 +51,17 @@ from benchmarks.common import (
 ENTRYPOINT = "bench_drain"
 # what the tuned drain tries when no --tuned-* setting is given (Sizes.sweep_rounds each)
 # (concurrency, batch_size); twice the batch: the next claim goes out while a batch runs
-PGQ_NB_TUNINGS = ((32, 32), (64, 64), (128, 128), (256, 256), (256, 128), (512, 256))
-PGQUEUER_BATCHES = (10, 50, 100, 200, 500)  # run(batch_size=...), its documented knob
+PGQ_NB_TUNINGS = (
+    (32, 32),
+    (64, 64),
+    (128, 128),
+    (256, 256),
+    (256, 128),
+    (512, 256),
+    (512, 512),
+    (1024, 1024),
+)
+PGQUEUER_BATCHES = (10, 50, 100, 200, 500, 1000)  # run(batch_size=...), its documented knob
 
 
 Outcome = tuple[float, str]  # jobs/s, and a note when the run hit the time cap
