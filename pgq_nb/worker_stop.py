@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from pgq_nb.completion import Finished
+
 if TYPE_CHECKING:
-    from pgq_nb.completion import Finished
     from pgq_nb.executors import JobExecutor
     from pgq_nb.models import Job
     from pgq_nb.store import Store
@@ -38,6 +40,7 @@ logger = logging.getLogger("pgq_nb.worker")
 #: with the process, a moment after the jobs were given back.
 EXIT_RETURN_DELAY_S = 3.0
 _INTERRUPTED = "interrupted: its worker shut down; not counted as an attempt"
+_CANCELLED = "cancelled while running"  # as pgq_nb.worker records a cancel it heard of
 _KEEP: set[asyncio.Task[Any]] = set()  # stop tasks that outlive run() (kept from the GC)
 
 
@@ -113,6 +116,7 @@ class Stopping:
             with contextlib.suppress(Exception):  # else at the end (_finish_stop)
                 async with self.store.pool.acquire() as conn:
                     await self._give_back(conn)
+                await self._flush()  # the cancelled among them
         if threads and self._hard_stop.is_set():
             # in a notebook after the Stop button: nobody waits for the threads but us
             later = asyncio.ensure_future(self._outlive_threads(heartbeat))
@@ -157,6 +161,8 @@ class Stopping:
             await self._flush()
             async with self.store.pool.acquire() as conn:
                 await self._give_back(conn)
+                if self._finished:  # the cancelled among them
+                    await self._flush()
                 # a claim cut short by the stop may have committed: give its jobs back too
                 orphans = await self._orphans(conn, self._known_ids())
                 if orphans:
@@ -186,13 +192,26 @@ class Stopping:
         when their threads still run (they end with the process)."""
         if not self._interrupted:
             return
-        taken = len(self._interrupted)  # (more may come while the statement runs)
+        taken = len(self._interrupted)  # (more may come while the statements run)
         ids = list(dict.fromkeys(self._interrupted))
         delay = EXIT_RETURN_DELAY_S if any(i in self._running for i in ids) else 0.0
-        rows = await conn.fetch(self._q["return_jobs"], self.worker_id, ids, _INTERRUPTED, delay)
-        if rows:
-            await conn.execute(self._q["notify_jobs"])
+        async with conn.transaction():
+            held = await conn.fetch(self._q["lock_returning"], self.worker_id, ids)
+            back = [r["id"] for r in held if not r["cancel_requested"]]
+            rows = await conn.fetch(
+                self._q["return_jobs"], self.worker_id, back, _INTERRUPTED, delay
+            )
+            if rows:
+                await conn.execute(self._q["notify_jobs"])
         self.stats.interrupted += len(rows)
+        # cancelled before this worker heard of it: recorded as cancelled by the next flush
+        now = dt.datetime.now(dt.UTC)
+        for row in held:
+            if row["cancel_requested"]:
+                self._finished.append(
+                    Finished(row["id"], "cancelled", None, _CANCELLED, None, now, now, 0.0)
+                )
+                self.stats.cancelled += 1
         del self._interrupted[:taken]
 
     async def _run_stop(

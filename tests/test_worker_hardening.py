@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 
 import pgq_nb
+from pgq_nb import runtime
 from tests.conftest import (
     REPO,
     SCHEMA,
@@ -229,6 +230,32 @@ def test_a_stop_gives_back_cancelled_async_jobs_without_waiting_for_a_thread(
     assert back.attempts == 0
     assert back.error is not None and back.error.startswith("interrupted: its worker shut down")
     assert handle.stats.interrupted == 1
+
+
+def test_a_job_cancelled_as_its_worker_stops_ends_cancelled_not_back_in_the_queue(
+    q: pgq_nb.Queue,
+) -> None:
+    @q.entrypoint("long_async")
+    async def long_async(job: pgq_nb.Job) -> None:
+        await asyncio.sleep(120)
+
+    (job_id,) = q.enqueue(["long_async"])
+    handle = q.start_worker(concurrency=1, grace_period=0)
+    wait_until(lambda: q.get_job(job_id).status is pgq_nb.JobStatus.PICKED, 30, "the start")
+
+    async def ask(conn: asyncpg.Connection, queries: dict[str, str]) -> None:
+        # the request without its NOTIFY: the worker has not heard of it when it stops
+        await conn.fetch(queries["request_cancel"], [job_id])
+
+    async def run() -> None:
+        async with q.aio.pool.acquire() as conn:
+            await ask(conn, q.aio.queries)
+
+    runtime.run_sync(run())
+    stats = handle.stop(timeout=60)
+    info = q.get_job(job_id)
+    assert info.status is pgq_nb.JobStatus.CANCELLED, info
+    assert stats.interrupted == 0 and stats.cancelled == 1, stats
 
 
 def test_graceful_stop_waits_for_def_handlers_instead_of_running_them_twice(

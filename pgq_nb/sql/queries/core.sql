@@ -127,6 +127,15 @@ SET status = 'queued', worker_id = NULL,
 WHERE id = ANY($2::bigint[]) AND worker_id = $1 AND status = 'picked'
 RETURNING id;
 
+-- name: lock_returning
+-- The jobs a stopping worker is about to give back that it still holds, locked until it has
+-- (a cancel request waits for it), and which of them someone asked to cancel: those end as
+-- cancelled instead of going back to the queue.
+-- params: $1 worker id, $2 ids bigint[]
+SELECT id, cancel_requested FROM {schema}.jobs
+WHERE id = ANY($2::bigint[]) AND worker_id = $1 AND status = 'picked'
+FOR UPDATE;
+
 -- name: orphan_jobs
 -- Jobs this worker holds but does not run: those of a claim whose reply was lost (the
 -- connection broke while the COMMIT was under way, and it did commit).
