@@ -86,7 +86,7 @@ def exit_now(code: int) -> None:
         _exiting = True
         with contextlib.suppress(Exception):  # (fd 2 closed)
             faulthandler.dump_traceback_later(EXIT_WATCHDOG_S, exit=True, file=2)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
+    for flush in (sys.stdout.flush, sys.stderr.flush, logging.shutdown):
+        with contextlib.suppress(Exception):  # (one re-entered by a signal raises)
+            flush()
     os._exit(code)

@@ -51,7 +51,7 @@ class Finished(NamedTuple):
     result: str | None  #: the result as JSON
     error: str | None
     traceback: str | None
-    started: dt.datetime
+    started: dt.datetime | None  #: None: the start the job's row has (mark_started's)
     finished: dt.datetime
     retry_delay_s: float  #: a retry's (or a snooze's) delay
     #: a cached entrypoint's success: its cache key, and (served from the cache) the job whose

@@ -117,8 +117,9 @@ class Stopping:
                 async with self.store.pool.acquire() as conn:
                     await self._give_back(conn)
                 await self._flush()  # the cancelled among them
-        if threads and self._hard_stop.is_set():
-            # in a notebook after the Stop button: nobody waits for the threads but us
+        if threads and self._hard_stop.is_set() and not self.process_exits:
+            # in a notebook after the Stop button: nobody waits for the threads but us (a
+            # process that exits, made hard during the give-back above, returns them inline)
             later = asyncio.ensure_future(self._outlive_threads(heartbeat))
             _KEEP.add(later)
             later.add_done_callback(_KEEP.discard)
@@ -209,7 +210,7 @@ class Stopping:
         for row in held:
             if row["cancel_requested"]:
                 self._finished.append(
-                    Finished(row["id"], "cancelled", None, _CANCELLED, None, now, now, 0.0)
+                    Finished(row["id"], "cancelled", None, _CANCELLED, None, None, now, 0.0)
                 )
                 self.stats.cancelled += 1
         del self._interrupted[:taken]

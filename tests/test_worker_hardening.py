@@ -256,6 +256,8 @@ def test_a_job_cancelled_as_its_worker_stops_ends_cancelled_not_back_in_the_queu
     info = q.get_job(job_id)
     assert info.status is pgq_nb.JobStatus.CANCELLED, info
     assert stats.interrupted == 0 and stats.cancelled == 1, stats
+    # its start is the one its start mark recorded, not the stop's
+    assert info.started is None or info.finished is None or info.started < info.finished, info
 
 
 def test_graceful_stop_waits_for_def_handlers_instead_of_running_them_twice(

@@ -7,7 +7,7 @@
 -- 512. `j.id = ANY(ids)` gives the jobs side an index condition of its own (the batch's rows,
 -- by primary key), and the join of those rows with the batch may now be hashed (no hash of
 -- jobs is possible any more: only the rows of `ids` come out of it). Same signature: workers
--- of the version before keep calling it.
+-- of the version before that are already running keep calling it.
 CREATE OR REPLACE FUNCTION {schema}.move_to_history(ids bigint[], outcomes text[],
     from_statuses text[] DEFAULT NULL, holder bigint DEFAULT NULL, results text[] DEFAULT NULL,
     final_errors text[] DEFAULT NULL, tracebacks text[] DEFAULT NULL,

@@ -134,6 +134,7 @@ RETURNING id;
 -- params: $1 worker id, $2 ids bigint[]
 SELECT id, cancel_requested FROM {schema}.jobs
 WHERE id = ANY($2::bigint[]) AND worker_id = $1 AND status = 'picked'
+ORDER BY id
 FOR UPDATE;
 
 -- name: orphan_jobs
